@@ -1,0 +1,119 @@
+"""Publishing delivery tasks to RabbitMQ through Celery (publisher confirms, persistent).
+
+A send returns only once the broker has confirmed the message; when it cannot, the caller
+gets BusUnavailable (or LimitExceeded when a bounded queue refuses it), never silence.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from celery import Celery
+from kombu import Connection
+from kombu.exceptions import KombuError, OperationalError
+
+from bus import topology
+from bus.errors import BusUnavailable, LimitExceeded
+from bus.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+try:  # py-amqp raises this when a confirm comes back as a nack (e.g. reject-publish)
+    from amqp.exceptions import MessageNacked
+except ImportError:  # pragma: no cover - older amqp
+    MessageNacked = type("MessageNacked", (Exception,), {})  # type: ignore[misc,assignment]
+
+_BROKER_ERRORS = (OperationalError, KombuError, ConnectionError, OSError, TimeoutError)
+_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.5, "interval_max": 1}
+
+
+def publisher_app(settings: Settings) -> Celery:
+    """A Celery app used only to publish (the worker's app lives in workers/)."""
+    app = Celery("msgbus-client", set_as_current=False)
+    app.conf.update(topology.celery_config(settings))
+    app.conf.broker_connection_timeout = 3
+    return app
+
+
+@contextmanager
+def broker_errors(action: str) -> Iterator[None]:
+    try:
+        yield
+    except MessageNacked as exc:
+        raise LimitExceeded(
+            f"the broker refused the message while trying to {action}: the queue is full "
+            "(x-max-length with reject-publish); nothing was sent, retry later",
+            limit="queue_max_length",
+        ) from exc
+    except _BROKER_ERRORS as exc:
+        raise BusUnavailable(
+            f"bus unavailable: the broker cannot be reached while trying to {action} ({exc})",
+            component="broker",
+        ) from exc
+
+
+class Broker:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._app: Celery | None = None
+        self._declared = False
+        self._lock = threading.Lock()
+
+    @property
+    def app(self) -> Celery:
+        if self._app is None:
+            with self._lock:
+                if self._app is None:
+                    self._app = publisher_app(self.settings)
+        return self._app
+
+    def connection(self) -> Connection:
+        return self.app.connection_for_write()
+
+    def ensure_topology(self) -> None:
+        if self._declared:
+            return
+        with broker_errors("declare the bus queues"), self.connection() as conn:
+            conn.ensure_connection(max_retries=1)
+            topology.declare(conn.default_channel, self.settings)
+        self._declared = True
+
+    def publish(
+        self,
+        task: str,
+        args: Sequence[Any],
+        *,
+        queue: str,
+        task_id: str,
+        expiration: float | None = None,
+        headers: dict[str, Any] | None = None,
+        summary: str = "",
+    ) -> None:
+        """Publishes one task message and waits for the broker's confirm."""
+        self.ensure_topology()
+        options: dict[str, Any] = {}
+        if expiration is not None:
+            # AMQP per-message expiry: an expired message is dead-lettered, never consumed.
+            options["expiration"] = max(expiration, 0.001)
+        with broker_errors("publish a message"):
+            self.app.send_task(
+                task,
+                args=list(args),
+                queue=queue,
+                task_id=task_id,
+                headers=headers or {},
+                argsrepr=summary,  # payloads stay out of Flower and logs
+                kwargsrepr="{}",
+                retry=True,
+                retry_policy=_RETRY_POLICY,
+                **options,
+            )
+
+    def ping(self) -> bool:
+        with broker_errors("reach the broker"), self.connection() as conn:
+            conn.ensure_connection(max_retries=1, timeout=3)
+            return True

@@ -1,0 +1,417 @@
+"""The ``msgbus`` command line.
+
+Errors are one ``error: ...`` line on stderr and a non-zero exit code; ``--json`` prints
+machine-readable output on every read command.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+import orjson
+from pydantic import BaseModel
+
+from bus.errors import BusError, ValidationError
+from bus.settings import Settings
+
+logger = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def emit(value: Any, as_json: bool, text: Callable[[Any], str] | None = None) -> None:
+    if as_json or text is None:
+        click.echo(orjson.dumps(_plain(value), option=orjson.OPT_INDENT_2 if not as_json else 0))
+    else:
+        click.echo(text(value))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def handle_errors(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except BusError as exc:
+            click.echo(f"error: {exc.message}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _bus() -> Any:
+    from bus.client import MessageBus
+
+    return MessageBus(Settings())
+
+
+def _json_arg(text: str | None, what: str) -> Any:
+    if text is None:
+        return None
+    if text == "-":
+        text = sys.stdin.read()
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ValidationError(f"{what} is not valid JSON: {exc}") from exc
+
+
+def configure_logging(level: str = "INFO") -> None:
+    from bus.logs import configure
+
+    configure(level)
+
+
+@click.group()
+@click.option("--log-level", default="WARNING", envvar="MESSAGE_BUS_LOG_LEVEL", show_default=True)
+def main(log_level: str) -> None:
+    """agent-message-bus: typed, signed messages between agents."""
+    configure_logging(log_level)
+
+
+# -- sending -----------------------------------------------------------------------------
+
+
+def _message_options(fn: F) -> F:
+    for option in reversed(
+        [
+            click.option("--from", "sender", required=True, help="sender agent id"),
+            click.option("--type", "type_", default=None, help="message type"),
+            click.option("--payload", default=None, help="JSON payload ('-' reads stdin)"),
+            click.option("--priority", default="normal", show_default=True),
+            click.option("--ttl", type=float, default=None, help="seconds"),
+            click.option("--correlation-id", default=None),
+            click.option("--reply-to", default=None),
+            click.option("--dedup-key", default=None),
+            click.option("--max-retries", type=int, default=None),
+            click.option("--compression", default="none", show_default=True),
+            click.option("--encrypted", is_flag=True, default=False),
+            click.option("--json", "as_json", is_flag=True, help="print JSON"),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+def _build(sender: str, type_: str | None, payload: str | None, priority: str, ttl: float | None,
+           correlation_id: str | None, reply_to: str | None, dedup_key: str | None,
+           max_retries: int | None, compression: str, encrypted: bool, **address: Any) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"priority": priority, "compression": compression,
+                                "encrypted": encrypted}
+    if ttl is not None:
+        metadata["ttl"] = ttl
+    if dedup_key:
+        metadata["dedup_key"] = dedup_key
+    if max_retries is not None:
+        metadata["max_retries"] = max_retries
+    message = {"from": sender, "payload": _json_arg(payload, "--payload"), "metadata": metadata,
+               **{k: v for k, v in address.items() if v is not None}}
+    if type_:
+        message["type"] = type_
+    if correlation_id:
+        message["correlation_id"] = correlation_id
+    if reply_to:
+        message["reply_to"] = reply_to
+    return message
+
+
+def _receipt_text(r: Any) -> str:
+    extra = f" (duplicate of {r.duplicate_of})" if r.duplicate_of else ""
+    return f"{r.status.value} {r.id} on {r.queue}{extra}"
+
+
+@main.command()
+@click.option("--to", default=None, help="recipient agent id")
+@click.option("--topic", default=None, help="topic label (or address when --to is absent)")
+@click.option("--message", "raw", default=None, help="a whole message as JSON ('-' for stdin)")
+@_message_options
+@handle_errors
+def send(to: str | None, topic: str | None, raw: str | None, as_json: bool, **opts: Any) -> None:
+    """Send a message to an agent (or a topic)."""
+    if raw is not None:
+        message = _json_arg(raw, "--message")
+        if isinstance(message, dict):
+            message.setdefault("from", opts["sender"])
+    else:
+        message = _build(to=to, topic=topic, **{**opts, "type_": opts["type_"] or "command"})
+    emit(_bus().send_message(message), as_json, _receipt_text)
+
+
+@main.command()
+@click.argument("topic")
+@_message_options
+@handle_errors
+def publish(topic: str, as_json: bool, **opts: Any) -> None:
+    """Publish to a topic's subscribers."""
+    message = _build(topic=topic, **{**opts, "type_": opts["type_"] or "event"})
+    emit(_bus().send_message(message), as_json, _receipt_text)
+
+
+@main.command()
+@_message_options
+@handle_errors
+def broadcast(as_json: bool, **opts: Any) -> None:
+    """Send to every registered agent but the sender."""
+    message = _build(to="*", **{**opts, "type_": "broadcast"})
+    emit(_bus().send_message(message), as_json, _receipt_text)
+
+
+# -- reading -----------------------------------------------------------------------------
+
+
+def _message_text(m: Any) -> str:
+    head = f"[{m.metadata.priority.value}] {m.id} {m.type.value} from {m.sender}"
+    return f"{head}: {orjson.dumps(m.payload).decode()}"
+
+
+@main.command()
+@click.argument("agent")
+@click.option("--limit", default=10, show_default=True)
+@click.option("--wait", type=float, default=0.0, help="long-poll up to S seconds")
+@click.option("--ack", "do_ack", is_flag=True, help="ack what was read")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def read(agent: str, limit: int, wait: float, do_ack: bool, as_json: bool) -> None:
+    """Read (lease) messages from AGENT's inbox."""
+    bus = _bus()
+    messages = bus.read(agent, limit=limit, wait=wait)
+    if do_ack and messages:
+        bus.ack(agent, [m.id for m in messages])
+    emit(messages, as_json, lambda ms: "\n".join(_message_text(m) for m in ms) or "(no messages)")
+
+
+@main.command()
+@click.argument("agent")
+@click.argument("ids", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def ack(agent: str, ids: tuple[str, ...], as_json: bool) -> None:
+    """Acknowledge messages AGENT has read."""
+    result = _bus().ack(agent, list(ids))
+    emit(result, as_json, lambda r: f"acked {len(r.acked)}" + (
+        f"; not in inbox: {', '.join(r.not_found)}" if r.not_found else ""))
+    if result.not_found and not result.acked:
+        sys.exit(5)
+
+
+@main.command()
+@click.argument("agent")
+@click.option("--limit", default=50, show_default=True)
+@click.option("--since", type=float, default=None, help="unix time (seconds)")
+@click.option("--type", "type_", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def history(agent: str, limit: int, since: float | None, type_: str | None, as_json: bool) -> None:
+    """AGENT's history, newest first."""
+    messages = _bus().history(agent, limit=limit, since=since, type=type_)
+    emit(messages, as_json, lambda ms: "\n".join(_message_text(m) for m in ms) or "(empty)")
+
+
+@main.command()
+@click.argument("message_id")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def status(message_id: str, as_json: bool) -> None:
+    """Delivery status of a message."""
+    st = _bus().status(message_id)
+    emit(st, as_json, lambda s: f"{s.status.value} attempts={s.attempts}"
+         + (f" reason={s.reason}" if s.reason else "") + (f" error={s.error}" if s.error else ""))
+
+
+@main.command()
+@click.argument("agent")
+@click.option("--interval", type=float, default=1.0, hidden=True)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def tail(agent: str, interval: float, as_json: bool) -> None:
+    """Follow AGENT's inbox live (reads and acks as messages arrive; Ctrl-C stops)."""
+    bus = _bus()
+    while True:
+        messages = bus.read(agent, limit=100, wait=30)
+        for m in messages:
+            emit(m, as_json, _message_text)
+        if messages:
+            bus.ack(agent, [m.id for m in messages])
+
+
+# -- subscriptions -------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("agent")
+@click.argument("topics", nargs=-1, required=True)
+@click.option("--types", default=None, help="comma-separated message types")
+@click.option("--priorities", default=None, help="comma-separated priorities")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def subscribe(agent: str, topics: tuple[str, ...], types: str | None, priorities: str | None,
+              as_json: bool) -> None:
+    """Subscribe AGENT to TOPICS, optionally filtered."""
+    subs = _bus().subscribe(
+        agent, list(topics),
+        types=types.split(",") if types else None,
+        priorities=priorities.split(",") if priorities else None,
+    )
+    emit(subs, as_json, lambda ss: "\n".join(f"subscribed {s.agent} to {s.topic}" for s in ss))
+
+
+@main.command()
+@click.argument("agent")
+@click.argument("topics", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def unsubscribe(agent: str, topics: tuple[str, ...], as_json: bool) -> None:
+    """Unsubscribe AGENT from TOPICS."""
+    removed = _bus().unsubscribe(agent, list(topics))
+    emit({"removed": removed}, as_json, lambda r: f"removed {r['removed']} subscription(s)")
+
+
+# -- dead letters ----------------------------------------------------------------------------
+
+
+@main.group()
+def dlq() -> None:
+    """Dead letters: list, show, replay, purge."""
+
+
+def _dead_text(d: Any) -> str:
+    return (f"{d.id} {d.queue} reason={d.reason} attempts={d.attempts} replays={d.replays}"
+            + (f" error={d.error}" if d.error else ""))
+
+
+@dlq.command("list")
+@click.option("--limit", default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def dlq_list(limit: int, as_json: bool) -> None:
+    """List dead letters (does not consume them)."""
+    letters = _bus().dead_letters(limit=limit)
+    if not as_json:
+        for d in letters:
+            d.message = None
+    emit(letters, as_json, lambda ds: "\n".join(_dead_text(d) for d in ds) or "(none)")
+
+
+@dlq.command("show")
+@click.argument("message_id")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def dlq_show(message_id: str, as_json: bool) -> None:
+    """Show one dead letter with its message."""
+    emit(_bus().dead_letter(message_id), True if as_json else False, None)
+
+
+@dlq.command("replay")
+@click.argument("ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def dlq_replay(ids: tuple[str, ...], all_: bool, as_json: bool) -> None:
+    """Replay dead letters to their priority queues."""
+    replayed = _bus().replay_dead_letters(list(ids), all=all_)
+    emit({"replayed": replayed}, as_json, lambda r: f"replayed {len(r['replayed'])}")
+
+
+@dlq.command("purge")
+@click.argument("ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def dlq_purge(ids: tuple[str, ...], all_: bool, as_json: bool) -> None:
+    """Delete dead letters for good."""
+    purged = _bus().purge_dead_letters(list(ids), all=all_)
+    emit({"purged": purged}, as_json, lambda r: f"purged {len(r['purged'])}")
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--concurrency", "-c", type=int, default=None)
+@click.option("--pool", "-P", default=None)
+@click.option("--queues", "-Q", default=None, help="default: all four priority queues")
+@click.option("--loglevel", "-l", default="INFO")
+@click.pass_context
+def worker(ctx: click.Context, concurrency: int | None, pool: str | None, queues: str | None,
+           loglevel: str) -> None:
+    """Run a Celery worker delivering messages (extra args go to `celery worker`)."""
+    from bus.topology import PRIORITY_QUEUES
+
+    settings = Settings()
+    argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker",
+            "-Q", queues or ",".join(PRIORITY_QUEUES),
+            "-c", str(concurrency or settings.worker_concurrency),
+            "-P", pool or settings.worker_pool, "-l", loglevel, "-E", *ctx.args]
+    os.execvp(argv[0], argv)
+
+
+@main.group()
+def services() -> None:
+    """Local Redis and RabbitMQ for development (bound to 127.0.0.1)."""
+
+
+def _services_text(statuses: list[Any]) -> str:
+    return "\n".join(
+        f"{s.name}: {'running' if s.running else 'stopped'} {s.url}"
+        + (" (started by msgbus)" if s.managed else "") + (f" - {s.detail}" if s.detail else "")
+        for s in statuses
+    )
+
+
+@services.command("up")
+@handle_errors
+def services_up() -> None:
+    """Start Redis and RabbitMQ unless something already listens on the configured URLs."""
+    from bus import services as svc
+
+    settings = Settings()
+    started = time.monotonic()
+    statuses = svc.services_up(settings.redis_url, settings.broker_url)
+    click.echo(_services_text(statuses))
+    click.echo(f"ready in {time.monotonic() - started:.1f}s")
+
+
+@services.command("down")
+@handle_errors
+def services_down() -> None:
+    """Stop the servers `msgbus services up` started (never others)."""
+    from bus import services as svc
+
+    click.echo(_services_text(svc.services_down()))
+
+
+@services.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def services_status(as_json: bool) -> None:
+    """Whether Redis and RabbitMQ answer."""
+    from dataclasses import asdict
+
+    from bus import services as svc
+
+    settings = Settings()
+    statuses = svc.services_status(settings.redis_url, settings.broker_url)
+    emit([asdict(s) for s in statuses], as_json, lambda _: _services_text(statuses))
+    if not all(s.running for s in statuses):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

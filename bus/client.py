@@ -1,0 +1,423 @@
+"""``MessageBus``: the synchronous Python API over the store and the broker.
+
+Send path: validate -> authorize -> rate limit -> dedup -> encode + sign -> status
+"queued" -> Celery task on ``bus.<priority>`` with publisher confirms.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from bus.errors import BusError, LimitExceeded, NotFound, ValidationError
+from bus.guard import Guard
+from bus.reader import Reader
+from bus.runtime import Runtime
+from bus.schema import (
+    AckResult,
+    AgentInfo,
+    DeadLetter,
+    Message,
+    MessageStatus,
+    MessageType,
+    Priority,
+    Receipt,
+    ReceivedMessage,
+    Status,
+    Subscription,
+    check_agent_id,
+    check_topic,
+    utcnow,
+)
+from bus.settings import Settings
+from bus.store import AcceptRecord, now_ms
+from bus.topology import DELIVER_BATCH_TASK, DELIVER_TASK
+from bus.validation import check, parse
+
+logger = logging.getLogger(__name__)
+
+
+class RequestTimeout(BusError):
+    code = "timeout"
+    exit_code = 9
+
+
+class _Prepared:
+    __slots__ = ("message", "wire", "record")
+
+    def __init__(self, message: Message, wire: dict[str, Any], record: AcceptRecord) -> None:
+        self.message = message
+        self.wire = wire
+        self.record = record
+
+
+class MessageBus:
+    """Settings come from the environment unless given; nothing connects until first use."""
+
+    def __init__(self, settings: Settings | None = None, *, runtime: Runtime | None = None):
+        self.runtime = runtime or Runtime(settings or Settings())
+        self.settings = self.runtime.settings
+        self.guard = Guard(self.runtime)
+        self.reader = Reader(self.runtime)
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def send_message(self, message: Message | dict[str, Any], **fields: Any) -> Receipt:
+        """Sends one message (direct, topic or broadcast, as its address says)."""
+        if isinstance(message, dict):
+            message = {**message, **fields}
+        return self._send([self._prepare(message)])[0]
+
+    def publish(
+        self, sender: str, topic: str, payload: Any = None, *, type: str = "event", **fields: Any
+    ) -> Receipt:
+        return self.send_message(
+            {"from": sender, "topic": topic, "type": type, "payload": payload, **fields}
+        )
+
+    def broadcast(self, sender: str, payload: Any = None, **fields: Any) -> Receipt:
+        return self.send_message(
+            {"from": sender, "to": "*", "type": "broadcast", "payload": payload, **fields}
+        )
+
+    def send_batch(self, messages: Sequence[Message | dict[str, Any]]) -> list[Receipt]:
+        """Validates all first (nothing is sent if any is invalid), then one task per
+        priority carries the whole group."""
+        if len(messages) > self.settings.max_batch:
+            raise LimitExceeded(
+                f"batch has {len(messages)} messages; the limit is {self.settings.max_batch} "
+                "(MESSAGE_BUS_MAX_BATCH)",
+                limit="max_batch",
+            )
+        if not messages:
+            raise ValidationError("batch is empty: give at least one message")
+        prepared = [self._prepare(m, where=f"messages[{i}].") for i, m in enumerate(messages)]
+        return self._send(prepared, batch=True)
+
+    def request(
+        self, message: Message | dict[str, Any], timeout: float = 30.0
+    ) -> ReceivedMessage:
+        """Sends a request and waits for the response that carries its id as correlation_id.
+
+        The response is taken out of the requester's inbox (read and acked) and returned.
+        Raises RequestTimeout (with the request id) when none comes in time."""
+        data = message.model_dump(by_alias=True) if isinstance(message, Message) else dict(message)
+        data.setdefault("type", "request")
+        data.setdefault("reply_to", data.get("from") or data.get("sender"))
+        prepared = self._prepare(data)
+        requester = prepared.message.reply_to or prepared.message.sender
+        with self.reader.reply_waiter(prepared.message.id) as waiter:
+            self._send([prepared])
+            response_id = waiter.wait(timeout)
+        if response_id is None:
+            raise RequestTimeout(
+                f"no response to request {prepared.message.id} within {timeout:g}s; "
+                "check later with status/read",
+                id=prepared.message.id,
+            )
+        return self.reader.take(requester, response_id)
+
+    def _prepare(self, data: Message | dict[str, Any], where: str = "") -> _Prepared:
+        message = parse(Message, data, where)
+        if not message.id:
+            message.id = str(uuid.uuid4())
+        elif len(message.id) > 128:
+            raise ValidationError(f"{where}id: at most 128 characters")
+        message.timestamp = utcnow()
+        if message.trace_id is None:
+            message.trace_id = uuid.uuid4().hex
+        if "max_retries" not in message.metadata.model_fields_set:
+            message.metadata.max_retries = self.settings.default_max_retries
+        meta = message.metadata
+        self.guard.authorize_send(message)
+        wire = message.wire()
+        wire["payload"] = self.runtime.codec.encode_payload(
+            message.id, message.payload, meta.compression.value, meta.encrypted
+        )
+        self.runtime.codec.sign(wire)
+        ts = int(message.timestamp.timestamp() * 1000)
+        record = AcceptRecord(
+            id=message.id,
+            dedup_key=meta.dedup_key or message.id,
+            sender=message.sender,
+            queue=message.priority.queue,
+            wire=orjson.dumps(wire).decode(),
+            ts_ms=ts,
+            expires_ms=ts + int(meta.ttl * 1000) if meta.ttl else None,
+        )
+        return _Prepared(message, wire, record)
+
+    def _send(self, prepared: list[_Prepared], batch: bool = False) -> list[Receipt]:
+        self.guard.rate_limit(prepared[0].message.sender, cost=len(prepared))
+        duplicates = self.runtime.store.accept_many([p.record for p in prepared])
+        receipts: list[Receipt] = []
+        fresh: list[_Prepared] = []
+        for p, duplicate_of in zip(prepared, duplicates, strict=True):
+            m = p.message
+            if duplicate_of is not None:
+                receipts.append(
+                    Receipt(id=m.id, status=Status.duplicate, queue=m.priority.queue,
+                            trace_id=m.trace_id, duplicate_of=duplicate_of)
+                )
+            else:
+                fresh.append(p)
+                receipts.append(
+                    Receipt(id=m.id, status=Status.queued, queue=m.priority.queue,
+                            trace_id=m.trace_id)
+                )
+        groups: dict[str, list[_Prepared]] = defaultdict(list)
+        for p in fresh:
+            groups[p.message.priority.queue if batch else p.message.id].append(p)
+        pending = list(groups.values())
+        while pending:
+            group = pending[0]
+            try:
+                self._publish(group, batch)
+            except BusError:
+                self.runtime.store.revoke_many([p.record for g in pending for p in g])
+                raise
+            pending.pop(0)
+        for p in fresh:
+            self.guard.audit("send", p.message.sender, _target(p.message), "ok",
+                             trace_id=p.message.trace_id, id=p.message.id)
+        return receipts
+
+    def _publish(self, group: list[_Prepared], batch: bool) -> None:
+        first = group[0].message
+        ttls = [p.message.metadata.ttl for p in group]
+        expiration = min(ttls) if all(t is not None for t in ttls) else None  # type: ignore[type-var]
+        if batch and len(group) > 1:
+            # A batch task expires with its shortest-lived message only if all have a ttl;
+            # each message's own ttl is still checked at delivery.
+            self.runtime.broker.publish(
+                DELIVER_BATCH_TASK, [[p.wire for p in group]], queue=first.priority.queue,
+                task_id=str(uuid.uuid4()), expiration=None,
+                headers={"trace_id": first.trace_id}, summary=f"<batch of {len(group)}>",
+            )
+            return
+        self.runtime.broker.publish(
+            DELIVER_TASK, [group[0].wire], queue=first.priority.queue, task_id=first.id,
+            expiration=expiration, headers={"trace_id": first.trace_id},
+            summary=f"<message {first.id} {first.type.value} from {first.sender}>",
+        )
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def read(self, agent: str, limit: int = 10, wait: float = 0.0) -> list[ReceivedMessage]:
+        """Leases up to `limit` messages (highest priority first, FIFO within one); waits up
+        to `wait` seconds for the first to arrive. Unacked leases expire and come back."""
+        agent = check(agent, check_agent_id, "agent id")
+        if not 1 <= limit <= self.settings.max_batch:
+            raise ValidationError(f"limit must be 1..{self.settings.max_batch}, got {limit}")
+        if not 0 <= wait <= self.settings.max_wait_seconds:
+            raise ValidationError(
+                f"wait must be 0..{self.settings.max_wait_seconds:g} seconds, got {wait}"
+            )
+        return self.reader.read(agent, limit, wait)
+
+    def ack(self, agent: str, ids: Iterable[str]) -> AckResult:
+        agent = check(agent, check_agent_id, "agent id")
+        ids = list(dict.fromkeys(ids))
+        if len(ids) > self.settings.max_batch:
+            raise LimitExceeded(f"at most {self.settings.max_batch} ids per ack", limit="max_batch")
+        acked = self.runtime.store.ack(agent, ids)
+        self.runtime.store.advance_status(acked, Status.acked.value)
+        done = set(acked)
+        for message_id in acked:
+            self.guard.audit("ack", agent, message_id, "ok")
+        return AckResult(acked=acked, not_found=[i for i in ids if i not in done])
+
+    def history(
+        self,
+        agent: str,
+        limit: int = 50,
+        since: datetime | float | None = None,
+        type: str | None = None,
+    ) -> list[ReceivedMessage]:
+        agent = check(agent, check_agent_id, "agent id")
+        if not 1 <= limit <= self.settings.history_limit:
+            raise ValidationError(f"limit must be 1..{self.settings.history_limit}, got {limit}")
+        if type is not None:
+            try:
+                MessageType(type)
+            except ValueError:
+                raise ValidationError(
+                    f"unknown type {type!r}; one of {', '.join(t.value for t in MessageType)}"
+                ) from None
+        return self.reader.history(agent, limit, _since_ms(since), type)
+
+    def status(self, message_id: str) -> MessageStatus:
+        raw = self.runtime.store.status(message_id)
+        if not raw:
+            raise NotFound(
+                f"no status for message {message_id!r} (unknown, or older than the "
+                f"{self.settings.status_retention}s retention)",
+                id=message_id,
+            )
+        return _status_model(message_id, raw)
+
+    # -- subscriptions and agents ------------------------------------------------------------
+
+    def subscribe(
+        self,
+        agent: str,
+        topics: Sequence[str],
+        *,
+        types: Sequence[str] | None = None,
+        priorities: Sequence[str] | None = None,
+    ) -> list[Subscription]:
+        agent = check(agent, check_agent_id, "agent id")
+        if isinstance(topics, str):
+            topics = [topics]
+        if not topics:
+            raise ValidationError("give at least one topic to subscribe to")
+        limit = self.settings.max_topics_per_subscription
+        if len(topics) > limit:
+            raise LimitExceeded(
+                f"{len(topics)} topics in one subscription; the limit is {limit} "
+                "(MESSAGE_BUS_MAX_TOPICS_PER_SUBSCRIPTION)",
+                limit="max_topics_per_subscription",
+            )
+        subs = [
+            parse(Subscription, {"agent": agent, "topic": t, "types": types,
+                                 "priorities": priorities})
+            for t in dict.fromkeys(topics)
+        ]
+        for topic in dict.fromkeys(topics):
+            self.guard.authorize_subscribe(agent, topic)
+        filters = {
+            "types": [t.value for t in subs[0].types] if subs[0].types else None,
+            "priorities": [p.value for p in subs[0].priorities] if subs[0].priorities else None,
+        }
+        self.runtime.store.subscribe(agent, [s.topic for s in subs], filters, limit)
+        self.runtime.store.touch_agent(agent)
+        for s in subs:
+            self.guard.audit("subscribe", agent, s.topic, "ok")
+        return subs
+
+    def unsubscribe(self, agent: str, topics: Sequence[str]) -> int:
+        agent = check(agent, check_agent_id, "agent id")
+        if isinstance(topics, str):
+            topics = [topics]
+        topics = [check(t, check_topic, "topic") for t in dict.fromkeys(topics)]
+        removed = self.runtime.store.unsubscribe(agent, topics)
+        for topic in topics:
+            self.guard.audit("unsubscribe", agent, topic, "ok")
+        return removed
+
+    def subscriptions(self, agent: str) -> list[Subscription]:
+        agent = check(agent, check_agent_id, "agent id")
+        return [
+            Subscription(agent=agent, topic=topic, **filters)
+            for topic, filters in sorted(self.runtime.store.subscriptions(agent).items())
+        ]
+
+    def agents(self) -> list[AgentInfo]:
+        entries = self.runtime.store.agents()
+        depths = self.runtime.store.inbox_depths([a for a, _, _ in entries])
+        return [
+            AgentInfo(id=a, registered_at=_dt(reg), last_seen=_dt(seen), inbox_depth=depths[a])
+            for a, reg, seen in entries
+        ]
+
+    def topics(self) -> dict[str, int]:
+        return self.runtime.store.topics()
+
+    # -- dead letters ------------------------------------------------------------------------
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        return self.dead_letter_queue.list(limit)
+
+    def dead_letter(self, message_id: str) -> DeadLetter:
+        return self.dead_letter_queue.show(message_id)
+
+    def replay_dead_letters(
+        self, ids: Sequence[str] | None = None, *, all: bool = False, agent: str | None = None
+    ) -> list[str]:
+        """Replays the given dead letters (or all of them) to their priority queues."""
+        if agent is not None:
+            self.guard.require_admin(agent, "replay dead letters")
+        if not ids and not all:
+            raise ValidationError("name the dead letters to replay, or ask for all")
+        replayed = self.dead_letter_queue.replay(None if all else list(ids or []))
+        for message_id in replayed:
+            self.guard.audit("replay", agent or "operator", message_id, "ok")
+        return replayed
+
+    def purge_dead_letters(
+        self, ids: Sequence[str] | None = None, *, all: bool = False, agent: str | None = None
+    ) -> list[str]:
+        if agent is not None:
+            self.guard.require_admin(agent, "purge dead letters")
+        if not ids and not all:
+            raise ValidationError("name the dead letters to purge, or ask for all")
+        purged = self.dead_letter_queue.purge(None if all else list(ids or []))
+        for message_id in purged:
+            self.guard.audit("purge", agent or "operator", message_id, "ok")
+        return purged
+
+    @property
+    def dead_letter_queue(self) -> Any:
+        from bus.deadletters import DeadLetterQueue
+
+        return DeadLetterQueue(self.runtime)
+
+    def close(self) -> None:
+        self.runtime.close()
+
+    def __enter__(self) -> MessageBus:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.close()
+
+
+def _target(message: Message) -> str:
+    if message.is_broadcast:
+        return "*"
+    return message.to or f"topic:{message.topic}"
+
+
+def _dt(ms: int | None) -> datetime | None:
+    return datetime.fromtimestamp(ms / 1000, UTC) if ms else None
+
+
+def _since_ms(since: datetime | float | None) -> int | None:
+    if since is None:
+        return None
+    if isinstance(since, datetime):
+        return int(since.timestamp() * 1000)
+    return int(float(since) * 1000)
+
+
+def _status_model(message_id: str, raw: dict[str, str]) -> MessageStatus:
+    status = raw.get("status", "queued")
+    expires = raw.get("expires_at")
+    if status in ("queued", "retrying") and expires and int(expires) < now_ms() - 1000:
+        # Past its ttl and not delivered: the broker dead-letters it; report what it is.
+        status, raw = "expired", {**raw, "reason": raw.get("reason") or "expired"}
+    stamps = {
+        name.removesuffix("_at"): datetime.fromtimestamp(int(value) / 1000, UTC)
+        for name, value in raw.items()
+        if name.endswith("_at") and value.isdigit()
+    }
+    return MessageStatus(
+        id=message_id,
+        status=Status(status),
+        attempts=int(raw.get("attempts") or 0),
+        queue=raw.get("queue"),
+        sender=raw.get("from"),
+        recipients=int(raw["recipients"]) if raw.get("recipients") else None,
+        reason=raw.get("reason") or None,
+        error=raw.get("error") or None,
+        timestamps=stamps,
+    )
+
+
+__all__ = ["MessageBus", "RequestTimeout", "Priority"]

@@ -1,0 +1,111 @@
+"""Who may do what, how fast, and the audit trail of it.
+
+- ACL (bus.acl.Policy, optional file): send/publish/subscribe permissions and admins.
+- Rate limit: a token bucket per agent in Redis (one Lua call, atomic).
+- Audit: a capped Redis stream plus one structured log line per event.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from functools import cached_property
+from typing import Any
+
+from bus.acl import Policy
+from bus.errors import AuthError, BusUnavailable, RateLimited
+from bus.redis_conn import redis_errors
+from bus.runtime import Runtime
+from bus.schema import Message
+
+logger = logging.getLogger(__name__)
+audit_logger = logging.getLogger("bus.audit")
+
+AUDIT_MAXLEN = 100_000
+
+
+class Guard:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    @cached_property
+    def policy(self) -> Policy:
+        return Policy.load(self.runtime.settings.acl_file, self.runtime.settings.admins)
+
+    # -- authorization -------------------------------------------------------------------
+
+    def _deny(self, agent: str, action: str, target: str, rule: str) -> AuthError:
+        self.audit(action, agent, target, "denied", rule=rule)
+        return AuthError(f"{agent} may not {action} {target}: {rule}", rule=rule)
+
+    def authorize_send(self, message: Message) -> None:
+        sender = message.sender
+        if message.is_broadcast:
+            ok, rule = self.policy.may_broadcast(sender)
+            target, action = "*", "broadcast to"
+        elif message.to:
+            ok, rule = self.policy.may_send(sender, message.to)
+            target, action = message.to, "send to"
+        else:
+            ok, rule = self.policy.may_publish(sender, message.topic or "")
+            target, action = f"topic {message.topic}", "publish to"
+        if not ok:
+            raise self._deny(sender, action, target, rule)
+
+    def authorize_subscribe(self, agent: str, topic: str) -> None:
+        ok, rule = self.policy.may_subscribe(agent, topic)
+        if not ok:
+            raise self._deny(agent, "subscribe to", f"topic {topic}", rule)
+
+    def is_admin(self, agent: str) -> bool:
+        return self.policy.is_admin(agent)
+
+    def require_admin(self, agent: str, action: str) -> None:
+        if not self.policy.is_admin(agent):
+            raise self._deny(agent, action, "", "admin only (ACL 'admins')")
+
+    def may_read(self, agent: str, owner: str) -> None:
+        """An agent reads its own inbox and history; reading another's needs admin."""
+        if agent != owner and not self.policy.is_admin(agent):
+            raise self._deny(agent, "read the messages of", owner, "own inbox only (admins may read any)")
+
+    # -- rate limiting ---------------------------------------------------------------------
+
+    def rate_limit(self, agent: str, cost: int = 1) -> None:
+        rate = self.policy.rate_for(agent, self.runtime.settings.rate_per_second)
+        if rate <= 0:
+            return
+        burst = self.policy.burst_for(agent, self.runtime.settings.rate_burst) or max(
+            1, math.ceil(rate)
+        )
+        # A batch bigger than the bucket could never pass; it costs a full bucket instead.
+        cost = min(cost, burst)
+        store = self.runtime.store
+        with redis_errors("check the rate limit"):
+            allowed, wait_ms = store.rate_limit_script(
+                keys=[self.runtime.keys.rate(agent)],
+                args=[rate, burst, int(time.time() * 1000), cost],
+            )
+        if not allowed:
+            retry_after = int(wait_ms) / 1000
+            self.audit("rate_limited", agent, "", "denied", retry_after=retry_after)
+            raise RateLimited(
+                f"{agent} is over its rate limit ({rate:g}/s, burst {burst}); "
+                f"retry after {retry_after:.3f}s",
+                retry_after=retry_after,
+            )
+
+    # -- audit -----------------------------------------------------------------------------
+
+    def audit(self, action: str, agent: str, target: str, outcome: str, **fields: Any) -> None:
+        entry = {"action": action, "agent": agent, "target": target, "outcome": outcome}
+        entry |= {k: str(v) for k, v in fields.items() if v is not None}
+        audit_logger.info("audit %s", action, extra={"audit": entry})
+        try:
+            with redis_errors("write the audit log"):
+                self.runtime.redis.xadd(
+                    self.runtime.keys.audit, entry, maxlen=AUDIT_MAXLEN, approximate=True
+                )
+        except BusUnavailable:
+            logger.warning("audit entry not stored (Redis unavailable): %s", entry)

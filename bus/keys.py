@@ -1,0 +1,104 @@
+"""Every Redis key the bus uses, built from the configured prefix (default ``msgbus:``).
+
+Keyspace (``P`` = prefix; ``{a}`` = agent id in a hash tag so one agent's keys share a slot):
+
+    P agents                       zset   agent -> first-seen ms
+    P agent:{a}:seen               string last-seen ms
+    P inbox:{a}:ready              zset   message id -> priority rank * 2^40 + sequence
+    P inbox:{a}:leased             zset   message id -> lease deadline ms
+    P inbox:{a}:body               hash   message id -> stored wire JSON
+    P inbox:{a}:meta               hash   message id -> "score|delivery count"
+    P inbox:seq                    string global FIFO sequence for ready scores
+    P history:{a}                  zset   wire JSON -> timestamp ms (capped per agent)
+    P status:{id}                  hash   status, attempts, timestamps, reason, error...
+    P delivered:{id}               set    agents a message was delivered to (idempotency)
+    P dedup:{key}                  string message id, expires after the dedup window
+    P subs:{a}                     hash   topic -> JSON filters of agent a
+    P topic:{t}                    hash   agent -> JSON filters (the delivery-time index)
+    P topics                       zset   topic -> subscriber count
+    P reply:{correlation id}       string id of the response that answered a request
+    P audit                        stream capped audit trail
+    P rate:{a}                     hash   token bucket state
+    P events:inbox:{a}             pub/sub channel: a message landed in a's inbox
+    P events:reply:{correlation}   pub/sub channel: a response to a request landed
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class InboxKeys:
+    ready: str
+    leased: str
+    body: str
+    meta: str
+
+    def all(self) -> list[str]:
+        return [self.ready, self.leased, self.body, self.meta]
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str
+
+    @property
+    def agents(self) -> str:
+        return f"{self.prefix}agents"
+
+    def agent_seen(self, agent: str) -> str:
+        return f"{self.prefix}agent:{{{agent}}}:seen"
+
+    def inbox(self, agent: str) -> InboxKeys:
+        base = f"{self.prefix}inbox:{{{agent}}}"
+        return InboxKeys(f"{base}:ready", f"{base}:leased", f"{base}:body", f"{base}:meta")
+
+    @property
+    def inbox_seq(self) -> str:
+        return f"{self.prefix}inbox:seq"
+
+    def history(self, agent: str) -> str:
+        return f"{self.prefix}history:{{{agent}}}"
+
+    def status(self, message_id: str) -> str:
+        return f"{self.prefix}status:{message_id}"
+
+    def delivered(self, message_id: str) -> str:
+        return f"{self.prefix}delivered:{message_id}"
+
+    def dedup(self, key: str) -> str:
+        return f"{self.prefix}dedup:{key}"
+
+    def subscriptions(self, agent: str) -> str:
+        return f"{self.prefix}subs:{{{agent}}}"
+
+    def topic(self, topic: str) -> str:
+        return f"{self.prefix}topic:{topic}"
+
+    @property
+    def topics(self) -> str:
+        return f"{self.prefix}topics"
+
+    def reply(self, correlation_id: str) -> str:
+        return f"{self.prefix}reply:{correlation_id}"
+
+    @property
+    def audit(self) -> str:
+        return f"{self.prefix}audit"
+
+    def rate(self, agent: str) -> str:
+        return f"{self.prefix}rate:{{{agent}}}"
+
+    def inbox_channel(self, agent: str) -> str:
+        return f"{self.prefix}events:inbox:{agent}"
+
+    @property
+    def inbox_channel_pattern(self) -> str:
+        return f"{self.prefix}events:inbox:*"
+
+    def reply_channel(self, correlation_id: str) -> str:
+        return f"{self.prefix}events:reply:{correlation_id}"
+
+    def agent_from_inbox_channel(self, channel: str) -> str:
+        return channel[len(f"{self.prefix}events:inbox:") :]

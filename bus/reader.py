@@ -1,0 +1,156 @@
+"""The receiving side: leasing reads with long-poll, history, and request/response waits.
+
+Stored wire JSON is verified first, then decrypted and decompressed for the reader.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from bus.errors import BusError, NotFound
+from bus.redis_conn import redis_errors
+from bus.runtime import Runtime
+from bus.schema import ReceivedMessage, Status
+from bus.store import Leased
+
+logger = logging.getLogger(__name__)
+
+
+class Reader:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def decode(
+        self, wire: str | dict[str, Any], *, delivery_count: int = 1,
+        lease_expires_ms: int | None = None,
+    ) -> ReceivedMessage:
+        data = orjson.loads(wire) if isinstance(wire, str) else dict(wire)
+        codec = self.runtime.codec
+        verified = codec.is_valid(data)
+        meta = data.get("metadata") or {}
+        extra: dict[str, Any] = {}
+        try:
+            if not verified:
+                raise BusError("signature does not verify; payload withheld")
+            data["payload"] = codec.decode_payload(
+                data["id"], data.get("payload"), meta.get("compression", "none"),
+                bool(meta.get("encrypted")),
+            )
+        except BusError as exc:
+            # One bad message must not make the whole inbox unreadable: hand it over
+            # flagged, with its payload withheld, so the reader can ack or report it.
+            data["payload"] = None
+            extra["decode_error"] = exc.message
+        return ReceivedMessage.model_validate(
+            {
+                **data,
+                **extra,
+                "delivery_count": delivery_count,
+                "lease_expires_at": (
+                    datetime.fromtimestamp(lease_expires_ms / 1000, UTC)
+                    if lease_expires_ms else None
+                ),
+                "verified": verified,
+            }
+        )
+
+    def _decode_leased(self, leased: list[Leased]) -> list[ReceivedMessage]:
+        return [
+            self.decode(
+                item.wire, delivery_count=item.delivery_count,
+                lease_expires_ms=item.lease_expires_ms,
+            )
+            for item in leased
+        ]
+
+    def read(self, agent: str, limit: int, wait: float) -> list[ReceivedMessage]:
+        store = self.runtime.store
+        store.touch_agent(agent)
+        lease = self.runtime.settings.visibility_timeout
+        leased = store.lease(agent, limit, lease)
+        if not leased and wait > 0:
+            leased = self._wait_and_lease(agent, limit, lease, wait)
+        if leased:
+            store.advance_status([item.id for item in leased], Status.read.value)
+        return self._decode_leased(leased)
+
+    def _wait_and_lease(
+        self, agent: str, limit: int, lease: float, wait: float
+    ) -> list[Leased]:
+        store = self.runtime.store
+        deadline = time.monotonic() + wait
+        with redis_errors("wait for messages"):
+            pubsub = self.runtime.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(self.runtime.keys.inbox_channel(agent))
+                while True:
+                    # Subscribed before looking again, so no arrival slips between.
+                    leased = store.lease(agent, limit, lease)
+                    remaining = deadline - time.monotonic()
+                    if leased or remaining <= 0:
+                        return leased
+                    pubsub.get_message(timeout=min(remaining, 5.0))
+            finally:
+                pubsub.close()
+
+    def history(
+        self, agent: str, limit: int, since_ms: int | None, type: str | None
+    ) -> list[ReceivedMessage]:
+        # Filtering by type happens after the range read; history is capped per agent, so
+        # scanning it whole in the worst case is bounded.
+        fetch = limit if type is None else self.runtime.settings.history_limit
+        out: list[ReceivedMessage] = []
+        for wire in self.runtime.store.history(agent, fetch, since_ms):
+            message = self.decode(wire)
+            if type is not None and message.type.value != type:
+                continue
+            out.append(message)
+            if len(out) >= limit:
+                break
+        return out
+
+    @contextmanager
+    def reply_waiter(self, request_id: str) -> Iterator[_ReplyWaiter]:
+        with redis_errors("wait for a response"):
+            pubsub = self.runtime.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(self.runtime.keys.reply_channel(request_id))
+                yield _ReplyWaiter(self.runtime, pubsub, request_id)
+            finally:
+                pubsub.close()
+
+    def take(self, agent: str, message_id: str) -> ReceivedMessage:
+        """Removes one message from an inbox (read + ack) and returns it."""
+        store = self.runtime.store
+        inbox = self.runtime.keys.inbox(agent)
+        with redis_errors("fetch the response"):
+            wire = self.runtime.redis.hget(inbox.body, message_id)
+        if wire is None:
+            raise NotFound(f"message {message_id} is no longer in {agent}'s inbox", id=message_id)
+        store.ack(agent, [message_id])
+        store.advance_status([message_id], Status.acked.value)
+        return self.decode(wire)
+
+
+class _ReplyWaiter:
+    def __init__(self, runtime: Runtime, pubsub: Any, request_id: str) -> None:
+        self.runtime = runtime
+        self.pubsub = pubsub
+        self.request_id = request_id
+
+    def wait(self, timeout: float) -> str | None:
+        deadline = time.monotonic() + timeout
+        with redis_errors("wait for a response"):
+            while True:
+                response_id = self.runtime.store.reply_for(self.request_id)
+                remaining = deadline - time.monotonic()
+                if response_id or remaining <= 0:
+                    return response_id
+                self.pubsub.get_message(timeout=min(remaining, 5.0))

@@ -1,0 +1,60 @@
+"""Lazy, pooled Redis connections, and the one place Redis errors become bus errors."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import parse_qs, urlparse
+
+import redis
+from redis.sentinel import Sentinel
+
+from bus.errors import BusUnavailable, ConfigError
+
+logger = logging.getLogger(__name__)
+
+_CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+
+
+def connect(url: str, *, socket_timeout: float = 5.0) -> redis.Redis:
+    """A client whose pool connects on first command (nothing connects at import or here).
+
+    ``redis+sentinel://host:26379,host2:26379/mymaster/0`` asks Sentinel for the master.
+    """
+    options = {
+        "decode_responses": True,
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": 2.0,
+        "health_check_interval": 30,
+    }
+    if url.startswith("redis+sentinel://"):
+        return _sentinel_master(url, options)
+    return redis.Redis.from_url(url, **options)  # type: ignore[no-any-return]
+
+
+def _sentinel_master(url: str, options: dict[str, object]) -> redis.Redis:
+    parsed = urlparse(url)
+    hosts = []
+    for part in parsed.netloc.rsplit("@", 1)[-1].split(","):
+        host, _, port = part.partition(":")
+        hosts.append((host or "127.0.0.1", int(port or 26379)))
+    path = [p for p in parsed.path.split("/") if p]
+    if not path:
+        raise ConfigError(f"sentinel URL {url!r} needs a service name: .../mymaster/0")
+    service, db = path[0], int(path[1]) if len(path) > 1 else 0
+    password = parsed.password or parse_qs(parsed.query).get("password", [None])[0]
+    sentinel = Sentinel(hosts, socket_timeout=options["socket_timeout"])
+    return sentinel.master_for(service, db=db, password=password, **options)  # type: ignore[no-any-return]
+
+
+@contextmanager
+def redis_errors(action: str) -> Iterator[None]:
+    """Turns connection-level Redis failures into BusUnavailable naming the action."""
+    try:
+        yield
+    except _CONNECTION_ERRORS as exc:
+        raise BusUnavailable(
+            f"bus unavailable: Redis cannot be reached while trying to {action} ({exc})",
+            component="redis",
+        ) from exc

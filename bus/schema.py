@@ -1,0 +1,285 @@
+"""The logical message and the other models agents see (pydantic v2, the single schema).
+
+Wire JSON uses the contract's names (``from``, ``correlation_id``...); input also accepts
+camelCase (``correlationId``, ``maxRetries``...). Unknown fields are kept, not dropped, so a
+1.x reader passes on what a newer writer added.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+AGENT_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+TOPIC_PATTERN = r"^[a-z0-9][a-z0-9._/-]{0,127}$"
+_AGENT_RE = re.compile(AGENT_ID_PATTERN)
+_TOPIC_RE = re.compile(TOPIC_PATTERN)
+BROADCAST = "*"
+SCHEMA_VERSION = "1.0"
+
+
+class Priority(StrEnum):
+    low = "low"
+    normal = "normal"
+    high = "high"
+    critical = "critical"
+
+    @property
+    def rank(self) -> int:
+        """0 for critical .. 3 for low: smaller is served first."""
+        return _PRIORITY_RANK[self]
+
+    @property
+    def queue(self) -> str:
+        return f"bus.{self.value}"
+
+
+_PRIORITY_RANK = {Priority.critical: 0, Priority.high: 1, Priority.normal: 2, Priority.low: 3}
+
+
+class MessageType(StrEnum):
+    request = "request"
+    response = "response"
+    event = "event"
+    command = "command"
+    query = "query"
+    notification = "notification"
+    broadcast = "broadcast"
+    error = "error"
+
+
+class Compression(StrEnum):
+    none = "none"
+    gzip = "gzip"
+    brotli = "brotli"
+
+
+class Status(StrEnum):
+    queued = "queued"
+    delivered = "delivered"
+    read = "read"
+    acked = "acked"
+    retrying = "retrying"
+    dead = "dead"
+    expired = "expired"
+    duplicate = "duplicate"
+
+
+def check_agent_id(value: str) -> str:
+    if not isinstance(value, str) or not _AGENT_RE.match(value):
+        raise ValueError(
+            f"agent id {value!r} must match {AGENT_ID_PATTERN} "
+            "(lowercase letters, digits, '.', '_', '-'; 1-64 characters)"
+        )
+    return value
+
+
+def check_topic(value: str) -> str:
+    if not isinstance(value, str) or not _TOPIC_RE.match(value):
+        raise ValueError(
+            f"topic {value!r} must match {TOPIC_PATTERN} "
+            "(lowercase letters, digits, '.', '_', '/', '-'; 1-128 characters)"
+        )
+    return value
+
+
+AgentId = Annotated[str, AfterValidator(check_agent_id)]
+Topic = Annotated[str, AfterValidator(check_topic)]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="allow",
+        use_enum_values=False,
+    )
+
+
+class Signature(_Model):
+    kid: str
+    alg: str = "HMAC-SHA256"
+    value: str
+
+
+class Metadata(_Model):
+    priority: Priority = Priority.normal
+    ttl: float | None = Field(default=None, gt=0, description="seconds; then never delivered")
+    encrypted: bool = False
+    compression: Compression = Compression.none
+    retry_count: int = Field(default=0, ge=0)
+    max_retries: int = Field(default=3, ge=0, le=100)
+    dedup_key: str | None = Field(default=None, min_length=1, max_length=256)
+    headers: dict[str, str] = Field(default_factory=dict)
+    # The seed writes the topic label inside metadata; kept as a label when `to` is set.
+    topic: Topic | None = None
+
+
+class Message(_Model):
+    """A message as agents see it. ``payload`` is plain JSON here; on the wire it may be an
+    encoded string when ``metadata.compression``/``metadata.encrypted`` say so."""
+
+    version: str = SCHEMA_VERSION
+    id: str = Field(default="", description="UUID, set by the bus")
+    sender: AgentId = Field(
+        alias="from", validation_alias=AliasChoices("from", "sender", "from_")
+    )
+    to: str | None = None
+    topic: Topic | None = None
+    type: MessageType = MessageType.event
+    timestamp: datetime | None = None
+    payload: Any = None
+    correlation_id: str | None = Field(default=None, max_length=128)
+    reply_to: AgentId | None = None
+    trace_id: str | None = Field(default=None, max_length=128)
+    metadata: Metadata = Field(default_factory=Metadata)
+    signature: Signature | None = None
+
+    @field_validator("version")
+    @classmethod
+    def _version_1x(cls, value: str) -> str:
+        if not re.match(r"^1(\.\d+)?$", value):
+            raise ValueError(f"version {value!r} is not supported (this bus reads 1.x)")
+        return value
+
+    @field_validator("to")
+    @classmethod
+    def _to_is_agent_or_star(cls, value: str | None) -> str | None:
+        return value if value in (None, BROADCAST) else check_agent_id(value)  # type: ignore[arg-type]
+
+    @field_validator("timestamp")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("timestamp must carry a timezone (RFC 3339, e.g. ...Z)")
+        return value.astimezone(UTC) if value is not None else None
+
+    @model_validator(mode="after")
+    def _one_address(self) -> Message:
+        if self.to == BROADCAST and self.type is not MessageType.broadcast:
+            self.type = MessageType.broadcast
+        if self.type is MessageType.broadcast:
+            if self.to not in (None, BROADCAST):
+                raise ValueError("a broadcast goes to everyone: leave 'to' empty or '*'")
+            self.to = BROADCAST
+            return self
+        if self.to is None and self.topic is None:
+            if self.metadata.topic is not None:
+                self.topic = self.metadata.topic
+            else:
+                raise ValueError(
+                    "no address: give 'to' (an agent), 'topic', or type 'broadcast' / to '*'"
+                )
+        return self
+
+    @property
+    def is_broadcast(self) -> bool:
+        return self.to == BROADCAST
+
+    @property
+    def is_topic(self) -> bool:
+        return self.to is None and self.topic is not None
+
+    @property
+    def priority(self) -> Priority:
+        return self.metadata.priority
+
+    def wire(self) -> dict[str, Any]:
+        """JSON-ready dict with the contract's names (``from``, snake_case)."""
+        return _wire_dump(self)
+
+
+def _wire_dump(message: Message) -> dict[str, Any]:
+    data = message.model_dump(mode="json", exclude_none=True)
+    data["from"] = data.pop("sender")
+    meta = data.get("metadata", {})
+    if not meta.get("headers"):
+        meta.pop("headers", None)
+    return data
+
+
+class ReceivedMessage(Message):
+    """A message read from an inbox, with its lease and check results."""
+
+    delivery_count: int = 1
+    lease_expires_at: datetime | None = None
+    verified: bool = Field(
+        default=False, description="the signature checked out against the bus's keys"
+    )
+    decode_error: str | None = Field(
+        default=None, description="why the payload is withheld (failed check), if it is"
+    )
+
+
+class Receipt(_Model):
+    """What a send returns."""
+
+    id: str
+    status: Status
+    queue: str
+    trace_id: str | None = None
+    duplicate_of: str | None = None
+
+
+class Subscription(_Model):
+    agent: AgentId
+    topic: Topic
+    types: list[MessageType] | None = None
+    priorities: list[Priority] | None = None
+
+    def matches(self, message_type: str, priority: str) -> bool:
+        return (not self.types or message_type in self.types) and (
+            not self.priorities or priority in self.priorities
+        )
+
+
+class MessageStatus(_Model):
+    id: str
+    status: Status
+    attempts: int = 0
+    queue: str | None = None
+    sender: str | None = Field(default=None, serialization_alias="from")
+    recipients: int | None = None
+    reason: str | None = None
+    error: str | None = None
+    timestamps: dict[str, datetime] = Field(default_factory=dict)
+
+
+class DeadLetter(_Model):
+    id: str
+    queue: str
+    reason: str
+    error: str | None = None
+    attempts: int = 0
+    replays: int = 0
+    dead_at: datetime | None = None
+    message: dict[str, Any] | None = None
+
+
+class AckResult(_Model):
+    acked: list[str] = Field(default_factory=list)
+    not_found: list[str] = Field(default_factory=list)
+
+
+class AgentInfo(_Model):
+    id: str
+    registered_at: datetime | None = None
+    last_seen: datetime | None = None
+    inbox_depth: int = 0

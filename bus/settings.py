@@ -1,0 +1,126 @@
+"""The one settings class (pydantic-settings, prefix ``MESSAGE_BUS_``).
+
+Entry points build it once and pass it down; library classes never read the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bus.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
+_PER = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
+
+
+def parse_rate(text: str) -> float:
+    """``"100/s"`` -> 100.0 tokens per second; ``"0"`` or ``""`` disables limiting."""
+    if text.strip() in ("", "0", "off", "none"):
+        return 0.0
+    match = _RATE.match(text)
+    if not match:
+        raise ConfigError(f"rate limit {text!r} is not like '100/s', '600/m' or '3600/h'")
+    return float(match.group(1)) / _PER[match.group(2)]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MESSAGE_BUS_", extra="ignore")
+
+    mode: Literal["dev", "production"] = "dev"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
+    secret: SecretStr | None = None
+    secret_keys: SecretStr | None = Field(
+        default=None, description='"kid:secret,kid2:secret2": the first signs, all verify'
+    )
+    agent_id: str | None = None
+    admins: list[str] = Field(default_factory=list, description="agents allowed admin actions")
+    tokens_file: Path | None = None
+    acl_file: Path | None = None
+    key_prefix: str = "msgbus:"
+    state_dir: Path = Path.home() / ".local" / "state" / "msgbus"
+
+    history_limit: int = Field(default=1000, ge=1, le=1_000_000)
+    visibility_timeout: float = Field(default=300.0, gt=0)
+    max_wait_seconds: float = Field(default=60.0, gt=0)
+    dedup_window: int = Field(default=86_400, ge=1, description="seconds")
+    status_retention: int = Field(default=7 * 86_400, ge=60, description="seconds")
+    clock_skew: float = Field(default=300.0, gt=0, description="seconds a timestamp may differ")
+    max_payload_bytes: int = Field(default=1024 * 1024, ge=1)
+    max_batch: int = Field(default=500, ge=1)
+    max_topics_per_subscription: int = Field(default=100, ge=1)
+    rate_limit: str = "100/s"
+    rate_burst: int | None = Field(default=None, ge=1)
+
+    queue_type: Literal["classic", "quorum"] = "classic"
+    queue_max_length: int | None = Field(default=None, ge=1)
+    retry_backoff: float = Field(default=1.0, gt=0, description="first retry delay, seconds")
+    retry_backoff_max: float = Field(default=60.0, gt=0)
+    default_max_retries: int = Field(default=3, ge=0, le=100)
+    max_dead_letter_replays: int = Field(default=3, ge=0)
+
+    flower_auth: SecretStr | None = None
+    worker_concurrency: int = Field(default=4, ge=1)
+    worker_pool: Literal["threads", "prefork", "solo", "gevent", "eventlet"] = "threads"
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix_ends_with_colon(cls, value: str) -> str:
+        return value if value.endswith(":") else value + ":"
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_parses(cls, value: str) -> str:
+        parse_rate(value)
+        return value
+
+    @cached_property
+    def signing_keys(self) -> list[tuple[str, bytes]]:
+        """[(kid, secret)], the first one signs; dev mode generates one when none is set."""
+        if self.secret_keys is not None:
+            keys = []
+            for part in self.secret_keys.get_secret_value().split(","):
+                kid, sep, secret = part.strip().partition(":")
+                if not sep or not kid or not secret:
+                    raise ConfigError(
+                        "MESSAGE_BUS_SECRET_KEYS must look like 'kid1:secret1,kid2:secret2'"
+                    )
+                keys.append((kid, secret.encode()))
+            return keys
+        if self.secret is not None:
+            return [("k1", self.secret.get_secret_value().encode())]
+        if self.mode == "production":
+            raise ConfigError(
+                "no secret: set MESSAGE_BUS_SECRET or MESSAGE_BUS_SECRET_KEYS (production mode)"
+            )
+        return [("dev", self._dev_secret())]
+
+    def _dev_secret(self) -> bytes:
+        # Kept in the state dir so every local process (CLI, worker, MCP) shares it.
+        path = self.state_dir / "dev-secret"
+        if path.exists():
+            return path.read_bytes().strip()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        secret = secrets.token_hex(32).encode()
+        path.write_bytes(secret)
+        path.chmod(0o600)
+        logger.warning(
+            "dev mode and no MESSAGE_BUS_SECRET: generated a dev secret in %s; "
+            "set MESSAGE_BUS_SECRET (and MESSAGE_BUS_MODE=production) for real use",
+            path,
+        )
+        return secret
+
+    @property
+    def rate_per_second(self) -> float:
+        return parse_rate(self.rate_limit)

@@ -1,0 +1,302 @@
+"""The Redis store: inboxes with leases, history, status, subscriptions, agents.
+
+Stored messages are wire JSON strings (signed; payload still encrypted/compressed when the
+sender asked), so what sits in Redis is exactly what the broker carried.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis
+
+from bus import scripts
+from bus.errors import LimitExceeded
+from bus.keys import Keys
+from bus.redis_conn import redis_errors
+
+logger = logging.getLogger(__name__)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Leased:
+    id: str
+    wire: str
+    delivery_count: int
+    lease_expires_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    agent: str
+
+
+class RedisStore:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        *,
+        history_limit: int,
+        status_retention: int,
+        dedup_window: int,
+    ) -> None:
+        self.redis = client
+        self.keys = keys
+        self.history_limit = history_limit
+        self.status_retention = status_retention
+        self.dedup_window = dedup_window
+        register = client.register_script
+        self._accept = register(scripts.ACCEPT)
+        self._revoke = register(scripts.REVOKE)
+        self._deliver = register(scripts.DELIVER)
+        self._read = register(scripts.READ)
+        self._ack = register(scripts.ACK)
+        self._advance = register(scripts.ADVANCE_STATUS)
+        self._subscribe = register(scripts.SUBSCRIBE)
+        self._unsubscribe = register(scripts.UNSUBSCRIBE)
+        self.rate_limit_script = register(scripts.RATE_LIMIT)
+
+    # -- send side -----------------------------------------------------------------------
+
+    def accept_many(self, accepted: Sequence[AcceptRecord]) -> list[str | None]:
+        """Records each message as queued (dedup, status, sender history) in one round trip.
+
+        Returns, per message, None when accepted or the id it duplicates."""
+        k = self.keys
+        now = now_ms()
+        with redis_errors("record the send"):
+            pipe = self.redis.pipeline(transaction=False)
+            for rec in accepted:
+                self._accept(
+                    keys=[k.dedup(rec.dedup_key), k.status(rec.id), k.agents, k.history(rec.sender)],
+                    args=[
+                        rec.id, now, self.dedup_window, self.status_retention, rec.queue,
+                        rec.sender, rec.wire, rec.ts_ms, self.history_limit,
+                        rec.expires_ms or "",
+                    ],
+                    client=pipe,
+                )
+            return [r or None for r in pipe.execute()]
+
+    def revoke_many(self, accepted: Iterable[AcceptRecord]) -> None:
+        """Undoes accept_many for messages the broker did not take."""
+        k = self.keys
+        with redis_errors("undo a refused send"):
+            pipe = self.redis.pipeline(transaction=False)
+            for rec in accepted:
+                self._revoke(
+                    keys=[k.dedup(rec.dedup_key), k.status(rec.id), k.history(rec.sender)],
+                    args=[rec.id, rec.wire],
+                    client=pipe,
+                )
+            pipe.execute()
+
+    # -- delivery (worker side) ----------------------------------------------------------
+
+    def deliver(
+        self,
+        *,
+        message_id: str,
+        wire: str,
+        rank: int,
+        ts_ms: int,
+        recipients: Sequence[str],
+        attempts: int,
+        correlation_id: str | None,
+        client: Any = None,
+    ) -> Any:
+        """Appends to each recipient's inbox and history, sets `delivered`: one script."""
+        k = self.keys
+        keys = [
+            k.status(message_id), k.delivered(message_id), k.agents, k.inbox_seq,
+            k.reply(correlation_id) if correlation_id else k.status(message_id),
+        ]
+        args: list[Any] = [
+            message_id, wire, rank, now_ms(), self.history_limit, self.status_retention,
+            attempts, k.reply_channel(correlation_id) if correlation_id else "", ts_ms,
+        ]
+        for agent in recipients:
+            inbox = k.inbox(agent)
+            keys += [inbox.ready, inbox.body, inbox.meta, k.history(agent)]
+            args += [agent, k.inbox_channel(agent)]
+        with redis_errors("deliver a message"):
+            return self._deliver(keys=keys, args=args, client=client)
+
+    def topic_subscribers(self, topics: Sequence[str]) -> list[dict[str, str]]:
+        with redis_errors("look up topic subscribers"):
+            pipe = self.redis.pipeline(transaction=False)
+            for topic in topics:
+                pipe.hgetall(self.keys.topic(topic))
+            return pipe.execute()  # type: ignore[no-any-return]
+
+    def agent_ids(self) -> list[str]:
+        with redis_errors("list agents"):
+            return self.redis.zrange(self.keys.agents, 0, -1)  # type: ignore[no-any-return]
+
+    # -- inbox -----------------------------------------------------------------------------
+
+    def lease(self, agent: str, limit: int, lease_seconds: float) -> list[Leased]:
+        now = now_ms()
+        lease_ms = int(lease_seconds * 1000)
+        with redis_errors("read the inbox"):
+            flat = self._read(keys=self.keys.inbox(agent).all(), args=[now, lease_ms, limit])
+        return [
+            Leased(flat[i], flat[i + 1], int(flat[i + 2]), now + lease_ms)
+            for i in range(0, len(flat), 3)
+        ]
+
+    def ack(self, agent: str, ids: Sequence[str]) -> list[str]:
+        if not ids:
+            return []
+        with redis_errors("ack messages"):
+            return self._ack(keys=self.keys.inbox(agent).all(), args=list(ids))  # type: ignore[no-any-return]
+
+    def inbox_depth(self, agent: str) -> tuple[int, int]:
+        """(ready, leased) counts."""
+        inbox = self.keys.inbox(agent)
+        with redis_errors("count the inbox"):
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.zcard(inbox.ready)
+            pipe.zcard(inbox.leased)
+            ready, leased = pipe.execute()
+        return int(ready), int(leased)
+
+    def inbox_depths(self, agents: Sequence[str]) -> dict[str, int]:
+        with redis_errors("count inboxes"):
+            pipe = self.redis.pipeline(transaction=False)
+            for agent in agents:
+                pipe.hlen(self.keys.inbox(agent).body)
+            return dict(zip(agents, (int(n) for n in pipe.execute()), strict=True))
+
+    def peek_inbox(self, agent: str, limit: int) -> list[str]:
+        """Wire JSON of up to `limit` inbox messages in read order, without leasing."""
+        inbox = self.keys.inbox(agent)
+        with redis_errors("look at the inbox"):
+            ids = self.redis.zrange(inbox.ready, 0, limit - 1)
+            if not ids:
+                return []
+            return [w for w in self.redis.hmget(inbox.body, ids) if w]
+
+    # -- history ---------------------------------------------------------------------------
+
+    def history(self, agent: str, limit: int, since_ms: int | None) -> list[str]:
+        """Newest first."""
+        with redis_errors("read history"):
+            return self.redis.zrevrangebyscore(  # type: ignore[no-any-return]
+                self.keys.history(agent),
+                "+inf",
+                since_ms if since_ms is not None else "-inf",
+                start=0,
+                num=limit,
+            )
+
+    # -- status ----------------------------------------------------------------------------
+
+    def advance_status(
+        self, ids: Sequence[str], status: str, *, force: bool = False, **fields: Any
+    ) -> int:
+        if not ids:
+            return 0
+        args: list[Any] = [status, now_ms(), self.status_retention, "1" if force else "0"]
+        for name, value in fields.items():
+            args += [name, "" if value is None else value]
+        with redis_errors("update message status"):
+            return int(
+                self._advance(keys=[self.keys.status(i) for i in ids], args=args)
+            )
+
+    def status(self, message_id: str) -> dict[str, str]:
+        with redis_errors("read message status"):
+            return self.redis.hgetall(self.keys.status(message_id))  # type: ignore[no-any-return]
+
+    def reply_for(self, correlation_id: str) -> str | None:
+        with redis_errors("look up a response"):
+            return self.redis.get(self.keys.reply(correlation_id))  # type: ignore[no-any-return]
+
+    # -- subscriptions and agents ----------------------------------------------------------
+
+    def subscribe(
+        self, agent: str, topics: Sequence[str], filters: dict[str, Any], max_topics: int
+    ) -> int:
+        k = self.keys
+        keys = [k.subscriptions(agent), k.topics] + [k.topic(t) for t in topics]
+        with redis_errors("subscribe"):
+            total = int(
+                self._subscribe(
+                    keys=keys, args=[agent, max_topics, orjson.dumps(filters), *topics]
+                )
+            )
+        if total < 0:
+            current = -total - 1
+            raise LimitExceeded(
+                f"agent {agent!r} has {current} topic subscriptions; adding {len(topics)} "
+                f"would pass the limit of {max_topics} "
+                "(MESSAGE_BUS_MAX_TOPICS_PER_SUBSCRIPTION); nothing was subscribed",
+                limit="max_topics_per_subscription",
+            )
+        return total
+
+    def unsubscribe(self, agent: str, topics: Sequence[str]) -> int:
+        k = self.keys
+        keys = [k.subscriptions(agent), k.topics] + [k.topic(t) for t in topics]
+        with redis_errors("unsubscribe"):
+            return int(self._unsubscribe(keys=keys, args=[agent, *topics]))
+
+    def subscriptions(self, agent: str) -> dict[str, dict[str, Any]]:
+        with redis_errors("list subscriptions"):
+            raw = self.redis.hgetall(self.keys.subscriptions(agent))
+        return {topic: orjson.loads(filters) for topic, filters in raw.items()}
+
+    def topics(self) -> dict[str, int]:
+        with redis_errors("list topics"):
+            names = sorted(self.redis.smembers(self.keys.topics))
+            pipe = self.redis.pipeline(transaction=False)
+            for name in names:
+                pipe.hlen(self.keys.topic(name))
+            return dict(zip(names, (int(n) for n in pipe.execute()), strict=True))
+
+    def touch_agent(self, agent: str) -> None:
+        """Registers an agent on first use and records when it was last seen."""
+        now = now_ms()
+        with redis_errors("register the agent"):
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.zadd(self.keys.agents, {agent: now}, nx=True)
+            pipe.set(self.keys.agent_seen(agent), now)
+            pipe.execute()
+
+    def agents(self) -> list[tuple[str, int, int | None]]:
+        """(agent, registered ms, last seen ms)."""
+        with redis_errors("list agents"):
+            entries = self.redis.zrange(self.keys.agents, 0, -1, withscores=True)
+            if not entries:
+                return []
+            seen = self.redis.mget([self.keys.agent_seen(a) for a, _ in entries])
+        return [
+            (agent, int(score), int(last) if last else None)
+            for (agent, score), last in zip(entries, seen, strict=True)
+        ]
+
+    def ping(self) -> bool:
+        with redis_errors("ping Redis"):
+            return bool(self.redis.ping())
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptRecord:
+    id: str
+    dedup_key: str
+    sender: str
+    queue: str
+    wire: str
+    ts_ms: int
+    expires_ms: int | None

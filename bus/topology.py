@@ -1,0 +1,98 @@
+"""Broker topology and the Celery settings built from bus settings.
+
+Queues ``bus.critical|high|normal|low`` (durable, dead-lettering into ``bus.dlx``), the
+fanout exchange ``bus.dlx`` and its queue ``bus.dead_letter``. The dead-letter queue is
+deliberately *not* among Celery's task queues, so no worker can ever consume it as tasks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu import Exchange, Queue
+
+from bus.schema import Priority
+from bus.settings import Settings
+
+EXCHANGE = "bus"
+DLX = "bus.dlx"
+DEAD_LETTER_QUEUE = "bus.dead_letter"
+DELIVER_TASK = "bus.deliver"
+DELIVER_BATCH_TASK = "bus.deliver_batch"
+PRIORITY_QUEUES = [p.queue for p in (Priority.critical, Priority.high, Priority.normal, Priority.low)]
+# Quorum queues drop a message redelivered this many times (a worker that keeps dying on
+# it); with at-least-once dead-lettering it lands in bus.dead_letter instead of vanishing.
+QUORUM_DELIVERY_LIMIT = 20
+
+bus_exchange = Exchange(EXCHANGE, type="direct", durable=True)
+dead_letter_exchange = Exchange(DLX, type="fanout", durable=True)
+
+
+def queue_arguments(settings: Settings) -> dict[str, Any]:
+    args: dict[str, Any] = {"x-dead-letter-exchange": DLX}
+    if settings.queue_type == "quorum":
+        args |= {
+            "x-queue-type": "quorum",
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+            "x-delivery-limit": QUORUM_DELIVERY_LIMIT,
+        }
+    if settings.queue_max_length is not None:
+        args |= {"x-max-length": settings.queue_max_length, "x-overflow": "reject-publish"}
+    return args
+
+
+def priority_queues(settings: Settings) -> list[Queue]:
+    args = queue_arguments(settings)
+    return [
+        Queue(name, bus_exchange, routing_key=name, durable=True, queue_arguments=args)
+        for name in PRIORITY_QUEUES
+    ]
+
+
+def dead_letter_queue(settings: Settings) -> Queue:
+    args = {"x-queue-type": "quorum"} if settings.queue_type == "quorum" else {}
+    return Queue(
+        DEAD_LETTER_QUEUE, dead_letter_exchange, routing_key="", durable=True,
+        queue_arguments=args,
+    )
+
+
+def declare(channel: Any, settings: Settings) -> None:
+    """Declares every exchange and queue (idempotent; same arguments every time)."""
+    for queue in [*priority_queues(settings), dead_letter_queue(settings)]:
+        queue(channel).declare()
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings (lower-case names); celeryconfig.py exports these."""
+    return {
+        "broker_url": settings.broker_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {"confirm_publish": True},
+        "broker_heartbeat": 30,
+        "broker_pool_limit": 16,
+        "task_queues": priority_queues(settings),
+        "task_default_queue": Priority.normal.queue,
+        "task_default_exchange": EXCHANGE,
+        "task_default_routing_key": Priority.normal.queue,
+        "task_create_missing_queues": False,
+        "task_default_delivery_mode": "persistent",
+        "task_acks_late": True,
+        "task_acks_on_failure_or_timeout": False,
+        "task_reject_on_worker_lost": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_store_errors_even_if_ignored": False,
+        "task_send_sent_event": True,
+        "worker_send_task_events": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_hijack_root_logger": False,
+        "worker_concurrency": settings.worker_concurrency,
+        "worker_pool": settings.worker_pool,
+        "timezone": "UTC",
+        "enable_utc": True,
+    }

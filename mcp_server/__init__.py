@@ -1,0 +1,1 @@
+"""MCP server (stdio and streamable HTTP) over bus/."""

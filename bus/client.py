@@ -399,7 +399,7 @@ def _since_ms(since: datetime | float | None) -> int | None:
 def _status_model(message_id: str, raw: dict[str, str]) -> MessageStatus:
     status = raw.get("status", "queued")
     expires = raw.get("expires_at")
-    if status in ("queued", "retrying") and expires and int(expires) < now_ms() - 1000:
+    if status in ("queued", "retrying") and expires and int(expires) < now_ms():
         # Past its ttl and not delivered: the broker dead-letters it; report what it is.
         status, raw = "expired", {**raw, "reason": raw.get("reason") or "expired"}
     stamps = {

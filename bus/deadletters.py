@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from kombu import Connection
@@ -44,6 +44,11 @@ class _Entry:
         self.is_batch = self.headers.get("task") == topology.DELIVER_BATCH_TASK
         wires = first if self.is_batch and isinstance(first, list) else [first]
         self.wires: list[dict[str, Any]] = [w for w in wires if isinstance(w, dict)]
+        # A task whose argument is no bus message is still listed (and purgeable) by its
+        # Celery task id, with the raw argument kept for inspection.
+        self.malformed = not self.wires
+        if self.malformed:
+            self.wires = [{"id": str(self.headers.get("id") or "unknown"), "raw": first}]
         self.last_error: str | None = (kwargs or {}).get("last_error") if isinstance(kwargs, dict) else None
         deaths = self.headers.get("x-death") or [{}]
         self.death: dict[str, Any] = deaths[0] if isinstance(deaths, list) and deaths else {}
@@ -103,7 +108,7 @@ class DeadLetterQueue:
             queue=str(death.get("queue") or Priority(meta.get("priority", "normal")).queue),
             reason=reason,
             error=status.get("error") or entry.last_error,
-            attempts=int(status.get("attempts") or int(entry.headers.get("retries") or 0) + 1),
+            attempts=max(int(status.get("attempts") or 0), int(entry.headers.get("retries") or 0) + 1),
             replays=replays,
             dead_at=dead_at if isinstance(dead_at, datetime) else None,
             message=wire,
@@ -114,6 +119,8 @@ class DeadLetterQueue:
         death_reason = str(entry.death.get("reason") or "rejected")
         if death_reason == "expired":
             return "expired"
+        if entry.malformed:
+            return "malformed"
         if not self.runtime.codec.is_valid(wire):
             return "bad_signature"
         meta = wire.get("metadata") or {}
@@ -137,12 +144,19 @@ class DeadLetterQueue:
     def list(self, limit: int = 100) -> list[DeadLetter]:
         out: list[DeadLetter] = []
         with self._taken() as get:
-            entries: list[_Entry] = []
             while len(out) < limit and (entry := get()) is not None:
-                entries.append(entry)
                 statuses = self._statuses([entry])
                 out += [self._describe(entry, w, statuses) for w in entry.wires]
+        self._record_broker_deaths(out)
         return out[:limit]
+
+    def _record_broker_deaths(self, letters: list[DeadLetter]) -> None:
+        """Messages the broker dead-lettered (ttl) never reached a worker to record it."""
+        expired = [d.id for d in letters if d.reason == "expired"]
+        try:
+            self.runtime.store.advance_status(expired, "expired", reason="expired")
+        except BusUnavailable:
+            pass
 
     def show(self, message_id: str) -> DeadLetter:
         with self._taken() as get:
@@ -219,7 +233,3 @@ class DeadLetterQueue:
 
     def purge(self, ids: list[str] | None) -> list[str]:
         return self._settle(ids, None)
-
-
-def replayed_at() -> datetime:
-    return datetime.now(UTC)

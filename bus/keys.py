@@ -12,7 +12,8 @@ Keyspace (``P`` = prefix; ``{a}`` = agent id in a hash tag so one agent's keys s
     P history:{a}                  zset   wire JSON -> timestamp ms (capped per agent)
     P status:{id}                  hash   status, attempts, timestamps, reason, error...
     P delivered:{id}               set    agents a message was delivered to (idempotency)
-    P dedup:{key}                  string message id, expires after the dedup window
+    P dedup:key:{key}              string message id, expires after the dedup window
+    P dedup:id:{id}                string message id, expires after the dedup window
     P subs:{a}                     hash   topic -> JSON filters of agent a
     P topic:{t}                    hash   agent -> JSON filters (the delivery-time index)
     P topics                       zset   topic -> subscriber count
@@ -68,7 +69,10 @@ class Keys:
         return f"{self.prefix}delivered:{message_id}"
 
     def dedup(self, key: str) -> str:
-        return f"{self.prefix}dedup:{key}"
+        return f"{self.prefix}dedup:key:{key}"
+
+    def dedup_id(self, message_id: str) -> str:
+        return f"{self.prefix}dedup:id:{message_id}"
 
     def subscriptions(self, agent: str) -> str:
         return f"{self.prefix}subs:{{{agent}}}"

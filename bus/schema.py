@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from pydantic import (
     AfterValidator,
     AliasChoices,
+    AliasGenerator,
     BaseModel,
     ConfigDict,
     Field,
@@ -104,9 +105,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# Input accepts snake_case and camelCase; output is always the contract's snake_case.
+_INPUT_ALIASES = AliasGenerator(validation_alias=lambda name: AliasChoices(name, to_camel(name)))
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(
-        alias_generator=to_camel,
+        alias_generator=_INPUT_ALIASES,
         populate_by_name=True,
         extra="allow",
         use_enum_values=False,
@@ -139,7 +144,7 @@ class Message(_Model):
     version: str = SCHEMA_VERSION
     id: str = Field(default="", description="UUID, set by the bus")
     sender: AgentId = Field(
-        alias="from", validation_alias=AliasChoices("from", "sender", "from_")
+        serialization_alias="from", validation_alias=AliasChoices("from", "sender", "from_")
     )
     to: str | None = None
     topic: Topic | None = None
@@ -207,8 +212,7 @@ class Message(_Model):
 
 
 def _wire_dump(message: Message) -> dict[str, Any]:
-    data = message.model_dump(mode="json", exclude_none=True)
-    data["from"] = data.pop("sender")
+    data = message.model_dump(mode="json", by_alias=True, exclude_none=True)
     meta = data.get("metadata", {})
     if not meta.get("headers"):
         meta.pop("headers", None)

@@ -11,14 +11,15 @@ STATUS_RANK_LUA = """
 local rank = {queued=1, retrying=2, delivered=3, dead=3, expired=3, read=4, acked=5}
 """
 
-# KEYS: dedup, status, agents, sender history
+# KEYS: dedup (by dedup key), status, agents, sender history, dedup (by id)
 # ARGV: id, now_ms, dedup_window_s, retention_s, queue, sender, wire, ts_ms,
 #       history_limit, expires_at_ms ('' if none)
-# Returns the existing id for a duplicate, else false (nil).
+# Returns the existing id for a duplicate (same dedup key or same id), else false (nil).
 ACCEPT = """
-local existing = redis.call('GET', KEYS[1])
+local existing = redis.call('GET', KEYS[1]) or redis.call('GET', KEYS[5])
 if existing then return existing end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+redis.call('SET', KEYS[5], ARGV[1], 'EX', ARGV[3])
 redis.call('HSET', KEYS[2], 'status', 'queued', 'queued_at', ARGV[2], 'updated_at', ARGV[2],
   'attempts', 0, 'queue', ARGV[5], 'from', ARGV[6])
 if ARGV[10] ~= '' then redis.call('HSET', KEYS[2], 'expires_at', ARGV[10]) end
@@ -30,9 +31,10 @@ return false
 """
 
 # Undo of ACCEPT when the broker refused the publish: nothing half-written.
-# KEYS: dedup, status, sender history   ARGV: id, wire
+# KEYS: dedup, status, sender history, dedup by id   ARGV: id, wire
 REVOKE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
 redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[2])
 return 1
@@ -132,8 +134,11 @@ for _, key in ipairs(KEYS) do
   local ok = ARGV[4] == '1'
   if not ok and current then
     ok = (rank[current] or 0) < rank[new] or (current == 'retrying' and new == 'retrying')
+  elseif not ok then
+    -- no status (never sent through the API, or past retention): record only deaths
+    ok = new == 'dead' or new == 'expired'
   end
-  if ok and (current or ARGV[4] == '1') then
+  if ok then
     redis.call('HSET', key, 'status', new, new .. '_at', ARGV[2], 'updated_at', ARGV[2])
     for i = 5, #ARGV, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
     if new == 'acked' then redis.call('HINCRBY', key, 'acks', 1) end

@@ -35,11 +35,6 @@ class Leased:
     lease_expires_ms: int
 
 
-@dataclass(frozen=True, slots=True)
-class Recipient:
-    agent: str
-
-
 class RedisStore:
     def __init__(
         self,
@@ -78,7 +73,8 @@ class RedisStore:
             pipe = self.redis.pipeline(transaction=False)
             for rec in accepted:
                 self._accept(
-                    keys=[k.dedup(rec.dedup_key), k.status(rec.id), k.agents, k.history(rec.sender)],
+                    keys=[k.dedup(rec.dedup_key), k.status(rec.id), k.agents, k.history(rec.sender),
+                          k.dedup_id(rec.id)],
                     args=[
                         rec.id, now, self.dedup_window, self.status_retention, rec.queue,
                         rec.sender, rec.wire, rec.ts_ms, self.history_limit,
@@ -95,7 +91,8 @@ class RedisStore:
             pipe = self.redis.pipeline(transaction=False)
             for rec in accepted:
                 self._revoke(
-                    keys=[k.dedup(rec.dedup_key), k.status(rec.id), k.history(rec.sender)],
+                    keys=[k.dedup(rec.dedup_key), k.status(rec.id), k.history(rec.sender),
+                          k.dedup_id(rec.id)],
                     args=[rec.id, rec.wire],
                     client=pipe,
                 )

@@ -1,0 +1,184 @@
+"""Send -> worker -> inbox -> read -> ack, on real RabbitMQ, Redis and a celery worker."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def read_until(bus, agent, count, timeout=15.0):
+    got = []
+
+    def more():
+        got.extend(bus.read(agent, limit=100, wait=0.5))
+        return len(got) >= count
+
+    wait_for(more, timeout, f"{count} messages for {agent}")
+    return got
+
+
+def test_seed_usage_sends_a_high_priority_command_and_it_is_read_and_acked(bus, agents):
+    agent1, agent2 = agents("agent1"), agents("agent2")
+    receipt = bus.send_message({
+        "from": agent1, "to": agent2, "type": "command",
+        "payload": {"action": "process_task", "taskId": "123"},
+        "metadata": {"priority": "high", "ttl": 3600, "topic": "task-processing"},
+    })
+    assert receipt.status.value == "queued"
+    assert receipt.queue == "bus.high"
+    assert len(receipt.id) == 36
+
+    bus.subscribe(agent2, ["task-processing"], types=["command", "query"],
+                  priorities=["high", "critical"])
+    messages = bus.read(agent2, limit=10, wait=5.0)
+    assert [m.id for m in messages] == [receipt.id]
+    m = messages[0]
+    assert m.sender == agent1 and m.to == agent2
+    assert m.payload == {"action": "process_task", "taskId": "123"}
+    assert m.metadata.priority.value == "high" and m.metadata.ttl == 3600
+    assert m.verified and m.signature is not None and m.trace_id
+    assert bus.status(receipt.id).status.value == "read"
+
+    result = bus.ack(agent2, [m.id for m in messages])
+    assert result.acked == [receipt.id]
+    assert bus.status(receipt.id).status.value == "acked"
+    assert bus.read(agent2, limit=10) == []
+    assert [h.id for h in bus.history(agent2)] == [receipt.id]
+    assert [h.id for h in bus.history(agent1)] == [receipt.id]
+
+
+def test_topic_message_reaches_only_subscribers_whose_filters_match(bus, agents):
+    sender, hi, cmd, other = agents("pub"), agents("hi"), agents("cmd"), agents("other")
+    topic = agents("jobs")
+    bus.subscribe(hi, [topic], priorities=["high", "critical"])
+    bus.subscribe(cmd, [topic], types=["command"])
+    bus.subscribe(other, [agents("unrelated")])
+
+    low_event = bus.publish(sender, topic, {"n": 1}, type="event", metadata={"priority": "low"})
+    high_event = bus.publish(sender, topic, {"n": 2}, type="event",
+                             metadata={"priority": "high"})
+    low_command = bus.publish(sender, topic, {"n": 3}, type="command",
+                              metadata={"priority": "low"})
+    wait_for(lambda: bus.status(low_command.id).status.value == "delivered", 10, "delivery")
+    wait_for(lambda: bus.status(low_event.id).status.value == "delivered", 10, "delivery")
+
+    assert [m.id for m in read_until(bus, hi, 1)] == [high_event.id]
+    assert sorted(m.id for m in read_until(bus, cmd, 1)) == [low_command.id]
+    assert bus.read(other, limit=10) == []
+    assert bus.status(low_event.id).recipients == 0
+
+
+def test_broadcast_reaches_every_registered_agent_but_the_sender(fresh_env, agents):
+    fresh_env.start_worker()
+    bus = fresh_env.bus()
+    a, b, c = agents("a"), agents("b"), agents("c")
+    for agent in (a, b, c):
+        bus.read(agent, limit=1)  # registers on first use
+    receipt = bus.broadcast(a, {"hello": "all"})
+    assert [m.id for m in read_until(bus, b, 1)] == [receipt.id]
+    assert [m.id for m in read_until(bus, c, 1)] == [receipt.id]
+    assert receipt.id not in [m.id for m in bus.read(a, limit=10)]
+    assert bus.status(receipt.id).recipients == 2
+    assert {h.id for h in bus.history(b)} == {receipt.id}
+
+
+def test_read_returns_higher_priority_first_then_fifo(bus, agents):
+    sender, reader = agents("s"), agents("r")
+    order = ["low", "normal", "critical", "high", "low", "critical", "normal", "high"]
+    receipts = [
+        bus.send_message({"from": sender, "to": reader, "payload": i,
+                          "metadata": {"priority": p}})
+        for i, p in enumerate(order)
+    ]
+    wait_for(lambda: all(bus.status(r.id).status.value == "delivered" for r in receipts),
+             15, "all delivered")
+    got = bus.read(reader, limit=100)
+    rank = {"critical": 0, "high": 1, "normal": 2, "low": 3}
+    expected = sorted(range(len(order)), key=lambda i: (rank[order[i]], i))
+    assert [m.payload for m in got] == expected
+
+
+def test_unacked_message_comes_back_after_its_lease_expires(module_env, worker, agents):
+    bus = module_env.bus(visibility_timeout=0.5)
+    sender, reader = agents("s"), agents("r")
+    receipt = bus.send_message({"from": sender, "to": reader, "payload": "x"})
+    first = read_until(bus, reader, 1)
+    assert first[0].delivery_count == 1
+    assert bus.read(reader, limit=10) == []  # leased: not readable now
+    again = wait_for(lambda: bus.read(reader, limit=10), 5, "lease to expire")
+    assert [m.id for m in again] == [receipt.id]
+    assert again[0].delivery_count == 2
+    assert bus.ack(reader, [receipt.id]).acked == [receipt.id]
+    time.sleep(0.6)  # a full lease length: an acked message must not come back
+    assert bus.read(reader, limit=10) == []
+
+
+def test_long_poll_wakes_when_a_message_arrives(bus, agents):
+    sender, reader = agents("s"), agents("r")
+    result: dict[str, object] = {}
+
+    def wait_read():
+        started = time.monotonic()
+        result["messages"] = bus.read(reader, limit=1, wait=20)
+        result["waited"] = time.monotonic() - started
+
+    thread = threading.Thread(target=wait_read)
+    thread.start()
+    time.sleep(0.3)
+    receipt = bus.send_message({"from": sender, "to": reader, "payload": 1})
+    thread.join(25)
+    assert [m.id for m in result["messages"]] == [receipt.id]
+    assert result["waited"] < 10
+
+
+def test_a_repeated_dedup_key_is_refused_as_duplicate_and_delivered_once(bus, agents):
+    sender, reader = agents("s"), agents("r")
+    first = bus.send_message({"from": sender, "to": reader, "payload": 1,
+                              "metadata": {"dedup_key": "order-42"}})
+    again = bus.send_message({"from": sender, "to": reader, "payload": 2,
+                              "metadata": {"dedup_key": "order-42"}})
+    assert first.status.value == "queued"
+    assert again.status.value == "duplicate" and again.duplicate_of == first.id
+    same_id = bus.send_message({"id": first.id, "from": sender, "to": reader, "payload": 3})
+    assert same_id.status.value == "duplicate"
+    got = read_until(bus, reader, 1)
+    time.sleep(0.5)
+    got += bus.read(reader, limit=10)
+    assert [m.payload for m in got] == [1]
+
+
+def test_send_batch_delivers_every_message_of_mixed_priorities(bus, agents):
+    sender, reader = agents("s"), agents("r")
+    batch = [{"from": sender, "to": reader, "payload": i,
+              "metadata": {"priority": "high" if i % 2 else "low"}} for i in range(50)]
+    receipts = bus.send_batch(batch)
+    assert len(receipts) == 50 and all(r.status.value == "queued" for r in receipts)
+    wait_for(lambda: all(bus.status(r.id).status.value == "delivered" for r in receipts),
+             15, "the whole batch delivered")
+    got = bus.read(reader, limit=100)
+    assert sorted(m.payload for m in got) == list(range(50))
+    assert [m.metadata.priority.value for m in got[:25]] == ["high"] * 25
+
+
+def test_request_returns_the_correlated_response(bus, agents):
+    asker, answerer = agents("asker"), agents("answerer")
+
+    def answer():
+        [req] = read_until(bus, answerer, 1)
+        bus.send_message({"from": answerer, "to": req.reply_to, "type": "response",
+                          "correlation_id": req.id, "payload": {"echo": req.payload}})
+        bus.ack(answerer, [req.id])
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    response = bus.request({"from": asker, "to": answerer, "payload": "ping"}, timeout=15)
+    thread.join(10)
+    assert response.payload == {"echo": "ping"}
+    assert response.type.value == "response"
+    assert bus.read(asker, limit=10) == []  # the response was taken out of the inbox

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The project's test command: installs the project, starts local Redis and RabbitMQ when
+# none is listening (Debian packages, bound to 127.0.0.1), then runs the whole suite.
+# Usage: ./scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+python3 -m bus.services up
+set +e
+python3 -m pytest "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then
+  echo "error: pytest collected no tests" >&2
+  exit 1
+fi
+exit "$status"

@@ -1,0 +1,124 @@
+"""Every limit and every malformed input gets a clear error and writes nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from bus.errors import LimitExceeded, ValidationError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def snapshot(env):
+    """Keys in this bus's Redis keyspace and messages waiting in its queues."""
+    import redis
+
+    from bus.topology import PRIORITY_QUEUES
+
+    client = redis.Redis.from_url(env.settings().redis_url, decode_responses=True)
+    keys = sorted(client.scan_iter(match=f"{env.prefix}*"))
+    client.close()
+    bus = env.bus()
+    depths = {}
+    with bus.runtime.broker.connection() as conn:
+        bus.runtime.broker.ensure_topology()
+        channel = conn.channel()
+        for queue in PRIORITY_QUEUES:
+            depths[queue] = channel.queue_declare(queue, passive=True).message_count
+        channel.close()
+    bus.close()
+    return keys, depths
+
+
+@pytest.fixture
+def quiet_env(fresh_env):
+    """A bus with no worker, so anything sent would stay visible in its queues."""
+    bus = fresh_env.bus()
+    bus.runtime.broker.ensure_topology()
+    return fresh_env, bus
+
+
+BAD_MESSAGES = [
+    ({"from": "Alice", "to": "bob"}, "from: agent id 'Alice' must match"),
+    ({"from": "alice", "to": "-bob"}, "to: agent id '-bob' must match"),
+    ({"from": "alice", "to": "b" * 65}, "must match"),
+    ({"from": "alice", "topic": "Bad Topic"}, "topic: topic 'Bad Topic' must match"),
+    ({"from": "alice", "to": "bob", "type": "gossip"}, "type: Input should be 'request'"),
+    ({"from": "alice", "to": "bob", "metadata": {"priority": "urgent"}}, "metadata.priority"),
+    ({"from": "alice", "to": "bob", "metadata": {"ttl": -1}}, "metadata.ttl"),
+    ({"from": "alice"}, "no address"),
+    ({"to": "bob"}, "from: Field required"),
+    ({"from": "alice", "to": "bob", "version": "2.0"}, "version '2.0' is not supported"),
+    ("not an object", "expected a JSON object"),
+]
+
+
+@pytest.mark.parametrize(("message", "expected"), BAD_MESSAGES)
+def test_malformed_message_is_refused_with_a_clear_error_and_nothing_written(
+    quiet_env, message, expected
+):
+    env, bus = quiet_env
+    before = snapshot(env)
+    with pytest.raises(ValidationError) as excinfo:
+        bus.send_message(message)
+    assert expected in str(excinfo.value)
+    assert snapshot(env) == before
+
+
+def test_oversize_payload_is_refused_naming_the_limit(quiet_env):
+    env, bus = quiet_env
+    before = snapshot(env)
+    with pytest.raises(LimitExceeded) as excinfo:
+        bus.send_message({"from": "alice", "to": "bob", "payload": "x" * (1024 * 1024 + 1)})
+    assert "MESSAGE_BUS_MAX_PAYLOAD_BYTES" in str(excinfo.value)
+    assert excinfo.value.fields["limit"] == "max_payload_bytes"
+    assert snapshot(env) == before
+
+
+def test_batch_over_the_limit_is_refused_whole(quiet_env):
+    env, bus = quiet_env
+    before = snapshot(env)
+    with pytest.raises(LimitExceeded, match="limit is 500"):
+        bus.send_batch([{"from": "alice", "to": "bob", "payload": i} for i in range(501)])
+    assert snapshot(env) == before
+
+
+def test_one_bad_message_in_a_batch_sends_none_of_it(quiet_env):
+    env, bus = quiet_env
+    before = snapshot(env)
+    batch = [{"from": "alice", "to": "bob", "payload": i} for i in range(10)]
+    batch[7]["to"] = "Not Valid"
+    with pytest.raises(ValidationError, match=r"messages\[7\]\.to"):
+        bus.send_batch(batch)
+    assert snapshot(env) == before
+
+
+def test_subscription_over_the_topic_limit_is_refused_whole(quiet_env):
+    env, bus = quiet_env
+    bus.subscribe("carol", [f"t{i}" for i in range(95)])
+    before = snapshot(env)
+    with pytest.raises(LimitExceeded, match="limit of 100"):
+        bus.subscribe("carol", [f"u{i}" for i in range(10)])
+    with pytest.raises(LimitExceeded, match="the limit is 100"):
+        bus.subscribe("dave", [f"v{i}" for i in range(101)])
+    assert snapshot(env) == before
+    assert len(bus.subscriptions("carol")) == 95
+
+
+@pytest.mark.parametrize(
+    ("call", "expected"),
+    [
+        (lambda b: b.read("Bad Agent"), "invalid agent id"),
+        (lambda b: b.read("ok", limit=0), "limit must be"),
+        (lambda b: b.read("ok", wait=61), "wait must be 0..60"),
+        (lambda b: b.history("ok", type="gossip"), "unknown type 'gossip'"),
+        (lambda b: b.subscribe("ok", ["Bad Topic"]), "topic"),
+        (lambda b: b.subscribe("ok", ["t"], types=["gossip"]), "types"),
+        (lambda b: b.subscribe("ok", ["t"], priorities=["urgent"]), "priorities"),
+        (lambda b: b.subscribe("ok", []), "at least one topic"),
+    ],
+)
+def test_bad_arguments_are_refused_clearly(quiet_env, call, expected):
+    env, bus = quiet_env
+    with pytest.raises(ValidationError, match=expected):
+        call(bus)

@@ -6,6 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 python3 -m bus.services up
+# The compose file is validated by the compose tool itself (no engine needed).
+if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }
+  fi
+fi
 set +e
 python3 -m pytest "$@"
 status=$?

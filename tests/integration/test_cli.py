@@ -1,0 +1,111 @@
+"""The `msgbus` command line against a real bus: output, --json, errors and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def msgbus(env, *args, stdin=None):
+    return subprocess.run(
+        [sys.executable, "-m", "bus.cli", *args], cwd=ROOT, env=env.env(), input=stdin,
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_send_read_ack_status_history_round_trip_with_json_output(module_env, worker, agents):
+    a, b = agents("a"), agents("b")
+    sent = msgbus(module_env, "send", "--from", a, "--to", b, "--priority", "high",
+                  "--payload", '{"task": 1}', "--json")
+    assert sent.returncode == 0, sent.stderr
+    receipt = json.loads(sent.stdout)
+    assert receipt["status"] == "queued" and receipt["queue"] == "bus.high"
+
+    read = msgbus(module_env, "read", b, "--wait", "10", "--json")
+    assert read.returncode == 0, read.stderr
+    [message] = json.loads(read.stdout)
+    assert message["id"] == receipt["id"] and message["from"] == a
+    assert message["payload"] == {"task": 1} and message["verified"] is True
+
+    acked = msgbus(module_env, "ack", b, receipt["id"], "--json")
+    assert json.loads(acked.stdout)["acked"] == [receipt["id"]]
+    status = json.loads(msgbus(module_env, "status", receipt["id"], "--json").stdout)
+    assert status["status"] == "acked"
+    history = json.loads(msgbus(module_env, "history", a, "--json").stdout)
+    assert [h["id"] for h in history] == [receipt["id"]]
+
+
+def test_read_with_ack_and_plain_text_output(module_env, worker, agents):
+    a, b = agents("a"), agents("b")
+    msgbus(module_env, "send", "--from", a, "--to", b, "--payload", '"hello"')
+    out = msgbus(module_env, "read", b, "--wait", "10", "--ack")
+    assert out.returncode == 0
+    assert f"command from {a}: \"hello\"" in out.stdout
+    assert msgbus(module_env, "read", b).stdout.strip() == "(no messages)"
+
+
+def test_subscribe_publish_and_whole_message_from_stdin(module_env, worker, agents):
+    a, b = agents("a"), agents("b")
+    topic = agents("news")
+    assert msgbus(module_env, "subscribe", b, topic, "--types", "event").returncode == 0
+    out = msgbus(module_env, "send", "--from", a, "--message", "-",
+                 stdin=json.dumps({"topic": topic, "type": "event", "payload": [1, 2]}))
+    assert out.returncode == 0, out.stderr
+    read = wait_for(lambda: json.loads(msgbus(module_env, "read", b, "--json").stdout), 10,
+                    "topic message")
+    assert read[0]["payload"] == [1, 2] and read[0]["topic"] == topic
+    assert msgbus(module_env, "unsubscribe", b, topic).stdout.strip() == (
+        "removed 1 subscription(s)")
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "message"),
+    [
+        (["send", "--from", "a", "--to", "b", "--payload", "{oops"], None,
+         "error: --payload is not valid JSON"),
+        (["send", "--from", "a", "--message", "-"], "[not json", "error: --message is not valid JSON"),
+        (["send", "--from", "A!", "--to", "b"], None, "error: invalid message: from: agent id"),
+        (["send", "--from", "a", "--to", "b", "--priority", "urgent"], None,
+         "error: invalid message: metadata.priority"),
+        (["read", "Bad Agent"], None, "error: invalid agent id"),
+    ],
+)
+def test_bad_input_is_one_clear_stderr_line_and_a_nonzero_exit(module_env, args, stdin, message):
+    out = msgbus(module_env, *args, stdin=stdin)
+    assert out.returncode == 2
+    assert out.stderr.startswith(message)
+    assert out.stderr.count("\n") == 1
+    assert "Traceback" not in out.stderr
+
+
+def test_status_of_an_unknown_message_is_not_found(module_env):
+    out = msgbus(module_env, "status", "no-such-id")
+    assert out.returncode == 5
+    assert "error: no status for message 'no-such-id'" in out.stderr
+
+
+def test_dlq_commands_list_show_replay_and_purge(fresh_env, agents):
+    a, b = agents("a"), agents("b")
+    ids = [json.loads(msgbus(fresh_env, "send", "--from", a, "--to", b, "--ttl", "0.2",
+                             "--json").stdout)["id"] for _ in range(2)]
+    listed = wait_for(
+        lambda: (lambda r: len(r) == 2 and r)(json.loads(msgbus(fresh_env, "dlq", "list",
+                                                               "--json").stdout)), 10,
+        "two dead letters")
+    assert {d["id"] for d in listed} == set(ids) and {d["reason"] for d in listed} == {"expired"}
+    shown = json.loads(msgbus(fresh_env, "dlq", "show", ids[0], "--json").stdout)
+    assert shown["message"]["from"] == a
+    assert "reason=expired" in msgbus(fresh_env, "dlq", "list").stdout
+    assert json.loads(msgbus(fresh_env, "dlq", "purge", ids[0], "--json").stdout) == {
+        "purged": [ids[0]]}
+    replayed = json.loads(msgbus(fresh_env, "dlq", "replay", "--all", "--json").stdout)
+    assert replayed == {"replayed": [ids[1]]}
+    nothing = msgbus(fresh_env, "dlq", "replay")
+    assert nothing.returncode == 2 and "name the dead letters" in nothing.stderr

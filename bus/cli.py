@@ -362,6 +362,48 @@ def worker(ctx: click.Context, concurrency: int | None, pool: str | None, queues
     os.execvp(argv[0], argv)
 
 
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                "help_option_names": []})
+@click.pass_context
+def mcp(ctx: click.Context) -> None:
+    """Run the MCP server: --agent A (stdio) or --http --host H --port P [--profile full]."""
+    argv = [sys.executable, "-m", "mcp_server", *ctx.args]
+    os.execvp(argv[0], argv)
+
+
+@main.group()
+def token() -> None:
+    """Bearer tokens for the HTTP MCP server (only their hashes are stored)."""
+
+
+def _token_file() -> Any:
+    from bus.tokens import TokenFile
+
+    settings = Settings()
+    return TokenFile(settings.tokens_file or settings.state_dir / "tokens.json")
+
+
+@token.command("create")
+@click.argument("agent")
+@handle_errors
+def token_create(agent: str) -> None:
+    """Print a new token for AGENT (shown once)."""
+    from datetime import UTC, datetime
+
+    click.echo(_token_file().create(agent, now=datetime.now(UTC).isoformat()))
+
+
+@token.command("revoke")
+@click.option("--agent", default=None, help="revoke every token of this agent")
+@click.option("--token", "value", default=None, help="revoke this token")
+@handle_errors
+def token_revoke(agent: str | None, value: str | None) -> None:
+    """Revoke a token, or all of an agent's tokens."""
+    if not agent and not value:
+        raise ValidationError("give --agent AGENT or --token TOKEN")
+    click.echo(f"revoked {_token_file().revoke(agent=agent, token=value)}")
+
+
 @main.group()
 def services() -> None:
     """Local Redis and RabbitMQ for development (bound to 127.0.0.1)."""

@@ -1,0 +1,94 @@
+"""Health and stats: what an operator (or the `health` tool) asks of the bus."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from bus.errors import BusError
+from bus.runtime import Runtime
+from bus.topology import DEAD_LETTER_QUEUE, PRIORITY_QUEUES
+
+logger = logging.getLogger(__name__)
+
+
+class Health(BaseModel):
+    ready: bool = Field(description="Redis and broker answer and at least one worker is live")
+    redis: str
+    broker: str
+    workers: list[str] = Field(default_factory=list)
+    dead_letters: int | None = None
+    breakers: dict[str, str] = Field(default_factory=dict)
+
+
+class Stats(BaseModel):
+    agents: int
+    topics: int
+    subscriptions: int
+    queue_depths: dict[str, int]
+    dead_letters: int
+    inbox_depths: dict[str, int]
+
+
+def queue_depths(runtime: Runtime) -> dict[str, int]:
+    broker = runtime.broker
+    broker.ensure_topology()
+    with broker.connection() as conn:
+        channel = conn.channel()
+        try:
+            return {
+                q: int(channel.queue_declare(q, passive=True).message_count)
+                for q in [*PRIORITY_QUEUES, DEAD_LETTER_QUEUE]
+            }
+        finally:
+            channel.close()
+
+
+def live_workers(runtime: Runtime, timeout: float = 1.0) -> list[str]:
+    replies = runtime.broker.app.control.ping(timeout=timeout) or []
+    return sorted(name for reply in replies for name in reply)
+
+
+def check_health(runtime: Runtime) -> Health:
+    redis_state = broker_state = "ok"
+    try:
+        runtime.store.ping()
+    except BusError as exc:
+        redis_state = f"down: {exc.message}"
+    workers: list[str] = []
+    dead: int | None = None
+    try:
+        depths = queue_depths(runtime)
+        dead = depths[DEAD_LETTER_QUEUE]
+        workers = live_workers(runtime)
+    except Exception as exc:  # noqa: BLE001 - health reports, never raises
+        broker_state = f"down: {exc}"
+    return Health(
+        ready=redis_state == "ok" and broker_state == "ok" and bool(workers),
+        redis=redis_state,
+        broker=broker_state,
+        workers=workers,
+        dead_letters=dead,
+        breakers=runtime.breaker_states() if hasattr(runtime, "breaker_states") else {},
+    )
+
+
+def collect_stats(runtime: Runtime) -> Stats:
+    store = runtime.store
+    agents = [a for a, _, _ in store.agents()]
+    topics = store.topics()
+    depths = queue_depths(runtime)
+    return Stats(
+        agents=len(agents),
+        topics=len(topics),
+        subscriptions=sum(topics.values()),
+        queue_depths={q: n for q, n in depths.items() if q != DEAD_LETTER_QUEUE},
+        dead_letters=depths[DEAD_LETTER_QUEUE],
+        inbox_depths=store.inbox_depths(agents),
+    )
+
+
+def as_dict(model: BaseModel) -> dict[str, Any]:
+    return model.model_dump(mode="json")

@@ -1,0 +1,56 @@
+"""The HTTP app: MCP at /mcp (bearer auth, Host/Origin checks) plus /healthz and /readyz."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from bus.health import check_health
+from bus.settings import Settings
+from mcp_server.push import InboxEvents
+from mcp_server.server import BusServer
+
+
+def transport_security(host: str, port: int) -> TransportSecuritySettings:
+    """DNS-rebinding protection as the SDK does it: only our own Host and Origin."""
+    names = {host, "127.0.0.1", "localhost"} if host in ("127.0.0.1", "localhost") else {host}
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=host not in ("0.0.0.0", "::"),
+        allowed_hosts=[f"{n}:{port}" for n in names] + list(names),
+        allowed_origins=[f"http://{n}:{port}" for n in names],
+    )
+
+
+def build_app(
+    server: BusServer, events: InboxEvents, settings: Settings, *, host: str, port: int
+) -> Starlette:
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> JSONResponse:
+        health = await anyio.to_thread.run_sync(lambda: check_health(server.bus.runtime))
+        return JSONResponse(health.model_dump(mode="json"), status_code=200 if health.ready else 503)
+
+    server.custom_route("/healthz", methods=["GET"])(healthz)
+    server.custom_route("/readyz", methods=["GET"])(readyz)
+    app = server.streamable_http_app(transport_security=transport_security(host, port), host=host)
+    inner_lifespan = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app_: Any) -> AsyncIterator[None]:
+        async with inner_lifespan(app_):
+            try:
+                yield
+            finally:
+                await events.close()
+                server.bus.close()
+
+    app.router.lifespan_context = lifespan
+    return app

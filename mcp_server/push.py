@@ -1,0 +1,233 @@
+"""Inbox events from Redis, shared by every waiting call and push subscription in a process.
+
+One Redis pub/sub connection per server process pattern-subscribes to the inbox and reply
+channels the workers publish on (and to the channel other MCP server processes publish
+their events on). From it:
+- `wait_inbox` / `wait_reply` wake long-polls without a thread per waiting client;
+- `RedisSubscriptionBus` feeds `subscriptions/listen` streams (2026-07-28) across processes;
+- `LegacySubscriptions` sends `notifications/resources/updated` to `resources/subscribe`rs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from mcp.shared.subscriptions import (
+    PromptsListChanged,
+    ResourcesListChanged,
+    ResourceUpdated,
+    ServerEvent,
+    ToolsListChanged,
+)
+
+from bus.keys import Keys
+
+logger = logging.getLogger(__name__)
+
+INBOX_URI = "message-bus://inbox/{agent}"
+_EVENT_TYPES = {
+    "resource_updated": ResourceUpdated,
+    "resources_list_changed": ResourcesListChanged,
+    "tools_list_changed": ToolsListChanged,
+    "prompts_list_changed": PromptsListChanged,
+}
+
+
+def inbox_uri(agent: str) -> str:
+    return INBOX_URI.format(agent=agent)
+
+
+class InboxEvents:
+    """The process-wide listener; started on first use inside the running event loop."""
+
+    def __init__(self, redis_url: str, keys: Keys) -> None:
+        self.redis_url = redis_url
+        self.keys = keys
+        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._listeners: dict[object, Callable[[ServerEvent], None]] = {}
+        self._on_inbox: list[Callable[[str], Any]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self._client: aioredis.Redis | None = None
+
+    @property
+    def mcp_channel(self) -> str:
+        return f"{self.keys.prefix}events:mcp"
+
+    @property
+    def client(self) -> aioredis.Redis:
+        if self._client is None:
+            self._client = aioredis.from_url(
+                self.redis_url, decode_responses=True, socket_connect_timeout=2
+            )
+        return self._client
+
+    async def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._ready = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), 3)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def _run(self) -> None:
+        delay = 0.2
+        inbox_prefix = f"{self.keys.prefix}events:inbox:"
+        reply_prefix = f"{self.keys.prefix}events:reply:"
+        while True:
+            try:
+                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                await pubsub.psubscribe(f"{inbox_prefix}*", f"{reply_prefix}*")
+                await pubsub.subscribe(self.mcp_channel)
+                self._ready.set()
+                delay = 0.2
+                # Wake everyone once after a (re)connect: what arrived meanwhile is in Redis.
+                self._wake_all()
+                async for item in pubsub.listen():
+                    channel = item.get("channel", "")
+                    if channel.startswith(inbox_prefix):
+                        self._inbox(channel[len(inbox_prefix):])
+                    elif channel.startswith(reply_prefix):
+                        self._wake(f"reply:{channel[len(reply_prefix):]}")
+                    elif channel == self.mcp_channel:
+                        self._remote_event(item.get("data", ""))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - keep listening across Redis outages
+                self._ready.set()  # waiters fall back to their timeouts
+                logger.warning("inbox event listener lost Redis (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _wake(self, key: str) -> None:
+        for event in self._waiters.get(key, ()):
+            event.set()
+
+    def _wake_all(self) -> None:
+        for events in self._waiters.values():
+            for event in events:
+                event.set()
+
+    def _inbox(self, agent: str) -> None:
+        self._wake(f"inbox:{agent}")
+        self._dispatch(ResourceUpdated(uri=inbox_uri(agent)))
+        for callback in self._on_inbox:
+            callback(agent)
+
+    def _dispatch(self, event: ServerEvent) -> None:
+        for listener in list(self._listeners.values()):
+            try:
+                listener(event)
+            except Exception:  # noqa: BLE001 - one bad listener must not starve the rest
+                logger.exception("subscription listener raised")
+
+    def _remote_event(self, data: str) -> None:
+        try:
+            raw = json.loads(data)
+            cls = _EVENT_TYPES[raw.pop("kind")]
+            self._dispatch(cls(**raw))
+        except (ValueError, KeyError, TypeError):
+            logger.warning("ignored malformed MCP event on %s", self.mcp_channel)
+
+    async def _wait(self, key: str, timeout: float) -> bool:
+        await self.start()
+        event = asyncio.Event()
+        self._waiters[key].add(event)
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._waiters[key].discard(event)
+            if not self._waiters[key]:
+                del self._waiters[key]
+
+    async def wait_inbox(self, agent: str, timeout: float) -> bool:
+        return await self._wait(f"inbox:{agent}", timeout)
+
+    def reply_waiter(self, correlation_id: str) -> asyncio.Event:
+        """Registers interest before the request is sent, so no reply slips by."""
+        event = asyncio.Event()
+        self._waiters[f"reply:{correlation_id}"].add(event)
+        return event
+
+    def drop_reply_waiter(self, correlation_id: str, event: asyncio.Event) -> None:
+        key = f"reply:{correlation_id}"
+        self._waiters[key].discard(event)
+        if not self._waiters[key]:
+            del self._waiters[key]
+
+    def on_inbox(self, callback: Callable[[str], Any]) -> None:
+        self._on_inbox.append(callback)
+
+    # -- SubscriptionBus seam ------------------------------------------------------------
+
+    def add_listener(self, listener: Callable[[ServerEvent], None]) -> Callable[[], None]:
+        token = object()
+        self._listeners[token] = listener
+        with contextlib.suppress(RuntimeError):  # no running loop: started on first use
+            asyncio.get_running_loop().create_task(self.start())
+
+        def remove() -> None:
+            self._listeners.pop(token, None)
+
+        return remove
+
+    async def publish_event(self, event: ServerEvent) -> None:
+        kind = {v: k for k, v in _EVENT_TYPES.items()}[type(event)]
+        body = {"kind": kind} | ({"uri": event.uri} if isinstance(event, ResourceUpdated) else {})
+        await self.client.publish(self.mcp_channel, json.dumps(body))
+
+
+class RedisSubscriptionBus:
+    """`mcp.server.subscriptions.SubscriptionBus` over Redis pub/sub: events published by
+    any server process (and inbox deliveries by any worker) reach every process's streams."""
+
+    def __init__(self, events: InboxEvents) -> None:
+        self.events = events
+
+    async def publish(self, event: ServerEvent) -> None:
+        await self.events.publish_event(event)
+
+    def subscribe(self, listener: Callable[[ServerEvent], None]) -> Callable[[], None]:
+        return self.events.add_listener(listener)
+
+
+class LegacySubscriptions:
+    """`resources/subscribe` sessions (protocols before 2026-07-28), per resource URI."""
+
+    def __init__(self, events: InboxEvents) -> None:
+        self._sessions: dict[str, set[Any]] = defaultdict(set)
+        events.on_inbox(self._inbox)
+
+    def add(self, uri: str, session: Any) -> None:
+        self._sessions[uri].add(session)
+
+    def remove(self, uri: str, session: Any) -> None:
+        self._sessions[uri].discard(session)
+
+    def _inbox(self, agent: str) -> None:
+        uri = inbox_uri(agent)
+        for session in list(self._sessions.get(uri, ())):
+            asyncio.get_running_loop().create_task(self._notify(uri, session))
+
+    async def _notify(self, uri: str, session: Any) -> None:
+        try:
+            await session.send_resource_updated(uri)
+        except Exception:  # noqa: BLE001 - a closed session unsubscribes itself
+            self.remove(uri, session)

@@ -1,0 +1,186 @@
+"""Building and running the MCP server (stdio for one agent, streamable HTTP for many)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp_types import EmptyResult, SubscribeRequestParams, UnsubscribeRequestParams
+
+from bus.client import MessageBus
+from bus.errors import BusError
+from bus.settings import Settings
+from mcp_server.identity import Identity
+from mcp_server.push import InboxEvents, LegacySubscriptions, RedisSubscriptionBus, inbox_uri
+from mcp_server.tools import BusTools, register_tools
+
+logger = logging.getLogger(__name__)
+
+INSTRUCTIONS = """\
+A message bus between agents. You are one agent; your id is fixed by your connection.
+send_message to an agent (`to`), a topic, or everyone (broadcast); read_messages to get
+your mail (it waits up to wait_seconds) and ack_messages when done; request to ask another
+agent and wait for its answer. Payloads are any JSON."""
+
+
+DEAD_LETTERS_URI = "message-bus://dead-letters"
+
+
+class BusServer(MCPServer[Any]):
+    """MCPServer whose resources/list names each known agent's history, and whose static
+    resources may see the caller (for admin-only ones)."""
+
+    bus: MessageBus
+    context_resources: dict[str, Any]
+
+    async def read_resource(self, uri: Any, context: Any = None) -> Any:
+        from mcp.server.lowlevel.helper_types import ReadResourceContents
+
+        handler = self.context_resources.get(str(uri))
+        if handler is None:
+            return await super().read_resource(uri, context)
+        return [ReadResourceContents(content=await handler(context), mime_type="application/json")]
+
+    async def list_resources(self) -> list[Any]:
+        from mcp_types import Resource as MCPResource
+
+        resources = await super().list_resources()
+        resources.append(
+            MCPResource(uri=DEAD_LETTERS_URI, name="dead-letters", mime_type="application/json",
+                        description="undeliverable messages with their reasons (admins only)")
+        )
+        try:
+            agents = [a.id for a in await _to_thread(self.bus.agents)]
+        except BusError:
+            agents = []
+        resources += [
+            MCPResource(uri=f"message-bus://history/{agent}", name=f"history of {agent}",
+                        description=f"messages sent or received by {agent}, newest first",
+                        mime_type="application/json")
+            for agent in agents
+        ]
+        return resources
+
+
+async def _to_thread(fn: Any, *args: Any) -> Any:
+    import anyio
+
+    return await anyio.to_thread.run_sync(lambda: fn(*args))
+
+
+def _json(value: Any) -> str:
+    from bus.cli import _plain
+
+    return orjson.dumps(_plain(value), option=orjson.OPT_INDENT_2).decode()
+
+
+def build_server(
+    settings: Settings, identity: Identity, profile: str = "core"
+) -> tuple[BusServer, InboxEvents]:
+    bus = MessageBus(settings)
+    events = InboxEvents(settings.redis_url, bus.runtime.keys)
+    server = BusServer(
+        name="agent-message-bus",
+        instructions=INSTRUCTIONS,
+        subscriptions=RedisSubscriptionBus(events),
+        token_verifier=identity.token_verifier,
+        auth=identity.auth_settings,
+        log_level="WARNING",
+    )
+    server.bus = bus
+    server.context_resources = {}
+    me = identity.agent_of
+    register_tools(server, BusTools(bus, events, me), profile)
+    _register_resources(server, bus, me)
+    _register_legacy_subscribe(server, bus, events, me)
+    return server, events
+
+
+def _register_resources(server: MCPServer, bus: MessageBus, me: Any) -> None:
+    async def guarded(ctx: Context, owner: str, fn: Any, *args: Any) -> str:
+        try:
+            await _to_thread(bus.guard.may_read, me(ctx), owner)
+            return _json(await _to_thread(fn, *args))
+        except BusError as exc:
+            raise ResourceError(exc.message) from None
+        except ToolError as exc:
+            raise ResourceError(str(exc)) from None
+
+    @server.resource("message-bus://agents", name="agents", mime_type="application/json",
+                     description="registered agents with inbox depth and last seen")
+    async def agents() -> str:
+        try:
+            return _json(await _to_thread(bus.agents))
+        except BusError as exc:
+            raise ResourceError(exc.message) from None
+
+    @server.resource("message-bus://history/{agent_id}", name="history",
+                     mime_type="application/json",
+                     description="an agent's messages, newest first (your own, or any if admin)")
+    async def history(agent_id: str, ctx: Context) -> str:
+        return await guarded(ctx, agent_id, lambda: bus.history(agent_id, limit=100))
+
+    @server.resource("message-bus://inbox/{agent_id}", name="inbox",
+                     mime_type="application/json",
+                     description="messages waiting in an inbox, in read order, not leased; "
+                     "subscribe to be told when mail arrives")
+    async def inbox(agent_id: str, ctx: Context) -> str:
+        def peek() -> list[Any]:
+            return [bus.reader.decode(w) for w in bus.runtime.store.peek_inbox(agent_id, 100)]
+
+        return await guarded(ctx, agent_id, peek)
+
+    async def dead_letters(ctx: Context) -> str:
+        try:
+            await _to_thread(bus.guard.require_admin, me(ctx), "read dead letters")
+            return _json(await _to_thread(bus.dead_letters, 100))
+        except BusError as exc:
+            raise ResourceError(exc.message) from None
+
+    # A static resource gets no Context in the SDK; this one needs the caller's identity.
+    server.context_resources[DEAD_LETTERS_URI] = dead_letters  # type: ignore[attr-defined]
+
+
+def _register_legacy_subscribe(
+    server: MCPServer, bus: MessageBus, events: InboxEvents, me: Any
+) -> None:
+    """`resources/subscribe` for clients before 2026-07-28 (newer ones use listen)."""
+    legacy = LegacySubscriptions(events)
+    lowlevel = server._lowlevel_server  # the SDK's documented seam for extra handlers
+
+    async def on_subscribe(ctx: Any, params: SubscribeRequestParams) -> EmptyResult:
+        uri = str(params.uri)
+        agent = _caller(ctx, me)
+        if uri == inbox_uri(agent) or bus.guard.is_admin(agent):
+            legacy.add(uri, ctx.session)
+            await events.start()
+        else:
+            from mcp.shared.exceptions import MCPError
+
+            raise MCPError(-32602, f"{agent} may subscribe only to {inbox_uri(agent)}")
+        return EmptyResult()
+
+    async def on_unsubscribe(ctx: Any, params: UnsubscribeRequestParams) -> EmptyResult:
+        legacy.remove(str(params.uri), ctx.session)
+        return EmptyResult()
+
+    lowlevel.add_request_handler("resources/subscribe", SubscribeRequestParams, on_subscribe)
+    lowlevel.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, on_unsubscribe)
+
+
+def _caller(ctx: Any, me: Any) -> str:
+    """Identity from a lowlevel request context (same rules as tools)."""
+
+    class _Shim:
+        def __init__(self, request_context: Any) -> None:
+            self.request_context = request_context
+
+        @property
+        def headers(self) -> Any:
+            request = getattr(self.request_context, "request", None)
+            return getattr(request, "headers", None)
+
+    return str(me(_Shim(ctx)))

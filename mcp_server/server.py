@@ -44,6 +44,19 @@ class BusServer(MCPServer[Any]):
             return await super().read_resource(uri, context)
         return [ReadResourceContents(content=await handler(context), mime_type="application/json")]
 
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        # The SDK ignores unknown arguments; a model that misspells one should hear of it.
+        tool = self._tool_manager.get_tool(name)
+        if tool is not None:
+            known = set(tool.parameters.get("properties", {}))
+            unknown = sorted(set(arguments) - known)
+            if unknown:
+                raise ToolError(
+                    f"unknown argument(s) {', '.join(unknown)} for {name}; "
+                    f"it takes: {', '.join(sorted(known)) or 'no arguments'}"
+                )
+        return await super().call_tool(name, arguments, context)
+
     async def list_resources(self) -> list[Any]:
         from mcp_types import Resource as MCPResource
 

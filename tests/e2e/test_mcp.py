@@ -1,0 +1,342 @@
+"""The MCP server as agents use it: real server processes (stdio and HTTP), a real celery
+worker, and the `mcp` package's own client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import httpx2
+import pytest
+from mcp import StdioServerParameters
+from mcp.client import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from bus.tokens import TokenFile
+from tests.conftest import ARTIFACTS, ROOT, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+CORE = ["send_message", "read_messages", "ack_messages", "subscribe", "unsubscribe",
+        "get_history", "message_status", "request"]
+FULL = CORE + ["send_batch", "list_subscriptions", "list_agents", "list_dead_letters",
+               "replay_dead_letters", "health", "bus_stats"]
+
+
+def stdio(env, agent, profile="core", **extra):
+    return Client(StdioServerParameters(
+        command=sys.executable, args=["-m", "mcp_server", "--agent", agent, "--profile", profile],
+        env=env.env(**extra), cwd=str(ROOT)), read_timeout_seconds=60)
+
+
+async def call(client, tool, args=None):
+    result = await client.call_tool(tool, args or {})
+    assert not result.is_error, result.content[0].text
+    return result.structured_content
+
+
+async def error_of(client, tool, args):
+    result = await client.call_tool(tool, args)
+    assert result.is_error, result.structured_content
+    return result.content[0].text
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def http_server(module_env, worker, tmp_path_factory):
+    tokens_path = tmp_path_factory.mktemp("mcp") / "tokens.json"
+    tokens = TokenFile(tokens_path)
+    issued = {name: tokens.create(name) for name in ("http-alice", "http-bob", "http-ops")}
+    port = free_port()
+    log = ARTIFACTS / f"mcp-http-{module_env.vhost}.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mcp_server", "--http", "--host", "127.0.0.1", "--port", str(port),
+         "--profile", "full", "--tokens-file", str(tokens_path), "--log-level", "INFO"],
+        cwd=ROOT, env=module_env.env(MESSAGE_BUS_ADMINS='["http-ops"]'),
+        stdout=subprocess.DEVNULL, stderr=log.open("wb"), start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def up():
+        if proc.poll() is not None:
+            pytest.fail(f"MCP HTTP server exited:\n{log.read_text()[-2000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+        return False
+
+    wait_for(up, 30, "the MCP HTTP server")
+    yield url, issued, tokens
+    proc.terminate()
+    proc.wait(15)
+
+
+def http(url, token, **kwargs):
+    client = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    return Client(streamable_http_client(f"{url}/mcp", http_client=client), **kwargs)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_two_stdio_agents_send_read_ack_and_see_it_in_history(module_env, worker, agents):
+    alice, bob = agents("alice"), agents("bob")
+
+    async def scenario():
+        async with stdio(module_env, alice) as a, stdio(module_env, bob) as b:
+            sent = await call(a, "send_message", {"to": bob, "type": "command",
+                                                  "payload": {"task": 7}, "priority": "high"})
+            assert sent["status"] == "queued" and sent["queue"] == "bus.high"
+            read = await call(b, "read_messages", {"wait_seconds": 10})
+            assert read["count"] == 1
+            m = read["messages"][0]
+            assert (m["id"], m["from"], m["to"], m["type"]) == (sent["id"], alice, bob, "command")
+            assert m["payload"] == {"task": 7} and m["metadata"]["priority"] == "high"
+            assert m["verified"] is True
+            assert (await call(b, "ack_messages", {"ids": [m["id"]]}))["acked"] == [m["id"]]
+            assert (await call(a, "message_status", {"id": sent["id"]}))["status"] == "acked"
+            for client in (a, b):
+                history = await call(client, "get_history")
+                assert [h["id"] for h in history["messages"]] == [sent["id"]]
+            resource = await b.read_resource(f"message-bus://history/{bob}")
+            assert [h["id"] for h in json.loads(resource.contents[0].text)] == [sent["id"]]
+            listed = await a.list_resources()
+            assert f"message-bus://history/{bob}" in {str(r.uri) for r in listed.resources}
+
+    run(scenario())
+
+
+def test_http_agents_with_tokens_and_a_bad_token_gets_401(http_server):
+    url, issued, _ = http_server
+
+    async def scenario():
+        async with http(url, issued["http-alice"]) as a, http(url, issued["http-bob"]) as b:
+            sent = await call(a, "send_message", {"to": "http-bob", "payload": "over http"})
+            read = await call(b, "read_messages", {"wait_seconds": 10})
+            assert [m["id"] for m in read["messages"]] == [sent["id"]]
+            assert read["messages"][0]["from"] == "http-alice"
+            await call(b, "ack_messages", {"ids": [sent["id"]]})
+
+    run(scenario())
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    for headers in ({}, {"Authorization": "Bearer not-a-token"}):
+        response = httpx.post(f"{url}/mcp", json=body, headers=headers, timeout=10)
+        assert response.status_code == 401
+
+
+def test_revoked_token_is_refused_at_once(http_server):
+    url, _, tokens = http_server
+    token = tokens.create("http-temp")
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream"}
+    assert httpx.post(f"{url}/mcp", json=body, headers=headers, timeout=10).status_code != 401
+    tokens.revoke(token=token)
+    assert httpx.post(f"{url}/mcp", json=body, headers=headers, timeout=10).status_code == 401
+
+
+def test_foreign_origin_is_refused(http_server):
+    url, issued, _ = http_server
+    headers = {"Authorization": f"Bearer {issued['http-alice']}", "Origin": "http://evil.example",
+               "Accept": "application/json, text/event-stream"}
+    response = httpx.post(f"{url}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                          headers=headers, timeout=10)
+    assert response.status_code == 403
+
+
+def test_topic_filters_broadcast_and_request_response(module_env, worker, agents):
+    alice, bob, carol = agents("alice"), agents("bob"), agents("carol")
+    topic = agents("jobs")
+
+    async def answer_loop(client, stop):
+        while not stop.is_set():
+            read = await call(client, "read_messages", {"wait_seconds": 1})
+            for m in read["messages"]:
+                if m["type"] == "request":
+                    await call(client, "send_message", {
+                        "to": m["reply_to"], "type": "response", "correlation_id": m["id"],
+                        "payload": {"answer": m["payload"]["q"] * 2}})
+                await call(client, "ack_messages", {"ids": [m["id"]]})
+
+    async def scenario():
+        async with stdio(module_env, alice) as a, stdio(module_env, bob) as b, \
+                stdio(module_env, carol) as c:
+            await call(b, "subscribe", {"topics": [topic], "priorities": ["high"]})
+            await call(c, "subscribe", {"topics": [topic]})
+            await call(a, "send_message", {"topic": topic, "payload": 1, "priority": "low"})
+            high = await call(a, "send_message", {"topic": topic, "payload": 2,
+                                                  "priority": "high"})
+            got_c = []
+            while len(got_c) < 2:
+                got_c += (await call(c, "read_messages", {"wait_seconds": 5}))["messages"]
+            got_b = (await call(b, "read_messages", {"wait_seconds": 5}))["messages"]
+            assert [m["id"] for m in got_b] == [high["id"]]
+            await call(b, "ack_messages", {"ids": [m["id"] for m in got_b]})
+            await call(c, "ack_messages", {"ids": [m["id"] for m in got_c]})
+
+            cast = await call(a, "send_message", {"broadcast": True, "payload": "all"})
+            for client in (b, c):
+                got = (await call(client, "read_messages", {"wait_seconds": 5}))["messages"]
+                assert cast["id"] in [m["id"] for m in got]
+                await call(client, "ack_messages", {"ids": [m["id"] for m in got]})
+
+            stop = asyncio.Event()
+            responder = asyncio.create_task(answer_loop(b, stop))
+            result = await call(a, "request", {"to": bob, "payload": {"q": 21},
+                                               "timeout_seconds": 20})
+            stop.set()
+            await responder
+            assert result["status"] == "answered"
+            assert result["response"]["payload"] == {"answer": 42}
+            assert result["response"]["correlation_id"] == result["request_id"]
+            timeout = await call(a, "request", {"to": carol, "payload": {"q": 1},
+                                                "timeout_seconds": 1})
+            assert timeout["status"] == "timeout" and timeout["request_id"]
+
+    run(scenario())
+
+
+def test_push_notification_reaches_a_listening_client_within_a_second(
+    module_env, worker, agents
+):
+    alice, bob = agents("alice"), agents("bob")
+    uri = f"message-bus://inbox/{bob}"
+
+    async def scenario():
+        async with stdio(module_env, alice) as a, stdio(module_env, bob) as b:
+            async with b.listen(resource_subscriptions=[uri]) as subscription:
+                sent_at = time.monotonic()
+                await call(a, "send_message", {"to": bob, "payload": "ping"})
+                event = await asyncio.wait_for(subscription.__aiter__().__anext__(), 5)
+                elapsed = time.monotonic() - sent_at
+            assert getattr(event, "uri", None) == uri
+            assert elapsed < 1.0, f"push took {elapsed:.3f}s"
+
+    run(scenario())
+
+
+@pytest.mark.filterwarnings("ignore:resources/subscribe is removed")
+def test_legacy_resources_subscribe_gets_resource_updated(module_env, worker, agents):
+    alice, bob = agents("alice"), agents("bob")
+    uri = f"message-bus://inbox/{bob}"
+    updates: list[str] = []
+    arrived = asyncio.Event
+
+    async def scenario():
+        got = arrived()
+
+        async def on_message(message):
+            params = getattr(getattr(message, "root", message), "params", None)
+            if getattr(params, "uri", None) is not None:
+                updates.append(str(params.uri))
+                got.set()
+
+        async with stdio(module_env, alice) as a, Client(
+            StdioServerParameters(command=sys.executable,
+                                  args=["-m", "mcp_server", "--agent", bob],
+                                  env=module_env.env(), cwd=str(ROOT)),
+            mode="legacy", message_handler=on_message,
+        ) as b:
+            await b.subscribe_resource(uri)
+            await call(a, "send_message", {"to": bob, "payload": "ping"})
+            await asyncio.wait_for(got.wait(), 5)
+            with pytest.raises(Exception, match="may subscribe only"):
+                await b.subscribe_resource(f"message-bus://inbox/{alice}")
+        assert updates[0] == uri
+
+    run(scenario())
+
+
+def test_bad_input_gives_clear_tool_errors_and_changes_nothing(module_env, worker, agents):
+    alice, bob = agents("alice"), agents("bob")
+
+    async def scenario():
+        async with stdio(module_env, alice) as a:
+            assert "agent id 'Bob Smith' must match" in await error_of(
+                a, "send_message", {"to": "Bob Smith", "payload": 1})
+            assert "MESSAGE_BUS_MAX_PAYLOAD_BYTES" in await error_of(
+                a, "send_message", {"to": bob, "payload": "x" * (1024 * 1024 + 10)})
+            assert "priority" in await error_of(
+                a, "send_message", {"to": bob, "payload": 1, "priority": "urgent"})
+            assert "say where it goes" in await error_of(a, "send_message", {"payload": 1})
+            assert "no_such_arg" in await error_of(
+                a, "read_messages", {"no_such_arg": 1})
+            assert "may not read the messages of" in await error_of(
+                a, "get_history", {"agent_id": bob})
+            with pytest.raises(Exception, match="may not read the messages of"):
+                await a.read_resource(f"message-bus://inbox/{bob}")
+            history = await call(a, "get_history")
+            assert history["count"] == 0
+
+    run(scenario())
+
+
+def test_tools_list_matches_each_profile_and_every_tool_has_an_output_schema(
+    module_env, worker
+):
+    async def scenario():
+        for profile, expected in (("core", CORE), ("full", FULL)):
+            async with stdio(module_env, "lister", profile) as client:
+                tools = (await client.list_tools()).tools
+                assert sorted(t.name for t in tools) == sorted(expected)
+                for tool in tools:
+                    assert tool.output_schema, tool.name
+                    assert tool.description, tool.name
+
+    run(scenario())
+
+
+def test_admin_tools_are_refused_to_non_admins(http_server):
+    url, issued, _ = http_server
+
+    async def scenario():
+        async with http(url, issued["http-alice"]) as a:
+            assert "admin only" in await error_of(a, "replay_dead_letters", {"all": True})
+            assert "admin only" in await error_of(a, "list_dead_letters", {})
+        async with http(url, issued["http-ops"]) as ops:
+            letters = await call(ops, "list_dead_letters", {})
+            assert letters["count"] >= 0
+            health = await call(ops, "health")
+            assert health["redis"] == "ok" and health["workers"]
+
+    run(scenario())
+
+
+def test_tools_fail_fast_while_redis_is_down_and_recover_without_restart(
+    module_env, tmp_path, agents
+):
+    port = free_port()
+
+    def start_redis():
+        subprocess.run(["redis-server", "--bind", "127.0.0.1", "--port", str(port),
+                        "--daemonize", "yes", "--dir", str(tmp_path), "--save", ""], check=True)
+        wait_for(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"],
+                                        capture_output=True).returncode == 0, 10, "redis")
+
+    start_redis()
+    alice = agents("alice")
+    try:
+        async def scenario():
+            async with stdio(module_env, alice,
+                             MESSAGE_BUS_REDIS_URL=f"redis://127.0.0.1:{port}/0") as a:
+                assert (await call(a, "read_messages"))["count"] == 0
+                subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"])
+                started = time.monotonic()
+                text = await error_of(a, "read_messages", {})
+                assert "bus unavailable: Redis cannot be reached" in text
+                assert time.monotonic() - started < 5
+                start_redis()
+                assert (await call(a, "read_messages"))["count"] == 0
+
+        run(scenario())
+    finally:
+        subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True)

@@ -1,0 +1,264 @@
+"""Integrity, replay protection, encryption, bombs, ACL, rate limits and the audit trail,
+against real Redis, RabbitMQ and worker processes."""
+
+from __future__ import annotations
+
+import base64
+import time
+import tracemalloc
+import uuid
+import zlib
+from datetime import UTC, datetime, timedelta
+
+import brotli
+import pytest
+import redis
+from kombu import Connection, Exchange, Producer
+
+from bus.codec import Codec
+from bus.errors import AuthError, RateLimited
+from tests.conftest import REDIS_URL, TEST_SECRET, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def rfc3339(dt: datetime) -> str:
+    return dt.isoformat().replace("+00:00", "Z")
+
+
+def wire_for(sender, to, payload, *, when=None, **meta):
+    return {
+        "version": "1.0", "id": str(uuid.uuid4()), "from": sender, "to": to, "type": "event",
+        "timestamp": rfc3339(when or datetime.now(UTC)), "payload": payload,
+        "metadata": {"priority": "normal", "max_retries": 3, "retry_count": 0,
+                     "compression": "none", "encrypted": False} | meta,
+    }
+
+
+def publish_raw(env, wire, queue="bus.normal"):
+    """Publishes a delivery task straight to the queue, as an attacker on the broker could."""
+    body = [[wire], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+    with Connection(env.settings().broker_url) as conn:
+        Producer(conn).publish(body, exchange=Exchange("bus", "direct"), routing_key=queue,
+                               serializer="json",
+                               headers={"task": "bus.deliver", "id": str(wire.get("id"))})
+
+
+def dead_reason(bus, message_id):
+    letters = wait_for(lambda: [d for d in bus.dead_letters() if d.id == message_id], 15,
+                       f"{message_id} in the dead letters")
+    return letters[0].reason
+
+
+@pytest.fixture
+def env_bus(module_env, worker):
+    client = module_env.bus()
+    yield module_env, client
+    client.close()
+
+
+def test_tampered_payload_is_dead_lettered_as_bad_signature_and_never_read(env_bus, agents):
+    env, bus = env_bus
+    sender, reader = agents("s"), agents("r")
+    wire = bus.runtime.codec.sign(wire_for(sender, reader, {"amount": 10}))
+    wire["payload"] = {"amount": 10_000}
+    publish_raw(env, wire)
+    assert dead_reason(bus, wire["id"]) == "bad_signature"
+    assert bus.status(wire["id"]).reason == "bad_signature"
+    assert bus.read(reader, limit=10) == []
+
+
+def test_unknown_key_id_is_dead_lettered_as_bad_signature(env_bus, agents):
+    env, bus = env_bus
+    sender, reader = agents("s"), agents("r")
+    wire = Codec([("rogue", b"other secret")], 1 << 20).sign(wire_for(sender, reader, 1))
+    publish_raw(env, wire)
+    assert dead_reason(bus, wire["id"]) == "bad_signature"
+    assert bus.read(reader, limit=10) == []
+
+
+def test_key_rotation_old_signatures_verify_after_a_new_key_is_added_first(fresh_env, agents):
+    sender, reader = agents("s"), agents("r")
+    old = fresh_env.bus()  # signs with k1 = TEST_SECRET
+    receipt_old = old.send_message({"from": sender, "to": reader, "payload": "old"})
+    rotated = f"k2:brand-new-secret,k1:{TEST_SECRET}"
+    fresh_env.start_worker(MESSAGE_BUS_SECRET_KEYS=rotated)
+    new = fresh_env.bus(secret_keys=rotated)
+    receipt_new = new.send_message({"from": sender, "to": reader, "payload": "new"})
+    got = []
+    wait_for(lambda: got.extend(new.read(reader, limit=10, wait=0.5)) or len(got) == 2, 15,
+             "both messages")
+    assert {m.id for m in got} == {receipt_old.id, receipt_new.id}
+    assert {m.signature.kid for m in got} == {"k1", "k2"}
+    assert all(m.verified for m in got)
+
+
+def test_a_replayed_signed_message_is_not_delivered_twice(env_bus, agents):
+    env, bus = env_bus
+    sender, reader = agents("s"), agents("r")
+    receipt = bus.send_message({"from": sender, "to": reader, "payload": "once"})
+    [first] = wait_for(lambda: bus.read(reader, limit=10, wait=0.5), 10, "delivery")
+    bus.ack(reader, [first.id])
+    import orjson
+
+    stored = orjson.loads(bus.runtime.store.history(reader, 1, None)[0])
+    assert bus.runtime.codec.is_valid(stored)
+    publish_raw(env, stored)  # the attacker replays the exact signed message
+    time.sleep(1.0)  # give the worker the chance to (wrongly) deliver it
+    assert bus.read(reader, limit=10) == []
+    assert bus.status(receipt.id).status.value == "acked"
+    again = bus.send_message({"id": receipt.id, "from": sender, "to": reader, "payload": "x"})
+    assert again.status.value == "duplicate"
+
+
+def test_timestamps_outside_the_window_or_skew_are_refused(fresh_env, agents):
+    fresh_env.start_worker(MESSAGE_BUS_DEDUP_WINDOW="60", MESSAGE_BUS_CLOCK_SKEW="30")
+    bus = fresh_env.bus()
+    sender, reader = agents("s"), agents("r")
+    codec = bus.runtime.codec
+    stale = codec.sign(wire_for(sender, reader, 1, when=datetime.now(UTC) - timedelta(hours=1)))
+    future = codec.sign(wire_for(sender, reader, 2, when=datetime.now(UTC) + timedelta(hours=1)))
+    publish_raw(fresh_env, stale)
+    publish_raw(fresh_env, future)
+    assert dead_reason(bus, stale["id"]) == "stale"
+    assert dead_reason(bus, future["id"]) == "bad_timestamp"
+    assert bus.read(reader, limit=10) == []
+
+
+def test_encrypted_payload_is_unreadable_in_the_broker_and_redis_but_not_to_the_recipient(
+    fresh_env, agents
+):
+    bus = fresh_env.bus()
+    sender, reader = agents("s"), agents("r")
+    secret = "launch-code-" + uuid.uuid4().hex
+    receipt = bus.send_message({"from": sender, "to": reader, "payload": {"code": secret},
+                                "metadata": {"encrypted": True, "compression": "gzip"}})
+    with Connection(fresh_env.settings().broker_url) as conn:  # no worker yet: still queued
+        channel = conn.channel()
+        queued = channel.basic_get("bus.normal", no_ack=False)
+        body = queued.body if isinstance(queued.body, bytes) else queued.body.encode()
+        assert receipt.id.encode() in body
+        assert secret.encode() not in body
+        channel.close()  # unacked: back in the queue
+    fresh_env.start_worker()
+    [message] = wait_for(lambda: bus.read(reader, limit=10, wait=0.5), 15, "delivery")
+    assert message.id == receipt.id and message.payload == {"code": secret}
+    client = redis.Redis.from_url(REDIS_URL)
+    for key in client.scan_iter(match=f"{fresh_env.prefix}*"):
+        kind = client.type(key)
+        values = {b"hash": lambda: list(client.hgetall(key).values()),
+                  b"zset": lambda: client.zrange(key, 0, -1),
+                  b"string": lambda: [client.get(key)]}.get(kind, lambda: [])()
+        assert all(secret.encode() not in (v or b"") for v in values), key
+
+
+def test_flipped_ciphertext_byte_is_refused(env_bus, agents):
+    env, bus = env_bus
+    codec = bus.runtime.codec
+    sender, reader = agents("s"), agents("r")
+    wire = wire_for(sender, reader, None, encrypted=True)
+    encoded = codec.encode_payload(wire["id"], {"x": 1}, "none", True)
+    scheme, kid, b64 = encoded.split(":", 2)
+    raw = bytearray(base64.b64decode(b64))
+    raw[-1] ^= 0x01
+    wire["payload"] = f"{scheme}:{kid}:{base64.b64encode(bytes(raw)).decode()}"
+    codec.sign(wire)  # even re-signed by a key holder, the ciphertext fails authentication
+    publish_raw(env, wire)
+    [message] = wait_for(lambda: bus.read(reader, limit=10, wait=0.5), 15, "delivery")
+    assert message.payload is None
+    assert "failed authenticated decryption" in message.decode_error
+
+
+@pytest.mark.parametrize("compression", ["gzip", "brotli"])
+def test_compression_bomb_is_refused_without_inflating_it(env_bus, agents, compression):
+    env, bus = env_bus
+    sender, reader = agents("s"), agents("r")
+    zeros = b"0" * (10 * 1024 * 1024)
+    bomb = zlib.compress(zeros, 9, wbits=31) if compression == "gzip" else brotli.compress(zeros)
+    del zeros
+    wire = wire_for(sender, reader, f"{compression}::{base64.b64encode(bomb).decode()}",
+                    compression=compression)
+    publish_raw(env, bus.runtime.codec.sign(wire))
+    wait_for(lambda: bus.runtime.store.inbox_depth(reader)[0] == 1, 15, "delivery")
+    tracemalloc.start()
+    [message] = bus.read(reader, limit=1)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert message.payload is None
+    assert "MESSAGE_BUS_MAX_PAYLOAD_BYTES" in message.decode_error
+    print(f"\n{compression} bomb of {len(bomb)} bytes: peak {peak / 1024:.0f} KiB while reading")
+    assert peak < 4 * 1024 * 1024
+
+
+ACL = """
+default: deny
+admins: [ops]
+agents:
+  alice:
+    send: ["bob", "worker-*"]
+    publish: ["tasks/*"]
+    subscribe: ["tasks/*"]
+  bob:
+    send: ["alice"]
+"""
+
+
+def test_acl_allows_and_denies_with_the_rule_named_and_audits_it(module_env, tmp_path):
+    acl = tmp_path / "acl.yaml"
+    acl.write_text(ACL)
+    bus = module_env.bus(acl_file=acl)
+    assert bus.send_message({"from": "alice", "to": "bob", "payload": 1}).status.value == "queued"
+    assert bus.send_message({"from": "alice", "to": "worker-7", "payload": 1})
+    assert bus.publish("alice", "tasks/new", 1).status.value == "queued"
+    bus.subscribe("alice", ["tasks/new"])
+    with pytest.raises(AuthError, match="alice may not send to carol: .*agents.alice.send"):
+        bus.send_message({"from": "alice", "to": "carol", "payload": 1})
+    with pytest.raises(AuthError, match="publish to topic news"):
+        bus.publish("alice", "news", 1)
+    with pytest.raises(AuthError, match="subscribe to topic news"):
+        bus.subscribe("alice", ["news"])
+    with pytest.raises(AuthError, match="default deny"):
+        bus.send_message({"from": "mallory", "to": "bob", "payload": 1})
+    with pytest.raises(AuthError, match="admin only"):
+        bus.replay_dead_letters(all=True, agent="alice")
+    assert bus.replay_dead_letters(["nothing-here"], agent="ops") == []
+    assert "nothing" not in str(bus.history("mallory"))
+    entries = redis.Redis.from_url(REDIS_URL, decode_responses=True).xrange(
+        bus.runtime.keys.audit)
+    denied = [e for _, e in entries if e["outcome"] == "denied"]
+    assert {"agent": "alice", "target": "carol"}.items() <= denied[0].items()
+    assert any(e["agent"] == "mallory" for e in denied)
+
+
+def test_rate_limit_refuses_a_burst_with_retry_after_then_recovers(module_env, worker):
+    bus = module_env.bus(rate_limit="5/s", rate_burst=5)
+    sender = f"fast-{uuid.uuid4().hex[:6]}"
+    for i in range(5):
+        bus.send_message({"from": sender, "to": "sink", "payload": i})
+    with pytest.raises(RateLimited) as excinfo:
+        bus.send_message({"from": sender, "to": "sink", "payload": 5})
+    retry_after = excinfo.value.retry_after
+    assert 0 < retry_after <= 0.3
+    assert "retry after" in str(excinfo.value)
+    time.sleep(retry_after + 0.05)
+    assert bus.send_message({"from": sender, "to": "sink", "payload": 6}).status.value == "queued"
+
+
+def test_production_mode_refuses_to_start_without_a_secret(module_env):
+    from bus.errors import ConfigError
+
+    settings = module_env.settings(mode="production", secret=None)
+    with pytest.raises(ConfigError, match="no secret"):
+        settings.signing_keys  # noqa: B018
+
+
+def test_secrets_never_appear_in_worker_logs(env_bus, agents):
+    env, bus = env_bus
+    sender, reader = agents("s"), agents("r")
+    marker = "payload-marker-" + uuid.uuid4().hex
+    bus.send_message({"from": sender, "to": reader, "payload": marker})
+    wait_for(lambda: bus.read(reader, limit=10, wait=0.5), 10, "delivery")
+    for w in env.workers:
+        text = w.log.read_text()
+        assert TEST_SECRET not in text and marker not in text
+

@@ -405,6 +405,37 @@ def token_revoke(agent: str | None, value: str | None) -> None:
 
 
 @main.group()
+def audit() -> None:
+    """The audit trail (a capped Redis stream)."""
+
+
+@audit.command("tail")
+@click.option("--count", default=20, show_default=True, help="entries shown first")
+@click.option("--follow", "-f", is_flag=True, help="keep printing new entries")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def audit_tail(count: int, follow: bool, as_json: bool) -> None:
+    """Show the latest audit entries (agent, action, target, outcome, trace id)."""
+    from bus.redis_conn import redis_errors
+
+    bus = _bus()
+    client, key = bus.runtime.redis, bus.runtime.keys.audit
+    with redis_errors("read the audit log"):
+        entries = list(reversed(client.xrevrange(key, count=count)))
+    last = "$"
+    while True:
+        for entry_id, fields in entries:
+            last = entry_id
+            emit({"entry": entry_id, **fields}, as_json, lambda e: " ".join(
+                f"{k}={v}" for k, v in e.items()))
+        if not follow:
+            return
+        with redis_errors("follow the audit log"):
+            batch = client.xread({key: last}, block=5000) or []
+        entries = [e for _, stream in batch for e in stream]
+
+
+@main.group()
 def services() -> None:
     """Local Redis and RabbitMQ for development (bound to 127.0.0.1)."""
 

@@ -185,7 +185,7 @@ class MessageBus:
             pending.pop(0)
         for p in fresh:
             self.guard.audit("send", p.message.sender, _target(p.message), "ok",
-                             trace_id=p.message.trace_id, id=p.message.id)
+                             trace_id=p.message.trace_id, message_id=p.message.id)
         return receipts
 
     def _publish(self, group: list[_Prepared], batch: bool) -> None:

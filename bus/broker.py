@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from celery import Celery
-from kombu import Connection
+from kombu import Connection, Queue
 from kombu.exceptions import KombuError, OperationalError
 
 from bus import topology
@@ -61,6 +61,7 @@ class Broker:
         self.settings = settings
         self._app: Celery | None = None
         self._declared = False
+        self._declared_queues: set[str] = set()
         self._lock = threading.Lock()
 
     @property
@@ -82,12 +83,20 @@ class Broker:
             topology.declare(conn.default_channel, self.settings)
         self._declared = True
 
+    def declare_queue(self, queue: Queue) -> None:
+        """Declares a queue outside the fixed topology once per process (agent queues)."""
+        if queue.name in self._declared_queues:
+            return
+        with broker_errors(f"declare queue {queue.name}"), self.connection() as conn:
+            queue(conn.default_channel).declare()
+        self._declared_queues.add(queue.name)
+
     def publish(
         self,
         task: str,
         args: Sequence[Any],
         *,
-        queue: str,
+        queue: str | Queue,
         task_id: str,
         expiration: float | None = None,
         headers: dict[str, Any] | None = None,
@@ -95,6 +104,8 @@ class Broker:
     ) -> None:
         """Publishes one task message and waits for the broker's confirm."""
         self.ensure_topology()
+        if isinstance(queue, Queue):
+            self.declare_queue(queue)
         options: dict[str, Any] = {}
         if expiration is not None:
             # AMQP per-message expiry: an expired message is dead-lettered, never consumed.

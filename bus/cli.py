@@ -372,6 +372,21 @@ def mcp(ctx: click.Context) -> None:
 
 
 @main.group()
+def agent() -> None:
+    """Worker agents (Python handlers on their own queue)."""
+
+
+@agent.command("run", context_settings={"ignore_unknown_options": True,
+                                        "allow_extra_args": True})
+@click.argument("spec")
+@click.pass_context
+def agent_run(ctx: click.Context, spec: str) -> None:
+    """Serve the WorkerAgent named by SPEC (MODULE:OBJECT), e.g. examples.echo_agent:agent."""
+    argv = [sys.executable, "-m", "workers.agent_main", spec, *ctx.args]
+    os.execvp(argv[0], argv)
+
+
+@main.group()
 def token() -> None:
     """Bearer tokens for the HTTP MCP server (only their hashes are stored)."""
 

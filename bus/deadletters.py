@@ -41,7 +41,12 @@ class _Entry:
             body = None
         args, kwargs = ([], {}) if not isinstance(body, list) or len(body) < 2 else body[:2]
         first = args[0] if args else None
-        self.is_batch = self.headers.get("task") == topology.DELIVER_BATCH_TASK
+        self.task = self.headers.get("task")
+        self.is_batch = self.task == topology.DELIVER_BATCH_TASK
+        # A worker agent's handler task carries (agent, wire).
+        self.agent: str | None = None
+        if self.task == topology.HANDLE_TASK and len(args) >= 2:
+            self.agent, first = str(args[0]), args[1]
         wires = first if self.is_batch and isinstance(first, list) else [first]
         self.wires: list[dict[str, Any]] = [w for w in wires if isinstance(w, dict)]
         # A task whose argument is no bus message is still listed (and purgeable) by its
@@ -217,6 +222,15 @@ class DeadLetterQueue:
         replays = int(entry.headers.get(REPLAYS_HEADER) or 0) + 1
         message_id = str(wire.get("id"))
         meta = wire.get("metadata") or {}
+        if entry.agent is not None:
+            self.runtime.broker.publish(
+                topology.HANDLE_TASK, [entry.agent, wire],
+                queue=topology.agent_queue(self.runtime.settings, entry.agent),
+                task_id=f"{message_id}:{entry.agent}", headers={REPLAYS_HEADER: replays},
+                summary=f"<message {message_id} for {entry.agent} replay {replays}>",
+            )
+            self._record_replay(message_id, replays)
+            return
         queue = str(entry.death.get("queue") or Priority(meta.get("priority", "normal")).queue)
         if queue not in topology.PRIORITY_QUEUES:
             queue = Priority(meta.get("priority", "normal")).queue
@@ -224,6 +238,9 @@ class DeadLetterQueue:
             DELIVER_TASK, [wire], queue=queue, task_id=message_id,
             headers={REPLAYS_HEADER: replays}, summary=f"<message {message_id} replay {replays}>",
         )
+        self._record_replay(message_id, replays)
+
+    def _record_replay(self, message_id: str, replays: int) -> None:
         try:
             self.runtime.store.advance_status(
                 [message_id], "queued", force=True, replays=replays, reason="", error=""

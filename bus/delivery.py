@@ -36,7 +36,7 @@ class PermanentFailure(BusError):
 @dataclass(frozen=True, slots=True)
 class Outcome:
     message_id: str
-    recipients: int
+    recipients: list[str]
     newly_delivered: int
 
 
@@ -52,6 +52,8 @@ class Deliverer:
         self.codec = codec
         self.clock_skew = clock_skew
         self.max_age = max_age
+        self._worker_agents: set[str] = set()
+        self._worker_agents_at = float("-inf")
 
     def check(self, wire: dict[str, Any], now: float | None = None) -> None:
         """Everything that makes a message undeliverable, before touching Redis."""
@@ -123,16 +125,27 @@ class Deliverer:
             attempts=attempts,
             correlation_id=wire.get("correlation_id"),
         )
-        return Outcome(wire["id"], len(recipients), int(delivered))
+        return Outcome(wire["id"], recipients, int(delivered))
 
-    def record_failure(self, wire: Any, status: str, reason: str, error: str, attempts: int) -> None:
+    def worker_agents(self, recipients: list[str]) -> list[str]:
+        """Which recipients are served by a worker-agent process (cached for a second)."""
+        now = time.monotonic()
+        if now - self._worker_agents_at > 1.0:
+            self._worker_agents = set(self.store.worker_agents())
+            self._worker_agents_at = now
+        return [r for r in recipients if r in self._worker_agents]
+
+    def record_failure(
+        self, wire: Any, status: str, reason: str, error: str, attempts: int, force: bool = False
+    ) -> None:
         """Best effort: Redis may be the thing that is down."""
         message_id = wire.get("id") if isinstance(wire, dict) else None
         if not isinstance(message_id, str):
             return
         try:
             self.store.advance_status(
-                [message_id], status, reason=reason, error=error[:500], attempts=attempts
+                [message_id], status, force=force, reason=reason, error=error[:500],
+                attempts=attempts,
             )
         except BusUnavailable:
             logger.warning("could not record status %s for %s: Redis unavailable", status, message_id)

@@ -3,6 +3,7 @@
 Keyspace (``P`` = prefix; ``{a}`` = agent id in a hash tag so one agent's keys share a slot):
 
     P agents                       zset   agent -> first-seen ms
+    P worker_agents                set    agents served by a `msgbus agent run` process
     P agent:{a}:seen               string last-seen ms
     P inbox:{a}:ready              zset   message id -> priority rank * 2^40 + sequence
     P inbox:{a}:leased             zset   message id -> lease deadline ms
@@ -47,6 +48,10 @@ class Keys:
     @property
     def agents(self) -> str:
         return f"{self.prefix}agents"
+
+    @property
+    def worker_agents(self) -> str:
+        return f"{self.prefix}worker_agents"
 
     def agent_seen(self, agent: str) -> str:
         return f"{self.prefix}agent:{{{agent}}}:seen"

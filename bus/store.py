@@ -136,6 +136,21 @@ class RedisStore:
                 pipe.hgetall(self.keys.topic(topic))
             return pipe.execute()  # type: ignore[no-any-return]
 
+    def worker_agents(self) -> list[str]:
+        with redis_errors("list worker agents"):
+            return list(self.redis.smembers(self.keys.worker_agents))
+
+    def register_worker_agent(self, agent: str) -> None:
+        with redis_errors("register a worker agent"):
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.sadd(self.keys.worker_agents, agent)
+            pipe.zadd(self.keys.agents, {agent: now_ms()}, nx=True)
+            pipe.execute()
+
+    def in_inbox(self, agent: str, message_id: str) -> bool:
+        with redis_errors("look in the inbox"):
+            return bool(self.redis.hexists(self.keys.inbox(agent).body, message_id))
+
     def agent_ids(self) -> list[str]:
         with redis_errors("list agents"):
             return self.redis.zrange(self.keys.agents, 0, -1)  # type: ignore[no-any-return]

@@ -19,6 +19,7 @@ DLX = "bus.dlx"
 DEAD_LETTER_QUEUE = "bus.dead_letter"
 DELIVER_TASK = "bus.deliver"
 DELIVER_BATCH_TASK = "bus.deliver_batch"
+HANDLE_TASK = "bus.handle"
 PRIORITY_QUEUES = [p.queue for p in (Priority.critical, Priority.high, Priority.normal, Priority.low)]
 # Quorum queues drop a message redelivered this many times (a worker that keeps dying on
 # it); with at-least-once dead-lettering it lands in bus.dead_letter instead of vanishing.
@@ -48,6 +49,13 @@ def priority_queues(settings: Settings) -> list[Queue]:
         Queue(name, bus_exchange, routing_key=name, durable=True, queue_arguments=args)
         for name in PRIORITY_QUEUES
     ]
+
+
+def agent_queue(settings: Settings, agent: str) -> Queue:
+    """A worker agent's own queue ``agent.<name>``, dead-lettering like the others."""
+    name = f"agent.{agent}"
+    return Queue(name, bus_exchange, routing_key=name, durable=True,
+                 queue_arguments=queue_arguments(settings))
 
 
 def dead_letter_queue(settings: Settings) -> Queue:

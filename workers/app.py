@@ -17,6 +17,7 @@ runtime: Runtime = runtime_from_env()
 
 app = Celery("msgbus")
 app.conf.update(topology.celery_config(runtime.settings))
+app.conf.bus_settings = runtime.settings
 
 
 class DeclareTopology(bootsteps.StartStopStep):

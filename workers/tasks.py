@@ -14,9 +14,9 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Reject
 
-from bus.delivery import PermanentFailure, parse_timestamp_ms
+from bus.delivery import Outcome, PermanentFailure, parse_timestamp_ms
 from bus.errors import BusUnavailable
-from bus.topology import DELIVER_BATCH_TASK, DELIVER_TASK
+from bus.topology import DELIVER_BATCH_TASK, DELIVER_TASK, HANDLE_TASK, agent_queue
 from workers.app import app, runtime
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,18 @@ def remaining_ttl(wire: dict[str, Any]) -> float | None:
     return parse_timestamp_ms(wire["timestamp"]) / 1000 + float(ttl) - time.time()
 
 
+def dispatch_to_worker_agents(outcome: Outcome, wire: dict[str, Any]) -> None:
+    """Enqueues `bus.handle` on each recipient worker agent's own queue. Done for every
+    delivery attempt (a redelivered task may have stopped before this); the handle task
+    skips messages no longer in the inbox, so a repeat is harmless."""
+    for agent in runtime.deliverer.worker_agents(outcome.recipients):
+        runtime.broker.publish(
+            HANDLE_TASK, [agent, wire], queue=agent_queue(runtime.settings, agent),
+            task_id=f"{wire['id']}:{agent}", expiration=remaining_ttl(wire),
+            summary=f"<message {wire['id']} for {agent}>",
+        )
+
+
 def _dead(wire: Any, reason: str, error: str, attempts: int) -> Reject:
     status = "expired" if reason == "expired" else "dead"
     runtime.deliverer.record_failure(wire, status, reason, error, attempts)
@@ -50,7 +62,9 @@ def _dead(wire: Any, reason: str, error: str, attempts: int) -> Reject:
 def deliver(self: Task, wire: dict[str, Any], last_error: str | None = None) -> int:
     retries = self.request.retries
     try:
-        return runtime.deliverer.deliver(wire, attempts=retries + 1).newly_delivered
+        outcome = runtime.deliverer.deliver(wire, attempts=retries + 1)
+        dispatch_to_worker_agents(outcome, wire)
+        return outcome.newly_delivered
     except PermanentFailure as exc:
         raise _dead(wire, exc.reason, exc.message, retries + 1) from exc
     except BusUnavailable as exc:
@@ -85,7 +99,9 @@ def deliver_batch(self: Task, wires: list[dict[str, Any]]) -> int:
     delivered = 0
     for wire in wires:
         try:
-            delivered += runtime.deliverer.deliver(wire, attempts=1).newly_delivered
+            outcome = runtime.deliverer.deliver(wire, attempts=1)
+            dispatch_to_worker_agents(outcome, wire)
+            delivered += outcome.newly_delivered
         except (PermanentFailure, BusUnavailable) as exc:
             logger.info("batch message %s handed to a single task: %s", wire.get("id"), exc)
             queue = self.request.delivery_info.get("routing_key") or "bus.normal"
@@ -95,3 +111,37 @@ def deliver_batch(self: Task, wires: list[dict[str, Any]]) -> int:
                 expiration=ttl_left, summary=f"<message {wire.get('id')}>",
             )
     return delivered
+
+
+@app.task(name=HANDLE_TASK, bind=True, max_retries=None, acks_late=True)
+def handle(self: Task, agent_name: str, wire: dict[str, Any], last_error: str | None = None) -> None:
+    """Runs a worker agent's handler (only in `msgbus agent run` processes)."""
+    from workers.agent_runtime import current_agent, reader
+
+    agent = current_agent()
+    retries = self.request.retries
+    if agent is None or agent.name != agent_name:
+        raise Reject(f"no worker agent {agent_name!r} in this process", requeue=False)
+    if not runtime.store.in_inbox(agent_name, wire["id"]):
+        return  # already handled and acked (a repeated dispatch)
+    message = reader().decode(wire)
+    if message.decode_error is not None:
+        raise _dead(wire, "bad_signature" if not message.verified else "undecodable",
+                    message.decode_error, retries + 1)
+    try:
+        agent.handle(message)
+    except Exception as exc:  # noqa: BLE001 - the handler boundary: any error is retried
+        error = f"{type(exc).__name__}: {exc}"
+        if retries >= message.metadata.max_retries:
+            runtime.deliverer.record_failure(wire, "dead", "handler_failed", error, retries + 1,
+                                             force=True)
+            logger.warning("handler of %s failed %d times: %s", agent_name, retries + 1, error)
+            raise Reject(f"handler_failed: {error}", requeue=False) from exc
+        runtime.deliverer.record_failure(wire, "retrying", "handler_failed", error, retries + 1,
+                                         force=True)
+        raise self.retry(args=[agent_name, wire], kwargs={"last_error": error[:500]},
+                         countdown=backoff(retries), max_retries=message.metadata.max_retries,
+                         argsrepr=f"<message {wire.get('id')} for {agent_name}>",
+                         kwargsrepr="{}") from exc
+    runtime.store.ack(agent_name, [message.id])
+    runtime.store.advance_status([message.id], "acked", force=True)

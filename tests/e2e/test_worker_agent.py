@@ -1,0 +1,73 @@
+"""The example worker agent, run by `msgbus agent run`, answering the Python API and an MCP
+client; a failing handler retries and then lands in the dead letters with its error."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ARTIFACTS, ROOT, wait_for
+from tests.e2e.test_mcp import call, stdio
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def echo_agent(module_env, worker):
+    log = ARTIFACTS / f"agent-echo-{module_env.vhost}.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bus.cli", "agent", "run", "examples.echo_agent:agent"],
+        cwd=ROOT, env=module_env.env(), stdout=subprocess.DEVNULL, stderr=log.open("wb"),
+        start_new_session=True,
+    )
+    wait_for(lambda: b"ready." in log.read_bytes() or proc.poll() is not None, 60,
+             "the echo agent")
+    assert proc.poll() is None, log.read_text()[-2000:]
+    yield log
+    proc.terminate()
+    proc.wait(20)
+
+
+def test_worker_agent_answers_a_request_from_the_python_api(module_env, echo_agent, agents):
+    bus = module_env.bus()
+    asker = agents("asker")
+    response = bus.request({"from": asker, "to": "echo", "payload": {"q": "hi"}}, timeout=30)
+    assert response.sender == "echo" and response.type.value == "response"
+    assert response.payload == {"echo": {"q": "hi"}, "from": "echo"}
+    command = bus.request({"from": asker, "to": "echo", "type": "command",
+                           "payload": {"text": "three little words"}}, timeout=30)
+    assert command.payload == {"words": 3}
+    assert bus.status(command.correlation_id).status.value == "acked"
+
+
+def test_worker_agent_answers_an_mcp_request(module_env, echo_agent, agents):
+    async def scenario():
+        async with stdio(module_env, agents("claude")) as client:
+            result = await call(client, "request", {"to": "echo", "payload": "from mcp",
+                                                    "timeout_seconds": 30})
+            assert result["status"] == "answered"
+            assert result["response"]["payload"] == {"echo": "from mcp", "from": "echo"}
+
+    asyncio.run(scenario())
+
+
+def test_failing_handler_retries_then_is_dead_lettered_with_its_error(
+    module_env, echo_agent, agents
+):
+    bus = module_env.bus()
+    receipt = bus.send_message({"from": agents("asker"), "to": "echo", "type": "request",
+                                "payload": {"fail": True, "why": "disk on fire"},
+                                "metadata": {"max_retries": 2}})
+    letters = wait_for(lambda: [d for d in bus.dead_letters() if d.id == receipt.id], 60,
+                       "the failed request in the dead letters")
+    letter = letters[0]
+    assert letter.reason == "handler_failed"
+    assert "RuntimeError: asked to fail: disk on fire" in letter.error
+    assert letter.attempts == 3
+    assert letter.queue == "agent.echo"
+    status = bus.status(receipt.id)
+    assert status.status.value == "dead" and status.reason == "handler_failed"
+    assert echo_agent.read_text().count("Retry in") >= 2

@@ -1,0 +1,107 @@
+"""Worker agents: Python code that answers messages, run by `msgbus agent run mod:agent`.
+
+```python
+agent = WorkerAgent("summarizer")
+
+@agent.on("request")
+def summarize(message):
+    return {"summary": message.payload["text"][:100]}
+```
+
+A worker agent consumes its own Celery queue ``agent.<name>``: when a message lands in its
+inbox the delivery worker also enqueues ``bus.handle`` there. The handler runs with Celery's
+retry (exponential backoff and jitter) on any exception; when retries are exhausted the task
+is rejected into the dead letters with the error. A handler's return value goes back as a
+``response`` (correlation_id = the message id) to ``reply_to`` or the sender.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bus.client import MessageBus
+from bus.schema import MessageType, ReceivedMessage, check_agent_id
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[ReceivedMessage], Any]
+ANSWERED_TYPES = {MessageType.request, MessageType.command, MessageType.query}
+
+
+@dataclass(frozen=True)
+class _Route:
+    type: str | None
+    topic: str | None
+    handler: Handler
+
+
+class WorkerAgent:
+    def __init__(self, name: str, *, concurrency: int = 2) -> None:
+        self.name = check_agent_id(name)
+        self.concurrency = concurrency
+        self._routes: list[_Route] = []
+        self._bus: MessageBus | None = None
+
+    def on(self, type: str | None = None, *, topic: str | None = None) -> Callable[[Handler], Handler]:
+        """Registers a handler for a message type (and optionally a topic); None = any."""
+        if type is not None:
+            MessageType(type)  # fails early on a typo
+
+        def register(fn: Handler) -> Handler:
+            self._routes.append(_Route(type, topic, fn))
+            return fn
+
+        return register
+
+    @property
+    def queue(self) -> str:
+        return f"agent.{self.name}"
+
+    @property
+    def bus(self) -> MessageBus:
+        if self._bus is None:
+            self._bus = MessageBus()
+        return self._bus
+
+    def use_bus(self, bus: MessageBus) -> None:
+        self._bus = bus
+
+    def handler_for(self, message: ReceivedMessage) -> Handler | None:
+        topic = message.topic or message.metadata.topic
+        for route in self._routes:
+            if route.type not in (None, message.type.value):
+                continue
+            if route.topic not in (None, topic):
+                continue
+            return route.handler
+        return None
+
+    def handle(self, message: ReceivedMessage) -> Any:
+        """Runs the handler; sends its result back as a response when there is one."""
+        handler = self.handler_for(message)
+        if handler is None:
+            logger.info("%s has no handler for %s; acked unhandled", self.name, message.type.value)
+            return None
+        result = handler(message)
+        if result is not None and message.type in ANSWERED_TYPES:
+            self.bus.send_message({
+                "from": self.name, "to": message.reply_to or message.sender,
+                "type": "response", "correlation_id": message.id, "payload": result,
+                "trace_id": message.trace_id, "metadata": {"priority": message.priority.value},
+            })
+        return result
+
+
+def load_agent(spec: str) -> WorkerAgent:
+    """'package.module:attribute' -> the WorkerAgent it names."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"{spec!r} is not MODULE:OBJECT (e.g. examples.echo_agent:agent)")
+    agent = getattr(importlib.import_module(module_name), attribute)
+    if not isinstance(agent, WorkerAgent):
+        raise TypeError(f"{spec} is a {type(agent).__name__}, not a WorkerAgent")
+    return agent

@@ -17,7 +17,8 @@ from kombu import Connection, Queue
 from kombu.exceptions import KombuError, OperationalError
 
 from bus import topology
-from bus.errors import BusUnavailable, LimitExceeded
+from bus.breaker import BREAKERS
+from bus.errors import BusError, BusUnavailable, LimitExceeded
 from bus.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -41,19 +42,35 @@ def publisher_app(settings: Settings) -> Celery:
 
 @contextmanager
 def broker_errors(action: str) -> Iterator[None]:
+    breaker = BREAKERS["broker"]
+    if not breaker.allow():
+        raise BusUnavailable(
+            f"bus unavailable: the broker cannot be reached (circuit open after repeated "
+            f"failures; next try in {breaker.retry_in():.1f}s) while trying to {action}",
+            component="broker",
+        )
     try:
         yield
     except MessageNacked as exc:
+        breaker.success()
         raise LimitExceeded(
             f"the broker refused the message while trying to {action}: the queue is full "
             "(x-max-length with reject-publish); nothing was sent, retry later",
             limit="queue_max_length",
         ) from exc
     except _BROKER_ERRORS as exc:
+        breaker.failure()
         raise BusUnavailable(
             f"bus unavailable: the broker cannot be reached while trying to {action} ({exc})",
             component="broker",
         ) from exc
+    except BusError:
+        raise  # a nested call already judged it
+    except Exception:
+        breaker.success()
+        raise
+    else:
+        breaker.success()
 
 
 class Broker:

@@ -450,6 +450,72 @@ def audit_tail(count: int, follow: bool, as_json: bool) -> None:
         entries = [e for _, stream in batch for e in stream]
 
 
+@main.command()
+@click.option("--loglevel", "-l", default="INFO")
+def beat(loglevel: str) -> None:
+    """Run Celery beat (RedBeat: one beat across restarts) for the scheduled jobs."""
+    argv = [sys.executable, "-m", "celery", "-A", "workers.app", "beat",
+            "-S", "redbeat.RedBeatScheduler", "-l", loglevel]
+    os.execvp(argv[0], argv)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def health(as_json: bool) -> None:
+    """Redis, broker, live workers, breakers, dead letters; exit 1 when not ready."""
+    from bus.health import check_health
+
+    result = check_health(_bus().runtime)
+    emit(result, as_json, lambda h: "\n".join([
+        f"ready: {'yes' if h.ready else 'NO'}", f"redis: {h.redis}", f"broker: {h.broker}",
+        f"workers: {', '.join(h.workers) or 'none'}", f"dead letters: {h.dead_letters}",
+        "breakers: " + ", ".join(f"{k}={v}" for k, v in h.breakers.items())]))
+    if not result.ready:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def stats(as_json: bool) -> None:
+    """Queue depths, agents, topics, subscriptions, inbox depths."""
+    from bus.health import collect_stats
+
+    emit(collect_stats(_bus().runtime), as_json, lambda st: "\n".join(
+        [f"agents: {st.agents}  topics: {st.topics}  subscriptions: {st.subscriptions}",
+         "queues: " + ", ".join(f"{q}={n}" for q, n in st.queue_depths.items()),
+         f"dead letters: {st.dead_letters}"]
+        + [f"inbox {a}: {n}" for a, n in sorted(st.inbox_depths.items()) if n]))
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--address", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5555, show_default=True)
+@click.pass_context
+@handle_errors
+def flower(ctx: click.Context, address: str, port: int) -> None:
+    """Run Flower on the bus's workers (basic auth from MESSAGE_BUS_FLOWER_AUTH)."""
+    from bus.errors import ConfigError
+
+    settings = Settings()
+    argv = [sys.executable, "-m", "celery", "-A", "workers.app", "flower",
+            f"--address={address}", f"--port={port}", f"--broker-api={_management_api(settings)}"]
+    if settings.flower_auth is not None:
+        argv.append(f"--basic-auth={settings.flower_auth.get_secret_value()}")
+    elif settings.mode == "production" or address not in ("127.0.0.1", "localhost"):
+        raise ConfigError("Flower needs MESSAGE_BUS_FLOWER_AUTH=user:password outside local dev")
+    os.execvp(argv[0], [*argv, *ctx.args])
+
+
+def _management_api(settings: Settings) -> str:
+    from urllib.parse import urlparse
+
+    url = urlparse(settings.broker_url)
+    user, password = url.username or "guest", url.password or "guest"
+    return f"http://{user}:{password}@{url.hostname or '127.0.0.1'}:15672/api/"
+
+
 @main.group()
 def services() -> None:
     """Local Redis and RabbitMQ for development (bound to 127.0.0.1)."""

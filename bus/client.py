@@ -15,7 +15,8 @@ from typing import Any
 
 import orjson
 
-from bus.errors import BusError, LimitExceeded, NotFound, ValidationError
+from bus.errors import BusError, BusUnavailable, LimitExceeded, NotFound, ValidationError
+from bus import metrics
 from bus.guard import Guard
 from bus.reader import Reader
 from bus.runtime import Runtime
@@ -154,8 +155,16 @@ class MessageBus:
         return _Prepared(message, wire, record)
 
     def _send(self, prepared: list[_Prepared], batch: bool = False) -> list[Receipt]:
-        self.guard.rate_limit(prepared[0].message.sender, cost=len(prepared))
-        duplicates = self.runtime.store.accept_many([p.record for p in prepared])
+        degraded = False
+        try:
+            self.guard.rate_limit(prepared[0].message.sender, cost=len(prepared))
+            duplicates = self.runtime.store.accept_many([p.record for p in prepared])
+        except BusUnavailable as exc:
+            # Redis is down: the message still goes to RabbitMQ and waits there (the worker
+            # retries until Redis is back and records its status then). Dedup and rate
+            # limiting cannot be checked meanwhile.
+            logger.warning("sending without Redis (no dedup, status or rate limit): %s", exc)
+            duplicates, degraded = [None] * len(prepared), True
         receipts: list[Receipt] = []
         fresh: list[_Prepared] = []
         for p, duplicate_of in zip(prepared, duplicates, strict=True):
@@ -180,9 +189,12 @@ class MessageBus:
             try:
                 self._publish(group, batch)
             except BusError:
-                self.runtime.store.revoke_many([p.record for g in pending for p in g])
+                if not degraded:
+                    self.runtime.store.revoke_many([p.record for g in pending for p in g])
                 raise
             pending.pop(0)
+        for p, receipt in zip(prepared, receipts, strict=True):
+            metrics.count(p.wire, receipt.status.value)
         for p in fresh:
             self.guard.audit("send", p.message.sender, _target(p.message), "ok",
                              trace_id=p.message.trace_id, message_id=p.message.id)
@@ -228,6 +240,7 @@ class MessageBus:
             raise LimitExceeded(f"at most {self.settings.max_batch} ids per ack", limit="max_batch")
         acked = self.runtime.store.ack(agent, ids)
         self.runtime.store.advance_status(acked, Status.acked.value)
+        metrics.MESSAGES.labels("any", "any", "acked").inc(len(acked))
         done = set(acked)
         for message_id in acked:
             self.guard.audit("ack", agent, message_id, "ok")

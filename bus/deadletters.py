@@ -26,7 +26,9 @@ from bus.topology import DEAD_LETTER_QUEUE, DELIVER_TASK
 logger = logging.getLogger(__name__)
 
 REPLAYS_HEADER = "x-bus-replays"
-TRANSIENT_REASONS = frozenset({"retries_exhausted", "unavailable", "delivery_limit", "rejected"})
+# Causes worth another try; bad signatures, expiry, malformed or denied messages are not.
+TRANSIENT_REASONS = frozenset({"retries_exhausted", "unavailable", "handler_failed",
+                               "delivery_limit"})
 
 
 class _Entry:

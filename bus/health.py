@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from bus.breaker import states as breaker_states
 from bus.errors import BusError
 from bus.runtime import Runtime
 from bus.topology import DEAD_LETTER_QUEUE, PRIORITY_QUEUES
@@ -71,7 +72,7 @@ def check_health(runtime: Runtime) -> Health:
         broker=broker_state,
         workers=workers,
         dead_letters=dead,
-        breakers=runtime.breaker_states() if hasattr(runtime, "breaker_states") else {},
+        breakers=breaker_states(),
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from bus import metrics
 from bus.errors import BusError, NotFound
 from bus.redis_conn import redis_errors
 from bus.runtime import Runtime
@@ -79,7 +80,10 @@ class Reader:
             leased = self._wait_and_lease(agent, limit, lease, wait)
         if leased:
             store.advance_status([item.id for item in leased], Status.read.value)
-        return self._decode_leased(leased)
+        messages = self._decode_leased(leased)
+        for m in messages:
+            metrics.MESSAGES.labels(m.type.value, m.metadata.priority.value, "read").inc()
+        return messages
 
     def _wait_and_lease(
         self, agent: str, limit: int, lease: float, wait: float

@@ -10,7 +10,8 @@ from urllib.parse import parse_qs, urlparse
 import redis
 from redis.sentinel import Sentinel
 
-from bus.errors import BusUnavailable, ConfigError
+from bus.breaker import BREAKERS
+from bus.errors import BusError, BusUnavailable, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +51,27 @@ def _sentinel_master(url: str, options: dict[str, object]) -> redis.Redis:
 
 @contextmanager
 def redis_errors(action: str) -> Iterator[None]:
-    """Turns connection-level Redis failures into BusUnavailable naming the action."""
+    """Turns connection-level Redis failures into BusUnavailable naming the action, and
+    fails at once while the Redis circuit breaker is open."""
+    breaker = BREAKERS["redis"]
+    if not breaker.allow():
+        raise BusUnavailable(
+            f"bus unavailable: Redis cannot be reached (circuit open after repeated failures; "
+            f"next try in {breaker.retry_in():.1f}s) while trying to {action}",
+            component="redis",
+        )
     try:
         yield
     except _CONNECTION_ERRORS as exc:
+        breaker.failure()
         raise BusUnavailable(
             f"bus unavailable: Redis cannot be reached while trying to {action} ({exc})",
             component="redis",
         ) from exc
+    except BusError:
+        raise  # a nested call already judged it
+    except Exception:
+        breaker.success()  # Redis answered; the error is something else
+        raise
+    else:
+        breaker.success()

@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     default_max_retries: int = Field(default=3, ge=0, le=100)
     max_dead_letter_replays: int = Field(default=3, ge=0)
 
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9808, ge=0, le=65535, description="worker exporter; 0 = off")
+    replay_interval: float = Field(default=300.0, gt=0, description="beat: replay dead letters")
+    purge_interval: float = Field(default=3600.0, gt=0, description="beat: purge expired data")
+    stats_interval: float = Field(default=15.0, gt=0, description="beat: queue stats")
+    history_retention: int = Field(default=30 * 86_400, ge=60, description="seconds")
     flower_auth: SecretStr | None = None
     worker_concurrency: int = Field(default=4, ge=1)
     worker_pool: Literal["threads", "prefork", "solo", "gevent", "eventlet"] = "threads"

@@ -199,6 +199,16 @@ class RedisStore:
                 return []
             return [w for w in self.redis.hmget(inbox.body, ids) if w]
 
+    def peek_inbox_items(self, agent: str, limit: int) -> list[tuple[str, str]]:
+        """(id, wire) of up to `limit` inbox messages, leased or not."""
+        with redis_errors("scan the inbox"):
+            items = []
+            for message_id, wire in self.redis.hscan_iter(self.keys.inbox(agent).body, count=500):
+                items.append((message_id, wire))
+                if len(items) >= limit:
+                    break
+            return items
+
     # -- history ---------------------------------------------------------------------------
 
     def history(self, agent: str, limit: int, since_ms: int | None) -> list[str]:

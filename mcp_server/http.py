@@ -10,9 +10,11 @@ import anyio
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import JSONResponse, Response
 
 from bus.health import check_health
+from bus.metrics import refresh_gauges
 from bus.settings import Settings
 from mcp_server.push import InboxEvents
 from mcp_server.server import BusServer
@@ -38,8 +40,13 @@ def build_app(
         health = await anyio.to_thread.run_sync(lambda: check_health(server.bus.runtime))
         return JSONResponse(health.model_dump(mode="json"), status_code=200 if health.ready else 503)
 
+    async def metrics_endpoint(request: Request) -> Response:
+        await anyio.to_thread.run_sync(lambda: refresh_gauges(server.bus.runtime))
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
     server.custom_route("/healthz", methods=["GET"])(healthz)
     server.custom_route("/readyz", methods=["GET"])(readyz)
+    server.custom_route("/metrics", methods=["GET"])(metrics_endpoint)
     app = server.streamable_http_app(transport_security=transport_security(host, port), host=host)
     inner_lifespan = app.router.lifespan_context
 

@@ -68,6 +68,7 @@ class BusEnv:
             "MESSAGE_BUS_RETRY_BACKOFF": "0.05",
             "MESSAGE_BUS_RETRY_BACKOFF_MAX": "0.5",
             "MESSAGE_BUS_RATE_LIMIT": "0",
+            "MESSAGE_BUS_METRICS_PORT": "0",
             "PYTHONPATH": str(ROOT),
         }
         env |= self.overrides

@@ -6,7 +6,8 @@ import logging
 from typing import Any
 
 from celery import Celery, bootsteps
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init
+from prometheus_client import start_http_server
 
 from bus import topology
 from bus.runtime import Runtime, runtime_from_env
@@ -39,4 +40,21 @@ def _fresh_connections_after_fork(**_: Any) -> None:
     runtime.reset()
 
 
+@worker_init.connect
+def _start_metrics_exporter(**_: Any) -> None:
+    port = runtime.settings.metrics_port
+    if port:
+        try:
+            start_http_server(port, addr=runtime.settings.metrics_host)
+            logger.info("worker metrics on http://%s:%d/metrics", runtime.settings.metrics_host, port)
+        except OSError as exc:  # another worker on this host already exports there
+            logger.warning("worker metrics exporter not started on port %d: %s", port, exc)
+
+
+import workers.jobs  # noqa: E402  (registers the scheduled jobs)
 import workers.tasks  # noqa: E402,F401  (registers the tasks on `app`)
+
+app.conf.beat_schedule = workers.jobs.beat_schedule()
+app.conf.redbeat_redis_url = runtime.settings.redis_url
+app.conf.redbeat_key_prefix = runtime.settings.key_prefix + "redbeat:"
+app.conf.redbeat_lock_timeout = max(60, int(runtime.settings.stats_interval * 5))

@@ -14,6 +14,7 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Reject
 
+from bus import metrics
 from bus.delivery import Outcome, PermanentFailure, parse_timestamp_ms
 from bus.errors import BusUnavailable
 from bus.topology import DELIVER_BATCH_TASK, DELIVER_TASK, HANDLE_TASK, agent_queue
@@ -48,8 +49,18 @@ def dispatch_to_worker_agents(outcome: Outcome, wire: dict[str, Any]) -> None:
         )
 
 
+def observe_delivery(wire: dict[str, Any], outcome: Outcome) -> None:
+    if outcome.newly_delivered:
+        metrics.count(wire, "delivered")
+        latency = time.time() - parse_timestamp_ms(wire["timestamp"]) / 1000
+        metrics.DURATION.labels(str(wire.get("type", "event"))).observe(max(latency, 0.0))
+
+
 def _dead(wire: Any, reason: str, error: str, attempts: int) -> Reject:
     status = "expired" if reason == "expired" else "dead"
+    if isinstance(wire, dict):
+        metrics.count(wire, status)
+    metrics.ERRORS.labels(reason).inc()
     runtime.deliverer.record_failure(wire, status, reason, error, attempts)
     logger.warning(
         "dead-lettering message %s: %s (%s)",
@@ -64,6 +75,7 @@ def deliver(self: Task, wire: dict[str, Any], last_error: str | None = None) -> 
     try:
         outcome = runtime.deliverer.deliver(wire, attempts=retries + 1)
         dispatch_to_worker_agents(outcome, wire)
+        observe_delivery(wire, outcome)
         return outcome.newly_delivered
     except PermanentFailure as exc:
         raise _dead(wire, exc.reason, exc.message, retries + 1) from exc
@@ -75,6 +87,8 @@ def deliver(self: Task, wire: dict[str, Any], last_error: str | None = None) -> 
         if ttl_left is not None and ttl_left <= 0:
             raise _dead(wire, "expired", "expired while retrying", retries + 1) from exc
         runtime.deliverer.record_failure(wire, "retrying", "unavailable", exc.message, retries + 1)
+        metrics.count(wire, "retrying")
+        metrics.ERRORS.labels("unavailable").inc()
         # The bus keeps its own attempt count in the (re-signed) message.
         wire["metadata"]["retry_count"] = retries + 1
         runtime.codec.sign(wire)
@@ -101,6 +115,7 @@ def deliver_batch(self: Task, wires: list[dict[str, Any]]) -> int:
         try:
             outcome = runtime.deliverer.deliver(wire, attempts=1)
             dispatch_to_worker_agents(outcome, wire)
+            observe_delivery(wire, outcome)
             delivered += outcome.newly_delivered
         except (PermanentFailure, BusUnavailable) as exc:
             logger.info("batch message %s handed to a single task: %s", wire.get("id"), exc)

@@ -1,0 +1,84 @@
+"""Circuit breakers around Redis and the broker.
+
+closed -> (N consecutive connection failures) -> open: calls fail at once for
+`reset_timeout` seconds -> half_open: one trial call; success closes, failure reopens.
+States are per process, visible in health and in `message_bus_circuit_state{target}`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+logger = logging.getLogger(__name__)
+
+CLOSED, HALF_OPEN, OPEN = "closed", "half_open", "open"
+STATE_VALUE = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
+
+
+class CircuitBreaker:
+    def __init__(self, target: str, failure_threshold: int = 3, reset_timeout: float = 2.0):
+        self.target = target
+        self.failure_threshold = failure_threshold
+        self.reset_timeout = reset_timeout
+        self._state = CLOSED
+        self._failures = 0
+        self._opened_at = 0.0
+        self._trial_running = False
+        self._lock = threading.Lock()
+        self.listeners: list[Callable[[str, str], None]] = []
+
+    @property
+    def state(self) -> str:
+        with self._lock:
+            if self._state == OPEN and time.monotonic() - self._opened_at >= self.reset_timeout:
+                return HALF_OPEN
+            return self._state
+
+    def allow(self) -> bool:
+        """May a call go through now? In half-open, only one trial call at a time."""
+        with self._lock:
+            if self._state == CLOSED:
+                return True
+            if self._state == OPEN:
+                if time.monotonic() - self._opened_at < self.reset_timeout:
+                    return False
+                self._set(HALF_OPEN)
+            if self._trial_running:
+                return False
+            self._trial_running = True
+            return True
+
+    def success(self) -> None:
+        with self._lock:
+            self._failures = 0
+            self._trial_running = False
+            if self._state != CLOSED:
+                self._set(CLOSED)
+
+    def failure(self) -> None:
+        with self._lock:
+            self._failures += 1
+            self._trial_running = False
+            if self._state == HALF_OPEN or self._failures >= self.failure_threshold:
+                self._opened_at = time.monotonic()
+                if self._state != OPEN:
+                    self._set(OPEN)
+
+    def retry_in(self) -> float:
+        return max(0.0, self.reset_timeout - (time.monotonic() - self._opened_at))
+
+    def _set(self, state: str) -> None:
+        logger.warning("circuit %s: %s -> %s", self.target, self._state, state)
+        self._state = state
+        for listener in self.listeners:
+            listener(self.target, state)
+
+
+BREAKERS = {"redis": CircuitBreaker("redis"), "broker": CircuitBreaker("broker")}
+
+
+def states() -> dict[str, str]:
+    return {name: breaker.state for name, breaker in BREAKERS.items()}

@@ -1,0 +1,65 @@
+"""Prometheus metrics (names are part of the public contract; see deploy/ for dashboards).
+
+Counters and the latency histogram count what happens in this process; the gauges of
+queue, dead-letter, inbox and subscription depth are read from the broker and Redis when
+`refresh_gauges` runs (at scrape time on the HTTP server, on `bus.queue_stats` in workers).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from bus.breaker import BREAKERS, STATE_VALUE
+
+logger = logging.getLogger(__name__)
+
+MESSAGES = Counter(
+    "message_bus_messages", "Messages by type, priority and status reached",
+    ["type", "priority", "status"],
+)
+DURATION = Histogram(
+    "message_bus_message_duration_seconds", "Send to delivered-in-inbox latency", ["type"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+ERRORS = Counter("message_bus_errors", "Errors by kind", ["kind"])
+CIRCUIT = Gauge("message_bus_circuit_state", "0 closed, 1 half-open, 2 open", ["target"])
+QUEUE_DEPTH = Gauge("message_bus_queue_depth", "Messages waiting in a queue", ["queue"])
+DEAD_LETTERS = Gauge("message_bus_dead_letters", "Messages in bus.dead_letter")
+INBOX_DEPTH = Gauge("message_bus_inbox_depth", "Messages in an agent's inbox", ["agent"])
+SUBSCRIPTIONS = Gauge("message_bus_subscriptions", "Topic subscriptions")
+
+
+def count(message: dict[str, Any], status: str) -> None:
+    meta = message.get("metadata") or {}
+    MESSAGES.labels(str(message.get("type", "event")), str(meta.get("priority", "normal")),
+                    status).inc()
+
+
+def _on_circuit(target: str, state: str) -> None:
+    CIRCUIT.labels(target).set(STATE_VALUE[state])
+
+
+for _breaker in BREAKERS.values():
+    CIRCUIT.labels(_breaker.target).set(0)
+    _breaker.listeners.append(_on_circuit)
+
+
+def refresh_gauges(runtime: Any) -> None:
+    """Reads depths from the broker and Redis into the gauges (best effort)."""
+    from bus.health import collect_stats
+
+    try:
+        stats = collect_stats(runtime)
+    except Exception as exc:  # noqa: BLE001 - a scrape must not fail on an outage
+        logger.warning("metrics refresh failed: %s", exc)
+        return
+    for queue, depth in stats.queue_depths.items():
+        QUEUE_DEPTH.labels(queue).set(depth)
+    DEAD_LETTERS.set(stats.dead_letters)
+    SUBSCRIPTIONS.set(stats.subscriptions)
+    INBOX_DEPTH.clear()
+    for agent, depth in stats.inbox_depths.items():
+        INBOX_DEPTH.labels(agent).set(depth)

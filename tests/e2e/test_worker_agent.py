@@ -40,7 +40,9 @@ def test_worker_agent_answers_a_request_from_the_python_api(module_env, echo_age
     command = bus.request({"from": asker, "to": "echo", "type": "command",
                            "payload": {"text": "three little words"}}, timeout=30)
     assert command.payload == {"words": 3}
-    assert bus.status(command.correlation_id).status.value == "acked"
+    # The handler answers first, then acks its inbox copy.
+    wait_for(lambda: bus.status(command.correlation_id).status.value == "acked", 10,
+             "the request to be acked by the agent")
 
 
 def test_worker_agent_answers_an_mcp_request(module_env, echo_agent, agents):

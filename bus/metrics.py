@@ -42,6 +42,14 @@ def _on_circuit(target: str, state: str) -> None:
     CIRCUIT.labels(target).set(STATE_VALUE[state])
 
 
+# Every documented series exists from the start, so dashboards and alerts see zeros, not gaps.
+for _type in ("request", "response", "event", "command", "query", "notification", "broadcast",
+              "error"):
+    DURATION.labels(_type)
+for _kind in ("unavailable", "bad_signature", "expired", "retries_exhausted", "handler_failed",
+              "malformed", "stale", "bad_timestamp", "rate_limited", "forbidden"):
+    ERRORS.labels(_kind)
+
 for _breaker in BREAKERS.values():
     CIRCUIT.labels(_breaker.target).set(0)
     _breaker.listeners.append(_on_circuit)

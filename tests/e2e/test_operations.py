@@ -1,0 +1,196 @@
+"""Operations with real processes: beat replays transient dead letters only, metrics move,
+/readyz follows the workers, and a Redis outage mid-burst loses nothing."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import httpx
+import pytest
+
+from bus.errors import BusUnavailable
+from bus.tokens import TokenFile
+from tests.conftest import ARTIFACTS, ROOT, wait_for
+from tests.e2e.test_mcp import free_port
+from tests.integration.test_security import publish_raw, wire_for
+
+pytestmark = pytest.mark.timeout(240)
+
+METRICS = ["message_bus_messages_total", "message_bus_message_duration_seconds_bucket",
+           "message_bus_errors_total", "message_bus_circuit_state", "message_bus_queue_depth",
+           "message_bus_dead_letters", "message_bus_inbox_depth", "message_bus_subscriptions"]
+
+
+def spawn(env, name, args, **extra):
+    log = ARTIFACTS / f"{name}-{env.vhost}.log"
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env.env(**extra),
+                            stdout=subprocess.DEVNULL, stderr=log.open("wb"),
+                            start_new_session=True)
+    return proc, log
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def metric(text, name, **labels):
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_beat_replays_a_transient_dead_letter_and_leaves_a_bad_signature_alone(
+    fresh_env, agents
+):
+    bus = fresh_env.bus()
+    sender, reader = agents("s"), agents("r")
+    broken = fresh_env.start_worker(MESSAGE_BUS_REDIS_URL="redis://127.0.0.1:1/0")
+    transient = bus.send_message({"from": sender, "to": reader, "payload": "again",
+                                  "metadata": {"max_retries": 1}})
+    forged = wire_for(sender, reader, "forged")
+    forged["signature"] = {"kid": "k1", "alg": "HMAC-SHA256", "value": "0" * 64}
+    publish_raw(fresh_env, forged)
+    letters = wait_for(lambda: {d.id: d.reason for d in bus.dead_letters()}
+                       if len(bus.dead_letters()) == 2 else None, 30, "two dead letters")
+    assert letters == {transient.id: "retries_exhausted", forged["id"]: "bad_signature"}
+    broken.stop()
+
+    fresh_env.start_worker()
+    beat, log = spawn(fresh_env, "beat", ["-m", "bus.cli", "beat"],
+                      MESSAGE_BUS_REPLAY_INTERVAL="1", MESSAGE_BUS_STATS_INTERVAL="1")
+    try:
+        got = wait_for(lambda: bus.read(reader, limit=10, wait=0.5), 40,
+                       "beat to replay the transient dead letter")
+        assert [m.id for m in got] == [transient.id]
+        time.sleep(2.5)  # two more beat periods: the forged one must stay put
+        remaining = bus.dead_letters()
+        assert [(d.id, d.reason) for d in remaining] == [(forged["id"], "bad_signature")]
+        assert bus.read(reader, limit=10) == []
+        assert "bus.replay_dead_letters" in log.read_text()
+    finally:
+        stop(beat)
+
+
+def test_worker_metrics_move_when_messages_flow_and_http_metrics_name_everything(
+    fresh_env, agents, tmp_path
+):
+    port = free_port()
+    fresh_env.start_worker(MESSAGE_BUS_METRICS_PORT=str(port))
+    bus = fresh_env.bus()
+    sender, reader = agents("s"), agents("r")
+    url = f"http://127.0.0.1:{port}/metrics"
+    before = metric(httpx.get(url).text, "message_bus_messages_total", status="delivered")
+    receipts = [bus.send_message({"from": sender, "to": reader, "payload": i}) for i in range(5)]
+    wait_for(lambda: all(bus.status(r.id).status.value == "delivered" for r in receipts), 15,
+             "delivery")
+    text = wait_for(lambda: (lambda t: t if metric(t, "message_bus_messages_total",
+                                                   status="delivered") >= before + 5 else None)(
+        httpx.get(url).text), 10, "the delivered counter to move")
+    assert metric(text, "message_bus_message_duration_seconds_count", type="event") >= 5
+
+    tokens = tmp_path / "tokens.json"
+    TokenFile(tokens).create("ops")
+    http_port = free_port()
+    server, log = spawn(fresh_env, "mcp-metrics", ["-m", "mcp_server", "--http", "--port",
+                        str(http_port), "--tokens-file", str(tokens)])
+    try:
+        base = f"http://127.0.0.1:{http_port}"
+        wait_for(lambda: _get(f"{base}/healthz") == 200, 30, "the HTTP server")
+        text = httpx.get(f"{base}/metrics", timeout=10).text
+        for name in METRICS:
+            assert name in text, name
+        assert metric(text, "message_bus_inbox_depth", agent=reader) == 5
+        assert metric(text, "message_bus_queue_depth", queue="bus.normal") == 0
+    finally:
+        stop(server)
+
+
+def _get(url):
+    try:
+        return httpx.get(url, timeout=2).status_code
+    except httpx.HTTPError:
+        return None
+
+
+def test_readyz_flips_when_the_worker_stops(fresh_env, tmp_path):
+    worker = fresh_env.start_worker()
+    tokens = tmp_path / "tokens.json"
+    TokenFile(tokens).create("ops")
+    port = free_port()
+    server, _ = spawn(fresh_env, "mcp-ready", ["-m", "mcp_server", "--http", "--port", str(port),
+                                               "--tokens-file", str(tokens)])
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _get(f"{base}/readyz") == 200, 30, "/readyz 200 with a worker")
+        worker.stop()
+        wait_for(lambda: _get(f"{base}/readyz") == 503, 30, "/readyz 503 without workers")
+        assert httpx.get(f"{base}/readyz").json()["workers"] == []
+        assert _get(f"{base}/healthz") == 200  # liveness is not readiness
+        out = subprocess.run([sys.executable, "-m", "bus.cli", "health"], cwd=ROOT,
+                             env=fresh_env.env(), capture_output=True, text=True, timeout=30)
+        assert out.returncode == 1 and "ready: NO" in out.stdout
+    finally:
+        stop(server)
+
+
+def test_redis_outage_mid_burst_loses_nothing_and_the_breaker_opens_then_closes(
+    fresh_env, tmp_path, agents
+):
+    from bus.breaker import BREAKERS
+
+    port = free_port()
+    redis_url = f"redis://127.0.0.1:{port}/0"
+
+    def redis_up():
+        subprocess.run(["redis-server", "--bind", "127.0.0.1", "--port", str(port),
+                        "--daemonize", "yes", "--dir", str(tmp_path), "--appendonly", "yes",
+                        "--save", ""], check=True)
+        wait_for(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"],
+                                        capture_output=True).returncode == 0, 10, "redis")
+
+    redis_up()
+    fresh_env.overrides |= {"MESSAGE_BUS_REDIS_URL": redis_url,
+                            "MESSAGE_BUS_DEFAULT_MAX_RETRIES": "100"}
+    fresh_env.start_worker()
+    bus = fresh_env.bus()
+    seen_states = []
+    BREAKERS["redis"].listeners.append(lambda target, state: seen_states.append(state))
+    sender, reader = agents("s"), agents("r")
+    sent = []
+    try:
+        for i in range(1000):
+            if i == 300:
+                subprocess.run(["redis-cli", "-p", str(port), "shutdown"], check=False)
+            if i == 700:
+                assert bus.runtime.store and BREAKERS["redis"].state in ("open", "half_open")
+                redis_up()
+            sent.append(bus.send_message({"from": sender, "to": reader, "payload": i,
+                                          "id": str(uuid.uuid4())}).id)
+        got = set()
+
+        def drain():
+            try:
+                messages = bus.read(reader, limit=500, wait=0.5)
+            except BusUnavailable:  # reads fail fast until the breaker lets a try through
+                return False
+            got.update(m.id for m in messages)
+            bus.ack(reader, [m.id for m in messages])
+            return got >= set(sent)
+
+        wait_for(drain, 90, "every message after the outage", interval=0)
+        assert set(sent) - got == set()
+        assert "open" in seen_states and seen_states[-1] == "closed"
+        assert bus.dead_letters() == []
+    finally:
+        subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True)

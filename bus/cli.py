@@ -371,6 +371,15 @@ def mcp(ctx: click.Context) -> None:
     os.execvp(argv[0], argv)
 
 
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                "help_option_names": []})
+@click.pass_context
+def dashboard(ctx: click.Context) -> None:
+    """Serve the bus dashboard alone (--host, --port 8766); also at /ui of `msgbus mcp --http`."""
+    argv = [sys.executable, "-m", "mcp_server.dashboard", *ctx.args]
+    os.execvp(argv[0], argv)
+
+
 @main.group()
 def agent() -> None:
     """Worker agents (Python handlers on their own queue)."""

@@ -178,7 +178,7 @@ class DeadLetterQueue:
 
     def _settle(
         self, ids: list[str] | None, action: Callable[[_Entry, dict[str, Any]], None] | None,
-        select: Callable[[DeadLetter], bool] | None = None,
+        select: Callable[[DeadLetter], bool] | None = None, limit: int | None = None,
     ) -> list[str]:
         """Applies `action` to the chosen wires (all when ids is None) and removes their
         broker messages; a batch entry's unchosen wires go back to the dead letters."""
@@ -186,6 +186,8 @@ class DeadLetterQueue:
         done: list[str] = []
         with self._taken() as get:
             for _ in range(self._depth()):
+                if limit is not None and len(done) >= limit:
+                    break
                 entry = get()
                 if entry is None:
                     break
@@ -216,9 +218,11 @@ class DeadLetterQueue:
             )
 
     def replay(
-        self, ids: list[str] | None, select: Callable[[DeadLetter], bool] | None = None
+        self, ids: list[str] | None, select: Callable[[DeadLetter], bool] | None = None,
+        limit: int | None = None,
     ) -> list[str]:
-        return self._settle(ids, self._replay_one, select)
+        """Replays the chosen dead letters (all when ids is None), at most `limit` of them."""
+        return self._settle(ids, self._replay_one, select, limit)
 
     def _replay_one(self, entry: _Entry, wire: dict[str, Any]) -> None:
         replays = int(entry.headers.get(REPLAYS_HEADER) or 0) + 1
@@ -250,5 +254,5 @@ class DeadLetterQueue:
         except BusUnavailable:
             logger.warning("replayed %s but could not record its status", message_id)
 
-    def purge(self, ids: list[str] | None) -> list[str]:
-        return self._settle(ids, None)
+    def purge(self, ids: list[str] | None, limit: int | None = None) -> list[str]:
+        return self._settle(ids, None, limit=limit)

@@ -20,6 +20,8 @@ Keyspace (``P`` = prefix; ``{a}`` = agent id in a hash tag so one agent's keys s
     P topics                       zset   topic -> subscriber count
     P reply:{correlation id}       string id of the response that answered a request
     P audit                        stream capped audit trail
+    P rate:sent:{sec}              string messages accepted in that second (expires)
+    P rate:delivered:{sec}         string deliveries in that second (expires)
     P rate:{a}                     hash   token bucket state
     P events:inbox:{a}             pub/sub channel: a message landed in a's inbox
     P events:reply:{correlation}   pub/sub channel: a response to a request landed
@@ -91,6 +93,9 @@ class Keys:
 
     def reply(self, correlation_id: str) -> str:
         return f"{self.prefix}reply:{correlation_id}"
+
+    def rate_bucket(self, kind: str, second: int) -> str:
+        return f"{self.prefix}rate:{kind}:{second}"
 
     @property
     def audit(self) -> str:

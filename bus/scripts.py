@@ -11,7 +11,7 @@ STATUS_RANK_LUA = """
 local rank = {queued=1, retrying=2, delivered=3, dead=3, expired=3, read=4, acked=5}
 """
 
-# KEYS: dedup (by dedup key), status, agents, sender history, dedup (by id)
+# KEYS: dedup (by dedup key), status, agents, sender history, dedup (by id), sent-rate bucket
 # ARGV: id, now_ms, dedup_window_s, retention_s, queue, sender, wire, ts_ms,
 #       history_limit, expires_at_ms ('' if none)
 # Returns the existing id for a duplicate (same dedup key or same id), else false (nil).
@@ -27,6 +27,8 @@ redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('ZADD', KEYS[3], 'NX', ARGV[2], ARGV[6])
 redis.call('ZADD', KEYS[4], ARGV[8], ARGV[7])
 redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -(tonumber(ARGV[9]) + 1))
+redis.call('INCR', KEYS[6])
+redis.call('EXPIRE', KEYS[6], 120)
 return false
 """
 
@@ -40,7 +42,7 @@ redis.call('ZREM', KEYS[3], ARGV[2])
 return 1
 """
 
-# KEYS: status, delivered-set, agents, seq, reply-key, then per recipient:
+# KEYS: status, delivered-set, agents, seq, reply-key, delivered-rate bucket, then per recipient:
 #       ready, body, meta, history
 # ARGV: id, wire, rank, now_ms, history_limit, retention_s, attempts, reply_channel,
 #       ts_ms, then per recipient: agent, inbox channel
@@ -49,11 +51,11 @@ DELIVER = (
     STATUS_RANK_LUA
     + """
 local delivered = 0
-local n = (#KEYS - 5) / 4
+local n = (#KEYS - 6) / 4
 for i = 1, n do
   local agent = ARGV[9 + 2 * i - 1]
   if redis.call('SADD', KEYS[2], agent) == 1 then
-    local base = 5 + (i - 1) * 4
+    local base = 6 + (i - 1) * 4
     local seq = redis.call('INCR', KEYS[4])
     local score = string.format('%d', tonumber(ARGV[3]) * 1099511627776 + seq)
     redis.call('HSET', KEYS[base + 2], ARGV[1], ARGV[2])
@@ -67,6 +69,10 @@ for i = 1, n do
   end
 end
 redis.call('EXPIRE', KEYS[2], ARGV[6])
+if delivered > 0 then
+  redis.call('INCRBY', KEYS[6], delivered)
+  redis.call('EXPIRE', KEYS[6], 120)
+end
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current or (rank[current] or 0) < 3 then
   redis.call('HSET', KEYS[1], 'status', 'delivered', 'delivered_at', ARGV[4],

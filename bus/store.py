@@ -69,12 +69,13 @@ class RedisStore:
         Returns, per message, None when accepted or the id it duplicates."""
         k = self.keys
         now = now_ms()
+        sent_bucket = k.rate_bucket("sent", now // 1000)
         with redis_errors("record the send"):
             pipe = self.redis.pipeline(transaction=False)
             for rec in accepted:
                 self._accept(
                     keys=[k.dedup(rec.dedup_key), k.status(rec.id), k.agents, k.history(rec.sender),
-                          k.dedup_id(rec.id)],
+                          k.dedup_id(rec.id), sent_bucket],
                     args=[
                         rec.id, now, self.dedup_window, self.status_retention, rec.queue,
                         rec.sender, rec.wire, rec.ts_ms, self.history_limit,
@@ -114,12 +115,14 @@ class RedisStore:
     ) -> Any:
         """Appends to each recipient's inbox and history, sets `delivered`: one script."""
         k = self.keys
+        now = now_ms()
         keys = [
             k.status(message_id), k.delivered(message_id), k.agents, k.inbox_seq,
             k.reply(correlation_id) if correlation_id else k.status(message_id),
+            k.rate_bucket("delivered", now // 1000),
         ]
         args: list[Any] = [
-            message_id, wire, rank, now_ms(), self.history_limit, self.status_retention,
+            message_id, wire, rank, now, self.history_limit, self.status_retention,
             attempts, k.reply_channel(correlation_id) if correlation_id else "", ts_ms,
         ]
         for agent in recipients:
@@ -307,6 +310,18 @@ class RedisStore:
             (agent, int(score), int(last) if last else None)
             for (agent, score), last in zip(entries, seen, strict=True)
         ]
+
+    def rates(self, seconds: int = 10) -> dict[str, float]:
+        """Messages per second sent and delivered over the last `seconds` full seconds."""
+        now = now_ms() // 1000
+        span = range(now - seconds, now)
+        with redis_errors("read rates"):
+            values = self.redis.mget(
+                [self.keys.rate_bucket(kind, sec) for kind in ("sent", "delivered") for sec in span]
+            )
+        sent = sum(int(v or 0) for v in values[:seconds])
+        delivered = sum(int(v or 0) for v in values[seconds:])
+        return {"sent_per_s": sent / seconds, "delivered_per_s": delivered / seconds}
 
     def ping(self) -> bool:
         with redis_errors("ping Redis"):

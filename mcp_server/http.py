@@ -16,6 +16,8 @@ from starlette.responses import JSONResponse, Response
 from bus.health import check_health
 from bus.metrics import refresh_gauges
 from bus.settings import Settings
+from bus.tokens import TokenFile
+from mcp_server.dashboard import dashboard_routes
 from mcp_server.push import InboxEvents
 from mcp_server.server import BusServer
 
@@ -31,7 +33,8 @@ def transport_security(host: str, port: int) -> TransportSecuritySettings:
 
 
 def build_app(
-    server: BusServer, events: InboxEvents, settings: Settings, *, host: str, port: int
+    server: BusServer, events: InboxEvents, settings: Settings, *, host: str, port: int,
+    tokens: TokenFile | None = None,
 ) -> Starlette:
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -48,6 +51,8 @@ def build_app(
     server.custom_route("/readyz", methods=["GET"])(readyz)
     server.custom_route("/metrics", methods=["GET"])(metrics_endpoint)
     app = server.streamable_http_app(transport_security=transport_security(host, port), host=host)
+    if tokens is not None:
+        app.router.routes.extend(dashboard_routes(server.bus, tokens))
     inner_lifespan = app.router.lifespan_context
 
     @contextlib.asynccontextmanager

@@ -86,7 +86,8 @@ def run_http(settings: Settings, args: argparse.Namespace) -> None:
         logger.warning("no tokens in %s: create one with `msgbus token create AGENT`", tokens_path)
     base_url = f"http://{args.host}:{args.port}"
     server, events = build_server(settings, Identity.http(tokens, base_url), args.profile)
-    app = build_app(server, events, settings, host=args.host, port=args.port)
-    print(f"MCP streamable HTTP on {base_url}/mcp (health {base_url}/healthz)", file=sys.stderr)
+    app = build_app(server, events, settings, host=args.host, port=args.port, tokens=tokens)
+    print(f"MCP streamable HTTP on {base_url}/mcp  dashboard {base_url}/ui  "
+          f"metrics {base_url}/metrics  health {base_url}/healthz", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(),
                 timeout_graceful_shutdown=5)

@@ -6,6 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 python3 -m bus.services up
+# Browser tests drive Debian's Chromium with its chromedriver.
+if ! command -v chromedriver >/dev/null && [ "$(id -u)" = 0 ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+fi
 # The compose file is validated by the compose tool itself (no engine needed).
 if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then
   if [ "$(id -u)" = 0 ]; then

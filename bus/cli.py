@@ -343,6 +343,19 @@ def dlq_purge(ids: tuple[str, ...], all_: bool, as_json: bool) -> None:
 # -- processes -------------------------------------------------------------------------------
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--mcp-port", default=8765, show_default=True)
+@click.option("--flower-port", default=5555, show_default=True, help="0 = no Flower")
+@click.option("--no-services", is_flag=True, help="do not start local Redis/RabbitMQ")
+@handle_errors
+def up(host: str, mcp_port: int, flower_port: int, no_services: bool) -> None:
+    """Run everything on this machine: services, worker, beat, MCP HTTP (+ /ui), Flower."""
+    from bus.supervisor import run
+
+    sys.exit(run(host, mcp_port, flower_port, start_services=not no_services))
+
+
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--concurrency", "-c", type=int, default=None)
 @click.option("--pool", "-P", default=None)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Runs the bus on this machine: installs the project, starts local Redis and RabbitMQ when
-# none is listening, then a delivery worker (extra args go to `msgbus worker`).
+# Runs the bus on this machine: installs the project, then `msgbus up` (local Redis and
+# RabbitMQ when none is listening, a delivery worker, beat, the MCP HTTP server with the
+# dashboard, and Flower). Ctrl-C stops everything. Extra args go to `msgbus up`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --disable-pip-version-check -e .
-python3 -m bus.services up
-exec msgbus worker "$@"
+exec python3 -m bus.cli up "$@"

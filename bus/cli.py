@@ -371,7 +371,7 @@ def worker(ctx: click.Context, concurrency: int | None, pool: str | None, queues
     argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker",
             "-Q", queues or ",".join(PRIORITY_QUEUES),
             "-c", str(concurrency or settings.worker_concurrency),
-            "-P", pool or settings.worker_pool, "-l", loglevel, "-E", *ctx.args]
+            "-P", pool or settings.worker_pool, "-l", loglevel, *ctx.args]
     os.execvp(argv[0], argv)
 
 
@@ -536,6 +536,15 @@ def _management_api(settings: Settings) -> str:
     url = urlparse(settings.broker_url)
     user, password = url.username or "guest", url.password or "guest"
     return f"http://{user}:{password}@{url.hostname or '127.0.0.1'}:15672/api/"
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                "help_option_names": []})
+@click.pass_context
+def bench(ctx: click.Context) -> None:
+    """Benchmark the bus against raw Celery in one run (--json, --quick, --only ...)."""
+    argv = [sys.executable, "-m", "bench", *ctx.args]
+    os.execvp(argv[0], argv)
 
 
 @main.group()

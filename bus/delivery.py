@@ -108,24 +108,46 @@ class Deliverer:
             )
         ]
 
-    def deliver(self, wire: dict[str, Any], attempts: int) -> Outcome:
+    def _delivery_args(self, wire: dict[str, Any], attempts: int) -> dict[str, Any]:
         self.check(wire)
-        recipients = self.recipients(wire)
         meta = wire.get("metadata") or {}
         try:
             rank = Priority(meta.get("priority", "normal")).rank
         except ValueError as exc:
             raise PermanentFailure("unknown priority", reason="malformed") from exc
-        delivered = self.store.deliver(
-            message_id=wire["id"],
-            wire=orjson.dumps(wire).decode(),
-            rank=rank,
-            ts_ms=parse_timestamp_ms(wire["timestamp"]),
-            recipients=recipients,
-            attempts=attempts,
-            correlation_id=wire.get("correlation_id"),
-        )
-        return Outcome(wire["id"], recipients, int(delivered))
+        return {
+            "message_id": wire["id"],
+            "wire": orjson.dumps(wire).decode(),
+            "rank": rank,
+            "ts_ms": parse_timestamp_ms(wire["timestamp"]),
+            "recipients": self.recipients(wire),
+            "attempts": attempts,
+            "correlation_id": wire.get("correlation_id"),
+        }
+
+    def deliver(self, wire: dict[str, Any], attempts: int) -> Outcome:
+        args = self._delivery_args(wire, attempts)
+        delivered = self.store.deliver(**args)
+        return Outcome(wire["id"], args["recipients"], int(delivered))
+
+    def deliver_many(
+        self, wires: list[dict[str, Any]]
+    ) -> tuple[list[tuple[dict[str, Any], Outcome]], list[tuple[dict[str, Any], BusError]]]:
+        """Delivers a batch in one Redis round trip. Returns (delivered, refused): refused
+        messages (bad signature, expired...) are left for the caller to hand on."""
+        ready, refused = [], []
+        for wire in wires:
+            try:
+                ready.append((wire, self._delivery_args(wire, 1)))
+            except PermanentFailure as exc:
+                refused.append((wire, exc))
+        if not ready:
+            return [], refused
+        results = self.store.deliver_pipelined([args for _, args in ready])
+        return [
+            (wire, Outcome(wire["id"], args["recipients"], int(n)))
+            for (wire, args), n in zip(ready, results, strict=True)
+        ], refused
 
     def worker_agents(self, recipients: list[str]) -> list[str]:
         """Which recipients are served by a worker-agent process (cached for a second)."""

@@ -132,6 +132,14 @@ class RedisStore:
         with redis_errors("deliver a message"):
             return self._deliver(keys=keys, args=args, client=client)
 
+    def deliver_pipelined(self, deliveries: Sequence[dict[str, Any]]) -> list[Any]:
+        """Many `deliver` scripts in one round trip (each script is atomic on its own)."""
+        with redis_errors("deliver a batch"):
+            pipe = self.redis.pipeline(transaction=False)
+            for delivery in deliveries:
+                self.deliver(**delivery, client=pipe)
+            return pipe.execute()  # type: ignore[no-any-return]
+
     def topic_subscribers(self, topics: Sequence[str]) -> list[dict[str, str]]:
         with redis_errors("look up topic subscribers"):
             pipe = self.redis.pipeline(transaction=False)

@@ -95,8 +95,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend": None,
         "task_ignore_result": True,
         "task_store_errors_even_if_ignored": False,
-        "task_send_sent_event": True,
-        "worker_send_task_events": True,
+        # A "sent" event would be a second confirmed publish per send: off unless asked.
+        "task_send_sent_event": settings.task_events,
+        # Off by default (each event is a confirmed publish); Flower turns them on when it
+        # connects, and `msgbus worker -E` forces them.
+        "worker_send_task_events": settings.task_events,
         "worker_prefetch_multiplier": 1,
         "worker_hijack_root_logger": False,
         "worker_concurrency": settings.worker_concurrency,

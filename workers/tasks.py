@@ -110,22 +110,21 @@ def deliver(self: Task, wire: dict[str, Any], last_error: str | None = None) -> 
 def deliver_batch(self: Task, wires: list[dict[str, Any]]) -> int:
     """Fast path for send_batch. Any message that does not go through on the first try is
     republished as its own `bus.deliver` task, which owns retries and dead-lettering."""
-    delivered = 0
-    for wire in wires:
-        try:
-            outcome = runtime.deliverer.deliver(wire, attempts=1)
-            dispatch_to_worker_agents(outcome, wire)
-            observe_delivery(wire, outcome)
-            delivered += outcome.newly_delivered
-        except (PermanentFailure, BusUnavailable) as exc:
-            logger.info("batch message %s handed to a single task: %s", wire.get("id"), exc)
-            queue = self.request.delivery_info.get("routing_key") or "bus.normal"
-            ttl_left = remaining_ttl(wire)
-            runtime.broker.publish(
-                DELIVER_TASK, [wire], queue=queue, task_id=str(wire.get("id")),
-                expiration=ttl_left, summary=f"<message {wire.get('id')}>",
-            )
-    return delivered
+    try:
+        done, refused = runtime.deliverer.deliver_many(wires)
+    except BusUnavailable as exc:
+        done, refused = [], [(wire, exc) for wire in wires]
+    for wire, outcome in done:
+        dispatch_to_worker_agents(outcome, wire)
+        observe_delivery(wire, outcome)
+    queue = self.request.delivery_info.get("routing_key") or "bus.normal"
+    for wire, exc in refused:
+        logger.info("batch message %s handed to a single task: %s", wire.get("id"), exc)
+        runtime.broker.publish(
+            DELIVER_TASK, [wire], queue=queue, task_id=str(wire.get("id")),
+            expiration=remaining_ttl(wire), summary=f"<message {wire.get('id')}>",
+        )
+    return sum(outcome.newly_delivered for _, outcome in done)
 
 
 @app.task(name=HANDLE_TASK, bind=True, max_retries=None, acks_late=True)

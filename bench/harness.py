@@ -1,0 +1,152 @@
+"""Benchmark plumbing: an isolated vhost and key prefix, worker processes, timing helpers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kombu import Connection
+
+from bus.client import MessageBus
+from bus.services import delete_vhost, ensure_vhost, services_up
+from bus.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+QUEUES = "bus.critical,bus.high,bus.normal,bus.low"
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def summary(samples: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples)}
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str,
+               interval: float = 0.005) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return time.monotonic()
+        time.sleep(interval)
+    raise TimeoutError(f"benchmark gave up waiting for {what} after {timeout}s")
+
+
+class Bench:
+    """One isolated bus for the run (its own vhost and key prefix)."""
+
+    def __init__(self, concurrency: int = 4, pool: str = "threads",
+                 queue_type: str = "classic") -> None:
+        base = Settings()
+        services_up(base.redis_url, base.broker_url)
+        self.vhost = f"bench-{uuid.uuid4().hex[:8]}"
+        ensure_vhost(base.broker_url, self.vhost)
+        self.broker_url = base.broker_url.rstrip("/") + "/" + self.vhost
+        self.prefix = f"bench:{self.vhost}:"
+        self.concurrency, self.pool = concurrency, pool
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("MESSAGE_BUS_")} | {
+            "MESSAGE_BUS_REDIS_URL": base.redis_url,
+            "MESSAGE_BUS_BROKER_URL": self.broker_url,
+            "MESSAGE_BUS_KEY_PREFIX": self.prefix,
+            "MESSAGE_BUS_SECRET": "bench-secret-0123456789",
+            "MESSAGE_BUS_RATE_LIMIT": "0",
+            "MESSAGE_BUS_METRICS_PORT": "0",
+            "MESSAGE_BUS_QUEUE_TYPE": queue_type,
+            "MESSAGE_BUS_HISTORY_LIMIT": "1000",
+            "PYTHONPATH": str(ROOT),
+        }
+        self.logs = Path(tempfile.mkdtemp(prefix="msgbus-bench-"))
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def bus(self) -> MessageBus:
+        values = {k.removeprefix("MESSAGE_BUS_").lower(): v for k, v in self.env.items()
+                  if k.startswith("MESSAGE_BUS_")}
+        return MessageBus(Settings(**values))
+
+    def start(self, app: str, queues: str, name: str, extra: list[str] | None = None,
+              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = self.logs / f"{name}.log"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queues, "-P", self.pool,
+             "-c", str(self.concurrency), "-l", "WARNING", "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h",
+             "--without-gossip", "--without-mingle", "--without-heartbeat", *(extra or [])],
+            cwd=ROOT, env=self.env | (env or {}), stdout=subprocess.DEVNULL,
+            stderr=log.open("wb"), start_new_session=True,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def started_and_consuming(self, proc: subprocess.Popen[bytes], queue: str) -> None:
+        """Waits until the worker has a consumer on `queue` (it is taking messages)."""
+        def consuming() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError("benchmark worker exited at start")
+            return self.consumers(queue) > 0
+
+        wait_until(consuming, 60, f"a consumer on {queue}", interval=0.01)
+
+    def queue_state(self, queue: str) -> tuple[int, int]:
+        with Connection(self.broker_url) as conn:
+            channel = conn.channel()
+            try:
+                ok = channel.queue_declare(queue, passive=True)
+                return int(ok.message_count), int(ok.consumer_count)
+            finally:
+                channel.close()
+
+    def consumers(self, queue: str) -> int:
+        try:
+            return self.queue_state(queue)[1]
+        except Exception:  # noqa: BLE001 - not declared yet
+            return 0
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
+    def close(self) -> None:
+        for proc in self.procs:
+            self.stop(proc)
+        delete_vhost(Settings().broker_url, self.vhost)
+        import redis
+
+        client = redis.Redis.from_url(self.env["MESSAGE_BUS_REDIS_URL"])
+        keys = list(client.scan_iter(match=f"{self.prefix}*", count=5000))
+        for i in range(0, len(keys), 1000):
+            client.delete(*keys[i:i + 1000])
+
+
+def rss_mb(pid: int) -> float:
+    import psutil
+
+    proc = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
+
+
+def describe_machine() -> dict[str, Any]:
+    import platform
+
+    import psutil
+
+    return {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(), "platform": platform.platform()}

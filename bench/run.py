@@ -1,0 +1,190 @@
+"""Runs every workload with its baseline and prints a table (or one JSON object).
+
+    msgbus bench [--json] [--quick] [--only drain,latency,...] [--queue-type quorum]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import workloads as w
+from bench.harness import ROOT, Bench, describe_machine, percentile, summary, wait_until
+
+ALL = ["drain", "batch", "producer", "latency", "priority", "mcp", "footprint"]
+
+
+def ms(value: float) -> float:
+    return round(value * 1000, 2)
+
+
+def repeat(reps: int, fn: Any, *args: Any) -> list[float]:
+    return [fn(*args) for _ in range(reps)]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    quick = args.quick
+    reps = 2 if quick else 3
+    only = set(args.only.split(",")) if args.only else set(ALL)
+    b = Bench(concurrency=args.concurrency, pool=args.pool, queue_type=args.queue_type)
+    out: dict[str, Any] = {"machine": describe_machine(), "queue_type": args.queue_type,
+                           "worker": {"pool": b.pool, "concurrency": b.concurrency},
+                           "quick": quick}
+    try:
+        if only & {"drain", "batch"}:
+            n = 1000 if quick else 3000
+            w.raw_drain(b, 200), w.bus_drain(b, 200)  # warm-up
+            raw = repeat(reps, w.raw_drain, b, n)
+            out["raw_drain_msgs_per_s"] = summary(raw)
+            if "drain" in only:
+                drain = repeat(reps, w.bus_drain, b, n)
+                out["drain_msgs_per_s"] = summary(drain)
+                out["drain_ratio"] = round(summary(drain)["median"] / summary(raw)["median"], 3)
+            if "batch" in only:
+                batch = repeat(reps, w.bus_batch_drain, b, 2000 if quick else 5000)
+                out["batch_msgs_per_s"] = summary(batch)
+                out["batch_ratio"] = round(summary(batch)["median"] / summary(raw)["median"], 3)
+        if "producer" in only:
+            n = 600 if quick else 2000
+            out["producer"] = {
+                "bus_1_producer_per_s": summary(repeat(reps, w.producer, b, n, 1)),
+                "bus_8_producers_per_s": summary(repeat(reps, w.producer, b, n, 8)),
+                "kombu_confirm_per_s": summary(repeat(reps, w.kombu_publish, b, n, True)),
+                "kombu_no_confirm_per_s": summary(repeat(reps, w.kombu_publish, b, n * 5, False)),
+            }
+            p = out["producer"]
+            p["ratio_1_to_kombu_confirm"] = round(
+                p["bus_1_producer_per_s"]["median"] / p["kombu_confirm_per_s"]["median"], 3)
+            _purge(b)
+        if "latency" in only:
+            seconds = 4 if quick else 10
+            for rate in (200, 500):
+                raw = w.raw_latency(b, rate, seconds)
+                bus = w.bus_latency(b, rate, seconds)
+                out[f"latency_{rate}"] = {
+                    "bus": _pcts(bus), "raw": _pcts(raw), "samples": len(bus)}
+                out[f"latency_p99_ratio_{rate}"] = round(
+                    percentile(bus, 99) / max(percentile(raw, 99), 1e-6), 3)
+        if "priority" in only:
+            backlog = 5000 if quick else 10000
+            probes = 20
+            idle = w.bus_priority(b, 0, probes)
+            busy = w.bus_priority(b, backlog, probes)
+            raw_busy = w.raw_priority(b, backlog, probes)
+            _purge(b)
+            out["priority"] = {"backlog": backlog, "no_backlog": _pcts(idle),
+                               "with_backlog": _pcts(busy), "raw_with_backlog": _pcts(raw_busy)}
+            out["priority_p99_ms"] = ms(percentile(busy, 99))
+            out["priority_backlog_p99_ratio"] = round(
+                percentile(busy, 99) / max(percentile(idle, 99), 1e-6), 3)
+        if "mcp" in only:
+            out |= mcp(b, quick)
+        if "footprint" in only:
+            out["footprint"] = w.footprint(b, 20_000 if quick else 100_000)
+    finally:
+        b.close()
+    return out
+
+
+def _pcts(values: list[float]) -> dict[str, float]:
+    return {"p50_ms": ms(percentile(values, 50)), "p95_ms": ms(percentile(values, 95)),
+            "p99_ms": ms(percentile(values, 99)), "max_ms": ms(max(values))}
+
+
+def _purge(b: Bench) -> None:
+    from kombu import Connection
+
+    with Connection(b.broker_url) as conn:
+        channel = conn.channel()
+        for queue in ("bus.critical", "bus.high", "bus.normal", "bus.low"):
+            try:
+                channel.queue_purge(queue)
+            except Exception:  # noqa: BLE001 - not declared in this run
+                channel = conn.channel()
+
+
+def mcp(b: Bench, quick: bool) -> dict[str, Any]:
+    import socket
+    import tempfile
+
+    from bus.tokens import TokenFile
+
+    tokens = Path(tempfile.mkdtemp()) / "tokens.json"
+    token = TokenFile(tokens).create("bench-waiter")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    worker = b.start("workers.app", "bus.critical,bus.high,bus.normal,bus.low", "bus")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mcp_server", "--http", "--port", str(port), "--tokens-file",
+         str(tokens)], cwd=ROOT, env=b.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import httpx
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, 30, "the MCP server")
+        b.started_and_consuming(worker, "bus.normal")
+        calls = 50 if quick else 200
+        single = w.mcp_round_trips(b, calls, 1, port, token)
+        eight = w.mcp_round_trips(b, calls // 4, 8, port, token)
+        wakes = w.mcp_longpoll_wake(b, 10 if quick else 30, port, token)
+        return {"mcp": {"one_client": single, "eight_clients": eight,
+                        "longpoll_wake": _pcts(wakes)},
+                "mcp_longpoll_wake_p99_ms": ms(percentile(wakes, 99))}
+    finally:
+        server.terminate()
+        server.wait(10)
+        b.stop(worker)
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [f"machine: {result['machine']}", f"queues: {result['queue_type']}, worker "
+             f"{result['worker']['pool']} x{result['worker']['concurrency']}"]
+
+    def row(name: str, value: Any) -> None:
+        lines.append(f"  {name:<38} {value}")
+
+    for key in ("raw_drain_msgs_per_s", "drain_msgs_per_s", "batch_msgs_per_s"):
+        if key in result:
+            s = result[key]
+            row(key, f"{s['median']:.0f}  (min {s['min']:.0f}, max {s['max']:.0f})")
+    for key in ("drain_ratio", "batch_ratio", "latency_p99_ratio_200", "latency_p99_ratio_500",
+                "priority_p99_ms", "priority_backlog_p99_ratio", "mcp_longpoll_wake_p99_ms"):
+        if key in result:
+            row(key, result[key])
+    for key in ("producer", "latency_200", "latency_500", "priority", "mcp", "footprint"):
+        if key in result:
+            lines.append(f"  {key}: {json.dumps(result[key])}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="msgbus bench")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quick", action="store_true", help="smaller counts (about 2 minutes)")
+    parser.add_argument("--only", default=None, help=f"comma list of {','.join(ALL)}")
+    parser.add_argument("--queue-type", choices=["classic", "quorum"], default="classic")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--pool", choices=["threads", "prefork"], default="threads")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "results.json")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    result = run(args)
+    result["seconds"] = round(time.monotonic() - started, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result) if args.json else table(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,285 @@
+"""The workloads of `msgbus bench`, each measured beside its raw-Celery baseline."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from typing import Any
+
+import orjson
+from kombu import Connection, Exchange, Producer
+
+from bench.harness import QUEUES, Bench, percentile, rss_mb, wait_until
+from bench.raw_app import app as raw_app
+
+
+def _queue_bus_sends(bus: Any, sender: str, reader: str, n: int, priority: str = "normal",
+                     payload: Any = None) -> list[str]:
+    return [bus.send_message({"from": sender, "to": reader, "payload": payload or {"i": i},
+                              "metadata": {"priority": priority}}).id for i in range(n)]
+
+
+def bus_drain(b: Bench, n: int) -> float:
+    bus, reader = b.bus(), f"drain-{uuid.uuid4().hex[:6]}"
+    _queue_bus_sends(bus, "bench-sender", reader, n)
+    worker = b.start("workers.app", QUEUES, "bus")
+    b.started_and_consuming(worker, "bus.normal")
+    t0 = time.monotonic()
+    t1 = wait_until(lambda: bus.runtime.store.inbox_depth(reader)[0] >= n, 600, "bus drain",
+                    interval=0.02)
+    b.stop(worker)
+    bus.close()
+    return n / (t1 - t0)
+
+
+def _raw_publish(n: int, queue: str = "raw.q", task: str = "raw.noop",
+                 args: list[Any] | None = None) -> None:
+    for _ in range(n):
+        raw_app.send_task(task, args=args or [], queue=queue)
+
+
+def raw_drain(b: Bench, n: int) -> float:
+    raw_app.conf.broker_url = b.broker_url
+    _raw_publish(n)
+    worker = b.start("bench.raw_app", "raw.q", "raw")
+    b.started_and_consuming(worker, "raw.q")
+    t0 = time.monotonic()
+    t1 = wait_until(lambda: b.queue_state("raw.q")[0] == 0, 600, "raw drain", interval=0.02)
+    b.stop(worker)
+    return n / (t1 - t0)
+
+
+def bus_batch_drain(b: Bench, n: int) -> float:
+    bus, reader = b.bus(), f"batch-{uuid.uuid4().hex[:6]}"
+    for start in range(0, n, 100):
+        bus.send_batch([{"from": "bench-sender", "to": reader, "payload": {"i": i}}
+                        for i in range(start, min(start + 100, n))])
+    worker = b.start("workers.app", QUEUES, "bus")
+    b.started_and_consuming(worker, "bus.normal")
+    t0 = time.monotonic()
+    t1 = wait_until(lambda: bus.runtime.store.inbox_depth(reader)[0] >= n, 600, "batch drain",
+                    interval=0.02)
+    b.stop(worker)
+    bus.close()
+    return n / (t1 - t0)
+
+
+def producer(b: Bench, n: int, threads: int) -> float:
+    bus, reader = b.bus(), f"prod-{uuid.uuid4().hex[:6]}"
+    per = n // threads
+
+    def send() -> None:
+        _queue_bus_sends(bus, "bench-sender", reader, per)
+
+    workers = [threading.Thread(target=send) for _ in range(threads)]
+    t0 = time.monotonic()
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    rate = per * threads / (time.monotonic() - t0)
+    bus.close()
+    return rate
+
+
+def kombu_publish(b: Bench, n: int, confirm: bool) -> float:
+    options = {"confirm_publish": True} if confirm else {}
+    with Connection(b.broker_url, transport_options=options) as conn:
+        producer = Producer(conn.channel(), exchange=Exchange("raw.bench", "direct"))
+        body = orjson.dumps({"payload": {"i": 0}})
+        producer.publish(body, routing_key="raw.void", declare=[producer.exchange])
+        t0 = time.monotonic()
+        for _ in range(n):
+            producer.publish(body, routing_key="raw.void", delivery_mode=2)
+        return n / (time.monotonic() - t0)
+
+
+def _paced(rate: float, seconds: float, fn: Any) -> None:
+    start = time.monotonic()
+    for i in range(int(rate * seconds)):
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        fn()
+
+
+def bus_latency(b: Bench, rate: float, seconds: float) -> list[float]:
+    bus, reader = b.bus(), f"lat-{uuid.uuid4().hex[:6]}"
+    worker = b.start("workers.app", QUEUES, "bus")
+    b.started_and_consuming(worker, "bus.normal")
+    ids: list[str] = []
+    _paced(rate, seconds, lambda: ids.append(bus.send_message(
+        {"from": "bench-sender", "to": reader, "payload": {"i": len(ids)}}).id))
+    wait_until(lambda: bus.runtime.store.inbox_depth(reader)[0] >= len(ids), 120, "latency run")
+    b.stop(worker)
+    latencies = _delivery_latencies(bus, ids)
+    bus.close()
+    return latencies
+
+
+def _delivery_latencies(bus: Any, ids: list[str]) -> list[float]:
+    """delivered_at (worker, ms) minus queued_at (sender, ms), in seconds."""
+    pipe = bus.runtime.redis.pipeline(transaction=False)
+    for message_id in ids:
+        pipe.hmget(bus.runtime.keys.status(message_id), "queued_at", "delivered_at")
+    return [(int(d) - int(q)) / 1000 for q, d in pipe.execute() if q and d]
+
+
+def raw_latency(b: Bench, rate: float, seconds: float) -> list[float]:
+    raw_app.conf.broker_url = b.broker_url
+    key = f"{b.prefix}raw-lat-{uuid.uuid4().hex[:6]}"
+    worker = b.start("bench.raw_app", "raw.q", "raw")
+    b.started_and_consuming(worker, "raw.q")
+    count = int(rate * seconds)
+    _paced(rate, seconds, lambda: raw_app.send_task("raw.stamp", args=[key, time.time()],
+                                                    queue="raw.q"))
+    import redis
+
+    client = redis.Redis.from_url(b.env["MESSAGE_BUS_REDIS_URL"])
+    wait_until(lambda: client.llen(key) >= count, 120, "raw latency run")
+    b.stop(worker)
+    return [float(v) for v in client.lrange(key, 0, -1)]
+
+
+def bus_priority(b: Bench, backlog: int, probes: int) -> list[float]:
+    bus = b.bus()
+    if backlog:
+        _queue_bus_sends(bus, "bench-sender", f"low-{uuid.uuid4().hex[:6]}", backlog, "low")
+    reader = f"crit-{uuid.uuid4().hex[:6]}"
+    worker = b.start("workers.app", QUEUES, "bus")
+    b.started_and_consuming(worker, "bus.critical")
+    waits = []
+    for i in range(probes):
+        receipt = bus.send_message({"from": "bench-sender", "to": reader, "payload": {"i": i},
+                                    "metadata": {"priority": "critical"}})
+        wait_until(lambda: bus.runtime.store.inbox_depth(reader)[0] > i, 60, "critical message")
+        waits.extend(_delivery_latencies(bus, [receipt.id]))
+    left = b.queue_state("bus.low")[0]
+    b.stop(worker)
+    bus.close()
+    if backlog and left == 0:
+        raise RuntimeError("the low backlog drained before the probes ended: raise --backlog")
+    return waits
+
+
+def raw_priority(b: Bench, backlog: int, probes: int) -> list[float]:
+    import redis
+
+    raw_app.conf.broker_url = b.broker_url
+    _raw_publish(backlog, queue="raw.low")
+    key = f"{b.prefix}raw-prio-{uuid.uuid4().hex[:6]}"
+    client = redis.Redis.from_url(b.env["MESSAGE_BUS_REDIS_URL"])
+    worker = b.start("bench.raw_app", "raw.critical,raw.low", "raw")
+    b.started_and_consuming(worker, "raw.critical")
+    for i in range(probes):
+        raw_app.send_task("raw.stamp", args=[key, time.time()], queue="raw.critical")
+        wait_until(lambda: client.llen(key) > i, 60, "raw critical task")
+    b.stop(worker)
+    with Connection(b.broker_url) as conn:
+        conn.channel().queue_purge("raw.low")
+    return [float(v) for v in client.lrange(key, 0, -1)]
+
+
+def footprint(b: Bench, n: int) -> dict[str, float]:
+    bus, reader = b.bus(), f"foot-{uuid.uuid4().hex[:6]}"
+    worker = b.start("workers.app", QUEUES, "bus")
+    b.started_and_consuming(worker, "bus.normal")
+    _queue_bus_sends(bus, "bench-sender", reader, 200)  # warm-up
+    wait_until(lambda: bus.runtime.store.inbox_depth(reader)[0] >= 200, 60, "warm-up")
+    before = rss_mb(worker.pid)
+    sent = 200
+    while sent < n:
+        count = min(100, n - sent)
+        bus.send_batch([{"from": "bench-sender", "to": reader, "payload": {"i": i}}
+                        for i in range(count)])
+        sent += count
+        if sent % 5000 == 0:  # keep the inbox bounded: ack as we go
+            ids = [m.id for m in bus.read(reader, limit=500)]
+            bus.ack(reader, ids)
+    wait_until(lambda: b.queue_state("bus.normal")[0] == 0, 600, "footprint drain")
+    time.sleep(1)
+    after = rss_mb(worker.pid)
+    b.stop(worker)
+    # Redis bytes per history entry with 1 KiB payloads.
+    hist_reader = f"mem-{uuid.uuid4().hex[:6]}"
+    worker = b.start("workers.app", QUEUES, "bus")
+    b.started_and_consuming(worker, "bus.normal")
+    _queue_bus_sends(bus, "bench-sender", hist_reader, 500, payload="x" * 1024)
+    wait_until(lambda: bus.runtime.store.inbox_depth(hist_reader)[0] >= 500, 60, "memory run")
+    b.stop(worker)
+    history_bytes = bus.runtime.redis.memory_usage(bus.runtime.keys.history(hist_reader)) or 0
+    inbox = bus.runtime.keys.inbox(hist_reader)
+    inbox_bytes = sum(bus.runtime.redis.memory_usage(k) or 0 for k in inbox.all())
+    bus.close()
+    return {"worker_rss_before_mb": round(before, 1), "worker_rss_after_mb": round(after, 1),
+            "messages": n, "redis_bytes_per_history_entry_1kib": round(history_bytes / 500),
+            "redis_bytes_per_inbox_entry_1kib": round(inbox_bytes / 500)}
+
+
+def mcp_round_trips(b: Bench, calls: int, clients: int, port: int, token: str) -> dict[str, Any]:
+    import httpx2
+    from mcp.client import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    async def one_client(results: dict[str, list[float]]) -> None:
+        http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        async with Client(streamable_http_client(f"http://127.0.0.1:{port}/mcp",
+                                                 http_client=http)) as client:
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                await client.call_tool("send_message", {"to": "bench-sink", "payload": 1})
+                results["send"].append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                await client.call_tool("read_messages", {"limit": 1})
+                results["read"].append(time.perf_counter() - t0)
+
+    async def run() -> dict[str, Any]:
+        results: dict[str, list[float]] = {"send": [], "read": []}
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one_client(results) for _ in range(clients)))
+        elapsed = time.perf_counter() - t0
+        return {
+            "clients": clients,
+            "calls_per_s": round(2 * calls * clients / elapsed, 1),
+            "send_p50_ms": round(percentile(results["send"], 50) * 1000, 2),
+            "send_p99_ms": round(percentile(results["send"], 99) * 1000, 2),
+            "read_p50_ms": round(percentile(results["read"], 50) * 1000, 2),
+            "read_p99_ms": round(percentile(results["read"], 99) * 1000, 2),
+        }
+
+    return asyncio.run(run())
+
+
+def mcp_longpoll_wake(b: Bench, probes: int, port: int, token: str) -> list[float]:
+    import httpx2
+    from mcp.client import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    bus = b.bus()
+
+    async def run() -> list[float]:
+        wakes = []
+        http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        async with Client(streamable_http_client(f"http://127.0.0.1:{port}/mcp",
+                                                 http_client=http)) as client:
+            for i in range(probes):
+                waiting = asyncio.create_task(
+                    client.call_tool("read_messages", {"wait_seconds": 10}))
+                await asyncio.sleep(0.2)
+                receipt = await asyncio.to_thread(bus.send_message, {
+                    "from": "bench-sender", "to": "bench-waiter", "payload": {"i": i}})
+                result = await waiting
+                returned = time.time()
+                status = bus.runtime.store.status(receipt.id)
+                wakes.append(returned - int(status["delivered_at"]) / 1000)
+                ids = [m["id"] for m in result.structured_content["messages"]]
+                await client.call_tool("ack_messages", {"ids": ids})
+        return wakes
+
+    try:
+        return asyncio.run(run())
+    finally:
+        bus.close()
+

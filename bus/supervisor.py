@@ -74,6 +74,8 @@ def run(host: str = "127.0.0.1", mcp_port: int = 8765, flower_port: int = 5555,
             print(f"  {status.name:8} {status.url}", flush=True)
     children = plan(settings, host, mcp_port, flower_port)
     env = dict(os.environ)
+    if flower_port:
+        env.setdefault("MESSAGE_BUS_TASK_EVENTS", "true")  # so Flower sees queued tasks too
     for child in children:
         child.start(env)
         print(f"  {child.name:8} {child.where}", flush=True)

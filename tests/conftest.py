@@ -38,6 +38,17 @@ def wait_for(
     pytest.fail(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
+def holds_for(condition: Callable[[], Any], seconds: float, what: str) -> None:
+    """Asserts `condition()` stays truthy for `seconds` (for things that must NOT happen:
+    a redelivery, a second copy); polls so it fails as soon as it breaks."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if not value:
+            pytest.fail(f"{what} stopped holding; last value: {value!r}")
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="session")
 def services() -> None:
     from bus.services import services_up

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 
 import pytest
 from selenium import webdriver
@@ -111,10 +112,17 @@ def test_flower_shows_bus_deliver_tasks(fresh_env, browser, agents):
         wait_for(lambda: len(bus.read(reader, limit=10, wait=0.5)) > 0, 15, "delivery")
 
         def tasks_page_shows_deliver():
+            bus.send_message({"from": sender, "to": reader, "payload": f"{marker}-more"})
             browser.get(f"http://ops:flower-pw@127.0.0.1:{port}/tasks")
-            return wait_for(lambda: "bus.deliver" in browser.page_source, 10, "tasks table")
+            deadline = time.monotonic() + 2  # the table fills from an XHR after load
+            while time.monotonic() < deadline:
+                if "bus.deliver" in browser.page_source:
+                    return True
+            return False
 
-        wait_for(tasks_page_shows_deliver, 40, "Flower to list bus.deliver")
+        # Flower switches the workers' task events on when it connects (they are off by
+        # default to keep publishes cheap), so the first tasks may predate that.
+        wait_for(tasks_page_shows_deliver, 60, "Flower to list bus.deliver", interval=1)
         browser.save_screenshot(str(ARTIFACTS / "flower-tasks.png"))
         assert marker not in browser.page_source  # payloads stay out of Flower
         browser.get(f"http://ops:flower-pw@127.0.0.1:{port}/tasks?state=SUCCESS")

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import holds_for, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -115,8 +115,7 @@ def test_unacked_message_comes_back_after_its_lease_expires(module_env, worker, 
     assert [m.id for m in again] == [receipt.id]
     assert again[0].delivery_count == 2
     assert bus.ack(reader, [receipt.id]).acked == [receipt.id]
-    time.sleep(0.6)  # a full lease length: an acked message must not come back
-    assert bus.read(reader, limit=10) == []
+    holds_for(lambda: bus.read(reader, limit=10) == [], 0.6, "an acked message staying gone")
 
 
 def test_long_poll_wakes_when_a_message_arrives(bus, agents):
@@ -130,7 +129,8 @@ def test_long_poll_wakes_when_a_message_arrives(bus, agents):
 
     thread = threading.Thread(target=wait_read)
     thread.start()
-    time.sleep(0.3)
+    wait_for(lambda: bus.runtime.redis.pubsub_numsub(bus.runtime.keys.inbox_channel(reader))[0][1],
+             5, "the reader to be waiting")
     receipt = bus.send_message({"from": sender, "to": reader, "payload": 1})
     thread.join(25)
     assert [m.id for m in result["messages"]] == [receipt.id]
@@ -148,8 +148,7 @@ def test_a_repeated_dedup_key_is_refused_as_duplicate_and_delivered_once(bus, ag
     same_id = bus.send_message({"id": first.id, "from": sender, "to": reader, "payload": 3})
     assert same_id.status.value == "duplicate"
     got = read_until(bus, reader, 1)
-    time.sleep(0.5)
-    got += bus.read(reader, limit=10)
+    holds_for(lambda: bus.read(reader, limit=10) == [], 0.5, "no second copy")
     assert [m.payload for m in got] == [1]
 
 

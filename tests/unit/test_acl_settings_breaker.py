@@ -1,0 +1,93 @@
+"""ACL policy, settings parsing and the circuit breaker."""
+
+from __future__ import annotations
+
+import pytest
+
+from bus.acl import Policy
+from bus.breaker import CircuitBreaker
+from bus.errors import ConfigError
+from bus.keys import Keys
+from bus.settings import Settings, parse_rate
+
+
+def test_acl_globs_default_and_admins(tmp_path):
+    policy = Policy.from_dict({"default": "deny", "admins": ["ops"], "agents": {
+        "alice": {"send": ["bob", "worker-*"], "publish": ["tasks/*"], "rate_limit": "5/s"}}})
+    assert policy.may_send("alice", "worker-3")[0]
+    ok, rule = policy.may_send("alice", "carol")
+    assert not ok and "agents.alice.send" in rule
+    assert not policy.may_publish("alice", "news")[0]
+    assert not policy.may_send("mallory", "bob")[0]
+    assert policy.is_admin("ops") and not policy.is_admin("alice")
+    assert policy.rate_for("alice", 100) == 5 and policy.rate_for("bob", 100) == 100
+
+
+def test_acl_files_in_yaml_and_toml(tmp_path):
+    (tmp_path / "acl.yaml").write_text("admins: [ops]\n")
+    (tmp_path / "acl.toml").write_text('admins = ["root"]\n[agents.bob]\nsend = ["alice"]\n')
+    assert Policy.load(tmp_path / "acl.yaml").is_admin("ops")
+    toml = Policy.load(tmp_path / "acl.toml")
+    assert toml.is_admin("root") and not toml.may_send("bob", "carol")[0]
+    (tmp_path / "bad.yaml").write_text("default: maybe\n")
+    with pytest.raises(ConfigError, match="allow or deny"):
+        Policy.load(tmp_path / "bad.yaml")
+
+
+def test_rates_parse_and_bad_ones_are_config_errors():
+    assert parse_rate("100/s") == 100 and parse_rate("600/m") == 10 and parse_rate("0") == 0
+    with pytest.raises(ConfigError):
+        parse_rate("fast")
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("MESSAGE_BUS_"):
+            monkeypatch.delenv(name)
+
+
+def test_signing_keys_from_secret_and_rotation_list(clean_env, tmp_path):
+    assert Settings(secret="s", state_dir=tmp_path).signing_keys == [("k1", b"s")]
+    keys = Settings(secret_keys="new:x,old:y", state_dir=tmp_path).signing_keys
+    assert keys == [("new", b"x"), ("old", b"y")]
+    with pytest.raises(ConfigError, match="kid1:secret1"):
+        Settings(secret_keys="nonsense", state_dir=tmp_path).signing_keys  # noqa: B018
+
+
+def test_production_without_secret_fails_and_dev_shares_one_generated_secret(clean_env,
+                                                                               tmp_path):
+    with pytest.raises(ConfigError, match="no secret"):
+        Settings(mode="production", state_dir=tmp_path).signing_keys  # noqa: B018
+    first = Settings(state_dir=tmp_path).signing_keys
+    assert first == Settings(state_dir=tmp_path).signing_keys
+
+
+def test_every_key_starts_with_the_prefix_and_agent_keys_share_a_hash_tag():
+    keys = Keys("p:")
+    inbox = keys.inbox("alice")
+    assert all(k.startswith("p:") for k in [*inbox.all(), keys.history("alice"), keys.agents])
+    assert all("{alice}" in k for k in inbox.all())
+
+
+def test_breaker_opens_after_failures_then_half_opens_and_closes():
+    clock = [0.0]
+    breaker = CircuitBreaker("x", failure_threshold=2, reset_timeout=1.0)
+    import bus.breaker as module
+
+    real = module.time.monotonic
+    module.time.monotonic = lambda: clock[0]
+    try:
+        breaker.failure()
+        assert breaker.allow()
+        breaker.failure()
+        assert breaker.state == "open" and not breaker.allow()
+        clock[0] = 1.5
+        assert breaker.state == "half_open" and breaker.allow()
+        assert not breaker.allow()  # one trial at a time
+        breaker.success()
+        assert breaker.state == "closed"
+    finally:
+        module.time.monotonic = real

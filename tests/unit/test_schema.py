@@ -1,0 +1,94 @@
+"""The message model: the contract's names, aliases, addressing rules and patterns."""
+
+from __future__ import annotations
+
+import pydantic
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bus.schema import Message, MessageType, Subscription
+
+SEED = {"from": "agent1", "to": "agent2", "type": "command",
+        "payload": {"action": "process_task", "taskId": "123"},
+        "metadata": {"priority": "high", "ttl": 3600, "topic": "task-processing"}}
+
+
+def test_the_seed_message_is_accepted_with_its_topic_as_a_label():
+    m = Message.model_validate(SEED)
+    assert (m.sender, m.to, m.type, m.metadata.priority.value) == (
+        "agent1", "agent2", MessageType.command, "high")
+    assert m.metadata.topic == "task-processing" and m.topic is None and not m.is_topic
+
+
+def test_camel_case_input_is_accepted_and_output_is_snake_case_with_from():
+    m = Message.model_validate({"from": "a", "to": "b", "correlationId": "c1", "replyTo": "a",
+                                "metadata": {"maxRetries": 5, "retryCount": 1,
+                                             "dedupKey": "k"}})
+    wire = m.wire()
+    assert wire["from"] == "a" and "sender" not in wire
+    assert wire["correlation_id"] == "c1" and wire["reply_to"] == "a"
+    assert wire["metadata"]["max_retries"] == 5 and wire["metadata"]["dedup_key"] == "k"
+
+
+def test_unknown_fields_are_kept_not_dropped():
+    wire = Message.model_validate({**SEED, "x_future": {"a": 1}}).wire()
+    assert wire["x_future"] == {"a": 1}
+
+
+@pytest.mark.parametrize("version,ok", [("1.0", True), ("1.7", True), ("2.0", False)])
+def test_readers_accept_any_1x_version(version, ok):
+    if ok:
+        assert Message.model_validate({**SEED, "version": version}).version == version
+    else:
+        with pytest.raises(pydantic.ValidationError, match="not supported"):
+            Message.model_validate({**SEED, "version": version})
+
+
+@pytest.mark.parametrize("bad", ["Agent", "-lead", "", "a" * 65, "a b", "a/b"])
+def test_agent_ids_outside_the_pattern_are_refused_naming_it(bad):
+    with pytest.raises(pydantic.ValidationError, match=r"must match \^\[a-z0-9\]"):
+        Message.model_validate({**SEED, "to": bad})
+
+
+def test_topics_allow_slashes_but_not_uppercase():
+    assert Message.model_validate({"from": "a", "topic": "tasks/new"}).is_topic
+    with pytest.raises(pydantic.ValidationError, match="topic"):
+        Message.model_validate({"from": "a", "topic": "Tasks"})
+
+
+def test_addressing_rules():
+    with pytest.raises(pydantic.ValidationError, match="no address"):
+        Message.model_validate({"from": "a"})
+    star = Message.model_validate({"from": "a", "to": "*"})
+    assert star.type is MessageType.broadcast and star.is_broadcast
+    with pytest.raises(pydantic.ValidationError, match="broadcast goes to everyone"):
+        Message.model_validate({"from": "a", "to": "b", "type": "broadcast"})
+    only_meta_topic = Message.model_validate({"from": "a", "metadata": {"topic": "t"}})
+    assert only_meta_topic.topic == "t" and only_meta_topic.is_topic
+
+
+def test_naive_timestamps_and_unknown_enums_are_refused():
+    with pytest.raises(pydantic.ValidationError, match="timezone"):
+        Message.model_validate({**SEED, "timestamp": "2026-01-01T00:00:00"})
+    with pytest.raises(pydantic.ValidationError, match="priority"):
+        Message.model_validate({**SEED, "metadata": {"priority": "urgent"}})
+
+
+def test_subscription_filters_match_type_and_priority():
+    sub = Subscription(agent="a", topic="t", types=["command"], priorities=["high"])
+    assert sub.matches("command", "high")
+    assert not sub.matches("event", "high") and not sub.matches("command", "low")
+    assert Subscription(agent="a", topic="t").matches("event", "low")
+
+
+@given(st.dictionaries(st.sampled_from(["from", "to", "topic", "type", "payload", "metadata",
+                                        "version", "id", "correlationId"]),
+                       st.one_of(st.text(max_size=10), st.integers(), st.none(),
+                                 st.dictionaries(st.text(max_size=5), st.text(max_size=5),
+                                                 max_size=3))))
+def test_any_input_either_validates_or_raises_a_validation_error(data):
+    try:
+        Message.model_validate(data)
+    except pydantic.ValidationError:
+        pass

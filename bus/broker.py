@@ -29,7 +29,9 @@ except ImportError:  # pragma: no cover - older amqp
     MessageNacked = type("MessageNacked", (Exception,), {})  # type: ignore[misc,assignment]
 
 _BROKER_ERRORS = (OperationalError, KombuError, ConnectionError, OSError, TimeoutError)
-_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.5, "interval_max": 1}
+_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.5, "interval_max": 1,
+                 # a nack is an answer (queue full), not a connection problem: no retry
+                 "errback": None}
 
 
 def publisher_app(settings: Settings) -> Celery:
@@ -59,6 +61,13 @@ def broker_errors(action: str) -> Iterator[None]:
             limit="queue_max_length",
         ) from exc
     except _BROKER_ERRORS as exc:
+        if _nacked(exc):  # Celery wraps a refused publish in OperationalError
+            breaker.success()
+            raise LimitExceeded(
+                f"the broker refused the message while trying to {action}: the queue is full "
+                "(x-max-length with reject-publish); nothing was sent, retry later",
+                limit="queue_max_length",
+            ) from exc
         breaker.failure()
         raise BusUnavailable(
             f"bus unavailable: the broker cannot be reached while trying to {action} ({exc})",
@@ -71,6 +80,15 @@ def broker_errors(action: str) -> Iterator[None]:
         raise
     else:
         breaker.success()
+
+
+def _nacked(exc: BaseException | None) -> bool:
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, MessageNacked):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 class Broker:

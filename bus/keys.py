@@ -19,6 +19,8 @@ Keyspace (``P`` = prefix; ``{a}`` = agent id in a hash tag so one agent's keys s
     P topic:{t}                    hash   agent -> JSON filters (the delivery-time index)
     P topics                       zset   topic -> subscriber count
     P reply:{correlation id}       string id of the response that answered a request
+    P handling:{id}:{agent}        string handler runs started (catches handlers that crash
+                                          the process, which Celery would redeliver forever)
     P audit                        stream capped audit trail
     P rate:sent:{sec}              string messages accepted in that second (expires)
     P rate:delivered:{sec}         string deliveries in that second (expires)
@@ -90,6 +92,9 @@ class Keys:
     @property
     def topics(self) -> str:
         return f"{self.prefix}topics"
+
+    def handling(self, message_id: str, agent: str) -> str:
+        return f"{self.prefix}handling:{message_id}:{agent}"
 
     def reply(self, correlation_id: str) -> str:
         return f"{self.prefix}reply:{correlation_id}"

@@ -158,6 +158,15 @@ class RedisStore:
             pipe.zadd(self.keys.agents, {agent: now_ms()}, nx=True)
             pipe.execute()
 
+    def count_handling(self, agent: str, message_id: str) -> int:
+        """Counts handler runs started for a message (before the handler runs)."""
+        key = self.keys.handling(message_id, agent)
+        with redis_errors("count handler runs"):
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.incr(key)
+            pipe.expire(key, self.status_retention)
+            return int(pipe.execute()[0])
+
     def in_inbox(self, agent: str, message_id: str) -> bool:
         with redis_errors("look in the inbox"):
             return bool(self.redis.hexists(self.keys.inbox(agent).body, message_id))

@@ -102,8 +102,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": settings.task_events,
         "worker_prefetch_multiplier": 1,
         "worker_hijack_root_logger": False,
-        "worker_concurrency": settings.worker_concurrency,
-        "worker_pool": settings.worker_pool,
+        # Pool and concurrency come from the command line (`msgbus worker` fills them from
+        # settings): a worker_pool set here would silently override `celery worker -P`.
         "timezone": "UTC",
         "enable_utc": True,
     }

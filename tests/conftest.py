@@ -23,6 +23,11 @@ BROKER_URL = os.environ.get("MESSAGE_BUS_BROKER_URL", "amqp://guest:guest@127.0.
 TEST_SECRET = "test-secret-" + "x" * 20
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--chaos-long", action="store_true",
+                     help="run the long failure-injection versions (5,000-message bursts)")
+
+
 def wait_for(
     condition: Callable[[], Any], timeout: float = 15.0, what: str = "condition",
     interval: float = 0.02,

@@ -142,6 +142,14 @@ def handle(self: Task, agent_name: str, wire: dict[str, Any], last_error: str | 
     if message.decode_error is not None:
         raise _dead(wire, "bad_signature" if not message.verified else "undecodable",
                     message.decode_error, retries + 1)
+    runs = runtime.store.count_handling(agent_name, message.id)
+    if runs > message.metadata.max_retries + 1 + retries:
+        # Started more often than Celery retried it: the handler kills its process (the
+        # message came back through reject-on-worker-lost). Stop the loop here.
+        runtime.deliverer.record_failure(wire, "dead", "handler_crashed",
+                                         f"handler crashed its worker {runs - 1} times", runs,
+                                         force=True)
+        raise Reject("handler_crashed", requeue=False)
     try:
         agent.handle(message)
     except Exception as exc:  # noqa: BLE001 - the handler boundary: any error is retried

@@ -1,0 +1,97 @@
+"""A Jepsen-style checker: the producer records every id it attempted and every id whose
+send was confirmed; the consumer (a real agent reading and acking) records every delivery.
+
+    lost       = confirmed, never delivered          (must be 0)
+    duplicated = delivered more than once            (bounded by messages in flight)
+    recovered  = delivered though never confirmed    (the send failed but the broker had it)
+    unexpected = delivered but never attempted       (must be 0)
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bus.errors import BusError
+
+RESULTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "chaos-results.jsonl"
+
+
+@dataclass
+class Checker:
+    case: str
+    attempted: list[str] = field(default_factory=list)
+    confirmed: set[str] = field(default_factory=set)
+    delivered: list[str] = field(default_factory=list)
+    send_errors: collections.Counter[str] = field(default_factory=collections.Counter)
+    started: float = field(default_factory=time.monotonic)
+    fault_at: float | None = None
+    healed_at: float | None = None
+    recovered_at: float | None = None
+
+    def send(self, bus: Any, message: dict[str, Any], retry_for: float = 0.0) -> None:
+        """Sends once, or keeps retrying the same id (dedup makes that safe) for a while,
+        as a client riding out an outage would."""
+        self.attempted.append(message["id"])
+        deadline = time.monotonic() + retry_for
+        while True:
+            try:
+                receipt = bus.send_message(message)
+            except BusError as exc:
+                self.send_errors[exc.code] += 1
+                if time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                return
+            if receipt.status.value in ("queued", "duplicate"):
+                self.confirmed.add(message["id"])
+            return
+
+    def consume(self, bus: Any, agent: str, until: set[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not until <= set(self.delivered):
+            try:
+                messages = bus.read(agent, limit=500, wait=0.5)
+                if messages:
+                    self.delivered.extend(m.id for m in messages)
+                    bus.ack(agent, [m.id for m in messages])
+            except BusError:
+                time.sleep(0.2)  # the bus is (still) down: poll again
+        self.recovered_at = time.monotonic()
+
+    def counts(self) -> dict[str, Any]:
+        seen = collections.Counter(self.delivered)
+        attempted = set(self.attempted)
+        result = {
+            "case": self.case,
+            "attempted": len(attempted),
+            "confirmed": len(self.confirmed),
+            "delivered": len(seen),
+            "lost": len(self.confirmed - set(seen)),
+            "duplicated": sum(n - 1 for n in seen.values() if n > 1),
+            "recovered": len(set(seen) - self.confirmed),
+            "unexpected": len(set(seen) - attempted),
+            "send_errors": dict(self.send_errors),
+        }
+        if self.fault_at is not None and self.recovered_at is not None:
+            result["recovery_s"] = round(self.recovered_at - (self.healed_at or self.fault_at), 2)
+        return result
+
+    def record(self) -> dict[str, Any]:
+        result = self.counts()
+        RESULTS.parent.mkdir(exist_ok=True)
+        with RESULTS.open("a") as out:
+            out.write(json.dumps(result) + "\n")
+        print(f"\n{json.dumps(result)}")
+        return result
+
+
+def in_background(fn: Any) -> threading.Thread:
+    thread = threading.Thread(target=fn, daemon=True)
+    thread.start()
+    return thread

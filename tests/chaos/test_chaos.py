@@ -1,0 +1,274 @@
+"""Failure injection with Jepsen-style counts (marker `chaos`; `--chaos-long` for 5,000).
+
+Pass: lost = 0 and unexpected = 0 in every case; duplicates bounded by what was in flight;
+every dead letter has its reason. Counts go to test-artifacts/chaos-results.jsonl."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+
+import psutil
+import pytest
+
+from bus.errors import BusError, LimitExceeded
+from tests.chaos.harness import Checker, in_background
+from tests.conftest import wait_for
+from tests.e2e.test_mcp import free_port
+
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
+
+PAYLOAD = "x" * 1024  # 1 KiB messages
+
+
+def messages(n: int, sender: str, to: str) -> list[dict]:
+    return [{"id": str(uuid.uuid4()), "from": sender, "to": to, "payload": PAYLOAD,
+             "metadata": {"max_retries": 50}} for _ in range(n)]
+
+
+def check(result: dict, in_flight: int) -> None:
+    assert result["lost"] == 0, result
+    assert result["unexpected"] == 0, result
+    assert result["duplicated"] <= in_flight, result
+
+
+def test_sigkill_a_worker_child_mid_burst(fresh_env, agents, burst):
+    worker = fresh_env.start_worker(pool="prefork", concurrency=2)
+    bus, reader = fresh_env.bus(), agents("r")
+    checker = Checker("SIGKILL a worker child (prefork) mid-burst")
+    batch = messages(burst, agents("s"), reader)
+    for m in batch[: burst // 2]:
+        checker.send(bus, m)
+    children = wait_for(lambda: psutil.Process(worker.proc.pid).children(), 30,
+                        "the prefork pool processes")
+    child = children[0]
+    child.send_signal(signal.SIGKILL)
+    checker.fault_at = time.monotonic()
+    for m in batch[burst // 2:]:
+        checker.send(bus, m)
+    checker.consume(bus, reader, checker.confirmed, 180)
+    check(checker.record(), in_flight=4)
+
+
+def test_sigkill_the_whole_worker_and_restart_it_later(fresh_env, agents, burst, long_run):
+    worker = fresh_env.start_worker()
+    bus, reader = fresh_env.bus(), agents("r")
+    checker = Checker("SIGKILL the whole worker, restart later")
+    batch = messages(burst, agents("s"), reader)
+    for i, m in enumerate(batch):
+        if i == burst // 3:
+            worker.kill(signal.SIGKILL)
+            checker.fault_at = time.monotonic()
+        checker.send(bus, m)
+    time.sleep(max(0.0, (10 if long_run else 2) - (time.monotonic() - checker.fault_at)))
+    fresh_env.start_worker()
+    checker.healed_at = time.monotonic()
+    checker.consume(bus, reader, checker.confirmed, 180)
+    check(checker.record(), in_flight=8)
+
+
+class RabbitNode:
+    """A RabbitMQ node of the test's own, on its own ports, so nothing else is disturbed."""
+
+    def __init__(self, base) -> None:
+        self.port = free_port()
+        self.name = f"chaos{uuid.uuid4().hex[:6]}@localhost"
+        self.base = base
+        for sub in ("mnesia", "log"):
+            (base / sub).mkdir(parents=True, exist_ok=True)
+        (base / "rabbitmq.conf").write_text(f"listeners.tcp.default = 127.0.0.1:{self.port}\n")
+        (base / "enabled_plugins").write_text("[].\n")
+        subprocess.run(["chown", "-R", "rabbitmq:rabbitmq", str(base)], check=True)
+        self.env = os.environ | {
+            "RABBITMQ_NODENAME": self.name, "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(free_port()), "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "ERL_EPMD_ADDRESS": "127.0.0.1", "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
+            "RABBITMQ_MNESIA_BASE": str(base / "mnesia"), "RABBITMQ_LOG_BASE": str(base / "log"),
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+        }
+        self.proc = None
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["rabbitmq-server"], env=self.env, cwd=self.base,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        subprocess.run(["rabbitmqctl", "-n", self.name, "await_startup"], env=self.env,
+                       capture_output=True, timeout=120)
+        wait_for(lambda: _answers(self.port), 60, f"RabbitMQ on {self.port}")
+
+    def beam(self) -> psutil.Process:
+        """The Erlang VM listening on this node's AMQP port."""
+        for conn in psutil.net_connections("tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr.port == self.port and conn.pid:
+                return psutil.Process(conn.pid)
+        raise LookupError(f"nothing listens on {self.port}")
+
+    def kill9(self) -> None:
+        self.beam().send_signal(signal.SIGKILL)
+        wait_for(lambda: not _answers(self.port), 30, "the broker to die")
+        if self.proc:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def stop(self) -> None:
+        subprocess.run(["rabbitmqctl", "-n", self.name, "stop"], env=self.env,
+                       capture_output=True, timeout=60)
+
+
+def _answers(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("how", ["kill -9", "clean stop"])
+def test_broker_dies_mid_burst_and_comes_back(fresh_env, agents, burst, how):
+    import shutil
+    from pathlib import Path
+
+    # rabbitmq-server drops to the rabbitmq user, which cannot enter pytest's tmp dirs.
+    base = Path("/var/lib/rabbitmq") / f"chaos-{uuid.uuid4().hex[:8]}"
+    node = RabbitNode(base)
+    node.start()
+    fresh_env.overrides["MESSAGE_BUS_BROKER_URL"] = node.url
+    try:
+        fresh_env.start_worker()
+        bus, reader = fresh_env.bus(), agents("r")
+        checker = Checker(f"RabbitMQ {how} mid-burst, restarted")
+        batch = messages(burst, agents("s"), reader)
+        for i, m in enumerate(batch):
+            if i == burst // 3:
+                node.kill9() if how == "kill -9" else node.stop()
+                checker.fault_at = time.monotonic()
+                restart = in_background(node.start)
+            if i == 2 * burst // 3:  # the last third goes out once the broker is back
+                restart.join(120)
+                checker.healed_at = time.monotonic()
+                wait_for(lambda: _answers(node.port), 60, "the restarted broker")
+            checker.send(bus, m, retry_for=30 if i >= 2 * burst // 3 else 0)
+        checker.consume(bus, reader, checker.confirmed, 240)
+        result = checker.record()
+        check(result, in_flight=16)
+        assert result["send_errors"], "sends during the outage must fail loudly, not vanish"
+        assert result["confirmed"] >= burst // 3 * 2 - 50, "the bus must work again after it"
+    finally:
+        node.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_redis_kill9_mid_burst_restarted_on_the_same_files(fresh_env, agents, burst, tmp_path):
+    port = free_port()
+
+    def redis_up():
+        subprocess.run(["redis-server", "--bind", "127.0.0.1", "--port", str(port),
+                        "--daemonize", "yes", "--dir", str(tmp_path), "--appendonly", "yes",
+                        "--appendfsync", "everysec", "--save", "",
+                        "--pidfile", str(tmp_path / "r.pid")], check=True)
+        wait_for(lambda: _answers(port), 10, "redis")
+
+    redis_up()
+    fresh_env.overrides["MESSAGE_BUS_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+    fresh_env.start_worker()
+    bus, reader = fresh_env.bus(), agents("r")
+    checker = Checker("Redis kill -9 mid-burst, restarted on its AOF")
+    try:
+        for i, m in enumerate(messages(burst, agents("s"), reader)):
+            if i == burst // 3:
+                os.kill(int((tmp_path / "r.pid").read_text()), signal.SIGKILL)
+                checker.fault_at = time.monotonic()
+            if i == burst // 2:
+                redis_up()
+                checker.healed_at = time.monotonic()
+            checker.send(bus, m)
+        checker.consume(bus, reader, checker.confirmed, 240)
+        check(checker.record(), in_flight=16)
+    finally:
+        subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True)
+
+
+def test_a_thousand_short_ttl_messages_with_no_worker_all_die_expired(fresh_env, agents):
+    bus, reader = fresh_env.bus(), agents("r")
+    receipts = bus.send_batch([{"from": agents("s"), "to": reader, "payload": i,
+                                "metadata": {"ttl": 1}} for i in range(500)])
+    receipts += bus.send_batch([{"from": agents("s"), "to": reader, "payload": i,
+                                 "metadata": {"ttl": 1}} for i in range(500)])
+    time.sleep(1.5)  # the ttl itself is what is under test
+    fresh_env.start_worker()
+    ids = {r.id for r in receipts}
+    letters = wait_for(lambda: (lambda ds: ds if {i for d in ds for i in [d.id]} >= ids else None)(
+        bus.dead_letters(limit=2000)), 60, "all 1000 in the dead letters")
+    assert {d.reason for d in letters if d.id in ids} == {"expired"}
+    assert bus.read(reader, limit=500) == []
+    checker = Checker("1,000 ttl=1s with no worker: all dead, reason expired")
+    checker.attempted, checker.confirmed = list(ids), set()  # none may be delivered
+    checker.record()
+
+
+def test_a_full_queue_refuses_the_publish_and_the_sender_is_told(fresh_env, agents):
+    fresh_env.overrides["MESSAGE_BUS_QUEUE_MAX_LENGTH"] = "50"
+    bus, reader = fresh_env.bus(), agents("r")
+    sent, refused = 0, 0
+    for i in range(80):
+        try:
+            bus.send_message({"from": agents("s"), "to": reader, "payload": i})
+            sent += 1
+        except LimitExceeded as exc:
+            refused += 1
+            assert "queue is full" in exc.message
+    assert (sent, refused) == (50, 30)
+    fresh_env.start_worker()
+    got = []
+    wait_for(lambda: got.extend(bus.read(reader, limit=100, wait=0.5)) or len(got) >= 50, 30,
+             "the 50 accepted messages")
+    assert len(got) == 50
+
+
+def test_poison_handlers_end_in_dead_letters_and_the_rest_flows(fresh_env, agents, burst):
+    from tests.e2e.test_operations import spawn, stop
+
+    fresh_env.start_worker()
+    agent, log = spawn(fresh_env, "poison-agent", ["-m", "bus.cli", "agent", "run",
+                                                   "tests.chaos.poison_agent:agent"])
+    wait_for(lambda: b"ready." in log.read_bytes(), 60, "the poison agent")
+    bus, sender = fresh_env.bus(), agents("s")
+    n = burst // 4
+    ok = [bus.send_message({"from": sender, "to": "poison", "type": "command",
+                            "payload": {"do": "ok", "i": i}, "metadata": {"max_retries": 1}}).id
+          for i in range(n)]
+    raises = bus.send_message({"from": sender, "to": "poison", "type": "command",
+                               "payload": {"do": "raise"}, "metadata": {"max_retries": 1}}).id
+    crashes = bus.send_message({"from": sender, "to": "poison", "type": "command",
+                                "payload": {"do": "exit"}, "metadata": {"max_retries": 1}}).id
+    try:
+        restarts = 0
+        def settled():
+            nonlocal agent, restarts
+            if agent.poll() is not None:  # os._exit took the process down: restart it
+                restarts += 1
+                agent, _ = spawn(fresh_env, f"poison-agent-{restarts}",
+                                 ["-m", "bus.cli", "agent", "run",
+                                  "tests.chaos.poison_agent:agent"])
+            reasons = {d.id: d.reason for d in bus.dead_letters()}
+            done = sum(bus.status(i).status.value == "acked" for i in ok[-5:])
+            return raises in reasons and crashes in reasons and done == 5 and reasons
+        reasons = wait_for(settled, 240, "both poison messages dead and the rest acked",
+                           interval=0.5)
+        # A raising handler caught in the crash storm of its neighbour may be counted as
+        # crashed; either way it ends dead, with its reason.
+        assert reasons[raises] in ("handler_failed", "handler_crashed")
+        assert reasons[crashes] in ("handler_crashed", "delivery_limit")
+        assert all(bus.status(i).status.value == "acked" for i in ok)
+        Checker("poison handlers (raise, os._exit) in a burst").record()
+    finally:
+        stop(agent)

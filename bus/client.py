@@ -158,7 +158,10 @@ class MessageBus:
         degraded = False
         try:
             self.guard.rate_limit(prepared[0].message.sender, cost=len(prepared))
-            duplicates = self.runtime.store.accept_many([p.record for p in prepared])
+            audit = [self.guard.audit_entry("send", p.message.sender, _target(p.message), "ok",
+                                            trace_id=p.message.trace_id, message_id=p.message.id)
+                     for p in prepared]
+            duplicates = self.runtime.store.accept_many([p.record for p in prepared], audit)
         except BusUnavailable as exc:
             # Redis is down: the message still goes to RabbitMQ and waits there (the worker
             # retries until Redis is back and records its status then). Dedup and rate
@@ -188,16 +191,17 @@ class MessageBus:
             group = pending[0]
             try:
                 self._publish(group, batch)
-            except BusError:
+            except BusError as exc:
                 if not degraded:
                     self.runtime.store.revoke_many([p.record for g in pending for p in g])
+                for p in (p for g in pending for p in g):
+                    self.guard.audit("send", p.message.sender, _target(p.message), "failed",
+                                     trace_id=p.message.trace_id, message_id=p.message.id,
+                                     error=exc.code)
                 raise
             pending.pop(0)
         for p, receipt in zip(prepared, receipts, strict=True):
             metrics.count(p.wire, receipt.status.value)
-        for p in fresh:
-            self.guard.audit("send", p.message.sender, _target(p.message), "ok",
-                             trace_id=p.message.trace_id, message_id=p.message.id)
         return receipts
 
     def _publish(self, group: list[_Prepared], batch: bool) -> None:

@@ -18,11 +18,11 @@ from bus.errors import AuthError, BusUnavailable, RateLimited
 from bus.redis_conn import redis_errors
 from bus.runtime import Runtime
 from bus.schema import Message
+from bus.store import AUDIT_MAXLEN
 
 logger = logging.getLogger(__name__)
 audit_logger = logging.getLogger("bus.audit")
 
-AUDIT_MAXLEN = 100_000
 
 
 class Guard:
@@ -98,10 +98,17 @@ class Guard:
 
     # -- audit -----------------------------------------------------------------------------
 
-    def audit(self, action: str, agent: str, target: str, outcome: str, **fields: Any) -> None:
+    @staticmethod
+    def audit_entry(action: str, agent: str, target: str, outcome: str,
+                    **fields: Any) -> dict[str, str]:
+        """Builds an entry and writes its log line (the stream write may ride a pipeline)."""
         entry = {"action": action, "agent": agent, "target": target, "outcome": outcome}
         entry |= {k: str(v) for k, v in fields.items() if v is not None}
         audit_logger.info("audit %s", action, extra={"audit": entry})
+        return entry
+
+    def audit(self, action: str, agent: str, target: str, outcome: str, **fields: Any) -> None:
+        entry = self.audit_entry(action, agent, target, outcome, **fields)
         try:
             with redis_errors("write the audit log"):
                 self.runtime.redis.xadd(

@@ -23,6 +23,9 @@ from bus.redis_conn import redis_errors
 logger = logging.getLogger(__name__)
 
 
+AUDIT_MAXLEN = 100_000
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -63,8 +66,11 @@ class RedisStore:
 
     # -- send side -----------------------------------------------------------------------
 
-    def accept_many(self, accepted: Sequence[AcceptRecord]) -> list[str | None]:
-        """Records each message as queued (dedup, status, sender history) in one round trip.
+    def accept_many(
+        self, accepted: Sequence[AcceptRecord], audit: Sequence[dict[str, str]] = ()
+    ) -> list[str | None]:
+        """Records each message as queued (dedup, status, sender history) and appends the
+        audit entries, in one round trip.
 
         Returns, per message, None when accepted or the id it duplicates."""
         k = self.keys
@@ -83,7 +89,9 @@ class RedisStore:
                     ],
                     client=pipe,
                 )
-            return [r or None for r in pipe.execute()]
+            for entry in audit:
+                pipe.xadd(k.audit, entry, maxlen=AUDIT_MAXLEN, approximate=True)  # type: ignore[arg-type]
+            return [r or None for r in pipe.execute()[: len(accepted)]]
 
     def revoke_many(self, accepted: Iterable[AcceptRecord]) -> None:
         """Undoes accept_many for messages the broker did not take."""

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from bus.errors import BusError, BusUnavailable, LimitExceeded, NotFound, ValidationError
-from bus import metrics
+from bus import metrics, tracing
 from bus.guard import Guard
 from bus.reader import Reader
 from bus.runtime import Runtime
@@ -155,6 +155,12 @@ class MessageBus:
         return _Prepared(message, wire, record)
 
     def _send(self, prepared: list[_Prepared], batch: bool = False) -> list[Receipt]:
+        first = prepared[0].message
+        with tracing.span("bus.send", first.trace_id, message_id=first.id, sender=first.sender,
+                          count=len(prepared)):
+            return self._send_traced(prepared, batch)
+
+    def _send_traced(self, prepared: list[_Prepared], batch: bool) -> list[Receipt]:
         degraded = False
         try:
             self.guard.rate_limit(prepared[0].message.sender, cost=len(prepared))

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from bus import tracing
 from bus.codec import Codec
 from bus.errors import BusError, BusUnavailable, SecurityError
 from bus.schema import BROADCAST, Priority, Subscription
@@ -126,9 +127,14 @@ class Deliverer:
         }
 
     def deliver(self, wire: dict[str, Any], attempts: int) -> Outcome:
-        args = self._delivery_args(wire, attempts)
-        delivered = self.store.deliver(**args)
-        return Outcome(wire["id"], args["recipients"], int(delivered))
+        trace_id = wire.get("trace_id") if isinstance(wire, dict) else None
+        with tracing.span("bus.deliver", trace_id, message_id=wire.get("id"),
+                          attempts=attempts) as current:
+            args = self._delivery_args(wire, attempts)
+            delivered = self.store.deliver(**args)
+            if current is not None:
+                current.set_attribute("bus.recipients", len(args["recipients"]))
+            return Outcome(wire["id"], args["recipients"], int(delivered))
 
     def deliver_many(
         self, wires: list[dict[str, Any]]

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from bus import metrics
+from bus import metrics, tracing
 from bus.errors import BusError, NotFound
 from bus.redis_conn import redis_errors
 from bus.runtime import Runtime
@@ -83,6 +83,8 @@ class Reader:
         messages = self._decode_leased(leased)
         for m in messages:
             metrics.MESSAGES.labels(m.type.value, m.metadata.priority.value, "read").inc()
+            with tracing.span("bus.read", m.trace_id, message_id=m.id, reader=agent):
+                pass  # one span per message read, joined to the message's trace
         return messages
 
     def _wait_and_lease(

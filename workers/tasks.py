@@ -65,6 +65,8 @@ def _dead(wire: Any, reason: str, error: str, attempts: int) -> Reject:
     logger.warning(
         "dead-lettering message %s: %s (%s)",
         wire.get("id") if isinstance(wire, dict) else "?", reason, error,
+        extra={"trace_id": wire.get("trace_id") if isinstance(wire, dict) else None,
+               "message_id": wire.get("id") if isinstance(wire, dict) else None},
     )
     return Reject(f"{reason}: {error}", requeue=False)
 

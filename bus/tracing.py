@@ -1,0 +1,40 @@
+"""OpenTelemetry spans for send, deliver and read (optional: `pip install
+agent-message-bus[otel]` and configure a tracer provider/exporter as usual).
+
+The bus's own `trace_id` (128-bit hex) becomes the OpenTelemetry trace id, so the spans of
+one message in the sender, the worker and the reader join one trace without extra headers.
+Without OpenTelemetry installed every span is a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+try:
+    from opentelemetry import trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+except ImportError:  # pragma: no cover - the optional extra is not installed
+    trace = None  # type: ignore[assignment]
+
+
+@contextlib.contextmanager
+def span(name: str, trace_id: str | None, **attributes: Any) -> Iterator[Any]:
+    if trace is None:
+        yield None
+        return
+    tracer = trace.get_tracer("agent-message-bus")
+    context = None
+    if trace_id:
+        try:
+            parent = SpanContext(trace_id=int(trace_id, 16) & ((1 << 128) - 1),
+                                 span_id=int.from_bytes(secrets.token_bytes(8), "big") or 1,
+                                 is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+            context = trace.set_span_in_context(NonRecordingSpan(parent))
+        except ValueError:
+            context = None
+    attrs = {f"bus.{k}": str(v) for k, v in attributes.items() if v is not None}
+    with tracer.start_as_current_span(name, context=context, attributes=attrs) as current:
+        yield current

@@ -24,6 +24,11 @@ def _queue_bus_sends(bus: Any, sender: str, reader: str, n: int, priority: str =
 def bus_drain(b: Bench, n: int) -> float:
     bus, reader = b.bus(), f"drain-{uuid.uuid4().hex[:6]}"
     _queue_bus_sends(bus, "bench-sender", reader, n)
+    return _drain(b, bus, reader, n)
+
+
+def _drain(b: Bench, bus: Any, reader: str, n: int) -> float:
+    """Starts a worker on the queued messages; msgs/s until all are in the inbox."""
     worker = b.start("workers.app", QUEUES, "bus")
     b.started_and_consuming(worker, "bus.normal")
     t0 = time.monotonic()
@@ -56,14 +61,7 @@ def bus_batch_drain(b: Bench, n: int) -> float:
     for start in range(0, n, 100):
         bus.send_batch([{"from": "bench-sender", "to": reader, "payload": {"i": i}}
                         for i in range(start, min(start + 100, n))])
-    worker = b.start("workers.app", QUEUES, "bus")
-    b.started_and_consuming(worker, "bus.normal")
-    t0 = time.monotonic()
-    t1 = wait_until(lambda: bus.runtime.store.inbox_depth(reader)[0] >= n, 600, "batch drain",
-                    interval=0.02)
-    b.stop(worker)
-    bus.close()
-    return n / (t1 - t0)
+    return _drain(b, bus, reader, n)
 
 
 def producer(b: Bench, n: int, threads: int) -> float:

@@ -53,15 +53,8 @@ def broker_errors(action: str) -> Iterator[None]:
         )
     try:
         yield
-    except MessageNacked as exc:
-        breaker.success()
-        raise LimitExceeded(
-            f"the broker refused the message while trying to {action}: the queue is full "
-            "(x-max-length with reject-publish); nothing was sent, retry later",
-            limit="queue_max_length",
-        ) from exc
-    except _BROKER_ERRORS as exc:
-        if _nacked(exc):  # Celery wraps a refused publish in OperationalError
+    except _BROKER_ERRORS + (MessageNacked,) as exc:
+        if _nacked(exc):  # a refusal is an answer, not an outage (Celery may wrap it)
             breaker.success()
             raise LimitExceeded(
                 f"the broker refused the message while trying to {action}: the queue is full "

@@ -110,26 +110,10 @@ def _message_options(fn: F) -> F:
     return fn
 
 
-def _build(sender: str, type_: str | None, payload: str | None, priority: str, ttl: float | None,
-           correlation_id: str | None, reply_to: str | None, dedup_key: str | None,
-           max_retries: int | None, compression: str, encrypted: bool, **address: Any) -> dict[str, Any]:
-    metadata: dict[str, Any] = {"priority": priority, "compression": compression,
-                                "encrypted": encrypted}
-    if ttl is not None:
-        metadata["ttl"] = ttl
-    if dedup_key:
-        metadata["dedup_key"] = dedup_key
-    if max_retries is not None:
-        metadata["max_retries"] = max_retries
-    message = {"from": sender, "payload": _json_arg(payload, "--payload"), "metadata": metadata,
-               **{k: v for k, v in address.items() if v is not None}}
-    if type_:
-        message["type"] = type_
-    if correlation_id:
-        message["correlation_id"] = correlation_id
-    if reply_to:
-        message["reply_to"] = reply_to
-    return message
+def _build(sender: str, type_: str | None, payload: str | None, **options: Any) -> dict[str, Any]:
+    from bus.schema import compose
+
+    return compose(sender, type=type_, payload=_json_arg(payload, "--payload"), **options)
 
 
 def _receipt_text(r: Any) -> str:

@@ -213,19 +213,19 @@ class MessageBus:
     def _publish(self, group: list[_Prepared], batch: bool) -> None:
         first = group[0].message
         ttls = [p.message.metadata.ttl for p in group]
-        expiration = min(ttls) if all(t is not None for t in ttls) else None  # type: ignore[type-var]
         if batch and len(group) > 1:
-            # A batch task expires with its shortest-lived message only if all have a ttl;
-            # each message's own ttl is still checked at delivery.
+            # The broker may expire a batch task only once every message in it has expired
+            # (the longest ttl); each message's own ttl is still checked at delivery.
+            longest = max(ttls) if all(t is not None for t in ttls) else None  # type: ignore[type-var]
             self.runtime.broker.publish(
                 DELIVER_BATCH_TASK, [[p.wire for p in group]], queue=first.priority.queue,
-                task_id=str(uuid.uuid4()), expiration=None,
+                task_id=str(uuid.uuid4()), expiration=longest,
                 headers={"trace_id": first.trace_id}, summary=f"<batch of {len(group)}>",
             )
             return
         self.runtime.broker.publish(
             DELIVER_TASK, [group[0].wire], queue=first.priority.queue, task_id=first.id,
-            expiration=expiration, headers={"trace_id": first.trace_id},
+            expiration=first.metadata.ttl, headers={"trace_id": first.trace_id},
             summary=f"<message {first.id} {first.type.value} from {first.sender}>",
         )
 

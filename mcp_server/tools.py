@@ -21,7 +21,7 @@ from pydantic import Field
 from bus.client import MessageBus
 from bus.errors import BusError
 from bus.health import Health, Stats, check_health, collect_stats
-from bus.schema import MessageType, Priority, Receipt
+from bus.schema import MessageType, Priority, Receipt, compose
 from mcp_server.models import (
     AckResult,
     AgentsResult,
@@ -62,32 +62,13 @@ class BusTools:
 
     def message(self, sender: str, *, to: str | None, topic: str | None, broadcast: bool,
                 type: MessageType, payload: Any, priority: Priority, ttl_seconds: float | None,
-                correlation_id: str | None = None, reply_to: str | None = None,
-                dedup_key: str | None = None, encrypted: bool = False,
-                compression: str = "none") -> dict[str, Any]:
+                **options: Any) -> dict[str, Any]:
         if broadcast and (to or topic):
             raise ToolError("broadcast goes to everyone: leave `to` and `topic` empty")
         if not broadcast and not to and not topic:
             raise ToolError("say where it goes: `to` (an agent id), `topic`, or broadcast=true")
-        metadata: dict[str, Any] = {"priority": priority.value, "encrypted": encrypted,
-                                    "compression": compression}
-        if ttl_seconds is not None:
-            metadata["ttl"] = ttl_seconds
-        if dedup_key:
-            metadata["dedup_key"] = dedup_key
-        message: dict[str, Any] = {"from": sender, "type": type.value, "payload": payload,
-                                   "metadata": metadata}
-        if broadcast:
-            message |= {"to": "*", "type": "broadcast"}
-        if to:
-            message["to"] = to
-        if topic:
-            message["topic"] = topic
-        if correlation_id:
-            message["correlation_id"] = correlation_id
-        if reply_to:
-            message["reply_to"] = reply_to
-        return message
+        return compose(sender, to=to, topic=topic, broadcast=broadcast, type=type.value,
+                       payload=payload, priority=priority.value, ttl=ttl_seconds, **options)
 
     async def read(self, agent: str, limit: int, wait_seconds: float) -> ReadResult:
         deadline = time.monotonic() + wait_seconds

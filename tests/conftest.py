@@ -21,6 +21,7 @@ ARTIFACTS = ROOT / "test-artifacts"
 REDIS_URL = os.environ.get("MESSAGE_BUS_REDIS_URL", "redis://127.0.0.1:6379/0")
 BROKER_URL = os.environ.get("MESSAGE_BUS_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
 TEST_SECRET = "test-secret-" + "x" * 20
+POLL_INTERVAL = 0.05
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -51,7 +52,7 @@ def holds_for(condition: Callable[[], Any], seconds: float, what: str) -> None:
         value = condition()
         if not value:
             pytest.fail(f"{what} stopped holding; last value: {value!r}")
-        time.sleep(0.05)
+        time.sleep(POLL_INTERVAL)
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,8 @@ from typing import Any
 
 from bus.errors import BusError
 
+CLIENT_RETRY_PAUSE = 0.2  # how long a client waits before trying the bus again
+
 RESULTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "chaos-results.jsonl"
 
 
@@ -45,7 +47,7 @@ class Checker:
             except BusError as exc:
                 self.send_errors[exc.code] += 1
                 if time.monotonic() < deadline:
-                    time.sleep(0.2)
+                    time.sleep(CLIENT_RETRY_PAUSE)
                     continue
                 return
             if receipt.status.value in ("queued", "duplicate"):
@@ -61,7 +63,7 @@ class Checker:
                     self.delivered.extend(m.id for m in messages)
                     bus.ack(agent, [m.id for m in messages])
             except BusError:
-                time.sleep(0.2)  # the bus is (still) down: poll again
+                time.sleep(CLIENT_RETRY_PAUSE)  # the bus is (still) down: poll again
         self.recovered_at = time.monotonic()
 
     def counts(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from selenium.webdriver.common.by import By
 from bus.tokens import TokenFile
 from tests.conftest import ARTIFACTS, wait_for
 from tests.e2e.test_mcp import free_port
-from tests.e2e.test_operations import _get, spawn, stop
+from tests.e2e.test_operations import _get, spawn, start_http_server, stop
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -52,12 +52,8 @@ def test_dashboard_lists_a_dead_letter_and_its_replay_button_empties_the_list(
 
     tokens = tmp_path / "tokens.json"
     token = TokenFile(tokens).create("ops")
-    port = free_port()
-    server, _ = spawn(fresh_env, "mcp-ui", ["-m", "mcp_server", "--http", "--port", str(port),
-                      "--tokens-file", str(tokens)], MESSAGE_BUS_ADMINS='["ops"]')
+    server, base = start_http_server(fresh_env, "mcp-ui", tokens, MESSAGE_BUS_ADMINS='["ops"]')
     try:
-        base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: _get(f"{base}/healthz") == 200, 30, "the HTTP server")
         browser.get(f"{base}/ui")
         browser.find_element(By.NAME, "token").send_keys(token)
         browser.find_element(By.TAG_NAME, "button").click()
@@ -83,12 +79,8 @@ def test_dashboard_refuses_a_non_admin_token(fresh_env, tmp_path):
 
     tokens = tmp_path / "tokens.json"
     token = TokenFile(tokens).create("alice")
-    port = free_port()
-    server, _ = spawn(fresh_env, "mcp-ui-deny", ["-m", "mcp_server", "--http", "--port",
-                      str(port), "--tokens-file", str(tokens)])
+    server, base = start_http_server(fresh_env, "mcp-ui-deny", tokens)
     try:
-        base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: _get(f"{base}/healthz") == 200, 30, "the HTTP server")
         headers = {"Authorization": f"Bearer {token}"}
         assert httpx.get(f"{base}/ui/api/overview", headers=headers).status_code == 401
         assert httpx.post(f"{base}/ui/api/dead-letters/purge", headers=headers,

@@ -42,6 +42,16 @@ def stop(proc):
             proc.kill()
 
 
+def start_http_server(env, name, tokens, **extra):
+    """A `msgbus mcp --http` process on a free port; returns (process, base URL) once up."""
+    port = free_port()
+    proc, _ = spawn(env, name, ["-m", "mcp_server", "--http", "--port", str(port),
+                                "--tokens-file", str(tokens)], **extra)
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: _get(f"{base}/healthz") == 200, 30, "the HTTP server")
+    return proc, base
+
+
 def metric(text, name, **labels):
     total = 0.0
     for line in text.splitlines():
@@ -101,12 +111,8 @@ def test_worker_metrics_move_when_messages_flow_and_http_metrics_name_everything
 
     tokens = tmp_path / "tokens.json"
     TokenFile(tokens).create("ops")
-    http_port = free_port()
-    server, log = spawn(fresh_env, "mcp-metrics", ["-m", "mcp_server", "--http", "--port",
-                        str(http_port), "--tokens-file", str(tokens)])
+    server, base = start_http_server(fresh_env, "mcp-metrics", tokens)
     try:
-        base = f"http://127.0.0.1:{http_port}"
-        wait_for(lambda: _get(f"{base}/healthz") == 200, 30, "the HTTP server")
         text = httpx.get(f"{base}/metrics", timeout=10).text
         for name in METRICS:
             assert name in text, name
@@ -127,10 +133,7 @@ def test_readyz_flips_when_the_worker_stops(fresh_env, tmp_path):
     worker = fresh_env.start_worker()
     tokens = tmp_path / "tokens.json"
     TokenFile(tokens).create("ops")
-    port = free_port()
-    server, _ = spawn(fresh_env, "mcp-ready", ["-m", "mcp_server", "--http", "--port", str(port),
-                                               "--tokens-file", str(tokens)])
-    base = f"http://127.0.0.1:{port}"
+    server, base = start_http_server(fresh_env, "mcp-ready", tokens)
     try:
         wait_for(lambda: _get(f"{base}/readyz") == 200, 30, "/readyz 200 with a worker")
         worker.stop()

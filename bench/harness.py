@@ -83,7 +83,7 @@ class Bench:
         log = self.logs / f"{name}.log"
         proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queues, "-P", self.pool,
-             "-c", str(self.concurrency), "-l", "WARNING", "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h",
+             "-c", str(2 if name.endswith("express") else self.concurrency), "-l", "WARNING", "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h",
              "--without-gossip", "--without-mingle", "--without-heartbeat", *(extra or [])],
             cwd=ROOT, env=self.env | (env or {}), stdout=subprocess.DEVNULL,
             stderr=log.open("wb"), start_new_session=True,

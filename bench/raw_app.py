@@ -16,7 +16,11 @@ app = Celery("raw")
 app.conf.update(
     broker_url=os.environ.get("MESSAGE_BUS_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//"),
     broker_transport_options={"confirm_publish": True},
-    task_queues=[Queue(q, routing_key=q, durable=True) for q in RAW_QUEUES],
+    # The same layout as the bus: an express worker (RAW_EXPRESS=1) takes raw.critical first.
+    task_queues=[Queue(q, routing_key=q, durable=True,
+                       consumer_arguments={"x-priority": 10}
+                       if os.environ.get("RAW_EXPRESS") == "1" and q == "raw.critical" else None)
+                 for q in RAW_QUEUES],
     task_default_queue="raw.q",
     task_default_delivery_mode="persistent",
     task_acks_late=True,

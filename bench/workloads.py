@@ -154,7 +154,10 @@ def bus_priority(b: Bench, backlog: int, probes: int) -> list[float]:
         _queue_bus_sends(bus, "bench-sender", f"low-{uuid.uuid4().hex[:6]}", backlog, "low")
     reader = f"crit-{uuid.uuid4().hex[:6]}"
     worker = b.start("workers.app", QUEUES, "bus")
-    b.started_and_consuming(worker, "bus.critical")
+    express = b.start("workers.app", "bus.critical,bus.high", "express",
+                      env={"MESSAGE_BUS_EXPRESS_WORKER": "1"})
+    b.started_and_consuming(worker, "bus.low")
+    wait_until(lambda: b.consumers("bus.critical") >= 2, 60, "the express worker")
     waits = []
     for i in range(probes):
         receipt = bus.send_message({"from": "bench-sender", "to": reader, "payload": {"i": i},
@@ -163,6 +166,7 @@ def bus_priority(b: Bench, backlog: int, probes: int) -> list[float]:
         waits.extend(_delivery_latencies(bus, [receipt.id]))
     left = b.queue_state("bus.low")[0]
     b.stop(worker)
+    b.stop(express)
     bus.close()
     if backlog and left == 0:
         raise RuntimeError("the low backlog drained before the probes ended: raise --backlog")
@@ -177,11 +181,14 @@ def raw_priority(b: Bench, backlog: int, probes: int) -> list[float]:
     key = f"{b.prefix}raw-prio-{uuid.uuid4().hex[:6]}"
     client = redis.Redis.from_url(b.env["MESSAGE_BUS_REDIS_URL"])
     worker = b.start("bench.raw_app", "raw.critical,raw.low", "raw")
-    b.started_and_consuming(worker, "raw.critical")
+    express = b.start("bench.raw_app", "raw.critical", "raw-express", env={"RAW_EXPRESS": "1"})
+    b.started_and_consuming(worker, "raw.low")
+    wait_until(lambda: b.consumers("raw.critical") >= 2, 60, "the raw express worker")
     for i in range(probes):
         raw_app.send_task("raw.stamp", args=[key, time.time()], queue="raw.critical")
         wait_until(lambda: client.llen(key) > i, 60, "raw critical task")
     b.stop(worker)
+    b.stop(express)
     with Connection(b.broker_url) as conn:
         conn.channel().queue_purge("raw.low")
     return [float(v) for v in client.lrange(key, 0, -1)]

@@ -345,13 +345,21 @@ def up(host: str, mcp_port: int, flower_port: int, no_services: bool) -> None:
 @click.option("--pool", "-P", default=None)
 @click.option("--queues", "-Q", default=None, help="default: all four priority queues")
 @click.option("--loglevel", "-l", default="INFO")
+@click.option("--express", is_flag=True,
+              help="serve only bus.critical and bus.high, ahead of other workers")
 @click.pass_context
 def worker(ctx: click.Context, concurrency: int | None, pool: str | None, queues: str | None,
-           loglevel: str) -> None:
+           loglevel: str, express: bool) -> None:
     """Run a Celery worker delivering messages (extra args go to `celery worker`)."""
-    from bus.topology import PRIORITY_QUEUES
+    from bus.topology import EXPRESS_QUEUES, PRIORITY_QUEUES
 
     settings = Settings()
+    if express:
+        os.environ["MESSAGE_BUS_EXPRESS_WORKER"] = "1"
+        queues = queues or ",".join(EXPRESS_QUEUES)
+        concurrency = concurrency or 2
+        if "-n" not in ctx.args and not any(a.startswith("--hostname") for a in ctx.args):
+            ctx.args.extend(["-n", "express@%h"])  # a node name of its own (pidbox)
     argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker",
             "-Q", queues or ",".join(PRIORITY_QUEUES),
             "-c", str(concurrency or settings.worker_concurrency),

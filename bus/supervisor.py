@@ -50,6 +50,8 @@ def plan(settings: Settings, host: str, mcp_port: int, flower_port: int) -> list
         Child("worker", [py, "-m", "bus.cli", "worker"],
               f"delivery on bus.critical/high/normal/low; metrics http://127.0.0.1:"
               f"{settings.metrics_port}/metrics" if settings.metrics_port else "delivery"),
+        Child("express", [py, "-m", "bus.cli", "worker", "--express"],
+              "bus.critical and bus.high first (consumer priority), never behind a backlog"),
         Child("beat", [py, "-m", "bus.cli", "beat"],
               "scheduled replay, purge and queue-stats jobs"),
         Child("mcp", [py, "-m", "mcp_server", "--http", "--host", host, "--port", str(mcp_port)],

@@ -43,10 +43,18 @@ def queue_arguments(settings: Settings) -> dict[str, Any]:
     return args
 
 
-def priority_queues(settings: Settings) -> list[Queue]:
+EXPRESS_QUEUES = ["bus.critical", "bus.high"]
+# RabbitMQ consumer priority of the express worker: it gets critical and high messages first
+# while it has room, the main worker only when it is saturated.
+EXPRESS_CONSUMER_PRIORITY = 10
+
+
+def priority_queues(settings: Settings, express: bool = False) -> list[Queue]:
     args = queue_arguments(settings)
     return [
-        Queue(name, bus_exchange, routing_key=name, durable=True, queue_arguments=args)
+        Queue(name, bus_exchange, routing_key=name, durable=True, queue_arguments=args,
+              consumer_arguments={"x-priority": EXPRESS_CONSUMER_PRIORITY}
+              if express and name in EXPRESS_QUEUES else None)
         for name in PRIORITY_QUEUES
     ]
 
@@ -72,15 +80,16 @@ def declare(channel: Any, settings: Settings) -> None:
         queue(channel).declare()
 
 
-def celery_config(settings: Settings) -> dict[str, Any]:
-    """Celery settings (lower-case names); celeryconfig.py exports these."""
+def celery_config(settings: Settings, express: bool = False) -> dict[str, Any]:
+    """Celery settings (lower-case names); celeryconfig.py exports these. `express` is for
+    the small worker that serves bus.critical and bus.high with consumer priority."""
     return {
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {"confirm_publish": True},
         "broker_heartbeat": 30,
         "broker_pool_limit": 16,
-        "task_queues": priority_queues(settings),
+        "task_queues": priority_queues(settings, express),
         "task_default_queue": Priority.normal.queue,
         "task_default_exchange": EXCHANGE,
         "task_default_routing_key": Priority.normal.queue,

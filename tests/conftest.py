@@ -104,8 +104,11 @@ class BusEnv:
 
         return MessageBus(self.settings(**overrides))
 
-    def start_worker(self, *, concurrency: int = 4, pool: str = "threads", **extra: str) -> Worker:
-        worker = Worker.start(self, concurrency=concurrency, pool=pool, env=self.env(**extra))
+    def start_worker(self, *, concurrency: int = 4, pool: str = "threads",
+                     queues: str = "bus.critical,bus.high,bus.normal,bus.low",
+                     **extra: str) -> Worker:
+        worker = Worker.start(self, concurrency=concurrency, pool=pool, env=self.env(**extra),
+                              queues=queues)
         self.workers.append(worker)
         return worker
 
@@ -118,13 +121,14 @@ class Worker:
         self.log = log
 
     @classmethod
-    def start(cls, env_: BusEnv, *, concurrency: int, pool: str, env: dict[str, str]) -> Worker:
+    def start(cls, env_: BusEnv, *, concurrency: int, pool: str, env: dict[str, str],
+              queues: str) -> Worker:
         ARTIFACTS.mkdir(exist_ok=True)
         name = f"w{uuid.uuid4().hex[:8]}"
         log = ARTIFACTS / f"worker-{env_.vhost}-{name}.log"
         proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "workers.app", "worker",
-             "-Q", "bus.critical,bus.high,bus.normal,bus.low", "-P", pool, "-c", str(concurrency),
+             "-Q", queues, "-P", pool, "-c", str(concurrency),
              "-l", "INFO", "-n", f"{name}@%h", "--without-gossip", "--without-mingle"],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
             start_new_session=True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -18,7 +19,10 @@ logger = logging.getLogger(__name__)
 runtime: Runtime = runtime_from_env()
 
 app = Celery("msgbus")
-app.conf.update(topology.celery_config(runtime.settings))
+# `msgbus worker --express` (MESSAGE_BUS_EXPRESS_WORKER=1) consumes critical and high with
+# consumer priority, so they never wait behind the main worker's backlog.
+EXPRESS = os.environ.get("MESSAGE_BUS_EXPRESS_WORKER") == "1"
+app.conf.update(topology.celery_config(runtime.settings, express=EXPRESS))
 app.conf.bus_settings = runtime.settings
 
 
@@ -51,6 +55,8 @@ def _short_gil_switch(**_: Any) -> None:
 @worker_init.connect
 def _start_metrics_exporter(**_: Any) -> None:
     port = runtime.settings.metrics_port
+    if port and EXPRESS:
+        port += 1  # beside the main worker on the same host
     if port:
         try:
             start_http_server(port, addr=runtime.settings.metrics_host)

@@ -104,6 +104,24 @@ def test_read_returns_higher_priority_first_then_fifo(bus, agents):
     assert [m.payload for m in got] == expected
 
 
+def test_a_critical_message_does_not_wait_behind_a_low_backlog(fresh_env, agents):
+    bus = fresh_env.bus()
+    sender, reader, sink = agents("s"), agents("r"), agents("sink")
+    for i in range(2000):
+        bus.send_message({"from": sender, "to": sink, "payload": i,
+                          "metadata": {"priority": "low"}})
+    fresh_env.start_worker()
+    fresh_env.start_worker(concurrency=2, queues="bus.critical,bus.high",
+                           MESSAGE_BUS_EXPRESS_WORKER="1")
+    wait_for(lambda: bus.runtime.store.inbox_depth(sink)[0] > 100, 30, "the backlog draining")
+    receipt = bus.send_message({"from": sender, "to": reader, "payload": "urgent",
+                                "metadata": {"priority": "critical"}})
+    wait_for(lambda: bus.runtime.store.inbox_depth(reader)[0] == 1, 30, "the critical message")
+    still_waiting = 2000 - bus.runtime.store.inbox_depth(sink)[0]
+    assert still_waiting > 500, "the critical message must not wait for the backlog to drain"
+    assert bus.read(reader, limit=1)[0].id == receipt.id
+
+
 def test_unacked_message_comes_back_after_its_lease_expires(module_env, worker, agents):
     bus = module_env.bus(visibility_timeout=0.5)
     sender, reader = agents("s"), agents("r")

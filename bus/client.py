@@ -385,6 +385,20 @@ class MessageBus:
             self.guard.audit("purge", agent or "operator", message_id, "ok")
         return purged
 
+    # -- operations ------------------------------------------------------------------------
+
+    def health(self) -> Any:
+        """Redis, broker, live workers, breaker states and dead-letter depth."""
+        from bus.health import check_health
+
+        return check_health(self.runtime)
+
+    def stats(self) -> Any:
+        """Queue depths, agents, topics, subscriptions and inbox depths."""
+        from bus.health import collect_stats
+
+        return collect_stats(self.runtime)
+
     @property
     def dead_letter_queue(self) -> Any:
         from bus.deadletters import DeadLetterQueue

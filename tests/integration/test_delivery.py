@@ -183,6 +183,16 @@ def test_send_batch_delivers_every_message_of_mixed_priorities(bus, agents):
     assert [m.metadata.priority.value for m in got[:25]] == ["high"] * 25
 
 
+def test_health_and_stats_from_the_python_api(bus, agents):
+    health = bus.health()
+    assert health.ready and health.redis == "ok" and health.workers
+    assert health.breakers == {"redis": "closed", "broker": "closed"}
+    bus.subscribe(agents("a"), [agents("t")])
+    stats = bus.stats()
+    assert stats.subscriptions >= 1 and set(stats.queue_depths) == {
+        "bus.critical", "bus.high", "bus.normal", "bus.low"}
+
+
 def test_request_returns_the_correlated_response(bus, agents):
     asker, answerer = agents("asker"), agents("answerer")
 

@@ -37,8 +37,9 @@ def summary(samples: list[float]) -> dict[str, float]:
     return {"median": statistics.median(samples), "min": min(samples), "max": max(samples)}
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str,
-               interval: float = 0.005) -> float:
+def wait_until(
+    condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.005
+) -> float:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
@@ -50,8 +51,9 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str,
 class Bench:
     """One isolated bus for the run (its own vhost and key prefix)."""
 
-    def __init__(self, concurrency: int = 4, pool: str = "threads",
-                 queue_type: str = "classic") -> None:
+    def __init__(
+        self, concurrency: int = 4, pool: str = "threads", queue_type: str = "classic"
+    ) -> None:
         base = Settings()
         services_up(base.redis_url, base.broker_url)
         self.vhost = f"bench-{uuid.uuid4().hex[:8]}"
@@ -74,25 +76,57 @@ class Bench:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def bus(self) -> MessageBus:
-        values = {k.removeprefix("MESSAGE_BUS_").lower(): v for k, v in self.env.items()
-                  if k.startswith("MESSAGE_BUS_")}
+        values = {
+            k.removeprefix("MESSAGE_BUS_").lower(): v
+            for k, v in self.env.items()
+            if k.startswith("MESSAGE_BUS_")
+        }
         return MessageBus(Settings(**values))
 
-    def start(self, app: str, queues: str, name: str, extra: list[str] | None = None,
-              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self,
+        app: str,
+        queues: str,
+        name: str,
+        extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
         log = self.logs / f"{name}.log"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queues, "-P", self.pool,
-             "-c", str(2 if name.endswith("express") else self.concurrency), "-l", "WARNING", "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h",
-             "--without-gossip", "--without-mingle", "--without-heartbeat", *(extra or [])],
-            cwd=ROOT, env=self.env | (env or {}), stdout=subprocess.DEVNULL,
-            stderr=log.open("wb"), start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                app,
+                "worker",
+                "-Q",
+                queues,
+                "-P",
+                self.pool,
+                "-c",
+                str(2 if name.endswith("express") else self.concurrency),
+                "-l",
+                "WARNING",
+                "-n",
+                f"{name}-{uuid.uuid4().hex[:6]}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                *(extra or []),
+            ],
+            cwd=ROOT,
+            env=self.env | (env or {}),
+            stdout=subprocess.DEVNULL,
+            stderr=log.open("wb"),
+            start_new_session=True,
         )
         self.procs.append(proc)
         return proc
 
     def started_and_consuming(self, proc: subprocess.Popen[bytes], queue: str) -> None:
         """Waits until the worker has a consumer on `queue` (it is taking messages)."""
+
         def consuming() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError("benchmark worker exited at start")
@@ -133,7 +167,7 @@ class Bench:
         client = redis.Redis.from_url(self.env["MESSAGE_BUS_REDIS_URL"])
         keys = list(client.scan_iter(match=f"{self.prefix}*", count=5000))
         for i in range(0, len(keys), 1000):
-            client.delete(*keys[i:i + 1000])
+            client.delete(*keys[i : i + 1000])
 
 
 def rss_mb(pid: int) -> float:
@@ -148,5 +182,9 @@ def describe_machine() -> dict[str, Any]:
 
     import psutil
 
-    return {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "python": platform.python_version(), "platform": platform.platform()}
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }

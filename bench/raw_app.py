@@ -17,10 +17,17 @@ app.conf.update(
     broker_url=os.environ.get("MESSAGE_BUS_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//"),
     broker_transport_options={"confirm_publish": True},
     # The same layout as the bus: an express worker (RAW_EXPRESS=1) takes raw.critical first.
-    task_queues=[Queue(q, routing_key=q, durable=True,
-                       consumer_arguments={"x-priority": 10}
-                       if os.environ.get("RAW_EXPRESS") == "1" and q == "raw.critical" else None)
-                 for q in RAW_QUEUES],
+    task_queues=[
+        Queue(
+            q,
+            routing_key=q,
+            durable=True,
+            consumer_arguments={"x-priority": 10}
+            if os.environ.get("RAW_EXPRESS") == "1" and q == "raw.critical"
+            else None,
+        )
+        for q in RAW_QUEUES
+    ],
     task_default_queue="raw.q",
     task_default_delivery_mode="persistent",
     task_acks_late=True,
@@ -37,8 +44,9 @@ _redis = None
 def _r() -> redis.Redis:
     global _redis
     if _redis is None:
-        _redis = redis.Redis.from_url(os.environ.get("MESSAGE_BUS_REDIS_URL",
-                                                     "redis://127.0.0.1:6379/0"))
+        _redis = redis.Redis.from_url(
+            os.environ.get("MESSAGE_BUS_REDIS_URL", "redis://127.0.0.1:6379/0")
+        )
     return _redis
 
 

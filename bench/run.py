@@ -1,6 +1,6 @@
 """Runs every workload with its baseline and prints a table (or one JSON object).
 
-    msgbus bench [--json] [--quick] [--only drain,latency,...] [--queue-type quorum]
+msgbus bench [--json] [--quick] [--only drain,latency,...] [--queue-type quorum]
 """
 
 from __future__ import annotations
@@ -32,9 +32,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     reps = 2 if quick else 3
     only = set(args.only.split(",")) if args.only else set(ALL)
     b = Bench(concurrency=args.concurrency, pool=args.pool, queue_type=args.queue_type)
-    out: dict[str, Any] = {"machine": describe_machine(), "queue_type": args.queue_type,
-                           "worker": {"pool": b.pool, "concurrency": b.concurrency},
-                           "quick": quick}
+    out: dict[str, Any] = {
+        "machine": describe_machine(),
+        "queue_type": args.queue_type,
+        "worker": {"pool": b.pool, "concurrency": b.concurrency},
+        "quick": quick,
+    }
     try:
         if only & {"drain", "batch"}:
             n = 1000 if quick else 3000
@@ -59,17 +62,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             }
             p = out["producer"]
             p["ratio_1_to_kombu_confirm"] = round(
-                p["bus_1_producer_per_s"]["median"] / p["kombu_confirm_per_s"]["median"], 3)
+                p["bus_1_producer_per_s"]["median"] / p["kombu_confirm_per_s"]["median"], 3
+            )
             _purge(b)
         if "latency" in only:
             seconds = 4 if quick else 10
             for rate in (200, 500):
                 raw = w.raw_latency(b, rate, seconds)
                 bus = w.bus_latency(b, rate, seconds)
-                out[f"latency_{rate}"] = {
-                    "bus": _pcts(bus), "raw": _pcts(raw), "samples": len(bus)}
+                out[f"latency_{rate}"] = {"bus": _pcts(bus), "raw": _pcts(raw), "samples": len(bus)}
                 out[f"latency_p99_ratio_{rate}"] = round(
-                    percentile(bus, 99) / max(percentile(raw, 99), 1e-6), 3)
+                    percentile(bus, 99) / max(percentile(raw, 99), 1e-6), 3
+                )
         if "priority" in only:
             backlog = 5000 if quick else 10000
             probes = 20
@@ -77,11 +81,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             busy = w.bus_priority(b, backlog, probes)
             raw_busy = w.raw_priority(b, backlog, probes)
             _purge(b)
-            out["priority"] = {"backlog": backlog, "no_backlog": _pcts(idle),
-                               "with_backlog": _pcts(busy), "raw_with_backlog": _pcts(raw_busy)}
+            out["priority"] = {
+                "backlog": backlog,
+                "no_backlog": _pcts(idle),
+                "with_backlog": _pcts(busy),
+                "raw_with_backlog": _pcts(raw_busy),
+            }
             out["priority_p99_ms"] = ms(percentile(busy, 99))
             out["priority_backlog_p99_ratio"] = round(
-                percentile(busy, 99) / max(percentile(idle, 99), 1e-6), 3)
+                percentile(busy, 99) / max(percentile(idle, 99), 1e-6), 3
+            )
         if "mcp" in only:
             out |= mcp(b, quick)
         if "footprint" in only:
@@ -92,8 +101,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _pcts(values: list[float]) -> dict[str, float]:
-    return {"p50_ms": ms(percentile(values, 50)), "p95_ms": ms(percentile(values, 95)),
-            "p99_ms": ms(percentile(values, 99)), "max_ms": ms(max(values))}
+    return {
+        "p50_ms": ms(percentile(values, 50)),
+        "p95_ms": ms(percentile(values, 95)),
+        "p99_ms": ms(percentile(values, 99)),
+        "max_ms": ms(max(values)),
+    }
 
 
 def _purge(b: Bench) -> None:
@@ -121,8 +134,21 @@ def mcp(b: Bench, quick: bool) -> dict[str, Any]:
         port = s.getsockname()[1]
     worker = b.start("workers.app", "bus.critical,bus.high,bus.normal,bus.low", "bus")
     server = subprocess.Popen(
-        [sys.executable, "-m", "mcp_server", "--http", "--port", str(port), "--tokens-file",
-         str(tokens)], cwd=ROOT, env=b.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "mcp_server",
+            "--http",
+            "--port",
+            str(port),
+            "--tokens-file",
+            str(tokens),
+        ],
+        cwd=ROOT,
+        env=b.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         import httpx
 
@@ -138,9 +164,10 @@ def mcp(b: Bench, quick: bool) -> dict[str, Any]:
         single = w.mcp_round_trips(b, calls, 1, port, token)
         eight = w.mcp_round_trips(b, calls // 4, 8, port, token)
         wakes = w.mcp_longpoll_wake(b, 10 if quick else 30, port, token)
-        return {"mcp": {"one_client": single, "eight_clients": eight,
-                        "longpoll_wake": _pcts(wakes)},
-                "mcp_longpoll_wake_p99_ms": ms(percentile(wakes, 99))}
+        return {
+            "mcp": {"one_client": single, "eight_clients": eight, "longpoll_wake": _pcts(wakes)},
+            "mcp_longpoll_wake_p99_ms": ms(percentile(wakes, 99)),
+        }
     finally:
         server.terminate()
         server.wait(10)
@@ -148,8 +175,11 @@ def mcp(b: Bench, quick: bool) -> dict[str, Any]:
 
 
 def table(result: dict[str, Any]) -> str:
-    lines = [f"machine: {result['machine']}", f"queues: {result['queue_type']}, worker "
-             f"{result['worker']['pool']} x{result['worker']['concurrency']}"]
+    lines = [
+        f"machine: {result['machine']}",
+        f"queues: {result['queue_type']}, worker "
+        f"{result['worker']['pool']} x{result['worker']['concurrency']}",
+    ]
 
     def row(name: str, value: Any) -> None:
         lines.append(f"  {name:<38} {value}")
@@ -158,8 +188,15 @@ def table(result: dict[str, Any]) -> str:
         if key in result:
             s = result[key]
             row(key, f"{s['median']:.0f}  (min {s['min']:.0f}, max {s['max']:.0f})")
-    for key in ("drain_ratio", "batch_ratio", "latency_p99_ratio_200", "latency_p99_ratio_500",
-                "priority_p99_ms", "priority_backlog_p99_ratio", "mcp_longpoll_wake_p99_ms"):
+    for key in (
+        "drain_ratio",
+        "batch_ratio",
+        "latency_p99_ratio_200",
+        "latency_p99_ratio_500",
+        "priority_p99_ms",
+        "priority_backlog_p99_ratio",
+        "mcp_longpoll_wake_p99_ms",
+    ):
         if key in result:
             row(key, result[key])
     for key in ("producer", "latency_200", "latency_500", "priority", "mcp", "footprint"):

@@ -15,10 +15,20 @@ from bench.harness import QUEUES, Bench, percentile, rss_mb, wait_until
 from bench.raw_app import app as raw_app
 
 
-def _queue_bus_sends(bus: Any, sender: str, reader: str, n: int, priority: str = "normal",
-                     payload: Any = None) -> list[str]:
-    return [bus.send_message({"from": sender, "to": reader, "payload": payload or {"i": i},
-                              "metadata": {"priority": priority}}).id for i in range(n)]
+def _queue_bus_sends(
+    bus: Any, sender: str, reader: str, n: int, priority: str = "normal", payload: Any = None
+) -> list[str]:
+    return [
+        bus.send_message(
+            {
+                "from": sender,
+                "to": reader,
+                "payload": payload or {"i": i},
+                "metadata": {"priority": priority},
+            }
+        ).id
+        for i in range(n)
+    ]
 
 
 def bus_drain(b: Bench, n: int) -> float:
@@ -32,15 +42,17 @@ def _drain(b: Bench, bus: Any, reader: str, n: int) -> float:
     worker = b.start("workers.app", QUEUES, "bus")
     b.started_and_consuming(worker, "bus.normal")
     t0 = time.monotonic()
-    t1 = wait_until(lambda: bus.runtime.store.inbox_depth(reader)[0] >= n, 600, "bus drain",
-                    interval=0.02)
+    t1 = wait_until(
+        lambda: bus.runtime.store.inbox_depth(reader)[0] >= n, 600, "bus drain", interval=0.02
+    )
     b.stop(worker)
     bus.close()
     return n / (t1 - t0)
 
 
-def _raw_publish(n: int, queue: str = "raw.q", task: str = "raw.noop",
-                 args: list[Any] | None = None) -> None:
+def _raw_publish(
+    n: int, queue: str = "raw.q", task: str = "raw.noop", args: list[Any] | None = None
+) -> None:
     for _ in range(n):
         raw_app.send_task(task, args=args or [], queue=queue)
 
@@ -59,8 +71,12 @@ def raw_drain(b: Bench, n: int) -> float:
 def bus_batch_drain(b: Bench, n: int) -> float:
     bus, reader = b.bus(), f"batch-{uuid.uuid4().hex[:6]}"
     for start in range(0, n, 100):
-        bus.send_batch([{"from": "bench-sender", "to": reader, "payload": {"i": i}}
-                        for i in range(start, min(start + 100, n))])
+        bus.send_batch(
+            [
+                {"from": "bench-sender", "to": reader, "payload": {"i": i}}
+                for i in range(start, min(start + 100, n))
+            ]
+        )
     return _drain(b, bus, reader, n)
 
 
@@ -115,8 +131,13 @@ def bus_latency(b: Bench, rate: float, seconds: float) -> list[float]:
     worker = b.start("workers.app", QUEUES, "bus")
     b.started_and_consuming(worker, "bus.normal")
     ids: list[str] = []
-    _paced(rate, seconds, lambda: ids.append(bus.send_message(
-        {"from": "bench-sender", "to": reader, "payload": {"i": len(ids)}}).id))
+    _paced(
+        rate,
+        seconds,
+        lambda: ids.append(
+            bus.send_message({"from": "bench-sender", "to": reader, "payload": {"i": len(ids)}}).id
+        ),
+    )
     wait_until(lambda: bus.runtime.store.inbox_depth(reader)[0] >= len(ids), 120, "latency run")
     b.stop(worker)
     latencies = _delivery_latencies(bus, ids)
@@ -138,8 +159,11 @@ def raw_latency(b: Bench, rate: float, seconds: float) -> list[float]:
     worker = b.start("bench.raw_app", "raw.q", "raw")
     b.started_and_consuming(worker, "raw.q")
     count = int(rate * seconds)
-    _paced(rate, seconds, lambda: raw_app.send_task("raw.stamp", args=[key, time.time()],
-                                                    queue="raw.q"))
+    _paced(
+        rate,
+        seconds,
+        lambda: raw_app.send_task("raw.stamp", args=[key, time.time()], queue="raw.q"),
+    )
     import redis
 
     client = redis.Redis.from_url(b.env["MESSAGE_BUS_REDIS_URL"])
@@ -154,15 +178,22 @@ def bus_priority(b: Bench, backlog: int, probes: int) -> list[float]:
         _queue_bus_sends(bus, "bench-sender", f"low-{uuid.uuid4().hex[:6]}", backlog, "low")
     reader = f"crit-{uuid.uuid4().hex[:6]}"
     worker = b.start("workers.app", QUEUES, "bus")
-    express = b.start("workers.app", "bus.critical,bus.high", "express",
-                      env={"MESSAGE_BUS_EXPRESS_WORKER": "1"})
+    express = b.start(
+        "workers.app", "bus.critical,bus.high", "express", env={"MESSAGE_BUS_EXPRESS_WORKER": "1"}
+    )
     b.started_and_consuming(worker, "bus.low")
     wait_until(lambda: b.consumers("bus.critical") >= 2, 60, "the express worker")
     waits = []
     for i in range(probes):
-        receipt = bus.send_message({"from": "bench-sender", "to": reader, "payload": {"i": i},
-                                    "metadata": {"priority": "critical"}})
-        wait_until(lambda: bus.runtime.store.inbox_depth(reader)[0] > i, 60, "critical message")
+        receipt = bus.send_message(
+            {
+                "from": "bench-sender",
+                "to": reader,
+                "payload": {"i": i},
+                "metadata": {"priority": "critical"},
+            }
+        )
+        wait_until(lambda i=i: bus.runtime.store.inbox_depth(reader)[0] > i, 60, "critical message")
         waits.extend(_delivery_latencies(bus, [receipt.id]))
     left = b.queue_state("bus.low")[0]
     b.stop(worker)
@@ -186,7 +217,7 @@ def raw_priority(b: Bench, backlog: int, probes: int) -> list[float]:
     wait_until(lambda: b.consumers("raw.critical") >= 2, 60, "the raw express worker")
     for i in range(probes):
         raw_app.send_task("raw.stamp", args=[key, time.time()], queue="raw.critical")
-        wait_until(lambda: client.llen(key) > i, 60, "raw critical task")
+        wait_until(lambda i=i: client.llen(key) > i, 60, "raw critical task")
     b.stop(worker)
     b.stop(express)
     with Connection(b.broker_url) as conn:
@@ -204,8 +235,9 @@ def footprint(b: Bench, n: int) -> dict[str, float]:
     sent = 200
     while sent < n:
         count = min(100, n - sent)
-        bus.send_batch([{"from": "bench-sender", "to": reader, "payload": {"i": i}}
-                        for i in range(count)])
+        bus.send_batch(
+            [{"from": "bench-sender", "to": reader, "payload": {"i": i}} for i in range(count)]
+        )
         sent += count
         if sent % 5000 == 0:  # keep the inbox bounded: ack as we go
             ids = [m.id for m in bus.read(reader, limit=500)]
@@ -225,9 +257,13 @@ def footprint(b: Bench, n: int) -> dict[str, float]:
     inbox = bus.runtime.keys.inbox(hist_reader)
     inbox_bytes = sum(bus.runtime.redis.memory_usage(k) or 0 for k in inbox.all())
     bus.close()
-    return {"worker_rss_before_mb": round(before, 1), "worker_rss_after_mb": round(after, 1),
-            "messages": n, "redis_bytes_per_history_entry_1kib": round(history_bytes / 500),
-            "redis_bytes_per_inbox_entry_1kib": round(inbox_bytes / 500)}
+    return {
+        "worker_rss_before_mb": round(before, 1),
+        "worker_rss_after_mb": round(after, 1),
+        "messages": n,
+        "redis_bytes_per_history_entry_1kib": round(history_bytes / 500),
+        "redis_bytes_per_inbox_entry_1kib": round(inbox_bytes / 500),
+    }
 
 
 def mcp_round_trips(b: Bench, calls: int, clients: int, port: int, token: str) -> dict[str, Any]:
@@ -237,8 +273,9 @@ def mcp_round_trips(b: Bench, calls: int, clients: int, port: int, token: str) -
 
     async def one_client(results: dict[str, list[float]]) -> None:
         http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60)
-        async with Client(streamable_http_client(f"http://127.0.0.1:{port}/mcp",
-                                                 http_client=http)) as client:
+        async with Client(
+            streamable_http_client(f"http://127.0.0.1:{port}/mcp", http_client=http)
+        ) as client:
             for _ in range(calls):
                 t0 = time.perf_counter()
                 await client.call_tool("send_message", {"to": "bench-sink", "payload": 1})
@@ -274,14 +311,18 @@ def mcp_longpoll_wake(b: Bench, probes: int, port: int, token: str) -> list[floa
     async def run() -> list[float]:
         wakes = []
         http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60)
-        async with Client(streamable_http_client(f"http://127.0.0.1:{port}/mcp",
-                                                 http_client=http)) as client:
+        async with Client(
+            streamable_http_client(f"http://127.0.0.1:{port}/mcp", http_client=http)
+        ) as client:
             for i in range(probes):
                 waiting = asyncio.create_task(
-                    client.call_tool("read_messages", {"wait_seconds": 10}))
+                    client.call_tool("read_messages", {"wait_seconds": 10})
+                )
                 await asyncio.sleep(0.2)
-                receipt = await asyncio.to_thread(bus.send_message, {
-                    "from": "bench-sender", "to": "bench-waiter", "payload": {"i": i}})
+                receipt = await asyncio.to_thread(
+                    bus.send_message,
+                    {"from": "bench-sender", "to": "bench-waiter", "payload": {"i": i}},
+                )
                 result = await waiting
                 returned = time.time()
                 status = bus.runtime.store.status(receipt.id)
@@ -294,4 +335,3 @@ def mcp_longpoll_wake(b: Bench, probes: int, port: int, token: str) -> list[floa
         return asyncio.run(run())
     finally:
         bus.close()
-

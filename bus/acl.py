@@ -58,9 +58,7 @@ class Policy:
         return cls.from_dict(data or {}, source=str(path), extra_admins=extra_admins)
 
     @classmethod
-    def from_dict(
-        cls, data: dict[str, Any], source: str = "ACL", extra_admins: Any = ()
-    ) -> Policy:
+    def from_dict(cls, data: dict[str, Any], source: str = "ACL", extra_admins: Any = ()) -> Policy:
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: the ACL must be a mapping")
         default = data.get("default", "allow")

@@ -29,9 +29,14 @@ except ImportError:  # pragma: no cover - older amqp
     MessageNacked = type("MessageNacked", (Exception,), {})  # type: ignore[misc,assignment]
 
 _BROKER_ERRORS = (OperationalError, KombuError, ConnectionError, OSError, TimeoutError)
-_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.5, "interval_max": 1,
-                 # a nack is an answer (queue full), not a connection problem: no retry
-                 "errback": None}
+_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0.1,
+    "interval_step": 0.5,
+    "interval_max": 1,
+    # a nack is an answer (queue full), not a connection problem: no retry
+    "errback": None,
+}
 
 
 def publisher_app(settings: Settings) -> Celery:

@@ -189,8 +189,14 @@ def read(agent: str, limit: int, wait: float, do_ack: bool, as_json: bool) -> No
 def ack(agent: str, ids: tuple[str, ...], as_json: bool) -> None:
     """Acknowledge messages AGENT has read."""
     result = _bus().ack(agent, list(ids))
-    emit(result, as_json, lambda r: f"acked {len(r.acked)}" + (
-        f"; not in inbox: {', '.join(r.not_found)}" if r.not_found else ""))
+    emit(
+        result,
+        as_json,
+        lambda r: (
+            f"acked {len(r.acked)}"
+            + (f"; not in inbox: {', '.join(r.not_found)}" if r.not_found else "")
+        ),
+    )
     if result.not_found and not result.acked:
         sys.exit(5)
 
@@ -215,8 +221,15 @@ def history(agent: str, limit: int, since: float | None, type_: str | None, as_j
 def status(message_id: str, as_json: bool) -> None:
     """Delivery status of a message."""
     st = _bus().status(message_id)
-    emit(st, as_json, lambda s: f"{s.status.value} attempts={s.attempts}"
-         + (f" reason={s.reason}" if s.reason else "") + (f" error={s.error}" if s.error else ""))
+    emit(
+        st,
+        as_json,
+        lambda s: (
+            f"{s.status.value} attempts={s.attempts}"
+            + (f" reason={s.reason}" if s.reason else "")
+            + (f" error={s.error}" if s.error else "")
+        ),
+    )
 
 
 @main.command()
@@ -245,11 +258,13 @@ def tail(agent: str, interval: float, as_json: bool) -> None:
 @click.option("--priorities", default=None, help="comma-separated priorities")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def subscribe(agent: str, topics: tuple[str, ...], types: str | None, priorities: str | None,
-              as_json: bool) -> None:
+def subscribe(
+    agent: str, topics: tuple[str, ...], types: str | None, priorities: str | None, as_json: bool
+) -> None:
     """Subscribe AGENT to TOPICS, optionally filtered."""
     subs = _bus().subscribe(
-        agent, list(topics),
+        agent,
+        list(topics),
         types=types.split(",") if types else None,
         priorities=priorities.split(",") if priorities else None,
     )
@@ -276,8 +291,9 @@ def dlq() -> None:
 
 
 def _dead_text(d: Any) -> str:
-    return (f"{d.id} {d.queue} reason={d.reason} attempts={d.attempts} replays={d.replays}"
-            + (f" error={d.error}" if d.error else ""))
+    return f"{d.id} {d.queue} reason={d.reason} attempts={d.attempts} replays={d.replays}" + (
+        f" error={d.error}" if d.error else ""
+    )
 
 
 @dlq.command("list")
@@ -345,11 +361,18 @@ def up(host: str, mcp_port: int, flower_port: int, no_services: bool) -> None:
 @click.option("--pool", "-P", default=None)
 @click.option("--queues", "-Q", default=None, help="default: all four priority queues")
 @click.option("--loglevel", "-l", default="INFO")
-@click.option("--express", is_flag=True,
-              help="serve only bus.critical and bus.high, ahead of other workers")
+@click.option(
+    "--express", is_flag=True, help="serve only bus.critical and bus.high, ahead of other workers"
+)
 @click.pass_context
-def worker(ctx: click.Context, concurrency: int | None, pool: str | None, queues: str | None,
-           loglevel: str, express: bool) -> None:
+def worker(
+    ctx: click.Context,
+    concurrency: int | None,
+    pool: str | None,
+    queues: str | None,
+    loglevel: str,
+    express: bool,
+) -> None:
     """Run a Celery worker delivering messages (extra args go to `celery worker`)."""
     from bus.topology import EXPRESS_QUEUES, PRIORITY_QUEUES
 
@@ -360,15 +383,33 @@ def worker(ctx: click.Context, concurrency: int | None, pool: str | None, queues
         concurrency = concurrency or 2
         if "-n" not in ctx.args and not any(a.startswith("--hostname") for a in ctx.args):
             ctx.args.extend(["-n", "express@%h"])  # a node name of its own (pidbox)
-    argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker",
-            "-Q", queues or ",".join(PRIORITY_QUEUES),
-            "-c", str(concurrency or settings.worker_concurrency),
-            "-P", pool or settings.worker_pool, "-l", loglevel, *ctx.args]
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.app",
+        "worker",
+        "-Q",
+        queues or ",".join(PRIORITY_QUEUES),
+        "-c",
+        str(concurrency or settings.worker_concurrency),
+        "-P",
+        pool or settings.worker_pool,
+        "-l",
+        loglevel,
+        *ctx.args,
+    ]
     os.execvp(argv[0], argv)
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
-                                "help_option_names": []})
+@main.command(
+    context_settings={
+        "ignore_unknown_options": True,
+        "allow_extra_args": True,
+        "help_option_names": [],
+    }
+)
 @click.pass_context
 def mcp(ctx: click.Context) -> None:
     """Run the MCP server: --agent A (stdio) or --http --host H --port P [--profile full]."""
@@ -376,8 +417,13 @@ def mcp(ctx: click.Context) -> None:
     os.execvp(argv[0], argv)
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
-                                "help_option_names": []})
+@main.command(
+    context_settings={
+        "ignore_unknown_options": True,
+        "allow_extra_args": True,
+        "help_option_names": [],
+    }
+)
 @click.pass_context
 def dashboard(ctx: click.Context) -> None:
     """Serve the bus dashboard alone (--host, --port 8766); also at /ui of `msgbus mcp --http`."""
@@ -390,8 +436,7 @@ def agent() -> None:
     """Worker agents (Python handlers on their own queue)."""
 
 
-@agent.command("run", context_settings={"ignore_unknown_options": True,
-                                        "allow_extra_args": True})
+@agent.command("run", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("spec")
 @click.pass_context
 def agent_run(ctx: click.Context, spec: str) -> None:
@@ -455,8 +500,11 @@ def audit_tail(count: int, follow: bool, as_json: bool) -> None:
     while True:
         for entry_id, fields in entries:
             last = entry_id
-            emit({"entry": entry_id, **fields}, as_json, lambda e: " ".join(
-                f"{k}={v}" for k, v in e.items()))
+            emit(
+                {"entry": entry_id, **fields},
+                as_json,
+                lambda e: " ".join(f"{k}={v}" for k, v in e.items()),
+            )
         if not follow:
             return
         with redis_errors("follow the audit log"):
@@ -468,8 +516,18 @@ def audit_tail(count: int, follow: bool, as_json: bool) -> None:
 @click.option("--loglevel", "-l", default="INFO")
 def beat(loglevel: str) -> None:
     """Run Celery beat (RedBeat: one beat across restarts) for the scheduled jobs."""
-    argv = [sys.executable, "-m", "celery", "-A", "workers.app", "beat",
-            "-S", "redbeat.RedBeatScheduler", "-l", loglevel]
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.app",
+        "beat",
+        "-S",
+        "redbeat.RedBeatScheduler",
+        "-l",
+        loglevel,
+    ]
     os.execvp(argv[0], argv)
 
 
@@ -481,10 +539,20 @@ def health(as_json: bool) -> None:
     from bus.health import check_health
 
     result = check_health(_bus().runtime)
-    emit(result, as_json, lambda h: "\n".join([
-        f"ready: {'yes' if h.ready else 'NO'}", f"redis: {h.redis}", f"broker: {h.broker}",
-        f"workers: {', '.join(h.workers) or 'none'}", f"dead letters: {h.dead_letters}",
-        "breakers: " + ", ".join(f"{k}={v}" for k, v in h.breakers.items())]))
+    emit(
+        result,
+        as_json,
+        lambda h: "\n".join(
+            [
+                f"ready: {'yes' if h.ready else 'NO'}",
+                f"redis: {h.redis}",
+                f"broker: {h.broker}",
+                f"workers: {', '.join(h.workers) or 'none'}",
+                f"dead letters: {h.dead_letters}",
+                "breakers: " + ", ".join(f"{k}={v}" for k, v in h.breakers.items()),
+            ]
+        ),
+    )
     if not result.ready:
         sys.exit(1)
 
@@ -496,11 +564,18 @@ def stats(as_json: bool) -> None:
     """Queue depths, agents, topics, subscriptions, inbox depths."""
     from bus.health import collect_stats
 
-    emit(collect_stats(_bus().runtime), as_json, lambda st: "\n".join(
-        [f"agents: {st.agents}  topics: {st.topics}  subscriptions: {st.subscriptions}",
-         "queues: " + ", ".join(f"{q}={n}" for q, n in st.queue_depths.items()),
-         f"dead letters: {st.dead_letters}"]
-        + [f"inbox {a}: {n}" for a, n in sorted(st.inbox_depths.items()) if n]))
+    emit(
+        collect_stats(_bus().runtime),
+        as_json,
+        lambda st: "\n".join(
+            [
+                f"agents: {st.agents}  topics: {st.topics}  subscriptions: {st.subscriptions}",
+                "queues: " + ", ".join(f"{q}={n}" for q, n in st.queue_depths.items()),
+                f"dead letters: {st.dead_letters}",
+            ]
+            + [f"inbox {a}: {n}" for a, n in sorted(st.inbox_depths.items()) if n]
+        ),
+    )
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -513,8 +588,17 @@ def flower(ctx: click.Context, address: str, port: int) -> None:
     from bus.errors import ConfigError
 
     settings = Settings()
-    argv = [sys.executable, "-m", "celery", "-A", "workers.app", "flower",
-            f"--address={address}", f"--port={port}", f"--broker-api={_management_api(settings)}"]
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.app",
+        "flower",
+        f"--address={address}",
+        f"--port={port}",
+        f"--broker-api={_management_api(settings)}",
+    ]
     if settings.flower_auth is not None:
         argv.append(f"--basic-auth={settings.flower_auth.get_secret_value()}")
     elif settings.mode == "production" or address not in ("127.0.0.1", "localhost"):
@@ -530,8 +614,13 @@ def _management_api(settings: Settings) -> str:
     return f"http://{user}:{password}@{url.hostname or '127.0.0.1'}:15672/api/"
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
-                                "help_option_names": []})
+@main.command(
+    context_settings={
+        "ignore_unknown_options": True,
+        "allow_extra_args": True,
+        "help_option_names": [],
+    }
+)
 @click.pass_context
 def bench(ctx: click.Context) -> None:
     """Benchmark the bus against raw Celery in one run (--json, --quick, --only ...)."""
@@ -547,7 +636,8 @@ def services() -> None:
 def _services_text(statuses: list[Any]) -> str:
     return "\n".join(
         f"{s.name}: {'running' if s.running else 'stopped'} {s.url}"
-        + (" (started by msgbus)" if s.managed else "") + (f" - {s.detail}" if s.detail else "")
+        + (" (started by msgbus)" if s.managed else "")
+        + (f" - {s.detail}" if s.detail else "")
         for s in statuses
     )
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
-from bus.errors import BusError, BusUnavailable, LimitExceeded, NotFound, ValidationError
 from bus import metrics, tracing
+from bus.errors import BusError, BusUnavailable, LimitExceeded, NotFound, ValidationError
 from bus.guard import Guard
 from bus.reader import Reader
 from bus.runtime import Runtime
@@ -101,9 +101,7 @@ class MessageBus:
         prepared = [self._prepare(m, where=f"messages[{i}].") for i, m in enumerate(messages)]
         return self._send(prepared, batch=True)
 
-    def request(
-        self, message: Message | dict[str, Any], timeout: float = 30.0
-    ) -> ReceivedMessage:
+    def request(self, message: Message | dict[str, Any], timeout: float = 30.0) -> ReceivedMessage:
         """Sends a request and waits for the response that carries its id as correlation_id.
 
         The response is taken out of the requester's inbox (read and acked) and returned.
@@ -156,17 +154,30 @@ class MessageBus:
 
     def _send(self, prepared: list[_Prepared], batch: bool = False) -> list[Receipt]:
         first = prepared[0].message
-        with tracing.span("bus.send", first.trace_id, message_id=first.id, sender=first.sender,
-                          count=len(prepared)):
+        with tracing.span(
+            "bus.send",
+            first.trace_id,
+            message_id=first.id,
+            sender=first.sender,
+            count=len(prepared),
+        ):
             return self._send_traced(prepared, batch)
 
     def _send_traced(self, prepared: list[_Prepared], batch: bool) -> list[Receipt]:
         degraded = False
         try:
             self.guard.rate_limit(prepared[0].message.sender, cost=len(prepared))
-            audit = [self.guard.audit_entry("send", p.message.sender, _target(p.message), "ok",
-                                            trace_id=p.message.trace_id, message_id=p.message.id)
-                     for p in prepared]
+            audit = [
+                self.guard.audit_entry(
+                    "send",
+                    p.message.sender,
+                    _target(p.message),
+                    "ok",
+                    trace_id=p.message.trace_id,
+                    message_id=p.message.id,
+                )
+                for p in prepared
+            ]
             duplicates = self.runtime.store.accept_many([p.record for p in prepared], audit)
         except BusUnavailable as exc:
             # Redis is down: the message still goes to RabbitMQ and waits there (the worker
@@ -180,14 +191,20 @@ class MessageBus:
             m = p.message
             if duplicate_of is not None:
                 receipts.append(
-                    Receipt(id=m.id, status=Status.duplicate, queue=m.priority.queue,
-                            trace_id=m.trace_id, duplicate_of=duplicate_of)
+                    Receipt(
+                        id=m.id,
+                        status=Status.duplicate,
+                        queue=m.priority.queue,
+                        trace_id=m.trace_id,
+                        duplicate_of=duplicate_of,
+                    )
                 )
             else:
                 fresh.append(p)
                 receipts.append(
-                    Receipt(id=m.id, status=Status.queued, queue=m.priority.queue,
-                            trace_id=m.trace_id)
+                    Receipt(
+                        id=m.id, status=Status.queued, queue=m.priority.queue, trace_id=m.trace_id
+                    )
                 )
         groups: dict[str, list[_Prepared]] = defaultdict(list)
         for p in fresh:
@@ -201,9 +218,15 @@ class MessageBus:
                 if not degraded:
                     self.runtime.store.revoke_many([p.record for g in pending for p in g])
                 for p in (p for g in pending for p in g):
-                    self.guard.audit("send", p.message.sender, _target(p.message), "failed",
-                                     trace_id=p.message.trace_id, message_id=p.message.id,
-                                     error=exc.code)
+                    self.guard.audit(
+                        "send",
+                        p.message.sender,
+                        _target(p.message),
+                        "failed",
+                        trace_id=p.message.trace_id,
+                        message_id=p.message.id,
+                        error=exc.code,
+                    )
                 raise
             pending.pop(0)
         for p, receipt in zip(prepared, receipts, strict=True):
@@ -218,14 +241,22 @@ class MessageBus:
             # (the longest ttl); each message's own ttl is still checked at delivery.
             longest = max(ttls) if all(t is not None for t in ttls) else None  # type: ignore[type-var]
             self.runtime.broker.publish(
-                DELIVER_BATCH_TASK, [[p.wire for p in group]], queue=first.priority.queue,
-                task_id=str(uuid.uuid4()), expiration=longest,
-                headers={"trace_id": first.trace_id}, summary=f"<batch of {len(group)}>",
+                DELIVER_BATCH_TASK,
+                [[p.wire for p in group]],
+                queue=first.priority.queue,
+                task_id=str(uuid.uuid4()),
+                expiration=longest,
+                headers={"trace_id": first.trace_id},
+                summary=f"<batch of {len(group)}>",
             )
             return
         self.runtime.broker.publish(
-            DELIVER_TASK, [group[0].wire], queue=first.priority.queue, task_id=first.id,
-            expiration=first.metadata.ttl, headers={"trace_id": first.trace_id},
+            DELIVER_TASK,
+            [group[0].wire],
+            queue=first.priority.queue,
+            task_id=first.id,
+            expiration=first.metadata.ttl,
+            headers={"trace_id": first.trace_id},
             summary=f"<message {first.id} {first.type.value} from {first.sender}>",
         )
 
@@ -308,8 +339,9 @@ class MessageBus:
                 limit="max_topics_per_subscription",
             )
         subs = [
-            parse(Subscription, {"agent": agent, "topic": t, "types": types,
-                                 "priorities": priorities})
+            parse(
+                Subscription, {"agent": agent, "topic": t, "types": types, "priorities": priorities}
+            )
             for t in dict.fromkeys(topics)
         ]
         for topic in dict.fromkeys(topics):

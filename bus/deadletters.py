@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from kombu import Connection
 from kombu.message import Message as AmqpMessage
 
 from bus import topology
@@ -27,8 +26,9 @@ logger = logging.getLogger(__name__)
 
 REPLAYS_HEADER = "x-bus-replays"
 # Causes worth another try; bad signatures, expiry, malformed or denied messages are not.
-TRANSIENT_REASONS = frozenset({"retries_exhausted", "unavailable", "handler_failed",
-                               "delivery_limit"})
+TRANSIENT_REASONS = frozenset(
+    {"retries_exhausted", "unavailable", "handler_failed", "delivery_limit"}
+)
 
 
 class _Entry:
@@ -56,7 +56,9 @@ class _Entry:
         self.malformed = not self.wires
         if self.malformed:
             self.wires = [{"id": str(self.headers.get("id") or "unknown"), "raw": first}]
-        self.last_error: str | None = (kwargs or {}).get("last_error") if isinstance(kwargs, dict) else None
+        self.last_error: str | None = (
+            (kwargs or {}).get("last_error") if isinstance(kwargs, dict) else None
+        )
         deaths = self.headers.get("x-death") or [{}]
         self.death: dict[str, Any] = deaths[0] if isinstance(deaths, list) and deaths else {}
 
@@ -78,6 +80,7 @@ class DeadLetterQueue:
             channel = conn.channel()
             queue = topology.dead_letter_queue(self.runtime.settings)(channel)
             try:
+
                 def get() -> _Entry | None:
                     message = queue.get(no_ack=False, accept=["json"])
                     return _Entry(message) if message is not None else None
@@ -100,7 +103,9 @@ class DeadLetterQueue:
     def depth(self) -> int:
         return self._depth()
 
-    def _describe(self, entry: _Entry, wire: dict[str, Any], statuses: dict[str, dict[str, str]]) -> DeadLetter:
+    def _describe(
+        self, entry: _Entry, wire: dict[str, Any], statuses: dict[str, dict[str, str]]
+    ) -> DeadLetter:
         message_id = str(wire.get("id"))
         status = statuses.get(message_id, {})
         meta = wire.get("metadata") or {}
@@ -115,7 +120,9 @@ class DeadLetterQueue:
             queue=str(death.get("queue") or Priority(meta.get("priority", "normal")).queue),
             reason=reason,
             error=status.get("error") or entry.last_error,
-            attempts=max(int(status.get("attempts") or 0), int(entry.headers.get("retries") or 0) + 1),
+            attempts=max(
+                int(status.get("attempts") or 0), int(entry.headers.get("retries") or 0) + 1
+            ),
             replays=replays,
             dead_at=dead_at if isinstance(dead_at, datetime) else None,
             message=wire,
@@ -177,8 +184,11 @@ class DeadLetterQueue:
         raise NotFound(f"no dead letter with id {message_id!r}", id=message_id)
 
     def _settle(
-        self, ids: list[str] | None, action: Callable[[_Entry, dict[str, Any]], None] | None,
-        select: Callable[[DeadLetter], bool] | None = None, limit: int | None = None,
+        self,
+        ids: list[str] | None,
+        action: Callable[[_Entry, dict[str, Any]], None] | None,
+        select: Callable[[DeadLetter], bool] | None = None,
+        limit: int | None = None,
     ) -> list[str]:
         """Applies `action` to the chosen wires (all when ids is None) and removes their
         broker messages; a batch entry's unchosen wires go back to the dead letters."""
@@ -213,12 +223,19 @@ class DeadLetterQueue:
         with broker_errors("return dead letters"), self.runtime.broker.connection() as conn:
             producer = conn.Producer()
             producer.publish(
-                [[wires], {}, {}], exchange=topology.DLX, routing_key="", serializer="json",
-                headers=entry.headers, delivery_mode=2, retry=True,
+                [[wires], {}, {}],
+                exchange=topology.DLX,
+                routing_key="",
+                serializer="json",
+                headers=entry.headers,
+                delivery_mode=2,
+                retry=True,
             )
 
     def replay(
-        self, ids: list[str] | None, select: Callable[[DeadLetter], bool] | None = None,
+        self,
+        ids: list[str] | None,
+        select: Callable[[DeadLetter], bool] | None = None,
         limit: int | None = None,
     ) -> list[str]:
         """Replays the chosen dead letters (all when ids is None), at most `limit` of them."""
@@ -230,9 +247,11 @@ class DeadLetterQueue:
         meta = wire.get("metadata") or {}
         if entry.agent is not None:
             self.runtime.broker.publish(
-                topology.HANDLE_TASK, [entry.agent, wire],
+                topology.HANDLE_TASK,
+                [entry.agent, wire],
                 queue=topology.agent_queue(self.runtime.settings, entry.agent),
-                task_id=f"{message_id}:{entry.agent}", headers={REPLAYS_HEADER: replays},
+                task_id=f"{message_id}:{entry.agent}",
+                headers={REPLAYS_HEADER: replays},
                 summary=f"<message {message_id} for {entry.agent} replay {replays}>",
             )
             self._record_replay(message_id, replays)
@@ -241,8 +260,12 @@ class DeadLetterQueue:
         if queue not in topology.PRIORITY_QUEUES:
             queue = Priority(meta.get("priority", "normal")).queue
         self.runtime.broker.publish(
-            DELIVER_TASK, [wire], queue=queue, task_id=message_id,
-            headers={REPLAYS_HEADER: replays}, summary=f"<message {message_id} replay {replays}>",
+            DELIVER_TASK,
+            [wire],
+            queue=queue,
+            task_id=message_id,
+            headers={REPLAYS_HEADER: replays},
+            summary=f"<message {message_id} replay {replays}>",
         )
         self._record_replay(message_id, replays)
 

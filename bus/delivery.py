@@ -96,7 +96,9 @@ class Deliverer:
             return [to]
         topic = wire.get("topic")
         if not topic:
-            raise PermanentFailure("message has no recipient, topic or broadcast", reason="malformed")
+            raise PermanentFailure(
+                "message has no recipient, topic or broadcast", reason="malformed"
+            )
         meta = wire.get("metadata") or {}
         priority = meta.get("priority", "normal")
         [subscribers] = self.store.topic_subscribers([topic])
@@ -128,8 +130,9 @@ class Deliverer:
 
     def deliver(self, wire: dict[str, Any], attempts: int) -> Outcome:
         trace_id = wire.get("trace_id") if isinstance(wire, dict) else None
-        with tracing.span("bus.deliver", trace_id, message_id=wire.get("id"),
-                          attempts=attempts) as current:
+        with tracing.span(
+            "bus.deliver", trace_id, message_id=wire.get("id"), attempts=attempts
+        ) as current:
             args = self._delivery_args(wire, attempts)
             delivered = self.store.deliver(**args)
             if current is not None:
@@ -172,8 +175,14 @@ class Deliverer:
             return
         try:
             self.store.advance_status(
-                [message_id], status, force=force, reason=reason, error=error[:500],
+                [message_id],
+                status,
+                force=force,
+                reason=reason,
+                error=error[:500],
                 attempts=attempts,
             )
         except BusUnavailable:
-            logger.warning("could not record status %s for %s: Redis unavailable", status, message_id)
+            logger.warning(
+                "could not record status %s for %s: Redis unavailable", status, message_id
+            )

@@ -24,7 +24,6 @@ logger = logging.getLogger(__name__)
 audit_logger = logging.getLogger("bus.audit")
 
 
-
 class Guard:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -68,7 +67,9 @@ class Guard:
     def may_read(self, agent: str, owner: str) -> None:
         """An agent reads its own inbox and history; reading another's needs admin."""
         if agent != owner and not self.policy.is_admin(agent):
-            raise self._deny(agent, "read the messages of", owner, "own inbox only (admins may read any)")
+            raise self._deny(
+                agent, "read the messages of", owner, "own inbox only (admins may read any)"
+            )
 
     # -- rate limiting ---------------------------------------------------------------------
 
@@ -99,8 +100,9 @@ class Guard:
     # -- audit -----------------------------------------------------------------------------
 
     @staticmethod
-    def audit_entry(action: str, agent: str, target: str, outcome: str,
-                    **fields: Any) -> dict[str, str]:
+    def audit_entry(
+        action: str, agent: str, target: str, outcome: str, **fields: Any
+    ) -> dict[str, str]:
         """Builds an entry and writes its log line (the stream write may ride a pipeline)."""
         entry = {"action": action, "agent": agent, "target": target, "outcome": outcome}
         entry |= {k: str(v) for k, v in fields.items() if v is not None}

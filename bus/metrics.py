@@ -17,11 +17,14 @@ from bus.breaker import BREAKERS, STATE_VALUE
 logger = logging.getLogger(__name__)
 
 MESSAGES = Counter(
-    "message_bus_messages", "Messages by type, priority and status reached",
+    "message_bus_messages",
+    "Messages by type, priority and status reached",
     ["type", "priority", "status"],
 )
 DURATION = Histogram(
-    "message_bus_message_duration_seconds", "Send to delivered-in-inbox latency", ["type"],
+    "message_bus_message_duration_seconds",
+    "Send to delivered-in-inbox latency",
+    ["type"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 ERRORS = Counter("message_bus_errors", "Errors by kind", ["kind"])
@@ -34,8 +37,9 @@ SUBSCRIPTIONS = Gauge("message_bus_subscriptions", "Topic subscriptions")
 
 def count(message: dict[str, Any], status: str) -> None:
     meta = message.get("metadata") or {}
-    MESSAGES.labels(str(message.get("type", "event")), str(meta.get("priority", "normal")),
-                    status).inc()
+    MESSAGES.labels(
+        str(message.get("type", "event")), str(meta.get("priority", "normal")), status
+    ).inc()
 
 
 def _on_circuit(target: str, state: str) -> None:
@@ -43,11 +47,29 @@ def _on_circuit(target: str, state: str) -> None:
 
 
 # Every documented series exists from the start, so dashboards and alerts see zeros, not gaps.
-for _type in ("request", "response", "event", "command", "query", "notification", "broadcast",
-              "error"):
+for _type in (
+    "request",
+    "response",
+    "event",
+    "command",
+    "query",
+    "notification",
+    "broadcast",
+    "error",
+):
     DURATION.labels(_type)
-for _kind in ("unavailable", "bad_signature", "expired", "retries_exhausted", "handler_failed",
-              "malformed", "stale", "bad_timestamp", "rate_limited", "forbidden"):
+for _kind in (
+    "unavailable",
+    "bad_signature",
+    "expired",
+    "retries_exhausted",
+    "handler_failed",
+    "malformed",
+    "stale",
+    "bad_timestamp",
+    "rate_limited",
+    "forbidden",
+):
     ERRORS.labels(_kind)
 
 for _breaker in BREAKERS.values():

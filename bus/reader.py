@@ -29,7 +29,10 @@ class Reader:
         self.runtime = runtime
 
     def decode(
-        self, wire: str | dict[str, Any], *, delivery_count: int = 1,
+        self,
+        wire: str | dict[str, Any],
+        *,
+        delivery_count: int = 1,
         lease_expires_ms: int | None = None,
     ) -> ReceivedMessage:
         data = orjson.loads(wire) if isinstance(wire, str) else dict(wire)
@@ -41,7 +44,9 @@ class Reader:
             if not verified:
                 raise BusError("signature does not verify; payload withheld")
             data["payload"] = codec.decode_payload(
-                data["id"], data.get("payload"), meta.get("compression", "none"),
+                data["id"],
+                data.get("payload"),
+                meta.get("compression", "none"),
                 bool(meta.get("encrypted")),
             )
         except BusError as exc:
@@ -56,7 +61,8 @@ class Reader:
                 "delivery_count": delivery_count,
                 "lease_expires_at": (
                     datetime.fromtimestamp(lease_expires_ms / 1000, UTC)
-                    if lease_expires_ms else None
+                    if lease_expires_ms
+                    else None
                 ),
                 "verified": verified,
             }
@@ -65,7 +71,8 @@ class Reader:
     def _decode_leased(self, leased: list[Leased]) -> list[ReceivedMessage]:
         return [
             self.decode(
-                item.wire, delivery_count=item.delivery_count,
+                item.wire,
+                delivery_count=item.delivery_count,
                 lease_expires_ms=item.lease_expires_ms,
             )
             for item in leased
@@ -87,9 +94,7 @@ class Reader:
                 pass  # one span per message read, joined to the message's trace
         return messages
 
-    def _wait_and_lease(
-        self, agent: str, limit: int, lease: float, wait: float
-    ) -> list[Leased]:
+    def _wait_and_lease(self, agent: str, limit: int, lease: float, wait: float) -> list[Leased]:
         store = self.runtime.store
         deadline = time.monotonic() + wait
         with redis_errors("wait for messages"):

@@ -61,14 +61,21 @@ def _answers(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def _run(*argv: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+def _run(
+    *argv: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def _ensure_installed(binaries: dict[str, str]) -> None:
     """binaries: executable -> Debian package."""
-    missing = {exe: pkg for exe, pkg in binaries.items() if not shutil.which(exe)
-               and not Path(f"/usr/sbin/{exe}").exists()}
+    missing = {
+        exe: pkg
+        for exe, pkg in binaries.items()
+        if not shutil.which(exe) and not Path(f"/usr/sbin/{exe}").exists()
+    }
     if not missing:
         return
     if os.geteuid() != 0:
@@ -96,10 +103,27 @@ def _start_redis(port: int, state: Path, timeout: float) -> None:
     data.mkdir(parents=True, exist_ok=True)
     log = data / "redis.log"
     result = _run(
-        "redis-server", "--bind", "127.0.0.1", "--port", str(port), "--daemonize", "yes",
-        "--dir", str(data), "--appendonly", "yes", "--appendfsync", "everysec",
-        "--save", "", "--pidfile", str(data / "redis.pid"), "--logfile", str(log),
-        "--maxmemory-policy", "noeviction",
+        "redis-server",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--daemonize",
+        "yes",
+        "--dir",
+        str(data),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--save",
+        "",
+        "--pidfile",
+        str(data / "redis.pid"),
+        "--logfile",
+        str(log),
+        "--maxmemory-policy",
+        "noeviction",
     )
     if result.returncode != 0:
         raise ServicesError(f"redis-server failed to start: {result.stderr or result.stdout}")
@@ -150,8 +174,13 @@ def _start_rabbitmq(port: int, state: Path, timeout: float) -> None:
     log = base / "log" / "server.out"
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            ["rabbitmq-server"], env=env, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
-            start_new_session=True, cwd=base,
+            ["rabbitmq-server"],
+            env=env,
+            stdout=out,
+            stderr=out,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=base,
         )
 
     def up_or_dead() -> bool:
@@ -212,8 +241,12 @@ def services_status(
     bhost, bport = _host_port(broker_url, 5672)
     return [
         ServiceStatus("redis", redis_url, _answers(rhost, rport), _managed(state, "redis", rport)),
-        ServiceStatus("rabbitmq", _safe(broker_url), _answers(bhost, bport),
-                      _managed(state, "rabbitmq", bport)),
+        ServiceStatus(
+            "rabbitmq",
+            _safe(broker_url),
+            _answers(bhost, bport),
+            _managed(state, "rabbitmq", bport),
+        ),
     ]
 
 
@@ -274,8 +307,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc.message}", file=sys.stderr)
         return exc.exit_code
     for s in statuses:
-        print(f"{s.name}: {'running' if s.running else 'stopped'} {s.url}"
-              + (" (managed)" if s.managed else "") + (f" {s.detail}" if s.detail else ""))
+        print(
+            f"{s.name}: {'running' if s.running else 'stopped'} {s.url}"
+            + (" (managed)" if s.managed else "")
+            + (f" {s.detail}" if s.detail else "")
+        )
     return 0 if args.action != "status" or all(s.running for s in statuses) else 1
 
 

@@ -75,8 +75,11 @@ class Settings(BaseSettings):
     purge_interval: float = Field(default=3600.0, gt=0, description="beat: purge expired data")
     stats_interval: float = Field(default=15.0, gt=0, description="beat: queue stats")
     history_retention: int = Field(default=30 * 86_400, ge=60, description="seconds")
-    task_events: bool = Field(default=False, description="Celery task events from the start "
-                              "(Flower also switches worker events on when it connects)")
+    task_events: bool = Field(
+        default=False,
+        description="Celery task events from the start "
+        "(Flower also switches worker events on when it connects)",
+    )
     flower_auth: SecretStr | None = None
     worker_concurrency: int = Field(default=4, ge=1)
     worker_pool: Literal["threads", "prefork", "solo", "gevent", "eventlet"] = "threads"

@@ -80,11 +80,24 @@ class RedisStore:
             pipe = self.redis.pipeline(transaction=False)
             for rec in accepted:
                 self._accept(
-                    keys=[k.dedup(rec.dedup_key), k.status(rec.id), k.agents, k.history(rec.sender),
-                          k.dedup_id(rec.id), sent_bucket],
+                    keys=[
+                        k.dedup(rec.dedup_key),
+                        k.status(rec.id),
+                        k.agents,
+                        k.history(rec.sender),
+                        k.dedup_id(rec.id),
+                        sent_bucket,
+                    ],
                     args=[
-                        rec.id, now, self.dedup_window, self.status_retention, rec.queue,
-                        rec.sender, rec.wire, rec.ts_ms, self.history_limit,
+                        rec.id,
+                        now,
+                        self.dedup_window,
+                        self.status_retention,
+                        rec.queue,
+                        rec.sender,
+                        rec.wire,
+                        rec.ts_ms,
+                        self.history_limit,
                         rec.expires_ms or "",
                     ],
                     client=pipe,
@@ -100,8 +113,12 @@ class RedisStore:
             pipe = self.redis.pipeline(transaction=False)
             for rec in accepted:
                 self._revoke(
-                    keys=[k.dedup(rec.dedup_key), k.status(rec.id), k.history(rec.sender),
-                          k.dedup_id(rec.id)],
+                    keys=[
+                        k.dedup(rec.dedup_key),
+                        k.status(rec.id),
+                        k.history(rec.sender),
+                        k.dedup_id(rec.id),
+                    ],
                     args=[rec.id, rec.wire],
                     client=pipe,
                 )
@@ -125,13 +142,23 @@ class RedisStore:
         k = self.keys
         now = now_ms()
         keys = [
-            k.status(message_id), k.delivered(message_id), k.agents, k.inbox_seq,
+            k.status(message_id),
+            k.delivered(message_id),
+            k.agents,
+            k.inbox_seq,
             k.reply(correlation_id) if correlation_id else k.status(message_id),
             k.rate_bucket("delivered", now // 1000),
         ]
         args: list[Any] = [
-            message_id, wire, rank, now, self.history_limit, self.status_retention,
-            attempts, k.reply_channel(correlation_id) if correlation_id else "", ts_ms,
+            message_id,
+            wire,
+            rank,
+            now,
+            self.history_limit,
+            self.status_retention,
+            attempts,
+            k.reply_channel(correlation_id) if correlation_id else "",
+            ts_ms,
         ]
         for agent in recipients:
             inbox = k.inbox(agent)
@@ -261,9 +288,7 @@ class RedisStore:
         for name, value in fields.items():
             args += [name, "" if value is None else value]
         with redis_errors("update message status"):
-            return int(
-                self._advance(keys=[self.keys.status(i) for i in ids], args=args)
-            )
+            return int(self._advance(keys=[self.keys.status(i) for i in ids], args=args))
 
     def status(self, message_id: str) -> dict[str, str]:
         with redis_errors("read message status"):
@@ -282,9 +307,7 @@ class RedisStore:
         keys = [k.subscriptions(agent), k.topics] + [k.topic(t) for t in topics]
         with redis_errors("subscribe"):
             total = int(
-                self._subscribe(
-                    keys=keys, args=[agent, max_topics, orjson.dumps(filters), *topics]
-                )
+                self._subscribe(keys=keys, args=[agent, max_topics, orjson.dumps(filters), *topics])
             )
         if total < 0:
             current = -total - 1

@@ -47,26 +47,46 @@ class Child:
 def plan(settings: Settings, host: str, mcp_port: int, flower_port: int) -> list[Child]:
     py = sys.executable
     children = [
-        Child("worker", [py, "-m", "bus.cli", "worker"],
-              f"delivery on bus.critical/high/normal/low; metrics http://127.0.0.1:"
-              f"{settings.metrics_port}/metrics" if settings.metrics_port else "delivery"),
-        Child("express", [py, "-m", "bus.cli", "worker", "--express"],
-              "bus.critical and bus.high first (consumer priority), never behind a backlog"),
-        Child("beat", [py, "-m", "bus.cli", "beat"],
-              "scheduled replay, purge and queue-stats jobs"),
-        Child("mcp", [py, "-m", "mcp_server", "--http", "--host", host, "--port", str(mcp_port)],
-              f"MCP http://{host}:{mcp_port}/mcp  dashboard http://{host}:{mcp_port}/ui  "
-              f"metrics http://{host}:{mcp_port}/metrics"),
+        Child(
+            "worker",
+            [py, "-m", "bus.cli", "worker"],
+            f"delivery on bus.critical/high/normal/low; metrics http://127.0.0.1:"
+            f"{settings.metrics_port}/metrics"
+            if settings.metrics_port
+            else "delivery",
+        ),
+        Child(
+            "express",
+            [py, "-m", "bus.cli", "worker", "--express"],
+            "bus.critical and bus.high first (consumer priority), never behind a backlog",
+        ),
+        Child(
+            "beat", [py, "-m", "bus.cli", "beat"], "scheduled replay, purge and queue-stats jobs"
+        ),
+        Child(
+            "mcp",
+            [py, "-m", "mcp_server", "--http", "--host", host, "--port", str(mcp_port)],
+            f"MCP http://{host}:{mcp_port}/mcp  dashboard http://{host}:{mcp_port}/ui  "
+            f"metrics http://{host}:{mcp_port}/metrics",
+        ),
     ]
     if flower_port:
-        children.append(Child("flower", [py, "-m", "bus.cli", "flower", "--address", host,
-                                         "--port", str(flower_port)],
-                              f"Flower http://{host}:{flower_port}/"))
+        children.append(
+            Child(
+                "flower",
+                [py, "-m", "bus.cli", "flower", "--address", host, "--port", str(flower_port)],
+                f"Flower http://{host}:{flower_port}/",
+            )
+        )
     return children
 
 
-def run(host: str = "127.0.0.1", mcp_port: int = 8765, flower_port: int = 5555,
-        start_services: bool = True) -> int:
+def run(
+    host: str = "127.0.0.1",
+    mcp_port: int = 8765,
+    flower_port: int = 5555,
+    start_services: bool = True,
+) -> int:
     settings = Settings()
     settings.signing_keys  # noqa: B018 - a production bus without a secret stops here
     if start_services:
@@ -100,8 +120,11 @@ def run(host: str = "127.0.0.1", mcp_port: int = 8765, flower_port: int = 5555,
                 assert child.proc is not None
                 backoff = min(30.0, 2.0 ** min(child.restarts, 5))
                 child.next_start, child.restarts = now + backoff, child.restarts + 1
-                print(f"  {child.name} exited ({child.proc.returncode}); "
-                      f"restarting in {backoff:.0f}s", flush=True)
+                print(
+                    f"  {child.name} exited ({child.proc.returncode}); "
+                    f"restarting in {backoff:.0f}s",
+                    flush=True,
+                )
             elif now >= child.next_start:
                 child.next_start = 0.0
                 child.start(env)

@@ -70,7 +70,8 @@ class TokenFile:
     def revoke(self, agent: str | None = None, token: str | None = None) -> int:
         tokens = dict(self._load())
         doomed = [
-            h for h, e in tokens.items()
+            h
+            for h, e in tokens.items()
             if (token is not None and hmac.compare_digest(h, hash_token(token)))
             or (agent is not None and token is None and e["agent"] == agent)
         ]

@@ -20,7 +20,9 @@ DEAD_LETTER_QUEUE = "bus.dead_letter"
 DELIVER_TASK = "bus.deliver"
 DELIVER_BATCH_TASK = "bus.deliver_batch"
 HANDLE_TASK = "bus.handle"
-PRIORITY_QUEUES = [p.queue for p in (Priority.critical, Priority.high, Priority.normal, Priority.low)]
+PRIORITY_QUEUES = [
+    p.queue for p in (Priority.critical, Priority.high, Priority.normal, Priority.low)
+]
 # Quorum queues drop a message redelivered this many times (a worker that keeps dying on
 # it); with at-least-once dead-lettering it lands in bus.dead_letter instead of vanishing.
 QUORUM_DELIVERY_LIMIT = 20
@@ -52,9 +54,16 @@ EXPRESS_CONSUMER_PRIORITY = 10
 def priority_queues(settings: Settings, express: bool = False) -> list[Queue]:
     args = queue_arguments(settings)
     return [
-        Queue(name, bus_exchange, routing_key=name, durable=True, queue_arguments=args,
-              consumer_arguments={"x-priority": EXPRESS_CONSUMER_PRIORITY}
-              if express and name in EXPRESS_QUEUES else None)
+        Queue(
+            name,
+            bus_exchange,
+            routing_key=name,
+            durable=True,
+            queue_arguments=args,
+            consumer_arguments={"x-priority": EXPRESS_CONSUMER_PRIORITY}
+            if express and name in EXPRESS_QUEUES
+            else None,
+        )
         for name in PRIORITY_QUEUES
     ]
 
@@ -62,14 +71,22 @@ def priority_queues(settings: Settings, express: bool = False) -> list[Queue]:
 def agent_queue(settings: Settings, agent: str) -> Queue:
     """A worker agent's own queue ``agent.<name>``, dead-lettering like the others."""
     name = f"agent.{agent}"
-    return Queue(name, bus_exchange, routing_key=name, durable=True,
-                 queue_arguments=queue_arguments(settings))
+    return Queue(
+        name,
+        bus_exchange,
+        routing_key=name,
+        durable=True,
+        queue_arguments=queue_arguments(settings),
+    )
 
 
 def dead_letter_queue(settings: Settings) -> Queue:
     args = {"x-queue-type": "quorum"} if settings.queue_type == "quorum" else {}
     return Queue(
-        DEAD_LETTER_QUEUE, dead_letter_exchange, routing_key="", durable=True,
+        DEAD_LETTER_QUEUE,
+        dead_letter_exchange,
+        routing_key="",
+        durable=True,
         queue_arguments=args,
     )
 

@@ -29,9 +29,12 @@ def span(name: str, trace_id: str | None, **attributes: Any) -> Iterator[Any]:
     context = None
     if trace_id:
         try:
-            parent = SpanContext(trace_id=int(trace_id, 16) & ((1 << 128) - 1),
-                                 span_id=int.from_bytes(secrets.token_bytes(8), "big") or 1,
-                                 is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+            parent = SpanContext(
+                trace_id=int(trace_id, 16) & ((1 << 128) - 1),
+                span_id=int.from_bytes(secrets.token_bytes(8), "big") or 1,
+                is_remote=True,
+                trace_flags=TraceFlags(TraceFlags.SAMPLED),
+            )
             context = trace.set_span_in_context(NonRecordingSpan(parent))
         except ValueError:
             context = None

@@ -92,11 +92,17 @@ def dashboard_routes(bus: MessageBus, tokens: TokenFile) -> list[Route]:
         queue = bus.dead_letter_queue
         if request.path_params["action"] == "replay":
             bus.guard.require_admin(agent, "replay dead letters")
-            done = await run(queue.replay, None if everything else list(ids or []),
-                             limit=REPLAY_CHUNK if everything else None)
+            done = await run(
+                queue.replay,
+                None if everything else list(ids or []),
+                limit=REPLAY_CHUNK if everything else None,
+            )
         else:
-            done = await run(queue.purge, None if everything else list(ids or []),
-                             limit=REPLAY_CHUNK if everything else None)
+            done = await run(
+                queue.purge,
+                None if everything else list(ids or []),
+                limit=REPLAY_CHUNK if everything else None,
+            )
         for message_id in done:
             bus.guard.audit(request.path_params["action"], agent, message_id, "ok")
         remaining = await run(queue.depth)
@@ -128,7 +134,9 @@ def main() -> None:
     args = parser.parse_args()
     configure("WARNING")
     settings = Settings()
-    tokens = TokenFile(args.tokens_file or settings.tokens_file or settings.state_dir / "tokens.json")
+    tokens = TokenFile(
+        args.tokens_file or settings.tokens_file or settings.state_dir / "tokens.json"
+    )
     app = Starlette(routes=dashboard_routes(MessageBus(settings), tokens))
     print(f"dashboard on http://{args.host}:{args.port}/ui", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -8,9 +8,9 @@ from typing import Any
 
 import anyio
 from mcp.server.transport_security import TransportSecuritySettings
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import JSONResponse, Response
 
 from bus.health import check_health
@@ -33,7 +33,12 @@ def transport_security(host: str, port: int) -> TransportSecuritySettings:
 
 
 def build_app(
-    server: BusServer, events: InboxEvents, settings: Settings, *, host: str, port: int,
+    server: BusServer,
+    events: InboxEvents,
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
     tokens: TokenFile | None = None,
 ) -> Starlette:
     async def healthz(request: Request) -> JSONResponse:
@@ -41,7 +46,9 @@ def build_app(
 
     async def readyz(request: Request) -> JSONResponse:
         health = await anyio.to_thread.run_sync(lambda: check_health(server.bus.runtime))
-        return JSONResponse(health.model_dump(mode="json"), status_code=200 if health.ready else 503)
+        return JSONResponse(
+            health.model_dump(mode="json"), status_code=200 if health.ready else 503
+        )
 
     async def metrics_endpoint(request: Request) -> Response:
         await anyio.to_thread.run_sync(lambda: refresh_gauges(server.bus.runtime))

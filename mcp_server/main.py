@@ -31,8 +31,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--http", action="store_true", help="serve streamable HTTP")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--profile", choices=["core", "full"],
-                        default=os.environ.get("MESSAGE_BUS_MCP_PROFILE", "core"))
+    parser.add_argument(
+        "--profile",
+        choices=["core", "full"],
+        default=os.environ.get("MESSAGE_BUS_MCP_PROFILE", "core"),
+    )
     parser.add_argument("--tokens-file", type=Path, default=None)
     parser.add_argument("--log-level", default=os.environ.get("MESSAGE_BUS_LOG_LEVEL", "WARNING"))
     return parser.parse_args(argv)
@@ -87,7 +90,15 @@ def run_http(settings: Settings, args: argparse.Namespace) -> None:
     base_url = f"http://{args.host}:{args.port}"
     server, events = build_server(settings, Identity.http(tokens, base_url), args.profile)
     app = build_app(server, events, settings, host=args.host, port=args.port, tokens=tokens)
-    print(f"MCP streamable HTTP on {base_url}/mcp  dashboard {base_url}/ui  "
-          f"metrics {base_url}/metrics  health {base_url}/healthz", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(),
-                timeout_graceful_shutdown=5)
+    print(
+        f"MCP streamable HTTP on {base_url}/mcp  dashboard {base_url}/ui  "
+        f"metrics {base_url}/metrics  health {base_url}/healthz",
+        file=sys.stderr,
+    )
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level.lower(),
+        timeout_graceful_shutdown=5,
+    )

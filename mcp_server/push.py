@@ -100,16 +100,18 @@ class InboxEvents:
                 async for item in pubsub.listen():
                     channel = item.get("channel", "")
                     if channel.startswith(inbox_prefix):
-                        self._inbox(channel[len(inbox_prefix):])
+                        self._inbox(channel[len(inbox_prefix) :])
                     elif channel.startswith(reply_prefix):
-                        self._wake(f"reply:{channel[len(reply_prefix):]}")
+                        self._wake(f"reply:{channel[len(reply_prefix) :]}")
                     elif channel == self.mcp_channel:
                         self._remote_event(item.get("data", ""))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - keep listening across Redis outages
                 self._ready.set()  # waiters fall back to their timeouts
-                logger.warning("inbox event listener lost Redis (%s); retrying in %.1fs", exc, delay)
+                logger.warning(
+                    "inbox event listener lost Redis (%s); retrying in %.1fs", exc, delay
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 

@@ -62,17 +62,24 @@ class BusServer(MCPServer[Any]):
 
         resources = await super().list_resources()
         resources.append(
-            MCPResource(uri=DEAD_LETTERS_URI, name="dead-letters", mime_type="application/json",
-                        description="undeliverable messages with their reasons (admins only)")
+            MCPResource(
+                uri=DEAD_LETTERS_URI,
+                name="dead-letters",
+                mime_type="application/json",
+                description="undeliverable messages with their reasons (admins only)",
+            )
         )
         try:
             agents = [a.id for a in await _to_thread(self.bus.agents)]
         except BusError:
             agents = []
         resources += [
-            MCPResource(uri=f"message-bus://history/{agent}", name=f"history of {agent}",
-                        description=f"messages sent or received by {agent}, newest first",
-                        mime_type="application/json")
+            MCPResource(
+                uri=f"message-bus://history/{agent}",
+                name=f"history of {agent}",
+                description=f"messages sent or received by {agent}, newest first",
+                mime_type="application/json",
+            )
             for agent in agents
         ]
         return resources
@@ -122,24 +129,34 @@ def _register_resources(server: MCPServer, bus: MessageBus, me: Any) -> None:
         except ToolError as exc:
             raise ResourceError(str(exc)) from None
 
-    @server.resource("message-bus://agents", name="agents", mime_type="application/json",
-                     description="registered agents with inbox depth and last seen")
+    @server.resource(
+        "message-bus://agents",
+        name="agents",
+        mime_type="application/json",
+        description="registered agents with inbox depth and last seen",
+    )
     async def agents() -> str:
         try:
             return _json(await _to_thread(bus.agents))
         except BusError as exc:
             raise ResourceError(exc.message) from None
 
-    @server.resource("message-bus://history/{agent_id}", name="history",
-                     mime_type="application/json",
-                     description="an agent's messages, newest first (your own, or any if admin)")
+    @server.resource(
+        "message-bus://history/{agent_id}",
+        name="history",
+        mime_type="application/json",
+        description="an agent's messages, newest first (your own, or any if admin)",
+    )
     async def history(agent_id: str, ctx: Context) -> str:
         return await guarded(ctx, agent_id, lambda: bus.history(agent_id, limit=100))
 
-    @server.resource("message-bus://inbox/{agent_id}", name="inbox",
-                     mime_type="application/json",
-                     description="messages waiting in an inbox, in read order, not leased; "
-                     "subscribe to be told when mail arrives")
+    @server.resource(
+        "message-bus://inbox/{agent_id}",
+        name="inbox",
+        mime_type="application/json",
+        description="messages waiting in an inbox, in read order, not leased; "
+        "subscribe to be told when mail arrives",
+    )
     async def inbox(agent_id: str, ctx: Context) -> str:
         def peek() -> list[Any]:
             return [bus.reader.decode(w) for w in bus.runtime.store.peek_inbox(agent_id, 100)]

@@ -38,10 +38,25 @@ from mcp_server.models import (
 )
 from mcp_server.push import InboxEvents
 
-CORE_TOOLS = ("send_message", "read_messages", "ack_messages", "subscribe", "unsubscribe",
-              "get_history", "message_status", "request")
-FULL_TOOLS = CORE_TOOLS + ("send_batch", "list_subscriptions", "list_agents",
-                           "list_dead_letters", "replay_dead_letters", "health", "bus_stats")
+CORE_TOOLS = (
+    "send_message",
+    "read_messages",
+    "ack_messages",
+    "subscribe",
+    "unsubscribe",
+    "get_history",
+    "message_status",
+    "request",
+)
+FULL_TOOLS = CORE_TOOLS + (
+    "send_batch",
+    "list_subscriptions",
+    "list_agents",
+    "list_dead_letters",
+    "replay_dead_letters",
+    "health",
+    "bus_stats",
+)
 PROFILES = {"core": CORE_TOOLS, "full": FULL_TOOLS}
 
 Identify = Callable[[Context], str]
@@ -60,15 +75,34 @@ class BusTools:
         except BusError as exc:
             raise ToolError(_explain(exc)) from None
 
-    def message(self, sender: str, *, to: str | None, topic: str | None, broadcast: bool,
-                type: MessageType, payload: Any, priority: Priority, ttl_seconds: float | None,
-                **options: Any) -> dict[str, Any]:
+    def message(
+        self,
+        sender: str,
+        *,
+        to: str | None,
+        topic: str | None,
+        broadcast: bool,
+        type: MessageType,
+        payload: Any,
+        priority: Priority,
+        ttl_seconds: float | None,
+        **options: Any,
+    ) -> dict[str, Any]:
         if broadcast and (to or topic):
             raise ToolError("broadcast goes to everyone: leave `to` and `topic` empty")
         if not broadcast and not to and not topic:
             raise ToolError("say where it goes: `to` (an agent id), `topic`, or broadcast=true")
-        return compose(sender, to=to, topic=topic, broadcast=broadcast, type=type.value,
-                       payload=payload, priority=priority.value, ttl=ttl_seconds, **options)
+        return compose(
+            sender,
+            to=to,
+            topic=topic,
+            broadcast=broadcast,
+            type=type.value,
+            payload=payload,
+            priority=priority.value,
+            ttl=ttl_seconds,
+            **options,
+        )
 
     async def read(self, agent: str, limit: int, wait_seconds: float) -> ReadResult:
         deadline = time.monotonic() + wait_seconds
@@ -102,35 +136,53 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
     async def send_message(
         ctx: Context,
         to: str | None = Field(default=None, description="recipient agent id, e.g. 'bob'"),
-        topic: str | None = Field(default=None, description="topic: delivered to its "
-                                  "subscribers when `to` is empty (a label when `to` is set)"),
+        topic: str | None = Field(
+            default=None,
+            description="topic: delivered to its "
+            "subscribers when `to` is empty (a label when `to` is set)",
+        ),
         broadcast: bool = Field(default=False, description="send to every agent but you"),
         payload: Any = Field(default=None, description="any JSON value"),
         type: MessageType = Field(default=MessageType.event, description="message type"),
         priority: Priority = Field(default=Priority.normal),
-        ttl_seconds: float | None = Field(default=None, gt=0,
-                                          description="never delivered after this many seconds"),
-        correlation_id: str | None = Field(default=None,
-                                           description="when answering: the request's id"),
+        ttl_seconds: float | None = Field(
+            default=None, gt=0, description="never delivered after this many seconds"
+        ),
+        correlation_id: str | None = Field(
+            default=None, description="when answering: the request's id"
+        ),
         reply_to: str | None = Field(default=None, description="where responses should go"),
-        dedup_key: str | None = Field(default=None, description="idempotency key: a retry "
-                                      "with the same key is not delivered twice"),
+        dedup_key: str | None = Field(
+            default=None,
+            description="idempotency key: a retry with the same key is not delivered twice",
+        ),
         encrypted: bool = Field(default=False, description="encrypt the payload at rest"),
     ) -> Receipt:
         """Send a message to one agent (`to`), to a topic's subscribers (`topic`), or to
         everyone (`broadcast`). Returns the message id and its status ("queued")."""
-        message = tools.message(me(ctx), to=to, topic=topic, broadcast=broadcast, type=type,
-                                payload=payload, priority=priority, ttl_seconds=ttl_seconds,
-                                correlation_id=correlation_id, reply_to=reply_to,
-                                dedup_key=dedup_key, encrypted=encrypted)
+        message = tools.message(
+            me(ctx),
+            to=to,
+            topic=topic,
+            broadcast=broadcast,
+            type=type,
+            payload=payload,
+            priority=priority,
+            ttl_seconds=ttl_seconds,
+            correlation_id=correlation_id,
+            reply_to=reply_to,
+            dedup_key=dedup_key,
+            encrypted=encrypted,
+        )
         return await tools.call(bus.send_message, message)
 
     @tool
     async def read_messages(
         ctx: Context,
         limit: int = Field(default=10, ge=1, le=500, description="at most this many"),
-        wait_seconds: float = Field(default=0, ge=0, le=60,
-                                    description="wait up to this long for the first message"),
+        wait_seconds: float = Field(
+            default=0, ge=0, le=60, description="wait up to this long for the first message"
+        ),
     ) -> ReadResult:
         """Read your inbox: highest priority first, oldest first within a priority. Messages
         are leased, not removed: call ack_messages with their ids when done, or they come
@@ -149,12 +201,15 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         ctx: Context,
         topics: list[str] = Field(description="topic names, e.g. ['tasks/new']"),
         types: list[MessageType] | None = Field(default=None, description="only these types"),
-        priorities: list[Priority] | None = Field(default=None,
-                                                  description="only these priorities"),
+        priorities: list[Priority] | None = Field(
+            default=None, description="only these priorities"
+        ),
     ) -> SubscriptionsResult:
         """Subscribe to topics; optional filters keep only some message types/priorities."""
         subs = await tools.call(
-            bus.subscribe, me(ctx), topics,
+            bus.subscribe,
+            me(ctx),
+            topics,
             types=[t.value for t in types] if types else None,
             priorities=[p.value for p in priorities] if priorities else None,
         )
@@ -173,15 +228,17 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         limit: int = Field(default=20, ge=1, le=1000),
         since: datetime | None = Field(default=None, description="only after this time"),
         type: MessageType | None = Field(default=None, description="only this type"),
-        agent_id: str | None = Field(default=None,
-                                     description="another agent's history (admins only)"),
+        agent_id: str | None = Field(
+            default=None, description="another agent's history (admins only)"
+        ),
     ) -> HistoryResult:
         """Messages you sent or received, newest first."""
         caller = me(ctx)
         agent = agent_id or caller
         await tools.call(bus.guard.may_read, caller, agent)
-        messages = await tools.call(bus.history, agent, limit=limit, since=since,
-                                    type=type.value if type else None)
+        messages = await tools.call(
+            bus.history, agent, limit=limit, since=since, type=type.value if type else None
+        )
         return HistoryResult(agent=agent, messages=messages, count=len(messages))
 
     @tool
@@ -204,9 +261,17 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         """Send a request and wait for the response whose correlation_id is its id. On
         timeout you get the request id back to check later."""
         sender = me(ctx)
-        prepared = tools.message(sender, to=to, topic=None, broadcast=False, type=type,
-                                 payload=payload, priority=priority,
-                                 ttl_seconds=None, reply_to=sender)
+        prepared = tools.message(
+            sender,
+            to=to,
+            topic=None,
+            broadcast=False,
+            type=type,
+            payload=payload,
+            priority=priority,
+            ttl_seconds=None,
+            reply_to=sender,
+        )
         prepared["id"] = request_id = str(uuid.uuid4())
         await tools.events.start()
         waiter = tools.events.reply_waiter(request_id)
@@ -217,8 +282,9 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
                 response_id = await tools.call(bus.runtime.store.reply_for, request_id)
                 if response_id:
                     response = await tools.call(bus.reader.take, sender, response_id)
-                    return RequestResult(request_id=request_id, status="answered",
-                                         response=response)
+                    return RequestResult(
+                        request_id=request_id, status="answered", response=response
+                    )
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return RequestResult(request_id=request_id, status="timeout")
@@ -237,9 +303,18 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         """Send many messages at once; all are validated before any is sent."""
         sender = me(ctx)
         batch = [
-            tools.message(sender, to=m.to, topic=m.topic, broadcast=False, type=m.type,
-                          payload=m.payload, priority=m.priority, ttl_seconds=m.ttl_seconds,
-                          correlation_id=m.correlation_id, dedup_key=m.dedup_key)
+            tools.message(
+                sender,
+                to=m.to,
+                topic=m.topic,
+                broadcast=False,
+                type=m.type,
+                payload=m.payload,
+                priority=m.priority,
+                ttl_seconds=m.ttl_seconds,
+                correlation_id=m.correlation_id,
+                dedup_key=m.dedup_key,
+            )
             for m in messages
         ]
         return BatchResult(receipts=await tools.call(bus.send_batch, batch))
@@ -286,4 +361,3 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         """Queue depths, agents, topics, subscriptions and inbox depths."""
         me(ctx)
         return await tools.call(collect_stats, bus.runtime)
-

@@ -18,6 +18,10 @@ if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev
       || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }
   fi
 fi
+if [ "$#" -eq 0 ]; then  # the whole run also checks lint and formatting
+  python3 -m ruff check bus workers mcp_server bench tests examples celeryconfig.py
+  python3 -m ruff format --check bus workers mcp_server bench tests examples celeryconfig.py
+fi
 set +e
 python3 -m pytest "$@"
 status=$?

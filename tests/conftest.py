@@ -25,12 +25,17 @@ POLL_INTERVAL = 0.05
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--chaos-long", action="store_true",
-                     help="run the long failure-injection versions (5,000-message bursts)")
+    parser.addoption(
+        "--chaos-long",
+        action="store_true",
+        help="run the long failure-injection versions (5,000-message bursts)",
+    )
 
 
 def wait_for(
-    condition: Callable[[], Any], timeout: float = 15.0, what: str = "condition",
+    condition: Callable[[], Any],
+    timeout: float = 15.0,
+    what: str = "condition",
     interval: float = 0.02,
 ) -> Any:
     """Polls until `condition()` is truthy; fails with what was last seen."""
@@ -95,8 +100,11 @@ class BusEnv:
     def settings(self, **overrides: Any) -> Any:
         from bus.settings import Settings
 
-        values = {k.removeprefix("MESSAGE_BUS_").lower(): v for k, v in self.env().items()
-                  if k.startswith("MESSAGE_BUS_")}
+        values = {
+            k.removeprefix("MESSAGE_BUS_").lower(): v
+            for k, v in self.env().items()
+            if k.startswith("MESSAGE_BUS_")
+        }
         return Settings(**(values | overrides))
 
     def bus(self, **overrides: Any) -> Any:
@@ -104,11 +112,17 @@ class BusEnv:
 
         return MessageBus(self.settings(**overrides))
 
-    def start_worker(self, *, concurrency: int = 4, pool: str = "threads",
-                     queues: str = "bus.critical,bus.high,bus.normal,bus.low",
-                     **extra: str) -> Worker:
-        worker = Worker.start(self, concurrency=concurrency, pool=pool, env=self.env(**extra),
-                              queues=queues)
+    def start_worker(
+        self,
+        *,
+        concurrency: int = 4,
+        pool: str = "threads",
+        queues: str = "bus.critical,bus.high,bus.normal,bus.low",
+        **extra: str,
+    ) -> Worker:
+        worker = Worker.start(
+            self, concurrency=concurrency, pool=pool, env=self.env(**extra), queues=queues
+        )
         self.workers.append(worker)
         return worker
 
@@ -121,16 +135,37 @@ class Worker:
         self.log = log
 
     @classmethod
-    def start(cls, env_: BusEnv, *, concurrency: int, pool: str, env: dict[str, str],
-              queues: str) -> Worker:
+    def start(
+        cls, env_: BusEnv, *, concurrency: int, pool: str, env: dict[str, str], queues: str
+    ) -> Worker:
         ARTIFACTS.mkdir(exist_ok=True)
         name = f"w{uuid.uuid4().hex[:8]}"
         log = ARTIFACTS / f"worker-{env_.vhost}-{name}.log"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.app", "worker",
-             "-Q", queues, "-P", pool, "-c", str(concurrency),
-             "-l", "INFO", "-n", f"{name}@%h", "--without-gossip", "--without-mingle"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.app",
+                "worker",
+                "-Q",
+                queues,
+                "-P",
+                pool,
+                "-c",
+                str(concurrency),
+                "-l",
+                "INFO",
+                "-n",
+                f"{name}@%h",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log.open("wb"),
             start_new_session=True,
         )
         worker = cls(proc, log)

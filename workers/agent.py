@@ -46,7 +46,9 @@ class WorkerAgent:
         self._routes: list[_Route] = []
         self._bus: MessageBus | None = None
 
-    def on(self, type: str | None = None, *, topic: str | None = None) -> Callable[[Handler], Handler]:
+    def on(
+        self, type: str | None = None, *, topic: str | None = None
+    ) -> Callable[[Handler], Handler]:
         """Registers a handler for a message type (and optionally a topic); None = any."""
         if type is not None:
             MessageType(type)  # fails early on a typo
@@ -88,11 +90,17 @@ class WorkerAgent:
             return None
         result = handler(message)
         if result is not None and message.type in ANSWERED_TYPES:
-            self.bus.send_message({
-                "from": self.name, "to": message.reply_to or message.sender,
-                "type": "response", "correlation_id": message.id, "payload": result,
-                "trace_id": message.trace_id, "metadata": {"priority": message.priority.value},
-            })
+            self.bus.send_message(
+                {
+                    "from": self.name,
+                    "to": message.reply_to or message.sender,
+                    "type": "response",
+                    "correlation_id": message.id,
+                    "payload": result,
+                    "trace_id": message.trace_id,
+                    "metadata": {"priority": message.priority.value},
+                }
+            )
         return result
 
 

@@ -30,11 +30,24 @@ def main(argv: list[str] | None = None) -> None:
     from bus.topology import agent_queue
 
     app.conf.task_queues = [*app.conf.task_queues, agent_queue(app.conf.bus_settings, agent.name)]
-    app.worker_main([
-        "worker", "-Q", agent.queue, "-P", "threads",
-        "-c", str(args.concurrency or agent.concurrency), "-l", args.loglevel,
-        "-n", f"agent-{agent.name}@%h", "-E", "--without-gossip", "--without-mingle",
-    ])
+    app.worker_main(
+        [
+            "worker",
+            "-Q",
+            agent.queue,
+            "-P",
+            "threads",
+            "-c",
+            str(args.concurrency or agent.concurrency),
+            "-l",
+            args.loglevel,
+            "-n",
+            f"agent-{agent.name}@%h",
+            "-E",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -60,7 +60,9 @@ def _start_metrics_exporter(**_: Any) -> None:
     if port:
         try:
             start_http_server(port, addr=runtime.settings.metrics_host)
-            logger.info("worker metrics on http://%s:%d/metrics", runtime.settings.metrics_host, port)
+            logger.info(
+                "worker metrics on http://%s:%d/metrics", runtime.settings.metrics_host, port
+            )
         except OSError as exc:  # another worker on this host already exports there
             logger.warning("worker metrics exporter not started on port %d: %s", port, exc)
 

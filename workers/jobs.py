@@ -47,10 +47,19 @@ def queue_stats() -> dict[str, Any]:
 def beat_schedule() -> dict[str, Any]:
     s = runtime.settings
     return {
-        "replay-dead-letters": {"task": "bus.replay_dead_letters", "schedule": s.replay_interval,
-                                "options": {"queue": "bus.low"}},
-        "purge-expired": {"task": "bus.purge_expired", "schedule": s.purge_interval,
-                          "options": {"queue": "bus.low"}},
-        "queue-stats": {"task": "bus.queue_stats", "schedule": s.stats_interval,
-                        "options": {"queue": "bus.low", "expires": s.stats_interval}},
+        "replay-dead-letters": {
+            "task": "bus.replay_dead_letters",
+            "schedule": s.replay_interval,
+            "options": {"queue": "bus.low"},
+        },
+        "purge-expired": {
+            "task": "bus.purge_expired",
+            "schedule": s.purge_interval,
+            "options": {"queue": "bus.low"},
+        },
+        "queue-stats": {
+            "task": "bus.queue_stats",
+            "schedule": s.stats_interval,
+            "options": {"queue": "bus.low", "expires": s.stats_interval},
+        },
     }

@@ -43,8 +43,11 @@ def dispatch_to_worker_agents(outcome: Outcome, wire: dict[str, Any]) -> None:
     skips messages no longer in the inbox, so a repeat is harmless."""
     for agent in runtime.deliverer.worker_agents(outcome.recipients):
         runtime.broker.publish(
-            HANDLE_TASK, [agent, wire], queue=agent_queue(runtime.settings, agent),
-            task_id=f"{wire['id']}:{agent}", expiration=remaining_ttl(wire),
+            HANDLE_TASK,
+            [agent, wire],
+            queue=agent_queue(runtime.settings, agent),
+            task_id=f"{wire['id']}:{agent}",
+            expiration=remaining_ttl(wire),
             summary=f"<message {wire['id']} for {agent}>",
         )
 
@@ -64,9 +67,13 @@ def _dead(wire: Any, reason: str, error: str, attempts: int) -> Reject:
     runtime.deliverer.record_failure(wire, status, reason, error, attempts)
     logger.warning(
         "dead-lettering message %s: %s (%s)",
-        wire.get("id") if isinstance(wire, dict) else "?", reason, error,
-        extra={"trace_id": wire.get("trace_id") if isinstance(wire, dict) else None,
-               "message_id": wire.get("id") if isinstance(wire, dict) else None},
+        wire.get("id") if isinstance(wire, dict) else "?",
+        reason,
+        error,
+        extra={
+            "trace_id": wire.get("trace_id") if isinstance(wire, dict) else None,
+            "message_id": wire.get("id") if isinstance(wire, dict) else None,
+        },
     )
     return Reject(f"{reason}: {error}", requeue=False)
 
@@ -123,14 +130,20 @@ def deliver_batch(self: Task, wires: list[dict[str, Any]]) -> int:
     for wire, exc in refused:
         logger.info("batch message %s handed to a single task: %s", wire.get("id"), exc)
         runtime.broker.publish(
-            DELIVER_TASK, [wire], queue=queue, task_id=str(wire.get("id")),
-            expiration=remaining_ttl(wire), summary=f"<message {wire.get('id')}>",
+            DELIVER_TASK,
+            [wire],
+            queue=queue,
+            task_id=str(wire.get("id")),
+            expiration=remaining_ttl(wire),
+            summary=f"<message {wire.get('id')}>",
         )
     return sum(outcome.newly_delivered for _, outcome in done)
 
 
 @app.task(name=HANDLE_TASK, bind=True, max_retries=None, acks_late=True)
-def handle(self: Task, agent_name: str, wire: dict[str, Any], last_error: str | None = None) -> None:
+def handle(
+    self: Task, agent_name: str, wire: dict[str, Any], last_error: str | None = None
+) -> None:
     """Runs a worker agent's handler (only in `msgbus agent run` processes)."""
     from workers.agent_runtime import current_agent, reader
 
@@ -142,30 +155,45 @@ def handle(self: Task, agent_name: str, wire: dict[str, Any], last_error: str | 
         return  # already handled and acked (a repeated dispatch)
     message = reader().decode(wire)
     if message.decode_error is not None:
-        raise _dead(wire, "bad_signature" if not message.verified else "undecodable",
-                    message.decode_error, retries + 1)
+        raise _dead(
+            wire,
+            "bad_signature" if not message.verified else "undecodable",
+            message.decode_error,
+            retries + 1,
+        )
     runs = runtime.store.count_handling(agent_name, message.id)
     if runs > message.metadata.max_retries + 1 + retries:
         # Started more often than Celery retried it: the handler kills its process (the
         # message came back through reject-on-worker-lost). Stop the loop here.
-        runtime.deliverer.record_failure(wire, "dead", "handler_crashed",
-                                         f"handler crashed its worker {runs - 1} times", runs,
-                                         force=True)
+        runtime.deliverer.record_failure(
+            wire,
+            "dead",
+            "handler_crashed",
+            f"handler crashed its worker {runs - 1} times",
+            runs,
+            force=True,
+        )
         raise Reject("handler_crashed", requeue=False)
     try:
         agent.handle(message)
     except Exception as exc:  # noqa: BLE001 - the handler boundary: any error is retried
         error = f"{type(exc).__name__}: {exc}"
         if retries >= message.metadata.max_retries:
-            runtime.deliverer.record_failure(wire, "dead", "handler_failed", error, retries + 1,
-                                             force=True)
+            runtime.deliverer.record_failure(
+                wire, "dead", "handler_failed", error, retries + 1, force=True
+            )
             logger.warning("handler of %s failed %d times: %s", agent_name, retries + 1, error)
             raise Reject(f"handler_failed: {error}", requeue=False) from exc
-        runtime.deliverer.record_failure(wire, "retrying", "handler_failed", error, retries + 1,
-                                         force=True)
-        raise self.retry(args=[agent_name, wire], kwargs={"last_error": error[:500]},
-                         countdown=backoff(retries), max_retries=message.metadata.max_retries,
-                         argsrepr=f"<message {wire.get('id')} for {agent_name}>",
-                         kwargsrepr="{}") from exc
+        runtime.deliverer.record_failure(
+            wire, "retrying", "handler_failed", error, retries + 1, force=True
+        )
+        raise self.retry(
+            args=[agent_name, wire],
+            kwargs={"last_error": error[:500]},
+            countdown=backoff(retries),
+            max_retries=message.metadata.max_retries,
+            argsrepr=f"<message {wire.get('id')} for {agent_name}>",
+            kwargsrepr="{}",
+        ) from exc
     runtime.store.ack(agent_name, [message.id])
     runtime.store.advance_status([message.id], "acked", force=True)

@@ -14,7 +14,7 @@ import uuid
 import psutil
 import pytest
 
-from bus.errors import BusError, LimitExceeded
+from bus.errors import LimitExceeded
 from tests.chaos.harness import Checker, in_background
 from tests.conftest import wait_for
 from tests.e2e.test_mcp import free_port
@@ -25,8 +25,16 @@ PAYLOAD = "x" * 1024  # 1 KiB messages
 
 
 def messages(n: int, sender: str, to: str) -> list[dict]:
-    return [{"id": str(uuid.uuid4()), "from": sender, "to": to, "payload": PAYLOAD,
-             "metadata": {"max_retries": 50}} for _ in range(n)]
+    return [
+        {
+            "id": str(uuid.uuid4()),
+            "from": sender,
+            "to": to,
+            "payload": PAYLOAD,
+            "metadata": {"max_retries": 50},
+        }
+        for _ in range(n)
+    ]
 
 
 def check(result: dict, in_flight: int) -> None:
@@ -42,12 +50,13 @@ def test_sigkill_a_worker_child_mid_burst(fresh_env, agents, burst):
     batch = messages(burst, agents("s"), reader)
     for m in batch[: burst // 2]:
         checker.send(bus, m)
-    children = wait_for(lambda: psutil.Process(worker.proc.pid).children(), 30,
-                        "the prefork pool processes")
+    children = wait_for(
+        lambda: psutil.Process(worker.proc.pid).children(), 30, "the prefork pool processes"
+    )
     child = children[0]
     child.send_signal(signal.SIGKILL)
     checker.fault_at = time.monotonic()
-    for m in batch[burst // 2:]:
+    for m in batch[burst // 2 :]:
         checker.send(bus, m)
     checker.consume(bus, reader, checker.confirmed, 180)
     check(checker.record(), in_flight=4)
@@ -83,11 +92,15 @@ class RabbitNode:
         (base / "enabled_plugins").write_text("[].\n")
         subprocess.run(["chown", "-R", "rabbitmq:rabbitmq", str(base)], check=True)
         self.env = os.environ | {
-            "RABBITMQ_NODENAME": self.name, "RABBITMQ_NODE_PORT": str(self.port),
-            "RABBITMQ_DIST_PORT": str(free_port()), "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-            "ERL_EPMD_ADDRESS": "127.0.0.1", "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq"),
+            "RABBITMQ_NODENAME": self.name,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(free_port()),
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq"),
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
-            "RABBITMQ_MNESIA_BASE": str(base / "mnesia"), "RABBITMQ_LOG_BASE": str(base / "log"),
+            "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(base / "log"),
             "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
         }
         self.proc = None
@@ -97,11 +110,20 @@ class RabbitNode:
         return f"amqp://guest:guest@127.0.0.1:{self.port}//"
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(["rabbitmq-server"], env=self.env, cwd=self.base,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
-        subprocess.run(["rabbitmqctl", "-n", self.name, "await_startup"], env=self.env,
-                       capture_output=True, timeout=120)
+        self.proc = subprocess.Popen(
+            ["rabbitmq-server"],
+            env=self.env,
+            cwd=self.base,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        subprocess.run(
+            ["rabbitmqctl", "-n", self.name, "await_startup"],
+            env=self.env,
+            capture_output=True,
+            timeout=120,
+        )
         wait_for(lambda: _answers(self.port), 60, f"RabbitMQ on {self.port}")
 
     def beam(self) -> psutil.Process:
@@ -118,8 +140,9 @@ class RabbitNode:
             os.killpg(self.proc.pid, signal.SIGKILL)
 
     def stop(self) -> None:
-        subprocess.run(["rabbitmqctl", "-n", self.name, "stop"], env=self.env,
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            ["rabbitmqctl", "-n", self.name, "stop"], env=self.env, capture_output=True, timeout=60
+        )
 
 
 def _answers(port: int) -> bool:
@@ -171,10 +194,28 @@ def test_redis_kill9_mid_burst_restarted_on_the_same_files(fresh_env, agents, bu
     port = free_port()
 
     def redis_up():
-        subprocess.run(["redis-server", "--bind", "127.0.0.1", "--port", str(port),
-                        "--daemonize", "yes", "--dir", str(tmp_path), "--appendonly", "yes",
-                        "--appendfsync", "everysec", "--save", "",
-                        "--pidfile", str(tmp_path / "r.pid")], check=True)
+        subprocess.run(
+            [
+                "redis-server",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--daemonize",
+                "yes",
+                "--dir",
+                str(tmp_path),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+                "--pidfile",
+                str(tmp_path / "r.pid"),
+            ],
+            check=True,
+        )
         wait_for(lambda: _answers(port), 10, "redis")
 
     redis_up()
@@ -199,14 +240,28 @@ def test_redis_kill9_mid_burst_restarted_on_the_same_files(fresh_env, agents, bu
 
 def test_a_thousand_short_ttl_messages_with_no_worker_all_die_expired(fresh_env, agents):
     bus, reader = fresh_env.bus(), agents("r")
-    receipts = bus.send_batch([{"from": agents("s"), "to": reader, "payload": i,
-                                "metadata": {"ttl": 1}} for i in range(500)])
-    receipts += bus.send_batch([{"from": agents("s"), "to": reader, "payload": i,
-                                 "metadata": {"ttl": 1}} for i in range(500)])
+    receipts = bus.send_batch(
+        [
+            {"from": agents("s"), "to": reader, "payload": i, "metadata": {"ttl": 1}}
+            for i in range(500)
+        ]
+    )
+    receipts += bus.send_batch(
+        [
+            {"from": agents("s"), "to": reader, "payload": i, "metadata": {"ttl": 1}}
+            for i in range(500)
+        ]
+    )
     ids = {r.id for r in receipts}
     # The broker expires them by itself: no worker runs until all are dead letters.
-    letters = wait_for(lambda: (lambda ds: ds if {d.id for d in ds} >= ids else None)(
-        bus.dead_letters(limit=2000)), 60, "all 1000 in the dead letters", interval=0.2)
+    letters = wait_for(
+        lambda: (lambda ds: ds if {d.id for d in ds} >= ids else None)(
+            bus.dead_letters(limit=2000)
+        ),
+        60,
+        "all 1000 in the dead letters",
+        interval=0.2,
+    )
     fresh_env.start_worker()
     assert {d.reason for d in letters if d.id in ids} == {"expired"}
     assert bus.read(reader, limit=500) == []
@@ -229,8 +284,11 @@ def test_a_full_queue_refuses_the_publish_and_the_sender_is_told(fresh_env, agen
     assert (sent, refused) == (50, 30)
     fresh_env.start_worker()
     got = []
-    wait_for(lambda: got.extend(bus.read(reader, limit=100, wait=0.5)) or len(got) >= 50, 30,
-             "the 50 accepted messages")
+    wait_for(
+        lambda: got.extend(bus.read(reader, limit=100, wait=0.5)) or len(got) >= 50,
+        30,
+        "the 50 accepted messages",
+    )
     assert len(got) == 50
 
 
@@ -238,32 +296,63 @@ def test_poison_handlers_end_in_dead_letters_and_the_rest_flows(fresh_env, agent
     from tests.e2e.test_operations import spawn, stop
 
     fresh_env.start_worker()
-    agent, log = spawn(fresh_env, "poison-agent", ["-m", "bus.cli", "agent", "run",
-                                                   "tests.chaos.poison_agent:agent"])
+    agent, log = spawn(
+        fresh_env,
+        "poison-agent",
+        ["-m", "bus.cli", "agent", "run", "tests.chaos.poison_agent:agent"],
+    )
     wait_for(lambda: b"ready." in log.read_bytes(), 60, "the poison agent")
     bus, sender = fresh_env.bus(), agents("s")
     n = burst // 4
-    ok = [bus.send_message({"from": sender, "to": "poison", "type": "command",
-                            "payload": {"do": "ok", "i": i}, "metadata": {"max_retries": 1}}).id
-          for i in range(n)]
-    raises = bus.send_message({"from": sender, "to": "poison", "type": "command",
-                               "payload": {"do": "raise"}, "metadata": {"max_retries": 1}}).id
-    crashes = bus.send_message({"from": sender, "to": "poison", "type": "command",
-                                "payload": {"do": "exit"}, "metadata": {"max_retries": 1}}).id
+    ok = [
+        bus.send_message(
+            {
+                "from": sender,
+                "to": "poison",
+                "type": "command",
+                "payload": {"do": "ok", "i": i},
+                "metadata": {"max_retries": 1},
+            }
+        ).id
+        for i in range(n)
+    ]
+    raises = bus.send_message(
+        {
+            "from": sender,
+            "to": "poison",
+            "type": "command",
+            "payload": {"do": "raise"},
+            "metadata": {"max_retries": 1},
+        }
+    ).id
+    crashes = bus.send_message(
+        {
+            "from": sender,
+            "to": "poison",
+            "type": "command",
+            "payload": {"do": "exit"},
+            "metadata": {"max_retries": 1},
+        }
+    ).id
     try:
         restarts = 0
+
         def settled():
             nonlocal agent, restarts
             if agent.poll() is not None:  # os._exit took the process down: restart it
                 restarts += 1
-                agent, _ = spawn(fresh_env, f"poison-agent-{restarts}",
-                                 ["-m", "bus.cli", "agent", "run",
-                                  "tests.chaos.poison_agent:agent"])
+                agent, _ = spawn(
+                    fresh_env,
+                    f"poison-agent-{restarts}",
+                    ["-m", "bus.cli", "agent", "run", "tests.chaos.poison_agent:agent"],
+                )
             reasons = {d.id: d.reason for d in bus.dead_letters()}
             done = sum(bus.status(i).status.value == "acked" for i in ok[-5:])
             return raises in reasons and crashes in reasons and done == 5 and reasons
-        reasons = wait_for(settled, 240, "both poison messages dead and the rest acked",
-                           interval=0.5)
+
+        reasons = wait_for(
+            settled, 240, "both poison messages dead and the rest acked", interval=0.5
+        )
         # A raising handler caught in the crash storm of its neighbour may be counted as
         # crashed; either way it ends dead, with its reason.
         assert reasons[raises] in ("handler_failed", "handler_crashed")
@@ -301,14 +390,15 @@ def test_sigkill_the_mcp_http_server_during_concurrent_sends(fresh_env, agents, 
         pending = list(share)
         while pending:
             try:
-                http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"},
-                                          timeout=10)
-                async with Client(streamable_http_client(f"http://127.0.0.1:{port}/mcp",
-                                                         http_client=http)) as client:
+                http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=10)
+                async with Client(
+                    streamable_http_client(f"http://127.0.0.1:{port}/mcp", http_client=http)
+                ) as client:
                     while pending:
                         key = pending[0]
-                        result = await client.call_tool("send_message", {
-                            "to": reader, "payload": key, "dedup_key": key})
+                        result = await client.call_tool(
+                            "send_message", {"to": reader, "payload": key, "dedup_key": key}
+                        )
                         if result.is_error:
                             raise RuntimeError(result.content[0].text)
                         checker.confirmed.add(key)

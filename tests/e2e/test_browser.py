@@ -26,10 +26,19 @@ def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
     profile = tempfile.mkdtemp(prefix="chromium-")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--window-size=1280,900",
-                 f"--user-data-dir={profile}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,900",
+        f"--user-data-dir={profile}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
     driver.set_page_load_timeout(30)
@@ -44,8 +53,9 @@ def test_dashboard_lists_a_dead_letter_and_its_replay_button_empties_the_list(
     bus = fresh_env.bus()
     sender, reader = agents("s"), agents("r")
     broken = fresh_env.start_worker(MESSAGE_BUS_REDIS_URL="redis://127.0.0.1:1/0")
-    receipt = bus.send_message({"from": sender, "to": reader, "payload": "replay me",
-                                "metadata": {"max_retries": 0}})
+    receipt = bus.send_message(
+        {"from": sender, "to": reader, "payload": "replay me", "metadata": {"max_retries": 0}}
+    )
     wait_for(lambda: [d for d in bus.dead_letters() if d.id == receipt.id], 30, "dead letter")
     broken.stop()
     fresh_env.start_worker()
@@ -57,19 +67,32 @@ def test_dashboard_lists_a_dead_letter_and_its_replay_button_empties_the_list(
         browser.get(f"{base}/ui")
         browser.find_element(By.NAME, "token").send_keys(token)
         browser.find_element(By.TAG_NAME, "button").click()
-        wait_for(lambda: receipt.id in browser.find_element(By.ID, "dead-letters").text, 15,
-                 "the dead letter on the page")
+        wait_for(
+            lambda: receipt.id in browser.find_element(By.ID, "dead-letters").text,
+            15,
+            "the dead letter on the page",
+        )
         assert "retries_exhausted" in browser.find_element(By.ID, "dead-letters").text
         browser.save_screenshot(str(ARTIFACTS / "dashboard-dead-letter.png"))
         browser.find_element(By.CSS_SELECTOR, f'button.inspect[data-id="{receipt.id}"]').click()
-        wait_for(lambda: "replay me" in browser.find_element(By.ID, "dead-letters").text, 10,
-                 "the inspected message")
+        wait_for(
+            lambda: "replay me" in browser.find_element(By.ID, "dead-letters").text,
+            10,
+            "the inspected message",
+        )
         browser.find_element(By.ID, "replay-all").click()
-        wait_for(lambda: "no dead letters" in browser.find_element(By.ID, "dead-letters").text,
-                 20, "the list to empty")
+        wait_for(
+            lambda: "no dead letters" in browser.find_element(By.ID, "dead-letters").text,
+            20,
+            "the list to empty",
+        )
         browser.save_screenshot(str(ARTIFACTS / "dashboard-replayed.png"))
-        assert [m.id for m in wait_for(lambda: bus.read(reader, limit=5, wait=0.5), 15,
-                                       "the replayed message")] == [receipt.id]
+        assert [
+            m.id
+            for m in wait_for(
+                lambda: bus.read(reader, limit=5, wait=0.5), 15, "the replayed message"
+            )
+        ] == [receipt.id]
     finally:
         stop(server)
 
@@ -83,8 +106,12 @@ def test_dashboard_refuses_a_non_admin_token(fresh_env, tmp_path):
     try:
         headers = {"Authorization": f"Bearer {token}"}
         assert httpx.get(f"{base}/ui/api/overview", headers=headers).status_code == 401
-        assert httpx.post(f"{base}/ui/api/dead-letters/purge", headers=headers,
-                          json={"all": True}).status_code == 401
+        assert (
+            httpx.post(
+                f"{base}/ui/api/dead-letters/purge", headers=headers, json={"all": True}
+            ).status_code
+            == 401
+        )
     finally:
         stop(server)
 
@@ -92,8 +119,12 @@ def test_dashboard_refuses_a_non_admin_token(fresh_env, tmp_path):
 def test_flower_shows_bus_deliver_tasks(fresh_env, browser, agents):
     fresh_env.start_worker()
     port = free_port()
-    flower, log = spawn(fresh_env, "flower", ["-m", "bus.cli", "flower", "--port", str(port)],
-                        MESSAGE_BUS_FLOWER_AUTH="ops:flower-pw")
+    flower, log = spawn(
+        fresh_env,
+        "flower",
+        ["-m", "bus.cli", "flower", "--port", str(port)],
+        MESSAGE_BUS_FLOWER_AUTH="ops:flower-pw",
+    )
     try:
         wait_for(lambda: _get(f"http://127.0.0.1:{port}/healthcheck") in (200, 401), 60, "Flower")
         bus = fresh_env.bus()
@@ -118,11 +149,17 @@ def test_flower_shows_bus_deliver_tasks(fresh_env, browser, agents):
         browser.save_screenshot(str(ARTIFACTS / "flower-tasks.png"))
         assert marker not in browser.page_source  # payloads stay out of Flower
         browser.get(f"http://ops:flower-pw@127.0.0.1:{port}/tasks?state=SUCCESS")
-        first_task = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "td a[href*='/task/']"),
-                              10, "a task link")
+        first_task = wait_for(
+            lambda: browser.find_elements(By.CSS_SELECTOR, "td a[href*='/task/']"),
+            10,
+            "a task link",
+        )
         first_task[0].click()
-        wait_for(lambda: "<message" in browser.page_source or "&lt;message" in browser.page_source,
-                 10, "the task page showing only the message summary")
+        wait_for(
+            lambda: "<message" in browser.page_source or "&lt;message" in browser.page_source,
+            10,
+            "the task page showing only the message summary",
+        )
         assert marker not in browser.page_source
     finally:
         stop(flower)

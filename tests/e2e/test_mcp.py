@@ -23,16 +23,37 @@ from tests.conftest import ARTIFACTS, ROOT, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
-CORE = ["send_message", "read_messages", "ack_messages", "subscribe", "unsubscribe",
-        "get_history", "message_status", "request"]
-FULL = CORE + ["send_batch", "list_subscriptions", "list_agents", "list_dead_letters",
-               "replay_dead_letters", "health", "bus_stats"]
+CORE = [
+    "send_message",
+    "read_messages",
+    "ack_messages",
+    "subscribe",
+    "unsubscribe",
+    "get_history",
+    "message_status",
+    "request",
+]
+FULL = CORE + [
+    "send_batch",
+    "list_subscriptions",
+    "list_agents",
+    "list_dead_letters",
+    "replay_dead_letters",
+    "health",
+    "bus_stats",
+]
 
 
 def stdio(env, agent, profile="core", **extra):
-    return Client(StdioServerParameters(
-        command=sys.executable, args=["-m", "mcp_server", "--agent", agent, "--profile", profile],
-        env=env.env(**extra), cwd=str(ROOT)), read_timeout_seconds=60)
+    return Client(
+        StdioServerParameters(
+            command=sys.executable,
+            args=["-m", "mcp_server", "--agent", agent, "--profile", profile],
+            env=env.env(**extra),
+            cwd=str(ROOT),
+        ),
+        read_timeout_seconds=60,
+    )
 
 
 async def call(client, tool, args=None):
@@ -61,10 +82,28 @@ def http_server(module_env, worker, tmp_path_factory):
     port = free_port()
     log = ARTIFACTS / f"mcp-http-{module_env.vhost}.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mcp_server", "--http", "--host", "127.0.0.1", "--port", str(port),
-         "--profile", "full", "--tokens-file", str(tokens_path), "--log-level", "INFO"],
-        cwd=ROOT, env=module_env.env(MESSAGE_BUS_ADMINS='["http-ops"]'),
-        stdout=subprocess.DEVNULL, stderr=log.open("wb"), start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "mcp_server",
+            "--http",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--profile",
+            "full",
+            "--tokens-file",
+            str(tokens_path),
+            "--log-level",
+            "INFO",
+        ],
+        cwd=ROOT,
+        env=module_env.env(MESSAGE_BUS_ADMINS='["http-ops"]'),
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
 
     def up():
@@ -94,8 +133,11 @@ def test_two_stdio_agents_send_read_ack_and_see_it_in_history(module_env, worker
 
     async def scenario():
         async with stdio(module_env, alice) as a, stdio(module_env, bob) as b:
-            sent = await call(a, "send_message", {"to": bob, "type": "command",
-                                                  "payload": {"task": 7}, "priority": "high"})
+            sent = await call(
+                a,
+                "send_message",
+                {"to": bob, "type": "command", "payload": {"task": 7}, "priority": "high"},
+            )
             assert sent["status"] == "queued" and sent["queue"] == "bus.high"
             read = await call(b, "read_messages", {"wait_seconds": 10})
             assert read["count"] == 1
@@ -146,10 +188,17 @@ def test_revoked_token_is_refused_at_once(http_server):
 
 def test_foreign_origin_is_refused(http_server):
     url, issued, _ = http_server
-    headers = {"Authorization": f"Bearer {issued['http-alice']}", "Origin": "http://evil.example",
-               "Accept": "application/json, text/event-stream"}
-    response = httpx.post(f"{url}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
-                          headers=headers, timeout=10)
+    headers = {
+        "Authorization": f"Bearer {issued['http-alice']}",
+        "Origin": "http://evil.example",
+        "Accept": "application/json, text/event-stream",
+    }
+    response = httpx.post(
+        f"{url}/mcp",
+        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+        headers=headers,
+        timeout=10,
+    )
     assert response.status_code == 403
 
 
@@ -162,19 +211,28 @@ def test_topic_filters_broadcast_and_request_response(module_env, worker, agents
             read = await call(client, "read_messages", {"wait_seconds": 1})
             for m in read["messages"]:
                 if m["type"] == "request":
-                    await call(client, "send_message", {
-                        "to": m["reply_to"], "type": "response", "correlation_id": m["id"],
-                        "payload": {"answer": m["payload"]["q"] * 2}})
+                    await call(
+                        client,
+                        "send_message",
+                        {
+                            "to": m["reply_to"],
+                            "type": "response",
+                            "correlation_id": m["id"],
+                            "payload": {"answer": m["payload"]["q"] * 2},
+                        },
+                    )
                 await call(client, "ack_messages", {"ids": [m["id"]]})
 
     async def scenario():
-        async with stdio(module_env, alice) as a, stdio(module_env, bob) as b, \
-                stdio(module_env, carol) as c:
+        async with (
+            stdio(module_env, alice) as a,
+            stdio(module_env, bob) as b,
+            stdio(module_env, carol) as c,
+        ):
             await call(b, "subscribe", {"topics": [topic], "priorities": ["high"]})
             await call(c, "subscribe", {"topics": [topic]})
             await call(a, "send_message", {"topic": topic, "payload": 1, "priority": "low"})
-            high = await call(a, "send_message", {"topic": topic, "payload": 2,
-                                                  "priority": "high"})
+            high = await call(a, "send_message", {"topic": topic, "payload": 2, "priority": "high"})
             got_c = []
             while len(got_c) < 2:
                 got_c += (await call(c, "read_messages", {"wait_seconds": 5}))["messages"]
@@ -191,23 +249,23 @@ def test_topic_filters_broadcast_and_request_response(module_env, worker, agents
 
             stop = asyncio.Event()
             responder = asyncio.create_task(answer_loop(b, stop))
-            result = await call(a, "request", {"to": bob, "payload": {"q": 21},
-                                               "timeout_seconds": 20})
+            result = await call(
+                a, "request", {"to": bob, "payload": {"q": 21}, "timeout_seconds": 20}
+            )
             stop.set()
             await responder
             assert result["status"] == "answered"
             assert result["response"]["payload"] == {"answer": 42}
             assert result["response"]["correlation_id"] == result["request_id"]
-            timeout = await call(a, "request", {"to": carol, "payload": {"q": 1},
-                                                "timeout_seconds": 1})
+            timeout = await call(
+                a, "request", {"to": carol, "payload": {"q": 1}, "timeout_seconds": 1}
+            )
             assert timeout["status"] == "timeout" and timeout["request_id"]
 
     run(scenario())
 
 
-def test_push_notification_reaches_a_listening_client_within_a_second(
-    module_env, worker, agents
-):
+def test_push_notification_reaches_a_listening_client_within_a_second(module_env, worker, agents):
     alice, bob = agents("alice"), agents("bob")
     uri = f"message-bus://inbox/{bob}"
 
@@ -240,12 +298,19 @@ def test_legacy_resources_subscribe_gets_resource_updated(module_env, worker, ag
                 updates.append(str(params.uri))
                 got.set()
 
-        async with stdio(module_env, alice) as a, Client(
-            StdioServerParameters(command=sys.executable,
-                                  args=["-m", "mcp_server", "--agent", bob],
-                                  env=module_env.env(), cwd=str(ROOT)),
-            mode="legacy", message_handler=on_message,
-        ) as b:
+        async with (
+            stdio(module_env, alice) as a,
+            Client(
+                StdioServerParameters(
+                    command=sys.executable,
+                    args=["-m", "mcp_server", "--agent", bob],
+                    env=module_env.env(),
+                    cwd=str(ROOT),
+                ),
+                mode="legacy",
+                message_handler=on_message,
+            ) as b,
+        ):
             await b.subscribe_resource(uri)
             await call(a, "send_message", {"to": bob, "payload": "ping"})
             await asyncio.wait_for(got.wait(), 5)
@@ -262,16 +327,19 @@ def test_bad_input_gives_clear_tool_errors_and_changes_nothing(module_env, worke
     async def scenario():
         async with stdio(module_env, alice) as a:
             assert "agent id 'Bob Smith' must match" in await error_of(
-                a, "send_message", {"to": "Bob Smith", "payload": 1})
+                a, "send_message", {"to": "Bob Smith", "payload": 1}
+            )
             assert "MESSAGE_BUS_MAX_PAYLOAD_BYTES" in await error_of(
-                a, "send_message", {"to": bob, "payload": "x" * (1024 * 1024 + 10)})
+                a, "send_message", {"to": bob, "payload": "x" * (1024 * 1024 + 10)}
+            )
             assert "priority" in await error_of(
-                a, "send_message", {"to": bob, "payload": 1, "priority": "urgent"})
+                a, "send_message", {"to": bob, "payload": 1, "priority": "urgent"}
+            )
             assert "say where it goes" in await error_of(a, "send_message", {"payload": 1})
-            assert "no_such_arg" in await error_of(
-                a, "read_messages", {"no_such_arg": 1})
+            assert "no_such_arg" in await error_of(a, "read_messages", {"no_such_arg": 1})
             assert "may not read the messages of" in await error_of(
-                a, "get_history", {"agent_id": bob})
+                a, "get_history", {"agent_id": bob}
+            )
             with pytest.raises(Exception, match="may not read the messages of"):
                 await a.read_resource(f"message-bus://inbox/{bob}")
             history = await call(a, "get_history")
@@ -280,9 +348,7 @@ def test_bad_input_gives_clear_tool_errors_and_changes_nothing(module_env, worke
     run(scenario())
 
 
-def test_tools_list_matches_each_profile_and_every_tool_has_an_output_schema(
-    module_env, worker
-):
+def test_tools_list_matches_each_profile_and_every_tool_has_an_output_schema(module_env, worker):
     async def scenario():
         for profile, expected in (("core", CORE), ("full", FULL)):
             async with stdio(module_env, "lister", profile) as client:
@@ -317,17 +383,41 @@ def test_tools_fail_fast_while_redis_is_down_and_recover_without_restart(
     port = free_port()
 
     def start_redis():
-        subprocess.run(["redis-server", "--bind", "127.0.0.1", "--port", str(port),
-                        "--daemonize", "yes", "--dir", str(tmp_path), "--save", ""], check=True)
-        wait_for(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"],
-                                        capture_output=True).returncode == 0, 10, "redis")
+        subprocess.run(
+            [
+                "redis-server",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--daemonize",
+                "yes",
+                "--dir",
+                str(tmp_path),
+                "--save",
+                "",
+            ],
+            check=True,
+        )
+        wait_for(
+            lambda: (
+                subprocess.run(
+                    ["redis-cli", "-p", str(port), "ping"], capture_output=True
+                ).returncode
+                == 0
+            ),
+            10,
+            "redis",
+        )
 
     start_redis()
     alice = agents("alice")
     try:
+
         async def scenario():
-            async with stdio(module_env, alice,
-                             MESSAGE_BUS_REDIS_URL=f"redis://127.0.0.1:{port}/0") as a:
+            async with stdio(
+                module_env, alice, MESSAGE_BUS_REDIS_URL=f"redis://127.0.0.1:{port}/0"
+            ) as a:
                 assert (await call(a, "read_messages"))["count"] == 0
                 subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"])
                 started = time.monotonic()

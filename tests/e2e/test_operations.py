@@ -6,7 +6,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 import uuid
 
 import httpx
@@ -20,16 +19,28 @@ from tests.integration.test_security import publish_raw, wire_for
 
 pytestmark = pytest.mark.timeout(240)
 
-METRICS = ["message_bus_messages_total", "message_bus_message_duration_seconds_bucket",
-           "message_bus_errors_total", "message_bus_circuit_state", "message_bus_queue_depth",
-           "message_bus_dead_letters", "message_bus_inbox_depth", "message_bus_subscriptions"]
+METRICS = [
+    "message_bus_messages_total",
+    "message_bus_message_duration_seconds_bucket",
+    "message_bus_errors_total",
+    "message_bus_circuit_state",
+    "message_bus_queue_depth",
+    "message_bus_dead_letters",
+    "message_bus_inbox_depth",
+    "message_bus_subscriptions",
+]
 
 
 def spawn(env, name, args, **extra):
     log = ARTIFACTS / f"{name}-{env.vhost}.log"
-    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env.env(**extra),
-                            stdout=subprocess.DEVNULL, stderr=log.open("wb"),
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=env.env(**extra),
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+        start_new_session=True,
+    )
     return proc, log
 
 
@@ -45,8 +56,12 @@ def stop(proc):
 def start_http_server(env, name, tokens, **extra):
     """A `msgbus mcp --http` process on a free port; returns (process, base URL) once up."""
     port = free_port()
-    proc, _ = spawn(env, name, ["-m", "mcp_server", "--http", "--port", str(port),
-                                "--tokens-file", str(tokens)], **extra)
+    proc, _ = spawn(
+        env,
+        name,
+        ["-m", "mcp_server", "--http", "--port", str(port), "--tokens-file", str(tokens)],
+        **extra,
+    )
     base = f"http://127.0.0.1:{port}"
     wait_for(lambda: _get(f"{base}/healthz") == 200, 30, "the HTTP server")
     return proc, base
@@ -60,32 +75,48 @@ def metric(text, name, **labels):
     return total
 
 
-def test_beat_replays_a_transient_dead_letter_and_leaves_a_bad_signature_alone(
-    fresh_env, agents
-):
+def test_beat_replays_a_transient_dead_letter_and_leaves_a_bad_signature_alone(fresh_env, agents):
     bus = fresh_env.bus()
     sender, reader = agents("s"), agents("r")
     broken = fresh_env.start_worker(MESSAGE_BUS_REDIS_URL="redis://127.0.0.1:1/0")
-    transient = bus.send_message({"from": sender, "to": reader, "payload": "again",
-                                  "metadata": {"max_retries": 1}})
+    transient = bus.send_message(
+        {"from": sender, "to": reader, "payload": "again", "metadata": {"max_retries": 1}}
+    )
     forged = wire_for(sender, reader, "forged")
     forged["signature"] = {"kid": "k1", "alg": "HMAC-SHA256", "value": "0" * 64}
     publish_raw(fresh_env, forged)
-    letters = wait_for(lambda: {d.id: d.reason for d in bus.dead_letters()}
-                       if len(bus.dead_letters()) == 2 else None, 30, "two dead letters")
+    letters = wait_for(
+        lambda: (
+            {d.id: d.reason for d in bus.dead_letters()} if len(bus.dead_letters()) == 2 else None
+        ),
+        30,
+        "two dead letters",
+    )
     assert letters == {transient.id: "retries_exhausted", forged["id"]: "bad_signature"}
     broken.stop()
 
     fresh_env.start_worker()
-    beat, log = spawn(fresh_env, "beat", ["-m", "bus.cli", "beat"],
-                      MESSAGE_BUS_REPLAY_INTERVAL="1", MESSAGE_BUS_STATS_INTERVAL="1")
+    beat, log = spawn(
+        fresh_env,
+        "beat",
+        ["-m", "bus.cli", "beat"],
+        MESSAGE_BUS_REPLAY_INTERVAL="1",
+        MESSAGE_BUS_STATS_INTERVAL="1",
+    )
     try:
-        got = wait_for(lambda: bus.read(reader, limit=10, wait=0.5), 40,
-                       "beat to replay the transient dead letter")
+        got = wait_for(
+            lambda: bus.read(reader, limit=10, wait=0.5),
+            40,
+            "beat to replay the transient dead letter",
+        )
         assert [m.id for m in got] == [transient.id]
-        holds_for(lambda: [(d.id, d.reason) for d in bus.dead_letters()]
-                  == [(forged["id"], "bad_signature")], 2.5,
-                  "the forged dead letter staying put across beat periods")
+        holds_for(
+            lambda: (
+                [(d.id, d.reason) for d in bus.dead_letters()] == [(forged["id"], "bad_signature")]
+            ),
+            2.5,
+            "the forged dead letter staying put across beat periods",
+        )
         assert bus.read(reader, limit=10) == []
         assert "bus.replay_dead_letters" in log.read_text()
     finally:
@@ -102,11 +133,20 @@ def test_worker_metrics_move_when_messages_flow_and_http_metrics_name_everything
     url = f"http://127.0.0.1:{port}/metrics"
     before = metric(httpx.get(url).text, "message_bus_messages_total", status="delivered")
     receipts = [bus.send_message({"from": sender, "to": reader, "payload": i}) for i in range(5)]
-    wait_for(lambda: all(bus.status(r.id).status.value == "delivered" for r in receipts), 15,
-             "delivery")
-    text = wait_for(lambda: (lambda t: t if metric(t, "message_bus_messages_total",
-                                                   status="delivered") >= before + 5 else None)(
-        httpx.get(url).text), 10, "the delivered counter to move")
+    wait_for(
+        lambda: all(bus.status(r.id).status.value == "delivered" for r in receipts), 15, "delivery"
+    )
+    text = wait_for(
+        lambda: (
+            lambda t: (
+                t
+                if metric(t, "message_bus_messages_total", status="delivered") >= before + 5
+                else None
+            )
+        )(httpx.get(url).text),
+        10,
+        "the delivered counter to move",
+    )
     assert metric(text, "message_bus_message_duration_seconds_count", type="event") >= 5
 
     tokens = tmp_path / "tokens.json"
@@ -140,8 +180,14 @@ def test_readyz_flips_when_the_worker_stops(fresh_env, tmp_path):
         wait_for(lambda: _get(f"{base}/readyz") == 503, 30, "/readyz 503 without workers")
         assert httpx.get(f"{base}/readyz").json()["workers"] == []
         assert _get(f"{base}/healthz") == 200  # liveness is not readiness
-        out = subprocess.run([sys.executable, "-m", "bus.cli", "health"], cwd=ROOT,
-                             env=fresh_env.env(), capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            [sys.executable, "-m", "bus.cli", "health"],
+            cwd=ROOT,
+            env=fresh_env.env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert out.returncode == 1 and "ready: NO" in out.stdout
     finally:
         stop(server)
@@ -156,15 +202,40 @@ def test_redis_outage_mid_burst_loses_nothing_and_the_breaker_opens_then_closes(
     redis_url = f"redis://127.0.0.1:{port}/0"
 
     def redis_up():
-        subprocess.run(["redis-server", "--bind", "127.0.0.1", "--port", str(port),
-                        "--daemonize", "yes", "--dir", str(tmp_path), "--appendonly", "yes",
-                        "--save", ""], check=True)
-        wait_for(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"],
-                                        capture_output=True).returncode == 0, 10, "redis")
+        subprocess.run(
+            [
+                "redis-server",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--daemonize",
+                "yes",
+                "--dir",
+                str(tmp_path),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+            ],
+            check=True,
+        )
+        wait_for(
+            lambda: (
+                subprocess.run(
+                    ["redis-cli", "-p", str(port), "ping"], capture_output=True
+                ).returncode
+                == 0
+            ),
+            10,
+            "redis",
+        )
 
     redis_up()
-    fresh_env.overrides |= {"MESSAGE_BUS_REDIS_URL": redis_url,
-                            "MESSAGE_BUS_DEFAULT_MAX_RETRIES": "100"}
+    fresh_env.overrides |= {
+        "MESSAGE_BUS_REDIS_URL": redis_url,
+        "MESSAGE_BUS_DEFAULT_MAX_RETRIES": "100",
+    }
     fresh_env.start_worker()
     bus = fresh_env.bus()
     seen_states = []
@@ -178,8 +249,11 @@ def test_redis_outage_mid_burst_loses_nothing_and_the_breaker_opens_then_closes(
             if i == 700:
                 assert bus.runtime.store and BREAKERS["redis"].state in ("open", "half_open")
                 redis_up()
-            sent.append(bus.send_message({"from": sender, "to": reader, "payload": i,
-                                          "id": str(uuid.uuid4())}).id)
+            sent.append(
+                bus.send_message(
+                    {"from": sender, "to": reader, "payload": i, "id": str(uuid.uuid4())}
+                ).id
+            )
         got = set()
 
         def drain():

@@ -20,11 +20,23 @@ def test_up_starts_everything_and_ctrl_c_stops_every_process(fresh_env, agents, 
     mcp_port, flower_port, metrics_port = free_port(), free_port(), free_port()
     log = ARTIFACTS / f"up-{fresh_env.vhost}.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bus.cli", "up", "--mcp-port", str(mcp_port),
-         "--flower-port", str(flower_port)],
-        cwd=ROOT, env=fresh_env.env(MESSAGE_BUS_METRICS_PORT=str(metrics_port),
-                                    MESSAGE_BUS_TOKENS_FILE=str(tmp_path / "tokens.json")),
-        stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "bus.cli",
+            "up",
+            "--mcp-port",
+            str(mcp_port),
+            "--flower-port",
+            str(flower_port),
+        ],
+        cwd=ROOT,
+        env=fresh_env.env(
+            MESSAGE_BUS_METRICS_PORT=str(metrics_port),
+            MESSAGE_BUS_TOKENS_FILE=str(tmp_path / "tokens.json"),
+        ),
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
     )
     try:
         wait_for(lambda: b"bus is up" in log.read_bytes(), 60, "msgbus up to start")
@@ -35,10 +47,10 @@ def test_up_starts_everything_and_ctrl_c_stops_every_process(fresh_env, agents, 
         wait_for(lambda: _get(f"{base}/healthz") == 200, 60, "MCP /healthz")
         wait_for(lambda: _get(f"{base}/readyz") == 200, 60, "a live worker (/readyz)")
         assert _get(f"{base}/ui") == 401  # the login page: a token is needed
-        wait_for(lambda: _get(f"http://127.0.0.1:{metrics_port}/metrics") == 200, 30,
-                 "worker metrics")
-        wait_for(lambda: _get(f"http://127.0.0.1:{flower_port}/healthcheck") == 200, 60,
-                 "Flower")
+        wait_for(
+            lambda: _get(f"http://127.0.0.1:{metrics_port}/metrics") == 200, 30, "worker metrics"
+        )
+        wait_for(lambda: _get(f"http://127.0.0.1:{flower_port}/healthcheck") == 200, 60, "Flower")
         bus = fresh_env.bus()
         sender, reader = agents("s"), agents("r")
         receipt = bus.send_message({"from": sender, "to": reader, "payload": "up"})

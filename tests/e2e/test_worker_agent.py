@@ -20,11 +20,13 @@ def echo_agent(module_env, worker):
     log = ARTIFACTS / f"agent-echo-{module_env.vhost}.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "bus.cli", "agent", "run", "examples.echo_agent:agent"],
-        cwd=ROOT, env=module_env.env(), stdout=subprocess.DEVNULL, stderr=log.open("wb"),
+        cwd=ROOT,
+        env=module_env.env(),
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
         start_new_session=True,
     )
-    wait_for(lambda: b"ready." in log.read_bytes() or proc.poll() is not None, 60,
-             "the echo agent")
+    wait_for(lambda: b"ready." in log.read_bytes() or proc.poll() is not None, 60, "the echo agent")
     assert proc.poll() is None, log.read_text()[-2000:]
     yield log
     proc.terminate()
@@ -37,19 +39,25 @@ def test_worker_agent_answers_a_request_from_the_python_api(module_env, echo_age
     response = bus.request({"from": asker, "to": "echo", "payload": {"q": "hi"}}, timeout=30)
     assert response.sender == "echo" and response.type.value == "response"
     assert response.payload == {"echo": {"q": "hi"}, "from": "echo"}
-    command = bus.request({"from": asker, "to": "echo", "type": "command",
-                           "payload": {"text": "three little words"}}, timeout=30)
+    command = bus.request(
+        {"from": asker, "to": "echo", "type": "command", "payload": {"text": "three little words"}},
+        timeout=30,
+    )
     assert command.payload == {"words": 3}
     # The handler answers first, then acks its inbox copy.
-    wait_for(lambda: bus.status(command.correlation_id).status.value == "acked", 10,
-             "the request to be acked by the agent")
+    wait_for(
+        lambda: bus.status(command.correlation_id).status.value == "acked",
+        10,
+        "the request to be acked by the agent",
+    )
 
 
 def test_worker_agent_answers_an_mcp_request(module_env, echo_agent, agents):
     async def scenario():
         async with stdio(module_env, agents("claude")) as client:
-            result = await call(client, "request", {"to": "echo", "payload": "from mcp",
-                                                    "timeout_seconds": 30})
+            result = await call(
+                client, "request", {"to": "echo", "payload": "from mcp", "timeout_seconds": 30}
+            )
             assert result["status"] == "answered"
             assert result["response"]["payload"] == {"echo": "from mcp", "from": "echo"}
 
@@ -60,11 +68,20 @@ def test_failing_handler_retries_then_is_dead_lettered_with_its_error(
     module_env, echo_agent, agents
 ):
     bus = module_env.bus()
-    receipt = bus.send_message({"from": agents("asker"), "to": "echo", "type": "request",
-                                "payload": {"fail": True, "why": "disk on fire"},
-                                "metadata": {"max_retries": 2}})
-    letters = wait_for(lambda: [d for d in bus.dead_letters() if d.id == receipt.id], 60,
-                       "the failed request in the dead letters")
+    receipt = bus.send_message(
+        {
+            "from": agents("asker"),
+            "to": "echo",
+            "type": "request",
+            "payload": {"fail": True, "why": "disk on fire"},
+            "metadata": {"max_retries": 2},
+        }
+    )
+    letters = wait_for(
+        lambda: [d for d in bus.dead_letters() if d.id == receipt.id],
+        60,
+        "the failed request in the dead letters",
+    )
     letter = letters[0]
     assert letter.reason == "handler_failed"
     assert "RuntimeError: asked to fail: disk on fire" in letter.error

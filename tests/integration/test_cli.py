@@ -15,15 +15,31 @@ pytestmark = pytest.mark.timeout(120)
 
 def msgbus(env, *args, stdin=None):
     return subprocess.run(
-        [sys.executable, "-m", "bus.cli", *args], cwd=ROOT, env=env.env(), input=stdin,
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "bus.cli", *args],
+        cwd=ROOT,
+        env=env.env(),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
 def test_send_read_ack_status_history_round_trip_with_json_output(module_env, worker, agents):
     a, b = agents("a"), agents("b")
-    sent = msgbus(module_env, "send", "--from", a, "--to", b, "--priority", "high",
-                  "--payload", '{"task": 1}', "--json")
+    sent = msgbus(
+        module_env,
+        "send",
+        "--from",
+        a,
+        "--to",
+        b,
+        "--priority",
+        "high",
+        "--payload",
+        '{"task": 1}',
+        "--json",
+    )
     assert sent.returncode == 0, sent.stderr
     receipt = json.loads(sent.stdout)
     assert receipt["status"] == "queued" and receipt["queue"] == "bus.high"
@@ -47,7 +63,7 @@ def test_read_with_ack_and_plain_text_output(module_env, worker, agents):
     msgbus(module_env, "send", "--from", a, "--to", b, "--payload", '"hello"')
     out = msgbus(module_env, "read", b, "--wait", "10", "--ack")
     assert out.returncode == 0
-    assert f"command from {a}: \"hello\"" in out.stdout
+    assert f'command from {a}: "hello"' in out.stdout
     assert msgbus(module_env, "read", b).stdout.strip() == "(no messages)"
 
 
@@ -55,25 +71,44 @@ def test_subscribe_publish_and_whole_message_from_stdin(module_env, worker, agen
     a, b = agents("a"), agents("b")
     topic = agents("news")
     assert msgbus(module_env, "subscribe", b, topic, "--types", "event").returncode == 0
-    out = msgbus(module_env, "send", "--from", a, "--message", "-",
-                 stdin=json.dumps({"topic": topic, "type": "event", "payload": [1, 2]}))
+    out = msgbus(
+        module_env,
+        "send",
+        "--from",
+        a,
+        "--message",
+        "-",
+        stdin=json.dumps({"topic": topic, "type": "event", "payload": [1, 2]}),
+    )
     assert out.returncode == 0, out.stderr
-    read = wait_for(lambda: json.loads(msgbus(module_env, "read", b, "--json").stdout), 10,
-                    "topic message")
+    read = wait_for(
+        lambda: json.loads(msgbus(module_env, "read", b, "--json").stdout), 10, "topic message"
+    )
     assert read[0]["payload"] == [1, 2] and read[0]["topic"] == topic
     assert msgbus(module_env, "unsubscribe", b, topic).stdout.strip() == (
-        "removed 1 subscription(s)")
+        "removed 1 subscription(s)"
+    )
 
 
 @pytest.mark.parametrize(
     ("args", "stdin", "message"),
     [
-        (["send", "--from", "a", "--to", "b", "--payload", "{oops"], None,
-         "error: --payload is not valid JSON"),
-        (["send", "--from", "a", "--message", "-"], "[not json", "error: --message is not valid JSON"),
+        (
+            ["send", "--from", "a", "--to", "b", "--payload", "{oops"],
+            None,
+            "error: --payload is not valid JSON",
+        ),
+        (
+            ["send", "--from", "a", "--message", "-"],
+            "[not json",
+            "error: --message is not valid JSON",
+        ),
         (["send", "--from", "A!", "--to", "b"], None, "error: invalid message: from: agent id"),
-        (["send", "--from", "a", "--to", "b", "--priority", "urgent"], None,
-         "error: invalid message: metadata.priority"),
+        (
+            ["send", "--from", "a", "--to", "b", "--priority", "urgent"],
+            None,
+            "error: invalid message: metadata.priority",
+        ),
         (["read", "Bad Agent"], None, "error: invalid agent id"),
     ],
 )
@@ -93,18 +128,26 @@ def test_status_of_an_unknown_message_is_not_found(module_env):
 
 def test_dlq_commands_list_show_replay_and_purge(fresh_env, agents):
     a, b = agents("a"), agents("b")
-    ids = [json.loads(msgbus(fresh_env, "send", "--from", a, "--to", b, "--ttl", "0.2",
-                             "--json").stdout)["id"] for _ in range(2)]
+    ids = [
+        json.loads(
+            msgbus(fresh_env, "send", "--from", a, "--to", b, "--ttl", "0.2", "--json").stdout
+        )["id"]
+        for _ in range(2)
+    ]
     listed = wait_for(
-        lambda: (lambda r: len(r) == 2 and r)(json.loads(msgbus(fresh_env, "dlq", "list",
-                                                               "--json").stdout)), 10,
-        "two dead letters")
+        lambda: (lambda r: len(r) == 2 and r)(
+            json.loads(msgbus(fresh_env, "dlq", "list", "--json").stdout)
+        ),
+        10,
+        "two dead letters",
+    )
     assert {d["id"] for d in listed} == set(ids) and {d["reason"] for d in listed} == {"expired"}
     shown = json.loads(msgbus(fresh_env, "dlq", "show", ids[0], "--json").stdout)
     assert shown["message"]["from"] == a
     assert "reason=expired" in msgbus(fresh_env, "dlq", "list").stdout
     assert json.loads(msgbus(fresh_env, "dlq", "purge", ids[0], "--json").stdout) == {
-        "purged": [ids[0]]}
+        "purged": [ids[0]]
+    }
     replayed = json.loads(msgbus(fresh_env, "dlq", "replay", "--all", "--json").stdout)
     assert replayed == {"replayed": [ids[1]]}
     nothing = msgbus(fresh_env, "dlq", "replay")

@@ -25,17 +25,22 @@ def read_until(bus, agent, count, timeout=15.0):
 
 def test_seed_usage_sends_a_high_priority_command_and_it_is_read_and_acked(bus, agents):
     agent1, agent2 = agents("agent1"), agents("agent2")
-    receipt = bus.send_message({
-        "from": agent1, "to": agent2, "type": "command",
-        "payload": {"action": "process_task", "taskId": "123"},
-        "metadata": {"priority": "high", "ttl": 3600, "topic": "task-processing"},
-    })
+    receipt = bus.send_message(
+        {
+            "from": agent1,
+            "to": agent2,
+            "type": "command",
+            "payload": {"action": "process_task", "taskId": "123"},
+            "metadata": {"priority": "high", "ttl": 3600, "topic": "task-processing"},
+        }
+    )
     assert receipt.status.value == "queued"
     assert receipt.queue == "bus.high"
     assert len(receipt.id) == 36
 
-    bus.subscribe(agent2, ["task-processing"], types=["command", "query"],
-                  priorities=["high", "critical"])
+    bus.subscribe(
+        agent2, ["task-processing"], types=["command", "query"], priorities=["high", "critical"]
+    )
     messages = bus.read(agent2, limit=10, wait=5.0)
     assert [m.id for m in messages] == [receipt.id]
     m = messages[0]
@@ -61,10 +66,8 @@ def test_topic_message_reaches_only_subscribers_whose_filters_match(bus, agents)
     bus.subscribe(other, [agents("unrelated")])
 
     low_event = bus.publish(sender, topic, {"n": 1}, type="event", metadata={"priority": "low"})
-    high_event = bus.publish(sender, topic, {"n": 2}, type="event",
-                             metadata={"priority": "high"})
-    low_command = bus.publish(sender, topic, {"n": 3}, type="command",
-                              metadata={"priority": "low"})
+    high_event = bus.publish(sender, topic, {"n": 2}, type="event", metadata={"priority": "high"})
+    low_command = bus.publish(sender, topic, {"n": 3}, type="command", metadata={"priority": "low"})
     wait_for(lambda: bus.status(low_command.id).status.value == "delivered", 10, "delivery")
     wait_for(lambda: bus.status(low_event.id).status.value == "delivered", 10, "delivery")
 
@@ -92,12 +95,14 @@ def test_read_returns_higher_priority_first_then_fifo(bus, agents):
     sender, reader = agents("s"), agents("r")
     order = ["low", "normal", "critical", "high", "low", "critical", "normal", "high"]
     receipts = [
-        bus.send_message({"from": sender, "to": reader, "payload": i,
-                          "metadata": {"priority": p}})
+        bus.send_message({"from": sender, "to": reader, "payload": i, "metadata": {"priority": p}})
         for i, p in enumerate(order)
     ]
-    wait_for(lambda: all(bus.status(r.id).status.value == "delivered" for r in receipts),
-             15, "all delivered")
+    wait_for(
+        lambda: all(bus.status(r.id).status.value == "delivered" for r in receipts),
+        15,
+        "all delivered",
+    )
     got = bus.read(reader, limit=100)
     rank = {"critical": 0, "high": 1, "normal": 2, "low": 3}
     expected = sorted(range(len(order)), key=lambda i: (rank[order[i]], i))
@@ -108,14 +113,17 @@ def test_a_critical_message_does_not_wait_behind_a_low_backlog(fresh_env, agents
     bus = fresh_env.bus()
     sender, reader, sink = agents("s"), agents("r"), agents("sink")
     for i in range(2000):
-        bus.send_message({"from": sender, "to": sink, "payload": i,
-                          "metadata": {"priority": "low"}})
+        bus.send_message(
+            {"from": sender, "to": sink, "payload": i, "metadata": {"priority": "low"}}
+        )
     fresh_env.start_worker()
-    fresh_env.start_worker(concurrency=2, queues="bus.critical,bus.high",
-                           MESSAGE_BUS_EXPRESS_WORKER="1")
+    fresh_env.start_worker(
+        concurrency=2, queues="bus.critical,bus.high", MESSAGE_BUS_EXPRESS_WORKER="1"
+    )
     wait_for(lambda: bus.runtime.store.inbox_depth(sink)[0] > 100, 30, "the backlog draining")
-    receipt = bus.send_message({"from": sender, "to": reader, "payload": "urgent",
-                                "metadata": {"priority": "critical"}})
+    receipt = bus.send_message(
+        {"from": sender, "to": reader, "payload": "urgent", "metadata": {"priority": "critical"}}
+    )
     wait_for(lambda: bus.runtime.store.inbox_depth(reader)[0] == 1, 30, "the critical message")
     still_waiting = 2000 - bus.runtime.store.inbox_depth(sink)[0]
     assert still_waiting > 500, "the critical message must not wait for the backlog to drain"
@@ -147,8 +155,11 @@ def test_long_poll_wakes_when_a_message_arrives(bus, agents):
 
     thread = threading.Thread(target=wait_read)
     thread.start()
-    wait_for(lambda: bus.runtime.redis.pubsub_numsub(bus.runtime.keys.inbox_channel(reader))[0][1],
-             5, "the reader to be waiting")
+    wait_for(
+        lambda: bus.runtime.redis.pubsub_numsub(bus.runtime.keys.inbox_channel(reader))[0][1],
+        5,
+        "the reader to be waiting",
+    )
     receipt = bus.send_message({"from": sender, "to": reader, "payload": 1})
     thread.join(25)
     assert [m.id for m in result["messages"]] == [receipt.id]
@@ -157,10 +168,12 @@ def test_long_poll_wakes_when_a_message_arrives(bus, agents):
 
 def test_a_repeated_dedup_key_is_refused_as_duplicate_and_delivered_once(bus, agents):
     sender, reader = agents("s"), agents("r")
-    first = bus.send_message({"from": sender, "to": reader, "payload": 1,
-                              "metadata": {"dedup_key": "order-42"}})
-    again = bus.send_message({"from": sender, "to": reader, "payload": 2,
-                              "metadata": {"dedup_key": "order-42"}})
+    first = bus.send_message(
+        {"from": sender, "to": reader, "payload": 1, "metadata": {"dedup_key": "order-42"}}
+    )
+    again = bus.send_message(
+        {"from": sender, "to": reader, "payload": 2, "metadata": {"dedup_key": "order-42"}}
+    )
     assert first.status.value == "queued"
     assert again.status.value == "duplicate" and again.duplicate_of == first.id
     same_id = bus.send_message({"id": first.id, "from": sender, "to": reader, "payload": 3})
@@ -172,12 +185,22 @@ def test_a_repeated_dedup_key_is_refused_as_duplicate_and_delivered_once(bus, ag
 
 def test_send_batch_delivers_every_message_of_mixed_priorities(bus, agents):
     sender, reader = agents("s"), agents("r")
-    batch = [{"from": sender, "to": reader, "payload": i,
-              "metadata": {"priority": "high" if i % 2 else "low"}} for i in range(50)]
+    batch = [
+        {
+            "from": sender,
+            "to": reader,
+            "payload": i,
+            "metadata": {"priority": "high" if i % 2 else "low"},
+        }
+        for i in range(50)
+    ]
     receipts = bus.send_batch(batch)
     assert len(receipts) == 50 and all(r.status.value == "queued" for r in receipts)
-    wait_for(lambda: all(bus.status(r.id).status.value == "delivered" for r in receipts),
-             15, "the whole batch delivered")
+    wait_for(
+        lambda: all(bus.status(r.id).status.value == "delivered" for r in receipts),
+        15,
+        "the whole batch delivered",
+    )
     got = bus.read(reader, limit=100)
     assert sorted(m.payload for m in got) == list(range(50))
     assert [m.metadata.priority.value for m in got[:25]] == ["high"] * 25
@@ -190,7 +213,11 @@ def test_health_and_stats_from_the_python_api(bus, agents):
     bus.subscribe(agents("a"), [agents("t")])
     stats = bus.stats()
     assert stats.subscriptions >= 1 and set(stats.queue_depths) == {
-        "bus.critical", "bus.high", "bus.normal", "bus.low"}
+        "bus.critical",
+        "bus.high",
+        "bus.normal",
+        "bus.low",
+    }
 
 
 def test_request_returns_the_correlated_response(bus, agents):
@@ -198,8 +225,15 @@ def test_request_returns_the_correlated_response(bus, agents):
 
     def answer():
         [req] = read_until(bus, answerer, 1)
-        bus.send_message({"from": answerer, "to": req.reply_to, "type": "response",
-                          "correlation_id": req.id, "payload": {"echo": req.payload}})
+        bus.send_message(
+            {
+                "from": answerer,
+                "to": req.reply_to,
+                "type": "response",
+                "correlation_id": req.id,
+                "payload": {"echo": req.payload},
+            }
+        )
         bus.ack(answerer, [req.id])
 
     thread = threading.Thread(target=answer)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -27,10 +26,14 @@ def test_transient_failure_retries_with_backoff_then_dead_letters_and_replays_on
     sender, reader = agents("s"), agents("r")
     # A worker that cannot reach Redis: every delivery is a transient failure.
     broken = fresh_env.start_worker(MESSAGE_BUS_REDIS_URL=DEAD_REDIS)
-    receipt = bus.send_message({"from": sender, "to": reader, "payload": {"k": 1},
-                                "metadata": {"max_retries": 2}})
-    letters = wait_for(lambda: [d for d in bus.dead_letters() if d.id == receipt.id], 30,
-                       "the message to be dead-lettered")
+    receipt = bus.send_message(
+        {"from": sender, "to": reader, "payload": {"k": 1}, "metadata": {"max_retries": 2}}
+    )
+    letters = wait_for(
+        lambda: [d for d in bus.dead_letters() if d.id == receipt.id],
+        30,
+        "the message to be dead-lettered",
+    )
     letter = letters[0]
     assert letter.reason == "retries_exhausted"
     assert "Redis cannot be reached" in (letter.error or "")
@@ -59,29 +62,43 @@ def test_poison_task_goes_to_dead_letters_without_blocking_the_queue(fresh_env, 
     sender, reader = agents("s"), agents("r")
     with Connection(fresh_env.settings().broker_url) as conn:
         producer = Producer(conn)
-        body = [["this is not a message"], {}, {"callbacks": None, "errbacks": None,
-                                                 "chain": None, "chord": None}]
-        producer.publish(body, exchange=Exchange("bus", "direct"), routing_key="bus.normal",
-                         serializer="json", headers={"task": "bus.deliver", "id": "poison-1"})
-    receipts = [bus.send_message({"from": sender, "to": reader, "payload": i})
-                for i in range(20)]
+        body = [
+            ["this is not a message"],
+            {},
+            {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
+        ]
+        producer.publish(
+            body,
+            exchange=Exchange("bus", "direct"),
+            routing_key="bus.normal",
+            serializer="json",
+            headers={"task": "bus.deliver", "id": "poison-1"},
+        )
+    receipts = [bus.send_message({"from": sender, "to": reader, "payload": i}) for i in range(20)]
     got = []
-    wait_for(lambda: got.extend(bus.read(reader, limit=100, wait=0.3)) or len(got) >= 20, 20,
-             "the healthy messages")
+    wait_for(
+        lambda: got.extend(bus.read(reader, limit=100, wait=0.3)) or len(got) >= 20,
+        20,
+        "the healthy messages",
+    )
     assert sorted(m.payload for m in got) == list(range(20))
     assert {r.id for r in receipts} == {m.id for m in got}
     letters = wait_for(lambda: bus.dead_letters(), 10, "the poison dead letter")
     assert [d.reason for d in letters] == ["malformed"] or letters[0].reason in (
-        "malformed", "rejected")
+        "malformed",
+        "rejected",
+    )
 
 
 def test_message_expiring_in_the_queue_is_dead_lettered_as_expired(fresh_env, agents):
     bus = fresh_env.bus()  # no worker is running
     sender, reader = agents("s"), agents("r")
-    receipt = bus.send_message({"from": sender, "to": reader, "payload": 1,
-                                "metadata": {"ttl": 0.5}})
-    letters = wait_for(lambda: [d for d in bus.dead_letters() if d.id == receipt.id], 10,
-                       "broker expiry")
+    receipt = bus.send_message(
+        {"from": sender, "to": reader, "payload": 1, "metadata": {"ttl": 0.5}}
+    )
+    letters = wait_for(
+        lambda: [d for d in bus.dead_letters() if d.id == receipt.id], 10, "broker expiry"
+    )
     assert letters[0].reason == "expired"
     assert bus.status(receipt.id).status.value == "expired"
     fresh_env.start_worker()
@@ -95,19 +112,38 @@ def test_message_reaching_the_worker_after_its_ttl_is_not_delivered(fresh_env, a
     codec = bus.runtime.codec
     message_id = str(uuid.uuid4())
     old = (datetime.now(UTC) - timedelta(seconds=10)).isoformat().replace("+00:00", "Z")
-    wire = codec.sign({
-        "version": "1.0", "id": message_id, "from": sender, "to": reader, "type": "event",
-        "timestamp": old, "payload": 1,
-        "metadata": {"priority": "normal", "ttl": 5, "max_retries": 3, "retry_count": 0,
-                     "compression": "none", "encrypted": False},
-    })
+    wire = codec.sign(
+        {
+            "version": "1.0",
+            "id": message_id,
+            "from": sender,
+            "to": reader,
+            "type": "event",
+            "timestamp": old,
+            "payload": 1,
+            "metadata": {
+                "priority": "normal",
+                "ttl": 5,
+                "max_retries": 3,
+                "retry_count": 0,
+                "compression": "none",
+                "encrypted": False,
+            },
+        }
+    )
     # Published without a broker expiry, as a message that was in flight would be.
     bus.runtime.broker.publish("bus.deliver", [wire], queue="bus.normal", task_id=message_id)
-    wait_for(lambda: bus.runtime.store.status(message_id).get("status") == "expired", 10,
-             "worker to record expiry")
+    wait_for(
+        lambda: bus.runtime.store.status(message_id).get("status") == "expired",
+        10,
+        "worker to record expiry",
+    )
     assert bus.status(message_id).reason == "expired"
-    letters = wait_for(lambda: [d for d in bus.dead_letters() if d.id == message_id], 10,
-                       "the rejected message in the dead letters")
+    letters = wait_for(
+        lambda: [d for d in bus.dead_letters() if d.id == message_id],
+        10,
+        "the rejected message in the dead letters",
+    )
     assert [d.reason for d in letters] == ["expired"]
     assert bus.read(reader, limit=10) == []
 
@@ -115,8 +151,10 @@ def test_message_reaching_the_worker_after_its_ttl_is_not_delivered(fresh_env, a
 def test_purge_removes_only_the_named_dead_letters(fresh_env, agents):
     bus = fresh_env.bus()
     sender, reader = agents("s"), agents("r")
-    receipts = [bus.send_message({"from": sender, "to": reader, "payload": i,
-                                  "metadata": {"ttl": 0.2}}) for i in range(3)]
+    receipts = [
+        bus.send_message({"from": sender, "to": reader, "payload": i, "metadata": {"ttl": 0.2}})
+        for i in range(3)
+    ]
     wait_for(lambda: len(dead_ids(bus)) == 3, 10, "three dead letters")
     assert bus.purge_dead_letters([receipts[0].id]) == [receipts[0].id]
     assert dead_ids(bus) == {receipts[1].id, receipts[2].id}

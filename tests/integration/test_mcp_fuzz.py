@@ -17,18 +17,43 @@ from mcp_server.server import build_server
 
 pytestmark = pytest.mark.timeout(300)
 
-FUZZED = ["send_message", "send_batch", "subscribe", "unsubscribe", "ack_messages",
-          "get_history", "message_status", "read_messages", "list_subscriptions"]
+FUZZED = [
+    "send_message",
+    "send_batch",
+    "subscribe",
+    "unsubscribe",
+    "ack_messages",
+    "get_history",
+    "message_status",
+    "read_messages",
+    "list_subscriptions",
+]
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=12,
 )
 # Plausible values (agent ids, enum names) mixed with junk, so both paths get exercised.
-plausible = st.sampled_from(["bob", "alice", "tasks/new", "high", "low", "command", "event",
-                             "Bob!", "", "*", "x" * 70, "../etc", "critical"])
+plausible = st.sampled_from(
+    [
+        "bob",
+        "alice",
+        "tasks/new",
+        "high",
+        "low",
+        "command",
+        "event",
+        "Bob!",
+        "",
+        "*",
+        "x" * 70,
+        "../etc",
+        "critical",
+    ]
+)
 arg_values = plausible | json_values | st.lists(plausible, max_size=3)
 
 
@@ -48,9 +73,28 @@ async def _call(srv, tool, args):
 @given(data=st.data())
 def test_no_tool_input_crashes_the_server_or_leaves_partial_state(server, data):
     tool = data.draw(st.sampled_from(FUZZED), label="tool")
-    keys = st.sampled_from(["to", "topic", "payload", "type", "priority", "ttl_seconds",
-                            "broadcast", "ids", "topics", "types", "priorities", "limit",
-                            "wait_seconds", "id", "messages", "since", "dedup_key", "bogus"])
+    keys = st.sampled_from(
+        [
+            "to",
+            "topic",
+            "payload",
+            "type",
+            "priority",
+            "ttl_seconds",
+            "broadcast",
+            "ids",
+            "topics",
+            "types",
+            "priorities",
+            "limit",
+            "wait_seconds",
+            "id",
+            "messages",
+            "since",
+            "dedup_key",
+            "bogus",
+        ]
+    )
     args = data.draw(st.dictionaries(keys, arg_values, max_size=5), label="args")
     if "wait_seconds" in args:
         args["wait_seconds"] = 0

@@ -28,10 +28,21 @@ def rfc3339(dt: datetime) -> str:
 
 def wire_for(sender, to, payload, *, when=None, **meta):
     return {
-        "version": "1.0", "id": str(uuid.uuid4()), "from": sender, "to": to, "type": "event",
-        "timestamp": rfc3339(when or datetime.now(UTC)), "payload": payload,
-        "metadata": {"priority": "normal", "max_retries": 3, "retry_count": 0,
-                     "compression": "none", "encrypted": False} | meta,
+        "version": "1.0",
+        "id": str(uuid.uuid4()),
+        "from": sender,
+        "to": to,
+        "type": "event",
+        "timestamp": rfc3339(when or datetime.now(UTC)),
+        "payload": payload,
+        "metadata": {
+            "priority": "normal",
+            "max_retries": 3,
+            "retry_count": 0,
+            "compression": "none",
+            "encrypted": False,
+        }
+        | meta,
     }
 
 
@@ -39,14 +50,21 @@ def publish_raw(env, wire, queue="bus.normal"):
     """Publishes a delivery task straight to the queue, as an attacker on the broker could."""
     body = [[wire], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
     with Connection(env.settings().broker_url) as conn:
-        Producer(conn).publish(body, exchange=Exchange("bus", "direct"), routing_key=queue,
-                               serializer="json",
-                               headers={"task": "bus.deliver", "id": str(wire.get("id"))})
+        Producer(conn).publish(
+            body,
+            exchange=Exchange("bus", "direct"),
+            routing_key=queue,
+            serializer="json",
+            headers={"task": "bus.deliver", "id": str(wire.get("id"))},
+        )
 
 
 def dead_reason(bus, message_id):
-    letters = wait_for(lambda: [d for d in bus.dead_letters() if d.id == message_id], 15,
-                       f"{message_id} in the dead letters")
+    letters = wait_for(
+        lambda: [d for d in bus.dead_letters() if d.id == message_id],
+        15,
+        f"{message_id} in the dead letters",
+    )
     return letters[0].reason
 
 
@@ -86,8 +104,11 @@ def test_key_rotation_old_signatures_verify_after_a_new_key_is_added_first(fresh
     new = fresh_env.bus(secret_keys=rotated)
     receipt_new = new.send_message({"from": sender, "to": reader, "payload": "new"})
     got = []
-    wait_for(lambda: got.extend(new.read(reader, limit=10, wait=0.5)) or len(got) == 2, 15,
-             "both messages")
+    wait_for(
+        lambda: got.extend(new.read(reader, limit=10, wait=0.5)) or len(got) == 2,
+        15,
+        "both messages",
+    )
     assert {m.id for m in got} == {receipt_old.id, receipt_new.id}
     assert {m.signature.kid for m in got} == {"k1", "k2"}
     assert all(m.verified for m in got)
@@ -130,8 +151,14 @@ def test_encrypted_payload_is_unreadable_in_the_broker_and_redis_but_not_to_the_
     bus = fresh_env.bus()
     sender, reader = agents("s"), agents("r")
     secret = "launch-code-" + uuid.uuid4().hex
-    receipt = bus.send_message({"from": sender, "to": reader, "payload": {"code": secret},
-                                "metadata": {"encrypted": True, "compression": "gzip"}})
+    receipt = bus.send_message(
+        {
+            "from": sender,
+            "to": reader,
+            "payload": {"code": secret},
+            "metadata": {"encrypted": True, "compression": "gzip"},
+        }
+    )
     with Connection(fresh_env.settings().broker_url) as conn:  # no worker yet: still queued
         channel = conn.channel()
         queued = channel.basic_get("bus.normal", no_ack=False)
@@ -144,11 +171,17 @@ def test_encrypted_payload_is_unreadable_in_the_broker_and_redis_but_not_to_the_
     assert message.id == receipt.id and message.payload == {"code": secret}
     client = redis.Redis.from_url(REDIS_URL)
     for key in client.scan_iter(match=f"{fresh_env.prefix}*"):
-        kind = client.type(key)
-        values = {b"hash": lambda: list(client.hgetall(key).values()),
-                  b"zset": lambda: client.zrange(key, 0, -1),
-                  b"string": lambda: [client.get(key)]}.get(kind, lambda: [])()
+        values = stored_values(client, key)
         assert all(secret.encode() not in (v or b"") for v in values), key
+
+
+def stored_values(client, key):
+    kind = client.type(key)
+    if kind == b"hash":
+        return list(client.hgetall(key).values())
+    if kind == b"zset":
+        return client.zrange(key, 0, -1)
+    return [client.get(key)] if kind == b"string" else []
 
 
 def test_flipped_ciphertext_byte_is_refused(env_bus, agents):
@@ -175,8 +208,9 @@ def test_compression_bomb_is_refused_without_inflating_it(env_bus, agents, compr
     zeros = b"0" * (10 * 1024 * 1024)
     bomb = zlib.compress(zeros, 9, wbits=31) if compression == "gzip" else brotli.compress(zeros)
     del zeros
-    wire = wire_for(sender, reader, f"{compression}::{base64.b64encode(bomb).decode()}",
-                    compression=compression)
+    wire = wire_for(
+        sender, reader, f"{compression}::{base64.b64encode(bomb).decode()}", compression=compression
+    )
     publish_raw(env, bus.runtime.codec.sign(wire))
     wait_for(lambda: bus.runtime.store.inbox_depth(reader)[0] == 1, 15, "delivery")
     tracemalloc.start()
@@ -222,8 +256,7 @@ def test_acl_allows_and_denies_with_the_rule_named_and_audits_it(module_env, tmp
         bus.replay_dead_letters(all=True, agent="alice")
     assert bus.replay_dead_letters(["nothing-here"], agent="ops") == []
     assert "nothing" not in str(bus.history("mallory"))
-    entries = redis.Redis.from_url(REDIS_URL, decode_responses=True).xrange(
-        bus.runtime.keys.audit)
+    entries = redis.Redis.from_url(REDIS_URL, decode_responses=True).xrange(bus.runtime.keys.audit)
     denied = [e for _, e in entries if e["outcome"] == "denied"]
     assert {"agent": "alice", "target": "carol"}.items() <= denied[0].items()
     assert any(e["agent"] == "mallory" for e in denied)
@@ -239,6 +272,7 @@ def test_rate_limit_refuses_a_burst_with_retry_after_then_recovers(module_env, w
     retry_after = excinfo.value.retry_after
     assert 0 < retry_after <= 0.3
     assert "retry after" in str(excinfo.value)
+
     def recovered():
         try:
             return bus.send_message({"from": sender, "to": "sink", "payload": 6})
@@ -267,4 +301,3 @@ def test_secrets_never_appear_in_worker_logs(env_bus, agents):
     for w in env.workers:
         text = w.log.read_text()
         assert TEST_SECRET not in text and marker not in text
-

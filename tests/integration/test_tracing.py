@@ -29,8 +29,11 @@ def test_send_deliver_and_read_spans_join_the_message_trace(fresh_env, exporter,
     stored = orjson.loads(bus.runtime.store.history(sender, 1, None)[0])
     bus.runtime.deliverer.deliver(stored, attempts=1)
     [message] = bus.read(reader, limit=1)
-    spans = {s.name: s for s in exporter.get_finished_spans()
-             if s.attributes.get("bus.message_id") == receipt.id}
+    spans = {
+        s.name: s
+        for s in exporter.get_finished_spans()
+        if s.attributes.get("bus.message_id") == receipt.id
+    }
     assert set(spans) == {"bus.send", "bus.deliver", "bus.read"}
     trace_ids = {format(s.context.trace_id, "032x") for s in spans.values()}
     assert trace_ids == {receipt.trace_id} == {message.trace_id}

@@ -12,8 +12,15 @@ from bus.settings import Settings, parse_rate
 
 
 def test_acl_globs_default_and_admins(tmp_path):
-    policy = Policy.from_dict({"default": "deny", "admins": ["ops"], "agents": {
-        "alice": {"send": ["bob", "worker-*"], "publish": ["tasks/*"], "rate_limit": "5/s"}}})
+    policy = Policy.from_dict(
+        {
+            "default": "deny",
+            "admins": ["ops"],
+            "agents": {
+                "alice": {"send": ["bob", "worker-*"], "publish": ["tasks/*"], "rate_limit": "5/s"}
+            },
+        }
+    )
     assert policy.may_send("alice", "worker-3")[0]
     ok, rule = policy.may_send("alice", "carol")
     assert not ok and "agents.alice.send" in rule
@@ -57,8 +64,7 @@ def test_signing_keys_from_secret_and_rotation_list(clean_env, tmp_path):
         Settings(secret_keys="nonsense", state_dir=tmp_path).signing_keys  # noqa: B018
 
 
-def test_production_without_secret_fails_and_dev_shares_one_generated_secret(clean_env,
-                                                                               tmp_path):
+def test_production_without_secret_fails_and_dev_shares_one_generated_secret(clean_env, tmp_path):
     with pytest.raises(ConfigError, match="no secret"):
         Settings(mode="production", state_dir=tmp_path).signing_keys  # noqa: B018
     first = Settings(state_dir=tmp_path).signing_keys

@@ -23,18 +23,27 @@ def codec():
 
 
 def sample():
-    return {"id": "m1", "from": "a", "to": "b", "payload": {"n": 1},
-            "metadata": {"priority": "normal"}}
+    return {
+        "id": "m1",
+        "from": "a",
+        "to": "b",
+        "payload": {"n": 1},
+        "metadata": {"priority": "normal"},
+    }
 
 
 def test_canonical_json_is_sorted_compact_utf8():
     assert canonical_json({"b": 1, "a": "é"}) == '{"a":"é","b":1}'.encode()
 
 
-@pytest.mark.parametrize("change", [
-    lambda w: w["payload"].update(n=2), lambda w: w["metadata"].update(priority="high"),
-    lambda w: w.update({"from": "mallory"}),
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda w: w["payload"].update(n=2),
+        lambda w: w["metadata"].update(priority="high"),
+        lambda w: w.update({"from": "mallory"}),
+    ],
+)
 def test_any_change_after_signing_fails_verification(codec, change):
     wire = codec.sign(sample())
     codec.verify(wire)
@@ -100,26 +109,33 @@ def test_compression_bombs_are_refused_with_low_peak_memory(codec, compression):
     assert peak < 4 * MIB
 
 
-@pytest.mark.parametrize("garbage", ["gzip::!!!", "gzip::" + base64.b64encode(b"nope").decode(),
-                                     "plain"])
+@pytest.mark.parametrize(
+    "garbage", ["gzip::!!!", "gzip::" + base64.b64encode(b"nope").decode(), "plain"]
+)
 def test_corrupt_encodings_are_security_errors_not_crashes(codec, garbage):
     with pytest.raises(SecurityError):
         codec.decode_payload("m1", garbage, "gzip", False)
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**53, 2**53) | st.floats(allow_nan=False,
-                                                                      allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=30),
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner,
-                                                                max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5)
+    ),
     max_leaves=20,
 )
 
 
 @settings(max_examples=60)
-@given(payload=json_values, compression=st.sampled_from(["none", "gzip", "brotli"]),
-       encrypted=st.booleans())
+@given(
+    payload=json_values,
+    compression=st.sampled_from(["none", "gzip", "brotli"]),
+    encrypted=st.booleans(),
+)
 def test_any_json_payload_round_trips_through_every_encoding(payload, compression, encrypted):
     codec = Codec([("k1", b"s")], MIB)
     encoded = codec.encode_payload("m", payload, compression, encrypted)

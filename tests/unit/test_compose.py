@@ -20,14 +20,26 @@ def compose_command() -> list[str]:
         return ["docker", "compose"]
     if shutil.which("docker-compose"):
         return ["docker-compose"]
-    pytest.fail("neither `docker compose` nor `docker-compose` is installed "
-                "(scripts/test.sh installs docker-compose)")
+    pytest.fail(
+        "neither `docker compose` nor `docker-compose` is installed "
+        "(scripts/test.sh installs docker-compose)"
+    )
 
 
 def test_compose_file_validates_with_the_compose_tool():
-    env = {"MESSAGE_BUS_SECRET": "s", "MESSAGE_BUS_FLOWER_AUTH": "admin:pw", "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([*compose_command(), "-f", "docker-compose.yml", "config"], cwd=ROOT,
-                         env=env, capture_output=True, text=True, timeout=60)
+    env = {
+        "MESSAGE_BUS_SECRET": "s",
+        "MESSAGE_BUS_FLOWER_AUTH": "admin:pw",
+        "PATH": "/usr/bin:/bin",
+    }
+    out = subprocess.run(
+        [*compose_command(), "-f", "docker-compose.yml", "config"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     config = yaml.safe_load(out.stdout)
     assert set(config["services"]) == SERVICES

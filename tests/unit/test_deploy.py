@@ -9,9 +9,16 @@ import yaml
 
 from tests.conftest import ROOT
 
-DOCUMENTED = {"message_bus_messages_total", "message_bus_message_duration_seconds_bucket",
-              "message_bus_errors_total", "message_bus_circuit_state", "message_bus_queue_depth",
-              "message_bus_dead_letters", "message_bus_inbox_depth", "message_bus_subscriptions"}
+DOCUMENTED = {
+    "message_bus_messages_total",
+    "message_bus_message_duration_seconds_bucket",
+    "message_bus_errors_total",
+    "message_bus_circuit_state",
+    "message_bus_queue_depth",
+    "message_bus_dead_letters",
+    "message_bus_inbox_depth",
+    "message_bus_subscriptions",
+}
 
 
 def names(text: str) -> set[str]:

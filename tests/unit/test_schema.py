@@ -9,22 +9,36 @@ from hypothesis import strategies as st
 
 from bus.schema import Message, MessageType, Subscription
 
-SEED = {"from": "agent1", "to": "agent2", "type": "command",
-        "payload": {"action": "process_task", "taskId": "123"},
-        "metadata": {"priority": "high", "ttl": 3600, "topic": "task-processing"}}
+SEED = {
+    "from": "agent1",
+    "to": "agent2",
+    "type": "command",
+    "payload": {"action": "process_task", "taskId": "123"},
+    "metadata": {"priority": "high", "ttl": 3600, "topic": "task-processing"},
+}
 
 
 def test_the_seed_message_is_accepted_with_its_topic_as_a_label():
     m = Message.model_validate(SEED)
     assert (m.sender, m.to, m.type, m.metadata.priority.value) == (
-        "agent1", "agent2", MessageType.command, "high")
+        "agent1",
+        "agent2",
+        MessageType.command,
+        "high",
+    )
     assert m.metadata.topic == "task-processing" and m.topic is None and not m.is_topic
 
 
 def test_camel_case_input_is_accepted_and_output_is_snake_case_with_from():
-    m = Message.model_validate({"from": "a", "to": "b", "correlationId": "c1", "replyTo": "a",
-                                "metadata": {"maxRetries": 5, "retryCount": 1,
-                                             "dedupKey": "k"}})
+    m = Message.model_validate(
+        {
+            "from": "a",
+            "to": "b",
+            "correlationId": "c1",
+            "replyTo": "a",
+            "metadata": {"maxRetries": 5, "retryCount": 1, "dedupKey": "k"},
+        }
+    )
     wire = m.wire()
     assert wire["from"] == "a" and "sender" not in wire
     assert wire["correlation_id"] == "c1" and wire["reply_to"] == "a"
@@ -82,11 +96,19 @@ def test_subscription_filters_match_type_and_priority():
     assert Subscription(agent="a", topic="t").matches("event", "low")
 
 
-@given(st.dictionaries(st.sampled_from(["from", "to", "topic", "type", "payload", "metadata",
-                                        "version", "id", "correlationId"]),
-                       st.one_of(st.text(max_size=10), st.integers(), st.none(),
-                                 st.dictionaries(st.text(max_size=5), st.text(max_size=5),
-                                                 max_size=3))))
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            ["from", "to", "topic", "type", "payload", "metadata", "version", "id", "correlationId"]
+        ),
+        st.one_of(
+            st.text(max_size=10),
+            st.integers(),
+            st.none(),
+            st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3),
+        ),
+    )
+)
 def test_any_input_either_validates_or_raises_a_validation_error(data):
     try:
         Message.model_validate(data)

@@ -11,11 +11,15 @@ import argparse
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -24,6 +28,7 @@ from bus.errors import BusError
 logger = logging.getLogger(__name__)
 
 RABBIT_NODE = "msgbus@localhost"
+LOCAL = ("127.0.0.1", "localhost")
 GET_THEM = (
     "install them with `sudo apt-get install redis-server rabbitmq-server`, or run "
     "`docker compose up -d redis rabbitmq`"
@@ -53,6 +58,11 @@ def _host_port(url: str, default_port: int) -> tuple[str, int]:
     return parsed.hostname or "127.0.0.1", parsed.port or default_port
 
 
+def _safe(url: str) -> str:
+    password = urlparse(url).password
+    return url.replace(f":{password}@", ":***@") if password else url
+
+
 def _answers(host: str, port: int, timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -64,85 +74,123 @@ def _answers(host: str, port: int, timeout: float = 0.5) -> bool:
 def _run(
     *argv: str, env: dict[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        argv, env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def _ensure_installed(binaries: dict[str, str]) -> None:
-    """binaries: executable -> Debian package."""
-    missing = {
-        exe: pkg
-        for exe, pkg in binaries.items()
-        if not shutil.which(exe) and not Path(f"/usr/sbin/{exe}").exists()
-    }
-    if not missing:
+def _pid(pidfile: Path) -> int | None:
+    """The pid in pidfile if that process is alive."""
+    try:
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def _wait(ready: Callable[[], bool], timeout: float, what: str, logs: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise ServicesError(f"{what} did not answer within {timeout:.0f}s; see {logs}")
+        time.sleep(0.25)
+
+
+@contextmanager
+def _no_autostart() -> Iterator[None]:
+    """Keeps apt's maintainer scripts from starting the packaged services (on 0.0.0.0)."""
+    policy = Path("/usr/sbin/policy-rc.d")
+    if policy.exists():
+        yield
+        return
+    policy.write_text("#!/bin/sh\nexit 101\n")
+    policy.chmod(0o755)
+    try:
+        yield
+    finally:
+        policy.unlink(missing_ok=True)
+
+
+def _ensure_installed(exe: str) -> None:
+    """exe is also the Debian package's name (redis-server, rabbitmq-server)."""
+    if shutil.which(exe) or Path("/usr/sbin", exe).exists():
         return
     if os.geteuid() != 0:
-        raise ServicesError(f"{', '.join(missing)} not installed; {GET_THEM}")
-    logger.warning("installing %s", " ".join(missing.values()))
+        raise ServicesError(f"{exe} is not installed; {GET_THEM}")
+    logger.warning("%s is not installed: installing it with apt-get", exe)
     env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-    _run("apt-get", "update", "-qq", env=env, timeout=600)
-    result = _run("apt-get", "install", "-y", "-qq", *missing.values(), env=env, timeout=900)
+    with _no_autostart():
+        _run("apt-get", "update", "-qq", env=env, timeout=600)
+        result = _run("apt-get", "install", "-y", "-qq", exe, env=env, timeout=900)
     if result.returncode != 0:
-        raise ServicesError(f"apt-get install failed: {result.stderr[-500:]}; {GET_THEM}")
+        raise ServicesError(f"apt-get install {exe} failed: {result.stderr[-500:]}; {GET_THEM}")
 
 
-def _wait(check: object, timeout: float, what: str, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return
-        time.sleep(0.2)
-    raise ServicesError(f"{what} did not answer within {timeout:.0f}s; see {log}")
+def _redis_ready(url: str) -> bool:
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2).ping()
+    except (redis.ConnectionError, redis.TimeoutError):  # incl. still loading the AOF
+        return False
+    except redis.RedisError as exc:  # it answered (e.g. wrong password): the server is up
+        logger.warning("Redis at %s answers with an error: %s", _safe(url), exc)
+    return True
 
 
-def _start_redis(port: int, state: Path, timeout: float) -> None:
-    _ensure_installed({"redis-server": "redis-server"})
+def _amqp_ready(url: str) -> bool:
+    import amqp.exceptions  # type: ignore[import-untyped]
+    from kombu.connection import Connection
+    from kombu.exceptions import OperationalError
+
+    if not _answers(*_host_port(url, 5672)):
+        return False
+    try:
+        with Connection(url, connect_timeout=2) as conn:  # type: ignore[no-untyped-call]
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.5)
+    except (OperationalError, OSError):
+        return False
+    except amqp.exceptions.AMQPError as exc:  # it answered (bad vhost/login): the server is up
+        logger.warning("RabbitMQ at %s answers with an error: %s", _safe(url), exc)
+    return True
+
+
+def _start_redis(url: str, port: int, state: Path, timeout: float) -> None:
+    _ensure_installed("redis-server")
     data = state / "redis"
     data.mkdir(parents=True, exist_ok=True)
     log = data / "redis.log"
+    # fmt: off
     result = _run(
-        "redis-server",
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--daemonize",
-        "yes",
-        "--dir",
-        str(data),
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "everysec",
-        "--save",
-        "",
-        "--pidfile",
-        str(data / "redis.pid"),
-        "--logfile",
-        str(log),
-        "--maxmemory-policy",
-        "noeviction",
+        "redis-server", "--bind", "127.0.0.1", "--port", str(port), "--daemonize", "yes",
+        "--dir", str(data), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+        "--pidfile", str(data / "redis.pid"), "--logfile", str(log),
+        "--maxmemory-policy", "noeviction",
     )
+    # fmt: on
     if result.returncode != 0:
         raise ServicesError(f"redis-server failed to start: {result.stderr or result.stdout}")
     (data / "port").write_text(str(port))
-    _wait(lambda: _answers("127.0.0.1", port), timeout, "Redis", log)
+    _wait(partial(_redis_ready, url), timeout, "Redis", str(log))
 
 
-def _rabbit_base(state: Path) -> Path:
-    # rabbitmq-server drops root privileges to the rabbitmq user, which cannot enter
-    # /root: as root keep the node's files where that user can write.
-    if os.geteuid() == 0 and str(state).startswith("/root"):
-        return Path("/var/lib/rabbitmq/msgbus")
-    return state / "rabbitmq"
+def _rabbit_node(port: int) -> str:
+    return RABBIT_NODE if port == 5672 else f"msgbus{port}@localhost"
 
 
-def _rabbit_env(port: int, state: Path) -> dict[str, str]:
-    base = _rabbit_base(state)
+def _rabbit_base(state: Path, node: str) -> Path:
+    """Where the node keeps its files. Debian's rabbitmq-server switches root to the
+    rabbitmq user, which cannot enter /root (or a 0700 home): use /var/lib/rabbitmq then."""
+    if os.geteuid() != 0:
+        return state / "rabbitmq"
+    existing = [p for p in (state, *state.parents) if p.exists()]
+    if all(p.stat().st_mode & 0o001 for p in existing):
+        return state / "rabbitmq"
+    return Path("/var/lib/rabbitmq") / node.split("@")[0]
+
+
+def _rabbit_env(port: int, node: str, base: Path) -> dict[str, str]:
     return os.environ | {
-        "RABBITMQ_NODENAME": RABBIT_NODE,
+        "RABBITMQ_NODENAME": node,
         "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
         "RABBITMQ_NODE_PORT": str(port),
         "RABBITMQ_DIST_PORT": str(port + 20000),
@@ -151,149 +199,208 @@ def _rabbit_env(port: int, state: Path) -> dict[str, str]:
         "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
         "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
         "RABBITMQ_LOG_BASE": str(base / "log"),
-        # Keep Erlang distribution on loopback too.
+        # Erlang distribution (rabbitmqctl's channel) on loopback too.
         "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
     }
 
 
-def _start_rabbitmq(port: int, state: Path, timeout: float) -> None:
-    _ensure_installed({"rabbitmq-server": "rabbitmq-server"})
-    base = _rabbit_base(state)
+def _ctl() -> str:
+    """As root the Debian wrapper (runs as rabbitmq, with its Erlang cookie); otherwise the
+    plain script (the wrapper refuses other users), using $HOME/.erlang.cookie."""
+    plain = Path("/usr/lib/rabbitmq/bin/rabbitmqctl")
+    return str(plain) if os.geteuid() != 0 and plain.exists() else "rabbitmqctl"
+
+
+def _start_rabbitmq(url: str, port: int, state: Path, timeout: float) -> None:
+    _ensure_installed("rabbitmq-server")
+    node = _rabbit_node(port)
+    base = _rabbit_base(state, node)
     for sub in ("mnesia", "log"):
         (base / sub).mkdir(parents=True, exist_ok=True)
+    mp = 15672 if port == 5672 else port + 10000
     (base / "rabbitmq.conf").write_text(
         f"listeners.tcp.default = 127.0.0.1:{port}\n"
-        "management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = 15672\n"
+        f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {mp}\n"
     )
     (base / "enabled_plugins").write_text("[rabbitmq_management].\n")
     if os.geteuid() == 0:
-        shutil.chown(base, "rabbitmq", "rabbitmq")
-        for path in base.rglob("*"):
+        for path in (base, *base.rglob("*")):
             shutil.chown(path, "rabbitmq", "rabbitmq")
-    env = _rabbit_env(port, state)
-    log = base / "log" / "server.out"
-    with log.open("ab") as out:
+    env = _rabbit_env(port, node, base)
+    out_log = base / "log" / "server.out"
+    logs = f"{base / 'log' / (node + '.log')} and {out_log}"
+    plain = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+    exe = str(plain) if os.geteuid() != 0 and plain.exists() else "rabbitmq-server"
+    with out_log.open("ab") as out:
+        # fmt: off
         proc = subprocess.Popen(
-            ["rabbitmq-server"],
-            env=env,
-            stdout=out,
-            stderr=out,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            cwd=base,
+            [exe], env=env, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+            start_new_session=True, cwd=base,
         )
+        # fmt: on
+    marker = state / "rabbitmq"
+    marker.mkdir(parents=True, exist_ok=True)
+    (marker / "node").write_text(f"{node}\n{base}\n")
+    (marker / "port").write_text(str(port))
 
-    def up_or_dead() -> bool:
+    def listening() -> bool:
         if proc.poll() is not None:
-            raise ServicesError(f"rabbitmq-server exited at start; see {log}")
+            raise ServicesError(f"rabbitmq-server exited while starting; see {logs}")
         return _answers("127.0.0.1", port)
 
-    _wait(up_or_dead, timeout, "RabbitMQ", log)
-    _run("rabbitmqctl", "-n", RABBIT_NODE, "await_startup", env=env, timeout=timeout)
-    marker = state / "rabbitmq" / "port"
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(str(port))
+    _wait(listening, timeout, "RabbitMQ", logs)
+    _run(_ctl(), "-n", node, "await_startup", env=env, timeout=timeout)
+    _wait(partial(_amqp_ready, url), timeout, "RabbitMQ", logs)
+
+
+def _rabbit_started(state: Path) -> tuple[int, str, Path] | None:
+    """(port, node, base) of the node `up` started from this state dir, if any."""
+    marker = state / "rabbitmq"
+    try:
+        port = int((marker / "port").read_text())
+    except (OSError, ValueError):
+        return None
+    try:
+        node, base = (marker / "node").read_text().split("\n")[:2]
+    except (OSError, ValueError):  # written by an older version
+        node = _rabbit_node(port)
+        base = str(_rabbit_base(state, node))
+    return port, node, Path(base)
+
+
+def _managed(state: Path, name: str, port: int) -> int | None:
+    """The pid of the server `up` started on this port from this state dir, if alive."""
+    if name == "redis":
+        data = state / "redis"
+        marker = data / "port"
+        ok = marker.exists() and marker.read_text().strip() == str(port)
+        return _pid(data / "redis.pid") if ok else None
+    started = _rabbit_started(state)
+    if not started or started[0] != port:
+        return None
+    return _pid(started[2] / "mnesia" / f"{started[1]}.pid")
+
+
+def _status(name: str, url: str, state: Path, ready: Callable[[str], bool]) -> ServiceStatus:
+    port = _host_port(url, 6379 if name == "redis" else 5672)[1]
+    pid = _managed(state, name, port)
+    detail = f"pid {pid}" if pid else "not started by msgbus"
+    return ServiceStatus(name, _safe(url), ready(url), pid is not None, detail)
 
 
 def services_up(
     redis_url: str, broker_url: str, state_dir: Path | None = None, timeout: float = 90
 ) -> list[ServiceStatus]:
+    """Makes Redis and RabbitMQ answer on these URLs, starting local ones where nothing does."""
     state = state_dir or default_state_dir()
-    statuses = []
-    rhost, rport = _host_port(redis_url, 6379)
-    if _answers(rhost, rport):
-        statuses.append(ServiceStatus("redis", redis_url, True, _managed(state, "redis", rport)))
-    elif rhost not in ("127.0.0.1", "localhost"):
-        raise ServicesError(f"Redis at {rhost}:{rport} does not answer (not local: not started)")
-    else:
-        _start_redis(rport, state, timeout)
-        statuses.append(ServiceStatus("redis", redis_url, True, True, "started"))
-    bhost, bport = _host_port(broker_url, 5672)
-    if _answers(bhost, bport):
-        statuses.append(
-            ServiceStatus("rabbitmq", _safe(broker_url), True, _managed(state, "rabbitmq", bport))
-        )
-    elif bhost not in ("127.0.0.1", "localhost"):
-        raise ServicesError(f"RabbitMQ at {bhost}:{bport} does not answer (not local: not started)")
-    else:
-        _start_rabbitmq(bport, state, timeout)
-        statuses.append(ServiceStatus("rabbitmq", _safe(broker_url), True, True, "started"))
-    return statuses
-
-
-def _managed(state: Path, name: str, port: int) -> bool:
-    marker = state / name / "port"
-    return marker.exists() and marker.read_text().strip() == str(port)
-
-
-def _safe(url: str) -> str:
-    parsed = urlparse(url)
-    if parsed.password:
-        return url.replace(f":{parsed.password}@", ":***@")
-    return url
+    out = []
+    services = [
+        ("redis", redis_url, 6379, _redis_ready, _start_redis),
+        ("rabbitmq", broker_url, 5672, _amqp_ready, _start_rabbitmq),
+    ]
+    for name, url, default_port, ready, start in services:
+        host, port = _host_port(url, default_port)
+        if _answers(host, port):
+            _wait(partial(ready, url), timeout, name, f"the server on {host}:{port}")
+            status = _status(name, url, state, ready)
+            status.detail = "already running; " + status.detail
+        elif host not in LOCAL:
+            raise ServicesError(f"{name} at {host}:{port} does not answer (not local: not started)")
+        else:
+            logger.info("starting %s on 127.0.0.1:%d", name, port)
+            started = time.monotonic()
+            start(url, port, state, timeout)
+            status = _status(name, url, state, ready)
+            status.detail = f"started in {time.monotonic() - started:.1f}s; " + status.detail
+        out.append(status)
+    return out
 
 
 def services_status(
     redis_url: str, broker_url: str, state_dir: Path | None = None
 ) -> list[ServiceStatus]:
     state = state_dir or default_state_dir()
-    rhost, rport = _host_port(redis_url, 6379)
-    bhost, bport = _host_port(broker_url, 5672)
     return [
-        ServiceStatus("redis", redis_url, _answers(rhost, rport), _managed(state, "redis", rport)),
-        ServiceStatus(
-            "rabbitmq",
-            _safe(broker_url),
-            _answers(bhost, bport),
-            _managed(state, "rabbitmq", bport),
-        ),
+        _status("redis", redis_url, state, _redis_ready),
+        _status("rabbitmq", broker_url, state, _amqp_ready),
     ]
 
 
+def _wait_exit(pid: int, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not Path(f"/proc/{pid}").exists()
+
+
 def services_down(state_dir: Path | None = None) -> list[ServiceStatus]:
+    """Stops the servers `services_up` started from this state dir; never any other."""
     state = state_dir or default_state_dir()
     out = []
     marker = state / "redis" / "port"
     if marker.exists():
-        port = marker.read_text().strip()
-        _run("redis-cli", "-h", "127.0.0.1", "-p", port, "shutdown")
-        marker.unlink()
-        out.append(ServiceStatus("redis", f"redis://127.0.0.1:{port}", False, True, "stopped"))
-    marker = state / "rabbitmq" / "port"
-    if marker.exists():
         port = int(marker.read_text().strip())
-        _run("rabbitmqctl", "-n", RABBIT_NODE, "stop", env=_rabbit_env(port, state))
+        pid = _managed(state, "redis", port)
+        if pid:  # SIGTERM = SHUTDOWN: flushes the AOF; no RDB (save "")
+            os.kill(pid, signal.SIGTERM)
+            _wait_exit(pid)
         marker.unlink()
-        out.append(ServiceStatus("rabbitmq", f"amqp://127.0.0.1:{port}", False, True, "stopped"))
+        detail = "stopped" if pid else "was not running"
+        out.append(ServiceStatus("redis", f"redis://127.0.0.1:{port}", False, True, detail))
+    started = _rabbit_started(state)
+    if started:
+        port, node, base = started
+        pid = _managed(state, "rabbitmq", port)
+        if pid:
+            result = _run(_ctl(), "-n", node, "stop", env=_rabbit_env(port, node, base))
+            if result.returncode != 0 or not _wait_exit(pid):
+                logger.warning("rabbitmqctl stop: %s", (result.stderr or result.stdout).strip())
+                os.kill(pid, signal.SIGTERM)
+        (state / "rabbitmq" / "port").unlink()
+        detail = "stopped" if pid else "was not running"
+        out.append(ServiceStatus("rabbitmq", f"amqp://127.0.0.1:{port}", False, True, detail))
     return out
 
 
-def _node_for(state_dir: Path | None = None) -> list[str]:
-    state = state_dir or default_state_dir()
-    return ["-n", RABBIT_NODE] if (state / "rabbitmq" / "port").exists() else []
+def _node_for(state_dir: Path | None = None, port: int | None = None) -> list[str]:
+    """rabbitmqctl's node arguments: our node if `up` started one (on port), else none."""
+    started = _rabbit_started(state_dir or default_state_dir())
+    if started and (port is None or started[0] == port):
+        return ["-n", started[1]]
+    return []
+
+
+def _ctl_for(broker_url: str, state_dir: Path | None, *args: str) -> tuple[bool, str]:
+    node = _node_for(state_dir, _host_port(broker_url, 5672)[1])
+    result = _run(_ctl(), *node, *args, timeout=60)
+    return result.returncode == 0, (result.stderr + result.stdout).strip()
 
 
 def ensure_vhost(broker_url: str, vhost: str, state_dir: Path | None = None) -> None:
     """Creates a vhost with full permissions for the URL's user (tests isolate with these)."""
     user = urlparse(broker_url).username or "guest"
-    node = _node_for(state_dir)
-    result = _run("rabbitmqctl", *node, "add_vhost", vhost)
-    if result.returncode != 0 and "already exists" not in result.stderr + result.stdout:
-        raise ServicesError(f"rabbitmqctl add_vhost {vhost} failed: {result.stderr.strip()}")
-    result = _run("rabbitmqctl", *node, "set_permissions", "-p", vhost, user, ".*", ".*", ".*")
-    if result.returncode != 0:
-        raise ServicesError(f"rabbitmqctl set_permissions failed: {result.stderr.strip()}")
+    ok, output = _ctl_for(broker_url, state_dir, "add_vhost", vhost)
+    if not ok and "already exists" not in output:
+        raise ServicesError(f"rabbitmqctl add_vhost {vhost} failed: {output}")
+    ok, output = _ctl_for(
+        broker_url, state_dir, "set_permissions", "-p", vhost, user, ".*", ".*", ".*"
+    )
+    if not ok:
+        raise ServicesError(f"rabbitmqctl set_permissions -p {vhost} {user} failed: {output}")
 
 
 def delete_vhost(broker_url: str, vhost: str, state_dir: Path | None = None) -> None:
-    _run("rabbitmqctl", *_node_for(state_dir), "delete_vhost", vhost)
+    """Deletes a vhost and everything in it; a vhost that does not exist is fine."""
+    ok, output = _ctl_for(broker_url, state_dir, "delete_vhost", vhost)
+    if not ok and "does not exist" not in output and "not found" not in output:
+        logger.warning("rabbitmqctl delete_vhost %s failed: %s", vhost, output)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bus.services")
     parser.add_argument("action", choices=["up", "down", "status"])
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     redis_url = os.environ.get("MESSAGE_BUS_REDIS_URL", "redis://127.0.0.1:6379/0")
     broker_url = os.environ.get("MESSAGE_BUS_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
     try:
@@ -304,14 +411,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             statuses = services_status(redis_url, broker_url)
     except BusError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+        sys.stderr.write(f"error: {exc.message}\n")
         return exc.exit_code
     for s in statuses:
-        print(
-            f"{s.name}: {'running' if s.running else 'stopped'} {s.url}"
-            + (" (managed)" if s.managed else "")
-            + (f" {s.detail}" if s.detail else "")
-        )
+        state = "running" if s.running else "stopped"
+        managed = " (started by msgbus)" if s.managed else ""
+        sys.stdout.write(f"{s.name}: {state} {s.url}{managed} - {s.detail}\n")
     return 0 if args.action != "status" or all(s.running for s in statuses) else 1
 
 

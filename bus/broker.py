@@ -12,8 +12,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from amqp.exceptions import MessageNacked  # a confirm that came back as a nack
 from celery import Celery
-from kombu import Connection, Queue
+from kombu.connection import Connection
+from kombu.entity import Queue
 from kombu.exceptions import KombuError, OperationalError
 
 from bus import topology
@@ -22,11 +24,6 @@ from bus.errors import BusError, BusUnavailable, LimitExceeded
 from bus.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-try:  # py-amqp raises this when a confirm comes back as a nack (e.g. reject-publish)
-    from amqp.exceptions import MessageNacked
-except ImportError:  # pragma: no cover - older amqp
-    MessageNacked = type("MessageNacked", (Exception,), {})  # type: ignore[misc,assignment]
 
 _BROKER_ERRORS = (OperationalError, KombuError, ConnectionError, OSError, TimeoutError)
 _RETRY_POLICY = {
@@ -106,7 +103,8 @@ class Broker:
         return self._app
 
     def connection(self) -> Connection:
-        return self.app.connection_for_write()
+        connection: Connection = self.app.connection_for_write()
+        return connection
 
     def ensure_topology(self) -> None:
         if self._declared:

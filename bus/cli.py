@@ -234,10 +234,9 @@ def status(message_id: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("agent")
-@click.option("--interval", type=float, default=1.0, hidden=True)
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def tail(agent: str, interval: float, as_json: bool) -> None:
+def tail(agent: str, as_json: bool) -> None:
     """Follow AGENT's inbox live (reads and acks as messages arrive; Ctrl-C stops)."""
     bus = _bus()
     while True:

@@ -11,7 +11,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -40,6 +40,9 @@ from bus.settings import Settings
 from bus.store import AcceptRecord, now_ms
 from bus.topology import DELIVER_BATCH_TASK, DELIVER_TASK
 from bus.validation import check, parse
+
+if TYPE_CHECKING:
+    from bus.deadletters import DeadLetterQueue
 
 logger = logging.getLogger(__name__)
 
@@ -387,7 +390,7 @@ class MessageBus:
     # -- dead letters ------------------------------------------------------------------------
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        return self.dead_letter_queue.list(limit)
+        return self.dead_letter_queue.peek(limit)
 
     def dead_letter(self, message_id: str) -> DeadLetter:
         return self.dead_letter_queue.show(message_id)
@@ -432,7 +435,7 @@ class MessageBus:
         return collect_stats(self.runtime)
 
     @property
-    def dead_letter_queue(self) -> Any:
+    def dead_letter_queue(self) -> DeadLetterQueue:
         from bus.deadletters import DeadLetterQueue
 
         return DeadLetterQueue(self.runtime)

@@ -155,7 +155,8 @@ class DeadLetterQueue:
             logger.warning("dead letters listed without Redis status (Redis unavailable)")
             return {}
 
-    def list(self, limit: int = 100) -> list[DeadLetter]:
+    def peek(self, limit: int = 100) -> list[DeadLetter]:
+        """Up to `limit` dead letters, oldest first, without consuming them."""
         out: list[DeadLetter] = []
         with self._taken() as get:
             while len(out) < limit and (entry := get()) is not None:
@@ -202,7 +203,8 @@ class DeadLetterQueue:
                 if entry is None:
                     break
                 statuses = self._statuses([entry]) if select else {}
-                chosen, kept = [], []
+                chosen: list[dict[str, Any]] = []
+                kept: list[dict[str, Any]] = []
                 for wire in entry.wires:
                     ok = wanted is None or str(wire.get("id")) in wanted
                     if ok and select is not None:

@@ -144,7 +144,8 @@ class Deliverer:
     ) -> tuple[list[tuple[dict[str, Any], Outcome]], list[tuple[dict[str, Any], BusError]]]:
         """Delivers a batch in one Redis round trip. Returns (delivered, refused): refused
         messages (bad signature, expired...) are left for the caller to hand on."""
-        ready, refused = [], []
+        ready: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        refused: list[tuple[dict[str, Any], BusError]] = []
         for wire in wires:
             try:
                 ready.append((wire, self._delivery_args(wire, 1)))

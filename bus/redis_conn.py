@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import redis
@@ -23,7 +24,7 @@ def connect(url: str, *, socket_timeout: float = 5.0) -> redis.Redis:
 
     ``redis+sentinel://host:26379,host2:26379/mymaster/0`` asks Sentinel for the master.
     """
-    options = {
+    options: dict[str, Any] = {
         "decode_responses": True,
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": 2.0,
@@ -31,10 +32,10 @@ def connect(url: str, *, socket_timeout: float = 5.0) -> redis.Redis:
     }
     if url.startswith("redis+sentinel://"):
         return _sentinel_master(url, options)
-    return redis.Redis.from_url(url, **options)  # type: ignore[no-any-return]
+    return redis.Redis.from_url(url, **options)
 
 
-def _sentinel_master(url: str, options: dict[str, object]) -> redis.Redis:
+def _sentinel_master(url: str, options: dict[str, Any]) -> redis.Redis:
     parsed = urlparse(url)
     hosts = []
     for part in parsed.netloc.rsplit("@", 1)[-1].split(","):
@@ -46,7 +47,7 @@ def _sentinel_master(url: str, options: dict[str, object]) -> redis.Redis:
     service, db = path[0], int(path[1]) if len(path) > 1 else 0
     password = parsed.password or parse_qs(parsed.query).get("password", [None])[0]
     sentinel = Sentinel(hosts, socket_timeout=options["socket_timeout"])
-    return sentinel.master_for(service, db=db, password=password, **options)  # type: ignore[no-any-return]
+    return sentinel.master_for(service, db=db, password=password, **options)
 
 
 @contextmanager

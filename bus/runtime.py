@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import threading
 from functools import cached_property
-
-import redis
+from typing import Any
 
 from bus.broker import Broker
 from bus.codec import Codec
@@ -29,7 +28,8 @@ class Runtime:
         return Keys(self.settings.key_prefix)
 
     @cached_property
-    def redis(self) -> redis.Redis:
+    def redis(self) -> Any:
+        """redis.Redis with decode_responses=True (str results; see RedisStore)."""
         return connect(self.settings.redis_url)
 
     @cached_property

@@ -167,7 +167,7 @@ class Message(_Model):
     @field_validator("to")
     @classmethod
     def _to_is_agent_or_star(cls, value: str | None) -> str | None:
-        return value if value in (None, BROADCAST) else check_agent_id(value)  # type: ignore[arg-type]
+        return value if value in (None, BROADCAST) else check_agent_id(value)
 
     @field_validator("timestamp")
     @classmethod

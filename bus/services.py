@@ -138,14 +138,14 @@ def _redis_ready(url: str) -> bool:
 
 
 def _amqp_ready(url: str) -> bool:
-    import amqp.exceptions  # type: ignore[import-untyped]
+    import amqp.exceptions
     from kombu.connection import Connection
     from kombu.exceptions import OperationalError
 
     if not _answers(*_host_port(url, 5672)):
         return False
     try:
-        with Connection(url, connect_timeout=2) as conn:  # type: ignore[no-untyped-call]
+        with Connection(url, connect_timeout=2) as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.5)
     except (OperationalError, OSError):
         return False

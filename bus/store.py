@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import redis
 
 from bus import scripts
 from bus.errors import LimitExceeded
@@ -41,14 +40,16 @@ class Leased:
 class RedisStore:
     def __init__(
         self,
-        client: redis.Redis,
+        client: Any,
         keys: Keys,
         *,
         history_limit: int,
         status_retention: int,
         dedup_window: int,
     ) -> None:
-        self.redis = client
+        # redis.Redis with decode_responses=True: results are str, which its type stubs
+        # cannot express (they say bytes | str), hence Any.
+        self.redis: Any = client
         self.keys = keys
         self.history_limit = history_limit
         self.status_retention = status_retention
@@ -103,7 +104,7 @@ class RedisStore:
                     client=pipe,
                 )
             for entry in audit:
-                pipe.xadd(k.audit, entry, maxlen=AUDIT_MAXLEN, approximate=True)  # type: ignore[arg-type]
+                pipe.xadd(k.audit, entry, maxlen=AUDIT_MAXLEN, approximate=True)
             return [r or None for r in pipe.execute()[: len(accepted)]]
 
     def revoke_many(self, accepted: Iterable[AcceptRecord]) -> None:
@@ -173,14 +174,14 @@ class RedisStore:
             pipe = self.redis.pipeline(transaction=False)
             for delivery in deliveries:
                 self.deliver(**delivery, client=pipe)
-            return pipe.execute()  # type: ignore[no-any-return]
+            return pipe.execute()
 
     def topic_subscribers(self, topics: Sequence[str]) -> list[dict[str, str]]:
         with redis_errors("look up topic subscribers"):
             pipe = self.redis.pipeline(transaction=False)
             for topic in topics:
                 pipe.hgetall(self.keys.topic(topic))
-            return pipe.execute()  # type: ignore[no-any-return]
+            return pipe.execute()
 
     def worker_agents(self) -> list[str]:
         with redis_errors("list worker agents"):
@@ -208,7 +209,7 @@ class RedisStore:
 
     def agent_ids(self) -> list[str]:
         with redis_errors("list agents"):
-            return self.redis.zrange(self.keys.agents, 0, -1)  # type: ignore[no-any-return]
+            return self.redis.zrange(self.keys.agents, 0, -1)
 
     # -- inbox -----------------------------------------------------------------------------
 
@@ -226,7 +227,7 @@ class RedisStore:
         if not ids:
             return []
         with redis_errors("ack messages"):
-            return self._ack(keys=self.keys.inbox(agent).all(), args=list(ids))  # type: ignore[no-any-return]
+            return self._ack(keys=self.keys.inbox(agent).all(), args=list(ids))
 
     def inbox_depth(self, agent: str) -> tuple[int, int]:
         """(ready, leased) counts."""
@@ -269,7 +270,7 @@ class RedisStore:
     def history(self, agent: str, limit: int, since_ms: int | None) -> list[str]:
         """Newest first."""
         with redis_errors("read history"):
-            return self.redis.zrevrangebyscore(  # type: ignore[no-any-return]
+            return self.redis.zrevrangebyscore(
                 self.keys.history(agent),
                 "+inf",
                 since_ms if since_ms is not None else "-inf",
@@ -292,11 +293,11 @@ class RedisStore:
 
     def status(self, message_id: str) -> dict[str, str]:
         with redis_errors("read message status"):
-            return self.redis.hgetall(self.keys.status(message_id))  # type: ignore[no-any-return]
+            return self.redis.hgetall(self.keys.status(message_id))
 
     def reply_for(self, correlation_id: str) -> str | None:
         with redis_errors("look up a response"):
-            return self.redis.get(self.keys.reply(correlation_id))  # type: ignore[no-any-return]
+            return self.redis.get(self.keys.reply(correlation_id))
 
     # -- subscriptions and agents ----------------------------------------------------------
 

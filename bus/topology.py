@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue
 
 from bus.schema import Priority
 from bus.settings import Settings

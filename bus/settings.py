@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=4, ge=1)
     worker_pool: Literal["threads", "prefork", "solo", "gevent", "eventlet"] = "threads"
 
+    @field_validator("secret", "secret_keys", "flower_auth", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `MESSAGE_BUS_SECRET=` (empty) must not become a valid, empty signing key.
+        return None if value in ("", None) else value
+
     @field_validator("key_prefix")
     @classmethod
     def _prefix_ends_with_colon(cls, value: str) -> str:

@@ -64,6 +64,11 @@ def test_signing_keys_from_secret_and_rotation_list(clean_env, tmp_path):
         Settings(secret_keys="nonsense", state_dir=tmp_path).signing_keys  # noqa: B018
 
 
+def test_an_empty_secret_counts_as_no_secret(clean_env, tmp_path):
+    with pytest.raises(ConfigError, match="no secret"):
+        Settings(mode="production", secret="", state_dir=tmp_path).signing_keys  # noqa: B018
+
+
 def test_production_without_secret_fails_and_dev_shares_one_generated_secret(clean_env, tmp_path):
     with pytest.raises(ConfigError, match="no secret"):
         Settings(mode="production", state_dir=tmp_path).signing_keys  # noqa: B018

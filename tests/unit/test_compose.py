@@ -27,11 +27,7 @@ def compose_command() -> list[str]:
 
 
 def test_compose_file_validates_with_the_compose_tool():
-    env = {
-        "MESSAGE_BUS_SECRET": "s",
-        "MESSAGE_BUS_FLOWER_AUTH": "admin:pw",
-        "PATH": "/usr/bin:/bin",
-    }
+    env = {"PATH": "/usr/bin:/bin"}  # no secret needed to validate, or to start redis alone
     out = subprocess.run(
         [*compose_command(), "-f", "docker-compose.yml", "config"],
         cwd=ROOT,

@@ -34,10 +34,6 @@ def canonical_json(data: Any) -> bytes:
     return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
 
 
-def json_size(value: Any) -> int:
-    return len(orjson.dumps(value))
-
-
 class Codec:
     """Holds the keys (built once) and applies the transforms to wire dicts."""
 

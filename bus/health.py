@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -89,7 +88,3 @@ def collect_stats(runtime: Runtime) -> Stats:
         dead_letters=depths[DEAD_LETTER_QUEUE],
         inbox_depths=store.inbox_depths(agents),
     )
-
-
-def as_dict(model: BaseModel) -> dict[str, Any]:
-    return model.model_dump(mode="json")

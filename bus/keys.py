@@ -112,12 +112,5 @@ class Keys:
     def inbox_channel(self, agent: str) -> str:
         return f"{self.prefix}events:inbox:{agent}"
 
-    @property
-    def inbox_channel_pattern(self) -> str:
-        return f"{self.prefix}events:inbox:*"
-
     def reply_channel(self, correlation_id: str) -> str:
         return f"{self.prefix}events:reply:{correlation_id}"
-
-    def agent_from_inbox_channel(self, channel: str) -> str:
-        return channel[len(f"{self.prefix}events:inbox:") :]

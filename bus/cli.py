@@ -73,6 +73,16 @@ def _json_arg(text: str | None, what: str) -> Any:
         raise ValidationError(f"{what} is not valid JSON: {exc}") from exc
 
 
+PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+
+
+def exec_module(module: str, *args: str) -> None:
+    """Replaces this process with `python -m module args` (bus/ never imports the adapters
+    it launches: workers/, mcp_server/, bench/)."""
+    argv = [sys.executable, "-m", module, *args]
+    os.execvp(argv[0], argv)
+
+
 def configure_logging(level: str = "INFO") -> None:
     from bus.logs import configure
 
@@ -402,32 +412,18 @@ def worker(
     os.execvp(argv[0], argv)
 
 
-@main.command(
-    context_settings={
-        "ignore_unknown_options": True,
-        "allow_extra_args": True,
-        "help_option_names": [],
-    }
-)
+@main.command(context_settings=PASS_THROUGH)
 @click.pass_context
 def mcp(ctx: click.Context) -> None:
     """Run the MCP server: --agent A (stdio) or --http --host H --port P [--profile full]."""
-    argv = [sys.executable, "-m", "mcp_server", *ctx.args]
-    os.execvp(argv[0], argv)
+    exec_module("mcp_server", *ctx.args)
 
 
-@main.command(
-    context_settings={
-        "ignore_unknown_options": True,
-        "allow_extra_args": True,
-        "help_option_names": [],
-    }
-)
+@main.command(context_settings=PASS_THROUGH)
 @click.pass_context
 def dashboard(ctx: click.Context) -> None:
     """Serve the bus dashboard alone (--host, --port 8766); also at /ui of `msgbus mcp --http`."""
-    argv = [sys.executable, "-m", "mcp_server.dashboard", *ctx.args]
-    os.execvp(argv[0], argv)
+    exec_module("mcp_server.dashboard", *ctx.args)
 
 
 @main.group()
@@ -440,8 +436,7 @@ def agent() -> None:
 @click.pass_context
 def agent_run(ctx: click.Context, spec: str) -> None:
     """Serve the WorkerAgent named by SPEC (MODULE:OBJECT), e.g. examples.echo_agent:agent."""
-    argv = [sys.executable, "-m", "workers.agent_main", spec, *ctx.args]
-    os.execvp(argv[0], argv)
+    exec_module("workers.agent_main", spec, *ctx.args)
 
 
 @main.group()
@@ -613,18 +608,11 @@ def _management_api(settings: Settings) -> str:
     return f"http://{user}:{password}@{url.hostname or '127.0.0.1'}:15672/api/"
 
 
-@main.command(
-    context_settings={
-        "ignore_unknown_options": True,
-        "allow_extra_args": True,
-        "help_option_names": [],
-    }
-)
+@main.command(context_settings=PASS_THROUGH)
 @click.pass_context
 def bench(ctx: click.Context) -> None:
     """Benchmark the bus against raw Celery in one run (--json, --quick, --only ...)."""
-    argv = [sys.executable, "-m", "bench", *ctx.args]
-    os.execvp(argv[0], argv)
+    exec_module("bench", *ctx.args)
 
 
 @main.group()

@@ -60,6 +60,50 @@ def holds_for(condition: Callable[[], Any], seconds: float, what: str) -> None:
         time.sleep(POLL_INTERVAL)
 
 
+class PrivateRedis:
+    """A Redis of one test's own on a spare loopback port (AOF on), to stop and restart."""
+
+    def __init__(self, port: int, directory: Path) -> None:
+        self.port, self.dir = port, directory
+        self.url = f"redis://127.0.0.1:{port}/0"
+
+    def start(self) -> None:
+        subprocess.run(
+            [
+                "redis-server",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--daemonize",
+                "yes",
+                "--dir",
+                str(self.dir),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+                "--pidfile",
+                str(self.dir / "redis.pid"),
+            ],
+            check=True,
+        )
+        wait_for(self.answers, 10, f"redis on {self.port}")
+
+    def answers(self) -> bool:
+        ping = subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True)
+        return ping.returncode == 0
+
+    def kill9(self) -> None:
+        os.kill(int((self.dir / "redis.pid").read_text()), signal.SIGKILL)
+
+    def stop(self, *, graceful: bool = False) -> None:
+        command = ["shutdown"] if graceful else ["shutdown", "nosave"]
+        subprocess.run(["redis-cli", "-p", str(self.port), *command], capture_output=True)
+
+
 @pytest.fixture(scope="session")
 def services() -> None:
     from bus.services import services_up

@@ -16,7 +16,7 @@ import pytest
 
 from bus.errors import LimitExceeded
 from tests.chaos.harness import Checker, in_background
-from tests.conftest import wait_for
+from tests.conftest import PrivateRedis, wait_for
 from tests.e2e.test_mcp import free_port
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
@@ -191,51 +191,25 @@ def test_broker_dies_mid_burst_and_comes_back(fresh_env, agents, burst, how):
 
 
 def test_redis_kill9_mid_burst_restarted_on_the_same_files(fresh_env, agents, burst, tmp_path):
-    port = free_port()
-
-    def redis_up():
-        subprocess.run(
-            [
-                "redis-server",
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--daemonize",
-                "yes",
-                "--dir",
-                str(tmp_path),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-                "--save",
-                "",
-                "--pidfile",
-                str(tmp_path / "r.pid"),
-            ],
-            check=True,
-        )
-        wait_for(lambda: _answers(port), 10, "redis")
-
-    redis_up()
-    fresh_env.overrides["MESSAGE_BUS_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+    redis_ = PrivateRedis(free_port(), tmp_path)
+    redis_.start()
+    fresh_env.overrides["MESSAGE_BUS_REDIS_URL"] = redis_.url
     fresh_env.start_worker()
     bus, reader = fresh_env.bus(), agents("r")
     checker = Checker("Redis kill -9 mid-burst, restarted on its AOF")
     try:
         for i, m in enumerate(messages(burst, agents("s"), reader)):
             if i == burst // 3:
-                os.kill(int((tmp_path / "r.pid").read_text()), signal.SIGKILL)
+                redis_.kill9()
                 checker.fault_at = time.monotonic()
             if i == burst // 2:
-                redis_up()
+                redis_.start()
                 checker.healed_at = time.monotonic()
             checker.send(bus, m)
         checker.consume(bus, reader, checker.confirmed, 240)
         check(checker.record(), in_flight=16)
     finally:
-        subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True)
+        redis_.stop()
 
 
 def test_a_thousand_short_ttl_messages_with_no_worker_all_die_expired(fresh_env, agents):

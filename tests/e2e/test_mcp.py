@@ -19,7 +19,7 @@ from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from bus.tokens import TokenFile
-from tests.conftest import ARTIFACTS, ROOT, wait_for
+from tests.conftest import ARTIFACTS, ROOT, PrivateRedis, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -380,53 +380,22 @@ def test_admin_tools_are_refused_to_non_admins(http_server):
 def test_tools_fail_fast_while_redis_is_down_and_recover_without_restart(
     module_env, tmp_path, agents
 ):
-    port = free_port()
-
-    def start_redis():
-        subprocess.run(
-            [
-                "redis-server",
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--daemonize",
-                "yes",
-                "--dir",
-                str(tmp_path),
-                "--save",
-                "",
-            ],
-            check=True,
-        )
-        wait_for(
-            lambda: (
-                subprocess.run(
-                    ["redis-cli", "-p", str(port), "ping"], capture_output=True
-                ).returncode
-                == 0
-            ),
-            10,
-            "redis",
-        )
-
-    start_redis()
+    redis_ = PrivateRedis(free_port(), tmp_path)
+    redis_.start()
     alice = agents("alice")
     try:
 
         async def scenario():
-            async with stdio(
-                module_env, alice, MESSAGE_BUS_REDIS_URL=f"redis://127.0.0.1:{port}/0"
-            ) as a:
+            async with stdio(module_env, alice, MESSAGE_BUS_REDIS_URL=redis_.url) as a:
                 assert (await call(a, "read_messages"))["count"] == 0
-                subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"])
+                redis_.stop()
                 started = time.monotonic()
                 text = await error_of(a, "read_messages", {})
                 assert "bus unavailable: Redis cannot be reached" in text
                 assert time.monotonic() - started < 5
-                start_redis()
+                redis_.start()
                 assert (await call(a, "read_messages"))["count"] == 0
 
         run(scenario())
     finally:
-        subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True)
+        redis_.stop()

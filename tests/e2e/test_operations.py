@@ -13,7 +13,7 @@ import pytest
 
 from bus.errors import BusUnavailable
 from bus.tokens import TokenFile
-from tests.conftest import ARTIFACTS, ROOT, holds_for, wait_for
+from tests.conftest import ARTIFACTS, ROOT, PrivateRedis, holds_for, wait_for
 from tests.e2e.test_mcp import free_port
 from tests.integration.test_security import publish_raw, wire_for
 
@@ -198,38 +198,9 @@ def test_redis_outage_mid_burst_loses_nothing_and_the_breaker_opens_then_closes(
 ):
     from bus.breaker import BREAKERS
 
-    port = free_port()
-    redis_url = f"redis://127.0.0.1:{port}/0"
-
-    def redis_up():
-        subprocess.run(
-            [
-                "redis-server",
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--daemonize",
-                "yes",
-                "--dir",
-                str(tmp_path),
-                "--appendonly",
-                "yes",
-                "--save",
-                "",
-            ],
-            check=True,
-        )
-        wait_for(
-            lambda: (
-                subprocess.run(
-                    ["redis-cli", "-p", str(port), "ping"], capture_output=True
-                ).returncode
-                == 0
-            ),
-            10,
-            "redis",
-        )
+    redis_ = PrivateRedis(free_port(), tmp_path)
+    redis_url = redis_.url
+    redis_up = redis_.start
 
     redis_up()
     fresh_env.overrides |= {
@@ -245,7 +216,7 @@ def test_redis_outage_mid_burst_loses_nothing_and_the_breaker_opens_then_closes(
     try:
         for i in range(1000):
             if i == 300:
-                subprocess.run(["redis-cli", "-p", str(port), "shutdown"], check=False)
+                redis_.stop(graceful=True)
             if i == 700:
                 assert bus.runtime.store and BREAKERS["redis"].state in ("open", "half_open")
                 redis_up()
@@ -270,4 +241,4 @@ def test_redis_outage_mid_burst_loses_nothing_and_the_breaker_opens_then_closes(
         assert "open" in seen_states and seen_states[-1] == "closed"
         assert bus.dead_letters() == []
     finally:
-        subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True)
+        redis_.stop()

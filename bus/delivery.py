@@ -39,6 +39,7 @@ class Outcome:
     message_id: str
     recipients: list[str]
     newly_delivered: int
+    sent_ms: int  # the message's own timestamp (send time), for latency metrics
 
 
 def parse_timestamp_ms(value: Any) -> int:
@@ -56,8 +57,9 @@ class Deliverer:
         self._worker_agents: set[str] = set()
         self._worker_agents_at = float("-inf")
 
-    def check(self, wire: dict[str, Any], now: float | None = None) -> None:
-        """Everything that makes a message undeliverable, before touching Redis."""
+    def check(self, wire: dict[str, Any], now: float | None = None) -> int:
+        """Everything that makes a message undeliverable, before touching Redis. Returns
+        the message's timestamp in ms."""
         if not isinstance(wire, dict) or not isinstance(wire.get("id"), str):
             raise PermanentFailure("task argument is not a bus message", reason="malformed")
         try:
@@ -66,9 +68,10 @@ class Deliverer:
             raise PermanentFailure(exc.message, reason="bad_signature") from exc
         now = time.time() if now is None else now
         try:
-            sent = parse_timestamp_ms(wire["timestamp"]) / 1000
+            sent_ms = parse_timestamp_ms(wire["timestamp"])
         except (KeyError, ValueError) as exc:
             raise PermanentFailure("message has no valid timestamp", reason="malformed") from exc
+        sent = sent_ms / 1000
         if sent - now > self.clock_skew:
             raise PermanentFailure(
                 f"message timestamp is {sent - now:.0f}s in the future (allowed skew "
@@ -86,6 +89,7 @@ class Deliverer:
             raise PermanentFailure(
                 f"message expired {now - sent - float(ttl):.1f}s before delivery", reason="expired"
             )
+        return sent_ms
 
     def recipients(self, wire: dict[str, Any]) -> list[str]:
         sender = wire["from"]
@@ -112,7 +116,7 @@ class Deliverer:
         ]
 
     def _delivery_args(self, wire: dict[str, Any], attempts: int) -> dict[str, Any]:
-        self.check(wire)
+        sent_ms = self.check(wire)
         meta = wire.get("metadata") or {}
         try:
             rank = Priority(meta.get("priority", "normal")).rank
@@ -122,7 +126,7 @@ class Deliverer:
             "message_id": wire["id"],
             "wire": orjson.dumps(wire).decode(),
             "rank": rank,
-            "ts_ms": parse_timestamp_ms(wire["timestamp"]),
+            "ts_ms": sent_ms,
             "recipients": self.recipients(wire),
             "attempts": attempts,
             "correlation_id": wire.get("correlation_id"),
@@ -137,7 +141,7 @@ class Deliverer:
             delivered = self.store.deliver(**args)
             if current is not None:
                 current.set_attribute("bus.recipients", len(args["recipients"]))
-            return Outcome(wire["id"], args["recipients"], int(delivered))
+            return Outcome(wire["id"], args["recipients"], int(delivered), args["ts_ms"])
 
     def deliver_many(
         self, wires: list[dict[str, Any]]
@@ -155,7 +159,7 @@ class Deliverer:
             return [], refused
         results = self.store.deliver_pipelined([args for _, args in ready])
         return [
-            (wire, Outcome(wire["id"], args["recipients"], int(n)))
+            (wire, Outcome(wire["id"], args["recipients"], int(n), args["ts_ms"]))
             for (wire, args), n in zip(ready, results, strict=True)
         ], refused
 

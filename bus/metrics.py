@@ -7,6 +7,7 @@ queue, dead-letter, inbox and subscription depth are read from the broker and Re
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -37,9 +38,13 @@ SUBSCRIPTIONS = Gauge("message_bus_subscriptions", "Topic subscriptions")
 
 def count(message: dict[str, Any], status: str) -> None:
     meta = message.get("metadata") or {}
-    MESSAGES.labels(
-        str(message.get("type", "event")), str(meta.get("priority", "normal")), status
-    ).inc()
+    _messages(str(message.get("type", "event")), str(meta.get("priority", "normal")), status).inc()
+
+
+@functools.lru_cache(maxsize=1024)
+def _messages(type_: str, priority: str, status: str) -> Any:
+    # labels() takes a lock and rebuilds the key on every call; a delivery counts twice.
+    return MESSAGES.labels(type_, priority, status)
 
 
 def _on_circuit(target: str, state: str) -> None:

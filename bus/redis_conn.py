@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+import hiredis
 import redis
 from redis.sentinel import Sentinel
 
@@ -76,3 +78,61 @@ def redis_errors(action: str) -> Iterator[None]:
         raise
     else:
         breaker.success()
+
+
+class PinnedScript:
+    """A Lua script run on a connection pinned to the calling thread.
+
+    redis-py's general path (pool checkout and release, retry wrapper, observability hooks)
+    costs ~100 µs of CPU a call on top of the round trip, as much as the delivery itself;
+    the worker's per-message script takes this shorter path. Errors are redis-py's own, so
+    `redis_errors` maps them as usual. A broken connection is replaced and the call tried
+    once more, as redis-py's default retry does: use it only for idempotent scripts.
+    """
+
+    def __init__(self, client: redis.Redis, script: str) -> None:
+        self._pool = client.connection_pool
+        self._script = client.register_script(script)
+        self._local = threading.local()
+
+    def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return self._run(keys, args)
+        except _CONNECTION_ERRORS:
+            self._drop()
+            return self._run(keys, args)
+
+    def _run(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        conn = self._connection()
+        try:
+            try:
+                return self._evalsha(conn, keys, args)
+            except redis.exceptions.NoScriptError:
+                # A restarted (or failed-over) Redis has lost its script cache.
+                conn.send_command("SCRIPT", "LOAD", self._script.script, check_health=False)
+                self._script.sha = conn.read_response()
+                return self._evalsha(conn, keys, args)
+        except redis.exceptions.ResponseError:
+            raise  # Redis answered: the connection is in a clean state
+        except BaseException:
+            conn.disconnect()  # a reply may be pending: never reuse this socket as it is
+            raise
+
+    def _evalsha(self, conn: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        # hiredis packs str and numbers in one C call (redis-py encodes arg by arg first).
+        command = hiredis.pack_command(("EVALSHA", self._script.sha, len(keys), *keys, *args))
+        conn.send_packed_command([command], check_health=False)
+        return conn.read_response()
+
+    def _connection(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._pool.get_connection()
+        return conn
+
+    def _drop(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            conn.disconnect()
+            self._pool.release(conn)

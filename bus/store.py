@@ -17,7 +17,7 @@ import orjson
 from bus import scripts
 from bus.errors import LimitExceeded
 from bus.keys import Keys
-from bus.redis_conn import redis_errors
+from bus.redis_conn import PinnedScript, redis_errors
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,8 @@ class RedisStore:
         self._accept = register(scripts.ACCEPT)
         self._revoke = register(scripts.REVOKE)
         self._deliver = register(scripts.DELIVER)
+        # The worker's per-message call: a connection held by each delivering thread.
+        self._deliver_pinned = PinnedScript(client, scripts.DELIVER)
         self._read = register(scripts.READ)
         self._ack = register(scripts.ACK)
         self._advance = register(scripts.ADVANCE_STATUS)
@@ -166,6 +168,8 @@ class RedisStore:
             keys += [inbox.ready, inbox.body, inbox.meta, k.history(agent)]
             args += [agent, k.inbox_channel(agent)]
         with redis_errors("deliver a message"):
+            if client is None:
+                return self._deliver_pinned(keys, args)
             return self._deliver(keys=keys, args=args, client=client)
 
     def deliver_pipelined(self, deliveries: Sequence[dict[str, Any]]) -> list[Any]:

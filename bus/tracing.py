@@ -20,11 +20,26 @@ except ImportError:  # pragma: no cover - the optional extra is not installed
     trace = None  # type: ignore[assignment]
 
 
-@contextlib.contextmanager
-def span(name: str, trace_id: str | None, **attributes: Any) -> Iterator[Any]:
+def _tracing_configured() -> bool:
+    """True once an application has installed a real tracer provider. Until then every
+    span would be a no-op that still costs ~30 µs a message (ids, context, attributes)."""
     if trace is None:
-        yield None
-        return
+        return False
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
+def span(
+    name: str, trace_id: str | None, **attributes: Any
+) -> contextlib.AbstractContextManager[Any]:
+    if not _tracing_configured():
+        return _NO_SPAN
+    return _span(name, trace_id, attributes)
+
+
+@contextlib.contextmanager
+def _span(name: str, trace_id: str | None, attributes: dict[str, Any]) -> Iterator[Any]:
+    assert trace is not None
     tracer = trace.get_tracer("agent-message-bus")
     context = None
     if trace_id:
@@ -41,3 +56,6 @@ def span(name: str, trace_id: str | None, **attributes: Any) -> Iterator[Any]:
     attrs = {f"bus.{k}": str(v) for k, v in attributes.items() if v is not None}
     with tracer.start_as_current_span(name, context=context, attributes=attrs) as current:
         yield current
+
+
+_NO_SPAN = contextlib.nullcontext(None)

@@ -13,10 +13,12 @@ from prometheus_client import start_http_server
 
 from bus import topology
 from bus.runtime import Runtime, runtime_from_env
+from workers import fastjson
 
 logger = logging.getLogger(__name__)
 
 runtime: Runtime = runtime_from_env()
+fastjson.install()
 
 app = Celery("msgbus")
 # `msgbus worker --express` (MESSAGE_BUS_EXPRESS_WORKER=1) consumes critical and high with

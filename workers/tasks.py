@@ -55,7 +55,7 @@ def dispatch_to_worker_agents(outcome: Outcome, wire: dict[str, Any]) -> None:
 def observe_delivery(wire: dict[str, Any], outcome: Outcome) -> None:
     if outcome.newly_delivered:
         metrics.count(wire, "delivered")
-        latency = time.time() - parse_timestamp_ms(wire["timestamp"]) / 1000
+        latency = time.time() - outcome.sent_ms / 1000
         metrics.DURATION.labels(str(wire.get("type", "event"))).observe(max(latency, 0.0))
 
 

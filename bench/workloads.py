@@ -126,31 +126,42 @@ def _paced(rate: float, seconds: float, fn: Any) -> None:
         fn()
 
 
+def _timed_send(bus: Any, sent: dict[str, float], message: dict[str, Any]) -> None:
+    """Sends and notes when the send began (time.time(), as raw.stamp's senders do)."""
+    started = time.time()
+    sent[bus.send_message(message).id] = started
+
+
 def bus_latency(b: Bench, rate: float, seconds: float) -> list[float]:
     bus, reader = b.bus(), f"lat-{uuid.uuid4().hex[:6]}"
     worker = b.start("workers.app", QUEUES, "bus")
     b.started_and_consuming(worker, "bus.normal")
-    ids: list[str] = []
+    sent: dict[str, float] = {}
     _paced(
         rate,
         seconds,
-        lambda: ids.append(
-            bus.send_message({"from": "bench-sender", "to": reader, "payload": {"i": len(ids)}}).id
+        lambda: _timed_send(
+            bus, sent, {"from": "bench-sender", "to": reader, "payload": {"i": len(sent)}}
         ),
     )
-    wait_until(lambda: bus.runtime.store.inbox_depth(reader)[0] >= len(ids), 120, "latency run")
+    wait_until(lambda: bus.runtime.store.inbox_depth(reader)[0] >= len(sent), 120, "latency run")
     b.stop(worker)
-    latencies = _delivery_latencies(bus, ids)
+    latencies = _delivery_latencies(bus, sent)
     bus.close()
     return latencies
 
 
-def _delivery_latencies(bus: Any, ids: list[str]) -> list[float]:
-    """delivered_at (worker, ms) minus queued_at (sender, ms), in seconds."""
+def _delivery_latencies(bus: Any, sent: dict[str, float]) -> list[float]:
+    """From the start of each send to its `delivered_at` (the worker's clock, µs decimals),
+    in seconds."""
     pipe = bus.runtime.redis.pipeline(transaction=False)
-    for message_id in ids:
-        pipe.hmget(bus.runtime.keys.status(message_id), "queued_at", "delivered_at")
-    return [(int(d) - int(q)) / 1000 for q, d in pipe.execute() if q and d]
+    for message_id in sent:
+        pipe.hget(bus.runtime.keys.status(message_id), "delivered_at")
+    return [
+        float(delivered) / 1000 - started
+        for started, delivered in zip(sent.values(), pipe.execute(), strict=True)
+        if delivered
+    ]
 
 
 def raw_latency(b: Bench, rate: float, seconds: float) -> list[float]:
@@ -183,18 +194,20 @@ def bus_priority(b: Bench, backlog: int, probes: int) -> list[float]:
     )
     b.started_and_consuming(worker, "bus.low")
     wait_until(lambda: b.consumers("bus.critical") >= 2, 60, "the express worker")
-    waits = []
+    sent: dict[str, float] = {}
     for i in range(probes):
-        receipt = bus.send_message(
+        _timed_send(
+            bus,
+            sent,
             {
                 "from": "bench-sender",
                 "to": reader,
                 "payload": {"i": i},
                 "metadata": {"priority": "critical"},
-            }
+            },
         )
         wait_until(lambda i=i: bus.runtime.store.inbox_depth(reader)[0] > i, 60, "critical message")
-        waits.extend(_delivery_latencies(bus, [receipt.id]))
+    waits = _delivery_latencies(bus, sent)
     left = b.queue_state("bus.low")[0]
     b.stop(worker)
     b.stop(express)
@@ -326,7 +339,7 @@ def mcp_longpoll_wake(b: Bench, probes: int, port: int, token: str) -> list[floa
                 result = await waiting
                 returned = time.time()
                 status = bus.runtime.store.status(receipt.id)
-                wakes.append(returned - int(status["delivered_at"]) / 1000)
+                wakes.append(returned - float(status["delivered_at"]) / 1000)
                 ids = [m["id"] for m in result.structured_content["messages"]]
                 await client.call_tool("ack_messages", {"ids": ids})
         return wakes

@@ -468,6 +468,12 @@ def _since_ms(since: datetime | float | None) -> int | None:
     return int(float(since) * 1000)
 
 
+def _is_ms(value: str) -> bool:
+    """Status stamps are ms since the epoch, with µs decimals (older entries: whole ms)."""
+    whole, _, fraction = value.partition(".")
+    return whole.isdigit() and (not fraction or fraction.isdigit())
+
+
 def _status_model(message_id: str, raw: dict[str, str]) -> MessageStatus:
     status = raw.get("status", "queued")
     expires = raw.get("expires_at")
@@ -475,9 +481,9 @@ def _status_model(message_id: str, raw: dict[str, str]) -> MessageStatus:
         # Past its ttl and not delivered: the broker dead-letters it; report what it is.
         status, raw = "expired", {**raw, "reason": raw.get("reason") or "expired"}
     stamps = {
-        name.removesuffix("_at"): datetime.fromtimestamp(int(value) / 1000, UTC)
+        name.removesuffix("_at"): datetime.fromtimestamp(float(value) / 1000, UTC)
         for name, value in raw.items()
-        if name.endswith("_at") and value.isdigit()
+        if name.endswith("_at") and _is_ms(value)
     }
     return MessageStatus(
         id=message_id,

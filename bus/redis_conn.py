@@ -80,6 +80,36 @@ def redis_errors(action: str) -> Iterator[None]:
         breaker.success()
 
 
+def queue_script(pipe: Any, script: Any, keys: Sequence[str], args: Sequence[Any]) -> None:
+    """Queues a script call on a pipeline as a bare EVALSHA. (A redis-py Script object on a
+    pipeline makes it send SCRIPT EXISTS first: one more round trip on every execute.) Run
+    the pipeline with `execute_scripted`, which recovers when Redis has lost the script."""
+    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+
+
+def execute_scripted(pipe: Any, *scripts: Any) -> list[Any]:
+    """``pipe.execute()`` for pipelines filled by `queue_script` with `scripts`: the calls
+    that found no script (Redis restarted or flushed) run again once, after loading them;
+    any other error is raised as execute() raises it."""
+    stack = list(pipe.command_stack)
+    results: list[Any] = pipe.execute(raise_on_error=False)
+    missing = [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
+    if missing and scripts:
+        client = scripts[0].registered_client
+        for script in scripts:
+            client.script_load(script.script)
+        again = client.pipeline(transaction=False)
+        for i in missing:
+            args, options = stack[i]
+            again.execute_command(*args, **options)
+        for i, result in zip(missing, again.execute(raise_on_error=False), strict=True):
+            results[i] = result
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return results
+
+
 class PinnedScript:
     """A Lua script run on a connection pinned to the calling thread.
 

@@ -17,7 +17,7 @@ import orjson
 from bus import scripts
 from bus.errors import LimitExceeded
 from bus.keys import Keys
-from bus.redis_conn import PinnedScript, redis_errors
+from bus.redis_conn import PinnedScript, execute_scripted, queue_script, redis_errors
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +27,12 @@ AUDIT_MAXLEN = 100_000
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def stamp_ms() -> str:
+    """Now in ms with µs decimals, for status timestamps: fine enough to time a delivery
+    that takes a millisecond or two."""
+    return f"{time.time() * 1000:.3f}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,13 +83,15 @@ class RedisStore:
 
         Returns, per message, None when accepted or the id it duplicates."""
         k = self.keys
-        now = now_ms()
-        sent_bucket = k.rate_bucket("sent", now // 1000)
+        now = stamp_ms()
+        sent_bucket = k.rate_bucket("sent", int(time.time()))
         with redis_errors("record the send"):
             pipe = self.redis.pipeline(transaction=False)
             for rec in accepted:
-                self._accept(
-                    keys=[
+                queue_script(
+                    pipe,
+                    self._accept,
+                    [
                         k.dedup(rec.dedup_key),
                         k.status(rec.id),
                         k.agents,
@@ -91,7 +99,7 @@ class RedisStore:
                         k.dedup_id(rec.id),
                         sent_bucket,
                     ],
-                    args=[
+                    [
                         rec.id,
                         now,
                         self.dedup_window,
@@ -103,11 +111,10 @@ class RedisStore:
                         self.history_limit,
                         rec.expires_ms or "",
                     ],
-                    client=pipe,
                 )
             for entry in audit:
                 pipe.xadd(k.audit, entry, maxlen=AUDIT_MAXLEN, approximate=True)
-            return [r or None for r in pipe.execute()[: len(accepted)]]
+            return [r or None for r in execute_scripted(pipe, self._accept)[: len(accepted)]]
 
     def revoke_many(self, accepted: Iterable[AcceptRecord]) -> None:
         """Undoes accept_many for messages the broker did not take."""
@@ -115,17 +122,18 @@ class RedisStore:
         with redis_errors("undo a refused send"):
             pipe = self.redis.pipeline(transaction=False)
             for rec in accepted:
-                self._revoke(
-                    keys=[
+                queue_script(
+                    pipe,
+                    self._revoke,
+                    [
                         k.dedup(rec.dedup_key),
                         k.status(rec.id),
                         k.history(rec.sender),
                         k.dedup_id(rec.id),
                     ],
-                    args=[rec.id, rec.wire],
-                    client=pipe,
+                    [rec.id, rec.wire],
                 )
-            pipe.execute()
+            execute_scripted(pipe, self._revoke)
 
     # -- delivery (worker side) ----------------------------------------------------------
 
@@ -143,14 +151,14 @@ class RedisStore:
     ) -> Any:
         """Appends to each recipient's inbox and history, sets `delivered`: one script."""
         k = self.keys
-        now = now_ms()
+        now = stamp_ms()
         keys = [
             k.status(message_id),
             k.delivered(message_id),
             k.agents,
             k.inbox_seq,
             k.reply(correlation_id) if correlation_id else k.status(message_id),
-            k.rate_bucket("delivered", now // 1000),
+            k.rate_bucket("delivered", int(time.time())),
         ]
         args: list[Any] = [
             message_id,
@@ -170,7 +178,7 @@ class RedisStore:
         with redis_errors("deliver a message"):
             if client is None:
                 return self._deliver_pinned(keys, args)
-            return self._deliver(keys=keys, args=args, client=client)
+            return queue_script(client, self._deliver, keys, args)
 
     def deliver_pipelined(self, deliveries: Sequence[dict[str, Any]]) -> list[Any]:
         """Many `deliver` scripts in one round trip (each script is atomic on its own)."""
@@ -178,7 +186,7 @@ class RedisStore:
             pipe = self.redis.pipeline(transaction=False)
             for delivery in deliveries:
                 self.deliver(**delivery, client=pipe)
-            return pipe.execute()
+            return execute_scripted(pipe, self._deliver)
 
     def topic_subscribers(self, topics: Sequence[str]) -> list[dict[str, str]]:
         with redis_errors("look up topic subscribers"):
@@ -289,7 +297,7 @@ class RedisStore:
     ) -> int:
         if not ids:
             return 0
-        args: list[Any] = [status, now_ms(), self.status_retention, "1" if force else "0"]
+        args: list[Any] = [status, stamp_ms(), self.status_retention, "1" if force else "0"]
         for name, value in fields.items():
             args += [name, "" if value is None else value]
         with redis_errors("update message status"):

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from bus.errors import BusUnavailable
-from bus.redis_conn import PinnedScript, connect, redis_errors
+from bus.redis_conn import PinnedScript, connect, execute_scripted, queue_script, redis_errors
 from tests.conftest import REDIS_URL
 
 pytestmark = pytest.mark.timeout(60)
@@ -92,3 +92,24 @@ def test_an_unreachable_redis_is_reported_as_bus_unavailable():
                 script(["k"], [1])
     finally:
         BREAKERS["redis"].success()  # one failure counted; later tests start closed
+
+
+def test_pipelined_script_calls_survive_a_flushed_script_cache_and_run_once(client, key):
+    script = client.register_script(INCR)
+    client.script_flush()
+    pipe = client.pipeline(transaction=False)
+    queue_script(pipe, script, [key], [2])
+    pipe.incr(key + ":plain")  # a plain command in the same pipeline runs exactly once
+    queue_script(pipe, script, [key], [3])
+    assert execute_scripted(pipe, script) == [2, 1, 5]
+    assert client.get(key + ":plain") == "1"
+    client.delete(key + ":plain")
+
+
+def test_a_pipelined_script_error_is_raised(client, key):
+    client.set(key, "not a number")
+    script = client.register_script(INCR)
+    pipe = client.pipeline(transaction=False)
+    queue_script(pipe, script, [key], [1])
+    with pytest.raises(redis.ResponseError, match="not an integer"):
+        execute_scripted(pipe, script)

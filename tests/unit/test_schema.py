@@ -114,3 +114,20 @@ def test_any_input_either_validates_or_raises_a_validation_error(data):
         Message.model_validate(data)
     except pydantic.ValidationError:
         pass
+
+
+def test_status_timestamps_keep_their_microseconds_and_older_whole_ms_stamps_still_read():
+    from bus.client import _status_model
+
+    status = _status_model(
+        "m1",
+        {
+            "status": "delivered",
+            "queued_at": "1764000000123.456",
+            "delivered_at": "1764000000125",
+            "attempts": "1",
+        },
+    )
+    assert status.timestamps["queued"].microsecond == 123456
+    assert status.timestamps["delivered"].microsecond == 125000
+    assert _status_model("m2", {"status": "queued", "queued_at": "garbage"}).timestamps == {}

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import plots
 from bench import workloads as w
 from bench.harness import ROOT, Bench, describe_machine, percentile, summary, wait_until
 
@@ -40,18 +41,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     try:
         if only & {"drain", "batch"}:
-            n = 1000 if quick else 3000
-            w.raw_drain(b, 200), w.bus_drain(b, 200)  # warm-up
-            raw = repeat(reps, w.raw_drain, b, n)
-            out["raw_drain_msgs_per_s"] = summary(raw)
-            if "drain" in only:
-                drain = repeat(reps, w.bus_drain, b, n)
-                out["drain_msgs_per_s"] = summary(drain)
-                out["drain_ratio"] = round(summary(drain)["median"] / summary(raw)["median"], 3)
-            if "batch" in only:
-                batch = repeat(reps, w.bus_batch_drain, b, 2000 if quick else 5000)
-                out["batch_msgs_per_s"] = summary(batch)
-                out["batch_ratio"] = round(summary(batch)["median"] / summary(raw)["median"], 3)
+            out |= drains(b, only, reps, quick)
         if "producer" in only:
             n = 600 if quick else 2000
             out["producer"] = {
@@ -66,14 +56,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             _purge(b)
         if "latency" in only:
-            seconds = 4 if quick else 10
-            for rate in (200, 500):
-                raw = w.raw_latency(b, rate, seconds)
-                bus = w.bus_latency(b, rate, seconds)
-                out[f"latency_{rate}"] = {"bus": _pcts(bus), "raw": _pcts(raw), "samples": len(bus)}
-                out[f"latency_p99_ratio_{rate}"] = round(
-                    percentile(bus, 99) / max(percentile(raw, 99), 1e-6), 3
-                )
+            out |= latencies(b, 1 if quick else 2, 4 if quick else 10)
         if "priority" in only:
             backlog = 5000 if quick else 10000
             probes = 20
@@ -87,6 +70,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "with_backlog": _pcts(busy),
                 "raw_with_backlog": _pcts(raw_busy),
             }
+            out.setdefault("_samples", {})["priority"] = {
+                "no backlog": idle,
+                "with backlog": busy,
+                "raw, with backlog": raw_busy,
+            }
             out["priority_p99_ms"] = ms(percentile(busy, 99))
             out["priority_backlog_p99_ratio"] = round(
                 percentile(busy, 99) / max(percentile(idle, 99), 1e-6), 3
@@ -97,6 +85,46 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             out["footprint"] = w.footprint(b, 20_000 if quick else 100_000)
     finally:
         b.close()
+    return out
+
+
+def drains(b: Bench, only: set[str], reps: int, quick: bool) -> dict[str, Any]:
+    """Raw and bus runs take turns, so a machine that speeds up or slows down during the run
+    moves both sides of each ratio alike."""
+    n, n_batch = (1000, 2000) if quick else (3000, 5000)
+    w.raw_drain(b, 200), w.bus_drain(b, 200)  # warm-up
+    raw: list[float] = []
+    runs: dict[str, list[float]] = {"drain": [], "batch": []}
+    for _ in range(reps):
+        raw.append(w.raw_drain(b, n))
+        if "drain" in only:
+            runs["drain"].append(w.bus_drain(b, n))
+        if "batch" in only:
+            runs["batch"].append(w.bus_batch_drain(b, n_batch))
+    out: dict[str, Any] = {"raw_drain_msgs_per_s": summary(raw)}
+    for name, samples in runs.items():
+        if samples:
+            out[f"{name}_msgs_per_s"] = summary(samples)
+            out[f"{name}_ratio"] = round(summary(samples)["median"] / summary(raw)["median"], 3)
+            out[f"{name}_ratio_per_pair"] = [
+                round(x / r, 3) for x, r in zip(samples, raw, strict=True)
+            ]
+    return out
+
+
+def latencies(b: Bench, reps: int, seconds: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for rate in (200, 500):
+        raw: list[float] = []
+        bus: list[float] = []
+        for _ in range(reps):  # alternating, as for the drains
+            raw += w.raw_latency(b, rate, seconds)
+            bus += w.bus_latency(b, rate, seconds)
+        out[f"latency_{rate}"] = {"bus": _pcts(bus), "raw": _pcts(raw), "samples": len(bus)}
+        out[f"latency_p99_ratio_{rate}"] = round(
+            percentile(bus, 99) / max(percentile(raw, 99), 1e-6), 3
+        )
+        out.setdefault("_samples", {})[f"latency_{rate}"] = {"bus": bus, "raw": raw}
     return out
 
 
@@ -214,12 +242,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--pool", choices=["threads", "prefork"], default="threads")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "results.json")
+    parser.add_argument(
+        "--plot", action="store_true", help="also save PNG charts beside --out (matplotlib)"
+    )
     args = parser.parse_args(argv)
+    if args.plot:
+        plots.require_matplotlib()
     started = time.monotonic()
     result = run(args)
     result["seconds"] = round(time.monotonic() - started, 1)
+    samples = result.pop("_samples", {})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
+    if args.plot:
+        for path in plots.save_all(result, samples, args.out.parent):
+            print(f"chart: {path}", file=sys.stderr)
     print(json.dumps(result) if args.json else table(result))
 
 

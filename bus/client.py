@@ -7,16 +7,12 @@ Send path: validate -> authorize -> rate limit -> dedup -> encode + sign -> stat
 from __future__ import annotations
 
 import logging
-import uuid
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
-from bus import metrics, tracing
-from bus.errors import BusError, BusUnavailable, LimitExceeded, NotFound, ValidationError
+from bus import metrics
+from bus.errors import BusError, LimitExceeded, NotFound, ValidationError
 from bus.guard import Guard
 from bus.reader import Reader
 from bus.runtime import Runtime
@@ -34,11 +30,10 @@ from bus.schema import (
     Subscription,
     check_agent_id,
     check_topic,
-    utcnow,
 )
+from bus.sender import Sender
 from bus.settings import Settings
-from bus.store import AcceptRecord, now_ms
-from bus.topology import DELIVER_BATCH_TASK, DELIVER_TASK
+from bus.store import now_ms
 from bus.validation import check, parse
 
 if TYPE_CHECKING:
@@ -52,15 +47,6 @@ class RequestTimeout(BusError):
     exit_code = 9
 
 
-class _Prepared:
-    __slots__ = ("message", "wire", "record")
-
-    def __init__(self, message: Message, wire: dict[str, Any], record: AcceptRecord) -> None:
-        self.message = message
-        self.wire = wire
-        self.record = record
-
-
 class MessageBus:
     """Settings come from the environment unless given; nothing connects until first use."""
 
@@ -69,6 +55,7 @@ class MessageBus:
         self.settings = self.runtime.settings
         self.guard = Guard(self.runtime)
         self.reader = Reader(self.runtime)
+        self.sender = Sender(self.runtime, self.guard)
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -76,7 +63,7 @@ class MessageBus:
         """Sends one message (direct, topic or broadcast, as its address says)."""
         if isinstance(message, dict):
             message = {**message, **fields}
-        return self._send([self._prepare(message)])[0]
+        return self.sender.send([self.sender.prepare(message)])[0]
 
     def publish(
         self, sender: str, topic: str, payload: Any = None, *, type: str = "event", **fields: Any
@@ -101,8 +88,8 @@ class MessageBus:
             )
         if not messages:
             raise ValidationError("batch is empty: give at least one message")
-        prepared = [self._prepare(m, where=f"messages[{i}].") for i, m in enumerate(messages)]
-        return self._send(prepared, batch=True)
+        prepared = [self.sender.prepare(m, where=f"messages[{i}].") for i, m in enumerate(messages)]
+        return self.sender.send(prepared, batch=True)
 
     def request(self, message: Message | dict[str, Any], timeout: float = 30.0) -> ReceivedMessage:
         """Sends a request and waits for the response that carries its id as correlation_id.
@@ -112,10 +99,10 @@ class MessageBus:
         data = message.model_dump(by_alias=True) if isinstance(message, Message) else dict(message)
         data.setdefault("type", "request")
         data.setdefault("reply_to", data.get("from") or data.get("sender"))
-        prepared = self._prepare(data)
+        prepared = self.sender.prepare(data)
         requester = prepared.message.reply_to or prepared.message.sender
         with self.reader.reply_waiter(prepared.message.id) as waiter:
-            self._send([prepared])
+            self.sender.send([prepared])
             response_id = waiter.wait(timeout)
         if response_id is None:
             raise RequestTimeout(
@@ -124,144 +111,6 @@ class MessageBus:
                 id=prepared.message.id,
             )
         return self.reader.take(requester, response_id)
-
-    def _prepare(self, data: Message | dict[str, Any], where: str = "") -> _Prepared:
-        message = parse(Message, data, where)
-        if not message.id:
-            message.id = str(uuid.uuid4())
-        elif len(message.id) > 128:
-            raise ValidationError(f"{where}id: at most 128 characters")
-        message.timestamp = utcnow()
-        if message.trace_id is None:
-            message.trace_id = uuid.uuid4().hex
-        if "max_retries" not in message.metadata.model_fields_set:
-            message.metadata.max_retries = self.settings.default_max_retries
-        meta = message.metadata
-        self.guard.authorize_send(message)
-        wire = message.wire()
-        wire["payload"] = self.runtime.codec.encode_payload(
-            message.id, message.payload, meta.compression.value, meta.encrypted
-        )
-        self.runtime.codec.sign(wire)
-        ts = int(message.timestamp.timestamp() * 1000)
-        record = AcceptRecord(
-            id=message.id,
-            dedup_key=meta.dedup_key or message.id,
-            sender=message.sender,
-            queue=message.priority.queue,
-            wire=orjson.dumps(wire).decode(),
-            ts_ms=ts,
-            expires_ms=ts + int(meta.ttl * 1000) if meta.ttl else None,
-        )
-        return _Prepared(message, wire, record)
-
-    def _send(self, prepared: list[_Prepared], batch: bool = False) -> list[Receipt]:
-        first = prepared[0].message
-        with tracing.span(
-            "bus.send",
-            first.trace_id,
-            message_id=first.id,
-            sender=first.sender,
-            count=len(prepared),
-        ):
-            return self._send_traced(prepared, batch)
-
-    def _send_traced(self, prepared: list[_Prepared], batch: bool) -> list[Receipt]:
-        degraded = False
-        try:
-            self.guard.rate_limit(prepared[0].message.sender, cost=len(prepared))
-            audit = [
-                self.guard.audit_entry(
-                    "send",
-                    p.message.sender,
-                    _target(p.message),
-                    "ok",
-                    trace_id=p.message.trace_id,
-                    message_id=p.message.id,
-                )
-                for p in prepared
-            ]
-            duplicates = self.runtime.store.accept_many([p.record for p in prepared], audit)
-        except BusUnavailable as exc:
-            # Redis is down: the message still goes to RabbitMQ and waits there (the worker
-            # retries until Redis is back and records its status then). Dedup and rate
-            # limiting cannot be checked meanwhile.
-            logger.warning("sending without Redis (no dedup, status or rate limit): %s", exc)
-            duplicates, degraded = [None] * len(prepared), True
-        receipts: list[Receipt] = []
-        fresh: list[_Prepared] = []
-        for p, duplicate_of in zip(prepared, duplicates, strict=True):
-            m = p.message
-            if duplicate_of is not None:
-                receipts.append(
-                    Receipt(
-                        id=m.id,
-                        status=Status.duplicate,
-                        queue=m.priority.queue,
-                        trace_id=m.trace_id,
-                        duplicate_of=duplicate_of,
-                    )
-                )
-            else:
-                fresh.append(p)
-                receipts.append(
-                    Receipt(
-                        id=m.id, status=Status.queued, queue=m.priority.queue, trace_id=m.trace_id
-                    )
-                )
-        groups: dict[str, list[_Prepared]] = defaultdict(list)
-        for p in fresh:
-            groups[p.message.priority.queue if batch else p.message.id].append(p)
-        pending = list(groups.values())
-        while pending:
-            group = pending[0]
-            try:
-                self._publish(group, batch)
-            except BusError as exc:
-                if not degraded:
-                    self.runtime.store.revoke_many([p.record for g in pending for p in g])
-                for p in (p for g in pending for p in g):
-                    self.guard.audit(
-                        "send",
-                        p.message.sender,
-                        _target(p.message),
-                        "failed",
-                        trace_id=p.message.trace_id,
-                        message_id=p.message.id,
-                        error=exc.code,
-                    )
-                raise
-            pending.pop(0)
-        for p, receipt in zip(prepared, receipts, strict=True):
-            metrics.count(p.wire, receipt.status.value)
-        return receipts
-
-    def _publish(self, group: list[_Prepared], batch: bool) -> None:
-        first = group[0].message
-        ttls = [p.message.metadata.ttl for p in group]
-        if batch and len(group) > 1:
-            # The broker may expire a batch task only once every message in it has expired
-            # (the longest ttl); each message's own ttl is still checked at delivery.
-            longest = max(ttls) if all(t is not None for t in ttls) else None  # type: ignore[type-var]
-            self.runtime.broker.publish(
-                DELIVER_BATCH_TASK,
-                [[p.wire for p in group]],
-                queue=first.priority.queue,
-                task_id=str(uuid.uuid4()),
-                expiration=longest,
-                headers={"trace_id": first.trace_id},
-                summary=f"<batch of {len(group)}>",
-            )
-            return
-        self.runtime.broker.publish(
-            DELIVER_TASK,
-            [group[0].wire],
-            queue=first.priority.queue,
-            task_id=first.id,
-            expiration=first.metadata.ttl,
-            headers={"trace_id": first.trace_id},
-            summary=f"<message {first.id} {first.type.value} from {first.sender}>",
-        )
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -448,12 +297,6 @@ class MessageBus:
 
     def __exit__(self, *_: Any) -> None:
         self.close()
-
-
-def _target(message: Message) -> str:
-    if message.is_broadcast:
-        return "*"
-    return message.to or f"topic:{message.topic}"
 
 
 def _dt(ms: int | None) -> datetime | None:

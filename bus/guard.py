@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from functools import cached_property
 from typing import Any
 
 from bus.acl import Policy
+from bus.admission import RateLimit
 from bus.errors import AuthError, BusUnavailable, RateLimited
 from bus.redis_conn import redis_errors
 from bus.runtime import Runtime
@@ -73,29 +73,26 @@ class Guard:
 
     # -- rate limiting ---------------------------------------------------------------------
 
-    def rate_limit(self, agent: str, cost: int = 1) -> None:
+    def rate_limit_for(self, agent: str, cost: int = 1) -> RateLimit | None:
+        """The token-bucket charge for `cost` messages from `agent` (None: no limit). The
+        bucket itself is checked in the same Redis call that admits the messages."""
         rate = self.policy.rate_for(agent, self.runtime.settings.rate_per_second)
         if rate <= 0:
-            return
+            return None
         burst = self.policy.burst_for(agent, self.runtime.settings.rate_burst) or max(
             1, math.ceil(rate)
         )
         # A batch bigger than the bucket could never pass; it costs a full bucket instead.
-        cost = min(cost, burst)
-        store = self.runtime.store
-        with redis_errors("check the rate limit"):
-            allowed, wait_ms = store.rate_limit_script(
-                keys=[self.runtime.keys.rate(agent)],
-                args=[rate, burst, int(time.time() * 1000), cost],
-            )
-        if not allowed:
-            retry_after = int(wait_ms) / 1000
-            self.audit("rate_limited", agent, "", "denied", retry_after=retry_after)
-            raise RateLimited(
-                f"{agent} is over its rate limit ({rate:g}/s, burst {burst}); "
-                f"retry after {retry_after:.3f}s",
-                retry_after=retry_after,
-            )
+        return RateLimit(self.runtime.keys.rate(agent), rate, burst, min(cost, burst))
+
+    def throttled(self, agent: str, limit: RateLimit, retry_after_ms: int) -> RateLimited:
+        retry_after = retry_after_ms / 1000
+        self.audit("rate_limited", agent, "", "denied", retry_after=retry_after)
+        return RateLimited(
+            f"{agent} is over its rate limit ({limit.rate:g}/s, burst {limit.burst}); "
+            f"retry after {retry_after:.3f}s",
+            retry_after=retry_after,
+        )
 
     # -- audit -----------------------------------------------------------------------------
 

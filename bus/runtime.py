@@ -9,6 +9,7 @@ import threading
 from functools import cached_property
 from typing import Any
 
+from bus.admission import Admission
 from bus.broker import Broker
 from bus.codec import Codec
 from bus.delivery import Deliverer
@@ -44,6 +45,17 @@ class Runtime:
         )
 
     @cached_property
+    def admission(self) -> Admission:
+        s = self.settings
+        return Admission(
+            self.redis,
+            self.keys,
+            history_limit=s.history_limit,
+            status_retention=s.status_retention,
+            dedup_window=s.dedup_window,
+        )
+
+    @cached_property
     def codec(self) -> Codec:
         return Codec(self.settings.signing_keys, self.settings.max_payload_bytes)
 
@@ -62,7 +74,7 @@ class Runtime:
 
     def reset(self) -> None:
         """Drops connections (after a fork) so they are rebuilt in this process."""
-        for name in ("redis", "store", "deliverer", "broker"):
+        for name in ("redis", "store", "admission", "deliverer", "broker"):
             self.__dict__.pop(name, None)
 
     def close(self) -> None:

@@ -11,28 +11,81 @@ STATUS_RANK_LUA = """
 local rank = {queued=1, retrying=2, delivered=3, dead=3, expired=3, read=4, acked=5}
 """
 
-# KEYS: dedup (by dedup key), status, agents, sender history, dedup (by id), sent-rate bucket
-# ARGV: id, now_ms, dedup_window_s, retention_s, queue, sender, wire, ts_ms,
-#       history_limit, expires_at_ms ('' if none)
-# Returns the existing id for a duplicate (same dedup key or same id), else false (nil).
-ACCEPT = """
-local existing = redis.call('GET', KEYS[1]) or redis.call('GET', KEYS[5])
-if existing then return existing end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
-redis.call('SET', KEYS[5], ARGV[1], 'EX', ARGV[3])
-redis.call('HSET', KEYS[2], 'status', 'queued', 'queued_at', ARGV[2], 'updated_at', ARGV[2],
-  'attempts', 0, 'queue', ARGV[5], 'from', ARGV[6])
-if ARGV[10] ~= '' then redis.call('HSET', KEYS[2], 'expires_at', ARGV[10]) end
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-redis.call('ZADD', KEYS[3], 'NX', ARGV[2], ARGV[6])
-redis.call('ZADD', KEYS[4], ARGV[8], ARGV[7])
-redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -(tonumber(ARGV[9]) + 1))
-redis.call('INCR', KEYS[6])
-redis.call('EXPIRE', KEYS[6], 120)
-return false
+# Status timestamps come from Redis's own clock: one clock for every transition, whichever
+# host the sender, the worker or the reader runs on. `now_ms` is a number, `stamp` the same
+# instant as ms with µs decimals ("1764000000123.456").
+NOW_LUA = """
+local t = redis.call('TIME')
+local us = tonumber(t[2])
+local now_ms = tonumber(t[1]) * 1000 + math.floor(us / 1000)
+local stamp = t[1] .. string.format('%03d.%03d', math.floor(us / 1000), us % 1000)
 """
 
-# Undo of ACCEPT when the broker refused the publish: nothing half-written.
+# The send side's one call: rate limit, dedup, status `queued`, sender history, audit.
+# KEYS: agents, sent-rate bucket, audit stream, rate-limit bucket, then per message:
+#       dedup (by dedup key), dedup (by id), status, sender history
+# ARGV: dedup_window_s, retention_s, history_limit, audit_maxlen, rate per s ('' = no
+#       limit), burst, cost, then per message: id, queue, sender, wire, ts_ms,
+#       expires_at_ms ('' if none), audit entry (JSON list of field, value...)
+# Returns {'ok', d1, ..., dn}: di is '' when message i was accepted, else the id it
+# duplicates (same dedup key or same id); or {'rate_limited', ms to wait}, writing nothing.
+ADMIT = (
+    NOW_LUA
+    + """
+if ARGV[5] ~= '' then
+  local rate, burst, cost = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+  local state = redis.call('HMGET', KEYS[4], 'tokens', 'ts')
+  local tokens = tonumber(state[1]) or burst
+  local ts = tonumber(state[2]) or now_ms
+  tokens = math.min(burst, tokens + math.max(0, now_ms - ts) * rate / 1000)
+  local allowed = tokens >= cost
+  if allowed then tokens = tokens - cost end
+  redis.call('HSET', KEYS[4], 'tokens', tostring(tokens), 'ts', now_ms)
+  redis.call('PEXPIRE', KEYS[4], math.ceil(burst * 1000 / rate) + 1000)
+  if not allowed then
+    return {'rate_limited', tostring(math.ceil((cost - tokens) * 1000 / rate))}
+  end
+end
+local out = {'ok'}
+local accepted = 0
+for i = 1, (#KEYS - 4) / 4 do
+  local k = 4 + (i - 1) * 4
+  local a = 7 + (i - 1) * 7
+  local id = ARGV[a + 1]
+  local existing = redis.call('GET', KEYS[k + 1]) or redis.call('GET', KEYS[k + 2])
+  if existing then
+    out[#out + 1] = existing
+  else
+    out[#out + 1] = ''
+    accepted = accepted + 1
+    redis.call('SET', KEYS[k + 1], id, 'EX', ARGV[1])
+    redis.call('SET', KEYS[k + 2], id, 'EX', ARGV[1])
+    -- The publish may go out beside this call, so a worker can be first: never move a
+    -- status back.
+    if redis.call('EXISTS', KEYS[k + 3]) == 0 then
+      redis.call('HSET', KEYS[k + 3], 'status', 'queued', 'updated_at', stamp, 'attempts', 0)
+    end
+    redis.call('HSET', KEYS[k + 3], 'queued_at', stamp, 'queue', ARGV[a + 2], 'from', ARGV[a + 3])
+    if ARGV[a + 6] ~= '' then redis.call('HSET', KEYS[k + 3], 'expires_at', ARGV[a + 6]) end
+    redis.call('EXPIRE', KEYS[k + 3], ARGV[2])
+    redis.call('ZADD', KEYS[1], 'NX', now_ms, ARGV[a + 3])
+    redis.call('ZADD', KEYS[k + 4], ARGV[a + 5], ARGV[a + 4])
+    redis.call('ZREMRANGEBYRANK', KEYS[k + 4], 0, -(tonumber(ARGV[3]) + 1))
+  end
+  local entry = cjson.decode(ARGV[a + 7])
+  if #entry > 0 then
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(entry))
+  end
+end
+if accepted > 0 then
+  redis.call('INCRBY', KEYS[2], accepted)
+  redis.call('EXPIRE', KEYS[2], 120)
+end
+return out
+"""
+)
+
+# Undo of ADMIT when the broker refused the publish: nothing half-written.
 # KEYS: dedup, status, sender history, dedup by id   ARGV: id, wire
 REVOKE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
@@ -44,16 +97,17 @@ return 1
 
 # KEYS: status, delivered-set, agents, seq, reply-key, delivered-rate bucket, then per recipient:
 #       ready, body, meta, history
-# ARGV: id, wire, rank, now_ms, history_limit, retention_s, attempts, reply_channel,
-#       ts_ms, then per recipient: agent, inbox channel
+# ARGV: id, wire, rank, history_limit, retention_s, attempts, reply_channel, ts_ms,
+#       then per recipient: agent, inbox channel
 # Idempotent per (message, recipient): a redelivered task does not fill an inbox twice.
 DELIVER = (
     STATUS_RANK_LUA
+    + NOW_LUA
     + """
 local delivered = 0
 local n = (#KEYS - 6) / 4
 for i = 1, n do
-  local agent = ARGV[9 + 2 * i - 1]
+  local agent = ARGV[8 + 2 * i - 1]
   if redis.call('SADD', KEYS[2], agent) == 1 then
     local base = 6 + (i - 1) * 4
     local seq = redis.call('INCR', KEYS[4])
@@ -61,27 +115,27 @@ for i = 1, n do
     redis.call('HSET', KEYS[base + 2], ARGV[1], ARGV[2])
     redis.call('HSET', KEYS[base + 3], ARGV[1], score .. '|0')
     redis.call('ZADD', KEYS[base + 1], score, ARGV[1])
-    redis.call('ZADD', KEYS[base + 4], ARGV[9], ARGV[2])
-    redis.call('ZREMRANGEBYRANK', KEYS[base + 4], 0, -(tonumber(ARGV[5]) + 1))
-    redis.call('ZADD', KEYS[3], 'NX', ARGV[4], agent)
-    redis.call('PUBLISH', ARGV[9 + 2 * i], ARGV[1])
+    redis.call('ZADD', KEYS[base + 4], ARGV[8], ARGV[2])
+    redis.call('ZREMRANGEBYRANK', KEYS[base + 4], 0, -(tonumber(ARGV[4]) + 1))
+    redis.call('ZADD', KEYS[3], 'NX', now_ms, agent)
+    redis.call('PUBLISH', ARGV[8 + 2 * i], ARGV[1])
     delivered = delivered + 1
   end
 end
-redis.call('EXPIRE', KEYS[2], ARGV[6])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
 if delivered > 0 then
   redis.call('INCRBY', KEYS[6], delivered)
   redis.call('EXPIRE', KEYS[6], 120)
 end
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current or (rank[current] or 0) < 3 then
-  redis.call('HSET', KEYS[1], 'status', 'delivered', 'delivered_at', ARGV[4],
-    'updated_at', ARGV[4], 'attempts', ARGV[7], 'recipients', redis.call('SCARD', KEYS[2]))
-  redis.call('EXPIRE', KEYS[1], ARGV[6])
+  redis.call('HSET', KEYS[1], 'status', 'delivered', 'delivered_at', stamp,
+    'updated_at', stamp, 'attempts', ARGV[6], 'recipients', redis.call('SCARD', KEYS[2]))
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
 end
-if ARGV[8] ~= '' and delivered > 0 then
-  redis.call('SET', KEYS[5], ARGV[1], 'EX', ARGV[6])
-  redis.call('PUBLISH', ARGV[8], ARGV[1])
+if ARGV[7] ~= '' and delivered > 0 then
+  redis.call('SET', KEYS[5], ARGV[1], 'EX', ARGV[5])
+  redis.call('PUBLISH', ARGV[7], ARGV[1])
 end
 return delivered
 """
@@ -128,16 +182,17 @@ end
 return acked
 """
 
-# KEYS: status keys   ARGV: new status, now_ms, retention_s, force ('1'/'0'), then
-# field/value pairs to set alongside. Returns how many statuses moved.
+# KEYS: status keys   ARGV: new status, retention_s, force ('1'/'0'), then field/value
+# pairs to set alongside. Returns how many statuses moved.
 ADVANCE_STATUS = (
     STATUS_RANK_LUA
+    + NOW_LUA
     + """
 local new = ARGV[1]
 local moved = 0
 for _, key in ipairs(KEYS) do
   local current = redis.call('HGET', key, 'status')
-  local ok = ARGV[4] == '1'
+  local ok = ARGV[3] == '1'
   if not ok and current then
     ok = (rank[current] or 0) < rank[new] or (current == 'retrying' and new == 'retrying')
   elseif not ok then
@@ -145,10 +200,10 @@ for _, key in ipairs(KEYS) do
     ok = new == 'dead' or new == 'expired'
   end
   if ok then
-    redis.call('HSET', key, 'status', new, new .. '_at', ARGV[2], 'updated_at', ARGV[2])
-    for i = 5, #ARGV, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
+    redis.call('HSET', key, 'status', new, new .. '_at', stamp, 'updated_at', stamp)
+    for i = 4, #ARGV, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
     if new == 'acked' then redis.call('HINCRBY', key, 'acks', 1) end
-    redis.call('EXPIRE', key, ARGV[3])
+    redis.call('EXPIRE', key, ARGV[2])
     moved = moved + 1
   end
 end
@@ -183,28 +238,4 @@ for i = 2, #ARGV do
   if redis.call('HLEN', KEYS[i + 1]) == 0 then redis.call('SREM', KEYS[2], ARGV[i]) end
 end
 return removed
-"""
-
-# Token bucket. KEYS: bucket   ARGV: rate per s, burst, now_ms, cost
-# Returns {allowed (1/0), ms to wait}.
-RATE_LIMIT = """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local now = tonumber(ARGV[3])
-local cost = tonumber(ARGV[4])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1]) or burst
-local ts = tonumber(state[2]) or now
-tokens = math.min(burst, tokens + (now - ts) * rate / 1000)
-local allowed = 0
-local wait = 0
-if tokens >= cost then
-  tokens = tokens - cost
-  allowed = 1
-else
-  wait = math.ceil((cost - tokens) * 1000 / rate)
-end
-redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now)
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
-return {allowed, wait}
 """

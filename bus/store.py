@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,12 +27,6 @@ AUDIT_MAXLEN = 100_000
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def stamp_ms() -> str:
-    """Now in ms with µs decimals, for status timestamps: fine enough to time a delivery
-    that takes a millisecond or two."""
-    return f"{time.time() * 1000:.3f}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +55,6 @@ class RedisStore:
         self.status_retention = status_retention
         self.dedup_window = dedup_window
         register = client.register_script
-        self._accept = register(scripts.ACCEPT)
-        self._revoke = register(scripts.REVOKE)
         self._deliver = register(scripts.DELIVER)
         # The worker's per-message call: a connection held by each delivering thread.
         self._deliver_pinned = PinnedScript(client, scripts.DELIVER)
@@ -71,69 +63,6 @@ class RedisStore:
         self._advance = register(scripts.ADVANCE_STATUS)
         self._subscribe = register(scripts.SUBSCRIBE)
         self._unsubscribe = register(scripts.UNSUBSCRIBE)
-        self.rate_limit_script = register(scripts.RATE_LIMIT)
-
-    # -- send side -----------------------------------------------------------------------
-
-    def accept_many(
-        self, accepted: Sequence[AcceptRecord], audit: Sequence[dict[str, str]] = ()
-    ) -> list[str | None]:
-        """Records each message as queued (dedup, status, sender history) and appends the
-        audit entries, in one round trip.
-
-        Returns, per message, None when accepted or the id it duplicates."""
-        k = self.keys
-        now = stamp_ms()
-        sent_bucket = k.rate_bucket("sent", int(time.time()))
-        with redis_errors("record the send"):
-            pipe = self.redis.pipeline(transaction=False)
-            for rec in accepted:
-                queue_script(
-                    pipe,
-                    self._accept,
-                    [
-                        k.dedup(rec.dedup_key),
-                        k.status(rec.id),
-                        k.agents,
-                        k.history(rec.sender),
-                        k.dedup_id(rec.id),
-                        sent_bucket,
-                    ],
-                    [
-                        rec.id,
-                        now,
-                        self.dedup_window,
-                        self.status_retention,
-                        rec.queue,
-                        rec.sender,
-                        rec.wire,
-                        rec.ts_ms,
-                        self.history_limit,
-                        rec.expires_ms or "",
-                    ],
-                )
-            for entry in audit:
-                pipe.xadd(k.audit, entry, maxlen=AUDIT_MAXLEN, approximate=True)
-            return [r or None for r in execute_scripted(pipe, self._accept)[: len(accepted)]]
-
-    def revoke_many(self, accepted: Iterable[AcceptRecord]) -> None:
-        """Undoes accept_many for messages the broker did not take."""
-        k = self.keys
-        with redis_errors("undo a refused send"):
-            pipe = self.redis.pipeline(transaction=False)
-            for rec in accepted:
-                queue_script(
-                    pipe,
-                    self._revoke,
-                    [
-                        k.dedup(rec.dedup_key),
-                        k.status(rec.id),
-                        k.history(rec.sender),
-                        k.dedup_id(rec.id),
-                    ],
-                    [rec.id, rec.wire],
-                )
-            execute_scripted(pipe, self._revoke)
 
     # -- delivery (worker side) ----------------------------------------------------------
 
@@ -151,7 +80,6 @@ class RedisStore:
     ) -> Any:
         """Appends to each recipient's inbox and history, sets `delivered`: one script."""
         k = self.keys
-        now = stamp_ms()
         keys = [
             k.status(message_id),
             k.delivered(message_id),
@@ -164,7 +92,6 @@ class RedisStore:
             message_id,
             wire,
             rank,
-            now,
             self.history_limit,
             self.status_retention,
             attempts,
@@ -297,7 +224,7 @@ class RedisStore:
     ) -> int:
         if not ids:
             return 0
-        args: list[Any] = [status, stamp_ms(), self.status_retention, "1" if force else "0"]
+        args: list[Any] = [status, self.status_retention, "1" if force else "0"]
         for name, value in fields.items():
             args += [name, "" if value is None else value]
         with redis_errors("update message status"):
@@ -387,14 +314,3 @@ class RedisStore:
     def ping(self) -> bool:
         with redis_errors("ping Redis"):
             return bool(self.redis.ping())
-
-
-@dataclass(frozen=True, slots=True)
-class AcceptRecord:
-    id: str
-    dedup_key: str
-    sender: str
-    queue: str
-    wire: str
-    ts_ms: int
-    expires_ms: int | None

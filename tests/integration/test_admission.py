@@ -1,0 +1,101 @@
+"""Admission, the send side's one Redis call: all of it or none of it, whether it runs
+before the publish (when it may refuse) or beside it (when nothing can refuse)."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from bus.errors import BusUnavailable, NotFound, RateLimited
+from tests.conftest import REDIS_URL, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def quiet_bus(fresh_env):
+    """No worker: what is sent stays queued where a test can look at it."""
+    bus = fresh_env.bus()
+    yield bus
+    bus.close()
+
+
+def audit_entries(bus):
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        return [entry for _, entry in client.xrange(bus.runtime.keys.audit)]
+    finally:
+        client.close()
+
+
+def test_a_rate_limited_send_writes_nothing_but_its_audit_entry(fresh_env, agents):
+    bus = fresh_env.bus(rate_limit="2/s", rate_burst=2)
+    sender, reader = agents("s"), agents("r")
+    for i in range(2):
+        bus.send_message({"from": sender, "to": reader, "payload": i})
+    with pytest.raises(RateLimited):
+        bus.send_message({"id": "over-the-limit", "from": sender, "to": reader, "payload": 2})
+    with pytest.raises(NotFound):
+        bus.status("over-the-limit")
+    assert len(bus.history(sender)) == 2
+    outcomes = [(e["action"], e["outcome"]) for e in audit_entries(bus)]
+    assert outcomes.count(("send", "ok")) == 2
+    assert ("rate_limited", "denied") in outcomes
+
+
+def test_a_batch_with_a_duplicate_names_it_and_queues_the_rest(quiet_bus, agents):
+    sender, reader = agents("s"), agents("r")
+    first = quiet_bus.send_message(
+        {"from": sender, "to": reader, "payload": 0, "metadata": {"dedup_key": "k1"}}
+    )
+    receipts = quiet_bus.send_batch(
+        [
+            {"from": sender, "to": reader, "payload": 1, "metadata": {"dedup_key": "k1"}},
+            {"from": sender, "to": reader, "payload": 2},
+        ]
+    )
+    assert [r.status.value for r in receipts] == ["duplicate", "queued"]
+    assert receipts[0].duplicate_of == first.id
+    assert quiet_bus.status(receipts[1].id).status.value == "queued"
+    assert len(quiet_bus.history(sender)) == 2  # the duplicate is not recorded again
+
+
+def test_a_send_the_broker_refuses_is_not_left_queued(fresh_env, agents):
+    # Nothing here can refuse the message, so admission goes out beside the publish; the
+    # broker (an address nothing listens on) then refuses it and admission is undone.
+    bus = fresh_env.bus(broker_url="amqp://guest:guest@127.0.0.1:1//")
+    sender, reader = agents("s"), agents("r")
+    with pytest.raises(BusUnavailable, match="broker"):
+        bus.send_message({"from": sender, "to": reader, "payload": 1})
+    assert bus.history(sender) == []
+    sends = [e for e in audit_entries(bus) if e["action"] == "send"]
+    assert [e["outcome"] for e in sends] == ["ok", "failed"]
+    with pytest.raises(NotFound):
+        bus.status(sends[0]["message_id"])
+    from bus.breaker import BREAKERS
+
+    BREAKERS["broker"].success()  # this process's breaker counted the refusal
+
+
+def test_admission_never_moves_a_delivered_status_back(quiet_bus, agents):
+    """A worker can deliver before the admission that went out beside the publish has
+    run (another network path); the later admission must not undo that."""
+    sender, reader = agents("s"), agents("r")
+    prepared = quiet_bus.sender.prepare({"from": sender, "to": reader, "payload": 1})
+    quiet_bus.runtime.deliverer.deliver(prepared.wire, attempts=1)
+    audit = [{"action": "send", "agent": sender, "target": reader, "outcome": "ok"}]
+    admitted = quiet_bus.runtime.admission.admit([prepared.record], audit)
+    assert admitted.duplicates == [None]
+    status = quiet_bus.status(prepared.message.id)
+    assert status.status.value == "delivered"
+    assert set(status.timestamps) >= {"queued", "delivered"}
+    assert [m.id for m in quiet_bus.read(reader)] == [prepared.message.id]
+
+
+def test_status_timestamps_follow_one_clock_through_the_whole_life(bus, agents):
+    sender, reader = agents("s"), agents("r")
+    receipt = bus.send_message({"from": sender, "to": reader, "payload": 1})
+    [message] = wait_for(lambda: bus.read(reader, limit=1, wait=1), 10, "delivery")
+    bus.ack(reader, [message.id])
+    stamps = bus.status(receipt.id).timestamps
+    assert stamps["queued"] <= stamps["delivered"] <= stamps["read"] <= stamps["acked"]

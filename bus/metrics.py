@@ -41,10 +41,20 @@ def count(message: dict[str, Any], status: str) -> None:
     _messages(str(message.get("type", "event")), str(meta.get("priority", "normal")), status).inc()
 
 
+def observe_latency(message_type: str, seconds: float) -> None:
+    _duration(message_type).observe(max(seconds, 0.0))
+
+
+# labels() takes a lock and rebuilds its key on every call: the per-message series are
+# looked up once.
 @functools.lru_cache(maxsize=1024)
 def _messages(type_: str, priority: str, status: str) -> Any:
-    # labels() takes a lock and rebuilds the key on every call; a delivery counts twice.
     return MESSAGES.labels(type_, priority, status)
+
+
+@functools.lru_cache(maxsize=64)
+def _duration(message_type: str) -> Any:
+    return DURATION.labels(message_type)
 
 
 def _on_circuit(target: str, state: str) -> None:

@@ -56,7 +56,7 @@ def observe_delivery(wire: dict[str, Any], outcome: Outcome) -> None:
     if outcome.newly_delivered:
         metrics.count(wire, "delivered")
         latency = time.time() - outcome.sent_ms / 1000
-        metrics.DURATION.labels(str(wire.get("type", "event"))).observe(max(latency, 0.0))
+        metrics.observe_latency(str(wire.get("type", "event")), latency)
 
 
 def _dead(wire: Any, reason: str, error: str, attempts: int) -> Reject:

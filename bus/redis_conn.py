@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -110,30 +109,39 @@ def execute_scripted(pipe: Any, *scripts: Any) -> list[Any]:
     return results
 
 
-class PinnedScript:
-    """A Lua script run on a connection pinned to the calling thread.
+class DirectScript:
+    """A Lua script run on connections of its own, outside redis-py's pool.
 
     redis-py's general path (pool checkout and release, retry wrapper, observability hooks)
     costs ~100 µs of CPU a call on top of the round trip, as much as the delivery itself;
-    the worker's per-message script takes this shorter path. Errors are redis-py's own, so
-    `redis_errors` maps them as usual. A broken connection is replaced and the call tried
-    once more, as redis-py's default retry does: use it only for idempotent scripts.
+    the worker's per-message script takes this shorter path. Connections wait in a free
+    list: a caller (pool thread, greenlet) takes one for one call and puts it back, so there
+    are never more than callers at once. Errors are redis-py's own, so `redis_errors` maps
+    them as usual. A broken connection is reconnected and the call tried once more, as
+    redis-py's default retry does: use it only for idempotent scripts.
     """
 
     def __init__(self, client: redis.Redis, script: str) -> None:
-        self._pool = client.connection_pool
+        pool = client.connection_pool
+        self._connection_class = pool.connection_class
+        self._connection_kwargs = pool.connection_kwargs
         self._script = client.register_script(script)
-        self._local = threading.local()
+        self._free: list[Any] = []
 
     def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
         try:
-            return self._run(keys, args)
-        except _CONNECTION_ERRORS:
-            self._drop()
-            return self._run(keys, args)
+            conn = self._free.pop()  # atomic: no lock needed between pool threads
+        except IndexError:
+            conn = self._connection_class(**self._connection_kwargs)
+        try:
+            try:
+                return self._run(conn, keys, args)
+            except _CONNECTION_ERRORS:
+                return self._run(conn, keys, args)  # on a fresh socket (it reconnects)
+        finally:
+            self._free.append(conn)
 
-    def _run(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        conn = self._connection()
+    def _run(self, conn: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
         try:
             try:
                 return self._evalsha(conn, keys, args)
@@ -153,16 +161,3 @@ class PinnedScript:
         command = hiredis.pack_command(("EVALSHA", self._script.sha, len(keys), *keys, *args))
         conn.send_packed_command([command], check_health=False)
         return conn.read_response()
-
-    def _connection(self) -> Any:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._pool.get_connection()
-        return conn
-
-    def _drop(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        self._local.conn = None
-        if conn is not None:
-            conn.disconnect()
-            self._pool.release(conn)

@@ -17,7 +17,7 @@ import orjson
 from bus import scripts
 from bus.errors import LimitExceeded
 from bus.keys import Keys
-from bus.redis_conn import PinnedScript, execute_scripted, queue_script, redis_errors
+from bus.redis_conn import DirectScript, execute_scripted, queue_script, redis_errors
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +56,8 @@ class RedisStore:
         self.dedup_window = dedup_window
         register = client.register_script
         self._deliver = register(scripts.DELIVER)
-        # The worker's per-message call: a connection held by each delivering thread.
-        self._deliver_pinned = PinnedScript(client, scripts.DELIVER)
+        # The worker's per-message call, on connections of its own (see DirectScript).
+        self._deliver_direct = DirectScript(client, scripts.DELIVER)
         self._read = register(scripts.READ)
         self._ack = register(scripts.ACK)
         self._advance = register(scripts.ADVANCE_STATUS)
@@ -104,7 +104,7 @@ class RedisStore:
             args += [agent, k.inbox_channel(agent)]
         with redis_errors("deliver a message"):
             if client is None:
-                return self._deliver_pinned(keys, args)
+                return self._deliver_direct(keys, args)
             return queue_script(client, self._deliver, keys, args)
 
     def deliver_pipelined(self, deliveries: Sequence[dict[str, Any]]) -> list[Any]:

@@ -1,5 +1,5 @@
-"""The worker's pinned-connection script path behaves like redis-py's own: it survives a
-dropped connection and a flushed script cache, and reports an outage as one."""
+"""The worker's direct script path behaves like redis-py's own: it survives a dropped
+connection and a flushed script cache, and reports an outage as one."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from bus.errors import BusUnavailable
-from bus.redis_conn import PinnedScript, connect, execute_scripted, queue_script, redis_errors
+from bus.redis_conn import DirectScript, connect, execute_scripted, queue_script, redis_errors
 from tests.conftest import REDIS_URL
 
 pytestmark = pytest.mark.timeout(60)
@@ -33,22 +33,23 @@ def key(client):
 
 
 def test_a_pinned_script_runs_and_returns_decoded_replies(client, key):
-    script = PinnedScript(client, INCR)
+    script = DirectScript(client, INCR)
     assert script([key], [2]) == 2
     assert script([key], [3]) == 5
     assert client.get(key) == "5"
 
 
 def test_a_killed_connection_is_replaced_without_an_error(client, key):
-    script = PinnedScript(client, INCR)
+    script = DirectScript(client, INCR)
     script([key], [1])
-    host, port = script._connection()._sock.getsockname()
+    [conn] = script._free
+    host, port = conn._sock.getsockname()
     assert client.client_kill_filter(addr=f"{host}:{port}") == 1
     assert script([key], [1]) == 2
 
 
 def test_a_flushed_script_cache_is_reloaded(client, key):
-    script = PinnedScript(client, INCR)
+    script = DirectScript(client, INCR)
     script([key], [1])
     client.script_flush()
     assert script([key], [1]) == 2
@@ -56,21 +57,21 @@ def test_a_flushed_script_cache_is_reloaded(client, key):
 
 def test_a_script_error_is_raised_and_the_connection_stays_usable(client, key):
     client.set(key, "not a number")
-    script = PinnedScript(client, INCR)
+    script = DirectScript(client, INCR)
     with pytest.raises(redis.ResponseError, match="not an integer"):
         script([key], [1])
     client.delete(key)
     assert script([key], [1]) == 1
 
 
-def test_each_thread_holds_its_own_connection(client, key):
-    script = PinnedScript(client, INCR)
-    seen: list[int] = []
+def test_concurrent_callers_use_separate_connections_and_give_them_back(client, key):
+    script = DirectScript(client, INCR)
+    barrier = threading.Barrier(4)
 
     def run() -> None:
+        barrier.wait()
         for _ in range(50):
             script([key], [1])
-        seen.append(id(script._connection()))
 
     threads = [threading.Thread(target=run) for _ in range(4)]
     for t in threads:
@@ -78,14 +79,26 @@ def test_each_thread_holds_its_own_connection(client, key):
     for t in threads:
         t.join()
     assert client.get(key) == "200"
-    assert len(set(seen)) == 4
+    assert 1 <= len(script._free) <= 4  # never more connections than callers at once
+    assert len({id(c) for c in script._free}) == len(script._free)
+
+
+def test_a_greenlet_per_call_does_not_leak_connections(client, key):
+    """Celery's gevent pool runs each task in a new greenlet: connections must come back."""
+    script = DirectScript(client, INCR)
+    for _ in range(200):
+        thread = threading.Thread(target=script, args=([key], [1]))  # a caller that ends
+        thread.start()
+        thread.join()
+    assert client.get(key) == "200"
+    assert len(script._free) == 1
 
 
 def test_an_unreachable_redis_is_reported_as_bus_unavailable():
     from bus.breaker import BREAKERS
 
     dead = connect("redis://127.0.0.1:1/0")
-    script = PinnedScript(dead, INCR)
+    script = DirectScript(dead, INCR)
     try:
         with pytest.raises(BusUnavailable, match="Redis cannot be reached"):
             with redis_errors("deliver a message"):

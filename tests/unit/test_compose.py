@@ -12,7 +12,7 @@ import yaml
 
 from tests.conftest import ROOT
 
-SERVICES = {"redis", "rabbitmq", "worker", "beat", "flower", "mcp"}
+SERVICES = {"redis", "rabbitmq", "worker", "express", "beat", "flower", "mcp"}
 
 
 def compose_command() -> list[str]:

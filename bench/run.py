@@ -1,6 +1,7 @@
 """Runs every workload with its baseline and prints a table (or one JSON object).
 
-msgbus bench [--json] [--quick] [--only drain,latency,...] [--queue-type quorum]
+msgbus bench [--json] [--quick | --smoke] [--only drain,latency,...] [--queue-type quorum]
+             [--pool threads --concurrency 4] [--plot]
 """
 
 from __future__ import annotations
@@ -10,12 +11,22 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench import plots
 from bench import workloads as w
 from bench.harness import ROOT, Bench, describe_machine, percentile, summary, wait_until
+
+# How the bus uses publisher confirms (reported beside the producer figures).
+CONFIRMS = (
+    "one publish, one confirm: a send returns once the broker has confirmed its task "
+    "(kombu waits for the basic.ack on the channel it published on). Confirms are not "
+    "batched across sends; concurrent producers each publish on a pooled connection of "
+    "their own, so their confirms are in flight together. send_batch carries up to 500 "
+    "messages per priority in one task: one confirm for the group."
+)
 
 ALL = ["drain", "batch", "producer", "latency", "priority", "mcp", "footprint"]
 
@@ -24,31 +35,57 @@ def ms(value: float) -> float:
     return round(value * 1000, 2)
 
 
+@dataclass(frozen=True)
+class Sizes:
+    """How much each workload does: `full` (the figures in RESULTS.md, ~10 minutes),
+    `quick` (~4 minutes) and `smoke` (CI: every workload runs, the figures mean little)."""
+
+    reps: int
+    drain: int
+    batch: int
+    producer: int
+    latency_reps: int
+    latency_seconds: float
+    backlog: int
+    probes: int
+    mcp_calls: int
+    mcp_wakes: int
+    footprint: int
+
+
+SIZES = {
+    "full": Sizes(5, 4000, 20_000, 2000, 2, 10, 10_000, 20, 200, 50, 100_000),
+    "quick": Sizes(2, 1500, 5000, 600, 1, 4, 5000, 20, 50, 15, 20_000),
+    "smoke": Sizes(1, 200, 500, 50, 1, 0.5, 3000, 3, 5, 3, 1000),
+}
+
+
 def repeat(reps: int, fn: Any, *args: Any) -> list[float]:
     return [fn(*args) for _ in range(reps)]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    quick = args.quick
-    reps = 2 if quick else 3
+    size = "smoke" if args.smoke else "quick" if args.quick else "full"
+    z = SIZES[size]
     only = set(args.only.split(",")) if args.only else set(ALL)
     b = Bench(concurrency=args.concurrency, pool=args.pool, queue_type=args.queue_type)
     out: dict[str, Any] = {
         "machine": describe_machine(),
         "queue_type": args.queue_type,
         "worker": {"pool": b.pool, "concurrency": b.concurrency},
-        "quick": quick,
+        "size": size,
     }
     try:
         if only & {"drain", "batch"}:
-            out |= drains(b, only, reps, quick)
+            out |= drains(b, only, z)
         if "producer" in only:
-            n = 600 if quick else 2000
+            n, reps = z.producer, z.reps
             out["producer"] = {
                 "bus_1_producer_per_s": summary(repeat(reps, w.producer, b, n, 1)),
                 "bus_8_producers_per_s": summary(repeat(reps, w.producer, b, n, 8)),
                 "kombu_confirm_per_s": summary(repeat(reps, w.kombu_publish, b, n, True)),
                 "kombu_no_confirm_per_s": summary(repeat(reps, w.kombu_publish, b, n * 5, False)),
+                "confirms": CONFIRMS,
             }
             p = out["producer"]
             p["ratio_1_to_kombu_confirm"] = round(
@@ -56,10 +93,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             _purge(b)
         if "latency" in only:
-            out |= latencies(b, 1 if quick else 2, 4 if quick else 10)
+            out |= latencies(b, z.latency_reps, z.latency_seconds)
         if "priority" in only:
-            backlog = 5000 if quick else 10000
-            probes = 20
+            backlog, probes = z.backlog, z.probes
             idle = w.bus_priority(b, 0, probes)
             busy = w.bus_priority(b, backlog, probes)
             raw_busy = w.raw_priority(b, backlog, probes)
@@ -80,22 +116,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 percentile(busy, 99) / max(percentile(idle, 99), 1e-6), 3
             )
         if "mcp" in only:
-            out |= mcp(b, quick)
+            out |= mcp(b, z)
         if "footprint" in only:
-            out["footprint"] = w.footprint(b, 20_000 if quick else 100_000)
+            out["footprint"] = w.footprint(b, z.footprint)
     finally:
         b.close()
     return out
 
 
-def drains(b: Bench, only: set[str], reps: int, quick: bool) -> dict[str, Any]:
+def drains(b: Bench, only: set[str], z: Sizes) -> dict[str, Any]:
     """Raw and bus runs take turns, so a machine that speeds up or slows down during the run
     moves both sides of each ratio alike."""
-    n, n_batch = (1000, 2000) if quick else (3000, 5000)
+    n, n_batch = z.drain, z.batch
     w.raw_drain(b, 200), w.bus_drain(b, 200)  # warm-up
     raw: list[float] = []
     runs: dict[str, list[float]] = {"drain": [], "batch": []}
-    for _ in range(reps):
+    for _ in range(z.reps):
         raw.append(w.raw_drain(b, n))
         if "drain" in only:
             runs["drain"].append(w.bus_drain(b, n))
@@ -149,7 +185,7 @@ def _purge(b: Bench) -> None:
                 channel = conn.channel()
 
 
-def mcp(b: Bench, quick: bool) -> dict[str, Any]:
+def mcp(b: Bench, z: Sizes) -> dict[str, Any]:
     import socket
     import tempfile
 
@@ -188,10 +224,9 @@ def mcp(b: Bench, quick: bool) -> dict[str, Any]:
 
         wait_until(up, 30, "the MCP server")
         b.started_and_consuming(worker, "bus.normal")
-        calls = 50 if quick else 200
-        single = w.mcp_round_trips(b, calls, 1, port, token)
-        eight = w.mcp_round_trips(b, calls // 4, 8, port, token)
-        wakes = w.mcp_longpoll_wake(b, 10 if quick else 30, port, token)
+        single = w.mcp_round_trips(b, z.mcp_calls, 1, port, token)
+        eight = w.mcp_round_trips(b, max(1, z.mcp_calls // 4), 8, port, token)
+        wakes = w.mcp_longpoll_wake(b, z.mcp_wakes, port, token)
         return {
             "mcp": {"one_client": single, "eight_clients": eight, "longpoll_wake": _pcts(wakes)},
             "mcp_longpoll_wake_p99_ms": ms(percentile(wakes, 99)),
@@ -236,7 +271,10 @@ def table(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="msgbus bench")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--quick", action="store_true", help="smaller counts (about 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="smaller counts (about 4 minutes)")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny counts: checks every workload runs (CI)"
+    )
     parser.add_argument("--only", default=None, help=f"comma list of {','.join(ALL)}")
     parser.add_argument("--queue-type", choices=["classic", "quorum"], default="classic")
     parser.add_argument("--concurrency", type=int, default=4)

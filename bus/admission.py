@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import hiredis
@@ -40,6 +40,9 @@ class AcceptRecord:
     wire: str
     ts_ms: int
     expires_ms: int | None
+    # Its own id or dedup key: the client may send it again. Its dedup record stays
+    # pending until `commit` (after the broker's confirm).
+    may_repeat: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +57,12 @@ class RateLimit:
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
-    """Per message, None when accepted or the id it duplicates; or, when the rate limit
+    """Per message, None when accepted or the id it duplicates; the messages to send again
+    under an earlier sender's id (index -> id, see scripts.ADMIT); or, when the rate limit
     refused the whole call (nothing written), how long to wait."""
 
     duplicates: list[str | None]
+    retry_as: dict[int, str] = field(default_factory=dict)
     retry_after_ms: int | None = None
 
 
@@ -78,6 +83,7 @@ class Admission:
         self.dedup_window = dedup_window
         self._admit = client.register_script(scripts.ADMIT)
         self._revoke = client.register_script(scripts.REVOKE)
+        self._commit = client.register_script(scripts.COMMIT)
 
     def admit(
         self,
@@ -112,6 +118,15 @@ class Admission:
                 )
             execute_scripted(pipe, self._revoke)
 
+    def commit(self, records: Sequence[AcceptRecord]) -> None:
+        """Makes the dedup records of published messages final (see `AcceptRecord`)."""
+        keys: list[str] = []
+        for rec in records:
+            keys += [self.keys.dedup(rec.dedup_key), self.keys.dedup_id(rec.id)]
+        if keys:
+            with redis_errors("record the send"):
+                self._commit(keys=keys, args=[self.dedup_window, *(rec.id for rec in records)])
+
     def _command(
         self,
         records: Sequence[AcceptRecord],
@@ -139,7 +154,7 @@ class Admission:
             keys.append(k.history(rec.sender))
             flat = [part for pair in entry.items() for part in pair]
             args += [rec.id, rec.queue, rec.sender, rec.wire, rec.ts_ms, rec.expires_ms or ""]
-            args.append(orjson.dumps(flat).decode())
+            args += [orjson.dumps(flat).decode(), "1" if rec.may_repeat else "0"]
         return keys, args
 
 
@@ -186,4 +201,11 @@ class PendingAdmission:
 def _parse(reply: list[Any], count: int) -> Admitted:
     if reply[0] == "rate_limited":
         return Admitted([None] * count, retry_after_ms=int(reply[1]))
-    return Admitted([d or None for d in reply[1:]])
+    duplicates: list[str | None] = []
+    retry_as: dict[int, str] = {}
+    for i, outcome in enumerate(reply[1:]):
+        if outcome.startswith("retry-as:"):
+            retry_as[i] = outcome.removeprefix("retry-as:")
+            outcome = ""
+        duplicates.append(outcome or None)
+    return Admitted(duplicates, retry_as)

@@ -159,5 +159,8 @@ class DirectScript:
     def _evalsha(self, conn: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
         # hiredis packs str and numbers in one C call (redis-py encodes arg by arg first).
         command = hiredis.pack_command(("EVALSHA", self._script.sha, len(keys), *keys, *args))
+        # connect() first: sending on an unconnected socket would connect it without the
+        # hooks of its class (a Sentinel connection asks Sentinel for the master there).
+        conn.connect()
         conn.send_packed_command([command], check_health=False)
         return conn.read_response()

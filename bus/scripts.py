@@ -26,9 +26,16 @@ local stamp = t[1] .. string.format('%03d.%03d', math.floor(us / 1000), us % 100
 #       dedup (by dedup key), dedup (by id), status, sender history
 # ARGV: dedup_window_s, retention_s, history_limit, audit_maxlen, rate per s ('' = no
 #       limit), burst, cost, then per message: id, queue, sender, wire, ts_ms,
-#       expires_at_ms ('' if none), audit entry (JSON list of field, value...)
-# Returns {'ok', d1, ..., dn}: di is '' when message i was accepted, else the id it
-# duplicates (same dedup key or same id); or {'rate_limited', ms to wait}, writing nothing.
+#       expires_at_ms ('' if none), audit entry (JSON list of field, value...), pending
+# Returns {'ok', d1, ..., dn}: di is '' when message i was accepted, the id it duplicates
+# (same dedup key or same id), or 'retry-as:<id>' (see below); or {'rate_limited', ms to
+# wait}, writing nothing.
+# Dedup records of messages a client may send again (its own id or dedup key) are written
+# 'pending:<id>' and COMMITted once the broker has confirmed. A record still pending means
+# its sender died (or is still publishing): the broker may or may not have that message.
+# The retry is then told to go out under the pending id ('retry-as:<id>', nothing written
+# for it): if both copies reach a worker, delivery is idempotent per id, so the message is
+# neither lost nor delivered twice.
 ADMIT = (
     NOW_LUA
     + """
@@ -50,16 +57,21 @@ local out = {'ok'}
 local accepted = 0
 for i = 1, (#KEYS - 4) / 4 do
   local k = 4 + (i - 1) * 4
-  local a = 7 + (i - 1) * 7
+  local a = 7 + (i - 1) * 8
   local id = ARGV[a + 1]
   local existing = redis.call('GET', KEYS[k + 1]) or redis.call('GET', KEYS[k + 2])
-  if existing then
+  local pending = existing and string.sub(existing, 1, 8) == 'pending:'
+  if existing and not pending then
     out[#out + 1] = existing
+  elseif pending and string.sub(existing, 9) ~= id then
+    out[#out + 1] = 'retry-as:' .. string.sub(existing, 9)
   else
     out[#out + 1] = ''
     accepted = accepted + 1
-    redis.call('SET', KEYS[k + 1], id, 'EX', ARGV[1])
-    redis.call('SET', KEYS[k + 2], id, 'EX', ARGV[1])
+    local record = id
+    if ARGV[a + 8] == '1' then record = 'pending:' .. id end
+    redis.call('SET', KEYS[k + 1], record, 'EX', ARGV[1])
+    redis.call('SET', KEYS[k + 2], record, 'EX', ARGV[1])
     -- The publish may go out beside this call, so a worker can be first: never move a
     -- status back.
     if redis.call('EXISTS', KEYS[k + 3]) == 0 then
@@ -73,7 +85,7 @@ for i = 1, (#KEYS - 4) / 4 do
     redis.call('ZREMRANGEBYRANK', KEYS[k + 4], 0, -(tonumber(ARGV[3]) + 1))
   end
   local entry = cjson.decode(ARGV[a + 7])
-  if #entry > 0 then
+  if #entry > 0 and string.sub(out[#out], 1, 9) ~= 'retry-as:' then
     redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(entry))
   end
 end
@@ -88,10 +100,26 @@ return out
 # Undo of ADMIT when the broker refused the publish: nothing half-written.
 # KEYS: dedup, status, sender history, dedup by id   ARGV: id, wire
 REVOKE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-if redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
+for _, k in ipairs({1, 4}) do
+  local value = redis.call('GET', KEYS[k])
+  if value == ARGV[1] or value == 'pending:' .. ARGV[1] then redis.call('DEL', KEYS[k]) end
+end
 redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[2])
+return 1
+"""
+
+# The broker confirmed these messages: their pending dedup records become final.
+# KEYS: per message: dedup (by dedup key), dedup (by id)   ARGV: dedup_window_s, ids...
+COMMIT = """
+for i = 2, #ARGV do
+  local pending = 'pending:' .. ARGV[i]
+  for k = 2 * (i - 1) - 1, 2 * (i - 1) do
+    if redis.call('GET', KEYS[k]) == pending then
+      redis.call('SET', KEYS[k], ARGV[i], 'EX', ARGV[1])
+    end
+  end
+end
 return 1
 """
 

@@ -29,16 +29,12 @@ logger = logging.getLogger(__name__)
 class Prepared:
     """A validated, signed message ready to admit and publish."""
 
-    __slots__ = ("message", "wire", "record", "may_duplicate")
+    __slots__ = ("message", "wire", "record")
 
-    def __init__(
-        self, message: Message, wire: dict[str, Any], record: AcceptRecord, may_duplicate: bool
-    ) -> None:
+    def __init__(self, message: Message, wire: dict[str, Any], record: AcceptRecord) -> None:
         self.message = message
         self.wire = wire
         self.record = record
-        # Only a caller-given id or dedup key can repeat an earlier message.
-        self.may_duplicate = may_duplicate
 
 
 class _Unsent(Exception):
@@ -84,8 +80,9 @@ class Sender:
             wire=orjson.dumps(wire).decode(),
             ts_ms=ts,
             expires_ms=ts + int(meta.ttl * 1000) if meta.ttl else None,
+            may_repeat=given_id or meta.dedup_key is not None,
         )
-        return Prepared(message, wire, record, given_id or meta.dedup_key is not None)
+        return Prepared(message, wire, record)
 
     def send(self, prepared: list[Prepared], batch: bool = False) -> list[Receipt]:
         first = prepared[0].message
@@ -97,7 +94,8 @@ class Sender:
             count=len(prepared),
         ):
             limit = self.guard.rate_limit_for(first.sender, cost=len(prepared))
-            if limit is None and not any(p.may_duplicate for p in prepared):
+            # Only a caller-given id or dedup key can repeat an earlier message.
+            if limit is None and not any(p.record.may_repeat for p in prepared):
                 receipts = self._send_beside(prepared, batch)
             else:
                 receipts = self._send_after(prepared, batch, limit)
@@ -119,6 +117,8 @@ class Sender:
             admitted = None
         if admitted is not None and admitted.retry_after_ms is not None and limit is not None:
             raise self.guard.throttled(prepared[0].message.sender, limit, admitted.retry_after_ms)
+        if admitted is not None and admitted.retry_as:
+            prepared, admitted = self._retry_as(prepared, admitted)
         duplicates = _duplicates(admitted, len(prepared))
         fresh = [p for p, dup in zip(prepared, duplicates, strict=True) if dup is None]
         try:
@@ -126,7 +126,31 @@ class Sender:
         except _Unsent as unsent:
             self._undo(unsent, revoke=admitted is not None)
             raise unsent.error from unsent.error.__cause__
+        repeatable = [p.record for p in fresh if p.record.may_repeat]
+        if admitted is not None and repeatable:
+            try:
+                self.runtime.admission.commit(repeatable)
+            except BusUnavailable as exc:
+                # Published all the same; a retry of these may be delivered twice.
+                logger.warning("dedup records left pending: %s", exc)
         return _receipts(prepared, duplicates)
+
+    def _retry_as(
+        self, prepared: list[Prepared], admitted: Admitted
+    ) -> tuple[list[Prepared], Admitted]:
+        """Resends, under its id, a message whose earlier sender died between admission and
+        the broker's confirm (see scripts.ADMIT): if both copies reach a worker, delivery
+        is idempotent per id."""
+        prepared = list(prepared)
+        for i, earlier in admitted.retry_as.items():
+            prepared[i] = self.prepare(prepared[i].message.model_copy(update={"id": earlier}))
+        again = [prepared[i] for i in admitted.retry_as]
+        second = self.runtime.admission.admit([p.record for p in again], self._audit(again))
+        duplicates = list(admitted.duplicates)
+        for n, i in enumerate(admitted.retry_as):
+            # Still pending under another id: a third sender is at it; let it be.
+            duplicates[i] = second.duplicates[n] or second.retry_as.get(n)
+        return prepared, Admitted(duplicates)
 
     def _send_beside(self, prepared: list[Prepared], batch: bool) -> list[Receipt]:
         """Nothing can refuse these: admission goes out first and is read after the

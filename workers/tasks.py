@@ -19,8 +19,11 @@ from bus.delivery import Outcome, PermanentFailure, parse_timestamp_ms
 from bus.errors import BusUnavailable
 from bus.topology import DELIVER_BATCH_TASK, DELIVER_TASK, HANDLE_TASK, agent_queue
 from workers.app import app, runtime
+from workers.quarantine import Quarantine
 
 logger = logging.getLogger(__name__)
+
+QUARANTINE = Quarantine()  # worker-agent handlers in this process (see workers.quarantine)
 
 
 def backoff(retries: int) -> float:
@@ -161,6 +164,14 @@ def handle(
             message.decode_error,
             retries + 1,
         )
+    # A redelivered message may be the one whose handler killed the last process: it runs
+    # alone, so that if it does it again no innocent neighbour dies (and is counted) too.
+    with QUARANTINE.enter(bool(self.request.delivery_info.get("redelivered"))):
+        _run_handler(self, agent, wire, message)
+
+
+def _run_handler(self: Task, agent: Any, wire: dict[str, Any], message: Any) -> None:
+    agent_name, retries = agent.name, self.request.retries
     runs = runtime.store.count_handling(agent_name, message.id)
     if runs > message.metadata.max_retries + 1 + retries:
         # Started more often than Celery retried it: the handler kills its process (the

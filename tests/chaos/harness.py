@@ -1,5 +1,7 @@
-"""A Jepsen-style checker: the producer records every id it attempted and every id whose
-send was confirmed; the consumer (a real agent reading and acking) records every delivery.
+"""A Jepsen-style checker: the producer records every message it attempted and every one
+whose send was confirmed; the consumer (a real agent reading and acking) records every
+delivery. Messages are told apart by a token in their payload, so sends that leave the id
+to the bus (as most clients do) are checked like sends that bring their own.
 
     lost       = confirmed, never delivered          (must be 0)
     duplicated = delivered more than once            (bounded by messages in flight)
@@ -37,9 +39,12 @@ class Checker:
     recovered_at: float | None = None
 
     def send(self, bus: Any, message: dict[str, Any], retry_for: float = 0.0) -> None:
-        """Sends once, or keeps retrying the same id (dedup makes that safe) for a while,
-        as a client riding out an outage would."""
-        self.attempted.append(message["id"])
+        """Sends once, or keeps retrying for a while as a client riding out an outage
+        would: with the same id or dedup key (its token), which makes retries safe."""
+        token = message["payload"]["token"]
+        self.attempted.append(token)
+        if retry_for and "id" not in message:
+            message = {**message, "metadata": {**message["metadata"], "dedup_key": token}}
         deadline = time.monotonic() + retry_for
         while True:
             try:
@@ -51,7 +56,7 @@ class Checker:
                     continue
                 return
             if receipt.status.value in ("queued", "duplicate"):
-                self.confirmed.add(message["id"])
+                self.confirmed.add(token)
             return
 
     def consume(self, bus: Any, agent: str, until: set[str], timeout: float) -> None:
@@ -60,7 +65,7 @@ class Checker:
             try:
                 messages = bus.read(agent, limit=500, wait=0.5)
                 if messages:
-                    self.delivered.extend(m.id for m in messages)
+                    self.delivered.extend(m.payload["token"] for m in messages)
                     bus.ack(agent, [m.id for m in messages])
             except BusError:
                 time.sleep(CLIENT_RETRY_PAUSE)  # the bus is (still) down: poll again

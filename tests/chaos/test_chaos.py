@@ -25,16 +25,20 @@ PAYLOAD = "x" * 1024  # 1 KiB messages
 
 
 def messages(n: int, sender: str, to: str) -> list[dict]:
-    return [
-        {
-            "id": str(uuid.uuid4()),
+    """1 KiB messages told apart by a token; every other one brings its own id (the bus
+    admits those before publishing), the rest leave it to the bus (admitted beside the
+    publish), so a burst exercises both send paths."""
+    burst = []
+    for i in range(n):
+        token = str(uuid.uuid4())
+        message = {
             "from": sender,
             "to": to,
-            "payload": PAYLOAD,
+            "payload": {"token": token, "pad": PAYLOAD},
             "metadata": {"max_retries": 50},
         }
-        for _ in range(n)
-    ]
+        burst.append({"id": token, **message} if i % 2 else message)
+    return burst
 
 
 def check(result: dict, in_flight: int) -> None:

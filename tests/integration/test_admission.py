@@ -7,7 +7,7 @@ import pytest
 import redis
 
 from bus.errors import BusUnavailable, NotFound, RateLimited
-from tests.conftest import REDIS_URL, wait_for
+from tests.conftest import REDIS_URL, holds_for, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -99,3 +99,40 @@ def test_status_timestamps_follow_one_clock_through_the_whole_life(bus, agents):
     bus.ack(reader, [message.id])
     stamps = bus.status(receipt.id).timestamps
     assert stamps["queued"] <= stamps["delivered"] <= stamps["read"] <= stamps["acked"]
+
+
+def admit_and_die(bus, message):
+    """What a sender killed mid-send leaves: admitted, then nothing more (no commit)."""
+    prepared = bus.sender.prepare(dict(message))
+    audit = [{"action": "send", "agent": message["from"], "target": "x", "outcome": "ok"}]
+    assert bus.runtime.admission.admit([prepared.record], audit).duplicates == [None]
+    return prepared
+
+
+def test_the_retry_of_a_send_whose_sender_died_before_publishing_goes_out(quiet_bus, agents):
+    """As when an MCP server is killed mid-send: the client's retry with the same dedup
+    key must reach the broker, not be told "duplicate" of a message it never got."""
+    sender, reader = agents("s"), agents("r")
+    message = {"from": sender, "to": reader, "payload": 1, "metadata": {"dedup_key": "job-7"}}
+    lost = admit_and_die(quiet_bus, message)
+    retry = quiet_bus.send_message(dict(message))
+    assert (retry.status.value, retry.id) == ("queued", lost.message.id)  # under its id
+    again = quiet_bus.send_message(dict(message))  # once published, the key holds
+    assert again.status.value == "duplicate" and again.duplicate_of == lost.message.id
+
+
+def test_a_message_published_by_a_sender_that_died_before_committing_is_delivered_once(
+    fresh_env, agents
+):
+    fresh_env.start_worker()
+    bus = fresh_env.bus()
+    sender, reader = agents("s"), agents("r")
+    message = {"from": sender, "to": reader, "payload": 1, "metadata": {"dedup_key": "job-8"}}
+    published = admit_and_die(bus, message)
+    bus.sender._publish_all([published], batch=False)  # it got this far, then died
+    retry = bus.send_message(dict(message))
+    assert retry.id == published.message.id
+    got = wait_for(lambda: bus.read(reader, limit=10, wait=1), 15, "the delivery")
+    assert [m.id for m in got] == [published.message.id]
+    bus.ack(reader, [m.id for m in got])
+    holds_for(lambda: bus.read(reader, limit=10) == [], 1.0, "no second copy")

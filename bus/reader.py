@@ -80,7 +80,6 @@ class Reader:
 
     def read(self, agent: str, limit: int, wait: float) -> list[ReceivedMessage]:
         store = self.runtime.store
-        store.touch_agent(agent)
         lease = self.runtime.settings.visibility_timeout
         leased = store.lease(agent, limit, lease)
         if not leased and wait > 0:

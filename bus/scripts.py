@@ -169,10 +169,14 @@ return delivered
 """
 )
 
-# KEYS: ready, leased, body, meta   ARGV: now_ms, lease_ms, limit
-# Returns a flat list: id, wire, delivery count, ...
+# KEYS: ready, leased, body, meta, agents, agent's last-seen
+# ARGV: now_ms, lease_ms, limit, agent
+# Registers the reader (first use) and notes when it was last seen, brings expired leases
+# back, then leases up to `limit`. Returns a flat list: id, wire, delivery count, ...
 READ = """
 local now = tonumber(ARGV[1])
+redis.call('ZADD', KEYS[5], 'NX', now, ARGV[4])
+redis.call('SET', KEYS[6], now)
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
   redis.call('ZREM', KEYS[2], id)
   local meta = redis.call('HGET', KEYS[4], id)

@@ -153,10 +153,14 @@ class RedisStore:
     # -- inbox -----------------------------------------------------------------------------
 
     def lease(self, agent: str, limit: int, lease_seconds: float) -> list[Leased]:
+        """Leases up to `limit` messages; reading also registers the agent and notes when
+        it was last seen (one script, one round trip)."""
         now = now_ms()
         lease_ms = int(lease_seconds * 1000)
+        k = self.keys
+        keys = [*k.inbox(agent).all(), k.agents, k.agent_seen(agent)]
         with redis_errors("read the inbox"):
-            flat = self._read(keys=self.keys.inbox(agent).all(), args=[now, lease_ms, limit])
+            flat = self._read(keys=keys, args=[now, lease_ms, limit, agent])
         return [
             Leased(flat[i], flat[i + 1], int(flat[i + 2]), now + lease_ms)
             for i in range(0, len(flat), 3)

@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, urlparse
 
 import hiredis
 import redis
+from redis.exceptions import NoScriptError
 from redis.sentinel import Sentinel
 
 from bus.breaker import BREAKERS
@@ -129,38 +130,53 @@ class DirectScript:
         self._free: list[Any] = []
 
     def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        [reply] = self.many([(keys, args)])
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    def many(self, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
+        """Runs the calls in one round trip. Replies in order; a call that Redis refused
+        gets its ResponseError in its place (the others still ran)."""
         try:
             conn = self._free.pop()  # atomic: no lock needed between pool threads
         except IndexError:
             conn = self._connection_class(**self._connection_kwargs)
         try:
             try:
-                return self._run(conn, keys, args)
+                replies = self._run(conn, calls)
             except _CONNECTION_ERRORS:
-                return self._run(conn, keys, args)  # on a fresh socket (it reconnects)
-        finally:
-            self._free.append(conn)
-
-    def _run(self, conn: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        try:
-            try:
-                return self._evalsha(conn, keys, args)
-            except redis.exceptions.NoScriptError:
+                replies = self._run(conn, calls)  # on a fresh socket (it reconnects)
+            missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+            if missing:
                 # A restarted (or failed-over) Redis has lost its script cache.
                 conn.send_command("SCRIPT", "LOAD", self._script.script, check_health=False)
                 self._script.sha = conn.read_response()
-                return self._evalsha(conn, keys, args)
-        except redis.exceptions.ResponseError:
-            raise  # Redis answered: the connection is in a clean state
+                again = self._run(conn, [calls[i] for i in missing])
+                for i, reply in zip(missing, again, strict=True):
+                    replies[i] = reply
+            return replies
+        finally:
+            self._free.append(conn)
+
+    def _run(self, conn: Any, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
+        sha = self._script.sha
+        # hiredis packs str and numbers in one C call (redis-py encodes arg by arg first).
+        packed = b"".join(
+            hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args)) for keys, args in calls
+        )
+        try:
+            # connect() first: sending on an unconnected socket would connect it without
+            # the hooks of its class (a Sentinel connection asks Sentinel for the master).
+            conn.connect()
+            conn.send_packed_command([packed], check_health=False)
+            replies: list[Any] = []
+            for _ in calls:
+                try:
+                    replies.append(conn.read_response())
+                except redis.exceptions.ResponseError as exc:  # Redis answered: read on
+                    replies.append(exc)
+            return replies
         except BaseException:
             conn.disconnect()  # a reply may be pending: never reuse this socket as it is
             raise
-
-    def _evalsha(self, conn: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        # hiredis packs str and numbers in one C call (redis-py encodes arg by arg first).
-        command = hiredis.pack_command(("EVALSHA", self._script.sha, len(keys), *keys, *args))
-        # connect() first: sending on an unconnected socket would connect it without the
-        # hooks of its class (a Sentinel connection asks Sentinel for the master there).
-        conn.connect()
-        conn.send_packed_command([command], check_health=False)
-        return conn.read_response()

@@ -17,7 +17,7 @@ import orjson
 from bus import scripts
 from bus.errors import LimitExceeded
 from bus.keys import Keys
-from bus.redis_conn import DirectScript, execute_scripted, queue_script, redis_errors
+from bus.redis_conn import DirectScript, redis_errors
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,6 @@ class RedisStore:
         self.status_retention = status_retention
         self.dedup_window = dedup_window
         register = client.register_script
-        self._deliver = register(scripts.DELIVER)
         # The worker's per-message call, on connections of its own (see DirectScript).
         self._deliver_direct = DirectScript(client, scripts.DELIVER)
         self._read = register(scripts.READ)
@@ -76,9 +75,34 @@ class RedisStore:
         recipients: Sequence[str],
         attempts: int,
         correlation_id: str | None,
-        client: Any = None,
     ) -> Any:
         """Appends to each recipient's inbox and history, sets `delivered`: one script."""
+        keys, args = self._delivery(
+            message_id, wire, rank, ts_ms, recipients, attempts, correlation_id
+        )
+        with redis_errors("deliver a message"):
+            return self._deliver_direct(keys, args)
+
+    def deliver_pipelined(self, deliveries: Sequence[dict[str, Any]]) -> list[Any]:
+        """Many `deliver` scripts in one round trip (each script is atomic on its own)."""
+        calls = [self._delivery(**delivery) for delivery in deliveries]
+        with redis_errors("deliver a batch"):
+            replies = self._deliver_direct.many(calls)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    def _delivery(
+        self,
+        message_id: str,
+        wire: str,
+        rank: int,
+        ts_ms: int,
+        recipients: Sequence[str],
+        attempts: int,
+        correlation_id: str | None,
+    ) -> tuple[list[str], list[Any]]:
         k = self.keys
         keys = [
             k.status(message_id),
@@ -102,18 +126,7 @@ class RedisStore:
             inbox = k.inbox(agent)
             keys += [inbox.ready, inbox.body, inbox.meta, k.history(agent)]
             args += [agent, k.inbox_channel(agent)]
-        with redis_errors("deliver a message"):
-            if client is None:
-                return self._deliver_direct(keys, args)
-            return queue_script(client, self._deliver, keys, args)
-
-    def deliver_pipelined(self, deliveries: Sequence[dict[str, Any]]) -> list[Any]:
-        """Many `deliver` scripts in one round trip (each script is atomic on its own)."""
-        with redis_errors("deliver a batch"):
-            pipe = self.redis.pipeline(transaction=False)
-            for delivery in deliveries:
-                self.deliver(**delivery, client=pipe)
-            return execute_scripted(pipe, self._deliver)
+        return keys, args
 
     def topic_subscribers(self, topics: Sequence[str]) -> list[dict[str, str]]:
         with redis_errors("look up topic subscribers"):

@@ -126,3 +126,13 @@ def test_a_pipelined_script_error_is_raised(client, key):
     queue_script(pipe, script, [key], [1])
     with pytest.raises(redis.ResponseError, match="not an integer"):
         execute_scripted(pipe, script)
+
+
+def test_many_calls_share_one_round_trip_and_a_refused_one_does_not_stop_the_rest(client, key):
+    client.set(key + ":bad", "not a number")
+    script = DirectScript(client, INCR)
+    client.script_flush()  # and the script has to be loaded again on the way
+    replies = script.many([([key], [1]), ([key + ":bad"], [1]), ([key], [2])])
+    assert replies[0] == 1 and replies[2] == 3
+    assert isinstance(replies[1], redis.ResponseError)
+    client.delete(key + ":bad")

@@ -60,7 +60,7 @@ class Bench:
         ensure_vhost(base.broker_url, self.vhost)
         self.broker_url = base.broker_url.rstrip("/") + "/" + self.vhost
         self.prefix = f"bench:{self.vhost}:"
-        self.concurrency, self.pool = concurrency, pool
+        self.concurrency, self.pool, self.queue_type = concurrency, pool, queue_type
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("MESSAGE_BUS_")} | {
             "MESSAGE_BUS_REDIS_URL": base.redis_url,
             "MESSAGE_BUS_BROKER_URL": self.broker_url,
@@ -158,16 +158,23 @@ class Bench:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
 
-    def close(self) -> None:
-        for proc in self.procs:
-            self.stop(proc)
-        delete_vhost(Settings().broker_url, self.vhost)
+    def clear_keys(self) -> None:
+        """Deletes this run's Redis keys: each workload starts from an empty keyspace (what
+        earlier workloads left would otherwise grow Redis to hundreds of MB and bring AOF
+        rewrites, forks and their CPU, into the later workloads' figures)."""
         import redis
 
         client = redis.Redis.from_url(self.env["MESSAGE_BUS_REDIS_URL"])
         keys = list(client.scan_iter(match=f"{self.prefix}*", count=5000))
         for i in range(0, len(keys), 1000):
-            client.delete(*keys[i : i + 1000])
+            client.unlink(*keys[i : i + 1000])
+        client.close()
+
+    def close(self) -> None:
+        for proc in self.procs:
+            self.stop(proc)
+        delete_vhost(Settings().broker_url, self.vhost)
+        self.clear_keys()
 
 
 def rss_mb(pid: int) -> float:

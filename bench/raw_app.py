@@ -1,5 +1,5 @@
 """The baseline: a raw Celery app with the bus's broker settings (publisher confirms, acks
-late, prefetch 1, json, the same pool) and no-op tasks on plain queues."""
+late, prefetch 1, json, the same pool and queue type) and no-op tasks on plain queues."""
 
 from __future__ import annotations
 
@@ -12,22 +12,37 @@ from kombu import Queue
 
 RAW_QUEUES = ["raw.critical", "raw.low", "raw.q"]
 
-app = Celery("raw")
-app.conf.update(
-    broker_url=os.environ.get("MESSAGE_BUS_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//"),
-    broker_transport_options={"confirm_publish": True},
-    # The same layout as the bus: an express worker (RAW_EXPRESS=1) takes raw.critical first.
-    task_queues=[
+
+def raw_queues(queue_type: str) -> list[Queue]:
+    """The raw queues, of the bus's queue type (classic or quorum) for a like-for-like run."""
+    return [
         Queue(
             q,
             routing_key=q,
             durable=True,
+            queue_arguments={"x-queue-type": queue_type},
+            # The same layout as the bus: an express worker (RAW_EXPRESS=1) takes
+            # raw.critical first.
             consumer_arguments={"x-priority": 10}
             if os.environ.get("RAW_EXPRESS") == "1" and q == "raw.critical"
             else None,
         )
         for q in RAW_QUEUES
-    ],
+    ]
+
+
+def use(broker_url: str, queue_type: str) -> None:
+    """Points this process's publishes at the bench's vhost and queue type (before the
+    first publish: Celery builds its queue map once)."""
+    app.conf.broker_url = broker_url
+    app.conf.task_queues = raw_queues(queue_type)
+
+
+app = Celery("raw")
+app.conf.update(
+    broker_url=os.environ.get("MESSAGE_BUS_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//"),
+    broker_transport_options={"confirm_publish": True},
+    task_queues=raw_queues(os.environ.get("MESSAGE_BUS_QUEUE_TYPE", "classic")),
     task_default_queue="raw.q",
     task_default_delivery_mode="persistent",
     task_acks_late=True,

@@ -26,7 +26,7 @@ import redis
 from bus import scripts
 from bus.keys import Keys
 from bus.redis_conn import execute_scripted, queue_script, redis_errors
-from bus.store import AUDIT_MAXLEN
+from bus.store import AUDIT_MAXLEN, Retention
 
 logger = logging.getLogger(__name__)
 
@@ -67,20 +67,10 @@ class Admitted:
 
 
 class Admission:
-    def __init__(
-        self,
-        client: Any,
-        keys: Keys,
-        *,
-        history_limit: int,
-        status_retention: int,
-        dedup_window: int,
-    ) -> None:
+    def __init__(self, client: Any, keys: Keys, retention: Retention) -> None:
         self.redis = client
         self.keys = keys
-        self.history_limit = history_limit
-        self.status_retention = status_retention
-        self.dedup_window = dedup_window
+        self.retention = retention
         self._admit = client.register_script(scripts.ADMIT)
         self._revoke = client.register_script(scripts.REVOKE)
         self._commit = client.register_script(scripts.COMMIT)
@@ -125,7 +115,9 @@ class Admission:
             keys += [self.keys.dedup(rec.dedup_key), self.keys.dedup_id(rec.id)]
         if keys:
             with redis_errors("record the send"):
-                self._commit(keys=keys, args=[self.dedup_window, *(rec.id for rec in records)])
+                self._commit(
+                    keys=keys, args=[self.retention.dedup_window, *(rec.id for rec in records)]
+                )
 
     def _command(
         self,
@@ -141,9 +133,9 @@ class Admission:
             limit.key if limit else k.rate(records[0].sender),
         ]
         args: list[Any] = [
-            self.dedup_window,
-            self.status_retention,
-            self.history_limit,
+            self.retention.dedup_window,
+            self.retention.status_retention,
+            self.retention.history_limit,
             AUDIT_MAXLEN,
             limit.rate if limit else "",
             limit.burst if limit else 0,

@@ -19,7 +19,7 @@ from bus import tracing
 from bus.codec import Codec
 from bus.errors import BusError, BusUnavailable, SecurityError
 from bus.schema import BROADCAST, Priority, Subscription
-from bus.store import RedisStore
+from bus.store import Delivery, RedisStore
 
 logger = logging.getLogger(__name__)
 
@@ -115,52 +115,52 @@ class Deliverer:
             )
         ]
 
-    def _delivery_args(self, wire: dict[str, Any], attempts: int) -> dict[str, Any]:
+    def _delivery(self, wire: dict[str, Any], attempts: int) -> Delivery:
         sent_ms = self.check(wire)
         meta = wire.get("metadata") or {}
         try:
             rank = Priority(meta.get("priority", "normal")).rank
         except ValueError as exc:
             raise PermanentFailure("unknown priority", reason="malformed") from exc
-        return {
-            "message_id": wire["id"],
-            "wire": orjson.dumps(wire).decode(),
-            "rank": rank,
-            "ts_ms": sent_ms,
-            "recipients": self.recipients(wire),
-            "attempts": attempts,
-            "correlation_id": wire.get("correlation_id"),
-        }
+        return Delivery(
+            message_id=wire["id"],
+            wire=orjson.dumps(wire).decode(),
+            rank=rank,
+            ts_ms=sent_ms,
+            recipients=self.recipients(wire),
+            attempts=attempts,
+            correlation_id=wire.get("correlation_id"),
+        )
 
     def deliver(self, wire: dict[str, Any], attempts: int) -> Outcome:
         trace_id = wire.get("trace_id") if isinstance(wire, dict) else None
         with tracing.span(
             "bus.deliver", trace_id, message_id=wire.get("id"), attempts=attempts
         ) as current:
-            args = self._delivery_args(wire, attempts)
-            delivered = self.store.deliver(**args)
+            delivery = self._delivery(wire, attempts)
+            delivered = self.store.deliver(delivery)
             if current is not None:
-                current.set_attribute("bus.recipients", len(args["recipients"]))
-            return Outcome(wire["id"], args["recipients"], int(delivered), args["ts_ms"])
+                current.set_attribute("bus.recipients", len(delivery.recipients))
+            return Outcome(wire["id"], delivery.recipients, int(delivered), delivery.ts_ms)
 
     def deliver_many(
         self, wires: list[dict[str, Any]]
     ) -> tuple[list[tuple[dict[str, Any], Outcome]], list[tuple[dict[str, Any], BusError]]]:
         """Delivers a batch in one Redis round trip. Returns (delivered, refused): refused
         messages (bad signature, expired...) are left for the caller to hand on."""
-        ready: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        ready: list[tuple[dict[str, Any], Delivery]] = []
         refused: list[tuple[dict[str, Any], BusError]] = []
         for wire in wires:
             try:
-                ready.append((wire, self._delivery_args(wire, 1)))
+                ready.append((wire, self._delivery(wire, 1)))
             except PermanentFailure as exc:
                 refused.append((wire, exc))
         if not ready:
             return [], refused
-        results = self.store.deliver_pipelined([args for _, args in ready])
+        results = self.store.deliver_pipelined([delivery for _, delivery in ready])
         return [
-            (wire, Outcome(wire["id"], args["recipients"], int(n), args["ts_ms"]))
-            for (wire, args), n in zip(ready, results, strict=True)
+            (wire, Outcome(wire["id"], d.recipients, int(n), d.ts_ms))
+            for (wire, d), n in zip(ready, results, strict=True)
         ], refused
 
     def worker_agents(self, recipients: list[str]) -> list[str]:

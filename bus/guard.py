@@ -107,7 +107,10 @@ class Guard:
         return entry
 
     def audit(self, action: str, agent: str, target: str, outcome: str, **fields: Any) -> None:
-        entry = self.audit_entry(action, agent, target, outcome, **fields)
+        self.store_audit(self.audit_entry(action, agent, target, outcome, **fields))
+
+    def store_audit(self, entry: dict[str, str]) -> None:
+        """Writes a built entry to the audit stream (a log line says so when Redis is down)."""
         try:
             with redis_errors("write the audit log"):
                 self.runtime.redis.xadd(

@@ -16,7 +16,7 @@ from bus.delivery import Deliverer
 from bus.keys import Keys
 from bus.redis_conn import connect
 from bus.settings import Settings
-from bus.store import RedisStore
+from bus.store import RedisStore, Retention
 
 
 class Runtime:
@@ -34,26 +34,17 @@ class Runtime:
         return connect(self.settings.redis_url)
 
     @cached_property
-    def store(self) -> RedisStore:
+    def retention(self) -> Retention:
         s = self.settings
-        return RedisStore(
-            self.redis,
-            self.keys,
-            history_limit=s.history_limit,
-            status_retention=s.status_retention,
-            dedup_window=s.dedup_window,
-        )
+        return Retention(s.history_limit, s.status_retention, s.dedup_window)
+
+    @cached_property
+    def store(self) -> RedisStore:
+        return RedisStore(self.redis, self.keys, self.retention)
 
     @cached_property
     def admission(self) -> Admission:
-        s = self.settings
-        return Admission(
-            self.redis,
-            self.keys,
-            history_limit=s.history_limit,
-            status_retention=s.status_retention,
-            dedup_window=s.dedup_window,
-        )
+        return Admission(self.redis, self.keys, self.retention)
 
     @cached_property
     def codec(self) -> Codec:

@@ -171,15 +171,18 @@ class Sender:
             raise unsent.error from unsent.error.__cause__
         return _receipts(prepared, _duplicates(_settle(pending), len(prepared)))
 
-    def _audit(self, prepared: list[Prepared]) -> list[dict[str, str]]:
+    def _audit(
+        self, prepared: list[Prepared], outcome: str = "ok", **fields: Any
+    ) -> list[dict[str, str]]:
         return [
             self.guard.audit_entry(
                 "send",
                 p.message.sender,
                 _target(p.message),
-                "ok",
+                outcome,
                 trace_id=p.message.trace_id,
                 message_id=p.message.id,
+                **fields,
             )
             for p in prepared
         ]
@@ -188,16 +191,8 @@ class Sender:
         """Nothing half-done: what the broker did not take is no longer `queued`."""
         if revoke:
             self.runtime.admission.revoke([p.record for p in unsent.prepared])
-        for p in unsent.prepared:
-            self.guard.audit(
-                "send",
-                p.message.sender,
-                _target(p.message),
-                "failed",
-                trace_id=p.message.trace_id,
-                message_id=p.message.id,
-                error=unsent.error.code,
-            )
+        for entry in self._audit(unsent.prepared, "failed", error=unsent.error.code):
+            self.guard.store_audit(entry)
 
     def _publish_all(self, prepared: list[Prepared], batch: bool) -> None:
         """One task per message, or per priority for a batch; raises _Unsent with what is

@@ -30,6 +30,28 @@ def now_ms() -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class Retention:
+    """How much and how long Redis keeps: per-agent history length, status and dedup TTLs."""
+
+    history_limit: int
+    status_retention: int
+    dedup_window: int
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message for the DELIVER script: into each recipient's inbox and history."""
+
+    message_id: str
+    wire: str
+    rank: int
+    ts_ms: int
+    recipients: list[str]
+    attempts: int
+    correlation_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Leased:
     id: str
     wire: str
@@ -38,22 +60,13 @@ class Leased:
 
 
 class RedisStore:
-    def __init__(
-        self,
-        client: Any,
-        keys: Keys,
-        *,
-        history_limit: int,
-        status_retention: int,
-        dedup_window: int,
-    ) -> None:
+    def __init__(self, client: Any, keys: Keys, retention: Retention) -> None:
         # redis.Redis with decode_responses=True: results are str, which its type stubs
         # cannot express (they say bytes | str), hence Any.
         self.redis: Any = client
         self.keys = keys
-        self.history_limit = history_limit
-        self.status_retention = status_retention
-        self.dedup_window = dedup_window
+        self.history_limit = retention.history_limit
+        self.status_retention = retention.status_retention
         register = client.register_script
         # The worker's per-message call, on connections of its own (see DirectScript).
         self._deliver_direct = DirectScript(client, scripts.DELIVER)
@@ -65,27 +78,15 @@ class RedisStore:
 
     # -- delivery (worker side) ----------------------------------------------------------
 
-    def deliver(
-        self,
-        *,
-        message_id: str,
-        wire: str,
-        rank: int,
-        ts_ms: int,
-        recipients: Sequence[str],
-        attempts: int,
-        correlation_id: str | None,
-    ) -> Any:
+    def deliver(self, delivery: Delivery) -> Any:
         """Appends to each recipient's inbox and history, sets `delivered`: one script."""
-        keys, args = self._delivery(
-            message_id, wire, rank, ts_ms, recipients, attempts, correlation_id
-        )
+        keys, args = self._delivery(delivery)
         with redis_errors("deliver a message"):
             return self._deliver_direct(keys, args)
 
-    def deliver_pipelined(self, deliveries: Sequence[dict[str, Any]]) -> list[Any]:
+    def deliver_pipelined(self, deliveries: Sequence[Delivery]) -> list[Any]:
         """Many `deliver` scripts in one round trip (each script is atomic on its own)."""
-        calls = [self._delivery(**delivery) for delivery in deliveries]
+        calls = [self._delivery(delivery) for delivery in deliveries]
         with redis_errors("deliver a batch"):
             replies = self._deliver_direct.many(calls)
         for reply in replies:
@@ -93,17 +94,8 @@ class RedisStore:
                 raise reply
         return replies
 
-    def _delivery(
-        self,
-        message_id: str,
-        wire: str,
-        rank: int,
-        ts_ms: int,
-        recipients: Sequence[str],
-        attempts: int,
-        correlation_id: str | None,
-    ) -> tuple[list[str], list[Any]]:
-        k = self.keys
+    def _delivery(self, d: Delivery) -> tuple[list[str], list[Any]]:
+        k, message_id, correlation_id = self.keys, d.message_id, d.correlation_id
         keys = [
             k.status(message_id),
             k.delivered(message_id),
@@ -114,15 +106,15 @@ class RedisStore:
         ]
         args: list[Any] = [
             message_id,
-            wire,
-            rank,
+            d.wire,
+            d.rank,
             self.history_limit,
             self.status_retention,
-            attempts,
+            d.attempts,
             k.reply_channel(correlation_id) if correlation_id else "",
-            ts_ms,
+            d.ts_ms,
         ]
-        for agent in recipients:
+        for agent in d.recipients:
             inbox = k.inbox(agent)
             keys += [inbox.ready, inbox.body, inbox.meta, k.history(agent)]
             args += [agent, k.inbox_channel(agent)]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import anyio
 
+from bus import heap
 from bus.errors import BusError, ConfigError
 from bus.logs import configure
 from bus.schema import check_agent_id
@@ -90,6 +91,7 @@ def run_http(settings: Settings, args: argparse.Namespace) -> None:
     base_url = f"http://{args.host}:{args.port}"
     server, events = build_server(settings, Identity.http(tokens, base_url), args.profile)
     app = build_app(server, events, settings, host=args.host, port=args.port, tokens=tokens)
+    heap.freeze_startup_heap()  # long-polls are not held up by full collections of it
     print(
         f"MCP streamable HTTP on {base_url}/mcp  dashboard {base_url}/ui  "
         f"metrics {base_url}/metrics  health {base_url}/healthz",

@@ -11,7 +11,7 @@ from celery import Celery, bootsteps
 from celery.signals import worker_init, worker_process_init
 from prometheus_client import start_http_server
 
-from bus import topology
+from bus import heap, topology
 from bus.runtime import Runtime, runtime_from_env
 from workers import fastjson
 
@@ -53,6 +53,13 @@ def _short_gil_switch(**_: Any) -> None:
     # message sooner. Not in the main worker: forced switches cost it ~10% throughput.
     if EXPRESS:
         sys.setswitchinterval(0.0005)
+
+
+@worker_init.connect
+def _freeze_startup_heap(**_: Any) -> None:
+    # Before the consumer starts (and before prefork forks its children).
+    frozen = heap.freeze_startup_heap()
+    logger.debug("froze %d start-up objects out of full collections", frozen)
 
 
 @worker_init.connect

@@ -65,8 +65,7 @@ class RedisStore:
         # cannot express (they say bytes | str), hence Any.
         self.redis: Any = client
         self.keys = keys
-        self.history_limit = retention.history_limit
-        self.status_retention = retention.status_retention
+        self.retention = retention
         register = client.register_script
         # The worker's per-message call, on connections of its own (see DirectScript).
         self._deliver_direct = DirectScript(client, scripts.DELIVER)
@@ -108,8 +107,8 @@ class RedisStore:
             message_id,
             d.wire,
             d.rank,
-            self.history_limit,
-            self.status_retention,
+            self.retention.history_limit,
+            self.retention.status_retention,
             d.attempts,
             k.reply_channel(correlation_id) if correlation_id else "",
             d.ts_ms,
@@ -144,7 +143,7 @@ class RedisStore:
         with redis_errors("count handler runs"):
             pipe = self.redis.pipeline(transaction=True)
             pipe.incr(key)
-            pipe.expire(key, self.status_retention)
+            pipe.expire(key, self.retention.status_retention)
             return int(pipe.execute()[0])
 
     def in_inbox(self, agent: str, message_id: str) -> bool:
@@ -233,7 +232,7 @@ class RedisStore:
     ) -> int:
         if not ids:
             return 0
-        args: list[Any] = [status, self.status_retention, "1" if force else "0"]
+        args: list[Any] = [status, self.retention.status_retention, "1" if force else "0"]
         for name, value in fields.items():
             args += [name, "" if value is None else value]
         with redis_errors("update message status"):

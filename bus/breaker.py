@@ -39,6 +39,8 @@ class CircuitBreaker:
 
     def allow(self) -> bool:
         """May a call go through now? In half-open, only one trial call at a time."""
+        if self._state == CLOSED:  # the common case, read without the lock (one attribute)
+            return True
         with self._lock:
             if self._state == CLOSED:
                 return True
@@ -52,6 +54,8 @@ class CircuitBreaker:
             return True
 
     def success(self) -> None:
+        if self._state == CLOSED and not self._failures:  # nothing to reset: skip the lock
+            return
         with self._lock:
             self._failures = 0
             self._trial_running = False

@@ -4,6 +4,7 @@ connection and a flushed script cache, and reports an outage as one."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import pytest
@@ -136,3 +137,21 @@ def test_many_calls_share_one_round_trip_and_a_refused_one_does_not_stop_the_res
     assert replies[0] == 1 and replies[2] == 3
     assert isinstance(replies[1], redis.ResponseError)
     client.delete(key + ":bad")
+
+
+def test_a_reply_slower_than_the_socket_timeout_is_a_timeout_and_the_socket_is_dropped(key):
+    """The direct path keeps redis-py's socket timeout (in the kernel, on a plain socket)."""
+    slow = connect(REDIS_URL, socket_timeout=0.2)
+    busy = "local t = redis.call('TIME') repeat local n = redis.call('TIME') until " + (
+        "(n[1] - t[1]) * 1000000 + (n[2] - t[2]) > 600000 return 1"
+    )
+    script = DirectScript(slow, busy)
+    started = time.monotonic()
+    with pytest.raises(redis.TimeoutError):
+        script([key], [])
+    assert time.monotonic() - started < 0.6 + 0.2 * 2 + 0.5  # the timeout, not a hang
+    [conn] = script._free
+    assert conn._sock is None  # never reused with a reply still on its way
+    time.sleep(0.7)  # the busy script ends
+    assert DirectScript(slow, INCR)([key], [4]) == 4
+    slow.close()

@@ -130,6 +130,7 @@ class DirectScript:
         pool = client.connection_pool
         self._connection_class = pool.connection_class
         self._connection_kwargs = pool.connection_kwargs
+        self._source = script
         self._script = client.register_script(script)
         self._free: list[Any] = []
 
@@ -154,9 +155,7 @@ class DirectScript:
             missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
             if missing:
                 # A restarted (or failed-over) Redis has lost its script cache.
-                [sha] = _SocketReplies.of(conn).call(
-                    hiredis.pack_command(("SCRIPT", "LOAD", self._script.script)), 1
-                )
+                [sha] = _SocketReplies.of(conn).call(_pack("SCRIPT", "LOAD", self._source), 1)
                 if isinstance(sha, Exception):
                     raise sha
                 self._script.sha = sha
@@ -169,10 +168,7 @@ class DirectScript:
 
     def _run(self, conn: Any, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
         sha = self._script.sha
-        # hiredis packs str and numbers in one C call (redis-py encodes arg by arg first).
-        packed = b"".join(
-            hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args)) for keys, args in calls
-        )
+        packed = b"".join(_pack("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls)
         try:
             # connect() first: sending on an unconnected socket would connect it without
             # the hooks of its class (a Sentinel connection asks Sentinel for the master).
@@ -246,3 +242,9 @@ class _SocketReplies:
 
 def _is_noscript(reply: Any) -> bool:
     return isinstance(reply, redis.exceptions.ResponseError) and str(reply).startswith("NOSCRIPT")
+
+
+def _pack(*command: Any) -> bytes:
+    """One command in Redis's wire format; hiredis packs str and numbers in one C call
+    (redis-py encodes argument by argument first)."""
+    return hiredis.pack_command(command)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from bus.errors import BusUnavailable, NotFound, RateLimited
+from bus.errors import BusUnavailable, LimitExceeded, NotFound, RateLimited
 from tests.conftest import REDIS_URL, holds_for, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -75,6 +75,24 @@ def test_a_send_the_broker_refuses_is_not_left_queued(fresh_env, agents):
     from bus.breaker import BREAKERS
 
     BREAKERS["broker"].success()  # this process's breaker counted the refusal
+
+
+def test_a_send_a_full_queue_refuses_is_not_left_queued(fresh_env, agents):
+    # A full reject-publish queue nacks the message: the admission that went out beside
+    # the publish is undone, the message before it stays queued.
+    fresh_env.overrides["MESSAGE_BUS_QUEUE_MAX_LENGTH"] = "1"
+    bus = fresh_env.bus()
+    sender, reader = agents("s"), agents("r")
+    kept = bus.send_message({"from": sender, "to": reader, "payload": 0})
+    with pytest.raises(LimitExceeded, match="queue is full"):
+        bus.send_message({"from": sender, "to": reader, "payload": 1})
+    assert [m.id for m in bus.history(sender)] == [kept.id]
+    sends = [e for e in audit_entries(bus) if e["action"] == "send"]
+    assert [e["outcome"] for e in sends] == ["ok", "ok", "failed"]
+    with pytest.raises(NotFound):
+        bus.status(sends[2]["message_id"])
+    assert bus.status(kept.id).status.value == "queued"
+    bus.close()
 
 
 def test_admission_never_moves_a_delivered_status_back(quiet_bus, agents):

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import click
 import orjson
+import pydantic
 from pydantic import BaseModel
 
 from bus.errors import BusError, ValidationError
@@ -50,10 +51,22 @@ def handle_errors(fn: F) -> F:
         except BusError as exc:
             click.echo(f"error: {exc.message}", err=True)
             sys.exit(exc.exit_code)
+        except pydantic.ValidationError as exc:
+            if exc.title != Settings.__name__:
+                raise
+            click.echo(f"error: {settings_problem(exc)}", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
+
+
+def settings_problem(exc: pydantic.ValidationError) -> str:
+    """A bad MESSAGE_BUS_* variable, named as the user set it."""
+    first = exc.errors()[0]
+    name = "MESSAGE_BUS_" + str(first["loc"][0]).upper() if first["loc"] else "settings"
+    return f"invalid setting {name}: {first['msg'].removeprefix('Value error, ')}"
 
 
 def _bus() -> Any:
@@ -374,6 +387,7 @@ def up(host: str, mcp_port: int, flower_port: int, no_services: bool) -> None:
     "--express", is_flag=True, help="serve only bus.critical and bus.high, ahead of other workers"
 )
 @click.pass_context
+@handle_errors
 def worker(
     ctx: click.Context,
     concurrency: int | None,

@@ -13,6 +13,7 @@ from prometheus_client import start_http_server
 
 from bus import heap, topology
 from bus.runtime import Runtime, runtime_from_env
+from bus.settings import SOLO_POOL_REFUSED
 from workers import fastjson
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,14 @@ app.steps["consumer"].add(DeclareTopology)
 def _fresh_connections_after_fork(**_: Any) -> None:
     # A prefork child must not share the parent's sockets.
     runtime.reset()
+
+
+@worker_init.connect
+def _refuse_solo_pool(sender: Any = None, **_: Any) -> None:
+    # `celery worker -P solo` bypasses the settings' check (see SOLO_POOL_REFUSED).
+    pool = getattr(sender, "pool_cls", None)
+    if pool is not None and getattr(pool, "__module__", "") == "celery.concurrency.solo":
+        raise SystemExit(f"msgbus worker: {SOLO_POOL_REFUSED}")
 
 
 @worker_init.connect

@@ -152,3 +152,39 @@ def test_dlq_commands_list_show_replay_and_purge(fresh_env, agents):
     assert replayed == {"replayed": [ids[1]]}
     nothing = msgbus(fresh_env, "dlq", "replay")
     assert nothing.returncode == 2 and "name the dead letters" in nothing.stderr
+
+
+def test_the_solo_pool_is_refused_with_the_reason(module_env):
+    """Celery's solo pool stalls with late acks and prefetch 1: never start one."""
+    by_setting = subprocess.run(
+        [sys.executable, "-m", "bus.cli", "worker"],
+        cwd=ROOT,
+        env=module_env.env(MESSAGE_BUS_WORKER_POOL="solo"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert by_setting.returncode == 2
+    assert by_setting.stderr.startswith(
+        "error: invalid setting MESSAGE_BUS_WORKER_POOL: the solo pool is not supported"
+    )
+    assert "Traceback" not in by_setting.stderr
+    by_flag = msgbus(module_env, "worker", "-P", "solo", "-l", "WARNING")
+    assert by_flag.returncode == 1
+    assert "msgbus worker: the solo pool is not supported" in by_flag.stderr
+
+
+def test_a_bad_setting_is_named_in_one_line(module_env):
+    out = subprocess.run(
+        [sys.executable, "-m", "bus.cli", "status", "x"],
+        cwd=ROOT,
+        env=module_env.env(MESSAGE_BUS_WORKER_CONCURRENCY="0"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert out.stderr == (
+        "error: invalid setting MESSAGE_BUS_WORKER_CONCURRENCY: "
+        "Input should be greater than or equal to 1\n"
+    )

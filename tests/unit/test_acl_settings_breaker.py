@@ -102,3 +102,9 @@ def test_breaker_opens_after_failures_then_half_opens_and_closes():
         assert breaker.state == "closed"
     finally:
         module.time.monotonic = real
+
+
+def test_the_solo_pool_is_refused_with_the_reason(tmp_path):
+    with pytest.raises(ValueError, match="solo pool is not supported.*threads pool"):
+        Settings(worker_pool="solo", state_dir=tmp_path)
+    assert Settings(worker_pool="prefork", state_dir=tmp_path).worker_pool == "prefork"

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
+import redis
 from kombu.message import Message as AmqpMessage
 
 from bus import topology
@@ -76,7 +77,11 @@ class DeadLetterQueue:
         """Yields a getter of unacked entries; unsettled ones return on exit."""
         broker = self.runtime.broker
         broker.ensure_topology()
-        with broker_errors("read the dead letters"), broker.connection() as conn:
+        with (
+            self._one_reader(),
+            broker_errors("read the dead letters"),
+            broker.connection() as conn,
+        ):
             channel = conn.channel()
             queue = topology.dead_letter_queue(self.runtime.settings)(channel)
             try:
@@ -88,6 +93,29 @@ class DeadLetterQueue:
                 yield get
             finally:
                 channel.close()
+
+    @contextmanager
+    def _one_reader(self) -> Iterator[None]:
+        """Dead letters are read by taking them off the queue and putting them back, so a
+        listing running beside a replay (beat's, another operator's) would miss what the
+        other holds: one reader at a time across processes, by a Redis lock. Without
+        Redis the read goes ahead unlocked (listing must work while Redis is down)."""
+        lock = self.runtime.redis.lock(
+            self.runtime.keys.dead_letters_lock, timeout=120, blocking_timeout=30
+        )
+        try:
+            held = bool(lock.acquire())
+        except redis.RedisError as exc:
+            logger.warning("dead letters read without the readers' lock: %s", exc)
+            held = False
+        try:
+            yield
+        finally:
+            if held:
+                try:
+                    lock.release()
+                except redis.RedisError:  # expired or Redis gone: nothing left to undo
+                    pass
 
     def _depth(self) -> int:
         broker = self.runtime.broker

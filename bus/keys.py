@@ -57,6 +57,10 @@ class Keys:
     def worker_agents(self) -> str:
         return f"{self.prefix}worker_agents"
 
+    @property
+    def dead_letters_lock(self) -> str:
+        return f"{self.prefix}lock:dead_letters"
+
     def agent_seen(self, agent: str) -> str:
         return f"{self.prefix}agent:{{{agent}}}:seen"
 

@@ -160,3 +160,36 @@ def test_purge_removes_only_the_named_dead_letters(fresh_env, agents):
     assert dead_ids(bus) == {receipts[1].id, receipts[2].id}
     assert sorted(bus.purge_dead_letters(all=True)) == sorted(r.id for r in receipts[1:])
     assert dead_ids(bus) == set()
+
+
+def test_a_listing_beside_a_replay_in_progress_sees_every_dead_letter(fresh_env, agents):
+    """Reading dead letters takes them off the queue and puts them back: a listing while
+    another process holds them (beat's replay, another operator) waits for it, rather than
+    missing what it holds."""
+    import threading
+    import time
+
+    bus, other = fresh_env.bus(), fresh_env.bus()
+    sender, reader = agents("s"), agents("r")
+    receipts = [
+        bus.send_message({"from": sender, "to": reader, "payload": i, "metadata": {"ttl": 0.2}})
+        for i in range(3)
+    ]
+    wait_for(lambda: len(dead_ids(bus)) == 3, 10, "three dead letters")
+    holding, done = threading.Event(), threading.Event()
+
+    def hold_them() -> None:
+        with other.dead_letter_queue._taken() as get:
+            while get() is not None:
+                pass
+            holding.set()
+            time.sleep(1.0)
+        done.set()
+
+    holder = threading.Thread(target=hold_them)
+    holder.start()
+    assert holding.wait(10)
+    assert dead_ids(bus) == {r.id for r in receipts}
+    assert done.is_set()  # the listing waited for the holder to put them back
+    holder.join()
+    other.close()

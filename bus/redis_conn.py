@@ -155,7 +155,7 @@ class DirectScript:
             missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
             if missing:
                 # A restarted (or failed-over) Redis has lost its script cache.
-                [sha] = _SocketReplies.of(conn).call(_pack("SCRIPT", "LOAD", self._source), 1)
+                [sha] = self._send(conn, _pack("SCRIPT", "LOAD", self._source), 1)
                 if isinstance(sha, Exception):
                     raise sha
                 self._script.sha = sha
@@ -169,11 +169,16 @@ class DirectScript:
     def _run(self, conn: Any, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
         sha = self._script.sha
         packed = b"".join(_pack("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls)
+        return self._send(conn, packed, len(calls))
+
+    @staticmethod
+    def _send(conn: Any, packed: bytes, count: int) -> list[Any]:
+        """Writes `packed` on `conn` and reads its `count` replies."""
         try:
             # connect() first: sending on an unconnected socket would connect it without
             # the hooks of its class (a Sentinel connection asks Sentinel for the master).
             conn.connect()
-            return _SocketReplies.of(conn).call(packed, len(calls))
+            return _SocketReplies.of(conn).call(packed, count)
         except BaseException:
             conn.disconnect()  # a reply may be pending: never reuse this socket as it is
             raise

@@ -13,11 +13,11 @@ from tests.conftest import ROOT, wait_for
 pytestmark = pytest.mark.timeout(120)
 
 
-def msgbus(env, *args, stdin=None):
+def msgbus(env, *args, stdin=None, **settings):
     return subprocess.run(
         [sys.executable, "-m", "bus.cli", *args],
         cwd=ROOT,
-        env=env.env(),
+        env=env.env(**settings),
         input=stdin,
         capture_output=True,
         text=True,
@@ -156,14 +156,7 @@ def test_dlq_commands_list_show_replay_and_purge(fresh_env, agents):
 
 def test_the_solo_pool_is_refused_with_the_reason(module_env):
     """Celery's solo pool stalls with late acks and prefetch 1: never start one."""
-    by_setting = subprocess.run(
-        [sys.executable, "-m", "bus.cli", "worker"],
-        cwd=ROOT,
-        env=module_env.env(MESSAGE_BUS_WORKER_POOL="solo"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    by_setting = msgbus(module_env, "worker", MESSAGE_BUS_WORKER_POOL="solo")
     assert by_setting.returncode == 2
     assert by_setting.stderr.startswith(
         "error: invalid setting MESSAGE_BUS_WORKER_POOL: the solo pool is not supported"
@@ -175,14 +168,7 @@ def test_the_solo_pool_is_refused_with_the_reason(module_env):
 
 
 def test_a_bad_setting_is_named_in_one_line(module_env):
-    out = subprocess.run(
-        [sys.executable, "-m", "bus.cli", "status", "x"],
-        cwd=ROOT,
-        env=module_env.env(MESSAGE_BUS_WORKER_CONCURRENCY="0"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = msgbus(module_env, "status", "x", MESSAGE_BUS_WORKER_CONCURRENCY="0")
     assert out.returncode == 2
     assert out.stderr == (
         "error: invalid setting MESSAGE_BUS_WORKER_CONCURRENCY: "

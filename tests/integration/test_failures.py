@@ -167,7 +167,6 @@ def test_a_listing_beside_a_replay_in_progress_sees_every_dead_letter(fresh_env,
     another process holds them (beat's replay, another operator) waits for it, rather than
     missing what it holds."""
     import threading
-    import time
 
     bus, other = fresh_env.bus(), fresh_env.bus()
     sender, reader = agents("s"), agents("r")
@@ -176,20 +175,24 @@ def test_a_listing_beside_a_replay_in_progress_sees_every_dead_letter(fresh_env,
         for i in range(3)
     ]
     wait_for(lambda: len(dead_ids(bus)) == 3, 10, "three dead letters")
-    holding, done = threading.Event(), threading.Event()
+    holding, release = threading.Event(), threading.Event()
 
     def hold_them() -> None:
         with other.dead_letter_queue._taken() as get:
             while get() is not None:
                 pass
             holding.set()
-            time.sleep(1.0)
-        done.set()
+            release.wait(30)
 
+    listed: list[set[str]] = []
     holder = threading.Thread(target=hold_them)
+    lister = threading.Thread(target=lambda: listed.append(dead_ids(bus)))
     holder.start()
     assert holding.wait(10)
-    assert dead_ids(bus) == {r.id for r in receipts}
-    assert done.is_set()  # the listing waited for the holder to put them back
-    holder.join()
+    lister.start()
+    holds_for(lister.is_alive, 0.5, "the listing waiting while another reader holds them")
+    release.set()
+    holder.join(30)
+    lister.join(30)
+    assert listed == [{r.id for r in receipts}]
     other.close()

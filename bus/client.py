@@ -135,8 +135,7 @@ class MessageBus:
         self.runtime.store.advance_status(acked, Status.acked.value)
         metrics.MESSAGES.labels("any", "any", "acked").inc(len(acked))
         done = set(acked)
-        for message_id in acked:
-            self.guard.audit("ack", agent, message_id, "ok")
+        self.guard.audit_each("ack", agent, acked, "ok")
         return AckResult(acked=acked, not_found=[i for i in ids if i not in done])
 
     def history(
@@ -203,9 +202,7 @@ class MessageBus:
             "priorities": [p.value for p in subs[0].priorities] if subs[0].priorities else None,
         }
         self.runtime.store.subscribe(agent, [s.topic for s in subs], filters, limit)
-        self.runtime.store.touch_agent(agent)
-        for s in subs:
-            self.guard.audit("subscribe", agent, s.topic, "ok")
+        self.guard.audit_each("subscribe", agent, [s.topic for s in subs], "ok")
         return subs
 
     def unsubscribe(self, agent: str, topics: Sequence[str]) -> int:
@@ -214,8 +211,7 @@ class MessageBus:
             topics = [topics]
         topics = [check(t, check_topic, "topic") for t in dict.fromkeys(topics)]
         removed = self.runtime.store.unsubscribe(agent, topics)
-        for topic in topics:
-            self.guard.audit("unsubscribe", agent, topic, "ok")
+        self.guard.audit_each("unsubscribe", agent, topics, "ok")
         return removed
 
     def subscriptions(self, agent: str) -> list[Subscription]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 from functools import cached_property
 from typing import Any
 
@@ -107,14 +108,28 @@ class Guard:
         return entry
 
     def audit(self, action: str, agent: str, target: str, outcome: str, **fields: Any) -> None:
-        self.store_audit(self.audit_entry(action, agent, target, outcome, **fields))
+        self.store_audits([self.audit_entry(action, agent, target, outcome, **fields)])
 
-    def store_audit(self, entry: dict[str, str]) -> None:
-        """Writes a built entry to the audit stream (a log line says so when Redis is down)."""
+    def audit_each(
+        self, action: str, agent: str, targets: Iterable[str], outcome: str, **fields: Any
+    ) -> None:
+        """One entry per target, stored in one round trip."""
+        self.store_audits(
+            [self.audit_entry(action, agent, target, outcome, **fields) for target in targets]
+        )
+
+    def store_audits(self, entries: list[dict[str, str]]) -> None:
+        """Writes built entries to the audit stream in one pipeline (a log line says so
+        when Redis is down)."""
+        if not entries:
+            return
         try:
             with redis_errors("write the audit log"):
-                self.runtime.redis.xadd(
-                    self.runtime.keys.audit, entry, maxlen=AUDIT_MAXLEN, approximate=True
-                )
+                pipe = self.runtime.redis.pipeline(transaction=False)
+                for entry in entries:
+                    pipe.xadd(self.runtime.keys.audit, entry, maxlen=AUDIT_MAXLEN, approximate=True)
+                pipe.execute()
         except BusUnavailable:
-            logger.warning("audit entry not stored (Redis unavailable): %s", entry)
+            logger.warning(
+                "%d audit entries not stored (Redis unavailable): %s", len(entries), entries
+            )

@@ -243,21 +243,25 @@ return moved
 """
 )
 
-# KEYS: subs hash of the agent, topics set, then topic:{t} for each topic
-# ARGV: agent, max topics, filters JSON, then the topics (same order as their keys)
-# Returns -(current count) when the limit would be exceeded, else the new total.
+# KEYS: subs hash of the agent, topics set, agents zset, agent's last-seen key, then
+#       topic:{t} for each topic
+# ARGV: agent, max topics, filters JSON, now ms, then the topics (same order as their keys)
+# Returns -(current count) when the limit would be exceeded (nothing written), else the
+# new total; a subscribing agent is registered and seen in the same call.
 SUBSCRIBE = """
 local added = 0
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 0 then added = added + 1 end
 end
 local total = redis.call('HLEN', KEYS[1]) + added
 if total > tonumber(ARGV[2]) then return -redis.call('HLEN', KEYS[1]) - 1 end
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[3])
-  redis.call('HSET', KEYS[i - 1], ARGV[1], ARGV[3])
+  redis.call('HSET', KEYS[i], ARGV[1], ARGV[3])
   redis.call('SADD', KEYS[2], ARGV[i])
 end
+redis.call('ZADD', KEYS[3], 'NX', ARGV[4], ARGV[1])
+redis.call('SET', KEYS[4], ARGV[4])
 return total
 """
 

@@ -191,8 +191,7 @@ class Sender:
         """Nothing half-done: what the broker did not take is no longer `queued`."""
         if revoke:
             self.runtime.admission.revoke([p.record for p in unsent.prepared])
-        for entry in self._audit(unsent.prepared, "failed", error=unsent.error.code):
-            self.guard.store_audit(entry)
+        self.guard.store_audits(self._audit(unsent.prepared, "failed", error=unsent.error.code))
 
     def _publish_all(self, prepared: list[Prepared], batch: bool) -> None:
         """One task per message, or per priority for a batch; raises _Unsent with what is

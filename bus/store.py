@@ -252,11 +252,11 @@ class RedisStore:
         self, agent: str, topics: Sequence[str], filters: dict[str, Any], max_topics: int
     ) -> int:
         k = self.keys
-        keys = [k.subscriptions(agent), k.topics] + [k.topic(t) for t in topics]
+        keys = [k.subscriptions(agent), k.topics, k.agents, k.agent_seen(agent)]
+        keys += [k.topic(t) for t in topics]
+        args = [agent, max_topics, orjson.dumps(filters), now_ms(), *topics]
         with redis_errors("subscribe"):
-            total = int(
-                self._subscribe(keys=keys, args=[agent, max_topics, orjson.dumps(filters), *topics])
-            )
+            total = int(self._subscribe(keys=keys, args=args))
         if total < 0:
             current = -total - 1
             raise LimitExceeded(
@@ -285,15 +285,6 @@ class RedisStore:
             for name in names:
                 pipe.hlen(self.keys.topic(name))
             return dict(zip(names, (int(n) for n in pipe.execute()), strict=True))
-
-    def touch_agent(self, agent: str) -> None:
-        """Registers an agent on first use and records when it was last seen."""
-        now = now_ms()
-        with redis_errors("register the agent"):
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.zadd(self.keys.agents, {agent: now}, nx=True)
-            pipe.set(self.keys.agent_seen(agent), now)
-            pipe.execute()
 
     def agents(self) -> list[tuple[str, int, int | None]]:
         """(agent, registered ms, last seen ms)."""

@@ -103,6 +103,21 @@ def test_subscription_over_the_topic_limit_is_refused_whole(quiet_env):
         bus.subscribe("dave", [f"v{i}" for i in range(101)])
     assert snapshot(env) == before
     assert len(bus.subscriptions("carol")) == 95
+    assert "dave" not in [a.id for a in bus.agents()]
+
+
+def test_a_subscription_registers_its_agent_and_audits_each_topic(quiet_env):
+    env, bus = quiet_env
+    bus.subscribe("erin", ["news", "tasks/new", "news"])
+    [erin] = [a for a in bus.agents() if a.id == "erin"]
+    assert erin.last_seen is not None and erin.last_seen >= erin.registered_at
+    import redis
+
+    client = redis.Redis.from_url(env.settings().redis_url, decode_responses=True)
+    audit = [e for _, e in client.xrange(bus.runtime.keys.audit)]
+    client.close()
+    subscribed = [(e["target"], e["outcome"]) for e in audit if e["action"] == "subscribe"]
+    assert subscribed == [("news", "ok"), ("tasks/new", "ok")]
 
 
 @pytest.mark.parametrize(

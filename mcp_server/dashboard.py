@@ -7,6 +7,7 @@ the login form, which keeps it in an HttpOnly cookie.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,9 @@ def dashboard_routes(bus: MessageBus, tokens: TokenFile) -> list[Route]:
     async def run(fn: Any, *args: Any, **kwargs: Any) -> Any:
         return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
 
-    def guarded(handler: Any) -> Any:
+    def guarded(
+        handler: Callable[[Request, str], Awaitable[Response]],
+    ) -> Callable[[Request], Awaitable[Response]]:
         async def wrapper(request: Request) -> Response:
             agent = admin_of(request)
             if agent is None:

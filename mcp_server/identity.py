@@ -13,6 +13,7 @@ from typing import Any
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import AnyHttpUrl
 
 from bus.tokens import TokenFile
 
@@ -50,7 +51,10 @@ class Identity:
     def auth_settings(self) -> AuthSettings | None:
         if self.tokens is None:
             return None
-        return AuthSettings(issuer_url=self.base_url, resource_server_url=f"{self.base_url}/mcp")
+        return AuthSettings(
+            issuer_url=AnyHttpUrl(self.base_url),
+            resource_server_url=AnyHttpUrl(f"{self.base_url}/mcp"),
+        )
 
     def agent_of(self, ctx: Any) -> str:
         if self.agent is not None:

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
@@ -37,6 +37,9 @@ from mcp_server.models import (
     UnsubscribeResult,
 )
 from mcp_server.push import InboxEvents
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 CORE_TOOLS = (
     "send_message",
@@ -68,7 +71,7 @@ class BusTools:
         self.events = events
         self.identify = identify
 
-    async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Runs a bus call off the event loop; bus errors become tool errors."""
         try:
             return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))

@@ -25,7 +25,7 @@ fi
 if [ "$#" -eq 0 ]; then  # the whole run also checks lint and formatting
   python3 -m ruff check bus workers mcp_server bench tests examples celeryconfig.py
   python3 -m ruff format --check bus workers mcp_server bench tests examples celeryconfig.py
-  python3 -m mypy  # strict on bus/ (pyproject.toml)
+  python3 -m mypy  # strict on bus/, workers/, mcp_server/ (pyproject.toml)
 fi
 set +e
 python3 -m pytest "$@"

@@ -29,7 +29,7 @@ QUARANTINE = Quarantine()  # worker-agent handlers in this process (see workers.
 def backoff(retries: int) -> float:
     """Exponential backoff with full jitter (never below half the step)."""
     s = runtime.settings
-    step = min(s.retry_backoff_max, s.retry_backoff * (2**retries))
+    step = min(s.retry_backoff_max, s.retry_backoff * 2.0**retries)
     return step / 2 + random.uniform(0, step / 2)
 
 
@@ -130,8 +130,8 @@ def deliver_batch(self: Task, wires: list[dict[str, Any]]) -> int:
         dispatch_to_worker_agents(outcome, wire)
         observe_delivery(wire, outcome)
     queue = self.request.delivery_info.get("routing_key") or "bus.normal"
-    for wire, exc in refused:
-        logger.info("batch message %s handed to a single task: %s", wire.get("id"), exc)
+    for wire, error in refused:
+        logger.info("batch message %s handed to a single task: %s", wire.get("id"), error)
         runtime.broker.publish(
             DELIVER_TASK,
             [wire],

@@ -130,7 +130,6 @@ class DirectScript:
         pool = client.connection_pool
         self._connection_class = pool.connection_class
         self._connection_kwargs = pool.connection_kwargs
-        self._source = script
         self._script = client.register_script(script)
         self._free: list[Any] = []
 
@@ -155,7 +154,7 @@ class DirectScript:
             missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
             if missing:
                 # A restarted (or failed-over) Redis has lost its script cache.
-                [sha] = self._send(conn, _pack("SCRIPT", "LOAD", self._source), 1)
+                [sha] = self._send(conn, _pack("SCRIPT", "LOAD", self._script.script), 1)
                 if isinstance(sha, Exception):
                     raise sha
                 self._script.sha = sha

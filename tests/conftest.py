@@ -49,6 +49,17 @@ def wait_for(
     pytest.fail(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
+def audit_entries(bus: Any) -> list[dict[str, str]]:
+    """The bus's audit stream, oldest first."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        return [entry for _, entry in client.xrange(bus.runtime.keys.audit)]
+    finally:
+        client.close()
+
+
 def holds_for(condition: Callable[[], Any], seconds: float, what: str) -> None:
     """Asserts `condition()` stays truthy for `seconds` (for things that must NOT happen:
     a redelivery, a second copy); polls so it fails as soon as it breaks."""

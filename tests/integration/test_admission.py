@@ -4,10 +4,9 @@ before the publish (when it may refuse) or beside it (when nothing can refuse)."
 from __future__ import annotations
 
 import pytest
-import redis
 
 from bus.errors import BusUnavailable, LimitExceeded, NotFound, RateLimited
-from tests.conftest import REDIS_URL, holds_for, wait_for
+from tests.conftest import audit_entries, holds_for, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -18,14 +17,6 @@ def quiet_bus(fresh_env):
     bus = fresh_env.bus()
     yield bus
     bus.close()
-
-
-def audit_entries(bus):
-    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-    try:
-        return [entry for _, entry in client.xrange(bus.runtime.keys.audit)]
-    finally:
-        client.close()
 
 
 def test_a_rate_limited_send_writes_nothing_but_its_audit_entry(fresh_env, agents):

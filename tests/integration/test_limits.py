@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bus.errors import LimitExceeded, ValidationError
+from tests.conftest import audit_entries
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -111,11 +112,7 @@ def test_a_subscription_registers_its_agent_and_audits_each_topic(quiet_env):
     bus.subscribe("erin", ["news", "tasks/new", "news"])
     [erin] = [a for a in bus.agents() if a.id == "erin"]
     assert erin.last_seen is not None and erin.last_seen >= erin.registered_at
-    import redis
-
-    client = redis.Redis.from_url(env.settings().redis_url, decode_responses=True)
-    audit = [e for _, e in client.xrange(bus.runtime.keys.audit)]
-    client.close()
+    audit = audit_entries(bus)
     subscribed = [(e["target"], e["outcome"]) for e in audit if e["action"] == "subscribe"]
     assert subscribed == [("news", "ok"), ("tasks/new", "ok")]
 

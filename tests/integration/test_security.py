@@ -17,7 +17,7 @@ from kombu import Connection, Exchange, Producer
 
 from bus.codec import Codec
 from bus.errors import AuthError, RateLimited
-from tests.conftest import REDIS_URL, TEST_SECRET, holds_for, wait_for
+from tests.conftest import REDIS_URL, TEST_SECRET, audit_entries, holds_for, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -256,8 +256,7 @@ def test_acl_allows_and_denies_with_the_rule_named_and_audits_it(module_env, tmp
         bus.replay_dead_letters(all=True, agent="alice")
     assert bus.replay_dead_letters(["nothing-here"], agent="ops") == []
     assert "nothing" not in str(bus.history("mallory"))
-    entries = redis.Redis.from_url(REDIS_URL, decode_responses=True).xrange(bus.runtime.keys.audit)
-    denied = [e for _, e in entries if e["outcome"] == "denied"]
+    denied = [e for e in audit_entries(bus) if e["outcome"] == "denied"]
     assert {"agent": "alice", "target": "carol"}.items() <= denied[0].items()
     assert any(e["agent"] == "mallory" for e in denied)
 

@@ -14,7 +14,6 @@ back, so a worker that delivers before the reply is read does no harm.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +23,7 @@ import orjson
 import redis
 
 from bus import scripts
+from bus.clock import Clock
 from bus.keys import Keys
 from bus.redis_conn import execute_scripted, queue_script, redis_errors
 from bus.store import AUDIT_MAXLEN, Retention
@@ -58,19 +58,22 @@ class RateLimit:
 @dataclass(frozen=True, slots=True)
 class Admitted:
     """Per message, None when accepted or the id it duplicates; the messages to send again
-    under an earlier sender's id (index -> id, see scripts.ADMIT); or, when the rate limit
-    refused the whole call (nothing written), how long to wait."""
+    under an earlier sender's id (index -> id, see scripts.ADMIT); or, when the whole call
+    was refused (nothing written): how long the rate limit says to wait, or which message
+    brings an id that belongs to another sender's message."""
 
     duplicates: list[str | None]
     retry_as: dict[int, str] = field(default_factory=dict)
     retry_after_ms: int | None = None
+    conflict: int | None = None
 
 
 class Admission:
-    def __init__(self, client: Any, keys: Keys, retention: Retention) -> None:
+    def __init__(self, client: Any, keys: Keys, retention: Retention, clock: Clock) -> None:
         self.redis = client
         self.keys = keys
         self.retention = retention
+        self.clock = clock
         self._admit = client.register_script(scripts.ADMIT)
         self._revoke = client.register_script(scripts.REVOKE)
         self._commit = client.register_script(scripts.COMMIT)
@@ -102,22 +105,22 @@ class Admission:
                 queue_script(
                     pipe,
                     self._revoke,
-                    [k.dedup(rec.dedup_key), k.status(rec.id), k.history(rec.sender)]
+                    [k.dedup(rec.sender, rec.dedup_key), k.status(rec.id), k.history(rec.sender)]
                     + [k.dedup_id(rec.id)],
-                    [rec.id, rec.wire],
+                    [rec.id, rec.wire, rec.sender],
                 )
             execute_scripted(pipe, self._revoke)
 
     def commit(self, records: Sequence[AcceptRecord]) -> None:
         """Makes the dedup records of published messages final (see `AcceptRecord`)."""
         keys: list[str] = []
+        args: list[Any] = [self.retention.dedup_window]
         for rec in records:
-            keys += [self.keys.dedup(rec.dedup_key), self.keys.dedup_id(rec.id)]
+            keys += [self.keys.dedup(rec.sender, rec.dedup_key), self.keys.dedup_id(rec.id)]
+            args += [rec.id, rec.sender]
         if keys:
             with redis_errors("record the send"):
-                self._commit(
-                    keys=keys, args=[self.retention.dedup_window, *(rec.id for rec in records)]
-                )
+                self._commit(keys=keys, args=args)
 
     def _command(
         self,
@@ -128,7 +131,7 @@ class Admission:
         k = self.keys
         keys = [
             k.agents,
-            k.rate_bucket("sent", int(time.time())),
+            k.rate_bucket("sent", int(self.clock.now())),
             k.audit,
             limit.key if limit else k.rate(records[0].sender),
         ]
@@ -142,7 +145,7 @@ class Admission:
             limit.cost if limit else 0,
         ]
         for rec, entry in zip(records, audit, strict=True):
-            keys += [k.dedup(rec.dedup_key), k.dedup_id(rec.id), k.status(rec.id)]
+            keys += [k.dedup(rec.sender, rec.dedup_key), k.dedup_id(rec.id), k.status(rec.id)]
             keys.append(k.history(rec.sender))
             flat = [part for pair in entry.items() for part in pair]
             args += [rec.id, rec.queue, rec.sender, rec.wire, rec.ts_ms, rec.expires_ms or ""]
@@ -193,6 +196,8 @@ class PendingAdmission:
 def _parse(reply: list[Any], count: int) -> Admitted:
     if reply[0] == "rate_limited":
         return Admitted([None] * count, retry_after_ms=int(reply[1]))
+    if reply[0] == "conflict":
+        return Admitted([None] * count, conflict=int(reply[1]) - 1)
     duplicates: list[str | None] = []
     retry_as: dict[int, str] = {}
     for i, outcome in enumerate(reply[1:]):

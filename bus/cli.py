@@ -20,6 +20,7 @@ import pydantic
 from pydantic import BaseModel
 
 from bus.errors import BusError, ValidationError
+from bus.jsonvalue import loads_exact
 from bus.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -80,10 +81,7 @@ def _json_arg(text: str | None, what: str) -> Any:
         return None
     if text == "-":
         text = sys.stdin.read()
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise ValidationError(f"{what} is not valid JSON: {exc}") from exc
+    return loads_exact(text, what)
 
 
 PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}

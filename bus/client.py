@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from bus import metrics
-from bus.errors import BusError, LimitExceeded, NotFound, ValidationError
+from bus.errors import LimitExceeded, NotFound, RequestTimeout, ValidationError
 from bus.guard import Guard
 from bus.reader import Reader
 from bus.runtime import Runtime
@@ -33,18 +33,12 @@ from bus.schema import (
 )
 from bus.sender import Sender
 from bus.settings import Settings
-from bus.store import now_ms
 from bus.validation import check, parse
 
 if TYPE_CHECKING:
     from bus.deadletters import DeadLetterQueue
 
 logger = logging.getLogger(__name__)
-
-
-class RequestTimeout(BusError):
-    code = "timeout"
-    exit_code = 9
 
 
 class MessageBus:
@@ -165,7 +159,7 @@ class MessageBus:
                 f"{self.settings.status_retention}s retention)",
                 id=message_id,
             )
-        return _status_model(message_id, raw)
+        return _status_model(message_id, raw, self.runtime.clock.now_ms())
 
     # -- subscriptions and agents ------------------------------------------------------------
 
@@ -313,10 +307,10 @@ def _is_ms(value: str) -> bool:
     return whole.isdigit() and (not fraction or fraction.isdigit())
 
 
-def _status_model(message_id: str, raw: dict[str, str]) -> MessageStatus:
+def _status_model(message_id: str, raw: dict[str, str], now_ms: int) -> MessageStatus:
     status = raw.get("status", "queued")
     expires = raw.get("expires_at")
-    if status in ("queued", "retrying") and expires and int(expires) < now_ms():
+    if status in ("queued", "retrying") and expires and int(expires) < now_ms:
         # Past its ttl and not delivered: the broker dead-letters it; report what it is.
         status, raw = "expired", {**raw, "reason": raw.get("reason") or "expired"}
     stamps = {

@@ -13,11 +13,14 @@ Keyspace (``P`` = prefix; ``{a}`` = agent id in a hash tag so one agent's keys s
     P history:{a}                  zset   wire JSON -> timestamp ms (capped per agent)
     P status:{id}                  hash   status, attempts, timestamps, reason, error...
     P delivered:{id}               set    agents a message was delivered to (idempotency)
-    P dedup:key:{key}              string message id, expires after the dedup window
-    P dedup:id:{id}                string message id, expires after the dedup window
+    P dedup:key:{a}:{key}          string id the sender's dedup key stands for ("pending:<id>"
+                                          until the broker confirmed); expires after the
+                                          dedup window
+    P dedup:id:{id}                string "<final|pending>|<sender>": who owns the id; expires
+                                          after the dedup window
     P subs:{a}                     hash   topic -> JSON filters of agent a
     P topic:{t}                    hash   agent -> JSON filters (the delivery-time index)
-    P topics                       zset   topic -> subscriber count
+    P topics                       set    topics that have subscribers
     P reply:{correlation id}       string id of the response that answered a request
     P handling:{id}:{agent}        string handler runs started (catches handlers that crash
                                           the process, which Celery would redeliver forever)
@@ -81,8 +84,8 @@ class Keys:
     def delivered(self, message_id: str) -> str:
         return f"{self.prefix}delivered:{message_id}"
 
-    def dedup(self, key: str) -> str:
-        return f"{self.prefix}dedup:key:{key}"
+    def dedup(self, sender: str, key: str) -> str:
+        return f"{self.prefix}dedup:key:{{{sender}}}:{key}"
 
     def dedup_id(self, message_id: str) -> str:
         return f"{self.prefix}dedup:id:{message_id}"

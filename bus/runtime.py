@@ -11,10 +11,11 @@ from typing import Any
 
 from bus.admission import Admission
 from bus.broker import Broker
+from bus.clock import Clock
 from bus.codec import Codec
 from bus.delivery import Deliverer
 from bus.keys import Keys
-from bus.redis_conn import connect
+from bus.redis_conn import connect, redis_errors
 from bus.settings import Settings
 from bus.store import RedisStore, Retention
 
@@ -34,21 +35,33 @@ class Runtime:
         return connect(self.settings.redis_url)
 
     @cached_property
+    def clock(self) -> Clock:
+        """Redis's clock (see bus.clock): every time that decides something."""
+
+        def redis_time() -> tuple[Any, Any]:
+            with redis_errors("read Redis's clock"):
+                seconds, micros = self.redis.time()
+            return seconds, micros
+
+        return Clock(redis_time, warn_skew=min(1.0, self.settings.clock_skew))
+
+    @cached_property
     def retention(self) -> Retention:
         s = self.settings
         return Retention(s.history_limit, s.status_retention, s.dedup_window)
 
     @cached_property
     def store(self) -> RedisStore:
-        return RedisStore(self.redis, self.keys, self.retention)
+        return RedisStore(self.redis, self.keys, self.retention, self.clock)
 
     @cached_property
     def admission(self) -> Admission:
-        return Admission(self.redis, self.keys, self.retention)
+        return Admission(self.redis, self.keys, self.retention, self.clock)
 
     @cached_property
     def codec(self) -> Codec:
-        return Codec(self.settings.signing_keys, self.settings.max_payload_bytes)
+        s = self.settings
+        return Codec(s.signing_keys, s.max_payload_bytes, s.max_payload_depth)
 
     @cached_property
     def broker(self) -> Broker:
@@ -56,12 +69,7 @@ class Runtime:
 
     @cached_property
     def deliverer(self) -> Deliverer:
-        return Deliverer(
-            self.store,
-            self.codec,
-            clock_skew=self.settings.clock_skew,
-            max_age=max(self.settings.dedup_window, self.settings.clock_skew),
-        )
+        return Deliverer(self.store, self.codec, self.clock, self.broker, self.settings)
 
     def reset(self) -> None:
         """Drops connections (after a fork) so they are rebuilt in this process."""

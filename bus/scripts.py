@@ -23,22 +23,37 @@ local stamp = t[1] .. string.format('%03d.%03d', math.floor(us / 1000), us % 100
 
 # The send side's one call: rate limit, dedup, status `queued`, sender history, audit.
 # KEYS: agents, sent-rate bucket, audit stream, rate-limit bucket, then per message:
-#       dedup (by dedup key), dedup (by id), status, sender history
+#       dedup (by the sender's dedup key), dedup (by id), status, sender history
 # ARGV: dedup_window_s, retention_s, history_limit, audit_maxlen, rate per s ('' = no
 #       limit), burst, cost, then per message: id, queue, sender, wire, ts_ms,
 #       expires_at_ms ('' if none), audit entry (JSON list of field, value...), pending
 # Returns {'ok', d1, ..., dn}: di is '' when message i was accepted, the id it duplicates
-# (same dedup key or same id), or 'retry-as:<id>' (see below); or {'rate_limited', ms to
-# wait}, writing nothing.
-# Dedup records of messages a client may send again (its own id or dedup key) are written
-# 'pending:<id>' and COMMITted once the broker has confirmed. A record still pending means
-# its sender died (or is still publishing): the broker may or may not have that message.
-# The retry is then told to go out under the pending id ('retry-as:<id>', nothing written
-# for it): if both copies reach a worker, delivery is idempotent per id, so the message is
-# neither lost nor delivered twice.
+# (the same sender's dedup key or id), or 'retry-as:<id>' (see below); {'rate_limited', ms
+# to wait}; or {'conflict', i}: message i brings an id another sender's message has. The
+# last two write nothing.
+# Dedup keys belong to their sender (KEYS hold the sender). A dedup-by-id record says who
+# owns the id: '<state>|<sender>', state 'final' or 'pending'; a dedup-key record holds the
+# id it stands for, 'pending:<id>' while pending.
+# Records of messages a client may send again (its own id or dedup key) are written pending
+# and COMMITted once the broker has confirmed. A record still pending means its sender died
+# (or is still publishing): the broker may or may not have that message. The retry is then
+# told to go out under the pending id ('retry-as:<id>', nothing written for it): if both
+# copies reach a worker, delivery is idempotent per id, so the message is neither lost nor
+# delivered twice.
 ADMIT = (
     NOW_LUA
     + """
+local function owner_of(record)
+  if not record then return nil, nil end
+  local state, owner = string.match(record, '^(%a+)|(.+)$')
+  if state then return owner, state == 'pending' end
+  return nil, string.sub(record, 1, 8) == 'pending:'  -- a record from before owners
+end
+local count = (#KEYS - 4) / 4
+for i = 1, count do
+  local owner = owner_of(redis.call('GET', KEYS[4 + (i - 1) * 4 + 2]))
+  if owner and owner ~= ARGV[7 + (i - 1) * 8 + 3] then return {'conflict', i} end
+end
 if ARGV[5] ~= '' then
   local rate, burst, cost = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
   local state = redis.call('HMGET', KEYS[4], 'tokens', 'ts')
@@ -55,11 +70,15 @@ if ARGV[5] ~= '' then
 end
 local out = {'ok'}
 local accepted = 0
-for i = 1, (#KEYS - 4) / 4 do
+for i = 1, count do
   local k = 4 + (i - 1) * 4
   local a = 7 + (i - 1) * 8
-  local id = ARGV[a + 1]
-  local existing = redis.call('GET', KEYS[k + 1]) or redis.call('GET', KEYS[k + 2])
+  local id, sender = ARGV[a + 1], ARGV[a + 3]
+  local existing = redis.call('GET', KEYS[k + 1])
+  if not existing then
+    local _, id_pending = owner_of(redis.call('GET', KEYS[k + 2]))
+    if id_pending ~= nil then existing = (id_pending and 'pending:' or '') .. id end
+  end
   local pending = existing and string.sub(existing, 1, 8) == 'pending:'
   if existing and not pending then
     out[#out + 1] = existing
@@ -68,19 +87,18 @@ for i = 1, (#KEYS - 4) / 4 do
   else
     out[#out + 1] = ''
     accepted = accepted + 1
-    local record = id
-    if ARGV[a + 8] == '1' then record = 'pending:' .. id end
-    redis.call('SET', KEYS[k + 1], record, 'EX', ARGV[1])
-    redis.call('SET', KEYS[k + 2], record, 'EX', ARGV[1])
+    local state = ARGV[a + 8] == '1' and 'pending' or 'final'
+    redis.call('SET', KEYS[k + 1], (state == 'pending' and 'pending:' or '') .. id, 'EX', ARGV[1])
+    redis.call('SET', KEYS[k + 2], state .. '|' .. sender, 'EX', ARGV[1])
     -- The publish may go out beside this call, so a worker can be first: never move a
     -- status back.
     if redis.call('EXISTS', KEYS[k + 3]) == 0 then
       redis.call('HSET', KEYS[k + 3], 'status', 'queued', 'updated_at', stamp, 'attempts', 0)
     end
-    redis.call('HSET', KEYS[k + 3], 'queued_at', stamp, 'queue', ARGV[a + 2], 'from', ARGV[a + 3])
+    redis.call('HSET', KEYS[k + 3], 'queued_at', stamp, 'queue', ARGV[a + 2], 'from', sender)
     if ARGV[a + 6] ~= '' then redis.call('HSET', KEYS[k + 3], 'expires_at', ARGV[a + 6]) end
     redis.call('EXPIRE', KEYS[k + 3], ARGV[2])
-    redis.call('ZADD', KEYS[1], 'NX', now_ms, ARGV[a + 3])
+    redis.call('ZADD', KEYS[1], 'NX', now_ms, sender)
     redis.call('ZADD', KEYS[k + 4], ARGV[a + 5], ARGV[a + 4])
     redis.call('ZREMRANGEBYRANK', KEYS[k + 4], 0, -(tonumber(ARGV[3]) + 1))
   end
@@ -98,11 +116,13 @@ return out
 )
 
 # Undo of ADMIT when the broker refused the publish: nothing half-written.
-# KEYS: dedup, status, sender history, dedup by id   ARGV: id, wire
+# KEYS: dedup (by key), status, sender history, dedup by id   ARGV: id, wire, sender
 REVOKE = """
-for _, k in ipairs({1, 4}) do
-  local value = redis.call('GET', KEYS[k])
-  if value == ARGV[1] or value == 'pending:' .. ARGV[1] then redis.call('DEL', KEYS[k]) end
+local value = redis.call('GET', KEYS[1])
+if value == ARGV[1] or value == 'pending:' .. ARGV[1] then redis.call('DEL', KEYS[1]) end
+value = redis.call('GET', KEYS[4])
+if value == 'pending|' .. ARGV[3] or value == 'final|' .. ARGV[3] then
+  redis.call('DEL', KEYS[4])
 end
 redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[2])
@@ -110,14 +130,16 @@ return 1
 """
 
 # The broker confirmed these messages: their pending dedup records become final.
-# KEYS: per message: dedup (by dedup key), dedup (by id)   ARGV: dedup_window_s, ids...
+# KEYS: per message: dedup (by key), dedup (by id)
+# ARGV: dedup_window_s, then per message: id, sender
 COMMIT = """
-for i = 2, #ARGV do
-  local pending = 'pending:' .. ARGV[i]
-  for k = 2 * (i - 1) - 1, 2 * (i - 1) do
-    if redis.call('GET', KEYS[k]) == pending then
-      redis.call('SET', KEYS[k], ARGV[i], 'EX', ARGV[1])
-    end
+for i = 1, #KEYS / 2 do
+  local id, sender = ARGV[2 * i], ARGV[2 * i + 1]
+  if redis.call('GET', KEYS[2 * i - 1]) == 'pending:' .. id then
+    redis.call('SET', KEYS[2 * i - 1], id, 'EX', ARGV[1])
+  end
+  if redis.call('GET', KEYS[2 * i]) == 'pending|' .. sender then
+    redis.call('SET', KEYS[2 * i], 'final|' .. sender, 'EX', ARGV[1])
   end
 end
 return 1
@@ -170,21 +192,25 @@ return delivered
 )
 
 # KEYS: ready, leased, body, meta, agents, agent's last-seen
-# ARGV: now_ms, lease_ms, limit, agent
+# ARGV: lease_ms, limit, agent
 # Registers the reader (first use) and notes when it was last seen, brings expired leases
-# back, then leases up to `limit`. Returns a flat list: id, wire, delivery count, ...
-READ = """
-local now = tonumber(ARGV[1])
-redis.call('ZADD', KEYS[5], 'NX', now, ARGV[4])
+# back, then leases up to `limit`, all by Redis's clock (a reader on a host whose clock runs
+# ahead must not take over others' leases). Returns a flat list: lease deadline ms, then
+# id, wire, delivery count, ...
+READ = (
+    NOW_LUA
+    + """
+local now = now_ms
+redis.call('ZADD', KEYS[5], 'NX', now, ARGV[3])
 redis.call('SET', KEYS[6], now)
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
   redis.call('ZREM', KEYS[2], id)
   local meta = redis.call('HGET', KEYS[4], id)
   if meta then redis.call('ZADD', KEYS[1], string.match(meta, '^(%d+)|'), id) end
 end
-local out = {}
-local deadline = now + tonumber(ARGV[2])
-for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[3]) - 1)) do
+local deadline = now + tonumber(ARGV[1])
+local out = {deadline}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)) do
   redis.call('ZREM', KEYS[1], id)
   local body = redis.call('HGET', KEYS[3], id)
   if body then
@@ -199,6 +225,7 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[3]) - 1)) do
 end
 return out
 """
+)
 
 # KEYS: ready, leased, body, meta   ARGV: ids...   Returns the ids that were in the inbox.
 ACK = """
@@ -245,10 +272,12 @@ return moved
 
 # KEYS: subs hash of the agent, topics set, agents zset, agent's last-seen key, then
 #       topic:{t} for each topic
-# ARGV: agent, max topics, filters JSON, now ms, then the topics (same order as their keys)
+# ARGV: agent, max topics, filters JSON, (unused), then the topics (same order as their keys)
 # Returns -(current count) when the limit would be exceeded (nothing written), else the
 # new total; a subscribing agent is registered and seen in the same call.
-SUBSCRIBE = """
+SUBSCRIBE = (
+    NOW_LUA
+    + """
 local added = 0
 for i = 5, #ARGV do
   if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 0 then added = added + 1 end
@@ -260,10 +289,11 @@ for i = 5, #ARGV do
   redis.call('HSET', KEYS[i], ARGV[1], ARGV[3])
   redis.call('SADD', KEYS[2], ARGV[i])
 end
-redis.call('ZADD', KEYS[3], 'NX', ARGV[4], ARGV[1])
-redis.call('SET', KEYS[4], ARGV[4])
+redis.call('ZADD', KEYS[3], 'NX', now_ms, ARGV[1])
+redis.call('SET', KEYS[4], now_ms)
 return total
 """
+)
 
 # KEYS: subs hash, topics set, topic:{t}...   ARGV: agent, topics...
 UNSUBSCRIBE = """

@@ -12,14 +12,12 @@ import uuid
 from collections import defaultdict
 from typing import Any
 
-import orjson
-
-from bus import metrics, tracing
+from bus import jsonvalue, metrics, tracing
 from bus.admission import AcceptRecord, Admitted, PendingAdmission, RateLimit
 from bus.errors import BusError, BusUnavailable, ValidationError
 from bus.guard import Guard
 from bus.runtime import Runtime
-from bus.schema import Message, Receipt, Status, utcnow
+from bus.schema import Message, Receipt, Status
 from bus.topology import DELIVER_BATCH_TASK, DELIVER_TASK
 from bus.validation import parse
 
@@ -59,7 +57,7 @@ class Sender:
             message.id = str(uuid.uuid4())
         elif len(message.id) > 128:
             raise ValidationError(f"{where}id: at most 128 characters")
-        message.timestamp = utcnow()
+        message.timestamp = self.runtime.clock.utcnow()
         if message.trace_id is None:
             message.trace_id = uuid.uuid4().hex
         if "max_retries" not in message.metadata.model_fields_set:
@@ -71,13 +69,14 @@ class Sender:
             message.id, message.payload, meta.compression.value, meta.encrypted
         )
         self.runtime.codec.sign(wire)
+        text = jsonvalue.dumps(wire, where="message")
         ts = int(message.timestamp.timestamp() * 1000)
         record = AcceptRecord(
             id=message.id,
             dedup_key=meta.dedup_key or message.id,
             sender=message.sender,
             queue=message.priority.queue,
-            wire=orjson.dumps(wire).decode(),
+            wire=text.decode(),
             ts_ms=ts,
             expires_ms=ts + int(meta.ttl * 1000) if meta.ttl else None,
             may_repeat=given_id or meta.dedup_key is not None,
@@ -117,6 +116,13 @@ class Sender:
             admitted = None
         if admitted is not None and admitted.retry_after_ms is not None and limit is not None:
             raise self.guard.throttled(prepared[0].message.sender, limit, admitted.retry_after_ms)
+        if admitted is not None and admitted.conflict is not None:
+            taken = prepared[admitted.conflict].message.id
+            raise ValidationError(
+                f"id {taken!r} belongs to another sender's message; leave 'id' out and the bus "
+                "makes a fresh one (use metadata.dedup_key to make retries safe)",
+                id=taken,
+            )
         if admitted is not None and admitted.retry_as:
             prepared, admitted = self._retry_as(prepared, admitted)
         duplicates = _duplicates(admitted, len(prepared))
@@ -216,7 +222,7 @@ class Sender:
             longest = max(ttls) if all(t is not None for t in ttls) else None  # type: ignore[type-var]
             self.runtime.broker.publish(
                 DELIVER_BATCH_TASK,
-                [[p.wire for p in group]],
+                [[p.record.wire for p in group]],
                 queue=first.priority.queue,
                 task_id=str(uuid.uuid4()),
                 expiration=longest,
@@ -226,7 +232,7 @@ class Sender:
             return
         self.runtime.broker.publish(
             DELIVER_TASK,
-            [group[0].wire],
+            [group[0].record.wire],
             queue=first.priority.queue,
             task_id=first.id,
             expiration=first.metadata.ttl,

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     status_retention: int = Field(default=7 * 86_400, ge=60, description="seconds")
     clock_skew: float = Field(default=300.0, gt=0, description="seconds a timestamp may differ")
     max_payload_bytes: int = Field(default=1024 * 1024, ge=1)
+    max_payload_depth: int = Field(
+        default=64, ge=1, le=200, description="levels of nesting a payload may have"
+    )
     max_batch: int = Field(default=500, ge=1)
     max_topics_per_subscription: int = Field(default=100, ge=1)
     rate_limit: str = "100/s"

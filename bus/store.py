@@ -7,7 +7,6 @@ sender asked), so what sits in Redis is exactly what the broker carried.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import orjson
 
 from bus import scripts
+from bus.clock import Clock
 from bus.errors import LimitExceeded
 from bus.keys import Keys
 from bus.redis_conn import DirectScript, redis_errors
@@ -23,10 +23,6 @@ logger = logging.getLogger(__name__)
 
 
 AUDIT_MAXLEN = 100_000
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +56,13 @@ class Leased:
 
 
 class RedisStore:
-    def __init__(self, client: Any, keys: Keys, retention: Retention) -> None:
+    def __init__(self, client: Any, keys: Keys, retention: Retention, clock: Clock) -> None:
         # redis.Redis with decode_responses=True: results are str, which its type stubs
         # cannot express (they say bytes | str), hence Any.
         self.redis: Any = client
         self.keys = keys
         self.retention = retention
+        self.clock = clock
         register = client.register_script
         # The worker's per-message call, on connections of its own (see DirectScript).
         self._deliver_direct = DirectScript(client, scripts.DELIVER)
@@ -101,7 +98,7 @@ class RedisStore:
             k.agents,
             k.inbox_seq,
             k.reply(correlation_id) if correlation_id else k.status(message_id),
-            k.rate_bucket("delivered", int(time.time())),
+            k.rate_bucket("delivered", int(self.clock.now())),
         ]
         args: list[Any] = [
             message_id,
@@ -134,7 +131,7 @@ class RedisStore:
         with redis_errors("register a worker agent"):
             pipe = self.redis.pipeline(transaction=True)
             pipe.sadd(self.keys.worker_agents, agent)
-            pipe.zadd(self.keys.agents, {agent: now_ms()}, nx=True)
+            pipe.zadd(self.keys.agents, {agent: self.clock.now_ms()}, nx=True)
             pipe.execute()
 
     def count_handling(self, agent: str, message_id: str) -> int:
@@ -159,14 +156,13 @@ class RedisStore:
     def lease(self, agent: str, limit: int, lease_seconds: float) -> list[Leased]:
         """Leases up to `limit` messages; reading also registers the agent and notes when
         it was last seen (one script, one round trip)."""
-        now = now_ms()
         lease_ms = int(lease_seconds * 1000)
         k = self.keys
         keys = [*k.inbox(agent).all(), k.agents, k.agent_seen(agent)]
         with redis_errors("read the inbox"):
-            flat = self._read(keys=keys, args=[now, lease_ms, limit, agent])
+            deadline, *flat = self._read(keys=keys, args=[lease_ms, limit, agent])
         return [
-            Leased(flat[i], flat[i + 1], int(flat[i + 2]), now + lease_ms)
+            Leased(flat[i], flat[i + 1], int(flat[i + 2]), int(deadline))
             for i in range(0, len(flat), 3)
         ]
 
@@ -254,7 +250,7 @@ class RedisStore:
         k = self.keys
         keys = [k.subscriptions(agent), k.topics, k.agents, k.agent_seen(agent)]
         keys += [k.topic(t) for t in topics]
-        args = [agent, max_topics, orjson.dumps(filters), now_ms(), *topics]
+        args = [agent, max_topics, orjson.dumps(filters), "", *topics]
         with redis_errors("subscribe"):
             total = int(self._subscribe(keys=keys, args=args))
         if total < 0:
@@ -300,7 +296,7 @@ class RedisStore:
 
     def rates(self, seconds: int = 10) -> dict[str, float]:
         """Messages per second sent and delivered over the last `seconds` full seconds."""
-        now = now_ms() // 1000
+        now = self.clock.now_ms() // 1000
         span = range(now - seconds, now)
         with redis_errors("read rates"):
             values = self.redis.mget(

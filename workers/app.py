@@ -27,6 +27,8 @@ app = Celery("msgbus")
 EXPRESS = os.environ.get("MESSAGE_BUS_EXPRESS_WORKER") == "1"
 app.conf.update(topology.celery_config(runtime.settings, express=EXPRESS))
 app.conf.bus_settings = runtime.settings
+# Messages it cannot take are dead-lettered, not acked away (see workers.consumer).
+app.conf.worker_consumer = "workers.consumer:BusConsumer"
 
 
 class DeclareTopology(bootsteps.StartStopStep):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from bus.envelope import Envelope
 from bus.errors import BusUnavailable, LimitExceeded, NotFound, RateLimited
 from tests.conftest import audit_entries, holds_for, wait_for
 
@@ -91,7 +92,7 @@ def test_admission_never_moves_a_delivered_status_back(quiet_bus, agents):
     run (another network path); the later admission must not undo that."""
     sender, reader = agents("s"), agents("r")
     prepared = quiet_bus.sender.prepare({"from": sender, "to": reader, "payload": 1})
-    quiet_bus.runtime.deliverer.deliver(prepared.wire, attempts=1)
+    quiet_bus.runtime.deliverer.deliver(Envelope.parse(prepared.record.wire), attempts=1)
     audit = [{"action": "send", "agent": sender, "target": reader, "outcome": "ok"}]
     admitted = quiet_bus.runtime.admission.admit([prepared.record], audit)
     assert admitted.duplicates == [None]

@@ -156,7 +156,7 @@ def test_size_of_read_results_the_model_sees_is_reported(
     bus = module_env.bus()
     assert len(PAYLOAD) == 29
 
-    def chars_read(count: int, name: str) -> int:
+    def text_read(count: int, name: str) -> str:
         ids = [
             bus.send_message({"from": alice, "to": bob, "type": "event", "payload": PAYLOAD}).id
             for _ in range(count)
@@ -188,15 +188,17 @@ def test_size_of_read_results_the_model_sees_is_reported(
         assert [m["payload"] for m in seen["messages"]] == [PAYLOAD] * count
         # Claude Code shows the model structuredContent as compact JSON (not the text block).
         assert text == json.dumps(seen, separators=(",", ":"), ensure_ascii=False)
-        return len(text)
+        return text
 
+    empty, one, fifty = text_read(0, "empty"), text_read(1, "one"), text_read(50, "fifty")
     sizes = ReadSize(
         payload_chars=len(json.dumps(PAYLOAD)),
-        empty=chars_read(0, "empty"),
-        sizes={1: chars_read(1, "one"), 50: chars_read(50, "fifty")},
+        empty=len(empty),
+        sizes={1: len(one), 50: len(fifty)},
     )
-    print("\n" + sizes.report())
+    print("\n" + sizes.report() + "\none message as the model sees it:\n" + one)
     ARTIFACTS.mkdir(exist_ok=True)
-    (ARTIFACTS / "claude-code-read-sizes.json").write_text(json.dumps(sizes.as_json(), indent=2))
+    report = sizes.as_json() | {"one_message_text": one}
+    (ARTIFACTS / "claude-code-read-sizes.json").write_text(json.dumps(report, indent=2))
     assert sizes.sizes[50] > 50 * sizes.payload_chars  # the figure is measured, not assumed
     bus.close()

@@ -38,10 +38,9 @@ def ack_what_was_read(exchange: Exchange) -> ToolUse:
 
 
 def test_alice_in_claude_code_sends_and_bob_in_claude_code_reads_and_acks(
-    module_env, worker, agents, claude, tmp_path
+    module_env, bus, agents, claude, tmp_path
 ):
     alice, bob = agents("alice"), agents("bob")
-    bus = module_env.bus()
     payload = {"task": "review", "pr": 42, "note": "from claude code"}
     send = ToolUse(bus_tool("send_message"), {"to": bob, "type": "command", "payload": payload})
     sent = clean(
@@ -82,7 +81,6 @@ def test_alice_in_claude_code_sends_and_bob_in_claude_code_reads_and_acks(
     depths = {a.id: a.inbox_depth for a in bus.agents()}
     assert depths[bob] == 0
     assert bus.read(bob, limit=10, wait=0) == []
-    bus.close()
 
 
 def test_bob_reading_before_anything_was_sent_is_shown_an_empty_inbox(
@@ -130,10 +128,9 @@ def test_tool_search_loads_a_deferred_bus_tool_and_the_model_then_sees_its_schem
 
 
 def test_a_deferred_bus_tool_called_without_tool_search_is_refused_by_the_stand_in(
-    module_env, worker, agents, claude, tmp_path
+    module_env, bus, agents, claude, tmp_path
 ):
     alice, bob = agents("alice"), agents("bob")
-    bus = module_env.bus()
     send = ToolUse(bus_tool("send_message"), {"to": bob, "payload": "too early"})
     got = converse(
         claude,
@@ -146,14 +143,10 @@ def test_a_deferred_bus_tool_called_without_tool_search_is_refused_by_the_stand_
     assert any("ToolSearch" in problem for problem in got.stub.errors), got.stub.errors
     assert got.run.returncode == 0, got.run.describe()
     assert bus.history(alice, limit=10) == []
-    bus.close()
 
 
-def test_size_of_read_results_the_model_sees_is_reported(
-    module_env, worker, agents, claude, tmp_path
-):
+def test_size_of_read_results_the_model_sees_is_reported(module_env, bus, agents, claude, tmp_path):
     alice, bob = agents("alice"), agents("bob")
-    bus = module_env.bus()
     assert len(PAYLOAD) == 29
 
     def text_read(count: int, name: str) -> str:
@@ -201,4 +194,3 @@ def test_size_of_read_results_the_model_sees_is_reported(
     report = sizes.as_json() | {"one_message_text": one}
     (ARTIFACTS / "claude-code-read-sizes.json").write_text(json.dumps(report, indent=2))
     assert sizes.sizes[50] > 50 * sizes.payload_chars  # the figure is measured, not assumed
-    bus.close()

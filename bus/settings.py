@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     )
     flower_auth: SecretStr | None = None
     worker_concurrency: int = Field(default=4, ge=1)
+    ready_file: Path | None = Field(
+        default=None, description="a worker or beat touches it once ready (set by `msgbus up`)"
+    )
     worker_pool: Literal["threads", "prefork", "gevent", "eventlet"] = "threads"
 
     @field_validator("secret", "secret_keys", "flower_auth", mode="before")

@@ -485,6 +485,52 @@ def token_revoke(agent: str | None, value: str | None) -> None:
 
 
 @main.group()
+def keys() -> None:
+    """Signing keys: who holds which, and which ones stored messages still need."""
+
+
+@keys.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def keys_status(as_json: bool) -> None:
+    """This process's keys and those of every running process (kid:fingerprint)."""
+    from bus.keyring import describe_keys, key_warnings
+
+    runtime = _bus().runtime
+    processes = [describe_keys(runtime.codec, "cli"), *runtime.keyring.live()]
+    warnings = key_warnings(processes)
+    emit(
+        {"processes": processes, "warnings": warnings},
+        as_json,
+        lambda _: "\n".join(
+            [
+                f"{p.kind:8} {p.host} pid {p.pid}: signs {p.signs}; verifies {', '.join(p.verifies)}"
+                for p in processes
+            ]
+            + [f"warning: {w}" for w in warnings]
+        ),
+    )
+
+
+@keys.command("usage")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def keys_usage(as_json: bool) -> None:
+    """How many stored messages (inboxes, histories, dead letters) need each key id."""
+    from bus.keyusage import key_usage
+
+    counts = key_usage(_bus().runtime)
+    emit(
+        counts,
+        as_json,
+        lambda c: (
+            "\n".join(f"{kid}: {n} stored messages" for kid, n in sorted(c.items()))
+            or "no stored messages"
+        ),
+    )
+
+
+@main.group()
 def audit() -> None:
     """The audit trail (a capped Redis stream)."""
 
@@ -544,7 +590,7 @@ def health(as_json: bool) -> None:
     """Redis, broker, live workers, breakers, dead letters; exit 1 when not ready."""
     from bus.health import check_health
 
-    result = check_health(_bus().runtime)
+    result = check_health(_bus().runtime, kind="cli")
     emit(
         result,
         as_json,
@@ -556,7 +602,14 @@ def health(as_json: bool) -> None:
                 f"workers: {', '.join(h.workers) or 'none'}",
                 f"dead letters: {h.dead_letters}",
                 "breakers: " + ", ".join(f"{k}={v}" for k, v in h.breakers.items()),
+                "keys (signs / verifies, kid:fingerprint):",
             ]
+            + [
+                f"  {p.kind:8} {p.host} pid {p.pid}: signs {p.signs}; verifies "
+                + ", ".join(p.verifies)
+                for p in h.processes
+            ]
+            + [f"warning: {w}" for w in h.warnings]
         ),
     )
     if not result.ready:

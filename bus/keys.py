@@ -25,6 +25,10 @@ Keyspace (``P`` = prefix; ``{a}`` = agent id in a hash tag so one agent's keys s
     P handling:{id}:{agent}        string handler runs started (catches handlers that crash
                                           the process, which Celery would redeliver forever)
     P audit                        stream capped audit trail
+    P processes                    zset   "<kind>:<host>:<pid>" -> last announced ms
+    P process_keys                 hash   "<kind>:<host>:<pid>" -> JSON of its key ids and
+                                          fingerprints (bus.keyring)
+    P lock:dead_letters            string one dead-letter reader at a time (redis-py lock)
     P rate:sent:{sec}              string messages accepted in that second (expires)
     P rate:delivered:{sec}         string deliveries in that second (expires)
     P rate:{a}                     hash   token bucket state
@@ -59,6 +63,14 @@ class Keys:
     @property
     def worker_agents(self) -> str:
         return f"{self.prefix}worker_agents"
+
+    @property
+    def processes(self) -> str:
+        return f"{self.prefix}processes"
+
+    @property
+    def process_keys(self) -> str:
+        return f"{self.prefix}process_keys"
 
     @property
     def dead_letters_lock(self) -> str:

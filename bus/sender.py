@@ -92,6 +92,7 @@ class Sender:
             sender=first.sender,
             count=len(prepared),
         ):
+            self.runtime.keyring.check_verifiable()
             limit = self.guard.rate_limit_for(first.sender, cost=len(prepared))
             # Only a caller-given id or dedup key can repeat an earlier message.
             if limit is None and not any(p.record.may_repeat for p in prepared):

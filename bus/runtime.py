@@ -49,7 +49,14 @@ class Runtime:
     @cached_property
     def retention(self) -> Retention:
         s = self.settings
-        return Retention(s.history_limit, s.status_retention, s.dedup_window)
+        return Retention(
+            s.history_limit,
+            s.status_retention,
+            s.dedup_window,
+            s.history_max_bytes,
+            s.inbox_max,
+            s.max_unseen_recipients,
+        )
 
     @cached_property
     def store(self) -> RedisStore:

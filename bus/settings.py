@@ -69,7 +69,25 @@ class Settings(BaseSettings):
     )
     max_batch: int = Field(default=500, ge=1)
     max_topics_per_subscription: int = Field(default=100, ge=1)
+    max_recipients: int = Field(
+        default=10_000, ge=1, description="agents one topic or broadcast message may reach"
+    )
+    inbox_max: int = Field(
+        default=10_000, ge=1, description="messages an inbox holds; more is inbox_full at send"
+    )
+    max_unseen_recipients: int = Field(
+        default=100,
+        ge=0,
+        description="agents that never connected a sender may have mail waiting for "
+        "(0: mail only for agents that connected or are declared)",
+    )
+    history_max_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="bytes of history kept per agent"
+    )
     rate_limit: str = "100/s"
+    trusted_rate_limit: str = Field(
+        default="0", description="per-agent limit for trusted code (Python API, CLI, workers)"
+    )
     rate_burst: int | None = Field(default=None, ge=1)
 
     queue_type: Literal["classic", "quorum"] = "classic"
@@ -115,7 +133,7 @@ class Settings(BaseSettings):
     def _prefix_ends_with_colon(cls, value: str) -> str:
         return value if value.endswith(":") else value + ":"
 
-    @field_validator("rate_limit")
+    @field_validator("rate_limit", "trusted_rate_limit")
     @classmethod
     def _rate_parses(cls, value: str) -> str:
         parse_rate(value)
@@ -161,3 +179,7 @@ class Settings(BaseSettings):
     @property
     def rate_per_second(self) -> float:
         return parse_rate(self.rate_limit)
+
+    @property
+    def trusted_rate_per_second(self) -> float:
+        return parse_rate(self.trusted_rate_limit)

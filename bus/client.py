@@ -301,9 +301,10 @@ class MessageBus:
 
     # -- operations ------------------------------------------------------------------------
 
-    def health(self) -> Health:
-        """Redis, broker, live workers, breaker states, dead-letter depth, keys."""
-        return check_health(self.runtime)
+    def health(self, kind: str = "client") -> Health:
+        """Redis, broker, live workers, breaker states, dead-letter depth, keys (this
+        process listed as `kind`)."""
+        return check_health(self.runtime, kind=kind)
 
     def stats(self) -> Stats:
         """Queue depths, agents, topics, subscriptions and inbox depths."""

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from bus.errors import AuthError, NotFound
 from bus.health import Health, Stats
+from bus.keyring import ProcessKeys, describe_keys, key_warnings
+from bus.keyusage import key_usage
 from bus.schema import (
     AckResult,
     AgentInfo,
@@ -207,7 +209,38 @@ class AgentHandle:
     # -- operations ------------------------------------------------------------------------
 
     def health(self) -> Health:
-        return self.bus.health()
+        kind = "mcp" if self.front_door else "cli" if self.operator else "client"
+        return self.bus.health(kind=kind)
+
+    def keys_in_use(self) -> tuple[list[ProcessKeys], list[str]]:
+        """Which key each running process signs and verifies with (this one first), and
+        the warnings that follow from it (admins)."""
+        self.require_admin("list the processes' keys")
+        runtime = self.bus.runtime
+        processes = [describe_keys(runtime.codec, "cli"), *runtime.keyring.live()]
+        return processes, key_warnings(processes)
+
+    def key_usage(self) -> dict[str, int]:
+        """Key id -> stored messages that still need it (admins; see bus.keyusage)."""
+        self.require_admin("count key usage")
+        return key_usage(self.bus.runtime)
+
+    def declare_agent(self, agent: str) -> bool:
+        """Makes an agent known before it connects (admins): it may then get mail, and is
+        reached by broadcasts. True when it was not known yet."""
+        self.require_admin("declare agents")
+        agent = check(agent, check_agent_id, "agent id")
+        added = self.bus.runtime.store.declare_agent(agent)
+        self.bus.guard.audit("declare", self.agent, agent, "ok")
+        return added
+
+    def audit_trail(
+        self, count: int = 20, after: str | None = None, block_ms: int = 0
+    ) -> list[tuple[str, dict[str, str]]]:
+        """The latest `count` audit entries (admins), oldest first; with `after`, the
+        entries after that one, waiting up to `block_ms` for some."""
+        self.require_admin("read the audit trail")
+        return self.bus.runtime.store.audit_entries(count, after, block_ms)
 
     def stats(self) -> Stats:
         """Queue depths and counts; inbox depths of other agents only for admins."""

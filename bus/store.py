@@ -315,6 +315,20 @@ class RedisStore:
                 pipe.hlen(self.keys.topic(name))
             return dict(zip(names, (int(n) for n in pipe.execute()), strict=True))
 
+    def declare_agent(self, agent: str) -> bool:
+        with redis_errors("declare an agent"):
+            return bool(self.redis.zadd(self.keys.agents, {agent: self.clock.now_ms()}, nx=True))
+
+    def audit_entries(
+        self, count: int, after: str | None, block_ms: int
+    ) -> list[tuple[str, dict[str, str]]]:
+        key = self.keys.audit
+        with redis_errors("read the audit log"):
+            if after is None:
+                return list(reversed(self.redis.xrevrange(key, count=count)))
+            batch = self.redis.xread({key: after}, count=count, block=block_ms or None) or []
+        return [entry for _, stream in batch for entry in stream]
+
     def agents(self) -> list[tuple[str, int, int | None]]:
         """(agent, registered ms, last seen ms)."""
         with redis_errors("list agents"):

@@ -231,21 +231,23 @@ class RedisStore:
     # -- history ---------------------------------------------------------------------------
 
     def history(self, agent: str, limit: int, since_ms: int | None) -> list[str]:
-        """Newest first."""
+        """What `agent` sent and received, newest first (one round trip)."""
+        low = since_ms if since_ms is not None else "-inf"
         with redis_errors("read history"):
-            return self.redis.zrevrangebyscore(
-                self.keys.history(agent),
-                "+inf",
-                since_ms if since_ms is not None else "-inf",
-                start=0,
-                num=limit,
-            )
+            pipe = self.redis.pipeline(transaction=False)
+            for key, _ in self.keys.histories(agent):
+                pipe.zrevrangebyscore(key, "+inf", low, start=0, num=limit, withscores=True)
+            received, sent = pipe.execute()
+        merged = sorted({**dict(sent), **dict(received)}.items(), key=lambda e: -e[1])
+        return [wire for wire, _ in merged[:limit]]
 
     def trim_history_before(self, agent: str, cutoff_ms: int) -> int:
-        """Drops `agent`'s history older than `cutoff_ms`, keeping its byte count true."""
-        keys = [self.keys.history(agent), self.keys.history_bytes(agent)]
+        """Drops `agent`'s history older than `cutoff_ms`, keeping its byte counts true."""
         with redis_errors("trim history"):
-            return int(self._trim_history(keys=keys, args=[cutoff_ms]))
+            return sum(
+                int(self._trim_history(keys=[key, size], args=[cutoff_ms]))
+                for key, size in self.keys.histories(agent)
+            )
 
     # -- status ----------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic import AliasChoices, BaseModel, Field, model_serializer
 
 from bus.schema import (
     BROADCAST,
@@ -48,10 +48,9 @@ class Lean(BaseModel):
 
 
 class MessageView(Lean):
-    model_config = ConfigDict(populate_by_name=True)
-
     id: str
-    sender: str = Field(alias="from")
+    # "from" in JSON, both ways (the output schema is a validation schema).
+    sender: str = Field(validation_alias=AliasChoices("from", "sender"), serialization_alias="from")
     to: str | None = None
     topic: str | None = None
     type: str | None = Field(default=None, description="left out when 'event'")

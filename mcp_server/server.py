@@ -28,11 +28,10 @@ from mcp_server.tools import BusTools, register_tools
 logger = logging.getLogger(__name__)
 
 INSTRUCTIONS = """\
-A message bus between agents; you are one agent, your id fixed by your connection. \
-send_message to an agent (`to`), a topic or everyone (broadcast); read_messages gets your \
-mail (waiting for some up to wait_seconds); ack_messages what you handled; request asks an \
-agent and waits for its answer. Every result counts your `unread` messages. A <channel> \
-block from this server means mail arrived: read_messages, act on it, then ack_messages."""
+A message bus between agents; your id is fixed by your connection. send_message to an \
+agent (`to`), a topic or everyone (broadcast); read_messages gets your mail, ack_messages \
+what you handled; request asks and waits for the answer. Results count your `unread` mail; \
+a <channel> block from this server means mail arrived."""
 
 
 DEAD_LETTERS_URI = "message-bus://dead-letters"

@@ -130,13 +130,20 @@ class Channel:
             self._arrived.set()
 
     async def run(self) -> None:
-        """Rings until cancelled (the session ends)."""
+        """Rings until cancelled (the session ends). A bell that fails is logged and the
+        next arrival or sweep tries again: the doorbell never takes the session down."""
         await self.events.start()
-        await self._ring_if_new()
+        await self._ring_guarded()
         while True:
             if await self._next_arrival(self.sweep):
                 await self._settle()
+            await self._ring_guarded()
+
+    async def _ring_guarded(self) -> None:
+        try:
             await self._ring_if_new()
+        except Exception:  # noqa: BLE001 - top of the channel task
+            logger.exception("channel: ringing for %s failed", self.agent)
 
     async def _next_arrival(self, timeout: float) -> bool:
         try:

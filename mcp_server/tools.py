@@ -151,15 +151,14 @@ class BusTools:
 
 
 def _explain(exc: BusError) -> str:
-    """The bus's message, with the next step where the bus's own words leave it out."""
-    if exc.code == "rate_limited":
-        return f"{exc.message}; retry after {exc.fields.get('retry_after')}s"
-    return exc.message + _NEXT_STEP.get(exc.code, "")
+    """The bus's message, with the next step where its own words leave that out."""
+    hint = _NEXT_STEP.get(exc.code, "")
+    return exc.message if not hint or "retry" in exc.message else exc.message + hint
 
 
 _NEXT_STEP = {
     "not_found": "; check the id (send_message and read_messages return ids)",
-    "unavailable": "; nothing was done: try again in a few seconds",
+    "unavailable": "; retry in a few seconds",
     "timeout": "; call message_status with the id to see where it is",
 }
 

@@ -14,8 +14,9 @@ keeps what an agent needs to act on a message and nothing a bus keeps for itself
 - `error` only when the payload was withheld (a failed check), with the reason.
 
 The full envelope is one argument away (`full: true` on read_messages / get_history) and
-in the history resource. Measured: one read of one message with a 31-character payload went
-from 704 characters as Claude Code hands it to the model to ~150 (bench/RESULTS.md).
+in the history resource. Measured with the real Claude Code: a read of one message with a
+31-character payload went from 704 characters as the model is shown it to 175, and per
+message over 50, beyond the payload, from 649 to 109 (bench/RESULTS.md).
 """
 
 from __future__ import annotations

@@ -406,3 +406,58 @@ def test_tools_fail_fast_while_redis_is_down_and_recover_without_restart(
         run(scenario())
     finally:
         redis_.stop()
+
+
+def test_every_result_counts_the_callers_unread_mail_and_errors_mention_it(module_env, bus, agents):
+    alice, bob = agents("alice"), agents("bob")
+    ids = [bus.send_message({"from": alice, "to": bob, "payload": n}).id for n in (1, 2)]
+    wait_for(lambda: all(bus.status(i).status == "delivered" for i in ids), 30, "delivery")
+
+    async def scenario():
+        async with stdio(module_env, bob) as b:
+            calls = [
+                ("send_message", {"to": alice, "payload": "x"}),
+                ("subscribe", {"topics": [agents("t")]}),
+                ("unsubscribe", {"topics": [agents("t")]}),
+                ("get_history", {"limit": 1}),
+                ("message_status", {"id": ids[0]}),
+                ("ack_messages", {"ids": ["not-an-id"]}),
+            ]
+            for tool, args in calls:
+                assert (await call(b, tool, args))["unread"] == 2, tool
+            read = await call(b, "read_messages", {"limit": 1, "wait_seconds": 0})
+            assert read["count"] == 1 and read["unread"] == 1
+            text = await error_of(b, "message_status", {"id": "no-such-id"})
+            assert "check the id" in text and "you have 1 unread" in text
+            rest = await call(b, "read_messages", {"wait_seconds": 0})
+            acked = await call(b, "ack_messages", {"ids": ids + ["not-an-id"]})
+            assert acked["acked"] == 2 and acked["not_found"] == ["not-an-id"] and acked["note"]
+            assert rest["unread"] == 0 and acked["unread"] == 0
+            assert "unread" not in await error_of(b, "message_status", {"id": "no-such-id"})
+
+    run(scenario())
+
+
+def test_read_messages_waits_by_default_and_returns_as_soon_as_mail_lands(module_env, bus, agents):
+    alice, bob = agents("alice"), agents("bob")
+
+    async def scenario():
+        async with stdio(module_env, bob) as b:
+            tools = {t.name: t for t in (await b.list_tools()).tools}
+            assert (
+                tools["read_messages"].input_schema["properties"]["wait_seconds"]["default"] == 20
+            )
+            started = time.monotonic()
+            reading = asyncio.create_task(call(b, "read_messages"))  # no wait_seconds given
+            await asyncio.sleep(1.0)  # the read is waiting, not returned empty
+            assert not reading.done()
+            sent = await asyncio.to_thread(
+                bus.send_message, {"from": alice, "to": bob, "payload": "late mail"}
+            )
+            read = await asyncio.wait_for(reading, 15)
+            elapsed = time.monotonic() - started
+            assert [m["id"] for m in read["messages"]] == [sent.id]
+            assert elapsed < 10, f"returned {elapsed:.1f}s after the call, not promptly"
+            await call(b, "ack_messages", {"ids": [sent.id]})
+
+    run(scenario())

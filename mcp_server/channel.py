@@ -178,12 +178,8 @@ class Channel:
 
     def _bell(self) -> Bell | None:
         """The bell for what is waiting unread and was not pushed yet (runs in a thread)."""
-        store = self.bus.runtime.store
-        waiting = [
-            message
-            for message in (self.bus.reader.decode(w) for w in store.peek_inbox(self.agent, PEEK))
-            if message.id not in self.pushed
-        ]
+        inbox = self.bus.as_agent(self.agent, front_door=True).inbox(PEEK)
+        waiting = [message for message in inbox if message.id not in self.pushed]
         if not waiting:
             return None
         return ring(waiting, max(count_unread(self.bus, self.agent), len(waiting)))

@@ -21,7 +21,7 @@ from pydantic import Field
 
 from bus.client import MessageBus
 from bus.errors import BusError
-from bus.health import check_health, collect_stats
+from bus.handle import AgentHandle
 from bus.schema import MessageType, Priority, ReceivedMessage, compose
 from mcp_server.models import (
     AckResult,
@@ -88,6 +88,10 @@ class BusTools:
         self.events = events
         self.identify = identify
 
+    def handle(self, ctx: Context) -> AgentHandle:
+        """The caller's identity-bound handle: every tool acts through it."""
+        return self.bus.as_agent(self.identify(ctx), front_door=True)
+
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Runs a bus call off the event loop; bus errors become tool errors."""
         try:
@@ -124,10 +128,13 @@ class BusTools:
             **options,
         )
 
-    async def read(self, agent: str, limit: int, wait_seconds: float, full: bool) -> ReadResult:
+    async def read(
+        self, me: AgentHandle, limit: int, wait_seconds: float, full: bool
+    ) -> ReadResult:
         deadline = time.monotonic() + wait_seconds
+        agent = me.agent
         while True:
-            messages = await self.call(self.bus.read, agent, limit=limit, wait=0)
+            messages = await self.call(me.read, limit=limit, wait=0)
             remaining = deadline - time.monotonic()
             if messages or remaining <= 0:
                 return ReadResult(
@@ -139,6 +146,7 @@ class BusTools:
             await self.events.wait_inbox(agent, min(remaining, 5.0))
 
     async def unread(self, agent: str) -> int:
+        """The authenticated caller's own unread count (mcp_server/unread.py)."""
         return await self.call(count_unread, self.bus, agent)
 
     @staticmethod
@@ -167,7 +175,7 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
     if profile not in PROFILES:
         raise ValueError(f"unknown tool profile {profile!r}; one of {', '.join(PROFILES)}")
     wanted = set(PROFILES[profile])
-    bus, me = tools.bus, tools.identify
+    me = tools.handle
 
     def tool(fn: Callable[..., Any]) -> Callable[..., Any]:
         if fn.__name__ in wanted:
@@ -202,9 +210,9 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
     ) -> SendResult:
         """Send a message to one agent (`to`), a topic's subscribers (`topic`), or everyone
         (`broadcast`). Returns its id and status."""
-        sender = me(ctx)
+        handle = me(ctx)
         message = tools.message(
-            sender,
+            handle.agent,
             to=to,
             topic=topic,
             broadcast=broadcast,
@@ -217,8 +225,8 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
             dedup_key=dedup_key,
             encrypted=encrypted,
         )
-        receipt = receipt_view(await tools.call(bus.send_message, message))
-        return SendResult(**receipt.model_dump(), unread=await tools.unread(sender))
+        receipt = receipt_view(await tools.call(handle.send, message))
+        return SendResult(**receipt.model_dump(), unread=await tools.unread(handle.agent))
 
     @tool
     async def read_messages(
@@ -241,8 +249,8 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         ctx: Context, ids: list[str] = Field(description="ids of messages you read")
     ) -> AckResult:
         """Acknowledge messages you have handled so they are not delivered again."""
-        agent = me(ctx)
-        result = await tools.call(bus.ack, agent, ids)
+        handle = me(ctx)
+        result = await tools.call(handle.ack, ids)
         missing = result.not_found or None
         return AckResult(
             acked=len(result.acked),
@@ -250,7 +258,7 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
             note="not in your inbox: acked already, or not an id read_messages gave you"
             if missing
             else None,
-            unread=await tools.unread(agent),
+            unread=await tools.unread(handle.agent),
         )
 
     @tool
@@ -263,16 +271,16 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         ),
     ) -> SubscriptionsResult:
         """Subscribe to topics; optional filters keep only some message types/priorities."""
-        agent = me(ctx)
+        handle = me(ctx)
         subs = await tools.call(
-            bus.subscribe,
-            agent,
+            handle.subscribe,
             topics,
             types=[t.value for t in types] if types else None,
             priorities=[p.value for p in priorities] if priorities else None,
         )
         return SubscriptionsResult(
-            subscriptions=[subscription_view(s) for s in subs], unread=await tools.unread(agent)
+            subscriptions=[subscription_view(s) for s in subs],
+            unread=await tools.unread(handle.agent),
         )
 
     @tool
@@ -280,9 +288,9 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         ctx: Context, topics: list[str] = Field(description="topics to leave")
     ) -> UnsubscribeResult:
         """Stop receiving messages published to these topics."""
-        agent = me(ctx)
-        removed = await tools.call(bus.unsubscribe, agent, topics)
-        return UnsubscribeResult(removed=removed, unread=await tools.unread(agent))
+        handle = me(ctx)
+        removed = await tools.call(handle.unsubscribe, topics)
+        return UnsubscribeResult(removed=removed, unread=await tools.unread(handle.agent))
 
     @tool
     async def get_history(
@@ -296,17 +304,20 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         full: bool = Field(default=False, description="whole envelopes"),
     ) -> HistoryResult:
         """Messages you sent or received, newest first."""
-        caller = me(ctx)
-        agent = agent_id or caller
-        await tools.call(bus.guard.may_read, caller, agent)
+        handle = me(ctx)
         messages = await tools.call(
-            bus.history, agent, limit=limit, since=since, type=type.value if type else None
+            handle.history,
+            limit=limit,
+            since=since,
+            type=type.value if type else None,
+            of=agent_id,
         )
+        agent = agent_id or handle.agent
         return HistoryResult(
-            agent=agent if agent != caller else None,
+            agent=agent if agent != handle.agent else None,
             messages=tools.views(messages, agent, full),
             count=len(messages),
-            unread=await tools.unread(caller),
+            unread=await tools.unread(handle.agent),
         )
 
     @tool
@@ -314,9 +325,9 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         ctx: Context, id: str = Field(description="message id from send_message")
     ) -> StatusResult:
         """Delivery status: queued, delivered, read, acked, retrying, dead, expired..."""
-        agent = me(ctx)
-        status = status_view(await tools.call(bus.status, id))
-        return StatusResult(**status.model_dump(), unread=await tools.unread(agent))
+        handle = me(ctx)
+        status = status_view(await tools.call(handle.status, id))
+        return StatusResult(**status.model_dump(), unread=await tools.unread(handle.agent))
 
     @tool
     async def request(
@@ -329,9 +340,9 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
     ) -> RequestResult:
         """Send a request and wait for the response whose correlation_id is its id. On
         timeout you get the request id back to check later."""
-        sender = me(ctx)
+        handle = me(ctx)
         prepared = tools.message(
-            sender,
+            handle.agent,
             to=to,
             topic=None,
             broadcast=False,
@@ -339,23 +350,22 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
             payload=payload,
             priority=priority,
             ttl_seconds=None,
-            reply_to=sender,
+            reply_to=handle.agent,
         )
         prepared["id"] = request_id = str(uuid.uuid4())
         await tools.events.start()
         waiter = tools.events.reply_waiter(request_id)
         try:
-            await tools.call(bus.send_message, prepared)
+            await tools.call(handle.send, prepared)
             deadline = time.monotonic() + timeout_seconds
             while True:
-                response_id = await tools.call(bus.runtime.store.reply_for, request_id)
-                if response_id:
-                    response = await tools.call(bus.reader.take, sender, response_id)
+                response = await tools.call(handle.response_to, request_id)
+                if response is not None:
                     return RequestResult(
                         request_id=request_id,
                         status="answered",
-                        response=message_view(response, sender),
-                        unread=await tools.unread(sender),
+                        response=message_view(response, handle.agent),
+                        unread=await tools.unread(handle.agent),
                     )
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -363,7 +373,7 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
                         request_id=request_id,
                         status="timeout",
                         note="no answer yet: a late one lands in your inbox (read_messages)",
-                        unread=await tools.unread(sender),
+                        unread=await tools.unread(handle.agent),
                     )
                 waiter.clear()
                 try:
@@ -378,10 +388,10 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         ctx: Context, messages: list[BatchItem] = Field(description="up to 500 messages")
     ) -> BatchResult:
         """Send many messages at once; all are validated before any is sent."""
-        sender = me(ctx)
+        handle = me(ctx)
         batch = [
             tools.message(
-                sender,
+                handle.agent,
                 to=m.to,
                 topic=m.topic,
                 broadcast=False,
@@ -394,36 +404,38 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
             )
             for m in messages
         ]
-        receipts = await tools.call(bus.send_batch, batch)
+        receipts = await tools.call(handle.send_batch, batch)
         return BatchResult(
-            receipts=[receipt_view(r) for r in receipts], unread=await tools.unread(sender)
+            receipts=[receipt_view(r) for r in receipts],
+            unread=await tools.unread(handle.agent),
         )
 
     @tool
     async def list_subscriptions(ctx: Context) -> SubscriptionsResult:
         """Your topic subscriptions and their filters."""
-        agent = me(ctx)
-        subs = await tools.call(bus.subscriptions, agent)
+        handle = me(ctx)
+        subs = await tools.call(handle.subscriptions)
         return SubscriptionsResult(
-            subscriptions=[subscription_view(s) for s in subs], unread=await tools.unread(agent)
+            subscriptions=[subscription_view(s) for s in subs],
+            unread=await tools.unread(handle.agent),
         )
 
     @tool
     async def list_agents(ctx: Context) -> AgentsResult:
         """Every registered agent with its inbox depth and when it was last seen."""
-        agent = me(ctx)
-        return AgentsResult(agents=await tools.call(bus.agents), unread=await tools.unread(agent))
+        handle = me(ctx)
+        agents = await tools.call(handle.agents)
+        return AgentsResult(agents=agents, unread=await tools.unread(handle.agent))
 
     @tool
     async def list_dead_letters(
         ctx: Context, limit: int = Field(default=50, ge=1, le=1000)
     ) -> DeadLettersResult:
         """Messages that could not be delivered, with the reason (admins only)."""
-        agent = me(ctx)
-        await tools.call(bus.guard.require_admin, agent, "list dead letters")
-        letters = await tools.call(bus.dead_letters, limit)
+        handle = me(ctx)
+        letters = await tools.call(handle.dead_letters, limit)
         return DeadLettersResult(
-            dead_letters=letters, count=len(letters), unread=await tools.unread(agent)
+            dead_letters=letters, count=len(letters), unread=await tools.unread(handle.agent)
         )
 
     @tool
@@ -435,17 +447,17 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         """Send dead letters back to their priority queue (admins only)."""
         if not ids and not all:
             raise ToolError("give `ids` of dead letters to replay, or all=true")
-        agent = me(ctx)
-        replayed = await tools.call(bus.replay_dead_letters, ids, all=all, agent=agent)
-        return ReplayResult(replayed=replayed, unread=await tools.unread(agent))
+        handle = me(ctx)
+        replayed = await tools.call(handle.replay_dead_letters, ids, all=all)
+        return ReplayResult(replayed=replayed, unread=await tools.unread(handle.agent))
 
     @tool
     async def health(ctx: Context) -> HealthResult:
         """Whether Redis, the broker and the workers are up, and the dead-letter depth."""
-        agent = me(ctx)
-        found = await tools.call(check_health, bus.runtime)
+        handle = me(ctx)
+        found = await tools.call(handle.health)
         try:
-            unread = await tools.unread(agent)
+            unread = await tools.unread(handle.agent)
         except ToolError:
             unread = 0  # Redis is down: health says so; there is nothing to count
         return HealthResult(**found.model_dump(), unread=unread)
@@ -453,6 +465,6 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
     @tool
     async def bus_stats(ctx: Context) -> StatsResult:
         """Queue depths, agents, topics, subscriptions and inbox depths."""
-        agent = me(ctx)
-        found = await tools.call(collect_stats, bus.runtime)
-        return StatsResult(**found.model_dump(), unread=await tools.unread(agent))
+        handle = me(ctx)
+        found = await tools.call(handle.stats)
+        return StatsResult(**found.model_dump(), unread=await tools.unread(handle.agent))

@@ -88,6 +88,20 @@ def _start_metrics_exporter(**_: Any) -> None:
             logger.warning("worker metrics exporter not started on port %d: %s", port, exc)
 
 
+@worker_init.connect
+def _announce_keys(**_: Any) -> None:
+    # Which keys this worker verifies, for `msgbus health` and the senders' check.
+    kind = (
+        "agent" if os.environ.get("MESSAGE_BUS_AGENT_SPEC") else "express" if EXPRESS else "worker"
+    )
+    runtime.keyring.announce_forever(kind)
+
+
+@beat_init.connect
+def _announce_beat_keys(**_: Any) -> None:
+    runtime.keyring.announce_forever("beat")
+
+
 @worker_ready.connect
 @beat_init.connect
 def _say_ready(**_: Any) -> None:

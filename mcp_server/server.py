@@ -35,9 +35,9 @@ logger = logging.getLogger(__name__)
 
 INSTRUCTIONS = """\
 A message bus between agents; your id is fixed by your connection. send_message to an \
-agent (`to`), a topic or everyone (broadcast); read_messages gets your mail, ack_messages \
-what you handled; request asks and waits for the answer. Results count your `unread` mail; \
-a <channel> block from this server means mail arrived."""
+agent (`to`), a topic or everyone (broadcast); request asks and waits for the answer. \
+Results count your `unread` mail. When a <channel> block from this server arrives, or \
+unread > 0: read_messages, act on them, then ack_messages."""
 
 
 DEAD_LETTERS_URI = "message-bus://dead-letters"

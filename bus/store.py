@@ -202,6 +202,17 @@ class RedisStore:
             ready, leased = pipe.execute()
         return int(ready), int(leased)
 
+    def unread(self, agent: str) -> int:
+        """Messages a read would hand out: the ready ones, and leased ones whose lease has
+        run out (by Redis's clock)."""
+        inbox = self.keys.inbox(agent)
+        with redis_errors("count unread messages"):
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.zcard(inbox.ready)
+            pipe.zcount(inbox.leased, "-inf", self.clock.now_ms())
+            ready, expired = pipe.execute()
+        return int(ready) + int(expired)
+
     def inbox_depths(self, agents: Sequence[str]) -> dict[str, int]:
         with redis_errors("count inboxes"):
             pipe = self.redis.pipeline(transaction=False)

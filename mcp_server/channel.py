@@ -36,7 +36,6 @@ from bus.client import MessageBus
 from bus.errors import BusError
 from bus.schema import MessageType, Priority, ReceivedMessage
 from mcp_server.push import InboxEvents
-from mcp_server.unread import count_unread
 
 logger = logging.getLogger(__name__)
 
@@ -182,4 +181,4 @@ class Channel:
         waiting = [message for message in inbox if message.id not in self.pushed]
         if not waiting:
             return None
-        return ring(waiting, max(count_unread(self.bus, self.agent), len(waiting)))
+        return ring(waiting, max(self.bus.as_agent(self.agent).unread(), len(waiting)))

@@ -42,7 +42,6 @@ from mcp_server.models import (
 )
 from mcp_server.push import InboxEvents
 from mcp_server.toolschema import description, lean_schema
-from mcp_server.unread import count_unread
 from mcp_server.views import (
     MessageView,
     message_view,
@@ -146,8 +145,8 @@ class BusTools:
             await self.events.wait_inbox(agent, min(remaining, 5.0))
 
     async def unread(self, agent: str) -> int:
-        """The authenticated caller's own unread count (mcp_server/unread.py)."""
-        return await self.call(count_unread, self.bus, agent)
+        """The authenticated caller's own unread count."""
+        return await self.call(self.bus.as_agent(agent).unread)
 
     @staticmethod
     def views(

@@ -8,7 +8,7 @@ Results are the compact views of mcp_server/views.py with the caller's `unread` 
 from __future__ import annotations
 
 import asyncio
-import time
+import contextlib
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -22,6 +22,7 @@ from pydantic import Field
 from bus.client import MessageBus
 from bus.errors import BusError
 from bus.handle import AgentHandle
+from bus.longpoll import apoll
 from bus.schema import MessageType, Priority, ReceivedMessage, compose
 from mcp_server.models import (
     AckResult,
@@ -130,19 +131,18 @@ class BusTools:
     async def read(
         self, me: AgentHandle, limit: int, wait_seconds: float, full: bool
     ) -> ReadResult:
-        deadline = time.monotonic() + wait_seconds
         agent = me.agent
-        while True:
-            messages = await self.call(me.read, limit=limit, wait=0)
-            remaining = deadline - time.monotonic()
-            if messages or remaining <= 0:
-                return ReadResult(
-                    messages=self.views(messages, agent, full),
-                    count=len(messages),
-                    unread=await self.unread(agent),
-                )
-            # Waits on the shared event listener: no thread is held while waiting.
-            await self.events.wait_inbox(agent, min(remaining, 5.0))
+        # Waits on the shared event listener: no thread is held while waiting.
+        messages = await apoll(
+            lambda: self.call(me.read, limit=limit, wait=0),
+            lambda seconds: self.events.wait_inbox(agent, seconds),
+            wait_seconds,
+        )
+        return ReadResult(
+            messages=self.views(messages, agent, full),
+            count=len(messages),
+            unread=await self.unread(agent),
+        )
 
     async def unread(self, agent: str) -> int:
         """The authenticated caller's own unread count."""
@@ -354,33 +354,32 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         prepared["id"] = request_id = str(uuid.uuid4())
         await tools.events.start()
         waiter = tools.events.reply_waiter(request_id)
+
+        async def woken(seconds: float) -> None:
+            waiter.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter.wait(), seconds)
+
         try:
             await tools.call(handle.send, prepared)
-            deadline = time.monotonic() + timeout_seconds
-            while True:
-                response = await tools.call(handle.response_to, request_id)
-                if response is not None:
-                    return RequestResult(
-                        request_id=request_id,
-                        status="answered",
-                        response=message_view(response, handle.agent),
-                        unread=await tools.unread(handle.agent),
-                    )
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return RequestResult(
-                        request_id=request_id,
-                        status="timeout",
-                        note="no answer yet: a late one lands in your inbox (read_messages)",
-                        unread=await tools.unread(handle.agent),
-                    )
-                waiter.clear()
-                try:
-                    await asyncio.wait_for(waiter.wait(), min(remaining, 5.0))
-                except TimeoutError:
-                    pass
+            response = await apoll(
+                lambda: tools.call(handle.response_to, request_id), woken, timeout_seconds
+            )
         finally:
             tools.events.drop_reply_waiter(request_id, waiter)
+        if response is None:
+            return RequestResult(
+                request_id=request_id,
+                status="timeout",
+                note="no answer yet: a late one lands in your inbox (read_messages)",
+                unread=await tools.unread(handle.agent),
+            )
+        return RequestResult(
+            request_id=request_id,
+            status="answered",
+            response=message_view(response, handle.agent),
+            unread=await tools.unread(handle.agent),
+        )
 
     @tool
     async def send_batch(

@@ -17,6 +17,7 @@ from celery import Celery
 from kombu.connection import Connection
 from kombu.entity import Queue
 from kombu.exceptions import KombuError, OperationalError
+from kombu.exceptions import LimitExceeded as PoolExhausted
 
 from bus import topology
 from bus.breaker import BREAKERS
@@ -26,6 +27,7 @@ from bus.settings import Settings
 logger = logging.getLogger(__name__)
 
 _BROKER_ERRORS = (OperationalError, KombuError, ConnectionError, OSError, TimeoutError)
+CONFIRM_TIMEOUT = 10.0  # seconds a publish waits for the broker's confirm
 _RETRY_POLICY = {
     "max_retries": 2,
     "interval_start": 0.1,
@@ -62,6 +64,12 @@ def broker_errors(action: str) -> Iterator[None]:
                 f"the broker refused the message while trying to {action}: the queue is full "
                 "(x-max-length with reject-publish); nothing was sent, retry later",
                 limit="queue_max_length",
+            ) from exc
+        if isinstance(exc, PoolExhausted):  # our own pool, not the broker: no breaker trip
+            raise BusUnavailable(
+                f"bus busy: every broker connection of this process stayed in use for "
+                f"10s while trying to {action}; retry shortly",
+                component="broker",
             ) from exc
         breaker.failure()
         raise BusUnavailable(
@@ -144,6 +152,7 @@ class Broker:
         with broker_errors("publish a message"):
             self.app.send_task(
                 task,
+                confirm_timeout=CONFIRM_TIMEOUT,
                 args=list(args),
                 queue=queue,
                 task_id=task_id,

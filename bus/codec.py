@@ -47,9 +47,16 @@ class Codec:
         if not keys:
             raise ValueError("at least one signing key is needed")
         self._keys = dict(keys)
-        self._signing_kid = keys[0][0]
+        self.signing_kid = self._signing_kid = keys[0][0]
         self.max_payload_bytes = max_payload_bytes
         self.max_payload_depth = max_payload_depth
+
+    def fingerprints(self) -> dict[str, str]:
+        """kid -> a short fingerprint that tells secrets apart without revealing them."""
+        return {
+            kid: hmac.new(secret, b"msgbus key fingerprint v1", hashlib.sha256).hexdigest()[:12]
+            for kid, secret in self._keys.items()
+        }
 
     # -- signing ---------------------------------------------------------------------
 

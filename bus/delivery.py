@@ -24,7 +24,7 @@ from bus.clock import Clock
 from bus.codec import Codec
 from bus.envelope import Envelope
 from bus.errors import BusError, BusUnavailable, PermanentFailure, SecurityError
-from bus.schema import Subscription
+from bus.routing import broadcast_recipients, topic_recipients
 from bus.settings import Settings
 from bus.store import Delivery, RedisStore
 from bus.topology import DELIVER_TASK, HANDLE_TASK, agent_queue
@@ -212,7 +212,7 @@ class Deliverer:
 
     def recipients(self, envelope: Envelope) -> list[str]:
         if envelope.is_broadcast:
-            return [a for a in self.store.agent_ids() if a != envelope.sender]
+            return broadcast_recipients(self.store.agent_ids(), envelope.sender)
         if envelope.to:
             return [envelope.to]
         topic = envelope.topic
@@ -221,14 +221,9 @@ class Deliverer:
                 "message has no recipient, topic or broadcast", reason="malformed"
             )
         [subscribers] = self.store.topic_subscribers([topic])
-        return [
-            agent
-            for agent, filters in sorted(subscribers.items())
-            if agent != envelope.sender
-            and Subscription(agent=agent, topic=topic, **orjson.loads(filters)).matches(
-                envelope.type, envelope.priority.value
-            )
-        ]
+        return topic_recipients(
+            subscribers, topic, envelope.type, envelope.priority.value, envelope.sender
+        )
 
     def _delivery(self, envelope: Envelope, attempts: int) -> Delivery:
         self.check(envelope)

@@ -40,6 +40,12 @@ class LimitExceeded(ValidationError):
     code = "limit_exceeded"
 
 
+class InboxFull(LimitExceeded):
+    """A recipient's inbox holds as many messages as it may; nothing was sent."""
+
+    code = "inbox_full"
+
+
 class AuthError(BusError):
     """Identity or permission problem (bad token, ACL denial, admin-only action)."""
 
@@ -63,6 +69,12 @@ class NotFound(BusError):
 
     code = "not_found"
     exit_code = 5
+
+
+class UnknownAgent(NotFound):
+    """A recipient that has never connected (and the sender's allowance for such is used)."""
+
+    code = "unknown_agent"
 
 
 class BusUnavailable(BusError):

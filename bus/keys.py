@@ -2,7 +2,8 @@
 
 Keyspace (``P`` = prefix; ``{a}`` = agent id in a hash tag so one agent's keys share a slot):
 
-    P agents                       zset   agent -> first-seen ms
+    P agents                       zset   agent -> first-seen ms: agents that connected (read,
+                                          subscribed, sent) or were declared
     P worker_agents                set    agents served by a `msgbus agent run` process
     P agent:{a}:seen               string last-seen ms
     P inbox:{a}:ready              zset   message id -> priority rank * 2^40 + sequence
@@ -10,7 +11,12 @@ Keyspace (``P`` = prefix; ``{a}`` = agent id in a hash tag so one agent's keys s
     P inbox:{a}:body               hash   message id -> stored wire JSON
     P inbox:{a}:meta               hash   message id -> "score|delivery count"
     P inbox:seq                    string global FIFO sequence for ready scores
-    P history:{a}                  zset   wire JSON -> timestamp ms (capped per agent)
+    P history:{a}                  zset   wire JSON -> timestamp ms (capped per agent, in
+                                          entries and in bytes)
+    P history:{a}:bytes            string total length of the members of history:{a}
+    P unseen:{a}                   set    agents that never connected which a has mail
+                                          waiting for (capped per sender)
+    P audit:burst:{a}:{action}     string refusals of a's action this minute (sampling)
     P status:{id}                  hash   status, attempts, timestamps, reason, error...
     P delivered:{id}               set    agents a message was delivered to (idempotency)
     P dedup:key:{a}:{key}          string id the sender's dedup key stands for ("pending:<id>"
@@ -25,6 +31,10 @@ Keyspace (``P`` = prefix; ``{a}`` = agent id in a hash tag so one agent's keys s
     P handling:{id}:{agent}        string handler runs started (catches handlers that crash
                                           the process, which Celery would redeliver forever)
     P audit                        stream capped audit trail
+    P processes                    zset   "<kind>:<host>:<pid>" -> last announced ms
+    P process_keys                 hash   "<kind>:<host>:<pid>" -> JSON of its key ids and
+                                          fingerprints (bus.keyring)
+    P lock:dead_letters            string one dead-letter reader at a time (redis-py lock)
     P rate:sent:{sec}              string messages accepted in that second (expires)
     P rate:delivered:{sec}         string deliveries in that second (expires)
     P rate:{a}                     hash   token bucket state
@@ -61,6 +71,14 @@ class Keys:
         return f"{self.prefix}worker_agents"
 
     @property
+    def processes(self) -> str:
+        return f"{self.prefix}processes"
+
+    @property
+    def process_keys(self) -> str:
+        return f"{self.prefix}process_keys"
+
+    @property
     def dead_letters_lock(self) -> str:
         return f"{self.prefix}lock:dead_letters"
 
@@ -77,6 +95,15 @@ class Keys:
 
     def history(self, agent: str) -> str:
         return f"{self.prefix}history:{{{agent}}}"
+
+    def history_bytes(self, agent: str) -> str:
+        return f"{self.prefix}history:{{{agent}}}:bytes"
+
+    def unseen(self, sender: str) -> str:
+        return f"{self.prefix}unseen:{{{sender}}}"
+
+    def audit_burst(self, agent: str, action: str) -> str:
+        return f"{self.prefix}audit:burst:{{{agent}}}:{action}"
 
     def status(self, message_id: str) -> str:
         return f"{self.prefix}status:{message_id}"

@@ -11,19 +11,17 @@ from typing import Any
 
 from bus.envelope import Envelope
 from bus.errors import PermanentFailure
-from bus.redis_conn import redis_errors
 
 logger = logging.getLogger(__name__)
 
 
 def purge_expired(runtime: Any, scan_limit: int = 10_000) -> dict[str, int]:
-    store, keys = runtime.store, runtime.keys
+    store = runtime.store
     now_ms = runtime.clock.now_ms()
     cutoff = now_ms - runtime.settings.history_retention * 1000
     trimmed = expired = 0
     for agent in store.agent_ids():
-        with redis_errors("trim history"):
-            trimmed += int(store.redis.zremrangebyscore(keys.history(agent), "-inf", cutoff))
+        trimmed += store.trim_history_before(agent, cutoff)
         stale = []
         for message_id, wire in store.peek_inbox_items(agent, scan_limit):
             try:

@@ -14,6 +14,7 @@ from bus.broker import Broker
 from bus.clock import Clock
 from bus.codec import Codec
 from bus.delivery import Deliverer
+from bus.keyring import Keyring
 from bus.keys import Keys
 from bus.redis_conn import connect, redis_errors
 from bus.settings import Settings
@@ -48,7 +49,14 @@ class Runtime:
     @cached_property
     def retention(self) -> Retention:
         s = self.settings
-        return Retention(s.history_limit, s.status_retention, s.dedup_window)
+        return Retention(
+            s.history_limit,
+            s.status_retention,
+            s.dedup_window,
+            s.history_max_bytes,
+            s.inbox_max,
+            s.max_unseen_recipients,
+        )
 
     @cached_property
     def store(self) -> RedisStore:
@@ -64,6 +72,10 @@ class Runtime:
         return Codec(s.signing_keys, s.max_payload_bytes, s.max_payload_depth)
 
     @cached_property
+    def keyring(self) -> Keyring:
+        return Keyring(self.redis, self.keys, self.codec, self.clock)
+
+    @cached_property
     def broker(self) -> Broker:
         return Broker(self.settings)
 
@@ -73,7 +85,7 @@ class Runtime:
 
     def reset(self) -> None:
         """Drops connections (after a fork) so they are rebuilt in this process."""
-        for name in ("redis", "store", "admission", "deliverer", "broker"):
+        for name in ("redis", "store", "admission", "deliverer", "broker", "keyring"):
             self.__dict__.pop(name, None)
 
     def close(self) -> None:

@@ -21,16 +21,48 @@ local now_ms = tonumber(t[1]) * 1000 + math.floor(us / 1000)
 local stamp = t[1] .. string.format('%03d.%03d', math.floor(us / 1000), us % 1000)
 """
 
-# The send side's one call: rate limit, dedup, status `queued`, sender history, audit.
+# Keeps a history zset within its entry and byte caps, oldest first out. `bytes_key` holds
+# the total length of its members (kept by every writer and trimmer of the zset).
+TRIM_HISTORY_LUA = """
+local function trim_history(key, bytes_key, max_entries, max_bytes)
+  local size = tonumber(redis.call('GET', bytes_key) or '0')
+  local n = redis.call('ZCARD', key)
+  while n > 0 and (n > max_entries or size > max_bytes) do
+    local oldest = redis.call('ZPOPMIN', key, 1)
+    size = size - #oldest[1]
+    n = n - 1
+  end
+  if size < 0 or n == 0 then size = 0 end
+  redis.call('SET', bytes_key, size)
+end
+local function add_history(key, bytes_key, score, member, max_entries, max_bytes)
+  if redis.call('ZADD', key, score, member) == 1 then
+    redis.call('INCRBY', bytes_key, #member)
+  end
+  trim_history(key, bytes_key, max_entries, max_bytes)
+end
+"""
+
+# The send side's one call: refusals first (an id another sender owns, mail for an agent
+# that has never connected past the sender's allowance, a full inbox, the rate limit), then
+# dedup, status `queued`, sender history and audit: all of it or none of it.
 # KEYS: agents, sent-rate bucket, audit stream, rate-limit bucket, then per message:
-#       dedup (by the sender's dedup key), dedup (by id), status, sender history
+#       dedup (by the sender's dedup key), dedup (by id), status, sender history, its byte
+#       count, the sender's set of not-yet-seen recipients, then the inbox body of each
+#       recipient the sender resolved (one for a direct message)
 # ARGV: dedup_window_s, retention_s, history_limit, audit_maxlen, rate per s ('' = no
-#       limit), burst, cost, then per message: id, queue, sender, wire, ts_ms,
-#       expires_at_ms ('' if none), audit entry (JSON list of field, value...), pending
+#       limit), burst, (unused), history_max_bytes, inbox_cap, unseen_cap, message count,
+#       then per message: id, queue, sender, wire, ts_ms, expires_at_ms ('' if none),
+#       audit entry (JSON list of field, value...), pending ('1'/'0'), direct recipient
+#       ('' for topic and broadcast), recipient declared ('1' when the ACL names it), the
+#       number of recipients n, then their n agent ids
 # Returns {'ok', d1, ..., dn}: di is '' when message i was accepted, the id it duplicates
-# (the same sender's dedup key or id), or 'retry-as:<id>' (see below); {'rate_limited', ms
-# to wait}; or {'conflict', i}: message i brings an id another sender's message has. The
-# last two write nothing.
+# (the same sender's dedup key or id), or 'retry-as:<id>' (see below). Or, writing nothing
+# but the rate bucket: {'rate_limited', ms to wait}, {'too_costly', cost} (more than the
+# bucket ever holds), {'conflict', i} (message i brings an id another sender's message has),
+# {'unknown_agent', i, agent} (never connected, and the sender already has mail waiting for
+# unseen_cap such agents), {'inbox_full', i, agent, depth}.
+# The cost of a message is its recipients (at least 1): a fan-out is charged per recipient.
 # Dedup keys belong to their sender (KEYS hold the sender). A dedup-by-id record says who
 # owns the id: '<state>|<sender>', state 'final' or 'pending'; a dedup-key record holds the
 # id it stands for, 'pending:<id>' while pending.
@@ -42,6 +74,7 @@ local stamp = t[1] .. string.format('%03d.%03d', math.floor(us / 1000), us % 100
 # delivered twice.
 ADMIT = (
     NOW_LUA
+    + TRIM_HISTORY_LUA
     + """
 local function owner_of(record)
   if not record then return nil, nil end
@@ -49,13 +82,57 @@ local function owner_of(record)
   if state then return owner, state == 'pending' end
   return nil, string.sub(record, 1, 8) == 'pending:'  -- a record from before owners
 end
-local count = (#KEYS - 4) / 4
-for i = 1, count do
-  local owner = owner_of(redis.call('GET', KEYS[4 + (i - 1) * 4 + 2]))
-  if owner and owner ~= ARGV[7 + (i - 1) * 8 + 3] then return {'conflict', i} end
+local messages = {}
+local k, a = 4, 11
+for i = 1, tonumber(ARGV[11]) do
+  local m = {k = k, a = a, n = tonumber(ARGV[a + 11])}
+  m.id, m.sender, m.to = ARGV[a + 1], ARGV[a + 3], ARGV[a + 9]
+  messages[i] = m
+  k = k + 6 + m.n
+  a = a + 11 + m.n
 end
-if ARGV[5] ~= '' then
-  local rate, burst, cost = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+-- 1. What each message is: a repeat of an earlier one, or new.
+local cost = 0
+for i, m in ipairs(messages) do
+  local owner = owner_of(redis.call('GET', KEYS[m.k + 2]))
+  if owner and owner ~= m.sender then return {'conflict', i} end
+  local existing = redis.call('GET', KEYS[m.k + 1])
+  if not existing then
+    local _, id_pending = owner_of(redis.call('GET', KEYS[m.k + 2]))
+    if id_pending ~= nil then existing = (id_pending and 'pending:' or '') .. m.id end
+  end
+  local pending = existing and string.sub(existing, 1, 8) == 'pending:'
+  if existing and not pending then
+    m.outcome = existing
+  elseif pending and string.sub(existing, 9) ~= m.id then
+    m.outcome = 'retry-as:' .. string.sub(existing, 9)
+  else
+    m.outcome = ''
+    cost = cost + math.max(1, m.n)
+  end
+end
+-- 2. Bounds on what the new ones would store.
+for i, m in ipairs(messages) do
+  if m.outcome == '' then
+    if m.to ~= '' and ARGV[m.a + 10] ~= '1' and not redis.call('ZSCORE', KEYS[1], m.to) then
+      m.unseen = true
+      if redis.call('SISMEMBER', KEYS[m.k + 6], m.to) == 0
+          and redis.call('SCARD', KEYS[m.k + 6]) >= tonumber(ARGV[10]) then
+        return {'unknown_agent', i, m.to}
+      end
+    end
+    for r = 1, m.n do
+      local depth = redis.call('HLEN', KEYS[m.k + 6 + r])
+      if depth >= tonumber(ARGV[9]) then
+        return {'inbox_full', i, ARGV[m.a + 11 + r], depth}
+      end
+    end
+  end
+end
+-- 3. The rate limit, charged for every recipient of the new messages.
+if ARGV[5] ~= '' and cost > 0 then
+  local rate, burst = tonumber(ARGV[5]), tonumber(ARGV[6])
+  if cost > burst then return {'too_costly', cost} end
   local state = redis.call('HMGET', KEYS[4], 'tokens', 'ts')
   local tokens = tonumber(state[1]) or burst
   local ts = tonumber(state[2]) or now_ms
@@ -68,42 +145,37 @@ if ARGV[5] ~= '' then
     return {'rate_limited', tostring(math.ceil((cost - tokens) * 1000 / rate))}
   end
 end
+-- 4. Record the new ones.
 local out = {'ok'}
 local accepted = 0
-for i = 1, count do
-  local k = 4 + (i - 1) * 4
-  local a = 7 + (i - 1) * 8
-  local id, sender = ARGV[a + 1], ARGV[a + 3]
-  local existing = redis.call('GET', KEYS[k + 1])
-  if not existing then
-    local _, id_pending = owner_of(redis.call('GET', KEYS[k + 2]))
-    if id_pending ~= nil then existing = (id_pending and 'pending:' or '') .. id end
-  end
-  local pending = existing and string.sub(existing, 1, 8) == 'pending:'
-  if existing and not pending then
-    out[#out + 1] = existing
-  elseif pending and string.sub(existing, 9) ~= id then
-    out[#out + 1] = 'retry-as:' .. string.sub(existing, 9)
-  else
-    out[#out + 1] = ''
+for _, m in ipairs(messages) do
+  local k, a = m.k, m.a
+  if m.outcome == '' then
     accepted = accepted + 1
     local state = ARGV[a + 8] == '1' and 'pending' or 'final'
-    redis.call('SET', KEYS[k + 1], (state == 'pending' and 'pending:' or '') .. id, 'EX', ARGV[1])
-    redis.call('SET', KEYS[k + 2], state .. '|' .. sender, 'EX', ARGV[1])
-    -- The publish may go out beside this call, so a worker can be first: never move a
+    redis.call('SET', KEYS[k + 1], (state == 'pending' and 'pending:' or '') .. m.id, 'EX', ARGV[1])
+    redis.call('SET', KEYS[k + 2], state .. '|' .. m.sender, 'EX', ARGV[1])
+    -- A worker can be first when this call is retried after a publish: never move a
     -- status back.
     if redis.call('EXISTS', KEYS[k + 3]) == 0 then
       redis.call('HSET', KEYS[k + 3], 'status', 'queued', 'updated_at', stamp, 'attempts', 0)
     end
-    redis.call('HSET', KEYS[k + 3], 'queued_at', stamp, 'queue', ARGV[a + 2], 'from', sender)
+    redis.call('HSET', KEYS[k + 3], 'queued_at', stamp, 'queue', ARGV[a + 2], 'from', m.sender)
     if ARGV[a + 6] ~= '' then redis.call('HSET', KEYS[k + 3], 'expires_at', ARGV[a + 6]) end
     redis.call('EXPIRE', KEYS[k + 3], ARGV[2])
-    redis.call('ZADD', KEYS[1], 'NX', now_ms, sender)
-    redis.call('ZADD', KEYS[k + 4], ARGV[a + 5], ARGV[a + 4])
-    redis.call('ZREMRANGEBYRANK', KEYS[k + 4], 0, -(tonumber(ARGV[3]) + 1))
+    redis.call('ZADD', KEYS[1], 'NX', now_ms, m.sender)
+    add_history(KEYS[k + 4], KEYS[k + 5], ARGV[a + 5], ARGV[a + 4],
+      tonumber(ARGV[3]), tonumber(ARGV[8]))
+    if m.unseen then
+      redis.call('SADD', KEYS[k + 6], m.to)
+      redis.call('EXPIRE', KEYS[k + 6], ARGV[2])
+    elseif m.to ~= '' then
+      redis.call('SREM', KEYS[k + 6], m.to)  -- it has connected since: no longer unseen
+    end
   end
+  out[#out + 1] = m.outcome
   local entry = cjson.decode(ARGV[a + 7])
-  if #entry > 0 and string.sub(out[#out], 1, 9) ~= 'retry-as:' then
+  if #entry > 0 and string.sub(m.outcome, 1, 9) ~= 'retry-as:' then
     redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(entry))
   end
 end
@@ -116,7 +188,8 @@ return out
 )
 
 # Undo of ADMIT when the broker refused the publish: nothing half-written.
-# KEYS: dedup (by key), status, sender history, dedup by id   ARGV: id, wire, sender
+# KEYS: dedup (by key), status, sender history, dedup by id, sender history bytes
+# ARGV: id, wire, sender
 REVOKE = """
 local value = redis.call('GET', KEYS[1])
 if value == ARGV[1] or value == 'pending:' .. ARGV[1] then redis.call('DEL', KEYS[1]) end
@@ -125,7 +198,7 @@ if value == 'pending|' .. ARGV[3] or value == 'final|' .. ARGV[3] then
   redis.call('DEL', KEYS[4])
 end
 redis.call('DEL', KEYS[2])
-redis.call('ZREM', KEYS[3], ARGV[2])
+if redis.call('ZREM', KEYS[3], ARGV[2]) == 1 then redis.call('DECRBY', KEYS[5], #ARGV[2]) end
 return 1
 """
 
@@ -145,30 +218,31 @@ end
 return 1
 """
 
-# KEYS: status, delivered-set, agents, seq, reply-key, delivered-rate bucket, then per recipient:
-#       ready, body, meta, history
+# KEYS: status, delivered-set, agents, seq, reply-key, delivered-rate bucket, then per
+#       recipient: ready, body, meta, history, history bytes
 # ARGV: id, wire, rank, history_limit, retention_s, attempts, reply_channel, ts_ms,
-#       then per recipient: agent, inbox channel
+#       history_max_bytes, then per recipient: agent, inbox channel
 # Idempotent per (message, recipient): a redelivered task does not fill an inbox twice.
+# Delivering registers no agent: an agent exists once it connects (bus.keyring / READ).
 DELIVER = (
     STATUS_RANK_LUA
     + NOW_LUA
+    + TRIM_HISTORY_LUA
     + """
 local delivered = 0
-local n = (#KEYS - 6) / 4
+local n = (#KEYS - 6) / 5
 for i = 1, n do
-  local agent = ARGV[8 + 2 * i - 1]
+  local agent = ARGV[9 + 2 * i - 1]
   if redis.call('SADD', KEYS[2], agent) == 1 then
-    local base = 6 + (i - 1) * 4
+    local base = 6 + (i - 1) * 5
     local seq = redis.call('INCR', KEYS[4])
     local score = string.format('%d', tonumber(ARGV[3]) * 1099511627776 + seq)
     redis.call('HSET', KEYS[base + 2], ARGV[1], ARGV[2])
     redis.call('HSET', KEYS[base + 3], ARGV[1], score .. '|0')
     redis.call('ZADD', KEYS[base + 1], score, ARGV[1])
-    redis.call('ZADD', KEYS[base + 4], ARGV[8], ARGV[2])
-    redis.call('ZREMRANGEBYRANK', KEYS[base + 4], 0, -(tonumber(ARGV[4]) + 1))
-    redis.call('ZADD', KEYS[3], 'NX', now_ms, agent)
-    redis.call('PUBLISH', ARGV[8 + 2 * i], ARGV[1])
+    add_history(KEYS[base + 4], KEYS[base + 5], ARGV[8], ARGV[2],
+      tonumber(ARGV[4]), tonumber(ARGV[9]))
+    redis.call('PUBLISH', ARGV[9 + 2 * i], ARGV[1])
     delivered = delivered + 1
   end
 end
@@ -190,6 +264,48 @@ end
 return delivered
 """
 )
+
+# History past its retention, with its byte count kept.
+# KEYS: history, history bytes   ARGV: cutoff score (ms). Returns how many were removed.
+TRIM_HISTORY_BEFORE = """
+local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local size = 0
+for _, member in ipairs(old) do size = size + #member end
+if #old > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+  if redis.call('DECRBY', KEYS[2], size) < 0 then redis.call('SET', KEYS[2], 0) end
+end
+return #old
+"""
+
+# Audit entries, with floods of refusals sampled: per (agent, action) and minute, the 1st,
+# 10th, 100th, ... refusal is stored (with how many there were by then), the rest counted,
+# so no one agent's refusals can flush the capped stream.
+# KEYS: audit stream, then per entry its burst counter   ARGV: maxlen, then per entry:
+#       '1' if it is a refusal (sampled) else '0', JSON list of field, value...
+AUDIT = """
+local stored = 0
+for i = 2, #KEYS do
+  local entry = cjson.decode(ARGV[2 * i - 1])
+  local keep = true
+  if ARGV[2 * i - 2] == '1' then
+    local n = redis.call('INCR', KEYS[i])
+    if n == 1 then redis.call('EXPIRE', KEYS[i], 60) end
+    local p = 1
+    while p < n do p = p * 10 end
+    keep = p == n
+    if keep and n > 1 then
+      entry[#entry + 1] = 'repeats'
+      entry[#entry + 1] = tostring(n)
+    end
+  end
+  if keep then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(entry))
+    stored = stored + 1
+  end
+end
+return stored
+"""
 
 # KEYS: ready, leased, body, meta, agents, agent's last-seen
 # ARGV: lease_ms, limit, agent

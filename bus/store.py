@@ -27,11 +27,15 @@ AUDIT_MAXLEN = 100_000
 
 @dataclass(frozen=True, slots=True)
 class Retention:
-    """How much and how long Redis keeps: per-agent history length, status and dedup TTLs."""
+    """How much and how long Redis keeps: per-agent history (entries and bytes), status and
+    dedup TTLs, inbox depth, and mail for agents that never connected."""
 
     history_limit: int
     status_retention: int
     dedup_window: int
+    history_max_bytes: int = 16 * 1024 * 1024
+    inbox_max: int = 10_000
+    max_unseen_recipients: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +73,7 @@ class RedisStore:
         self._read = register(scripts.READ)
         self._ack = register(scripts.ACK)
         self._advance = register(scripts.ADVANCE_STATUS)
+        self._trim_history = register(scripts.TRIM_HISTORY_BEFORE)
         self._subscribe = register(scripts.SUBSCRIBE)
         self._unsubscribe = register(scripts.UNSUBSCRIBE)
 
@@ -109,12 +114,27 @@ class RedisStore:
             d.attempts,
             k.reply_channel(correlation_id) if correlation_id else "",
             d.ts_ms,
+            self.retention.history_max_bytes,
         ]
         for agent in d.recipients:
             inbox = k.inbox(agent)
-            keys += [inbox.ready, inbox.body, inbox.meta, k.history(agent)]
+            keys += [inbox.ready, inbox.body, inbox.meta, k.history(agent), k.history_bytes(agent)]
             args += [agent, k.inbox_channel(agent)]
         return keys, args
+
+    def fanout_index(
+        self, topics: Sequence[str], broadcast: bool
+    ) -> tuple[list[dict[str, str]], list[str]]:
+        """The subscribers of `topics` and (when `broadcast`) every registered agent, in one
+        round trip."""
+        with redis_errors("look up recipients"):
+            pipe = self.redis.pipeline(transaction=False)
+            for topic in topics:
+                pipe.hgetall(self.keys.topic(topic))
+            if broadcast:
+                pipe.zrange(self.keys.agents, 0, -1)
+            replies = pipe.execute()
+        return replies[: len(topics)], (replies[-1] if broadcast else [])
 
     def topic_subscribers(self, topics: Sequence[str]) -> list[dict[str, str]]:
         with redis_errors("look up topic subscribers"):
@@ -221,6 +241,12 @@ class RedisStore:
                 num=limit,
             )
 
+    def trim_history_before(self, agent: str, cutoff_ms: int) -> int:
+        """Drops `agent`'s history older than `cutoff_ms`, keeping its byte count true."""
+        keys = [self.keys.history(agent), self.keys.history_bytes(agent)]
+        with redis_errors("trim history"):
+            return int(self._trim_history(keys=keys, args=[cutoff_ms]))
+
     # -- status ----------------------------------------------------------------------------
 
     def advance_status(
@@ -234,9 +260,16 @@ class RedisStore:
         with redis_errors("update message status"):
             return int(self._advance(keys=[self.keys.status(i) for i in ids], args=args))
 
-    def status(self, message_id: str) -> dict[str, str]:
+    def status(self, message_id: str, viewer: str | None = None) -> dict[str, str]:
+        """The status hash; with `viewer`, empty unless it sent or received the message."""
         with redis_errors("read message status"):
-            return self.redis.hgetall(self.keys.status(message_id))
+            if viewer is None:
+                return self.redis.hgetall(self.keys.status(message_id))
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hgetall(self.keys.status(message_id))
+            pipe.sismember(self.keys.delivered(message_id), viewer)
+            raw, received = pipe.execute()
+        return raw if raw.get("from") == viewer or received else {}
 
     def reply_for(self, correlation_id: str) -> str | None:
         with redis_errors("look up a response"):
@@ -281,6 +314,20 @@ class RedisStore:
             for name in names:
                 pipe.hlen(self.keys.topic(name))
             return dict(zip(names, (int(n) for n in pipe.execute()), strict=True))
+
+    def declare_agent(self, agent: str) -> bool:
+        with redis_errors("declare an agent"):
+            return bool(self.redis.zadd(self.keys.agents, {agent: self.clock.now_ms()}, nx=True))
+
+    def audit_entries(
+        self, count: int, after: str | None, block_ms: int
+    ) -> list[tuple[str, dict[str, str]]]:
+        key = self.keys.audit
+        with redis_errors("read the audit log"):
+            if after is None:
+                return list(reversed(self.redis.xrevrange(key, count=count)))
+            batch = self.redis.xread({key: after}, count=count, block=block_ms or None) or []
+        return [entry for _, stream in batch for entry in stream]
 
     def agents(self) -> list[tuple[str, int, int | None]]:
         """(agent, registered ms, last seen ms)."""

@@ -68,6 +68,7 @@ def run_stdio(settings: Settings, args: argparse.Namespace) -> None:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     server, events = build_server(settings, Identity.stdio(agent), args.profile)
+    server.bus.runtime.keyring.announce_forever("mcp")
 
     async def serve() -> None:
         try:
@@ -90,6 +91,7 @@ def run_http(settings: Settings, args: argparse.Namespace) -> None:
         logger.warning("no tokens in %s: create one with `msgbus token create AGENT`", tokens_path)
     base_url = f"http://{args.host}:{args.port}"
     server, events = build_server(settings, Identity.http(tokens, base_url), args.profile)
+    server.bus.runtime.keyring.announce_forever("mcp")
     app = build_app(server, events, settings, host=args.host, port=args.port, tokens=tokens)
     heap.freeze_startup_heap()  # long-polls are not held up by full collections of it
     print(

@@ -8,13 +8,23 @@ from typing import Any
 import orjson
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
-from mcp_types import EmptyResult, SubscribeRequestParams, UnsubscribeRequestParams
+from mcp.server.subscriptions import ListenHandler
+from mcp.shared.exceptions import MCPError
+from mcp_types import (
+    INVALID_PARAMS,
+    EmptyResult,
+    SubscribeRequestParams,
+    SubscriptionsListenRequestParams,
+    SubscriptionsListenResult,
+    UnsubscribeRequestParams,
+)
 
 from bus.client import MessageBus
 from bus.errors import BusError
+from bus.handle import AgentHandle
 from bus.settings import Settings
 from mcp_server.identity import Identity
-from mcp_server.push import InboxEvents, LegacySubscriptions, RedisSubscriptionBus, inbox_uri
+from mcp_server.push import InboxEvents, LegacySubscriptions, RedisSubscriptionBus
 from mcp_server.tools import BusTools, register_tools
 
 logger = logging.getLogger(__name__)
@@ -120,10 +130,12 @@ def build_server(
 
 
 def _register_resources(server: MCPServer, bus: MessageBus, me: Any) -> None:
-    async def guarded(ctx: Context, owner: str, fn: Any, *args: Any) -> str:
+    def handle(ctx: Context) -> AgentHandle:
+        return bus.as_agent(me(ctx), front_door=True)
+
+    async def guarded(ctx: Context, fn: Any, *args: Any, **kwargs: Any) -> str:
         try:
-            await _to_thread(bus.guard.may_read, me(ctx), owner)
-            return _json(await _to_thread(fn, *args))
+            return _json(await _to_thread(lambda: fn(handle(ctx), *args, **kwargs)))
         except BusError as exc:
             raise ResourceError(exc.message) from None
         except ToolError as exc:
@@ -148,7 +160,7 @@ def _register_resources(server: MCPServer, bus: MessageBus, me: Any) -> None:
         description="an agent's messages, newest first (your own, or any if admin)",
     )
     async def history(agent_id: str, ctx: Context) -> str:
-        return await guarded(ctx, agent_id, lambda: bus.history(agent_id, limit=100))
+        return await guarded(ctx, AgentHandle.history, limit=100, of=agent_id)
 
     @server.resource(
         "message-bus://inbox/{agent_id}",
@@ -158,17 +170,10 @@ def _register_resources(server: MCPServer, bus: MessageBus, me: Any) -> None:
         "subscribe to be told when mail arrives",
     )
     async def inbox(agent_id: str, ctx: Context) -> str:
-        def peek() -> list[Any]:
-            return [bus.reader.decode(w) for w in bus.runtime.store.peek_inbox(agent_id, 100)]
-
-        return await guarded(ctx, agent_id, peek)
+        return await guarded(ctx, AgentHandle.inbox, limit=100, of=agent_id)
 
     async def dead_letters(ctx: Context) -> str:
-        try:
-            await _to_thread(bus.guard.require_admin, me(ctx), "read dead letters")
-            return _json(await _to_thread(bus.dead_letters, 100))
-        except BusError as exc:
-            raise ResourceError(exc.message) from None
+        return await guarded(ctx, AgentHandle.dead_letters, 100)
 
     # A static resource gets no Context in the SDK; this one needs the caller's identity.
     server.context_resources[DEAD_LETTERS_URI] = dead_letters  # type: ignore[attr-defined]
@@ -183,14 +188,12 @@ def _register_legacy_subscribe(
 
     async def on_subscribe(ctx: Any, params: SubscribeRequestParams) -> EmptyResult:
         uri = str(params.uri)
-        agent = _caller(ctx, me)
-        if uri == inbox_uri(agent) or bus.guard.is_admin(agent):
-            legacy.add(uri, ctx.session)
-            await events.start()
-        else:
-            from mcp.shared.exceptions import MCPError
-
-            raise MCPError(-32602, f"{agent} may subscribe only to {inbox_uri(agent)}")
+        try:
+            bus.as_agent(_caller(ctx, me), front_door=True).authorize_listen(uri)
+        except BusError as exc:
+            raise MCPError(INVALID_PARAMS, exc.message) from None
+        legacy.add(uri, ctx.session)
+        await events.start()
         return EmptyResult()
 
     async def on_unsubscribe(ctx: Any, params: UnsubscribeRequestParams) -> EmptyResult:
@@ -199,6 +202,23 @@ def _register_legacy_subscribe(
 
     lowlevel.add_request_handler("resources/subscribe", SubscribeRequestParams, on_subscribe)
     lowlevel.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, on_unsubscribe)
+    listen = ListenHandler(RedisSubscriptionBus(events))
+
+    async def on_listen(
+        ctx: Any, params: SubscriptionsListenRequestParams
+    ) -> SubscriptionsListenResult:
+        """`subscriptions/listen` (2026-07-28), each asked-for URI authorized first."""
+        handle = bus.as_agent(_caller(ctx, me), front_door=True)
+        for uri in params.notifications.resource_subscriptions or ():
+            try:
+                await _to_thread(handle.authorize_listen, str(uri))
+            except BusError as exc:
+                raise MCPError(INVALID_PARAMS, exc.message) from None
+        return await listen(ctx, params)
+
+    lowlevel.add_request_handler(
+        "subscriptions/listen", SubscriptionsListenRequestParams, on_listen
+    )
 
 
 def _caller(ctx: Any, me: Any) -> str:

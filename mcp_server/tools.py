@@ -20,7 +20,8 @@ from pydantic import Field
 
 from bus.client import MessageBus
 from bus.errors import BusError
-from bus.health import Health, Stats, check_health, collect_stats
+from bus.handle import AgentHandle
+from bus.health import Health, Stats
 from bus.schema import MessageType, Priority, Receipt, compose
 from mcp_server.models import (
     AckResult,
@@ -71,6 +72,10 @@ class BusTools:
         self.events = events
         self.identify = identify
 
+    def handle(self, ctx: Context) -> AgentHandle:
+        """The caller's identity-bound handle: every tool acts through it."""
+        return self.bus.as_agent(self.identify(ctx), front_door=True)
+
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Runs a bus call off the event loop; bus errors become tool errors."""
         try:
@@ -107,10 +112,11 @@ class BusTools:
             **options,
         )
 
-    async def read(self, agent: str, limit: int, wait_seconds: float) -> ReadResult:
+    async def read(self, me: AgentHandle, limit: int, wait_seconds: float) -> ReadResult:
         deadline = time.monotonic() + wait_seconds
+        agent = me.agent
         while True:
-            messages = await self.call(self.bus.read, agent, limit=limit, wait=0)
+            messages = await self.call(me.read, limit=limit, wait=0)
             remaining = deadline - time.monotonic()
             if messages or remaining <= 0:
                 return ReadResult(messages=messages, count=len(messages))
@@ -128,7 +134,7 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
     if profile not in PROFILES:
         raise ValueError(f"unknown tool profile {profile!r}; one of {', '.join(PROFILES)}")
     wanted = set(PROFILES[profile])
-    bus, me = tools.bus, tools.identify
+    me = tools.handle
 
     def tool(fn: Callable[..., Any]) -> Callable[..., Any]:
         if fn.__name__ in wanted:
@@ -163,8 +169,9 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
     ) -> Receipt:
         """Send a message to one agent (`to`), to a topic's subscribers (`topic`), or to
         everyone (`broadcast`). Returns the message id and its status ("queued")."""
+        handle = me(ctx)
         message = tools.message(
-            me(ctx),
+            handle.agent,
             to=to,
             topic=topic,
             broadcast=broadcast,
@@ -177,7 +184,7 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
             dedup_key=dedup_key,
             encrypted=encrypted,
         )
-        return await tools.call(bus.send_message, message)
+        return await tools.call(handle.send, message)
 
     @tool
     async def read_messages(
@@ -197,7 +204,7 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         ctx: Context, ids: list[str] = Field(description="ids of messages you read")
     ) -> AckResult:
         """Acknowledge messages you have handled so they are not delivered again."""
-        return await tools.call(bus.ack, me(ctx), ids)
+        return await tools.call(me(ctx).ack, ids)
 
     @tool
     async def subscribe(
@@ -210,8 +217,7 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
     ) -> SubscriptionsResult:
         """Subscribe to topics; optional filters keep only some message types/priorities."""
         subs = await tools.call(
-            bus.subscribe,
-            me(ctx),
+            me(ctx).subscribe,
             topics,
             types=[t.value for t in types] if types else None,
             priorities=[p.value for p in priorities] if priorities else None,
@@ -223,7 +229,7 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         ctx: Context, topics: list[str] = Field(description="topics to leave")
     ) -> UnsubscribeResult:
         """Stop receiving messages published to these topics."""
-        return UnsubscribeResult(removed=await tools.call(bus.unsubscribe, me(ctx), topics))
+        return UnsubscribeResult(removed=await tools.call(me(ctx).unsubscribe, topics))
 
     @tool
     async def get_history(
@@ -236,12 +242,15 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         ),
     ) -> HistoryResult:
         """Messages you sent or received, newest first."""
-        caller = me(ctx)
-        agent = agent_id or caller
-        await tools.call(bus.guard.may_read, caller, agent)
+        handle = me(ctx)
         messages = await tools.call(
-            bus.history, agent, limit=limit, since=since, type=type.value if type else None
+            handle.history,
+            limit=limit,
+            since=since,
+            type=type.value if type else None,
+            of=agent_id,
         )
+        agent = agent_id or handle.agent
         return HistoryResult(agent=agent, messages=messages, count=len(messages))
 
     @tool
@@ -249,8 +258,7 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         ctx: Context, id: str = Field(description="message id from send_message")
     ) -> MessageStatus:
         """Delivery status: queued, delivered, read, acked, retrying, dead, expired..."""
-        me(ctx)
-        return await tools.call(bus.status, id)
+        return await tools.call(me(ctx).status, id)
 
     @tool
     async def request(
@@ -263,9 +271,9 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
     ) -> RequestResult:
         """Send a request and wait for the response whose correlation_id is its id. On
         timeout you get the request id back to check later."""
-        sender = me(ctx)
+        handle = me(ctx)
         prepared = tools.message(
-            sender,
+            handle.agent,
             to=to,
             topic=None,
             broadcast=False,
@@ -273,18 +281,17 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
             payload=payload,
             priority=priority,
             ttl_seconds=None,
-            reply_to=sender,
+            reply_to=handle.agent,
         )
         prepared["id"] = request_id = str(uuid.uuid4())
         await tools.events.start()
         waiter = tools.events.reply_waiter(request_id)
         try:
-            await tools.call(bus.send_message, prepared)
+            await tools.call(handle.send, prepared)
             deadline = time.monotonic() + timeout_seconds
             while True:
-                response_id = await tools.call(bus.runtime.store.reply_for, request_id)
-                if response_id:
-                    response = await tools.call(bus.reader.take, sender, response_id)
+                response = await tools.call(handle.response_to, request_id)
+                if response is not None:
                     return RequestResult(
                         request_id=request_id, status="answered", response=response
                     )
@@ -304,10 +311,10 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         ctx: Context, messages: list[BatchItem] = Field(description="up to 500 messages")
     ) -> BatchResult:
         """Send many messages at once; all are validated before any is sent."""
-        sender = me(ctx)
+        handle = me(ctx)
         batch = [
             tools.message(
-                sender,
+                handle.agent,
                 to=m.to,
                 topic=m.topic,
                 broadcast=False,
@@ -320,26 +327,24 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
             )
             for m in messages
         ]
-        return BatchResult(receipts=await tools.call(bus.send_batch, batch))
+        return BatchResult(receipts=await tools.call(handle.send_batch, batch))
 
     @tool
     async def list_subscriptions(ctx: Context) -> SubscriptionsResult:
         """Your topic subscriptions and their filters."""
-        return SubscriptionsResult(subscriptions=await tools.call(bus.subscriptions, me(ctx)))
+        return SubscriptionsResult(subscriptions=await tools.call(me(ctx).subscriptions))
 
     @tool
     async def list_agents(ctx: Context) -> AgentsResult:
         """Every registered agent with its inbox depth and when it was last seen."""
-        me(ctx)
-        return AgentsResult(agents=await tools.call(bus.agents))
+        return AgentsResult(agents=await tools.call(me(ctx).agents))
 
     @tool
     async def list_dead_letters(
         ctx: Context, limit: int = Field(default=50, ge=1, le=1000)
     ) -> DeadLettersResult:
         """Messages that could not be delivered, with the reason (admins only)."""
-        await tools.call(bus.guard.require_admin, me(ctx), "list dead letters")
-        letters = await tools.call(bus.dead_letters, limit)
+        letters = await tools.call(me(ctx).dead_letters, limit)
         return DeadLettersResult(dead_letters=letters, count=len(letters))
 
     @tool
@@ -351,16 +356,15 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         """Send dead letters back to their priority queue (admins only)."""
         if not ids and not all:
             raise ToolError("give `ids` of dead letters to replay, or all=true")
-        replayed = await tools.call(bus.replay_dead_letters, ids, all=all, agent=me(ctx))
+        replayed = await tools.call(me(ctx).replay_dead_letters, ids, all=all)
         return ReplayResult(replayed=replayed)
 
     @tool
     async def health(ctx: Context) -> Health:
         """Whether Redis, the broker and the workers are up, and the dead-letter depth."""
-        return await tools.call(check_health, bus.runtime)
+        return await tools.call(me(ctx).health)
 
     @tool
     async def bus_stats(ctx: Context) -> Stats:
         """Queue depths, agents, topics, subscriptions and inbox depths."""
-        me(ctx)
-        return await tools.call(collect_stats, bus.runtime)
+        return await tools.call(me(ctx).stats)

@@ -153,6 +153,22 @@ _NEXT_STEP = {
 }
 
 
+def keep_payload_strings(metadata: Any) -> None:
+    """The SDK parses a string argument as JSON when its parameter is not typed `str` (some
+    clients send lists as JSON text). A payload is any JSON value, a string included: the
+    payload "{\"a\": 1}" must arrive as that string, not as an object. The other arguments
+    keep the SDK's leniency."""
+    parse = metadata.pre_parse_json
+
+    def pre_parse_json(data: dict[str, Any]) -> dict[str, Any]:
+        parsed: dict[str, Any] = parse(data)
+        if "payload" in data:
+            parsed["payload"] = data["payload"]
+        return parsed
+
+    object.__setattr__(metadata, "pre_parse_json", pre_parse_json)  # a pydantic model's
+
+
 def takes(
     names: tuple[str, ...],
     *,
@@ -193,6 +209,7 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
             registered = server._tool_manager.get_tool(fn.__name__)
             if registered is not None:  # what tools/list shows; calls validate as before
                 registered.parameters = lean_schema(registered.parameters)
+                keep_payload_strings(registered.fn_metadata)
         return fn
 
     @tool

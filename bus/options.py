@@ -164,4 +164,4 @@ def item_model(name: str, names: Sequence[str], doc: str) -> type[BaseModel]:
 
 def parse_options(data: dict[str, Any]) -> SendOptions:
     """SendOptions from what an entrance was given, refused with a named error."""
-    return parse(SendOptions, {k: v for k, v in data.items() if v is not None}, "")
+    return parse(SendOptions, {k: v for k, v in data.items() if v is not None}, what="message")

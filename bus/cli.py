@@ -18,11 +18,11 @@ from typing import Any, TypeVar
 import click
 import orjson
 import pydantic
-from pydantic import BaseModel
 
 from bus import options
 from bus.errors import BusError, ValidationError
 from bus.jsonvalue import loads_exact
+from bus.jsonview import to_json
 from bus.options import SendOptions, parse_options
 from bus.settings import Settings
 
@@ -32,19 +32,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def emit(value: Any, as_json: bool, text: Callable[[Any], str] | None = None) -> None:
     if as_json or text is None:
-        click.echo(orjson.dumps(_plain(value), option=orjson.OPT_INDENT_2 if not as_json else 0))
+        click.echo(to_json(value, indent=not as_json))
     else:
         click.echo(text(value))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json", by_alias=True, exclude_none=True)
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
 
 
 def handle_errors(fn: F) -> F:

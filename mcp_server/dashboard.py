@@ -152,6 +152,7 @@ def _refuse_write(request: Request, by_cookie: bool, origins: WebOrigins) -> Res
 def main() -> None:
     """`msgbus dashboard`: the dashboard alone, on its own port."""
     import argparse
+    import sys
 
     import uvicorn
     from starlette.applications import Starlette
@@ -167,6 +168,11 @@ def main() -> None:
     args = parser.parse_args()
     configure("WARNING")
     settings = Settings()
+    try:
+        settings.signing_keys  # noqa: B018 - production with a missing or short secret: now
+    except BusError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     tokens = TokenFile(
         args.tokens_file or settings.tokens_file or settings.state_dir / "tokens.json"
     )

@@ -399,6 +399,29 @@ def test_mail_admitted_while_no_worker_runs_cannot_overfill_an_inbox(fresh_env, 
     )
 
 
+def test_one_broadcaster_cannot_fill_every_idle_inbox_against_everyone_else(fresh_env, agents):
+    cap = 8
+    fresh_env.overrides["MESSAGE_BUS_INBOX_MAX"] = str(cap)
+    fresh_env.start_worker()
+    bus = fresh_env.bus()
+    hostile, carol, bob = agents("hostile"), agents("carol"), agents("bob")
+    connect(bus, carol, bob)  # bob connected once and is away for a while
+
+    async def scenario():
+        async with stdio(fresh_env, hostile) as spammer, stdio(fresh_env, carol) as honest:
+            for i in range(cap):
+                await call(spammer, "send_message", {"broadcast": True, "payload": i})
+            wait_for(lambda: inbox_depth(bus, bob) == cap, 15, "the broadcasts in bob's inbox")
+            return await honest.call_tool("send_message", {"to": bob, "payload": "from carol"})
+
+    result = run(scenario())
+    bus.close()
+    assert not result.is_error, (
+        f"after {cap} broadcasts from one agent, carol's mail to {bob} is refused: "
+        f"{result.content[0].text}"
+    )
+
+
 # -- bounds: history --------------------------------------------------------------------------
 
 

@@ -95,9 +95,9 @@ class Admission:
                     [
                         k.dedup(rec.sender, rec.dedup_key),
                         k.status(rec.id),
-                        k.history(rec.sender),
+                        k.history(rec.sender, sent=True),
                         k.dedup_id(rec.id),
-                        k.history_bytes(rec.sender),
+                        k.history_bytes(rec.sender, sent=True),
                     ],
                     [rec.id, rec.wire, rec.sender],
                 )
@@ -145,8 +145,8 @@ class Admission:
                 k.dedup(rec.sender, rec.dedup_key),
                 k.dedup_id(rec.id),
                 k.status(rec.id),
-                k.history(rec.sender),
-                k.history_bytes(rec.sender),
+                k.history(rec.sender, sent=True),
+                k.history_bytes(rec.sender, sent=True),
                 k.unseen(rec.sender),
             ]
             keys += [k.inbox(agent).body for agent in rec.recipients]

@@ -114,8 +114,8 @@ class AgentHandle:
         return self.bus.ack(self.agent, ids)
 
     def unread(self) -> int:
-        """Messages waiting in this agent's inbox, leased or not."""
-        return self.bus.runtime.store.inbox_depths([self.agent])[self.agent]
+        """Messages a read would hand this agent now (ready, or their lease ran out)."""
+        return self.bus.runtime.store.unread(self.agent)
 
     def history(
         self,

@@ -11,9 +11,10 @@ Keyspace (``P`` = prefix; ``{a}`` = agent id in a hash tag so one agent's keys s
     P inbox:{a}:body               hash   message id -> stored wire JSON
     P inbox:{a}:meta               hash   message id -> "score|delivery count"
     P inbox:seq                    string global FIFO sequence for ready scores
-    P history:{a}                  zset   wire JSON -> timestamp ms (capped per agent, in
-                                          entries and in bytes)
-    P history:{a}:bytes            string total length of the members of history:{a}
+    P history:{a}                  zset   wire JSON -> timestamp ms of what a received (capped
+                                          per agent, in entries and in bytes)
+    P history:{a}:sent             zset   the same of what a sent (capped apart)
+    P history:{a}[:sent]:bytes     string total length of the members of that history
     P unseen:{a}                   set    agents that never connected which a has mail
                                           waiting for (capped per sender)
     P audit:burst:{a}:{action}     string refusals of a's action this minute (sampling)
@@ -93,11 +94,19 @@ class Keys:
     def inbox_seq(self) -> str:
         return f"{self.prefix}inbox:seq"
 
-    def history(self, agent: str) -> str:
-        return f"{self.prefix}history:{{{agent}}}"
+    def history(self, agent: str, *, sent: bool = False) -> str:
+        """What `agent` received, or (`sent`) what it sent: kept apart, so mail flooding
+        into an agent can never evict the history of what it sent itself."""
+        return f"{self.prefix}history:{{{agent}}}" + (":sent" if sent else "")
 
-    def history_bytes(self, agent: str) -> str:
-        return f"{self.prefix}history:{{{agent}}}:bytes"
+    def history_bytes(self, agent: str, *, sent: bool = False) -> str:
+        return f"{self.history(agent, sent=sent)}:bytes"
+
+    def histories(self, agent: str) -> list[tuple[str, str]]:
+        """(history, its byte count) for both halves of an agent's history."""
+        return [
+            (self.history(agent, sent=s), self.history_bytes(agent, sent=s)) for s in (False, True)
+        ]
 
     def unseen(self, sender: str) -> str:
         return f"{self.prefix}unseen:{{{sender}}}"

@@ -43,8 +43,9 @@ def key_usage(runtime: Any, dead_letters: int = 10_000) -> dict[str, int]:
         for agent in client.zrange(k.agents, 0, -1):
             for _, text in client.hscan_iter(k.inbox(agent).body, count=500):
                 count(text)
-            for text, _ in client.zscan_iter(k.history(agent), count=500):
-                count(text)
+            for history, _ in k.histories(agent):
+                for text, _ in client.zscan_iter(history, count=500):
+                    count(text)
     for letter in DeadLetterQueue(runtime).peek(dead_letters):
         if letter.message is not None:
             count(orjson.dumps(letter.message).decode())

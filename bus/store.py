@@ -202,6 +202,17 @@ class RedisStore:
             ready, leased = pipe.execute()
         return int(ready), int(leased)
 
+    def unread(self, agent: str) -> int:
+        """Messages a read would hand out: the ready ones, and leased ones whose lease has
+        run out (by Redis's clock)."""
+        inbox = self.keys.inbox(agent)
+        with redis_errors("count unread messages"):
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.zcard(inbox.ready)
+            pipe.zcount(inbox.leased, "-inf", self.clock.now_ms())
+            ready, expired = pipe.execute()
+        return int(ready) + int(expired)
+
     def inbox_depths(self, agents: Sequence[str]) -> dict[str, int]:
         with redis_errors("count inboxes"):
             pipe = self.redis.pipeline(transaction=False)
@@ -231,21 +242,23 @@ class RedisStore:
     # -- history ---------------------------------------------------------------------------
 
     def history(self, agent: str, limit: int, since_ms: int | None) -> list[str]:
-        """Newest first."""
+        """What `agent` sent and received, newest first (one round trip)."""
+        low = since_ms if since_ms is not None else "-inf"
         with redis_errors("read history"):
-            return self.redis.zrevrangebyscore(
-                self.keys.history(agent),
-                "+inf",
-                since_ms if since_ms is not None else "-inf",
-                start=0,
-                num=limit,
-            )
+            pipe = self.redis.pipeline(transaction=False)
+            for key, _ in self.keys.histories(agent):
+                pipe.zrevrangebyscore(key, "+inf", low, start=0, num=limit, withscores=True)
+            received, sent = pipe.execute()
+        merged = sorted({**dict(sent), **dict(received)}.items(), key=lambda e: -e[1])
+        return [wire for wire, _ in merged[:limit]]
 
     def trim_history_before(self, agent: str, cutoff_ms: int) -> int:
-        """Drops `agent`'s history older than `cutoff_ms`, keeping its byte count true."""
-        keys = [self.keys.history(agent), self.keys.history_bytes(agent)]
+        """Drops `agent`'s history older than `cutoff_ms`, keeping its byte counts true."""
         with redis_errors("trim history"):
-            return int(self._trim_history(keys=keys, args=[cutoff_ms]))
+            return sum(
+                int(self._trim_history(keys=[key, size], args=[cutoff_ms]))
+                for key, size in self.keys.histories(agent)
+            )
 
     # -- status ----------------------------------------------------------------------------
 

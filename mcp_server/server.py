@@ -3,26 +3,35 @@
 from __future__ import annotations
 
 import logging
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+import anyio
 import orjson
+import pydantic
+from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.server.subscriptions import ListenHandler
 from mcp.shared.exceptions import MCPError
 from mcp_types import (
     INVALID_PARAMS,
+    CallToolResult,
     EmptyResult,
     SubscribeRequestParams,
     SubscriptionsListenRequestParams,
     SubscriptionsListenResult,
+    TextContent,
     UnsubscribeRequestParams,
 )
+from mcp_types import Resource as MCPResource
 
 from bus.client import MessageBus
 from bus.errors import BusError
 from bus.handle import AgentHandle
+from bus.jsonview import to_json
 from bus.settings import Settings
+from bus.validation import describe
 from mcp_server.identity import Identity
 from mcp_server.push import InboxEvents, LegacySubscriptions, RedisSubscriptionBus
 from mcp_server.tools import BusTools, register_tools
@@ -30,10 +39,10 @@ from mcp_server.tools import BusTools, register_tools
 logger = logging.getLogger(__name__)
 
 INSTRUCTIONS = """\
-A message bus between agents. You are one agent; your id is fixed by your connection.
-send_message to an agent (`to`), a topic, or everyone (broadcast); read_messages to get
-your mail (it waits up to wait_seconds) and ack_messages when done; request to ask another
-agent and wait for its answer. Payloads are any JSON."""
+A message bus between agents; your id is fixed by your connection. send_message to an \
+agent (`to`), a topic or everyone (broadcast); request asks and waits for the answer. \
+Results count your `unread` mail. When a <channel> block from this server arrives, or \
+unread > 0: read_messages, act on them, then ack_messages."""
 
 
 DEAD_LETTERS_URI = "message-bus://dead-letters"
@@ -44,32 +53,56 @@ class BusServer(MCPServer[Any]):
     resources may see the caller (for admin-only ones)."""
 
     bus: MessageBus
+    tools: BusTools
     context_resources: dict[str, Any]
 
     async def read_resource(self, uri: Any, context: Any = None) -> Any:
-        from mcp.server.lowlevel.helper_types import ReadResourceContents
-
         handler = self.context_resources.get(str(uri))
         if handler is None:
             return await super().read_resource(uri, context)
         return [ReadResourceContents(content=await handler(context), mime_type="application/json")]
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
-        # The SDK ignores unknown arguments; a model that misspells one should hear of it.
+        try:
+            self._check_arguments(name, arguments)
+            result = await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            raise ToolError(await self._with_unread(str(exc), context)) from None
+        if isinstance(result, CallToolResult) and result.structured_content is not None:
+            # Clients that show the model the text block see the same compact JSON as
+            # structuredContent (Claude Code shows structuredContent), not an indented copy.
+            text = orjson.dumps(result.structured_content).decode()
+            result.content = [TextContent(type="text", text=text)]
+        return result
+
+    def _check_arguments(self, name: str, arguments: dict[str, Any]) -> None:
+        """Refusals a model can act on: the SDK ignores unknown arguments (a misspelt one
+        should be heard of) and reports bad values as pydantic's multi-line dump."""
         tool = self._tool_manager.get_tool(name)
-        if tool is not None:
-            known = set(tool.parameters.get("properties", {}))
-            unknown = sorted(set(arguments) - known)
-            if unknown:
-                raise ToolError(
-                    f"unknown argument(s) {', '.join(unknown)} for {name}; "
-                    f"it takes: {', '.join(sorted(known)) or 'no arguments'}"
-                )
-        return await super().call_tool(name, arguments, context)
+        if tool is None:
+            return
+        known = set(tool.parameters.get("properties", {}))
+        unknown = sorted(set(arguments) - known)
+        if unknown:
+            raise ToolError(
+                f"unknown argument(s) {', '.join(unknown)} for {name}; "
+                f"it takes: {', '.join(sorted(known)) or 'no arguments'}"
+            )
+        metadata = tool.fn_metadata
+        try:
+            metadata.arg_model.model_validate(metadata.pre_parse_json(arguments))
+        except pydantic.ValidationError as exc:
+            raise ToolError(f"bad arguments for {name}: {describe(exc)}") from None
+
+    async def _with_unread(self, message: str, context: Any) -> str:
+        """An error still tells the caller it has mail (when Redis can say so at once)."""
+        try:
+            count = await self.tools.unread(self.tools.identify(context))
+        except (ToolError, BusError):
+            return message
+        return f"{message} (you have {count} unread: read_messages)" if count else message
 
     async def list_resources(self) -> list[Any]:
-        from mcp_types import Resource as MCPResource
-
         resources = await super().list_resources()
         resources.append(
             MCPResource(
@@ -96,15 +129,18 @@ class BusServer(MCPServer[Any]):
 
 
 async def _to_thread(fn: Any, *args: Any) -> Any:
-    import anyio
-
     return await anyio.to_thread.run_sync(lambda: fn(*args))
 
 
-def _json(value: Any) -> str:
-    from bus.cli import _plain
+def _version() -> str:
+    try:
+        return version("agent-message-bus")
+    except PackageNotFoundError:
+        return "0+unknown"
 
-    return orjson.dumps(_plain(value), option=orjson.OPT_INDENT_2).decode()
+
+def _json(value: Any) -> str:
+    return to_json(value, indent=True).decode()
 
 
 def build_server(
@@ -114,6 +150,7 @@ def build_server(
     events = InboxEvents(settings.redis_url, bus.runtime.keys)
     server = BusServer(
         name="agent-message-bus",
+        version=_version(),
         instructions=INSTRUCTIONS,
         subscriptions=RedisSubscriptionBus(events),
         token_verifier=identity.token_verifier,
@@ -123,7 +160,8 @@ def build_server(
     server.bus = bus
     server.context_resources = {}
     me = identity.agent_of
-    register_tools(server, BusTools(bus, events, me), profile)
+    server.tools = BusTools(bus, events, me)
+    register_tools(server, server.tools, profile)
     _register_resources(server, bus, me)
     _register_legacy_subscribe(server, bus, events, me)
     return server, events

@@ -2,12 +2,15 @@
 
 Profiles: `core` (8 tools, the default) and `full` (core + 7 operator tools). Errors become
 tool errors with the bus's message; nothing here lets an agent act as another agent.
+Results are the compact views of mcp_server/views.py with the caller's `unread` count.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
+import contextlib
+import inspect
+import typing
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -18,26 +21,39 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
+from bus import options
 from bus.client import MessageBus
 from bus.errors import BusError
 from bus.handle import AgentHandle
-from bus.health import Health, Stats
-from bus.schema import MessageType, Priority, Receipt, compose
+from bus.longpoll import apoll
+from bus.options import parse_options
+from bus.schema import MessageType, Priority, ReceivedMessage
 from mcp_server.models import (
     AckResult,
     AgentsResult,
     BatchItem,
     BatchResult,
     DeadLettersResult,
+    HealthResult,
     HistoryResult,
-    MessageStatus,
     ReadResult,
     ReplayResult,
     RequestResult,
+    SendResult,
+    StatsResult,
+    StatusResult,
     SubscriptionsResult,
     UnsubscribeResult,
 )
 from mcp_server.push import InboxEvents
+from mcp_server.toolschema import description, lean_schema
+from mcp_server.views import (
+    MessageView,
+    message_view,
+    receipt_view,
+    status_view,
+    subscription_view,
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -63,6 +79,10 @@ FULL_TOOLS = CORE_TOOLS + (
 )
 PROFILES = {"core": CORE_TOOLS, "full": FULL_TOOLS}
 
+# read_messages waits this long by default: long enough that a model polling in a loop
+# does not spin, short enough to return before the common 30 s client request timeouts.
+DEFAULT_WAIT_SECONDS = 20.0
+
 Identify = Callable[[Context], str]
 
 
@@ -83,51 +103,98 @@ class BusTools:
         except BusError as exc:
             raise ToolError(_explain(exc)) from None
 
-    def message(
-        self,
-        sender: str,
-        *,
-        to: str | None,
-        topic: str | None,
-        broadcast: bool,
-        type: MessageType,
-        payload: Any,
-        priority: Priority,
-        ttl_seconds: float | None,
-        **options: Any,
-    ) -> dict[str, Any]:
-        if broadcast and (to or topic):
-            raise ToolError("broadcast goes to everyone: leave `to` and `topic` empty")
-        if not broadcast and not to and not topic:
-            raise ToolError("say where it goes: `to` (an agent id), `topic`, or broadcast=true")
-        return compose(
-            sender,
-            to=to,
-            topic=topic,
-            broadcast=broadcast,
-            type=type.value,
-            payload=payload,
-            priority=priority.value,
-            ttl=ttl_seconds,
-            **options,
+    @staticmethod
+    def message(given: dict[str, Any], sender: str) -> dict[str, Any]:
+        """The message a tool's arguments (SendOptions' fields) describe, from `sender`."""
+        try:
+            return parse_options(given).message(sender)
+        except BusError as exc:
+            raise ToolError(_explain(exc)) from None
+
+    async def read(
+        self, me: AgentHandle, limit: int, wait_seconds: float, full: bool
+    ) -> ReadResult:
+        agent = me.agent
+        # Waits on the shared event listener: no thread is held while waiting.
+        messages = await apoll(
+            lambda: self.call(me.read, limit=limit, wait=0),
+            lambda seconds: self.events.wait_inbox(agent, seconds),
+            wait_seconds,
+        )
+        return ReadResult(
+            messages=self.views(messages, agent, full),
+            count=len(messages),
+            unread=await self.unread(agent),
         )
 
-    async def read(self, me: AgentHandle, limit: int, wait_seconds: float) -> ReadResult:
-        deadline = time.monotonic() + wait_seconds
-        agent = me.agent
-        while True:
-            messages = await self.call(me.read, limit=limit, wait=0)
-            remaining = deadline - time.monotonic()
-            if messages or remaining <= 0:
-                return ReadResult(messages=messages, count=len(messages))
-            # Waits on the shared event listener: no thread is held while waiting.
-            await self.events.wait_inbox(agent, min(remaining, 5.0))
+    async def unread(self, agent: str) -> int:
+        """The authenticated caller's own unread count."""
+        return await self.call(self.bus.as_agent(agent).unread)
+
+    @staticmethod
+    def views(
+        messages: list[ReceivedMessage], reader: str, full: bool
+    ) -> list[MessageView | ReceivedMessage]:
+        if full:
+            return list(messages)
+        return [message_view(m, reader) for m in messages]
 
 
 def _explain(exc: BusError) -> str:
-    if exc.code == "rate_limited":
-        return f"{exc.message} (retry_after={exc.fields.get('retry_after')})"
-    return exc.message
+    """The bus's message, with the next step where its own words leave that out."""
+    hint = _NEXT_STEP.get(exc.code, "")
+    return exc.message if not hint or "retry" in exc.message else exc.message + hint
+
+
+_NEXT_STEP = {
+    "not_found": "; check the id (send_message and read_messages return ids)",
+    "unavailable": "; retry in a few seconds",
+    "timeout": "; call message_status with the id to see where it is",
+}
+
+
+def keep_payload_strings(metadata: Any) -> None:
+    """The SDK parses a string argument as JSON when its parameter is not typed `str` (some
+    clients send lists as JSON text). A payload is any JSON value, a string included: the
+    payload "{\"a\": 1}" must arrive as that string, not as an object. The other arguments
+    keep the SDK's leniency."""
+    parse = metadata.pre_parse_json
+
+    def pre_parse_json(data: dict[str, Any]) -> dict[str, Any]:
+        parsed: dict[str, Any] = parse(data)
+        if "payload" in data:
+            parsed["payload"] = data["payload"]
+        return parsed
+
+    object.__setattr__(metadata, "pre_parse_json", pre_parse_json)  # a pydantic model's
+
+
+def takes(
+    names: tuple[str, ...],
+    *,
+    required: tuple[str, ...] = (),
+    defaults: dict[str, Any] | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Gives a tool `fn(ctx, ..., **given)` the send options `names` as its arguments: the
+    schema agents see is generated from bus.options.SendOptions (one declaration)."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        hints = typing.get_type_hints(fn)
+        signature = inspect.signature(fn)
+        own = [
+            p.replace(annotation=hints.get(p.name, p.annotation))
+            for p in signature.parameters.values()
+            if p.kind is not p.VAR_KEYWORD
+        ]
+        generated = options.parameters(names, required=required, defaults=defaults)
+        fn.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[*own, *generated], return_annotation=hints.get("return")
+        )
+        hints.pop("given", None)
+        fn.__annotations__ = {**hints, **{p.name: p.annotation for p in generated}}
+        return fn
+
+    return decorate
 
 
 def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
@@ -138,73 +205,55 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
 
     def tool(fn: Callable[..., Any]) -> Callable[..., Any]:
         if fn.__name__ in wanted:
-            server.tool(name=fn.__name__, description=(fn.__doc__ or "").strip())(fn)
+            server.tool(name=fn.__name__, description=description(fn.__doc__))(fn)
+            registered = server._tool_manager.get_tool(fn.__name__)
+            if registered is not None:  # what tools/list shows; calls validate as before
+                registered.parameters = lean_schema(registered.parameters)
+                keep_payload_strings(registered.fn_metadata)
         return fn
 
     @tool
-    async def send_message(
-        ctx: Context,
-        to: str | None = Field(default=None, description="recipient agent id, e.g. 'bob'"),
-        topic: str | None = Field(
-            default=None,
-            description="topic: delivered to its "
-            "subscribers when `to` is empty (a label when `to` is set)",
-        ),
-        broadcast: bool = Field(default=False, description="send to every agent but you"),
-        payload: Any = Field(default=None, description="any JSON value"),
-        type: MessageType = Field(default=MessageType.event, description="message type"),
-        priority: Priority = Field(default=Priority.normal),
-        ttl_seconds: float | None = Field(
-            default=None, gt=0, description="never delivered after this many seconds"
-        ),
-        correlation_id: str | None = Field(
-            default=None, description="when answering: the request's id"
-        ),
-        reply_to: str | None = Field(default=None, description="where responses should go"),
-        dedup_key: str | None = Field(
-            default=None,
-            description="idempotency key: a retry with the same key is not delivered twice",
-        ),
-        encrypted: bool = Field(default=False, description="encrypt the payload at rest"),
-    ) -> Receipt:
-        """Send a message to one agent (`to`), to a topic's subscribers (`topic`), or to
-        everyone (`broadcast`). Returns the message id and its status ("queued")."""
+    @takes(options.MCP_SEND)
+    async def send_message(ctx: Context, **given: Any) -> SendResult:
+        """Send a message to one agent (`to`), a topic's subscribers (`topic`), or everyone
+        (`broadcast`). Returns its id and status."""
         handle = me(ctx)
-        message = tools.message(
-            handle.agent,
-            to=to,
-            topic=topic,
-            broadcast=broadcast,
-            type=type,
-            payload=payload,
-            priority=priority,
-            ttl_seconds=ttl_seconds,
-            correlation_id=correlation_id,
-            reply_to=reply_to,
-            dedup_key=dedup_key,
-            encrypted=encrypted,
-        )
-        return await tools.call(handle.send, message)
+        message = tools.message(given, handle.agent)
+        receipt = receipt_view(await tools.call(handle.send, message))
+        return SendResult(**receipt.model_dump(), unread=await tools.unread(handle.agent))
 
     @tool
     async def read_messages(
         ctx: Context,
         limit: int = Field(default=10, ge=1, le=500, description="at most this many"),
         wait_seconds: float = Field(
-            default=0, ge=0, le=60, description="wait up to this long for the first message"
+            default=DEFAULT_WAIT_SECONDS,
+            ge=0,
+            le=60,
+            description="wait up to this long for the first message (0: do not wait)",
         ),
+        full: bool = Field(default=False, description="whole envelopes"),
     ) -> ReadResult:
-        """Read your inbox: highest priority first, oldest first within a priority. Messages
-        are leased, not removed: call ack_messages with their ids when done, or they come
-        back after the visibility timeout."""
-        return await tools.read(me(ctx), limit, wait_seconds)
+        """Read your inbox, highest priority first; returns as soon as mail is there.
+        Messages are leased: ack_messages their ids when done, or they come back later."""
+        return await tools.read(me(ctx), limit, wait_seconds, full)
 
     @tool
     async def ack_messages(
         ctx: Context, ids: list[str] = Field(description="ids of messages you read")
     ) -> AckResult:
         """Acknowledge messages you have handled so they are not delivered again."""
-        return await tools.call(me(ctx).ack, ids)
+        handle = me(ctx)
+        result = await tools.call(handle.ack, ids)
+        missing = result.not_found or None
+        return AckResult(
+            acked=len(result.acked),
+            not_found=missing,
+            note="not in your inbox: acked already, or not an id read_messages gave you"
+            if missing
+            else None,
+            unread=await tools.unread(handle.agent),
+        )
 
     @tool
     async def subscribe(
@@ -216,20 +265,26 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         ),
     ) -> SubscriptionsResult:
         """Subscribe to topics; optional filters keep only some message types/priorities."""
+        handle = me(ctx)
         subs = await tools.call(
-            me(ctx).subscribe,
+            handle.subscribe,
             topics,
             types=[t.value for t in types] if types else None,
             priorities=[p.value for p in priorities] if priorities else None,
         )
-        return SubscriptionsResult(subscriptions=subs)
+        return SubscriptionsResult(
+            subscriptions=[subscription_view(s) for s in subs],
+            unread=await tools.unread(handle.agent),
+        )
 
     @tool
     async def unsubscribe(
         ctx: Context, topics: list[str] = Field(description="topics to leave")
     ) -> UnsubscribeResult:
         """Stop receiving messages published to these topics."""
-        return UnsubscribeResult(removed=await tools.call(me(ctx).unsubscribe, topics))
+        handle = me(ctx)
+        removed = await tools.call(handle.unsubscribe, topics)
+        return UnsubscribeResult(removed=removed, unread=await tools.unread(handle.agent))
 
     @tool
     async def get_history(
@@ -240,6 +295,7 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         agent_id: str | None = Field(
             default=None, description="another agent's history (admins only)"
         ),
+        full: bool = Field(default=False, description="whole envelopes"),
     ) -> HistoryResult:
         """Messages you sent or received, newest first."""
         handle = me(ctx)
@@ -251,101 +307,107 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
             of=agent_id,
         )
         agent = agent_id or handle.agent
-        return HistoryResult(agent=agent, messages=messages, count=len(messages))
+        return HistoryResult(
+            agent=agent if agent != handle.agent else None,
+            messages=tools.views(messages, agent, full),
+            count=len(messages),
+            unread=await tools.unread(handle.agent),
+        )
 
     @tool
     async def message_status(
         ctx: Context, id: str = Field(description="message id from send_message")
-    ) -> MessageStatus:
+    ) -> StatusResult:
         """Delivery status: queued, delivered, read, acked, retrying, dead, expired..."""
-        return await tools.call(me(ctx).status, id)
+        handle = me(ctx)
+        status = status_view(await tools.call(handle.status, id))
+        return StatusResult(**status.model_dump(), unread=await tools.unread(handle.agent))
 
     @tool
+    @takes(options.MCP_REQUEST, required=("to",), defaults={"type": MessageType.request})
     async def request(
         ctx: Context,
-        to: str = Field(description="agent id that should answer"),
-        payload: Any = Field(default=None, description="any JSON value"),
         timeout_seconds: float = Field(default=30, gt=0, le=300),
-        type: MessageType = Field(default=MessageType.request),
-        priority: Priority = Field(default=Priority.normal),
+        **given: Any,
     ) -> RequestResult:
         """Send a request and wait for the response whose correlation_id is its id. On
         timeout you get the request id back to check later."""
         handle = me(ctx)
-        prepared = tools.message(
-            handle.agent,
-            to=to,
-            topic=None,
-            broadcast=False,
-            type=type,
-            payload=payload,
-            priority=priority,
-            ttl_seconds=None,
-            reply_to=handle.agent,
-        )
+        prepared = tools.message({**given, "reply_to": handle.agent}, handle.agent)
         prepared["id"] = request_id = str(uuid.uuid4())
         await tools.events.start()
         waiter = tools.events.reply_waiter(request_id)
+
+        async def woken(seconds: float) -> None:
+            waiter.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter.wait(), seconds)
+
         try:
             await tools.call(handle.send, prepared)
-            deadline = time.monotonic() + timeout_seconds
-            while True:
-                response = await tools.call(handle.response_to, request_id)
-                if response is not None:
-                    return RequestResult(
-                        request_id=request_id, status="answered", response=response
-                    )
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return RequestResult(request_id=request_id, status="timeout")
-                waiter.clear()
-                try:
-                    await asyncio.wait_for(waiter.wait(), min(remaining, 5.0))
-                except TimeoutError:
-                    pass
+            response = await apoll(
+                lambda: tools.call(handle.response_to, request_id), woken, timeout_seconds
+            )
         finally:
             tools.events.drop_reply_waiter(request_id, waiter)
+        if response is None:
+            return RequestResult(
+                request_id=request_id,
+                status="timeout",
+                note="no answer yet: a late one lands in your inbox (read_messages)",
+                unread=await tools.unread(handle.agent),
+            )
+        return RequestResult(
+            request_id=request_id,
+            status="answered",
+            response=message_view(response, handle.agent),
+            unread=await tools.unread(handle.agent),
+        )
 
     @tool
     async def send_batch(
-        ctx: Context, messages: list[BatchItem] = Field(description="up to 500 messages")
+        ctx: Context,
+        messages: list[BatchItem] = Field(
+            description=f"up to {tools.bus.settings.max_batch} messages",
+            max_length=tools.bus.settings.max_batch,
+        ),
     ) -> BatchResult:
         """Send many messages at once; all are validated before any is sent."""
         handle = me(ctx)
-        batch = [
-            tools.message(
-                handle.agent,
-                to=m.to,
-                topic=m.topic,
-                broadcast=False,
-                type=m.type,
-                payload=m.payload,
-                priority=m.priority,
-                ttl_seconds=m.ttl_seconds,
-                correlation_id=m.correlation_id,
-                dedup_key=m.dedup_key,
-            )
-            for m in messages
-        ]
-        return BatchResult(receipts=await tools.call(handle.send_batch, batch))
+        batch = [tools.message(m.model_dump(), handle.agent) for m in messages]
+        receipts = await tools.call(handle.send_batch, batch)
+        return BatchResult(
+            receipts=[receipt_view(r) for r in receipts],
+            unread=await tools.unread(handle.agent),
+        )
 
     @tool
     async def list_subscriptions(ctx: Context) -> SubscriptionsResult:
         """Your topic subscriptions and their filters."""
-        return SubscriptionsResult(subscriptions=await tools.call(me(ctx).subscriptions))
+        handle = me(ctx)
+        subs = await tools.call(handle.subscriptions)
+        return SubscriptionsResult(
+            subscriptions=[subscription_view(s) for s in subs],
+            unread=await tools.unread(handle.agent),
+        )
 
     @tool
     async def list_agents(ctx: Context) -> AgentsResult:
         """Every registered agent with its inbox depth and when it was last seen."""
-        return AgentsResult(agents=await tools.call(me(ctx).agents))
+        handle = me(ctx)
+        agents = await tools.call(handle.agents)
+        return AgentsResult(agents=agents, unread=await tools.unread(handle.agent))
 
     @tool
     async def list_dead_letters(
         ctx: Context, limit: int = Field(default=50, ge=1, le=1000)
     ) -> DeadLettersResult:
         """Messages that could not be delivered, with the reason (admins only)."""
-        letters = await tools.call(me(ctx).dead_letters, limit)
-        return DeadLettersResult(dead_letters=letters, count=len(letters))
+        handle = me(ctx)
+        letters = await tools.call(handle.dead_letters, limit)
+        return DeadLettersResult(
+            dead_letters=letters, count=len(letters), unread=await tools.unread(handle.agent)
+        )
 
     @tool
     async def replay_dead_letters(
@@ -356,15 +418,24 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         """Send dead letters back to their priority queue (admins only)."""
         if not ids and not all:
             raise ToolError("give `ids` of dead letters to replay, or all=true")
-        replayed = await tools.call(me(ctx).replay_dead_letters, ids, all=all)
-        return ReplayResult(replayed=replayed)
+        handle = me(ctx)
+        replayed = await tools.call(handle.replay_dead_letters, ids, all=all)
+        return ReplayResult(replayed=replayed, unread=await tools.unread(handle.agent))
 
     @tool
-    async def health(ctx: Context) -> Health:
+    async def health(ctx: Context) -> HealthResult:
         """Whether Redis, the broker and the workers are up, and the dead-letter depth."""
-        return await tools.call(me(ctx).health)
+        handle = me(ctx)
+        found = await tools.call(handle.health)
+        try:
+            unread = await tools.unread(handle.agent)
+        except ToolError:
+            unread = 0  # Redis is down: health says so; there is nothing to count
+        return HealthResult(**found.model_dump(), unread=unread)
 
     @tool
-    async def bus_stats(ctx: Context) -> Stats:
+    async def bus_stats(ctx: Context) -> StatsResult:
         """Queue depths, agents, topics, subscriptions and inbox depths."""
-        return await tools.call(me(ctx).stats)
+        handle = me(ctx)
+        found = await tools.call(handle.stats)
+        return StatsResult(**found.model_dump(), unread=await tools.unread(handle.agent))

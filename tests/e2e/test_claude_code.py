@@ -11,11 +11,28 @@ import pytest
 from tests.conftest import ARTIFACTS, wait_for
 from tests.support import claude_code
 from tests.support.anthropic_stub import Exchange, Text, ToolUse, result_text
-from tests.support.sessions import ReadSize, bus_tool, converse, load_tools, tool_json
+from tests.support.sessions import (
+    ReadSize,
+    bus_tool,
+    converse,
+    load_tools,
+    prompt_chars,
+    tool_json,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
 PAYLOAD = "please review PR 42 by friday"  # 29 characters, the size report's payload
+CORE = (
+    "send_message",
+    "read_messages",
+    "ack_messages",
+    "subscribe",
+    "unsubscribe",
+    "get_history",
+    "message_status",
+    "request",
+)
 
 
 @pytest.fixture(scope="session")
@@ -69,13 +86,15 @@ def test_alice_in_claude_code_sends_and_bob_in_claude_code_reads_and_acks(
         )
     )
     seen = tool_json(got.result_of(read))
-    assert seen["count"] == 1
+    assert seen["count"] == 1 and seen["unread"] == 0
     (message,) = seen["messages"]
-    assert (message["id"], message["from"], message["to"]) == (receipt["id"], alice, bob)
-    assert message["payload"] == payload and message["type"] == "command"
+    # The compact view: what bob needs to act, no envelope (no to: it is bob's own inbox).
+    assert set(message) == {"id", "from", "type", "time", "payload"}
+    assert (message["id"], message["from"], message["type"]) == (receipt["id"], alice, "command")
+    assert message["payload"] == payload
     ack_call = got.stub.turns[2].reply[0]
     assert isinstance(ack_call, ToolUse) and ack_call.input == {"ids": [receipt["id"]]}
-    assert tool_json(got.result_of(ack_call))["acked"] == [receipt["id"]]
+    assert tool_json(got.result_of(ack_call)) == {"acked": 1, "unread": 0}
 
     assert bus.status(receipt["id"]).status == "acked"
     depths = {a.id: a.inbox_depth for a in bus.agents()}
@@ -98,7 +117,7 @@ def test_bob_reading_before_anything_was_sent_is_shown_an_empty_inbox(
             ["read_messages"],
         )
     )
-    assert tool_json(got.result_of(read)) == {"messages": [], "count": 0}
+    assert tool_json(got.result_of(read)) == {"messages": [], "count": 0, "unread": 0}
 
 
 def test_tool_search_loads_a_deferred_bus_tool_and_the_model_then_sees_its_schema(
@@ -194,3 +213,45 @@ def test_size_of_read_results_the_model_sees_is_reported(module_env, bus, agents
     report = sizes.as_json() | {"one_message_text": one}
     (ARTIFACTS / "claude-code-read-sizes.json").write_text(json.dumps(report, indent=2))
     assert sizes.sizes[50] > 50 * sizes.payload_chars  # the figure is measured, not assumed
+
+
+def test_size_of_what_the_bus_adds_to_each_prompt_and_of_its_tool_definitions_is_reported(
+    module_env, worker, agents, claude, tmp_path
+):
+    """Measured against the same prompt with no MCP server, in same-length folders so the
+    working directory in the prompt does not differ. The server before compact views and
+    lean schemas, measured so: 712 characters on every prompt, 6,258 for the 8 loaded
+    definitions (send_message alone 1,942)."""
+    alice = agents("alice")
+    bare = clean(
+        converse(
+            claude, alice, module_env.env(), [Text("ok")], tmp_path / "run0", [], with_bus=False
+        )
+    )
+    with_bus = clean(
+        converse(
+            claude,
+            alice,
+            module_env.env(),
+            [load_tools(*CORE), Text("Loaded.")],
+            tmp_path / "run1",
+            list(CORE),
+        )
+    )
+    every_prompt = prompt_chars(with_bus.stub.turns[0]) - prompt_chars(bare.stub.turns[0])
+    loaded = with_bus.stub.turns[1]
+    definitions = {
+        name: len(json.dumps(loaded.tool_definition(bus_tool(name)), separators=(",", ":")))
+        for name in CORE
+    }
+    total = sum(definitions.values())
+    print(
+        f"\nthe bus adds {every_prompt} chars to every prompt; the {len(CORE)} core tool "
+        f"definitions, once loaded, {total} chars: {definitions}"
+    )
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "claude-code-definition-sizes.json").write_text(
+        json.dumps({"every_prompt": every_prompt, "definitions": definitions, "total": total})
+    )
+    assert 0 < every_prompt <= 712, every_prompt  # no more than before
+    assert total <= 5000, definitions  # 6,258 before

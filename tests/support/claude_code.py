@@ -31,6 +31,7 @@ PACKAGE = "@anthropic-ai/claude-code"
 CACHE_ENV = "MSGBUS_CLAUDE_CODE_DIR"
 INSTALL_TIMEOUT = 600.0
 RUN_TIMEOUT = 120.0
+STARTUP_WAIT = 60.0  # MCP servers of plugins: Claude Code waits this long at most for them
 
 
 class ClaudeCodeError(RuntimeError):
@@ -140,6 +141,27 @@ class ClaudeRun:
         )
 
 
+def cli(
+    claude: Path, args: Sequence[str], home: Path, cwd: Path, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """A non-model `claude` command (`plugin validate`, `plugin install`...) with the same
+    clean environment, stdin closed."""
+    home.mkdir(parents=True, exist_ok=True)
+    try:
+        return subprocess.run(
+            [str(claude), *args],
+            cwd=cwd,
+            env=claude_env("http://127.0.0.1:9", home),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ClaudeCodeError(f"claude {' '.join(args)} ran past {timeout}s") from exc
+
+
 def claude_env(base_url: str, home: Path) -> dict[str, str]:
     """A clean environment: the stub as the API, a scratch HOME, no outside traffic."""
     return {
@@ -161,23 +183,29 @@ def run(
     prompt: str,
     *,
     base_url: str,
-    mcp_config: Path,
+    mcp_config: Path | None,
     allowed_tools: Sequence[str],
     workdir: Path,
     timeout: float = RUN_TIMEOUT,
     extra_args: Sequence[str] = (),
+    extra_env: Mapping[str, str] | None = None,
 ) -> ClaudeRun:
     """`claude -p PROMPT` with only the MCP servers of `mcp_config`, in `workdir` (its HOME
-    is `workdir/home`). A run past `timeout` is killed with its MCP servers."""
+    is `workdir/home`). A run past `timeout` is killed with its MCP servers. `extra_env`
+    adds to its clean environment (a plugin's servers inherit it). `mcp_config=None`: the
+    servers of the installed or `--plugin-dir` plugins (a strict MCP config leaves them
+    out), waited for before the first turn as an explicit config is."""
     home = workdir / "home"
     home.mkdir(parents=True, exist_ok=True)
+    servers = ["--mcp-config", str(mcp_config), "--strict-mcp-config"] if mcp_config else []
+    env = claude_env(base_url, home)
+    if mcp_config is None:
+        env["CLAUDE_CODE_MCP_STARTUP_WAIT_MS"] = str(int(STARTUP_WAIT * 1000))
     args = [
         str(claude),
         "-p",
         prompt,
-        "--mcp-config",
-        str(mcp_config),
-        "--strict-mcp-config",
+        *servers,
         "--allowedTools",
         ",".join(allowed_tools),
         "--output-format",
@@ -188,7 +216,7 @@ def run(
     proc = subprocess.Popen(
         args,
         cwd=workdir,
-        env=claude_env(base_url, home),
+        env=env | dict(extra_env or {}),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

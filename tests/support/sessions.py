@@ -78,10 +78,14 @@ def converse(
     workdir: Path,
     allowed: Sequence[str],
     prompt: str = "Check the message bus and do what it needs.",
+    with_bus: bool = True,
 ) -> Session:
-    """Runs Claude Code as `agent` with `script` as its model, to the end."""
+    """Runs Claude Code as `agent` with `script` as its model, to the end (`with_bus=False`:
+    with no MCP server at all, the baseline of a size comparison)."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = claude_code.bus_mcp_config(workdir / "mcp.json", agent, bus_env, SERVER)
+    if not with_bus:
+        config.write_text('{"mcpServers": {}}')
     with AnthropicStub.running(list(script)) as stub:
         ran = claude_code.run(
             claude,
@@ -122,3 +126,11 @@ class ReadSize:
             "sizes": self.sizes,
             "beyond_payload_per_message": {n: self.beyond_payload(n) for n in self.sizes},
         }
+
+
+def prompt_chars(exchange: Exchange) -> int:
+    """Characters of what a request shows the model: system, messages and tool definitions
+    as compact JSON (the envelope fields around them, model name and such, left out)."""
+    body = exchange.body
+    shown = {k: body.get(k) for k in ("system", "messages", "tools")}
+    return len(json.dumps(shown, separators=(",", ":"), ensure_ascii=False))

@@ -152,6 +152,7 @@ def _refuse_write(request: Request, by_cookie: bool, origins: WebOrigins) -> Res
 def main() -> None:
     """`msgbus dashboard`: the dashboard alone, on its own port."""
     import argparse
+    import sys
 
     import uvicorn
     from starlette.applications import Starlette
@@ -171,7 +172,8 @@ def main() -> None:
     try:
         settings.signing_keys  # noqa: B018 - production without a real secret stops here
     except ConfigError as exc:
-        raise SystemExit(f"error: {exc.message}") from None
+        print(f"error: {exc.message}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     tokens = TokenFile(
         args.tokens_file or settings.tokens_file or settings.state_dir / "tokens.json"
     )

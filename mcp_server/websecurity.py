@@ -9,7 +9,8 @@ localhost port: SameSite cookies do not tell ports apart). So on every bind addr
 - a state-changing request authenticated by a cookie must carry our Origin (a browser
   always sends one on POST; a script with a bearer token needs none).
 Ours: the bind host (loopback names for 127.0.0.1; loopback names and this machine's
-names for 0.0.0.0), plus MESSAGE_BUS_ALLOWED_HOSTS and MESSAGE_BUS_ALLOWED_ORIGINS.
+names for 0.0.0.0), plus MESSAGE_BUS_ALLOWED_HOSTS and MESSAGE_BUS_ALLOWED_ORIGINS. An
+Origin of ours names our port: one without it is a page on the scheme's default port.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from bus.settings import Settings
 
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 ANY = ("0.0.0.0", "::", "")
+SCHEMES = ("http", "https")
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Any]
@@ -57,9 +59,17 @@ def web_origins(host: str, port: int, settings: Settings) -> WebOrigins:
     if host in ANY:
         names.discard(host)
         names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
-    names |= {h.lower() for h in settings.allowed_host_list}
-    hosts = {n for name in names for n in (name, f"{name}:{port}")}
-    origins = {f"{scheme}://{n}" for n in hosts for scheme in ("http", "https")}
+    extra = {h.lower() for h in settings.allowed_host_list}
+    hosts = {n for name in names | extra for n in (name, f"{name}:{port}")}
+    # A page of ours carries our port in its Origin (a browser leaves out only the
+    # scheme's default port): "http://localhost" is a page on port 80 of this machine,
+    # another localhost port. Names an operator allows (a proxy in front) keep both forms.
+    origins = {f"{scheme}://{name}:{port}" for name in names for scheme in SCHEMES}
+    origins |= {f"http://{name}" for name in names if port == 80}
+    origins |= {f"https://{name}" for name in names if port == 443}
+    origins |= {
+        f"{scheme}://{n}" for name in extra for n in (name, f"{name}:{port}") for scheme in SCHEMES
+    }
     origins |= {o.lower().rstrip("/") for o in settings.allowed_origin_list}
     return WebOrigins(frozenset(hosts), frozenset(origins))
 

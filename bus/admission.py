@@ -26,6 +26,7 @@ import redis
 from bus import scripts
 from bus.keys import Keys
 from bus.redis_conn import execute_scripted, queue_script, redis_errors
+from bus.replication import Replication
 from bus.store import AUDIT_MAXLEN, Retention
 
 logger = logging.getLogger(__name__)
@@ -67,10 +68,17 @@ class Admitted:
 
 
 class Admission:
-    def __init__(self, client: Any, keys: Keys, retention: Retention) -> None:
+    def __init__(
+        self,
+        client: Any,
+        keys: Keys,
+        retention: Retention,
+        replication: Replication | None = None,
+    ) -> None:
         self.redis = client
         self.keys = keys
         self.retention = retention
+        self.replication = replication or Replication()  # WAIT after ADMIT (bus.replication)
         self._admit = client.register_script(scripts.ADMIT)
         self._revoke = client.register_script(scripts.REVOKE)
         self._commit = client.register_script(scripts.COMMIT)
@@ -83,7 +91,8 @@ class Admission:
     ) -> Admitted:
         keys, args = self._command(records, audit, limit)
         with redis_errors("record the send"):
-            return _parse(self._admit(keys=keys, args=args), len(records))
+            reply = self.replication.script(self.redis, self._admit, keys, args, "record the send")
+            return _parse(reply, len(records))
 
     def admit_beside(
         self, records: Sequence[AcceptRecord], audit: Sequence[dict[str, str]]
@@ -162,7 +171,10 @@ class PendingAdmission:
             try:
                 sha = admission._admit.sha
                 conn.send_packed_command(
-                    [hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args))]
+                    [
+                        hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args)),
+                        admission.replication.packed(),  # WAIT behind it, when asked
+                    ]
                 )
             except BaseException:
                 conn.disconnect()
@@ -176,17 +188,25 @@ class PendingAdmission:
         if conn is None:
             raise RuntimeError("the admission reply was already read")
         with redis_errors("record the send"):
+            replication = self._admission.replication
             try:
-                reply = conn.read_response()
-            except redis.exceptions.NoScriptError:
-                reply = None  # Redis lost its scripts (restart): run it the ordinary way
+                try:
+                    reply = conn.read_response()
+                except redis.exceptions.NoScriptError:
+                    reply = None  # Redis lost its scripts (restart): run it the ordinary way
+                acknowledged = conn.read_response() if replication.on else 0
             except BaseException:
                 conn.disconnect()  # the reply may still be on its way: drop the socket
                 raise
             finally:
                 self._pool.release(conn)
             if reply is None:
-                reply = self._admission._admit(keys=self._keys, args=self._args)
+                reply = replication.script(
+                    self._admission.redis, self._admission._admit, self._keys, self._args,
+                    "record the send",
+                )  # fmt: skip
+            else:
+                replication.note(acknowledged, "record the send")
             return _parse(reply, (len(self._keys) - 4) // 4)
 
 

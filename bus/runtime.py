@@ -15,6 +15,7 @@ from bus.codec import Codec
 from bus.delivery import Deliverer
 from bus.keys import Keys
 from bus.redis_conn import connect
+from bus.replication import Replication
 from bus.settings import Settings
 from bus.store import RedisStore, Retention
 
@@ -39,12 +40,17 @@ class Runtime:
         return Retention(s.history_limit, s.status_retention, s.dedup_window)
 
     @cached_property
+    def replication(self) -> Replication:
+        s = self.settings
+        return Replication(s.redis_min_replicas, s.redis_replica_timeout)
+
+    @cached_property
     def store(self) -> RedisStore:
-        return RedisStore(self.redis, self.keys, self.retention)
+        return RedisStore(self.redis, self.keys, self.retention, self.replication)
 
     @cached_property
     def admission(self) -> Admission:
-        return Admission(self.redis, self.keys, self.retention)
+        return Admission(self.redis, self.keys, self.retention, self.replication)
 
     @cached_property
     def codec(self) -> Codec:

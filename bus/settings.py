@@ -90,6 +90,24 @@ class Settings(BaseSettings):
     flower_auth: SecretStr | None = None
     worker_concurrency: int = Field(default=4, ge=1)
     worker_pool: Literal["threads", "prefork", "gevent", "eventlet"] = "threads"
+    redis_min_replicas: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="replicas that must confirm a delivery (Redis WAIT) before its broker "
+        "task is acked; admissions and acks wait for them too (see bus/replication.py)",
+    )
+    redis_replica_timeout: float = Field(
+        default=1.0,
+        gt=0,
+        le=4.0,  # below the 5 s Redis socket timeout, so WAIT answers before the socket gives up
+        description="seconds a write waits for MESSAGE_BUS_REDIS_MIN_REPLICAS replicas",
+    )
+    broker_api_url: str | None = Field(
+        default=None,
+        description="RabbitMQ management API for Flower's broker tab; default: the first "
+        "broker URL's host, port 15672",
+    )
 
     @field_validator("secret", "secret_keys", "flower_auth", mode="before")
     @classmethod

@@ -32,6 +32,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+@pytest.fixture
+def burst(request: pytest.FixtureRequest) -> int:
+    """Messages per failure-injection burst: 2,000, or 5,000 with --chaos-long."""
+    return 5000 if request.config.getoption("--chaos-long") else 2000
+
+
+@pytest.fixture
+def long_run(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--chaos-long"))
+
+
 def wait_for(
     condition: Callable[[], Any],
     timeout: float = 15.0,
@@ -173,10 +184,16 @@ class BusEnv:
         concurrency: int = 4,
         pool: str = "threads",
         queues: str = "bus.critical,bus.high,bus.normal,bus.low",
+        hostname: str | None = None,
         **extra: str,
     ) -> Worker:
         worker = Worker.start(
-            self, concurrency=concurrency, pool=pool, env=self.env(**extra), queues=queues
+            self,
+            concurrency=concurrency,
+            pool=pool,
+            env=self.env(**extra),
+            queues=queues,
+            hostname=hostname,
         )
         self.workers.append(worker)
         return worker
@@ -191,13 +208,24 @@ class Worker:
 
     @classmethod
     def start(
-        cls, env_: BusEnv, *, concurrency: int, pool: str, env: dict[str, str], queues: str
+        cls,
+        env_: BusEnv,
+        *,
+        concurrency: int,
+        pool: str,
+        env: dict[str, str],
+        queues: str,
+        hostname: str | None = None,
     ) -> Worker:
+        """`hostname`: the worker runs in a UTS namespace of its own with that hostname, as
+        a worker on another host would (root only; the network is still this host's)."""
         ARTIFACTS.mkdir(exist_ok=True)
         name = f"w{uuid.uuid4().hex[:8]}"
         log = ARTIFACTS / f"worker-{env_.vhost}-{name}.log"
+        on_host = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', hostname]
         proc = subprocess.Popen(
             [
+                *(on_host if hostname else []),
                 sys.executable,
                 "-m",
                 "celery",

@@ -37,6 +37,9 @@ class Checker:
     fault_at: float | None = None
     healed_at: float | None = None
     recovered_at: float | None = None
+    # When sends were first and last refused: how long the bus said "unavailable".
+    refused: list[float] = field(default_factory=list)
+    notes: dict[str, Any] = field(default_factory=dict)  # case-specific figures, recorded
 
     def send(self, bus: Any, message: dict[str, Any], retry_for: float = 0.0) -> None:
         """Sends once, or keeps retrying for a while as a client riding out an outage
@@ -51,6 +54,7 @@ class Checker:
                 receipt = bus.send_message(message)
             except BusError as exc:
                 self.send_errors[exc.code] += 1
+                self.refused.append(time.monotonic())
                 if time.monotonic() < deadline:
                     time.sleep(CLIENT_RETRY_PAUSE)
                     continue
@@ -87,7 +91,9 @@ class Checker:
         }
         if self.fault_at is not None and self.recovered_at is not None:
             result["recovery_s"] = round(self.recovered_at - (self.healed_at or self.fault_at), 2)
-        return result
+        if self.refused:
+            result["refused_s"] = round(self.refused[-1] - self.refused[0], 2)
+        return result | self.notes
 
     def record(self) -> dict[str, Any]:
         result = self.counts()

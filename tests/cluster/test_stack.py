@@ -1,0 +1,121 @@
+"""The local multi-node stack and the bus on it: a broker URL list over three RabbitMQ
+nodes with quorum queues spread among them, Redis found through Sentinel everywhere, and
+writes confirmed by replicas when MESSAGE_BUS_REDIS_MIN_REPLICAS asks."""
+
+from __future__ import annotations
+
+import pytest
+
+from bus.services import services_status, services_up
+from tests.cluster.conftest import primary_client
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_the_stack_is_three_clustered_nodes_a_primary_two_replicas_and_agreeing_sentinels(
+    cluster,
+):
+    statuses = cluster.status()
+    rabbits = [s for s in statuses if s.name == "rabbitmq"]
+    assert [s.running and s.detail.endswith("in the cluster") for s in rabbits] == [True] * 3
+    roles = sorted(s.detail for s in statuses if s.name == "redis")
+    assert roles == ["primary", "replica", "replica"]
+    views = {s.detail for s in statuses if s.name == "sentinel"}
+    assert len(views) == 1 and views.pop().startswith("primary at 127.0.0.1:")
+    pids = [server.pid() for server in [*cluster.rabbits, *cluster.redis, *cluster.sentinels]]
+
+    again = cluster.up()  # idempotent: what answers is kept, nothing restarts
+
+    assert [(s.name, s.running, s.detail) for s in again] == [
+        (s.name, s.running, s.detail) for s in statuses
+    ]
+    assert [s.pid() for s in [*cluster.rabbits, *cluster.redis, *cluster.sentinels]] == pids
+
+
+def test_services_up_checks_a_multi_host_stack_but_starts_nothing(cluster, tmp_path):
+    env = cluster.env()
+    statuses = services_up(env["MESSAGE_BUS_REDIS_URL"], env["MESSAGE_BUS_BROKER_URL"], tmp_path)
+    assert [(s.name, s.running, s.managed) for s in statuses] == [
+        ("redis", True, False),
+        ("rabbitmq", True, False),
+    ]
+    assert all("several hosts" in s.detail for s in statuses)
+    # A list whose hosts all fail to answer is an error that says how to start a local one.
+    with pytest.raises(Exception, match="msgbus services cluster up"):
+        services_up(env["MESSAGE_BUS_REDIS_URL"], "amqp://127.0.0.1:1//;amqp://127.0.0.1:2//")
+    assert [s.running for s in services_status(env["MESSAGE_BUS_REDIS_URL"], "amqp://x:1//")] == [
+        True,
+        False,
+    ]
+
+
+def test_the_bus_delivers_on_quorum_queues_spread_over_the_nodes(cluster, cluster_env, agents):
+    cluster_env.start_worker()
+    bus = cluster_env.bus()
+    sender, reader = agents("s"), agents("r")
+    receipts = [
+        bus.send_message(
+            {"from": sender, "to": reader, "payload": p, "metadata": {"priority": p}}
+        )
+        for p in ("critical", "high", "normal", "low")
+    ]
+    got = wait_for(
+        lambda: (lambda m: m if len(m) == 4 else None)(bus.read(reader, limit=10, wait=0.5)),
+        30,
+        "four deliveries",
+    )
+    assert [m.payload for m in got] == ["critical", "high", "normal", "low"]
+    bus.ack(reader, [m.id for m in got])
+    assert {bus.status(r.id).status.value for r in receipts} == {"acked"}
+
+    leaders = {q: cluster.queue_leader(cluster_env.vhost, q).name for q in _bus_queues()}
+    assert len(set(leaders.values())) >= 2, f"quorum leaders all on one node: {leaders}"
+    listing = cluster.rabbits[0].ctl(
+        "list_queues", "-p", cluster_env.vhost, "name", "type", "members", "--quiet"
+    )
+    for line in listing.splitlines():
+        name, kind, *members = line.split(maxsplit=2)
+        if name in _bus_queues():
+            assert kind == "quorum" and members[0].count("@localhost") == 3, line
+
+    health = bus.health()
+    assert health.ready and health.redis == "ok" and health.broker == "ok", health
+    # The status was written on the primary the Sentinels name.
+    primary = primary_client(cluster)
+    assert primary.hget(f"{cluster_env.prefix}status:{receipts[0].id}", "status") == "acked"
+
+
+def _bus_queues() -> list[str]:
+    return ["bus.critical", "bus.high", "bus.normal", "bus.low", "bus.dead_letter"]
+
+
+def test_two_replicas_confirm_each_delivery_and_a_third_that_does_not_exist_makes_it_retry(
+    cluster, cluster_env, agents
+):
+    sender, reader = agents("s"), agents("r")
+    cluster_env.overrides["MESSAGE_BUS_REDIS_MIN_REPLICAS"] = "2"
+    worker = cluster_env.start_worker()
+    bus = cluster_env.bus()
+    confirmed = bus.send_message({"from": sender, "to": reader, "payload": "two replicas"})
+    [message] = wait_for(lambda: bus.read(reader, limit=5, wait=0.5), 30, "the delivery")
+    assert message.id == confirmed.id
+    worker.stop()
+
+    # Three replicas cannot confirm (there are two): the delivery is retried, never acked.
+    cluster_env.overrides |= {
+        "MESSAGE_BUS_REDIS_MIN_REPLICAS": "3",
+        "MESSAGE_BUS_REDIS_REPLICA_TIMEOUT": "0.1",
+    }
+    cluster_env.start_worker()
+    refused = bus.send_message(
+        {"from": sender, "to": reader, "payload": "three", "metadata": {"max_retries": 2}}
+    )
+    letter = wait_for(
+        lambda: {d.id: d for d in bus.dead_letters()}.get(refused.id),
+        60,
+        "the delivery to run out of retries and be dead-lettered",
+    )
+    assert letter.reason == "retries_exhausted"
+    assert "MESSAGE_BUS_REDIS_MIN_REPLICAS" in (letter.error or ""), letter
+    assert confirmed.id not in {d.id for d in bus.dead_letters()}

@@ -55,9 +55,7 @@ def test_the_bus_delivers_on_quorum_queues_spread_over_the_nodes(cluster, cluste
     bus = cluster_env.bus()
     sender, reader = agents("s"), agents("r")
     receipts = [
-        bus.send_message(
-            {"from": sender, "to": reader, "payload": p, "metadata": {"priority": p}}
-        )
+        bus.send_message({"from": sender, "to": reader, "payload": p, "metadata": {"priority": p}})
         for p in ("critical", "high", "normal", "low")
     ]
     got = wait_for(

@@ -532,7 +532,7 @@ def beat(loglevel: str) -> None:
         "workers.app",
         "beat",
         "-S",
-        "redbeat.RedBeatScheduler",
+        "workers.beat.BusScheduler",
         "-l",
         loglevel,
     ]

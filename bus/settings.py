@@ -103,6 +103,13 @@ class Settings(BaseSettings):
         le=4.0,  # below the 5 s Redis socket timeout, so WAIT answers before the socket gives up
         description="seconds a write waits for MESSAGE_BUS_REDIS_MIN_REPLICAS replicas",
     )
+    broker_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="seconds a broker call (a publish's confirm, a channel's open or close) "
+        "may take before the bus gives up on that node and takes the next broker URL "
+        "(a node that stopped answering keeps its socket open)",
+    )
     broker_api_url: str | None = Field(
         default=None,
         description="RabbitMQ management API for Flower's broker tab; default: the first "

@@ -40,6 +40,7 @@ class Checker:
     # When sends were first and last refused: how long the bus said "unavailable".
     refused: list[float] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)  # case-specific figures, recorded
+    longest_send: float = 0.0  # the longest a client waited for one send (with its retries)
 
     def send(self, bus: Any, message: dict[str, Any], retry_for: float = 0.0) -> None:
         """Sends once, or keeps retrying for a while as a client riding out an outage
@@ -48,7 +49,14 @@ class Checker:
         self.attempted.append(token)
         if retry_for and "id" not in message:
             message = {**message, "metadata": {**message["metadata"], "dedup_key": token}}
-        deadline = time.monotonic() + retry_for
+        started = time.monotonic()
+        deadline = started + retry_for
+        try:
+            self._send(bus, message, token, deadline)
+        finally:
+            self.longest_send = max(self.longest_send, time.monotonic() - started)
+
+    def _send(self, bus: Any, message: dict[str, Any], token: str, deadline: float) -> None:
         while True:
             try:
                 receipt = bus.send_message(message)
@@ -93,6 +101,8 @@ class Checker:
             result["recovery_s"] = round(self.recovered_at - (self.healed_at or self.fault_at), 2)
         if self.refused:
             result["refused_s"] = round(self.refused[-1] - self.refused[0], 2)
+        if self.longest_send > 1:
+            result["longest_send_s"] = round(self.longest_send, 2)
         return result | self.notes
 
     def record(self) -> dict[str, Any]:

@@ -41,6 +41,7 @@ class Checker:
     refused: list[float] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)  # case-specific figures, recorded
     longest_send: float = 0.0  # the longest a client waited for one send (with its retries)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def send(self, bus: Any, message: dict[str, Any], retry_for: float = 0.0) -> None:
         """Sends once, or keeps retrying for a while as a client riding out an outage
@@ -61,7 +62,8 @@ class Checker:
             try:
                 receipt = bus.send_message(message)
             except BusError as exc:
-                self.send_errors[exc.code] += 1
+                with self._lock:  # senders may share a checker
+                    self.send_errors[exc.code] += 1
                 self.refused.append(time.monotonic())
                 if time.monotonic() < deadline:
                     time.sleep(CLIENT_RETRY_PAUSE)
@@ -100,7 +102,8 @@ class Checker:
         if self.fault_at is not None and self.recovered_at is not None:
             result["recovery_s"] = round(self.recovered_at - (self.healed_at or self.fault_at), 2)
         if self.refused:
-            result["refused_s"] = round(self.refused[-1] - self.refused[0], 2)
+            refused = sorted(self.refused)
+            result["refused_s"] = round(refused[-1] - refused[0], 2)
         if self.longest_send > 1:
             result["longest_send_s"] = round(self.longest_send, 2)
         return result | self.notes

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
 from bus.cluster import ClusterLayout, LocalCluster
-from tests.conftest import ARTIFACTS, BusEnv
+from tests.conftest import ARTIFACTS, BusEnv, Worker
 
 LAYOUT = ClusterLayout(
     state_dir=ARTIFACTS / "cluster-stack",
@@ -41,19 +42,44 @@ def cluster() -> Iterator[LocalCluster]:
         stack.down(purge=True)
 
 
-@pytest.fixture
-def cluster_env(cluster: LocalCluster) -> Iterator[BusEnv]:
-    """A bus of its own on the cluster: a vhost, a key prefix, quorum queues."""
+@pytest.fixture(scope="module")
+def cluster_vhost(cluster: LocalCluster) -> Iterator[str]:
+    """One vhost per module: its ~30 quorum queues (the bus's and Celery's delayed-delivery
+    ones) are declared once, not per test."""
+    from kombu import Connection
+
+    from bus import topology
+    from bus.settings import Settings
+
     vhost = f"c-{uuid.uuid4().hex[:10]}"
     cluster.ensure_vhost(vhost)
-    env = BusEnv(vhost=vhost, prefix=f"test:{vhost}:", overrides=cluster.env(vhost))
+    with Connection(cluster.broker_url(vhost)) as conn:  # the queues exist before any test
+        topology.declare(conn.default_channel, Settings(queue_type="quorum"))
+    yield vhost
+    cluster.delete_vhost(vhost)
+
+
+@pytest.fixture
+def cluster_env(cluster: LocalCluster, cluster_vhost: str) -> Iterator[BusEnv]:
+    """A bus of its own on the cluster: the module's vhost, a key prefix of its own."""
+    prefix = f"test:{cluster_vhost}:{uuid.uuid4().hex[:6]}:"
+    env = BusEnv(vhost=cluster_vhost, prefix=prefix, overrides=cluster.env(cluster_vhost))
     try:
         yield env
     finally:
-        for worker in env.workers:
-            worker.stop()
-        cluster.delete_vhost(vhost)
+        stop_all(env.workers)
         delete_keys(cluster, env.prefix)
+
+
+def start_workers(env: BusEnv, specs: list[dict[str, Any]]) -> list[Worker]:
+    """Starts several workers at once (each takes seconds to be ready)."""
+    with ThreadPoolExecutor(max_workers=len(specs)) as pool:
+        return list(pool.map(lambda spec: env.start_worker(**spec), specs))
+
+
+def stop_all(workers: list[Worker]) -> None:
+    with ThreadPoolExecutor(max_workers=max(1, len(workers))) as pool:
+        list(pool.map(Worker.stop, workers))
 
 
 def delete_keys(cluster: LocalCluster, prefix: str) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from tests.chaos.harness import Checker
 from tests.chaos.test_chaos import check, messages
-from tests.cluster.conftest import primary_client
+from tests.cluster.conftest import primary_client, start_workers
 from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
@@ -42,47 +42,80 @@ def first(cluster, node) -> list[int]:
     return [i] + [j for j in range(len(cluster.rabbits)) if j != i]
 
 
+SENDERS = 4  # concurrent clients, each sending its share of the burst
+
+
 def send_all(checker, bus, batch, fault_at_index, fault) -> None:
-    for i, message in enumerate(batch):
-        if i == fault_at_index:
-            fault()
-            checker.fault_at = time.monotonic()
-        checker.send(bus, message, retry_for=RIDE_OUT)
+    """Sends the burst from SENDERS threads; the one that reaches `fault_at_index` injects
+    the fault while the others go on sending."""
+    queue = iter(enumerate(batch))
+    lock = threading.Lock()
+
+    def sender() -> None:
+        while True:
+            with lock:
+                item = next(queue, None)
+            if item is None:
+                return
+            i, message = item
+            if i == fault_at_index:
+                checker.fault_at = time.monotonic()
+                fault()
+            checker.send(bus, message, retry_for=RIDE_OUT)
+
+    threads = [threading.Thread(target=sender) for _ in range(SENDERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def drained(cluster, vhost: str) -> bool:
+    """No task waits in the bus's queues or is held by a worker (ready + unacked = 0)."""
+    node = next(n for n in cluster.rabbits if n.answers())
+    out = node.ctl("list_queues", "-p", vhost, "name", "messages", "--quiet", check=False)
+    rows = [line.split("\t") for line in out.splitlines() if "\t" in line]
+    counts = [int(n) for name, n in rows if n.isdigit() and name != "bus.dead_letter"]
+    return bool(counts) and not any(counts)
 
 
 @pytest.mark.parametrize("how", ["kill -9", "SIGSTOP"])
 def test_the_quorum_leader_node_dies_or_stalls_mid_burst_nothing_is_lost_and_it_rejoins(
     cluster, cluster_env, agents, burst, long_run, how
 ):
-    cluster_env.start_worker(hostname="host-a")
     leader = cluster.queue_leader(cluster_env.vhost, "bus.normal")
-    # A second worker and the sender list the leader first: the fault hits their
+    # The second worker and the sender list the leader first: the fault hits their
     # connections too, not only the queue.
     near_leader = cluster.broker_url(cluster_env.vhost, first(cluster, leader))
-    cluster_env.start_worker(hostname="host-b", MESSAGE_BUS_BROKER_URL=near_leader)
+    start_workers(
+        cluster_env,
+        [{"hostname": "host-a"}, {"hostname": "host-b", "MESSAGE_BUS_BROKER_URL": near_leader}],
+    )
     bus = cluster_env.bus(broker_url=near_leader)
     reader = agents("r")
     checker = Checker(f"RabbitMQ cluster: {how} the bus.normal leader node mid-burst")
     pause = 20 if long_run else 10
-    timer: list[threading.Timer] = []
+    back: list[threading.Thread] = []
+
+    def restart() -> None:
+        if how == "kill -9":
+            leader.start()
+        else:
+            time.sleep(pause)  # the node stays stopped this long (the fault itself)
+            leader.resume()
+        leader.wait_ready(120)
+        checker.healed_at = time.monotonic()
 
     def fault() -> None:
         if how == "kill -9":
             leader.kill9()
         else:
             leader.pause()
-            timer.append(threading.Timer(pause, leader.resume))
-            timer[0].start()
+        back.append(threading.Thread(target=restart))
+        back[0].start()
 
-    try:
-        send_all(checker, bus, messages(burst, agents("s"), reader), burst // 3, fault)
-    finally:
-        for t in timer:
-            t.join(pause + 5)
-    if how == "kill -9":
-        leader.start()
-    leader.wait_ready(120)
-    checker.healed_at = time.monotonic()
+    send_all(checker, bus, messages(burst, agents("s"), reader), burst // 3, fault)
+    back[0].join(180)
     checker.consume(bus, reader, checker.confirmed, 240)
     wait_for(cluster.rabbit_settled, 120, "the node back in the cluster")
     wait_for(
@@ -90,6 +123,7 @@ def test_the_quorum_leader_node_dies_or_stalls_mid_burst_nothing_is_lost_and_it_
         120,
         "all three bus.normal members online",
     )
+    checker.notes["rejoined_s"] = round(time.monotonic() - checker.fault_at, 2)
     now = cluster.queue_leader(cluster_env.vhost, "bus.normal")
     checker.notes["leader"] = f"{leader.name} -> {now.name}"
     result = checker.record()
@@ -115,33 +149,6 @@ def rejoin_as_replica(cluster, old) -> None:
     old.start()
     wait_for(lambda: old.info().get("role") == "slave", 60, "the old primary back as a replica")
     wait_for(cluster.redis_settled, 60, "Sentinels to see two replicas again")
-
-
-@pytest.mark.parametrize("durable", [True, False], ids=["min-replicas-1", "min-replicas-0"])
-def test_the_redis_primary_is_killed_mid_burst_sentinel_promotes_a_replica(
-    cluster, cluster_env, agents, burst, durable
-):
-    if durable:
-        cluster_env.overrides |= DURABLE
-    cluster_env.start_worker()
-    bus, reader = cluster_env.bus(), agents("r")
-    setting = "MIN_REPLICAS=1" if durable else "MIN_REPLICAS=0"
-    checker = Checker(f"Redis primary kill -9 mid-burst, Sentinel failover ({setting})")
-    state = {}
-
-    def fault() -> None:
-        state["old"], state["new"] = kill_primary_and_wait_for_failover(cluster, checker)
-
-    send_all(checker, bus, messages(burst, agents("s"), reader), burst // 3, fault)
-    rejoin_as_replica(cluster, state["old"])
-    checker.healed_at = time.monotonic()
-    checker.consume(bus, reader, checker.confirmed, 240)
-    result = checker.record()
-    assert result["unexpected"] == 0 and result["duplicated"] <= 16, result
-    if durable:
-        assert result["lost"] == 0, result
-    # Off, the count is the measurement (it is recorded either way): the hole is as wide
-    # as the replication lag at the instant of the kill, microseconds on loopback.
 
 
 def pause_group(worker, sig: int) -> None:
@@ -194,7 +201,8 @@ def test_a_replica_that_missed_the_last_deliveries_is_promoted(
     )
     checker.notes["failover_s"] = round(time.monotonic() - checker.fault_at, 2)
     rejoin_as_replica(cluster, old)
-    checker.consume(bus, reader, checker.confirmed, 120 if durable else 30)
+    wait_for(lambda: drained(cluster, cluster_env.vhost), 120, "every task done", interval=0.5)
+    checker.consume(bus, reader, checker.confirmed, 10)  # what is in the inbox now
     result = checker.record()
     assert result["unexpected"] == 0, result
     if durable:
@@ -204,23 +212,36 @@ def test_a_replica_that_missed_the_last_deliveries_is_promoted(
         assert result["lost"] > 0, result
 
 
-def test_workers_on_three_hosts_one_sigkilled_during_the_redis_failover(
-    cluster, cluster_env, agents, burst
-):
+@pytest.fixture
+def beat(cluster_env):
+    """`msgbus beat` for the test's bus, its stats job every second."""
     from tests.e2e.test_operations import spawn, stop
 
-    cluster_env.overrides |= DURABLE | {"MESSAGE_BUS_STATS_INTERVAL": "1"}
-    workers = {
-        host: cluster_env.start_worker(
-            hostname=host,
-            concurrency=2,
-            MESSAGE_BUS_BROKER_URL=cluster.broker_url(cluster_env.vhost, order),
-        )
-        for host, order in (("host-a", [0, 1, 2]), ("host-b", [1, 2, 0]), ("host-c", [2, 0, 1]))
-    }
-    beat, _ = spawn(cluster_env, "beat-cluster", ["-m", "bus.cli", "beat", "-l", "INFO"])
+    cluster_env.overrides["MESSAGE_BUS_STATS_INTERVAL"] = "1"
+    proc, _ = spawn(cluster_env, "beat-cluster", ["-m", "bus.cli", "beat", "-l", "INFO"])
+    yield proc
+    stop(proc)
+
+
+@pytest.mark.parametrize("durable", [True, False], ids=["min-replicas-1", "min-replicas-0"])
+def test_the_redis_primary_is_killed_mid_burst_with_workers_on_three_hosts_one_sigkilled(
+    cluster, cluster_env, beat, agents, burst, durable
+):
+    """Sentinel promotes a replica while four clients send, three workers on three hosts
+    (each listing its own RabbitMQ node first) deliver, beat runs, and host-b's worker is
+    SIGKILLed at the same moment as the primary."""
+    if durable:
+        cluster_env.overrides |= DURABLE
+    orders = {"host-a": [0, 1, 2], "host-b": [1, 2, 0], "host-c": [2, 0, 1]}
+    specs = [
+        {"hostname": host, "concurrency": 2, "MESSAGE_BUS_BROKER_URL": cluster.broker_url(
+            cluster_env.vhost, order)}
+        for host, order in orders.items()
+    ]  # fmt: skip
+    workers = dict(zip(orders, start_workers(cluster_env, specs), strict=True))
     bus, reader = cluster_env.bus(), agents("r")
-    checker = Checker("workers on 3 hosts, Redis primary kill -9 + SIGKILL of host-b's worker")
+    setting = "MIN_REPLICAS=1" if durable else "MIN_REPLICAS=0"
+    checker = Checker(f"Redis primary kill -9 mid-burst + SIGKILL of 1 of 3 workers ({setting})")
     wait_for(lambda: beat_runs(cluster, cluster_env) > 0, 60, "beat to run its stats job")
     state = {}
 
@@ -228,19 +249,22 @@ def test_workers_on_three_hosts_one_sigkilled_during_the_redis_failover(
         workers["host-b"].kill(signal.SIGKILL)
         state["old"], state["new"] = kill_primary_and_wait_for_failover(cluster, checker)
 
-    try:
-        send_all(checker, bus, messages(burst, agents("s"), reader), burst // 3, fault)
-        rejoin_as_replica(cluster, state["old"])
-        checker.healed_at = time.monotonic()
-        checker.consume(bus, reader, checker.confirmed, 240)
-        result = checker.record()
-        check(result, in_flight=16)
-        # Beat followed the primary too, without a restart: its schedule advances there.
-        runs = beat_runs(cluster, cluster_env)
-        wait_for(lambda: beat_runs(cluster, cluster_env) > runs, 60, "beat on the new primary")
-        assert beat.poll() is None
-    finally:
-        stop(beat)
+    send_all(checker, bus, messages(burst, agents("s"), reader), burst // 3, fault)
+    rejoin_as_replica(cluster, state["old"])
+    checker.healed_at = time.monotonic()
+    checker.consume(bus, reader, checker.confirmed, 240)
+    result = checker.record()
+    assert result["unexpected"] == 0 and result["duplicated"] <= 16, result
+    if durable:
+        assert result["lost"] == 0, result
+    # Off, the count is the measurement (recorded either way): the hole is as wide as the
+    # replication lag at the instant of the kill, microseconds on loopback;
+    # test_a_replica_that_missed_the_last_deliveries_is_promoted widens it on purpose.
+
+    # Beat followed the primary too, without a restart: its schedule advances there.
+    runs = beat_runs(cluster, cluster_env)
+    wait_for(lambda: beat_runs(cluster, cluster_env) > runs, 60, "beat on the new primary")
+    assert beat.poll() is None
 
 
 def beat_runs(cluster, env) -> int:
@@ -249,3 +273,39 @@ def beat_runs(cluster, env) -> int:
 
     meta = primary_client(cluster).hget(f"{env.prefix}redbeat:queue-stats", "meta")
     return int(json.loads(meta).get("total_run_count", 0)) if meta else 0
+
+
+def test_the_mcp_push_listener_follows_the_primary_through_a_failover(cluster, cluster_env, agents):
+    import asyncio
+
+    from bus.keys import Keys
+    from mcp_server.push import InboxEvents
+
+    cluster_env.start_worker()
+    bus, reader = cluster_env.bus(), agents("r")
+    checker = Checker("the MCP push listener across a Redis failover")
+
+    def listening_on_primary() -> bool:
+        return int(primary_client(cluster).execute_command("PUBSUB", "NUMPAT")) > 0
+
+    async def woken_by_a_delivery(events: InboxEvents) -> bool:
+        waiter = asyncio.create_task(events.wait_inbox(reader, 30))
+        await asyncio.sleep(0.05)  # let the waiter register before the message goes out
+        await asyncio.to_thread(bus.send_message, {"from": "s", "to": reader, "payload": 1})
+        return await waiter
+
+    async def main() -> None:
+        events = InboxEvents(cluster.redis_url(), Keys(cluster_env.prefix))
+        await events.start()
+        try:
+            assert await woken_by_a_delivery(events)
+            old, _ = await asyncio.to_thread(kill_primary_and_wait_for_failover, cluster, checker)
+            await asyncio.to_thread(
+                wait_for, listening_on_primary, 60, "the listener on the new primary"
+            )
+            assert await woken_by_a_delivery(events)  # no restart: it found the new primary
+            await asyncio.to_thread(rejoin_as_replica, cluster, old)
+        finally:
+            await events.close()
+
+    asyncio.run(main())

@@ -2,6 +2,8 @@
 
 msgbus bench [--json] [--quick | --smoke] [--only drain,latency,...] [--queue-type quorum]
              [--pool threads --concurrency 4] [--plot]
+
+`--only sizes` is the quick report of what a model pays to read its mail (seconds).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import plots
+from bench import plots, sizes
 from bench import workloads as w
 from bench.harness import ROOT, Bench, describe_machine, percentile, summary, wait_until
 
@@ -28,7 +30,7 @@ CONFIRMS = (
     "messages per priority in one task: one confirm for the group."
 )
 
-ALL = ["drain", "batch", "producer", "latency", "priority", "mcp", "footprint"]
+ALL = ["drain", "batch", "producer", "latency", "priority", "mcp", "footprint", "sizes"]
 # The figures the table leads with (every one a ratio to its baseline, or a target in ms).
 HEADLINE = (
     "drain_ratio",
@@ -38,6 +40,8 @@ HEADLINE = (
     "priority_p99_ms",
     "priority_backlog_p99_ratio",
     "mcp_longpoll_wake_p99_ms",
+    "read_chars_per_message_50",
+    "read_chars_ratio_50",
 )
 
 
@@ -132,6 +136,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             _reset(b)
         if "footprint" in only:
             out["footprint"] = w.footprint(b, z.footprint)
+            _reset(b)
+        if "sizes" in only:
+            out["sizes"] = sizes.tool_result_sizes(b)
+            compact, full = out["sizes"]["compact"], out["sizes"]["full"]
+            out["read_chars_per_message_50"] = compact["beyond_payload_per_message_50"]
+            out["read_chars_ratio_50"] = round(compact["chars_50"] / full["chars_50"], 3)
     finally:
         b.close()
     return out
@@ -270,7 +280,7 @@ def table(result: dict[str, Any]) -> str:
     for key in HEADLINE:
         if key in result:
             row(key, result[key])
-    for key in ("producer", "latency_200", "latency_500", "priority", "mcp", "footprint"):
+    for key in ("producer", "latency_200", "latency_500", "priority", "mcp", "footprint", "sizes"):
         if key in result:
             lines.append(f"  {key}: {json.dumps(result[key])}")
     return "\n".join(lines)

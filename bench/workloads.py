@@ -296,7 +296,7 @@ def mcp_round_trips(b: Bench, calls: int, clients: int, port: int, token: str) -
                 await client.call_tool("send_message", {"to": "bench-sink", "payload": 1})
                 results["send"].append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
-                await client.call_tool("read_messages", {"limit": 1})
+                await client.call_tool("read_messages", {"limit": 1, "wait_seconds": 0})
                 results["read"].append(time.perf_counter() - t0)
 
     async def run() -> dict[str, Any]:

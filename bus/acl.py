@@ -110,6 +110,11 @@ class Policy:
     def is_admin(self, agent: str) -> bool:
         return agent in self.admins
 
+    def declares(self, agent: str) -> bool:
+        """The policy names this agent (rules or admin): it may get mail before it ever
+        connects."""
+        return agent in self.agents or agent in self.admins
+
     def rate_for(self, agent: str, default: float) -> float:
         rules = self.agents.get(agent)
         return rules.rate if rules and rules.rate is not None else default

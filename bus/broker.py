@@ -17,6 +17,7 @@ from celery import Celery
 from kombu.connection import Connection
 from kombu.entity import Queue
 from kombu.exceptions import KombuError, OperationalError
+from kombu.exceptions import LimitExceeded as PoolExhausted
 
 from bus import topology
 from bus.breaker import BREAKERS
@@ -72,6 +73,12 @@ def broker_errors(action: str, *, bounded: bool = True) -> Iterator[None]:
                 f"the broker refused the message while trying to {action}: the queue is full "
                 "(x-max-length with reject-publish); nothing was sent, retry later",
                 limit="queue_max_length",
+            ) from exc
+        if isinstance(exc, PoolExhausted):  # our own pool, not the broker: no breaker trip
+            raise BusUnavailable(
+                f"bus busy: every broker connection of this process stayed in use for "
+                f"10s while trying to {action}; retry shortly",
+                component="broker",
             ) from exc
         breaker.failure()
         raise BusUnavailable(
@@ -155,6 +162,10 @@ class Broker:
         with broker_errors("publish a message", bounded=bounded):
             self.app.send_task(
                 task,
+                # A node that stops answering keeps its socket open: without a bound the
+                # send would wait for its confirm forever. On timeout kombu takes the next
+                # URL of a list and publishes again (delivery is idempotent per id).
+                confirm_timeout=self.settings.broker_timeout,
                 args=list(args),
                 queue=queue,
                 task_id=task_id,
@@ -163,10 +174,6 @@ class Broker:
                 kwargsrepr="{}",
                 retry=True,
                 retry_policy=_RETRY_POLICY,
-                # A node that stops answering keeps its socket open: without a bound the
-                # send would wait for its confirm forever. On timeout kombu takes the next
-                # URL of a list and publishes again (delivery is idempotent per id).
-                confirm_timeout=self.settings.broker_timeout,
                 **options,
             )
 

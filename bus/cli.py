@@ -20,6 +20,7 @@ import pydantic
 from pydantic import BaseModel
 
 from bus.errors import BusError, ValidationError
+from bus.jsonvalue import loads_exact
 from bus.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -75,15 +76,22 @@ def _bus() -> Any:
     return MessageBus(Settings())
 
 
+def _as(agent: str) -> Any:
+    """The handle of the agent the command acts as (the CLI holds the secret: trusted)."""
+    return _bus().as_agent(agent)
+
+
+def _operator() -> Any:
+    """The handle of the operator at the console (admin actions, audited as such)."""
+    return _bus().as_operator()
+
+
 def _json_arg(text: str | None, what: str) -> Any:
     if text is None:
         return None
     if text == "-":
         text = sys.stdin.read()
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise ValidationError(f"{what} is not valid JSON: {exc}") from exc
+    return loads_exact(text, what)
 
 
 PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
@@ -154,11 +162,11 @@ def send(to: str | None, topic: str | None, raw: str | None, as_json: bool, **op
     """Send a message to an agent (or a topic)."""
     if raw is not None:
         message = _json_arg(raw, "--message")
-        if isinstance(message, dict):
-            message.setdefault("from", opts["sender"])
+        if not isinstance(message, dict):
+            raise ValidationError("--message must be a JSON object")
     else:
         message = _build(to=to, topic=topic, **{**opts, "type_": opts["type_"] or "command"})
-    emit(_bus().send_message(message), as_json, _receipt_text)
+    emit(_as(opts["sender"]).send(message), as_json, _receipt_text)
 
 
 @main.command()
@@ -168,7 +176,7 @@ def send(to: str | None, topic: str | None, raw: str | None, as_json: bool, **op
 def publish(topic: str, as_json: bool, **opts: Any) -> None:
     """Publish to a topic's subscribers."""
     message = _build(topic=topic, **{**opts, "type_": opts["type_"] or "event"})
-    emit(_bus().send_message(message), as_json, _receipt_text)
+    emit(_as(opts["sender"]).send(message), as_json, _receipt_text)
 
 
 @main.command()
@@ -177,7 +185,7 @@ def publish(topic: str, as_json: bool, **opts: Any) -> None:
 def broadcast(as_json: bool, **opts: Any) -> None:
     """Send to every registered agent but the sender."""
     message = _build(to="*", **{**opts, "type_": "broadcast"})
-    emit(_bus().send_message(message), as_json, _receipt_text)
+    emit(_as(opts["sender"]).send(message), as_json, _receipt_text)
 
 
 # -- reading -----------------------------------------------------------------------------
@@ -197,10 +205,10 @@ def _message_text(m: Any) -> str:
 @handle_errors
 def read(agent: str, limit: int, wait: float, do_ack: bool, as_json: bool) -> None:
     """Read (lease) messages from AGENT's inbox."""
-    bus = _bus()
-    messages = bus.read(agent, limit=limit, wait=wait)
+    me = _as(agent)
+    messages = me.read(limit=limit, wait=wait)
     if do_ack and messages:
-        bus.ack(agent, [m.id for m in messages])
+        me.ack([m.id for m in messages])
     emit(messages, as_json, lambda ms: "\n".join(_message_text(m) for m in ms) or "(no messages)")
 
 
@@ -211,7 +219,7 @@ def read(agent: str, limit: int, wait: float, do_ack: bool, as_json: bool) -> No
 @handle_errors
 def ack(agent: str, ids: tuple[str, ...], as_json: bool) -> None:
     """Acknowledge messages AGENT has read."""
-    result = _bus().ack(agent, list(ids))
+    result = _as(agent).ack(list(ids))
     emit(
         result,
         as_json,
@@ -233,7 +241,7 @@ def ack(agent: str, ids: tuple[str, ...], as_json: bool) -> None:
 @handle_errors
 def history(agent: str, limit: int, since: float | None, type_: str | None, as_json: bool) -> None:
     """AGENT's history, newest first."""
-    messages = _bus().history(agent, limit=limit, since=since, type=type_)
+    messages = _as(agent).history(limit=limit, since=since, type=type_)
     emit(messages, as_json, lambda ms: "\n".join(_message_text(m) for m in ms) or "(empty)")
 
 
@@ -243,7 +251,7 @@ def history(agent: str, limit: int, since: float | None, type_: str | None, as_j
 @handle_errors
 def status(message_id: str, as_json: bool) -> None:
     """Delivery status of a message."""
-    st = _bus().status(message_id)
+    st = _operator().status(message_id)
     emit(
         st,
         as_json,
@@ -261,13 +269,13 @@ def status(message_id: str, as_json: bool) -> None:
 @handle_errors
 def tail(agent: str, as_json: bool) -> None:
     """Follow AGENT's inbox live (reads and acks as messages arrive; Ctrl-C stops)."""
-    bus = _bus()
+    me = _as(agent)
     while True:
-        messages = bus.read(agent, limit=100, wait=30)
+        messages = me.read(limit=100, wait=30)
         for m in messages:
             emit(m, as_json, _message_text)
         if messages:
-            bus.ack(agent, [m.id for m in messages])
+            me.ack([m.id for m in messages])
 
 
 # -- subscriptions -------------------------------------------------------------------------
@@ -284,8 +292,7 @@ def subscribe(
     agent: str, topics: tuple[str, ...], types: str | None, priorities: str | None, as_json: bool
 ) -> None:
     """Subscribe AGENT to TOPICS, optionally filtered."""
-    subs = _bus().subscribe(
-        agent,
+    subs = _as(agent).subscribe(
         list(topics),
         types=types.split(",") if types else None,
         priorities=priorities.split(",") if priorities else None,
@@ -300,7 +307,7 @@ def subscribe(
 @handle_errors
 def unsubscribe(agent: str, topics: tuple[str, ...], as_json: bool) -> None:
     """Unsubscribe AGENT from TOPICS."""
-    removed = _bus().unsubscribe(agent, list(topics))
+    removed = _as(agent).unsubscribe(list(topics))
     emit({"removed": removed}, as_json, lambda r: f"removed {r['removed']} subscription(s)")
 
 
@@ -324,7 +331,7 @@ def _dead_text(d: Any) -> str:
 @handle_errors
 def dlq_list(limit: int, as_json: bool) -> None:
     """List dead letters (does not consume them)."""
-    letters = _bus().dead_letters(limit=limit)
+    letters = _operator().dead_letters(limit=limit)
     if not as_json:
         for d in letters:
             d.message = None
@@ -337,7 +344,7 @@ def dlq_list(limit: int, as_json: bool) -> None:
 @handle_errors
 def dlq_show(message_id: str, as_json: bool) -> None:
     """Show one dead letter with its message."""
-    emit(_bus().dead_letter(message_id), True if as_json else False, None)
+    emit(_operator().dead_letter(message_id), True if as_json else False, None)
 
 
 @dlq.command("replay")
@@ -347,7 +354,7 @@ def dlq_show(message_id: str, as_json: bool) -> None:
 @handle_errors
 def dlq_replay(ids: tuple[str, ...], all_: bool, as_json: bool) -> None:
     """Replay dead letters to their priority queues."""
-    replayed = _bus().replay_dead_letters(list(ids), all=all_)
+    replayed = _operator().replay_dead_letters(list(ids), all=all_)
     emit({"replayed": replayed}, as_json, lambda r: f"replayed {len(r['replayed'])}")
 
 
@@ -358,7 +365,7 @@ def dlq_replay(ids: tuple[str, ...], all_: bool, as_json: bool) -> None:
 @handle_errors
 def dlq_purge(ids: tuple[str, ...], all_: bool, as_json: bool) -> None:
     """Delete dead letters for good."""
-    purged = _bus().purge_dead_letters(list(ids), all=all_)
+    purged = _operator().purge_dead_letters(list(ids), all=all_)
     emit({"purged": purged}, as_json, lambda r: f"purged {len(r['purged'])}")
 
 
@@ -487,6 +494,46 @@ def token_revoke(agent: str | None, value: str | None) -> None:
 
 
 @main.group()
+def keys() -> None:
+    """Signing keys: who holds which, and which ones stored messages still need."""
+
+
+@keys.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def keys_status(as_json: bool) -> None:
+    """This process's keys and those of every running process (kid:fingerprint)."""
+    processes, warnings = _operator().keys_in_use()
+    emit(
+        {"processes": processes, "warnings": warnings},
+        as_json,
+        lambda _: "\n".join(
+            [
+                f"{p.kind:8} {p.host} pid {p.pid}: signs {p.signs}; verifies {', '.join(p.verifies)}"
+                for p in processes
+            ]
+            + [f"warning: {w}" for w in warnings]
+        ),
+    )
+
+
+@keys.command("usage")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def keys_usage(as_json: bool) -> None:
+    """How many stored messages (inboxes, histories, dead letters) need each key id."""
+    counts = _operator().key_usage()
+    emit(
+        counts,
+        as_json,
+        lambda c: (
+            "\n".join(f"{kid}: {n} stored messages" for kid, n in sorted(c.items()))
+            or "no stored messages"
+        ),
+    )
+
+
+@main.group()
 def audit() -> None:
     """The audit trail (a capped Redis stream)."""
 
@@ -498,13 +545,9 @@ def audit() -> None:
 @handle_errors
 def audit_tail(count: int, follow: bool, as_json: bool) -> None:
     """Show the latest audit entries (agent, action, target, outcome, trace id)."""
-    from bus.redis_conn import redis_errors
-
-    bus = _bus()
-    client, key = bus.runtime.redis, bus.runtime.keys.audit
-    with redis_errors("read the audit log"):
-        entries = list(reversed(client.xrevrange(key, count=count)))
-    last = "$"
+    operator = _operator()
+    entries = operator.audit_trail(count)
+    last = entries[-1][0] if entries else "$"
     while True:
         for entry_id, fields in entries:
             last = entry_id
@@ -515,9 +558,35 @@ def audit_tail(count: int, follow: bool, as_json: bool) -> None:
             )
         if not follow:
             return
-        with redis_errors("follow the audit log"):
-            batch = client.xread({key: last}, block=5000) or []
-        entries = [e for _, stream in batch for e in stream]
+        entries = operator.audit_trail(100, after=last, block_ms=5000)
+
+
+@main.group()
+def agents() -> None:
+    """Agents: list them, or declare one before it connects."""
+
+
+@agents.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def agents_list(as_json: bool) -> None:
+    """Every known agent with its inbox depth and when it was last seen."""
+    emit(
+        _operator().agents(),
+        as_json,
+        lambda xs: "\n".join(f"{a.id} inbox={a.inbox_depth}" for a in xs) or "(none)",
+    )
+
+
+@agents.command("add")
+@click.argument("names", nargs=-1, required=True)
+@handle_errors
+def agents_add(names: tuple[str, ...]) -> None:
+    """Declare agents: they may get mail (and broadcasts) before they first connect."""
+    operator = _operator()
+    for name in names:
+        added = operator.declare_agent(name)
+        click.echo(f"{'declared' if added else 'already known'}: {name}")
 
 
 @main.command()
@@ -544,9 +613,7 @@ def beat(loglevel: str) -> None:
 @handle_errors
 def health(as_json: bool) -> None:
     """Redis, broker, live workers, breakers, dead letters; exit 1 when not ready."""
-    from bus.health import check_health
-
-    result = check_health(_bus().runtime)
+    result = _operator().health()
     emit(
         result,
         as_json,
@@ -558,7 +625,14 @@ def health(as_json: bool) -> None:
                 f"workers: {', '.join(h.workers) or 'none'}",
                 f"dead letters: {h.dead_letters}",
                 "breakers: " + ", ".join(f"{k}={v}" for k, v in h.breakers.items()),
+                "keys (signs / verifies, kid:fingerprint):",
             ]
+            + [
+                f"  {p.kind:8} {p.host} pid {p.pid}: signs {p.signs}; verifies "
+                + ", ".join(p.verifies)
+                for p in h.processes
+            ]
+            + [f"warning: {w}" for w in h.warnings]
         ),
     )
     if not result.ready:
@@ -570,10 +644,8 @@ def health(as_json: bool) -> None:
 @handle_errors
 def stats(as_json: bool) -> None:
     """Queue depths, agents, topics, subscriptions, inbox depths."""
-    from bus.health import collect_stats
-
     emit(
-        collect_stats(_bus().runtime),
+        _operator().stats(),
         as_json,
         lambda st: "\n".join(
             [
@@ -605,10 +677,11 @@ def flower(ctx: click.Context, address: str, port: int) -> None:
         "flower",
         f"--address={address}",
         f"--port={port}",
-        f"--broker-api={_management_api(settings)}",
     ]
+    # Secrets go to Flower through its environment, never its command line (`ps` shows it).
+    os.environ["FLOWER_BROKER_API"] = _management_api(settings)
     if settings.flower_auth is not None:
-        argv.append(f"--basic-auth={settings.flower_auth.get_secret_value()}")
+        os.environ["FLOWER_BASIC_AUTH"] = settings.flower_auth.get_secret_value()
     elif settings.mode == "production" or address not in ("127.0.0.1", "localhost"):
         raise ConfigError("Flower needs MESSAGE_BUS_FLOWER_AUTH=user:password outside local dev")
     os.execvp(argv[0], [*argv, *ctx.args])

@@ -12,8 +12,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from bus import metrics
-from bus.errors import BusError, LimitExceeded, NotFound, ValidationError
+from bus.errors import LimitExceeded, NotFound, RequestTimeout, ValidationError
 from bus.guard import Guard
+from bus.handle import OPERATOR, AgentHandle
+from bus.health import Health, Stats, check_health, collect_stats
 from bus.reader import Reader
 from bus.runtime import Runtime
 from bus.schema import (
@@ -33,18 +35,12 @@ from bus.schema import (
 )
 from bus.sender import Sender
 from bus.settings import Settings
-from bus.store import now_ms
 from bus.validation import check, parse
 
 if TYPE_CHECKING:
     from bus.deadletters import DeadLetterQueue
 
 logger = logging.getLogger(__name__)
-
-
-class RequestTimeout(BusError):
-    code = "timeout"
-    exit_code = 9
 
 
 class MessageBus:
@@ -59,11 +55,41 @@ class MessageBus:
 
     # -- sending ---------------------------------------------------------------------------
 
+    def as_agent(self, agent: str, *, front_door: bool = False) -> AgentHandle:
+        """A handle that acts as `agent`, every action checked (bus.handle). Entrances make
+        one for the identity they authenticated; `front_door` for LLM agents (MCP)."""
+        return AgentHandle(self, agent, front_door=front_door)
+
+    def as_operator(self) -> AgentHandle:
+        """A handle for the operator at the console (trusted CLI): admin actions, audited
+        as "operator"."""
+        return AgentHandle(self, OPERATOR, operator=True)
+
     def send_message(self, message: Message | dict[str, Any], **fields: Any) -> Receipt:
         """Sends one message (direct, topic or broadcast, as its address says)."""
         if isinstance(message, dict):
             message = {**message, **fields}
-        return self.sender.send([self.sender.prepare(message)])[0]
+        return self._send([message])[0]
+
+    def _send(
+        self,
+        messages: Sequence[Message | dict[str, Any]],
+        *,
+        batch: bool = False,
+        front_door: bool = False,
+    ) -> list[Receipt]:
+        if batch:
+            if len(messages) > self.settings.max_batch:
+                raise LimitExceeded(
+                    f"batch has {len(messages)} messages; the limit is "
+                    f"{self.settings.max_batch} (MESSAGE_BUS_MAX_BATCH)",
+                    limit="max_batch",
+                )
+            if not messages:
+                raise ValidationError("batch is empty: give at least one message")
+        where = "messages[{}]." if batch else ""
+        prepared = [self.sender.prepare(m, where=where.format(i)) for i, m in enumerate(messages)]
+        return self.sender.send(prepared, batch=batch, front_door=front_door)
 
     def publish(
         self, sender: str, topic: str, payload: Any = None, *, type: str = "event", **fields: Any
@@ -80,16 +106,7 @@ class MessageBus:
     def send_batch(self, messages: Sequence[Message | dict[str, Any]]) -> list[Receipt]:
         """Validates all first (nothing is sent if any is invalid), then one task per
         priority carries the whole group."""
-        if len(messages) > self.settings.max_batch:
-            raise LimitExceeded(
-                f"batch has {len(messages)} messages; the limit is {self.settings.max_batch} "
-                "(MESSAGE_BUS_MAX_BATCH)",
-                limit="max_batch",
-            )
-        if not messages:
-            raise ValidationError("batch is empty: give at least one message")
-        prepared = [self.sender.prepare(m, where=f"messages[{i}].") for i, m in enumerate(messages)]
-        return self.sender.send(prepared, batch=True)
+        return self._send(messages, batch=True)
 
     def request(self, message: Message | dict[str, Any], timeout: float = 30.0) -> ReceivedMessage:
         """Sends a request and waits for the response that carries its id as correlation_id.
@@ -99,10 +116,15 @@ class MessageBus:
         data = message.model_dump(by_alias=True) if isinstance(message, Message) else dict(message)
         data.setdefault("type", "request")
         data.setdefault("reply_to", data.get("from") or data.get("sender"))
+        return self._request(data, timeout)
+
+    def _request(
+        self, data: dict[str, Any], timeout: float, *, front_door: bool = False
+    ) -> ReceivedMessage:
         prepared = self.sender.prepare(data)
         requester = prepared.message.reply_to or prepared.message.sender
         with self.reader.reply_waiter(prepared.message.id) as waiter:
-            self.sender.send([prepared])
+            self.sender.send([prepared], front_door=front_door)
             response_id = waiter.wait(timeout)
         if response_id is None:
             raise RequestTimeout(
@@ -157,15 +179,17 @@ class MessageBus:
                 ) from None
         return self.reader.history(agent, limit, _since_ms(since), type)
 
-    def status(self, message_id: str) -> MessageStatus:
-        raw = self.runtime.store.status(message_id)
+    def status(self, message_id: str, *, viewer: str | None = None) -> MessageStatus:
+        """A message's status; with `viewer`, only if it is the message's sender or one of
+        its recipients (anyone else is told there is none)."""
+        raw = self.runtime.store.status(message_id, viewer=viewer)
         if not raw:
             raise NotFound(
-                f"no status for message {message_id!r} (unknown, or older than the "
-                f"{self.settings.status_retention}s retention)",
+                f"no status for message {message_id!r} (unknown, not yours, or older than "
+                f"the {self.settings.status_retention}s retention)",
                 id=message_id,
             )
-        return _status_model(message_id, raw)
+        return _status_model(message_id, raw, self.runtime.clock.now_ms())
 
     # -- subscriptions and agents ------------------------------------------------------------
 
@@ -243,40 +267,47 @@ class MessageBus:
     def replay_dead_letters(
         self, ids: Sequence[str] | None = None, *, all: bool = False, agent: str | None = None
     ) -> list[str]:
-        """Replays the given dead letters (or all of them) to their priority queues."""
+        """Replays the given dead letters (or all of them) to their priority queues; as
+        `agent` when given (admins only), else as the operator."""
         if agent is not None:
-            self.guard.require_admin(agent, "replay dead letters")
-        if not ids and not all:
-            raise ValidationError("name the dead letters to replay, or ask for all")
-        replayed = self.dead_letter_queue.replay(None if all else list(ids or []))
-        for message_id in replayed:
-            self.guard.audit("replay", agent or "operator", message_id, "ok")
-        return replayed
+            return self.as_agent(agent).replay_dead_letters(ids, all=all)
+        return self._settle_dead_letters("replay", ids, all, None, OPERATOR)
 
     def purge_dead_letters(
         self, ids: Sequence[str] | None = None, *, all: bool = False, agent: str | None = None
     ) -> list[str]:
         if agent is not None:
-            self.guard.require_admin(agent, "purge dead letters")
-        if not ids and not all:
-            raise ValidationError("name the dead letters to purge, or ask for all")
-        purged = self.dead_letter_queue.purge(None if all else list(ids or []))
-        for message_id in purged:
-            self.guard.audit("purge", agent or "operator", message_id, "ok")
-        return purged
+            return self.as_agent(agent).purge_dead_letters(ids, all=all)
+        return self._settle_dead_letters("purge", ids, all, None, OPERATOR)
+
+    def _settle_dead_letters(
+        self,
+        action: str,
+        ids: Sequence[str] | None,
+        everything: bool,
+        limit: int | None,
+        agent: str,
+    ) -> list[str]:
+        if not ids and not everything:
+            raise ValidationError(f"name the dead letters to {action}, or ask for all")
+        queue = self.dead_letter_queue
+        chosen = None if everything else list(ids or [])
+        if action == "replay":
+            done = queue.replay(chosen, limit=limit)
+        else:
+            done = queue.purge(chosen, limit=limit)
+        self.guard.audit_each(action, agent, done, "ok")
+        return done
 
     # -- operations ------------------------------------------------------------------------
 
-    def health(self) -> Any:
-        """Redis, broker, live workers, breaker states and dead-letter depth."""
-        from bus.health import check_health
+    def health(self, kind: str = "client") -> Health:
+        """Redis, broker, live workers, breaker states, dead-letter depth, keys (this
+        process listed as `kind`)."""
+        return check_health(self.runtime, kind=kind)
 
-        return check_health(self.runtime)
-
-    def stats(self) -> Any:
+    def stats(self) -> Stats:
         """Queue depths, agents, topics, subscriptions and inbox depths."""
-        from bus.health import collect_stats
-
         return collect_stats(self.runtime)
 
     @property
@@ -313,10 +344,10 @@ def _is_ms(value: str) -> bool:
     return whole.isdigit() and (not fraction or fraction.isdigit())
 
 
-def _status_model(message_id: str, raw: dict[str, str]) -> MessageStatus:
+def _status_model(message_id: str, raw: dict[str, str], now_ms: int) -> MessageStatus:
     status = raw.get("status", "queued")
     expires = raw.get("expires_at")
-    if status in ("queued", "retrying") and expires and int(expires) < now_ms():
+    if status in ("queued", "retrying") and expires and int(expires) < now_ms:
         # Past its ttl and not delivered: the broker dead-letters it; report what it is.
         status, raw = "expired", {**raw, "reason": raw.get("reason") or "expired"}
     stamps = {

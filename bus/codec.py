@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from bus import jsonvalue
 from bus.errors import LimitExceeded, SecurityError
 
 ALG = "HMAC-SHA256"
@@ -37,12 +38,25 @@ def canonical_json(data: Any) -> bytes:
 class Codec:
     """Holds the keys (built once) and applies the transforms to wire dicts."""
 
-    def __init__(self, keys: Sequence[tuple[str, bytes]], max_payload_bytes: int) -> None:
+    def __init__(
+        self,
+        keys: Sequence[tuple[str, bytes]],
+        max_payload_bytes: int,
+        max_payload_depth: int = 64,
+    ) -> None:
         if not keys:
             raise ValueError("at least one signing key is needed")
         self._keys = dict(keys)
-        self._signing_kid = keys[0][0]
+        self.signing_kid = self._signing_kid = keys[0][0]
         self.max_payload_bytes = max_payload_bytes
+        self.max_payload_depth = max_payload_depth
+
+    def fingerprints(self) -> dict[str, str]:
+        """kid -> a short fingerprint that tells secrets apart without revealing them."""
+        return {
+            kid: hmac.new(secret, b"msgbus key fingerprint v1", hashlib.sha256).hexdigest()[:12]
+            for kid, secret in self._keys.items()
+        }
 
     # -- signing ---------------------------------------------------------------------
 
@@ -93,8 +107,9 @@ class Codec:
     def encode_payload(
         self, message_id: str, payload: Any, compression: str, encrypted: bool
     ) -> Any:
-        """Plain JSON payload -> what travels (unchanged when no transform is asked)."""
-        raw = orjson.dumps(payload)
+        """Plain JSON payload -> what travels (unchanged when no transform is asked).
+        Refuses, naming the part, a payload JSON cannot carry exactly (bus.jsonvalue)."""
+        raw = jsonvalue.encode(payload, max_depth=self.max_payload_depth)
         if len(raw) > self.max_payload_bytes:
             raise LimitExceeded(
                 f"payload is {len(raw)} bytes; the limit is {self.max_payload_bytes} bytes "

@@ -3,13 +3,20 @@
 Messages are taken with ``basic.get`` without ack; whatever is not replayed or purged goes
 back when the channel closes, in its order. Listing therefore never consumes anything,
 and nothing in the queue is ever executed as a task.
+
+Reading is total: a body is decoded by a JSON reader with no object hook (a payload shaped
+like a serializer tag stays data), each message in it by `Envelope.parse`; whatever cannot
+be read is listed as a `malformed` dead letter under its task id, purgeable, with what was
+wrong, and never stops the listing, a replay or the entries behind it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -18,54 +25,103 @@ from kombu.message import Message as AmqpMessage
 
 from bus import topology
 from bus.broker import broker_errors
-from bus.errors import BusUnavailable, NotFound
+from bus.envelope import Envelope
+from bus.errors import BusError, BusUnavailable, NotFound, PermanentFailure
 from bus.runtime import Runtime
-from bus.schema import DeadLetter, Priority
+from bus.schema import DeadLetter
 from bus.topology import DEAD_LETTER_QUEUE, DELIVER_TASK
 
 logger = logging.getLogger(__name__)
 
 REPLAYS_HEADER = "x-bus-replays"
-# Causes worth another try; bad signatures, expiry, malformed or denied messages are not.
-TRANSIENT_REASONS = frozenset(
-    {"retries_exhausted", "unavailable", "handler_failed", "delivery_limit"}
-)
+RAW_PREVIEW = 200  # characters of an unreadable argument shown in a listing
+
+
+@dataclass(frozen=True, slots=True)
+class _Unreadable:
+    """A part of a dead-lettered task that is no bus message."""
+
+    id: str
+    problem: str
+    preview: str
+
+
+def _task_args(amqp: AmqpMessage) -> tuple[list[Any], dict[str, Any]]:
+    """(args, kwargs) of a Celery task message, read without any object hook; raises
+    PermanentFailure when the body is no task message."""
+    if amqp.content_type not in ("application/json", None, ""):
+        raise PermanentFailure(f"body is {amqp.content_type}, not JSON", reason="malformed")
+    try:
+        body = json.loads(amqp.body)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise PermanentFailure(f"body is not JSON ({exc})", reason="malformed") from None
+    if isinstance(body, dict):  # task protocol 1
+        body = [body.get("args"), body.get("kwargs")]
+    if not isinstance(body, list) or not body or not isinstance(body[0], list):
+        raise PermanentFailure("body is not a task's [args, kwargs, ...]", reason="malformed")
+    kwargs = body[1] if len(body) > 1 and isinstance(body[1], dict) else {}
+    return body[0], kwargs
 
 
 class _Entry:
-    """One broker message in the dead-letter queue (a batch task holds several wires)."""
+    """One broker message in the dead-letter queue (a batch task holds several messages)."""
 
     def __init__(self, amqp: AmqpMessage) -> None:
         self.amqp = amqp
         self.headers: dict[str, Any] = dict(amqp.headers or {})
-        try:
-            body = amqp.decode()
-        except Exception:  # noqa: BLE001 - any undecodable body is still listed, as such
-            body = None
-        args, kwargs = ([], {}) if not isinstance(body, list) or len(body) < 2 else body[:2]
-        first = args[0] if args else None
-        self.task = self.headers.get("task")
+        self.task = str(self.headers.get("task") or "")
         self.is_batch = self.task == topology.DELIVER_BATCH_TASK
-        # A worker agent's handler task carries (agent, wire).
-        self.agent: str | None = None
-        if self.task == topology.HANDLE_TASK and len(args) >= 2:
-            self.agent, first = str(args[0]), args[1]
-        wires = first if self.is_batch and isinstance(first, list) else [first]
-        self.wires: list[dict[str, Any]] = [w for w in wires if isinstance(w, dict)]
-        # A task whose argument is no bus message is still listed (and purgeable) by its
-        # Celery task id, with the raw argument kept for inspection.
-        self.malformed = not self.wires
-        if self.malformed:
-            self.wires = [{"id": str(self.headers.get("id") or "unknown"), "raw": first}]
-        self.last_error: str | None = (
-            (kwargs or {}).get("last_error") if isinstance(kwargs, dict) else None
-        )
+        self.agent: str | None = None  # a worker agent's handler task carries (agent, wire)
+        task_id = str(self.headers.get("id") or "unknown")
+        self.items: list[Envelope | _Unreadable] = []
+        self.last_error: str | None = None
+        try:
+            args, kwargs = _task_args(amqp)
+        except PermanentFailure as exc:
+            self.items = [_Unreadable(task_id, exc.message, _preview(amqp.body))]
+            args, kwargs = [], {}
+        error = kwargs.get("last_error")
+        self.last_error = error if isinstance(error, str) else None
+        if not args:
+            if not self.items:
+                self.items = [_Unreadable(task_id, "task has no arguments", "")]
+        else:
+            first = args[0]
+            if self.task == topology.HANDLE_TASK and len(args) >= 2 and isinstance(args[0], str):
+                self.agent, first = args[0], args[1]
+            raws = first if self.is_batch and isinstance(first, list) else [first]
+            for n, raw in enumerate(raws):
+                try:
+                    self.items.append(Envelope.parse(raw))
+                except PermanentFailure as exc:
+                    part = task_id if len(raws) == 1 else f"{task_id}[{n}]"
+                    self.items.append(_Unreadable(part, exc.message, _preview(raw)))
         deaths = self.headers.get("x-death") or [{}]
-        self.death: dict[str, Any] = deaths[0] if isinstance(deaths, list) and deaths else {}
+        death = deaths[0] if isinstance(deaths, list) and deaths else {}
+        self.death: dict[str, Any] = death if isinstance(death, dict) else {}
 
     @property
     def ids(self) -> list[str]:
-        return [str(w.get("id")) for w in self.wires]
+        return [item.id for item in self.items]
+
+    def header_int(self, name: str) -> int:
+        try:
+            return int(self.headers.get(name) or 0)
+        except (TypeError, ValueError):
+            return 0
+
+
+def _preview(raw: Any) -> str:
+    if isinstance(raw, bytes | bytearray):
+        text = bytes(raw[: RAW_PREVIEW * 4]).decode("utf-8", "replace")
+    elif isinstance(raw, str):
+        text = raw
+    else:
+        try:
+            text = json.dumps(raw)
+        except (TypeError, ValueError, RecursionError):
+            text = repr(type(raw))
+    return text[:RAW_PREVIEW]
 
 
 class DeadLetterQueue:
@@ -87,7 +143,9 @@ class DeadLetterQueue:
             try:
 
                 def get() -> _Entry | None:
-                    message = queue.get(no_ack=False, accept=["json"])
+                    # Raw bodies: decoding is _Entry's, never kombu's (no accept list, no
+                    # object hook).
+                    message = queue.get(no_ack=False, accept=None)
                     return _Entry(message) if message is not None else None
 
                 yield get
@@ -117,7 +175,7 @@ class DeadLetterQueue:
                 except redis.RedisError:  # expired or Redis gone: nothing left to undo
                     pass
 
-    def _depth(self) -> int:
+    def depth(self) -> int:
         broker = self.runtime.broker
         broker.ensure_topology()
         with broker_errors("count the dead letters"), broker.connection() as conn:
@@ -128,45 +186,54 @@ class DeadLetterQueue:
             finally:
                 channel.close()
 
-    def depth(self) -> int:
-        return self._depth()
-
     def _describe(
-        self, entry: _Entry, wire: dict[str, Any], statuses: dict[str, dict[str, str]]
+        self, entry: _Entry, item: Envelope | _Unreadable, statuses: dict[str, dict[str, str]]
     ) -> DeadLetter:
-        message_id = str(wire.get("id"))
-        status = statuses.get(message_id, {})
-        meta = wire.get("metadata") or {}
         death = entry.death
+        dead_at = death.get("time") if isinstance(death.get("time"), datetime) else None
+        replays = entry.header_int(REPLAYS_HEADER)
+        if isinstance(item, _Unreadable):
+            return DeadLetter(
+                id=item.id,
+                replays=replays,
+                dead_at=dead_at,
+                queue=str(death.get("queue") or "?"),
+                reason="malformed",
+                error=item.problem,
+                attempts=entry.header_int("retries") + 1,
+                message={"raw": item.preview} if item.preview else None,
+            )
+        status = statuses.get(item.id, {})
         reason = status.get("reason") or ""
         if status.get("status") not in ("dead", "expired") or not reason:
-            reason = self._derive_reason(entry, wire)
-        dead_at = death.get("time")
-        replays = max(int(entry.headers.get(REPLAYS_HEADER) or 0), int(status.get("replays") or 0))
+            reason = self._derive_reason(entry, item)
+        try:
+            recorded = int(status.get("attempts") or 0)
+        except ValueError:
+            recorded = 0
+        try:
+            replays = max(replays, int(status.get("replays") or 0))
+        except ValueError:
+            pass
         return DeadLetter(
-            id=message_id,
-            queue=str(death.get("queue") or Priority(meta.get("priority", "normal")).queue),
+            id=item.id,
+            replays=replays,
+            dead_at=dead_at,
+            queue=str(death.get("queue") or item.priority.queue),
             reason=reason,
             error=status.get("error") or entry.last_error,
-            attempts=max(
-                int(status.get("attempts") or 0), int(entry.headers.get("retries") or 0) + 1
-            ),
-            replays=replays,
-            dead_at=dead_at if isinstance(dead_at, datetime) else None,
-            message=wire,
+            attempts=max(recorded, entry.header_int("retries") + 1),
+            message=item.data,
         )
 
-    def _derive_reason(self, entry: _Entry, wire: dict[str, Any]) -> str:
+    def _derive_reason(self, entry: _Entry, envelope: Envelope) -> str:
         """Why a message died, from what it carries, when Redis could not record it."""
         death_reason = str(entry.death.get("reason") or "rejected")
         if death_reason == "expired":
             return "expired"
-        if entry.malformed:
-            return "malformed"
-        if not self.runtime.codec.is_valid(wire):
+        if not self.runtime.codec.is_valid(envelope.data):
             return "bad_signature"
-        meta = wire.get("metadata") or {}
-        if int(entry.headers.get("retries") or 0) >= int(meta.get("max_retries", 3)):
+        if entry.header_int("retries") >= envelope.max_retries:
             return "retries_exhausted"
         return death_reason  # rejected | maxlen | delivery_limit
 
@@ -179,7 +246,7 @@ class DeadLetterQueue:
             for message_id in ids:
                 pipe.hgetall(self.runtime.keys.status(message_id))
             return dict(zip(ids, pipe.execute(), strict=True))
-        except Exception:  # noqa: BLE001 - listing must work while Redis is down
+        except redis.RedisError:
             logger.warning("dead letters listed without Redis status (Redis unavailable)")
             return {}
 
@@ -189,7 +256,7 @@ class DeadLetterQueue:
         with self._taken() as get:
             while len(out) < limit and (entry := get()) is not None:
                 statuses = self._statuses([entry])
-                out += [self._describe(entry, w, statuses) for w in entry.wires]
+                out += [self._describe(entry, item, statuses) for item in entry.items]
         self._record_broker_deaths(out)
         return out[:limit]
 
@@ -203,57 +270,62 @@ class DeadLetterQueue:
 
     def show(self, message_id: str) -> DeadLetter:
         with self._taken() as get:
-            for _ in range(self._depth() + 1):
+            for _ in range(self.depth() + 1):
                 entry = get()
                 if entry is None:
                     break
-                for wire in entry.wires:
-                    if str(wire.get("id")) == message_id:
-                        return self._describe(entry, wire, self._statuses([entry]))
+                for item in entry.items:
+                    if item.id == message_id:
+                        return self._describe(entry, item, self._statuses([entry]))
         raise NotFound(f"no dead letter with id {message_id!r}", id=message_id)
 
     def _settle(
         self,
         ids: list[str] | None,
-        action: Callable[[_Entry, dict[str, Any]], None] | None,
+        action: Callable[[_Entry, Envelope], None] | None,
         select: Callable[[DeadLetter], bool] | None = None,
         limit: int | None = None,
     ) -> list[str]:
-        """Applies `action` to the chosen wires (all when ids is None) and removes their
-        broker messages; a batch entry's unchosen wires go back to the dead letters."""
+        """Applies `action` to the chosen messages (all when ids is None) and removes their
+        broker messages; a batch entry's unchosen messages go back to the dead letters.
+        Unreadable parts can be purged (no action), never replayed."""
         wanted = None if ids is None else set(ids)
         done: list[str] = []
         with self._taken() as get:
-            for _ in range(self._depth()):
+            for _ in range(self.depth()):
                 if limit is not None and len(done) >= limit:
                     break
                 entry = get()
                 if entry is None:
                     break
                 statuses = self._statuses([entry]) if select else {}
-                chosen: list[dict[str, Any]] = []
-                kept: list[dict[str, Any]] = []
-                for wire in entry.wires:
-                    ok = wanted is None or str(wire.get("id")) in wanted
+                chosen: list[Envelope | _Unreadable] = []
+                kept: list[Envelope | _Unreadable] = []
+                for item in entry.items:
+                    ok = wanted is None or item.id in wanted
+                    if ok and action is not None and isinstance(item, _Unreadable):
+                        ok = False
                     if ok and select is not None:
-                        ok = select(self._describe(entry, wire, statuses))
-                    (chosen if ok else kept).append(wire)
-                if not chosen and entry.wires:
+                        ok = select(self._describe(entry, item, statuses))
+                    (chosen if ok else kept).append(item)
+                if not chosen:
                     continue  # stays, returned when the channel closes
-                for wire in chosen:
-                    if action is not None:
-                        action(entry, wire)
-                    done.append(str(wire.get("id")))
+                if kept and any(isinstance(item, _Unreadable) for item in kept):
+                    continue  # its unreadable part cannot be split off: leave it whole
+                for item in chosen:
+                    if action is not None and isinstance(item, Envelope):
+                        action(entry, item)
+                    done.append(item.id)
                 if kept:
-                    self._redeadletter(entry, kept)
+                    self._redeadletter(entry, [k for k in kept if isinstance(k, Envelope)])
                 entry.amqp.ack()
         return done
 
-    def _redeadletter(self, entry: _Entry, wires: list[dict[str, Any]]) -> None:
+    def _redeadletter(self, entry: _Entry, envelopes: list[Envelope]) -> None:
         with broker_errors("return dead letters"), self.runtime.broker.connection() as conn:
             producer = conn.Producer()
             producer.publish(
-                [[wires], {}, {}],
+                [[[e.text for e in envelopes]], {}, {}],
                 exchange=topology.DLX,
                 routing_key="",
                 serializer="json",
@@ -271,40 +343,37 @@ class DeadLetterQueue:
         """Replays the chosen dead letters (all when ids is None), at most `limit` of them."""
         return self._settle(ids, self._replay_one, select, limit)
 
-    def _replay_one(self, entry: _Entry, wire: dict[str, Any]) -> None:
-        replays = int(entry.headers.get(REPLAYS_HEADER) or 0) + 1
-        message_id = str(wire.get("id"))
-        meta = wire.get("metadata") or {}
+    def _replay_one(self, entry: _Entry, envelope: Envelope) -> None:
+        replays = entry.header_int(REPLAYS_HEADER) + 1
         if entry.agent is not None:
             self.runtime.broker.publish(
                 topology.HANDLE_TASK,
-                [entry.agent, wire],
+                [entry.agent, envelope.text],
                 queue=topology.agent_queue(self.runtime.settings, entry.agent),
-                task_id=f"{message_id}:{entry.agent}",
+                task_id=f"{envelope.id}:{entry.agent}",
                 headers={REPLAYS_HEADER: replays},
-                summary=f"<message {message_id} for {entry.agent} replay {replays}>",
+                summary=f"<message {envelope.id} for {entry.agent} replay {replays}>",
             )
-            self._record_replay(message_id, replays)
-            return
-        queue = str(entry.death.get("queue") or Priority(meta.get("priority", "normal")).queue)
-        if queue not in topology.PRIORITY_QUEUES:
-            queue = Priority(meta.get("priority", "normal")).queue
-        self.runtime.broker.publish(
-            DELIVER_TASK,
-            [wire],
-            queue=queue,
-            task_id=message_id,
-            headers={REPLAYS_HEADER: replays},
-            summary=f"<message {message_id} replay {replays}>",
-        )
-        self._record_replay(message_id, replays)
+        else:
+            queue = str(entry.death.get("queue") or "")
+            if queue not in topology.PRIORITY_QUEUES:
+                queue = envelope.priority.queue
+            self.runtime.broker.publish(
+                DELIVER_TASK,
+                [envelope.text],
+                queue=queue,
+                task_id=envelope.id,
+                headers={REPLAYS_HEADER: replays},
+                summary=f"<message {envelope.id} replay {replays}>",
+            )
+        self._record_replay(envelope.id, replays)
 
     def _record_replay(self, message_id: str, replays: int) -> None:
         try:
             self.runtime.store.advance_status(
                 [message_id], "queued", force=True, replays=replays, reason="", error=""
             )
-        except BusUnavailable:
+        except BusError:
             logger.warning("replayed %s but could not record its status", message_id)
 
     def purge(self, ids: list[str] | None, limit: int | None = None) -> list[str]:

@@ -1,37 +1,35 @@
 """Worker-side delivery: verify -> check expiry and clock -> resolve recipients -> store.
 
-Failures are sorted here so the Celery adapter only has to map them:
-- ``PermanentFailure`` (bad signature, expired, malformed): reject into the dead letters;
-- ``BusUnavailable`` (Redis down): retry with backoff.
+`Deliverer.attempt` judges one try and returns a `Verdict` the Celery task only carries
+out: delivered; retry after a backoff (Redis or the broker is unavailable: every condition
+that heals); or dead with a reason (bus.errors.PERMANENT_REASONS, or retries exhausted).
+The outcome is recorded in Redis before the verdict is returned, so nothing is acked to the
+broker before it is known what became of it. Delivery is idempotent per (message,
+recipient): a task run twice never fills an inbox twice.
 """
 
 from __future__ import annotations
 
 import logging
-import time
+import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import orjson
 
-from bus import tracing
+from bus import metrics, tracing
+from bus.broker import Broker
+from bus.clock import Clock
 from bus.codec import Codec
-from bus.errors import BusError, BusUnavailable, SecurityError
-from bus.schema import BROADCAST, Priority, Subscription
+from bus.envelope import Envelope
+from bus.errors import BusError, BusUnavailable, PermanentFailure, SecurityError
+from bus.routing import broadcast_recipients, topic_recipients
+from bus.settings import Settings
 from bus.store import Delivery, RedisStore
+from bus.topology import DELIVER_TASK, HANDLE_TASK, agent_queue
 
 logger = logging.getLogger(__name__)
-
-
-class PermanentFailure(BusError):
-    """The message can never be delivered; it goes to the dead letters with `reason`."""
-
-    code = "permanent_failure"
-
-    def __init__(self, message: str, *, reason: str) -> None:
-        super().__init__(message, reason=reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,142 +40,135 @@ class Outcome:
     sent_ms: int  # the message's own timestamp (send time), for latency metrics
 
 
-def parse_timestamp_ms(value: Any) -> int:
-    return int(datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp() * 1000)
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What one delivery attempt came to; the Celery task carries it out."""
+
+    kind: str  # "delivered" | "retry" | "dead"
+    delivered: int = 0
+    reason: str = ""
+    error: str = ""
+    countdown: float = 0.0  # retry: seconds to wait
+    expiration: float | None = None  # retry: seconds of ttl left (broker expiry)
+    wire: str = ""  # retry: the message to send again (its retry_count updated)
 
 
 class Deliverer:
     def __init__(
-        self, store: RedisStore, codec: Codec, *, clock_skew: float, max_age: float
+        self,
+        store: RedisStore,
+        codec: Codec,
+        clock: Clock,
+        broker: Broker,
+        settings: Settings,
     ) -> None:
         self.store = store
         self.codec = codec
-        self.clock_skew = clock_skew
-        self.max_age = max_age
+        self.clock = clock
+        self.broker = broker
+        self.settings = settings
+        self.clock_skew = settings.clock_skew
+        # Past the dedup window a replay could no longer be recognised: refuse it.
+        self.max_age = max(settings.dedup_window, settings.clock_skew)
         self._worker_agents: set[str] = set()
         self._worker_agents_at = float("-inf")
 
-    def check(self, wire: dict[str, Any], now: float | None = None) -> int:
-        """Everything that makes a message undeliverable, before touching Redis. Returns
-        the message's timestamp in ms."""
-        if not isinstance(wire, dict) or not isinstance(wire.get("id"), str):
-            raise PermanentFailure("task argument is not a bus message", reason="malformed")
-        try:
-            self.codec.verify(wire)
-        except SecurityError as exc:
-            raise PermanentFailure(exc.message, reason="bad_signature") from exc
-        now = time.time() if now is None else now
-        try:
-            sent_ms = parse_timestamp_ms(wire["timestamp"])
-        except (KeyError, ValueError) as exc:
-            raise PermanentFailure("message has no valid timestamp", reason="malformed") from exc
-        sent = sent_ms / 1000
-        if sent - now > self.clock_skew:
-            raise PermanentFailure(
-                f"message timestamp is {sent - now:.0f}s in the future (allowed skew "
-                f"{self.clock_skew:.0f}s)",
-                reason="bad_timestamp",
-            )
-        if now - sent > self.max_age:
-            # Past the dedup window a replay could no longer be recognised: refuse it.
-            raise PermanentFailure(
-                f"message is {now - sent:.0f}s old, older than the replay window",
-                reason="stale",
-            )
-        ttl = (wire.get("metadata") or {}).get("ttl")
-        if ttl is not None and now > sent + float(ttl):
-            raise PermanentFailure(
-                f"message expired {now - sent - float(ttl):.1f}s before delivery", reason="expired"
-            )
-        return sent_ms
+    # -- judging an attempt --------------------------------------------------------------
 
-    def recipients(self, wire: dict[str, Any]) -> list[str]:
-        sender = wire["from"]
-        to = wire.get("to")
-        if to == BROADCAST:
-            return [a for a in self.store.agent_ids() if a != sender]
-        if to:
-            return [to]
-        topic = wire.get("topic")
-        if not topic:
-            raise PermanentFailure(
-                "message has no recipient, topic or broadcast", reason="malformed"
-            )
-        meta = wire.get("metadata") or {}
-        priority = meta.get("priority", "normal")
-        [subscribers] = self.store.topic_subscribers([topic])
-        return [
-            agent
-            for agent, filters in sorted(subscribers.items())
-            if agent != sender
-            and Subscription(agent=agent, topic=topic, **orjson.loads(filters)).matches(
-                wire.get("type", "event"), priority
-            )
-        ]
-
-    def _delivery(self, wire: dict[str, Any], attempts: int) -> Delivery:
-        sent_ms = self.check(wire)
-        meta = wire.get("metadata") or {}
+    def attempt(self, raw: Any, retries: int) -> Verdict:
+        """One try at delivering the task argument `raw`; `retries` tries came before."""
+        attempts = retries + 1
         try:
-            rank = Priority(meta.get("priority", "normal")).rank
-        except ValueError as exc:
-            raise PermanentFailure("unknown priority", reason="malformed") from exc
-        return Delivery(
-            message_id=wire["id"],
-            wire=orjson.dumps(wire).decode(),
-            rank=rank,
-            ts_ms=sent_ms,
-            recipients=self.recipients(wire),
-            attempts=attempts,
-            correlation_id=wire.get("correlation_id"),
+            envelope = Envelope.parse(raw)
+        except PermanentFailure as exc:
+            return self.dead(raw, exc.reason, exc.message, attempts)
+        try:
+            outcome = self.deliver(envelope, attempts)
+            self.dispatch(envelope, outcome)
+        except PermanentFailure as exc:
+            return self.dead(envelope, exc.reason, exc.message, attempts)
+        except BusUnavailable as exc:
+            return self.retry_or_dead(envelope, exc, retries)
+        self.observe(envelope, outcome)
+        return Verdict("delivered", delivered=outcome.newly_delivered)
+
+    def retry_or_dead(self, envelope: Envelope, exc: BusError, retries: int) -> Verdict:
+        """A transient failure: another try after a backoff, unless the message's retries
+        or its ttl have run out."""
+        attempts = retries + 1
+        if retries >= envelope.max_retries:
+            return self.dead(envelope, "retries_exhausted", exc.message, attempts)
+        ttl_left = self.ttl_left(envelope)
+        if ttl_left is not None and ttl_left <= 0:
+            return self.dead(envelope, "expired", "expired while retrying", attempts)
+        self.record(envelope.id, "retrying", "unavailable", exc.message, attempts)
+        metrics.count(envelope.data, "retrying")
+        metrics.ERRORS.labels("unavailable").inc()
+        return Verdict(
+            "retry",
+            reason="unavailable",
+            error=exc.message[:500],
+            countdown=self.backoff(retries),
+            expiration=ttl_left,
+            wire=self.with_retry_count(envelope, attempts),
         )
 
-    def deliver(self, wire: dict[str, Any], attempts: int) -> Outcome:
-        trace_id = wire.get("trace_id") if isinstance(wire, dict) else None
-        with tracing.span(
-            "bus.deliver", trace_id, message_id=wire.get("id"), attempts=attempts
-        ) as current:
-            delivery = self._delivery(wire, attempts)
-            delivered = self.store.deliver(delivery)
-            if current is not None:
-                current.set_attribute("bus.recipients", len(delivery.recipients))
-            return Outcome(wire["id"], delivery.recipients, int(delivered), delivery.ts_ms)
+    def dead(
+        self,
+        envelope: Envelope | Any,
+        reason: str,
+        error: str,
+        attempts: int,
+        *,
+        force: bool = False,
+    ) -> Verdict:
+        """Records the death (`force`: even over a later status, as a worker agent's
+        handler dies after its message was delivered) and says so."""
+        status = "expired" if reason == "expired" else "dead"
+        if isinstance(envelope, Envelope):
+            metrics.count(envelope.data, status)
+            self.record(envelope.id, status, reason, error, attempts, force=force)
+            message_id = envelope.id
+        else:
+            message_id = "?"
+        metrics.ERRORS.labels(reason).inc()
+        logger.warning(
+            "dead-lettering message %s: %s (%s)",
+            message_id,
+            reason,
+            error,
+            extra={"message_id": message_id},
+        )
+        return Verdict("dead", reason=reason, error=error)
 
-    def deliver_many(
-        self, wires: list[dict[str, Any]]
-    ) -> tuple[list[tuple[dict[str, Any], Outcome]], list[tuple[dict[str, Any], BusError]]]:
-        """Delivers a batch in one Redis round trip. Returns (delivered, refused): refused
-        messages (bad signature, expired...) are left for the caller to hand on."""
-        ready: list[tuple[dict[str, Any], Delivery]] = []
-        refused: list[tuple[dict[str, Any], BusError]] = []
-        for wire in wires:
-            try:
-                ready.append((wire, self._delivery(wire, 1)))
-            except PermanentFailure as exc:
-                refused.append((wire, exc))
-        if not ready:
-            return [], refused
-        results = self.store.deliver_pipelined([delivery for _, delivery in ready])
-        return [
-            (wire, Outcome(wire["id"], d.recipients, int(n), d.ts_ms))
-            for (wire, d), n in zip(ready, results, strict=True)
-        ], refused
+    def backoff(self, retries: int) -> float:
+        """Exponential backoff with full jitter (never below half the step)."""
+        s = self.settings
+        step = min(s.retry_backoff_max, s.retry_backoff * 2.0**retries)
+        return step / 2 + random.uniform(0, step / 2)
 
-    def worker_agents(self, recipients: list[str]) -> list[str]:
-        """Which recipients are served by a worker-agent process (cached for a second)."""
-        now = time.monotonic()
-        if now - self._worker_agents_at > 1.0:
-            self._worker_agents = set(self.store.worker_agents())
-            self._worker_agents_at = now
-        return [r for r in recipients if r in self._worker_agents]
+    def ttl_left(self, envelope: Envelope) -> float | None:
+        expires_ms = envelope.expires_ms
+        return None if expires_ms is None else (expires_ms - self.clock.now_ms()) / 1000
 
-    def record_failure(
-        self, wire: Any, status: str, reason: str, error: str, attempts: int, force: bool = False
+    def with_retry_count(self, envelope: Envelope, attempts: int) -> str:
+        """The message for its next try: the bus keeps its own attempt count in it."""
+        data = orjson.loads(envelope.text)
+        data["metadata"]["retry_count"] = attempts
+        return orjson.dumps(self.codec.sign(data)).decode()
+
+    def record(
+        self,
+        message_id: str,
+        status: str,
+        reason: str,
+        error: str,
+        attempts: int,
+        *,
+        force: bool = False,
     ) -> None:
-        """Best effort: Redis may be the thing that is down."""
-        message_id = wire.get("id") if isinstance(wire, dict) else None
-        if not isinstance(message_id, str):
-            return
+        """Best effort: Redis may be the thing that is down (the status then catches up
+        when the message is tried again or read from the dead letters)."""
         try:
             self.store.advance_status(
                 [message_id],
@@ -191,3 +182,153 @@ class Deliverer:
             logger.warning(
                 "could not record status %s for %s: Redis unavailable", status, message_id
             )
+
+    # -- delivering ------------------------------------------------------------------------
+
+    def check(self, envelope: Envelope) -> None:
+        """Everything that makes a message undeliverable, before touching its recipients."""
+        try:
+            self.codec.verify(envelope.data)
+        except SecurityError as exc:
+            raise PermanentFailure(exc.message, reason="bad_signature") from exc
+        now_ms = self.clock.now_ms()
+        ahead = (envelope.timestamp_ms - now_ms) / 1000
+        if ahead > self.clock_skew:
+            raise PermanentFailure(
+                f"message timestamp is {ahead:.0f}s in the future (allowed skew "
+                f"{self.clock_skew:.0f}s)",
+                reason="bad_timestamp",
+            )
+        if -ahead > self.max_age:
+            raise PermanentFailure(
+                f"message is {-ahead:.0f}s old, older than the replay window", reason="stale"
+            )
+        expires_ms = envelope.expires_ms
+        if expires_ms is not None and now_ms > expires_ms:
+            raise PermanentFailure(
+                f"message expired {(now_ms - expires_ms) / 1000:.1f}s before delivery",
+                reason="expired",
+            )
+
+    def recipients(self, envelope: Envelope) -> list[str]:
+        if envelope.is_broadcast:
+            return broadcast_recipients(self.store.agent_ids(), envelope.sender)
+        if envelope.to:
+            return [envelope.to]
+        topic = envelope.topic
+        if not topic:
+            raise PermanentFailure(
+                "message has no recipient, topic or broadcast", reason="malformed"
+            )
+        [subscribers] = self.store.topic_subscribers([topic])
+        return topic_recipients(
+            subscribers, topic, envelope.type, envelope.priority.value, envelope.sender
+        )
+
+    def _delivery(self, envelope: Envelope, attempts: int) -> Delivery:
+        self.check(envelope)
+        return Delivery(
+            message_id=envelope.id,
+            wire=envelope.text,
+            rank=envelope.priority.rank,
+            ts_ms=envelope.timestamp_ms,
+            recipients=self.recipients(envelope),
+            attempts=attempts,
+            correlation_id=envelope.correlation_id,
+        )
+
+    def deliver(self, envelope: Envelope, attempts: int) -> Outcome:
+        with tracing.span(
+            "bus.deliver", envelope.trace_id, message_id=envelope.id, attempts=attempts
+        ) as current:
+            delivery = self._delivery(envelope, attempts)
+            delivered = self.store.deliver(delivery)
+            if current is not None:
+                current.set_attribute("bus.recipients", len(delivery.recipients))
+            return Outcome(envelope.id, delivery.recipients, int(delivered), delivery.ts_ms)
+
+    def deliver_many(
+        self, raws: Sequence[Any]
+    ) -> tuple[int, list[tuple[Envelope | Any, BusError]]]:
+        """Delivers a batch in one Redis round trip. Returns how many were newly delivered
+        and the messages that were not, with why, for the caller to hand on one by one
+        (each then owns its retries and dead-lettering)."""
+        ready: list[tuple[Envelope, Delivery]] = []
+        refused: list[tuple[Envelope | Any, BusError]] = []
+        for raw in raws:
+            try:
+                envelope = Envelope.parse(raw)
+            except PermanentFailure as exc:
+                refused.append((raw, exc))
+                continue
+            try:
+                ready.append((envelope, self._delivery(envelope, 1)))
+            except (PermanentFailure, BusUnavailable) as exc:
+                refused.append((envelope, exc))
+        if not ready:
+            return 0, refused
+        try:
+            results = self.store.deliver_pipelined([delivery for _, delivery in ready])
+        except BusUnavailable as exc:
+            return 0, refused + [(envelope, exc) for envelope, _ in ready]
+        newly = 0
+        for (envelope, d), n in zip(ready, results, strict=True):
+            outcome = Outcome(envelope.id, d.recipients, int(n), d.ts_ms)
+            try:
+                self.dispatch(envelope, outcome)
+            except BusUnavailable as exc:
+                refused.append((envelope, exc))  # its single task dispatches again
+                continue
+            self.observe(envelope, outcome)
+            newly += outcome.newly_delivered
+        return newly, refused
+
+    def hand_on(self, items: Sequence[tuple[Envelope | Any, BusError]], queue: str) -> None:
+        """Republishes batch messages that did not go through as single `bus.deliver`
+        tasks; raises BusUnavailable when the broker cannot take them (the batch task then
+        retries as a whole: delivery is idempotent)."""
+        for envelope, error in items:
+            if not isinstance(envelope, Envelope):
+                self.dead(envelope, "malformed", error.message, 1)
+                continue
+            logger.info("batch message %s handed to a single task: %s", envelope.id, error)
+            self.broker.publish(
+                DELIVER_TASK,
+                [envelope.text],
+                queue=queue,
+                task_id=envelope.id,
+                expiration=self.ttl_left(envelope),
+                summary=envelope.summary(),
+            )
+
+    # -- worker agents ---------------------------------------------------------------------
+
+    def dispatch(self, envelope: Envelope, outcome: Outcome) -> None:
+        """Enqueues `bus.handle` on each recipient worker agent's own queue. Done for every
+        delivery attempt (a redelivered task may have stopped before this); the handle task
+        skips messages no longer in the inbox, so a repeat is harmless."""
+        for agent in self.worker_agents(outcome.recipients):
+            self.broker.publish(
+                HANDLE_TASK,
+                [agent, envelope.text],
+                queue=agent_queue(self.settings, agent),
+                task_id=f"{envelope.id}:{agent}",
+                expiration=self.ttl_left(envelope),
+                summary=f"<message {envelope.id} for {agent}>",
+            )
+
+    def worker_agents(self, recipients: list[str]) -> list[str]:
+        """Which recipients are served by a worker-agent process (cached for a second)."""
+        if not recipients:
+            return []
+        now = self.clock.now()
+        if now - self._worker_agents_at > 1.0:
+            self._worker_agents = set(self.store.worker_agents())
+            self._worker_agents_at = now
+        return [r for r in recipients if r in self._worker_agents]
+
+    def observe(self, envelope: Envelope, outcome: Outcome) -> None:
+        if outcome.newly_delivered:
+            metrics.count(envelope.data, "delivered")
+            latency = self.clock.now() - outcome.sent_ms / 1000
+            metrics.observe_latency(envelope.type, latency)

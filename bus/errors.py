@@ -40,6 +40,12 @@ class LimitExceeded(ValidationError):
     code = "limit_exceeded"
 
 
+class InboxFull(LimitExceeded):
+    """A recipient's inbox holds as many messages as it may; nothing was sent."""
+
+    code = "inbox_full"
+
+
 class AuthError(BusError):
     """Identity or permission problem (bad token, ACL denial, admin-only action)."""
 
@@ -65,6 +71,12 @@ class NotFound(BusError):
     exit_code = 5
 
 
+class UnknownAgent(NotFound):
+    """A recipient that has never connected (and the sender's allowance for such is used)."""
+
+    code = "unknown_agent"
+
+
 class BusUnavailable(BusError):
     """Redis or the broker cannot be reached; transient, retry later."""
 
@@ -88,6 +100,52 @@ class ConfigError(BusError):
 
     code = "config"
     exit_code = 8
+
+
+class RequestTimeout(BusError):
+    """No response to a request came in time (the request itself was sent)."""
+
+    code = "timeout"
+    exit_code = 9
+
+
+class PermanentFailure(BusError):
+    """A message can never be delivered as it is; it is dead-lettered with `reason`."""
+
+    code = "permanent_failure"
+
+    def __init__(self, message: str, *, reason: str, **fields: Any) -> None:
+        super().__init__(message, reason=reason, **fields)
+        self.reason = reason
+
+
+# Why a message is dead. The replay job replays exactly the transient causes: whatever
+# healed since (Redis or the broker back, a handler fixed) can succeed on another try; a
+# permanent cause fails the same way every time.
+TRANSIENT_REASONS = frozenset(
+    {
+        "retries_exhausted",  # Redis or the broker stayed unavailable through every retry
+        "unavailable",  # the same, recorded before the retries ran out
+        "handler_failed",  # a worker agent's handler raised on every attempt
+        "delivery_limit",  # the quorum queue's redelivery limit (workers kept dying)
+    }
+)
+PERMANENT_REASONS = frozenset(
+    {
+        "bad_signature",  # no key of the bus verifies it: tampered, or signed elsewhere
+        "malformed",  # not a bus message at all (undecodable body, missing fields)
+        "expired",  # past its ttl
+        "stale",  # older than the replay window
+        "bad_timestamp",  # from the future beyond the allowed clock skew
+        "handler_crashed",  # its handler killed the worker process again and again
+        "undecodable",  # signature fine, payload cannot be decrypted or inflated
+        "rejected",  # refused without a recorded cause (e.g. an unknown task name)
+    }
+)
+
+
+def is_transient_reason(reason: str) -> bool:
+    return reason in TRANSIENT_REASONS
 
 
 class NotReplicated(BusUnavailable):

@@ -13,6 +13,9 @@ from collections.abc import Iterable
 from functools import cached_property
 from typing import Any
 
+import orjson
+
+from bus import scripts
 from bus.acl import Policy
 from bus.admission import RateLimit
 from bus.errors import AuthError, BusUnavailable, RateLimited
@@ -25,9 +28,16 @@ logger = logging.getLogger(__name__)
 audit_logger = logging.getLogger("bus.audit")
 
 
+REFUSALS = frozenset({"denied"})  # outcomes whose floods are sampled in the audit stream
+
+
 class Guard:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+
+    @cached_property
+    def _audit_script(self) -> Any:
+        return self.runtime.redis.register_script(scripts.AUDIT)
 
     @cached_property
     def policy(self) -> Policy:
@@ -52,6 +62,13 @@ class Guard:
             target, action = f"topic {message.topic}", "publish to"
         if not ok:
             raise self._deny(sender, action, target, rule)
+        # A reply_to names who the answer goes to: that is sending to it, by proxy (the
+        # answering agent would otherwise carry the payload where the sender may not).
+        reply_to = message.reply_to
+        if reply_to is not None and reply_to != sender:
+            ok, rule = self.policy.may_send(sender, reply_to)
+            if not ok:
+                raise self._deny(sender, "have replies sent to", reply_to, rule)
 
     def authorize_subscribe(self, agent: str, topic: str) -> None:
         ok, rule = self.policy.may_subscribe(agent, topic)
@@ -74,17 +91,20 @@ class Guard:
 
     # -- rate limiting ---------------------------------------------------------------------
 
-    def rate_limit_for(self, agent: str, cost: int = 1) -> RateLimit | None:
-        """The token-bucket charge for `cost` messages from `agent` (None: no limit). The
-        bucket itself is checked in the same Redis call that admits the messages."""
-        rate = self.policy.rate_for(agent, self.runtime.settings.rate_per_second)
+    def rate_limit_for(self, agent: str, *, front_door: bool = False) -> RateLimit | None:
+        """`agent`'s token bucket (None: no limit). Admission charges it one token per
+        recipient of every message, in the same Redis call that admits them. LLM agents
+        at the front door (MCP) get MESSAGE_BUS_RATE_LIMIT, trusted code holding the
+        secret MESSAGE_BUS_TRUSTED_RATE_LIMIT; the ACL may set either per agent."""
+        s = self.runtime.settings
+        default = s.rate_per_second if front_door else s.trusted_rate_per_second
+        rate = self.policy.rate_for(agent, default)
         if rate <= 0:
             return None
         burst = self.policy.burst_for(agent, self.runtime.settings.rate_burst) or max(
             1, math.ceil(rate)
         )
-        # A batch bigger than the bucket could never pass; it costs a full bucket instead.
-        return RateLimit(self.runtime.keys.rate(agent), rate, burst, min(cost, burst))
+        return RateLimit(self.runtime.keys.rate(agent), rate, burst)
 
     def throttled(self, agent: str, limit: RateLimit, retry_after_ms: int) -> RateLimited:
         retry_after = retry_after_ms / 1000
@@ -119,16 +139,21 @@ class Guard:
         )
 
     def store_audits(self, entries: list[dict[str, str]]) -> None:
-        """Writes built entries to the audit stream in one pipeline (a log line says so
-        when Redis is down)."""
+        """Writes built entries to the audit stream in one call; refusals are sampled per
+        agent and action (scripts.AUDIT), so a flood of them cannot flush the trail. A log
+        line says so when Redis is down."""
         if not entries:
             return
+        keys = [self.runtime.keys.audit]
+        args: list[Any] = [AUDIT_MAXLEN]
+        for entry in entries:
+            keys.append(self.runtime.keys.audit_burst(entry["agent"], entry["action"]))
+            refusal = entry["outcome"] in REFUSALS
+            flat = [part for pair in entry.items() for part in pair]
+            args += ["1" if refusal else "0", orjson.dumps(flat).decode()]
         try:
             with redis_errors("write the audit log"):
-                pipe = self.runtime.redis.pipeline(transaction=False)
-                for entry in entries:
-                    pipe.xadd(self.runtime.keys.audit, entry, maxlen=AUDIT_MAXLEN, approximate=True)
-                pipe.execute()
+                self._audit_script(keys=keys, args=args)
         except BusUnavailable:
             logger.warning(
                 "%d audit entries not stored (Redis unavailable): %s", len(entries), entries

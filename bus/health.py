@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from bus.breaker import states as breaker_states
 from bus.errors import BusError
+from bus.keyring import ProcessKeys, describe_keys, key_warnings
 from bus.runtime import Runtime
 from bus.topology import DEAD_LETTER_QUEUE, PRIORITY_QUEUES
 
@@ -21,6 +22,10 @@ class Health(BaseModel):
     workers: list[str] = Field(default_factory=list)
     dead_letters: int | None = None
     breakers: dict[str, str] = Field(default_factory=dict)
+    processes: list[ProcessKeys] = Field(
+        default_factory=list, description="running processes and the keys they sign/verify with"
+    )
+    warnings: list[str] = Field(default_factory=list)
 
 
 class Stats(BaseModel):
@@ -51,10 +56,13 @@ def live_workers(runtime: Runtime, timeout: float = 1.0) -> list[str]:
     return sorted(name for reply in replies for name in reply)
 
 
-def check_health(runtime: Runtime) -> Health:
+def check_health(runtime: Runtime, kind: str = "client") -> Health:
+    """`kind`: what the asking process is, listed with its own keys beside the others."""
     redis_state = broker_state = "ok"
+    processes = [describe_keys(runtime.codec, kind)]
     try:
         runtime.store.ping()
+        processes += runtime.keyring.live()
     except BusError as exc:
         redis_state = f"down: {exc.message}"
     workers: list[str] = []
@@ -72,6 +80,8 @@ def check_health(runtime: Runtime) -> Health:
         workers=workers,
         dead_letters=dead,
         breakers=breaker_states(),
+        processes=processes,
+        warnings=key_warnings(processes),
     )
 
 

@@ -2,7 +2,8 @@
 
 Keyspace (``P`` = prefix; ``{a}`` = agent id in a hash tag so one agent's keys share a slot):
 
-    P agents                       zset   agent -> first-seen ms
+    P agents                       zset   agent -> first-seen ms: agents that connected (read,
+                                          subscribed, sent) or were declared
     P worker_agents                set    agents served by a `msgbus agent run` process
     P agent:{a}:seen               string last-seen ms
     P inbox:{a}:ready              zset   message id -> priority rank * 2^40 + sequence
@@ -10,18 +11,31 @@ Keyspace (``P`` = prefix; ``{a}`` = agent id in a hash tag so one agent's keys s
     P inbox:{a}:body               hash   message id -> stored wire JSON
     P inbox:{a}:meta               hash   message id -> "score|delivery count"
     P inbox:seq                    string global FIFO sequence for ready scores
-    P history:{a}                  zset   wire JSON -> timestamp ms (capped per agent)
+    P history:{a}                  zset   wire JSON -> timestamp ms of what a received (capped
+                                          per agent, in entries and in bytes)
+    P history:{a}:sent             zset   the same of what a sent (capped apart)
+    P history:{a}[:sent]:bytes     string total length of the members of that history
+    P unseen:{a}                   set    agents that never connected which a has mail
+                                          waiting for (capped per sender)
+    P audit:burst:{a}:{action}     string refusals of a's action this minute (sampling)
     P status:{id}                  hash   status, attempts, timestamps, reason, error...
     P delivered:{id}               set    agents a message was delivered to (idempotency)
-    P dedup:key:{key}              string message id, expires after the dedup window
-    P dedup:id:{id}                string message id, expires after the dedup window
+    P dedup:key:{a}:{key}          string id the sender's dedup key stands for ("pending:<id>"
+                                          until the broker confirmed); expires after the
+                                          dedup window
+    P dedup:id:{id}                string "<final|pending>|<sender>": who owns the id; expires
+                                          after the dedup window
     P subs:{a}                     hash   topic -> JSON filters of agent a
     P topic:{t}                    hash   agent -> JSON filters (the delivery-time index)
-    P topics                       zset   topic -> subscriber count
+    P topics                       set    topics that have subscribers
     P reply:{correlation id}       string id of the response that answered a request
     P handling:{id}:{agent}        string handler runs started (catches handlers that crash
                                           the process, which Celery would redeliver forever)
     P audit                        stream capped audit trail
+    P processes                    zset   "<kind>:<host>:<pid>" -> last announced ms
+    P process_keys                 hash   "<kind>:<host>:<pid>" -> JSON of its key ids and
+                                          fingerprints (bus.keyring)
+    P lock:dead_letters            string one dead-letter reader at a time (redis-py lock)
     P rate:sent:{sec}              string messages accepted in that second (expires)
     P rate:delivered:{sec}         string deliveries in that second (expires)
     P rate:{a}                     hash   token bucket state
@@ -58,6 +72,14 @@ class Keys:
         return f"{self.prefix}worker_agents"
 
     @property
+    def processes(self) -> str:
+        return f"{self.prefix}processes"
+
+    @property
+    def process_keys(self) -> str:
+        return f"{self.prefix}process_keys"
+
+    @property
     def dead_letters_lock(self) -> str:
         return f"{self.prefix}lock:dead_letters"
 
@@ -72,8 +94,25 @@ class Keys:
     def inbox_seq(self) -> str:
         return f"{self.prefix}inbox:seq"
 
-    def history(self, agent: str) -> str:
-        return f"{self.prefix}history:{{{agent}}}"
+    def history(self, agent: str, *, sent: bool = False) -> str:
+        """What `agent` received, or (`sent`) what it sent: kept apart, so mail flooding
+        into an agent can never evict the history of what it sent itself."""
+        return f"{self.prefix}history:{{{agent}}}" + (":sent" if sent else "")
+
+    def history_bytes(self, agent: str, *, sent: bool = False) -> str:
+        return f"{self.history(agent, sent=sent)}:bytes"
+
+    def histories(self, agent: str) -> list[tuple[str, str]]:
+        """(history, its byte count) for both halves of an agent's history."""
+        return [
+            (self.history(agent, sent=s), self.history_bytes(agent, sent=s)) for s in (False, True)
+        ]
+
+    def unseen(self, sender: str) -> str:
+        return f"{self.prefix}unseen:{{{sender}}}"
+
+    def audit_burst(self, agent: str, action: str) -> str:
+        return f"{self.prefix}audit:burst:{{{agent}}}:{action}"
 
     def status(self, message_id: str) -> str:
         return f"{self.prefix}status:{message_id}"
@@ -81,8 +120,8 @@ class Keys:
     def delivered(self, message_id: str) -> str:
         return f"{self.prefix}delivered:{message_id}"
 
-    def dedup(self, key: str) -> str:
-        return f"{self.prefix}dedup:key:{key}"
+    def dedup(self, sender: str, key: str) -> str:
+        return f"{self.prefix}dedup:key:{{{sender}}}:{key}"
 
     def dedup_id(self, message_id: str) -> str:
         return f"{self.prefix}dedup:id:{message_id}"

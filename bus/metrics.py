@@ -33,6 +33,7 @@ CIRCUIT = Gauge("message_bus_circuit_state", "0 closed, 1 half-open, 2 open", ["
 QUEUE_DEPTH = Gauge("message_bus_queue_depth", "Messages waiting in a queue", ["queue"])
 DEAD_LETTERS = Gauge("message_bus_dead_letters", "Messages in bus.dead_letter")
 INBOX_DEPTH = Gauge("message_bus_inbox_depth", "Messages in an agent's inbox", ["agent"])
+INBOX_SERIES = 20  # agents with a series of their own (the deepest inboxes)
 SUBSCRIPTIONS = Gauge("message_bus_subscriptions", "Topic subscriptions")
 
 
@@ -106,5 +107,10 @@ def refresh_gauges(runtime: Any) -> None:
     DEAD_LETTERS.set(stats.dead_letters)
     SUBSCRIPTIONS.set(stats.subscriptions)
     INBOX_DEPTH.clear()
-    for agent, depth in stats.inbox_depths.items():
+    # One series per agent would grow with every agent ever seen: the deepest inboxes get
+    # their own, the rest are summed under "_other".
+    deepest = sorted(stats.inbox_depths.items(), key=lambda item: -item[1])
+    for agent, depth in deepest[:INBOX_SERIES]:
         INBOX_DEPTH.labels(agent).set(depth)
+    if len(deepest) > INBOX_SERIES:
+        INBOX_DEPTH.labels("_other").set(sum(depth for _, depth in deepest[INBOX_SERIES:]))

@@ -1,6 +1,9 @@
 """The receiving side: leasing reads with long-poll, history, and request/response waits.
 
 Stored wire JSON is verified first, then decrypted and decompressed for the reader.
+Decoding is total: an entry that cannot be read (corrupt, or from a writer this reader
+does not understand) is handed over flagged with `decode_error`, so the reader can ack or
+report it, and never makes the rest of an inbox or a history unreadable.
 """
 
 from __future__ import annotations
@@ -12,14 +15,16 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
+import pydantic
 
 from bus import metrics, tracing
-from bus.errors import BusError, NotFound
+from bus.envelope import Envelope
+from bus.errors import BusError, NotFound, PermanentFailure
 from bus.redis_conn import redis_errors
 from bus.runtime import Runtime
-from bus.schema import ReceivedMessage, Status
+from bus.schema import MessageType, Metadata, ReceivedMessage, Status, check_agent_id
 from bus.store import Leased
+from bus.validation import describe
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +39,13 @@ class Reader:
         *,
         delivery_count: int = 1,
         lease_expires_ms: int | None = None,
+        entry_id: str | None = None,
     ) -> ReceivedMessage:
-        data = orjson.loads(wire) if isinstance(wire, str) else dict(wire)
+        lease = datetime.fromtimestamp(lease_expires_ms / 1000, UTC) if lease_expires_ms else None
+        try:
+            data = dict(Envelope.parse(wire).data)
+        except PermanentFailure as exc:
+            return _unreadable(entry_id, None, exc.message, delivery_count, lease)
         codec = self.runtime.codec
         verified = codec.is_valid(data)
         meta = data.get("metadata") or {}
@@ -54,19 +64,21 @@ class Reader:
             # flagged, with its payload withheld, so the reader can ack or report it.
             data["payload"] = None
             extra["decode_error"] = exc.message
-        return ReceivedMessage.model_validate(
-            {
-                **data,
-                **extra,
-                "delivery_count": delivery_count,
-                "lease_expires_at": (
-                    datetime.fromtimestamp(lease_expires_ms / 1000, UTC)
-                    if lease_expires_ms
-                    else None
-                ),
-                "verified": verified,
-            }
-        )
+        try:
+            return ReceivedMessage.model_validate(
+                {
+                    **data,
+                    **extra,
+                    "delivery_count": delivery_count,
+                    "lease_expires_at": lease,
+                    "verified": verified,
+                }
+            )
+        except pydantic.ValidationError as exc:
+            problem = f"stored message does not fit the schema: {describe(exc)}"
+            return _unreadable(
+                entry_id or data.get("id"), data.get("from"), problem, delivery_count, lease
+            )
 
     def _decode_leased(self, leased: list[Leased]) -> list[ReceivedMessage]:
         return [
@@ -74,6 +86,7 @@ class Reader:
                 item.wire,
                 delivery_count=item.delivery_count,
                 lease_expires_ms=item.lease_expires_ms,
+                entry_id=item.id,
             )
             for item in leased
         ]
@@ -146,7 +159,7 @@ class Reader:
             raise NotFound(f"message {message_id} is no longer in {agent}'s inbox", id=message_id)
         store.ack(agent, [message_id])
         store.advance_status([message_id], Status.acked.value)
-        return self.decode(wire)
+        return self.decode(wire, entry_id=message_id)
 
 
 class _ReplyWaiter:
@@ -164,3 +177,26 @@ class _ReplyWaiter:
                 if response_id or remaining <= 0:
                     return response_id
                 self.pubsub.get_message(timeout=min(remaining, 5.0))
+
+
+def _unreadable(
+    entry_id: Any, sender: Any, problem: str, delivery_count: int, lease: datetime | None
+) -> ReceivedMessage:
+    """A stored entry the bus cannot read, as a message a reader can see and ack."""
+    try:
+        sender = check_agent_id(sender)
+    except ValueError:
+        sender = "unknown"
+    return ReceivedMessage.model_construct(
+        id=str(entry_id or "unknown"),
+        sender=sender,
+        to=None,
+        topic=None,
+        type=MessageType.error,
+        payload=None,
+        metadata=Metadata(),
+        delivery_count=delivery_count,
+        lease_expires_at=lease,
+        verified=False,
+        decode_error=f"unreadable entry: {problem}",
+    )

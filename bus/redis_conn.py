@@ -24,6 +24,34 @@ from bus.replication import Replication
 logger = logging.getLogger(__name__)
 
 _CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+# Error replies of a Redis that will heal: a replica after a failover (READONLY), a primary
+# whose replicas lag (NOREPLICAS) or whose link to its master is down (MASTERDOWN), one out of
+# memory (OOM) or unable to persist (MISCONF), loading its data (LOADING), a cluster that is
+# resharding or down (TRYAGAIN, CLUSTERDOWN), a long script (BUSY). The bus retries these.
+TRANSIENT_ERROR_CODES = frozenset(
+    {
+        "READONLY",
+        "NOREPLICAS",
+        "MASTERDOWN",
+        "OOM",
+        "MISCONF",
+        "LOADING",
+        "TRYAGAIN",
+        "CLUSTERDOWN",
+        "BUSY",
+    }
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Is this Redis failure one that heals by itself (retry later)?"""
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return True
+    if not isinstance(exc, redis.ResponseError):
+        return False
+    # redis-py strips the codes it knows into `status_code`; hiredis replies keep them.
+    code = getattr(exc, "status_code", None) or str(exc).split(" ", 1)[0]
+    return code in TRANSIENT_ERROR_CODES
 
 
 def connect(url: str, *, socket_timeout: float = 5.0) -> redis.Redis:
@@ -126,19 +154,29 @@ def redis_errors(action: str) -> Iterator[None]:
         )
     try:
         yield
-    except _CONNECTION_ERRORS as exc:
-        breaker.failure()
-        raise BusUnavailable(
-            f"bus unavailable: Redis cannot be reached while trying to {action} ({exc})",
-            component="redis",
-        ) from exc
     except BusError:
         raise  # a nested call already judged it
+    except redis.RedisError as exc:
+        if not is_transient(exc):
+            breaker.success()  # Redis answered; the error is something else
+            raise
+        breaker.failure()
+        if isinstance(exc, _CONNECTION_ERRORS):
+            problem = f"Redis cannot be reached while trying to {action} ({exc})"
+        else:
+            problem = f"Redis refused to {action} for now ({_describe(exc)})"
+        raise BusUnavailable(f"bus unavailable: {problem}", component="redis") from exc
     except Exception:
-        breaker.success()  # Redis answered; the error is something else
+        breaker.success()
         raise
     else:
         breaker.success()
+
+
+def _describe(exc: BaseException) -> str:
+    code = getattr(exc, "status_code", None)
+    text = str(exc) or type(exc).__name__
+    return f"{code} {text}" if code and not text.startswith(code) else text
 
 
 def queue_script(pipe: Any, script: Any, keys: Sequence[str], args: Sequence[Any]) -> None:

@@ -1,43 +1,37 @@
-"""Retention: history past `history_retention`, unread inbox messages past their ttl."""
+"""Retention: history past `history_retention`, unread inbox messages past their ttl.
+
+Times are Redis's (bus.clock). An inbox entry the bus cannot read is left for its reader,
+who is shown it flagged (bus.reader): the purge never guesses at what it holds.
+"""
 
 from __future__ import annotations
 
-import time
+import logging
 from typing import Any
 
-import orjson
+from bus.envelope import Envelope
+from bus.errors import PermanentFailure
 
-from bus.redis_conn import redis_errors
+logger = logging.getLogger(__name__)
 
 
 def purge_expired(runtime: Any, scan_limit: int = 10_000) -> dict[str, int]:
-    store, keys = runtime.store, runtime.keys
-    cutoff = int((time.time() - runtime.settings.history_retention) * 1000)
+    store = runtime.store
+    now_ms = runtime.clock.now_ms()
+    cutoff = now_ms - runtime.settings.history_retention * 1000
     trimmed = expired = 0
-    now = time.time()
     for agent in store.agent_ids():
-        with redis_errors("trim history"):
-            trimmed += int(store.redis.zremrangebyscore(keys.history(agent), "-inf", cutoff))
+        trimmed += store.trim_history_before(agent, cutoff)
         stale = []
         for message_id, wire in store.peek_inbox_items(agent, scan_limit):
-            data = orjson.loads(wire)
-            ttl = (data.get("metadata") or {}).get("ttl")
-            if ttl is None:
+            try:
+                expires_ms = Envelope.parse(wire).expires_ms
+            except PermanentFailure:
                 continue
-            sent = _ts(data.get("timestamp"))
-            if sent is not None and now > sent + float(ttl):
+            if expires_ms is not None and now_ms > expires_ms:
                 stale.append(message_id)
         if stale:
             store.ack(agent, stale)
             store.advance_status(stale, "expired", force=True, reason="expired")
             expired += len(stale)
     return {"history_trimmed": trimmed, "inbox_expired": expired}
-
-
-def _ts(value: Any) -> float | None:
-    from datetime import datetime
-
-    try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None

@@ -11,10 +11,12 @@ from typing import Any
 
 from bus.admission import Admission
 from bus.broker import Broker
+from bus.clock import Clock
 from bus.codec import Codec
 from bus.delivery import Deliverer
+from bus.keyring import Keyring
 from bus.keys import Keys
-from bus.redis_conn import connect
+from bus.redis_conn import connect, redis_errors
 from bus.replication import Replication
 from bus.settings import Settings
 from bus.store import RedisStore, Retention
@@ -35,9 +37,27 @@ class Runtime:
         return connect(self.settings.redis_url)
 
     @cached_property
+    def clock(self) -> Clock:
+        """Redis's clock (see bus.clock): every time that decides something."""
+
+        def redis_time() -> tuple[Any, Any]:
+            with redis_errors("read Redis's clock"):
+                seconds, micros = self.redis.time()
+            return seconds, micros
+
+        return Clock(redis_time, warn_skew=min(1.0, self.settings.clock_skew))
+
+    @cached_property
     def retention(self) -> Retention:
         s = self.settings
-        return Retention(s.history_limit, s.status_retention, s.dedup_window)
+        return Retention(
+            s.history_limit,
+            s.status_retention,
+            s.dedup_window,
+            s.history_max_bytes,
+            s.inbox_max,
+            s.max_unseen_recipients,
+        )
 
     @cached_property
     def replication(self) -> Replication:
@@ -46,15 +66,24 @@ class Runtime:
 
     @cached_property
     def store(self) -> RedisStore:
-        return RedisStore(self.redis, self.keys, self.retention, self.replication)
+        return RedisStore(
+            self.redis, self.keys, self.retention, self.clock, replication=self.replication
+        )
 
     @cached_property
     def admission(self) -> Admission:
-        return Admission(self.redis, self.keys, self.retention, self.replication)
+        return Admission(
+            self.redis, self.keys, self.retention, self.clock, replication=self.replication
+        )
 
     @cached_property
     def codec(self) -> Codec:
-        return Codec(self.settings.signing_keys, self.settings.max_payload_bytes)
+        s = self.settings
+        return Codec(s.signing_keys, s.max_payload_bytes, s.max_payload_depth)
+
+    @cached_property
+    def keyring(self) -> Keyring:
+        return Keyring(self.redis, self.keys, self.codec, self.clock)
 
     @cached_property
     def broker(self) -> Broker:
@@ -62,16 +91,11 @@ class Runtime:
 
     @cached_property
     def deliverer(self) -> Deliverer:
-        return Deliverer(
-            self.store,
-            self.codec,
-            clock_skew=self.settings.clock_skew,
-            max_age=max(self.settings.dedup_window, self.settings.clock_skew),
-        )
+        return Deliverer(self.store, self.codec, self.clock, self.broker, self.settings)
 
     def reset(self) -> None:
         """Drops connections (after a fork) so they are rebuilt in this process."""
-        for name in ("redis", "store", "admission", "deliverer", "broker"):
+        for name in ("redis", "store", "admission", "deliverer", "broker", "keyring"):
             self.__dict__.pop(name, None)
 
     def close(self) -> None:

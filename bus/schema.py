@@ -30,6 +30,7 @@ _AGENT_RE = re.compile(AGENT_ID_PATTERN)
 _TOPIC_RE = re.compile(TOPIC_PATTERN)
 BROADCAST = "*"
 SCHEMA_VERSION = "1.0"
+MAX_TTL_SECONDS = 4_294_967
 
 
 class Priority(StrEnum):
@@ -126,7 +127,14 @@ class Signature(_Model):
 
 class Metadata(_Model):
     priority: Priority = Priority.normal
-    ttl: float | None = Field(default=None, gt=0, description="seconds; then never delivered")
+    # RabbitMQ's per-message expiry is a 32-bit count of milliseconds (~49.7 days).
+    ttl: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_TTL_SECONDS,
+        allow_inf_nan=False,
+        description="seconds; then never delivered",
+    )
     encrypted: bool = False
     compression: Compression = Compression.none
     retry_count: int = Field(default=0, ge=0)

@@ -21,26 +21,118 @@ local now_ms = tonumber(t[1]) * 1000 + math.floor(us / 1000)
 local stamp = t[1] .. string.format('%03d.%03d', math.floor(us / 1000), us % 1000)
 """
 
-# The send side's one call: rate limit, dedup, status `queued`, sender history, audit.
+# Keeps a history zset within its entry and byte caps, oldest first out. `bytes_key` holds
+# the total length of its members (kept by every writer and trimmer of the zset).
+TRIM_HISTORY_LUA = """
+local function trim_history(key, bytes_key, max_entries, max_bytes)
+  local size = tonumber(redis.call('GET', bytes_key) or '0')
+  local n = redis.call('ZCARD', key)
+  while n > 0 and (n > max_entries or size > max_bytes) do
+    local oldest = redis.call('ZPOPMIN', key, 1)
+    size = size - #oldest[1]
+    n = n - 1
+  end
+  if size < 0 or n == 0 then size = 0 end
+  redis.call('SET', bytes_key, size)
+end
+local function add_history(key, bytes_key, score, member, max_entries, max_bytes)
+  if redis.call('ZADD', key, score, member) == 1 then
+    redis.call('INCRBY', bytes_key, #member)
+  end
+  trim_history(key, bytes_key, max_entries, max_bytes)
+end
+"""
+
+# The send side's one call: refusals first (an id another sender owns, mail for an agent
+# that has never connected past the sender's allowance, a full inbox, the rate limit), then
+# dedup, status `queued`, sender history and audit: all of it or none of it.
 # KEYS: agents, sent-rate bucket, audit stream, rate-limit bucket, then per message:
-#       dedup (by dedup key), dedup (by id), status, sender history
+#       dedup (by the sender's dedup key), dedup (by id), status, sender history, its byte
+#       count, the sender's set of not-yet-seen recipients, then the inbox body of each
+#       recipient the sender resolved (one for a direct message)
 # ARGV: dedup_window_s, retention_s, history_limit, audit_maxlen, rate per s ('' = no
-#       limit), burst, cost, then per message: id, queue, sender, wire, ts_ms,
-#       expires_at_ms ('' if none), audit entry (JSON list of field, value...), pending
+#       limit), burst, (unused), history_max_bytes, inbox_cap, unseen_cap, message count,
+#       then per message: id, queue, sender, wire, ts_ms, expires_at_ms ('' if none),
+#       audit entry (JSON list of field, value...), pending ('1'/'0'), direct recipient
+#       ('' for topic and broadcast), recipient declared ('1' when the ACL names it), the
+#       number of recipients n, then their n agent ids
 # Returns {'ok', d1, ..., dn}: di is '' when message i was accepted, the id it duplicates
-# (same dedup key or same id), or 'retry-as:<id>' (see below); or {'rate_limited', ms to
-# wait}, writing nothing.
-# Dedup records of messages a client may send again (its own id or dedup key) are written
-# 'pending:<id>' and COMMITted once the broker has confirmed. A record still pending means
-# its sender died (or is still publishing): the broker may or may not have that message.
-# The retry is then told to go out under the pending id ('retry-as:<id>', nothing written
-# for it): if both copies reach a worker, delivery is idempotent per id, so the message is
-# neither lost nor delivered twice.
+# (the same sender's dedup key or id), or 'retry-as:<id>' (see below). Or, writing nothing
+# but the rate bucket: {'rate_limited', ms to wait}, {'too_costly', cost} (more than the
+# bucket ever holds), {'conflict', i} (message i brings an id another sender's message has),
+# {'unknown_agent', i, agent} (never connected, and the sender already has mail waiting for
+# unseen_cap such agents), {'inbox_full', i, agent, depth}.
+# The cost of a message is its recipients (at least 1): a fan-out is charged per recipient.
+# Dedup keys belong to their sender (KEYS hold the sender). A dedup-by-id record says who
+# owns the id: '<state>|<sender>', state 'final' or 'pending'; a dedup-key record holds the
+# id it stands for, 'pending:<id>' while pending.
+# Records of messages a client may send again (its own id or dedup key) are written pending
+# and COMMITted once the broker has confirmed. A record still pending means its sender died
+# (or is still publishing): the broker may or may not have that message. The retry is then
+# told to go out under the pending id ('retry-as:<id>', nothing written for it): if both
+# copies reach a worker, delivery is idempotent per id, so the message is neither lost nor
+# delivered twice.
 ADMIT = (
     NOW_LUA
+    + TRIM_HISTORY_LUA
     + """
-if ARGV[5] ~= '' then
-  local rate, burst, cost = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local function owner_of(record)
+  if not record then return nil, nil end
+  local state, owner = string.match(record, '^(%a+)|(.+)$')
+  if state then return owner, state == 'pending' end
+  return nil, string.sub(record, 1, 8) == 'pending:'  -- a record from before owners
+end
+local messages = {}
+local k, a = 4, 11
+for i = 1, tonumber(ARGV[11]) do
+  local m = {k = k, a = a, n = tonumber(ARGV[a + 11])}
+  m.id, m.sender, m.to = ARGV[a + 1], ARGV[a + 3], ARGV[a + 9]
+  messages[i] = m
+  k = k + 6 + m.n
+  a = a + 11 + m.n
+end
+-- 1. What each message is: a repeat of an earlier one, or new.
+local cost = 0
+for i, m in ipairs(messages) do
+  local owner = owner_of(redis.call('GET', KEYS[m.k + 2]))
+  if owner and owner ~= m.sender then return {'conflict', i} end
+  local existing = redis.call('GET', KEYS[m.k + 1])
+  if not existing then
+    local _, id_pending = owner_of(redis.call('GET', KEYS[m.k + 2]))
+    if id_pending ~= nil then existing = (id_pending and 'pending:' or '') .. m.id end
+  end
+  local pending = existing and string.sub(existing, 1, 8) == 'pending:'
+  if existing and not pending then
+    m.outcome = existing
+  elseif pending and string.sub(existing, 9) ~= m.id then
+    m.outcome = 'retry-as:' .. string.sub(existing, 9)
+  else
+    m.outcome = ''
+    cost = cost + math.max(1, m.n)
+  end
+end
+-- 2. Bounds on what the new ones would store.
+for i, m in ipairs(messages) do
+  if m.outcome == '' then
+    if m.to ~= '' and ARGV[m.a + 10] ~= '1' and not redis.call('ZSCORE', KEYS[1], m.to) then
+      m.unseen = true
+      if redis.call('SISMEMBER', KEYS[m.k + 6], m.to) == 0
+          and redis.call('SCARD', KEYS[m.k + 6]) >= tonumber(ARGV[10]) then
+        return {'unknown_agent', i, m.to}
+      end
+    end
+    for r = 1, m.n do
+      local depth = redis.call('HLEN', KEYS[m.k + 6 + r])
+      if depth >= tonumber(ARGV[9]) then
+        return {'inbox_full', i, ARGV[m.a + 11 + r], depth}
+      end
+    end
+  end
+end
+-- 3. The rate limit, charged for every recipient of the new messages.
+if ARGV[5] ~= '' and cost > 0 then
+  local rate, burst = tonumber(ARGV[5]), tonumber(ARGV[6])
+  if cost > burst then return {'too_costly', cost} end
   local state = redis.call('HMGET', KEYS[4], 'tokens', 'ts')
   local tokens = tonumber(state[1]) or burst
   local ts = tonumber(state[2]) or now_ms
@@ -53,39 +145,37 @@ if ARGV[5] ~= '' then
     return {'rate_limited', tostring(math.ceil((cost - tokens) * 1000 / rate))}
   end
 end
+-- 4. Record the new ones.
 local out = {'ok'}
 local accepted = 0
-for i = 1, (#KEYS - 4) / 4 do
-  local k = 4 + (i - 1) * 4
-  local a = 7 + (i - 1) * 8
-  local id = ARGV[a + 1]
-  local existing = redis.call('GET', KEYS[k + 1]) or redis.call('GET', KEYS[k + 2])
-  local pending = existing and string.sub(existing, 1, 8) == 'pending:'
-  if existing and not pending then
-    out[#out + 1] = existing
-  elseif pending and string.sub(existing, 9) ~= id then
-    out[#out + 1] = 'retry-as:' .. string.sub(existing, 9)
-  else
-    out[#out + 1] = ''
+for _, m in ipairs(messages) do
+  local k, a = m.k, m.a
+  if m.outcome == '' then
     accepted = accepted + 1
-    local record = id
-    if ARGV[a + 8] == '1' then record = 'pending:' .. id end
-    redis.call('SET', KEYS[k + 1], record, 'EX', ARGV[1])
-    redis.call('SET', KEYS[k + 2], record, 'EX', ARGV[1])
-    -- The publish may go out beside this call, so a worker can be first: never move a
+    local state = ARGV[a + 8] == '1' and 'pending' or 'final'
+    redis.call('SET', KEYS[k + 1], (state == 'pending' and 'pending:' or '') .. m.id, 'EX', ARGV[1])
+    redis.call('SET', KEYS[k + 2], state .. '|' .. m.sender, 'EX', ARGV[1])
+    -- A worker can be first when this call is retried after a publish: never move a
     -- status back.
     if redis.call('EXISTS', KEYS[k + 3]) == 0 then
       redis.call('HSET', KEYS[k + 3], 'status', 'queued', 'updated_at', stamp, 'attempts', 0)
     end
-    redis.call('HSET', KEYS[k + 3], 'queued_at', stamp, 'queue', ARGV[a + 2], 'from', ARGV[a + 3])
+    redis.call('HSET', KEYS[k + 3], 'queued_at', stamp, 'queue', ARGV[a + 2], 'from', m.sender)
     if ARGV[a + 6] ~= '' then redis.call('HSET', KEYS[k + 3], 'expires_at', ARGV[a + 6]) end
     redis.call('EXPIRE', KEYS[k + 3], ARGV[2])
-    redis.call('ZADD', KEYS[1], 'NX', now_ms, ARGV[a + 3])
-    redis.call('ZADD', KEYS[k + 4], ARGV[a + 5], ARGV[a + 4])
-    redis.call('ZREMRANGEBYRANK', KEYS[k + 4], 0, -(tonumber(ARGV[3]) + 1))
+    redis.call('ZADD', KEYS[1], 'NX', now_ms, m.sender)
+    add_history(KEYS[k + 4], KEYS[k + 5], ARGV[a + 5], ARGV[a + 4],
+      tonumber(ARGV[3]), tonumber(ARGV[8]))
+    if m.unseen then
+      redis.call('SADD', KEYS[k + 6], m.to)
+      redis.call('EXPIRE', KEYS[k + 6], ARGV[2])
+    elseif m.to ~= '' then
+      redis.call('SREM', KEYS[k + 6], m.to)  -- it has connected since: no longer unseen
+    end
   end
+  out[#out + 1] = m.outcome
   local entry = cjson.decode(ARGV[a + 7])
-  if #entry > 0 and string.sub(out[#out], 1, 9) ~= 'retry-as:' then
+  if #entry > 0 and string.sub(m.outcome, 1, 9) ~= 'retry-as:' then
     redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(entry))
   end
 end
@@ -98,55 +188,61 @@ return out
 )
 
 # Undo of ADMIT when the broker refused the publish: nothing half-written.
-# KEYS: dedup, status, sender history, dedup by id   ARGV: id, wire
+# KEYS: dedup (by key), status, sender history, dedup by id, sender history bytes
+# ARGV: id, wire, sender
 REVOKE = """
-for _, k in ipairs({1, 4}) do
-  local value = redis.call('GET', KEYS[k])
-  if value == ARGV[1] or value == 'pending:' .. ARGV[1] then redis.call('DEL', KEYS[k]) end
+local value = redis.call('GET', KEYS[1])
+if value == ARGV[1] or value == 'pending:' .. ARGV[1] then redis.call('DEL', KEYS[1]) end
+value = redis.call('GET', KEYS[4])
+if value == 'pending|' .. ARGV[3] or value == 'final|' .. ARGV[3] then
+  redis.call('DEL', KEYS[4])
 end
 redis.call('DEL', KEYS[2])
-redis.call('ZREM', KEYS[3], ARGV[2])
+if redis.call('ZREM', KEYS[3], ARGV[2]) == 1 then redis.call('DECRBY', KEYS[5], #ARGV[2]) end
 return 1
 """
 
 # The broker confirmed these messages: their pending dedup records become final.
-# KEYS: per message: dedup (by dedup key), dedup (by id)   ARGV: dedup_window_s, ids...
+# KEYS: per message: dedup (by key), dedup (by id)
+# ARGV: dedup_window_s, then per message: id, sender
 COMMIT = """
-for i = 2, #ARGV do
-  local pending = 'pending:' .. ARGV[i]
-  for k = 2 * (i - 1) - 1, 2 * (i - 1) do
-    if redis.call('GET', KEYS[k]) == pending then
-      redis.call('SET', KEYS[k], ARGV[i], 'EX', ARGV[1])
-    end
+for i = 1, #KEYS / 2 do
+  local id, sender = ARGV[2 * i], ARGV[2 * i + 1]
+  if redis.call('GET', KEYS[2 * i - 1]) == 'pending:' .. id then
+    redis.call('SET', KEYS[2 * i - 1], id, 'EX', ARGV[1])
+  end
+  if redis.call('GET', KEYS[2 * i]) == 'pending|' .. sender then
+    redis.call('SET', KEYS[2 * i], 'final|' .. sender, 'EX', ARGV[1])
   end
 end
 return 1
 """
 
-# KEYS: status, delivered-set, agents, seq, reply-key, delivered-rate bucket, then per recipient:
-#       ready, body, meta, history
+# KEYS: status, delivered-set, agents, seq, reply-key, delivered-rate bucket, then per
+#       recipient: ready, body, meta, history, history bytes
 # ARGV: id, wire, rank, history_limit, retention_s, attempts, reply_channel, ts_ms,
-#       then per recipient: agent, inbox channel
+#       history_max_bytes, then per recipient: agent, inbox channel
 # Idempotent per (message, recipient): a redelivered task does not fill an inbox twice.
+# Delivering registers no agent: an agent exists once it connects (bus.keyring / READ).
 DELIVER = (
     STATUS_RANK_LUA
     + NOW_LUA
+    + TRIM_HISTORY_LUA
     + """
 local delivered = 0
-local n = (#KEYS - 6) / 4
+local n = (#KEYS - 6) / 5
 for i = 1, n do
-  local agent = ARGV[8 + 2 * i - 1]
+  local agent = ARGV[9 + 2 * i - 1]
   if redis.call('SADD', KEYS[2], agent) == 1 then
-    local base = 6 + (i - 1) * 4
+    local base = 6 + (i - 1) * 5
     local seq = redis.call('INCR', KEYS[4])
     local score = string.format('%d', tonumber(ARGV[3]) * 1099511627776 + seq)
     redis.call('HSET', KEYS[base + 2], ARGV[1], ARGV[2])
     redis.call('HSET', KEYS[base + 3], ARGV[1], score .. '|0')
     redis.call('ZADD', KEYS[base + 1], score, ARGV[1])
-    redis.call('ZADD', KEYS[base + 4], ARGV[8], ARGV[2])
-    redis.call('ZREMRANGEBYRANK', KEYS[base + 4], 0, -(tonumber(ARGV[4]) + 1))
-    redis.call('ZADD', KEYS[3], 'NX', now_ms, agent)
-    redis.call('PUBLISH', ARGV[8 + 2 * i], ARGV[1])
+    add_history(KEYS[base + 4], KEYS[base + 5], ARGV[8], ARGV[2],
+      tonumber(ARGV[4]), tonumber(ARGV[9]))
+    redis.call('PUBLISH', ARGV[9 + 2 * i], ARGV[1])
     delivered = delivered + 1
   end
 end
@@ -169,22 +265,68 @@ return delivered
 """
 )
 
+# History past its retention, with its byte count kept.
+# KEYS: history, history bytes   ARGV: cutoff score (ms). Returns how many were removed.
+TRIM_HISTORY_BEFORE = """
+local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local size = 0
+for _, member in ipairs(old) do size = size + #member end
+if #old > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+  if redis.call('DECRBY', KEYS[2], size) < 0 then redis.call('SET', KEYS[2], 0) end
+end
+return #old
+"""
+
+# Audit entries, with floods of refusals sampled: per (agent, action) and minute, the 1st,
+# 10th, 100th, ... refusal is stored (with how many there were by then), the rest counted,
+# so no one agent's refusals can flush the capped stream.
+# KEYS: audit stream, then per entry its burst counter   ARGV: maxlen, then per entry:
+#       '1' if it is a refusal (sampled) else '0', JSON list of field, value...
+AUDIT = """
+local stored = 0
+for i = 2, #KEYS do
+  local entry = cjson.decode(ARGV[2 * i - 1])
+  local keep = true
+  if ARGV[2 * i - 2] == '1' then
+    local n = redis.call('INCR', KEYS[i])
+    if n == 1 then redis.call('EXPIRE', KEYS[i], 60) end
+    local p = 1
+    while p < n do p = p * 10 end
+    keep = p == n
+    if keep and n > 1 then
+      entry[#entry + 1] = 'repeats'
+      entry[#entry + 1] = tostring(n)
+    end
+  end
+  if keep then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(entry))
+    stored = stored + 1
+  end
+end
+return stored
+"""
+
 # KEYS: ready, leased, body, meta, agents, agent's last-seen
-# ARGV: now_ms, lease_ms, limit, agent
+# ARGV: lease_ms, limit, agent
 # Registers the reader (first use) and notes when it was last seen, brings expired leases
-# back, then leases up to `limit`. Returns a flat list: id, wire, delivery count, ...
-READ = """
-local now = tonumber(ARGV[1])
-redis.call('ZADD', KEYS[5], 'NX', now, ARGV[4])
+# back, then leases up to `limit`, all by Redis's clock (a reader on a host whose clock runs
+# ahead must not take over others' leases). Returns a flat list: lease deadline ms, then
+# id, wire, delivery count, ...
+READ = (
+    NOW_LUA
+    + """
+local now = now_ms
+redis.call('ZADD', KEYS[5], 'NX', now, ARGV[3])
 redis.call('SET', KEYS[6], now)
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
   redis.call('ZREM', KEYS[2], id)
   local meta = redis.call('HGET', KEYS[4], id)
   if meta then redis.call('ZADD', KEYS[1], string.match(meta, '^(%d+)|'), id) end
 end
-local out = {}
-local deadline = now + tonumber(ARGV[2])
-for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[3]) - 1)) do
+local deadline = now + tonumber(ARGV[1])
+local out = {deadline}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)) do
   redis.call('ZREM', KEYS[1], id)
   local body = redis.call('HGET', KEYS[3], id)
   if body then
@@ -199,6 +341,7 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[3]) - 1)) do
 end
 return out
 """
+)
 
 # KEYS: ready, leased, body, meta   ARGV: ids...   Returns the ids that were in the inbox.
 ACK = """
@@ -245,10 +388,12 @@ return moved
 
 # KEYS: subs hash of the agent, topics set, agents zset, agent's last-seen key, then
 #       topic:{t} for each topic
-# ARGV: agent, max topics, filters JSON, now ms, then the topics (same order as their keys)
+# ARGV: agent, max topics, filters JSON, (unused), then the topics (same order as their keys)
 # Returns -(current count) when the limit would be exceeded (nothing written), else the
 # new total; a subscribing agent is registered and seen in the same call.
-SUBSCRIBE = """
+SUBSCRIBE = (
+    NOW_LUA
+    + """
 local added = 0
 for i = 5, #ARGV do
   if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 0 then added = added + 1 end
@@ -260,10 +405,11 @@ for i = 5, #ARGV do
   redis.call('HSET', KEYS[i], ARGV[1], ARGV[3])
   redis.call('SADD', KEYS[2], ARGV[i])
 end
-redis.call('ZADD', KEYS[3], 'NX', ARGV[4], ARGV[1])
-redis.call('SET', KEYS[4], ARGV[4])
+redis.call('ZADD', KEYS[3], 'NX', now_ms, ARGV[1])
+redis.call('SET', KEYS[4], now_ms)
 return total
 """
+)
 
 # KEYS: subs hash, topics set, topic:{t}...   ARGV: agent, topics...
 UNSUBSCRIBE = """

@@ -1,25 +1,34 @@
-"""The send path: validate -> authorize -> encode + sign -> admit -> publish.
+"""The send path: validate -> authorize -> encode + sign -> resolve recipients -> admit ->
+publish.
 
-Admission (rate limit, dedup, status `queued`, sender history, audit) is one Redis call;
-it runs before the publish when it can refuse the messages, and beside it otherwise (see
-bus.admission). The publish returns once RabbitMQ has confirmed the task.
+Admission (bounds, rate limit per recipient, dedup, status `queued`, sender history,
+audit) is one Redis call before the publish, so a refusal leaves nothing anywhere. The
+publish returns once RabbitMQ has confirmed the task. While Redis is down a send still goes
+to RabbitMQ (degraded: no dedup, bounds or status until the worker records them).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections import defaultdict
 from typing import Any
 
-import orjson
-
-from bus import metrics, tracing
-from bus.admission import AcceptRecord, Admitted, PendingAdmission, RateLimit
-from bus.errors import BusError, BusUnavailable, ValidationError
+from bus import jsonvalue, metrics, tracing
+from bus.admission import AcceptRecord, Admitted, RateLimit
+from bus.errors import (
+    BusError,
+    BusUnavailable,
+    InboxFull,
+    LimitExceeded,
+    UnknownAgent,
+    ValidationError,
+)
 from bus.guard import Guard
+from bus.routing import broadcast_recipients, topic_recipients
 from bus.runtime import Runtime
-from bus.schema import Message, Receipt, Status, utcnow
+from bus.schema import Message, Receipt, Status
 from bus.topology import DELIVER_BATCH_TASK, DELIVER_TASK
 from bus.validation import parse
 
@@ -59,7 +68,7 @@ class Sender:
             message.id = str(uuid.uuid4())
         elif len(message.id) > 128:
             raise ValidationError(f"{where}id: at most 128 characters")
-        message.timestamp = utcnow()
+        message.timestamp = self.runtime.clock.utcnow()
         if message.trace_id is None:
             message.trace_id = uuid.uuid4().hex
         if "max_retries" not in message.metadata.model_fields_set:
@@ -71,20 +80,29 @@ class Sender:
             message.id, message.payload, meta.compression.value, meta.encrypted
         )
         self.runtime.codec.sign(wire)
+        text = jsonvalue.dumps(wire, where="message")
         ts = int(message.timestamp.timestamp() * 1000)
+        direct = message.to if message.to and not message.is_broadcast else ""
         record = AcceptRecord(
             id=message.id,
             dedup_key=meta.dedup_key or message.id,
             sender=message.sender,
             queue=message.priority.queue,
-            wire=orjson.dumps(wire).decode(),
+            wire=text.decode(),
             ts_ms=ts,
             expires_ms=ts + int(meta.ttl * 1000) if meta.ttl else None,
             may_repeat=given_id or meta.dedup_key is not None,
+            to=direct,
+            declared=bool(direct) and self.guard.policy.declares(direct),
+            recipients=(direct,) if direct else (),
         )
         return Prepared(message, wire, record)
 
-    def send(self, prepared: list[Prepared], batch: bool = False) -> list[Receipt]:
+    def send(
+        self, prepared: list[Prepared], batch: bool = False, front_door: bool = False
+    ) -> list[Receipt]:
+        """`front_door`: sent by an LLM agent through MCP (its rate limit applies, not the
+        trusted code's)."""
         first = prepared[0].message
         with tracing.span(
             "bus.send",
@@ -93,30 +111,27 @@ class Sender:
             sender=first.sender,
             count=len(prepared),
         ):
-            limit = self.guard.rate_limit_for(first.sender, cost=len(prepared))
-            # Only a caller-given id or dedup key can repeat an earlier message.
-            if limit is None and not any(p.record.may_repeat for p in prepared):
-                receipts = self._send_beside(prepared, batch)
-            else:
-                receipts = self._send_after(prepared, batch, limit)
+            self.runtime.keyring.check_verifiable()
+            limit = self.guard.rate_limit_for(first.sender, front_door=front_door)
+            receipts = self._admit_and_publish(prepared, batch, limit)
         for p, receipt in zip(prepared, receipts, strict=True):
             metrics.count(p.wire, receipt.status.value)
         return receipts
 
-    def _send_after(
+    def _admit_and_publish(
         self, prepared: list[Prepared], batch: bool, limit: RateLimit | None
     ) -> list[Receipt]:
-        """Admits first (it may refuse), then publishes what it accepted."""
         admitted: Admitted | None
         try:
+            prepared = self._with_recipients(prepared)
             admitted = self.runtime.admission.admit(
                 [p.record for p in prepared], self._audit(prepared), limit
             )
         except BusUnavailable as exc:
             _warn_degraded(exc)
             admitted = None
-        if admitted is not None and admitted.retry_after_ms is not None and limit is not None:
-            raise self.guard.throttled(prepared[0].message.sender, limit, admitted.retry_after_ms)
+        if admitted is not None and admitted.refusal is not None:
+            raise self._refused(prepared, admitted.refusal, limit)
         if admitted is not None and admitted.retry_as:
             prepared, admitted = self._retry_as(prepared, admitted)
         duplicates = _duplicates(admitted, len(prepared))
@@ -135,6 +150,86 @@ class Sender:
                 logger.warning("dedup records left pending: %s", exc)
         return _receipts(prepared, duplicates)
 
+    def _with_recipients(self, prepared: list[Prepared]) -> list[Prepared]:
+        """Resolves who each topic or broadcast message reaches now (one round trip), so
+        admission can charge and bound every recipient; the worker resolves them again."""
+        fanout = [p for p in prepared if not p.record.to]
+        if not fanout:
+            return prepared
+        topics = sorted({p.message.topic for p in fanout if p.message.is_topic and p.message.topic})
+        broadcast = any(p.message.is_broadcast for p in fanout)
+        subscribers, agents = self.runtime.store.fanout_index(topics, broadcast)
+        by_topic = dict(zip(topics, subscribers, strict=True))
+        out = []
+        for p in prepared:
+            m = p.message
+            if p.record.to:
+                out.append(p)
+                continue
+            if m.is_broadcast:
+                recipients = broadcast_recipients(agents, m.sender)
+            else:
+                recipients = topic_recipients(
+                    by_topic.get(m.topic or "", {}),
+                    m.topic or "",
+                    m.type.value,
+                    m.priority.value,
+                    m.sender,
+                )
+            if len(recipients) > self.settings.max_recipients:
+                raise LimitExceeded(
+                    f"message {m.id} would reach {len(recipients)} agents; the limit is "
+                    f"{self.settings.max_recipients} (MESSAGE_BUS_MAX_RECIPIENTS)",
+                    limit="max_recipients",
+                )
+            record = dataclasses.replace(p.record, recipients=tuple(recipients))
+            out.append(Prepared(m, p.wire, record))
+        return out
+
+    def _refused(
+        self, prepared: list[Prepared], refusal: tuple[str, ...], limit: RateLimit | None
+    ) -> BusError:
+        """The error for a refused admission (nothing was written), audited."""
+        kind, *details = refusal
+        sender = prepared[0].message.sender
+        if kind == "rate_limited" and limit is not None:
+            return self.guard.throttled(sender, limit, int(details[0]))
+        if kind == "too_costly" and limit is not None:
+            self.guard.audit("rate_limited", sender, "", "denied", cost=details[0])
+            return LimitExceeded(
+                f"this send reaches {details[0]} recipients, more than {sender}'s rate limit "
+                f"ever allows at once (burst {limit.burst}); send fewer at a time, or raise "
+                "the agent's burst (ACL 'burst' or MESSAGE_BUS_RATE_BURST)",
+                limit="rate_burst",
+                cost=int(details[0]),
+            )
+        index = int(details[0]) - 1
+        message = prepared[index].message
+        if kind == "conflict":
+            return ValidationError(
+                f"id {message.id!r} belongs to another sender's message; leave 'id' out and "
+                "the bus makes a fresh one (use metadata.dedup_key to make retries safe)",
+                id=message.id,
+            )
+        if kind == "unknown_agent":
+            self.guard.audit("send", sender, details[1], "denied", rule="unknown_agent")
+            return UnknownAgent(
+                f"no agent {details[1]!r} has connected to the bus, and {sender} already has "
+                f"mail waiting for {self.settings.max_unseen_recipients} agents that have "
+                "not (MESSAGE_BUS_MAX_UNSEEN_RECIPIENTS): check the name, or wait until it "
+                "connects (reads, subscribes or sends) or an admin declares it",
+                agent=details[1],
+            )
+        if kind == "inbox_full":
+            self.guard.audit("send", sender, details[1], "denied", rule="inbox_full")
+            return InboxFull(
+                f"the inbox of {details[1]} holds {details[2]} messages, its limit "
+                f"(MESSAGE_BUS_INBOX_MAX); nothing was sent: retry once it has read some",
+                limit="inbox_max",
+                agent=details[1],
+            )
+        return BusError(f"send refused: {' '.join(refusal)}")
+
     def _retry_as(
         self, prepared: list[Prepared], admitted: Admitted
     ) -> tuple[list[Prepared], Admitted]:
@@ -143,7 +238,12 @@ class Sender:
         is idempotent per id."""
         prepared = list(prepared)
         for i, earlier in admitted.retry_as.items():
-            prepared[i] = self.prepare(prepared[i].message.model_copy(update={"id": earlier}))
+            redo = self.prepare(prepared[i].message.model_copy(update={"id": earlier}))
+            prepared[i] = Prepared(
+                redo.message,
+                redo.wire,
+                dataclasses.replace(redo.record, recipients=prepared[i].record.recipients),
+            )
         again = [prepared[i] for i in admitted.retry_as]
         second = self.runtime.admission.admit([p.record for p in again], self._audit(again))
         duplicates = list(admitted.duplicates)
@@ -151,25 +251,6 @@ class Sender:
             # Still pending under another id: a third sender is at it; let it be.
             duplicates[i] = second.duplicates[n] or second.retry_as.get(n)
         return prepared, Admitted(duplicates)
-
-    def _send_beside(self, prepared: list[Prepared], batch: bool) -> list[Receipt]:
-        """Nothing can refuse these: admission goes out first and is read after the
-        publish, so its round trip overlaps the broker's."""
-        pending: PendingAdmission | None
-        try:
-            pending = self.runtime.admission.admit_beside(
-                [p.record for p in prepared], self._audit(prepared)
-            )
-        except BusUnavailable as exc:
-            _warn_degraded(exc)
-            pending = None
-        try:
-            self._publish_all(prepared, batch)
-        except _Unsent as unsent:
-            admitted = _settle(pending)
-            self._undo(unsent, revoke=admitted is not None)
-            raise unsent.error from unsent.error.__cause__
-        return _receipts(prepared, _duplicates(_settle(pending), len(prepared)))
 
     def _audit(
         self, prepared: list[Prepared], outcome: str = "ok", **fields: Any
@@ -216,7 +297,7 @@ class Sender:
             longest = max(ttls) if all(t is not None for t in ttls) else None  # type: ignore[type-var]
             self.runtime.broker.publish(
                 DELIVER_BATCH_TASK,
-                [[p.wire for p in group]],
+                [[p.record.wire for p in group]],
                 queue=first.priority.queue,
                 task_id=str(uuid.uuid4()),
                 expiration=longest,
@@ -226,23 +307,13 @@ class Sender:
             return
         self.runtime.broker.publish(
             DELIVER_TASK,
-            [group[0].wire],
+            [group[0].record.wire],
             queue=first.priority.queue,
             task_id=first.id,
             expiration=first.metadata.ttl,
             headers={"trace_id": first.trace_id},
             summary=f"<message {first.id} {first.type.value} from {first.sender}>",
         )
-
-
-def _settle(pending: PendingAdmission | None) -> Admitted | None:
-    if pending is None:
-        return None
-    try:
-        return pending.result()
-    except BusUnavailable as exc:
-        _warn_degraded(exc)
-        return None
 
 
 def _duplicates(admitted: Admitted | None, count: int) -> list[str | None]:
@@ -252,8 +323,8 @@ def _duplicates(admitted: Admitted | None, count: int) -> list[str | None]:
 
 def _warn_degraded(exc: BusUnavailable) -> None:
     # Redis is down: the message still goes to RabbitMQ and waits there (the worker retries
-    # until Redis is back and records its status then). Dedup and rate limiting cannot be
-    # checked meanwhile.
+    # until Redis is back and records its status then). Dedup, bounds and rate limiting
+    # cannot be checked meanwhile.
     logger.warning("sending without Redis (no dedup, status or rate limit): %s", exc)
 
 

@@ -33,6 +33,8 @@ def parse_rate(text: str) -> float:
     return float(match.group(1)) / _PER[match.group(2)]
 
 
+MIN_SECRET_LENGTH = 32
+
 SOLO_POOL_REFUSED = (
     "the solo pool is not supported: with late acks and prefetch 1 on RabbitMQ it stops "
     "taking messages after a few hundred (seen with raw Celery 5.7 too); for one delivery "
@@ -64,9 +66,30 @@ class Settings(BaseSettings):
     status_retention: int = Field(default=7 * 86_400, ge=60, description="seconds")
     clock_skew: float = Field(default=300.0, gt=0, description="seconds a timestamp may differ")
     max_payload_bytes: int = Field(default=1024 * 1024, ge=1)
+    max_payload_depth: int = Field(
+        default=64, ge=1, le=200, description="levels of nesting a payload may have"
+    )
     max_batch: int = Field(default=500, ge=1)
     max_topics_per_subscription: int = Field(default=100, ge=1)
+    max_recipients: int = Field(
+        default=10_000, ge=1, description="agents one topic or broadcast message may reach"
+    )
+    inbox_max: int = Field(
+        default=10_000, ge=1, description="messages an inbox holds; more is inbox_full at send"
+    )
+    max_unseen_recipients: int = Field(
+        default=100,
+        ge=0,
+        description="agents that never connected a sender may have mail waiting for "
+        "(0: mail only for agents that connected or are declared)",
+    )
+    history_max_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="bytes of history kept per agent"
+    )
     rate_limit: str = "100/s"
+    trusted_rate_limit: str = Field(
+        default="0", description="per-agent limit for trusted code (Python API, CLI, workers)"
+    )
     rate_burst: int | None = Field(default=None, ge=1)
 
     queue_type: Literal["classic", "quorum"] = "classic"
@@ -76,6 +99,15 @@ class Settings(BaseSettings):
     default_max_retries: int = Field(default=3, ge=0, le=100)
     max_dead_letter_replays: int = Field(default=3, ge=0)
 
+    allowed_hosts: str = Field(
+        default="", description="extra Host names the HTTP server answers for (comma-separated)"
+    )
+    allowed_origins: str = Field(
+        default="", description="extra browser origins allowed (comma-separated, e.g. https://x)"
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None, description="when set, /metrics wants 'Authorization: Bearer <it>'"
+    )
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9808, ge=0, le=65535, description="worker exporter; 0 = off")
     replay_interval: float = Field(default=300.0, gt=0, description="beat: replay dead letters")
@@ -89,6 +121,9 @@ class Settings(BaseSettings):
     )
     flower_auth: SecretStr | None = None
     worker_concurrency: int = Field(default=4, ge=1)
+    ready_file: Path | None = Field(
+        default=None, description="a worker or beat touches it once ready (set by `msgbus up`)"
+    )
     worker_pool: Literal["threads", "prefork", "gevent", "eventlet"] = "threads"
     redis_min_replicas: int = Field(
         default=0,
@@ -116,7 +151,7 @@ class Settings(BaseSettings):
         "broker URL's host, port 15672",
     )
 
-    @field_validator("secret", "secret_keys", "flower_auth", mode="before")
+    @field_validator("secret", "secret_keys", "flower_auth", "metrics_token", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `MESSAGE_BUS_SECRET=` (empty) must not become a valid, empty signing key.
@@ -134,7 +169,7 @@ class Settings(BaseSettings):
     def _prefix_ends_with_colon(cls, value: str) -> str:
         return value if value.endswith(":") else value + ":"
 
-    @field_validator("rate_limit")
+    @field_validator("rate_limit", "trusted_rate_limit")
     @classmethod
     def _rate_parses(cls, value: str) -> str:
         parse_rate(value)
@@ -142,7 +177,19 @@ class Settings(BaseSettings):
 
     @cached_property
     def signing_keys(self) -> list[tuple[str, bytes]]:
-        """[(kid, secret)], the first one signs; dev mode generates one when none is set."""
+        """[(kid, secret)], the first one signs; dev mode generates one when none is set.
+        Production mode refuses a secret shorter than MIN_SECRET_LENGTH."""
+        keys = self._signing_keys()
+        if self.mode == "production":
+            for kid, secret in keys:
+                if len(secret) < MIN_SECRET_LENGTH:
+                    raise ConfigError(
+                        f"the secret of key {kid!r} is {len(secret)} characters; production "
+                        f"mode needs at least {MIN_SECRET_LENGTH} (e.g. `openssl rand -hex 32`)"
+                    )
+        return keys
+
+    def _signing_keys(self) -> list[tuple[str, bytes]]:
         if self.secret_keys is not None:
             keys = []
             for part in self.secret_keys.get_secret_value().split(","):
@@ -178,5 +225,17 @@ class Settings(BaseSettings):
         return secret
 
     @property
+    def allowed_host_list(self) -> list[str]:
+        return [h.strip() for h in self.allowed_hosts.split(",") if h.strip()]
+
+    @property
+    def allowed_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.allowed_origins.split(",") if o.strip()]
+
+    @property
     def rate_per_second(self) -> float:
         return parse_rate(self.rate_limit)
+
+    @property
+    def trusted_rate_per_second(self) -> float:
+        return parse_rate(self.trusted_rate_limit)

@@ -7,7 +7,6 @@ sender asked), so what sits in Redis is exactly what the broker carried.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import orjson
 
 from bus import scripts
+from bus.clock import Clock
 from bus.errors import LimitExceeded
 from bus.keys import Keys
 from bus.redis_conn import DirectScript, redis_errors
@@ -26,17 +26,17 @@ logger = logging.getLogger(__name__)
 AUDIT_MAXLEN = 100_000
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 @dataclass(frozen=True, slots=True)
 class Retention:
-    """How much and how long Redis keeps: per-agent history length, status and dedup TTLs."""
+    """How much and how long Redis keeps: per-agent history (entries and bytes), status and
+    dedup TTLs, inbox depth, and mail for agents that never connected."""
 
     history_limit: int
     status_retention: int
     dedup_window: int
+    history_max_bytes: int = 16 * 1024 * 1024
+    inbox_max: int = 10_000
+    max_unseen_recipients: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +66,7 @@ class RedisStore:
         client: Any,
         keys: Keys,
         retention: Retention,
+        clock: Clock,
         replication: Replication | None = None,
     ) -> None:
         # redis.Redis with decode_responses=True: results are str, which its type stubs
@@ -73,6 +74,7 @@ class RedisStore:
         self.redis: Any = client
         self.keys = keys
         self.retention = retention
+        self.clock = clock
         # Deliveries and acks confirmed by replicas when asked (see bus.replication).
         self.replication = replication or Replication()
         register = client.register_script
@@ -81,6 +83,7 @@ class RedisStore:
         self._read = register(scripts.READ)
         self._ack = register(scripts.ACK)
         self._advance = register(scripts.ADVANCE_STATUS)
+        self._trim_history = register(scripts.TRIM_HISTORY_BEFORE)
         self._subscribe = register(scripts.SUBSCRIBE)
         self._unsubscribe = register(scripts.UNSUBSCRIBE)
 
@@ -110,7 +113,7 @@ class RedisStore:
             k.agents,
             k.inbox_seq,
             k.reply(correlation_id) if correlation_id else k.status(message_id),
-            k.rate_bucket("delivered", int(time.time())),
+            k.rate_bucket("delivered", int(self.clock.now())),
         ]
         args: list[Any] = [
             message_id,
@@ -121,12 +124,27 @@ class RedisStore:
             d.attempts,
             k.reply_channel(correlation_id) if correlation_id else "",
             d.ts_ms,
+            self.retention.history_max_bytes,
         ]
         for agent in d.recipients:
             inbox = k.inbox(agent)
-            keys += [inbox.ready, inbox.body, inbox.meta, k.history(agent)]
+            keys += [inbox.ready, inbox.body, inbox.meta, k.history(agent), k.history_bytes(agent)]
             args += [agent, k.inbox_channel(agent)]
         return keys, args
+
+    def fanout_index(
+        self, topics: Sequence[str], broadcast: bool
+    ) -> tuple[list[dict[str, str]], list[str]]:
+        """The subscribers of `topics` and (when `broadcast`) every registered agent, in one
+        round trip."""
+        with redis_errors("look up recipients"):
+            pipe = self.redis.pipeline(transaction=False)
+            for topic in topics:
+                pipe.hgetall(self.keys.topic(topic))
+            if broadcast:
+                pipe.zrange(self.keys.agents, 0, -1)
+            replies = pipe.execute()
+        return replies[: len(topics)], (replies[-1] if broadcast else [])
 
     def topic_subscribers(self, topics: Sequence[str]) -> list[dict[str, str]]:
         with redis_errors("look up topic subscribers"):
@@ -143,7 +161,7 @@ class RedisStore:
         with redis_errors("register a worker agent"):
             pipe = self.redis.pipeline(transaction=True)
             pipe.sadd(self.keys.worker_agents, agent)
-            pipe.zadd(self.keys.agents, {agent: now_ms()}, nx=True)
+            pipe.zadd(self.keys.agents, {agent: self.clock.now_ms()}, nx=True)
             pipe.execute()
 
     def count_handling(self, agent: str, message_id: str) -> int:
@@ -168,14 +186,13 @@ class RedisStore:
     def lease(self, agent: str, limit: int, lease_seconds: float) -> list[Leased]:
         """Leases up to `limit` messages; reading also registers the agent and notes when
         it was last seen (one script, one round trip)."""
-        now = now_ms()
         lease_ms = int(lease_seconds * 1000)
         k = self.keys
         keys = [*k.inbox(agent).all(), k.agents, k.agent_seen(agent)]
         with redis_errors("read the inbox"):
-            flat = self._read(keys=keys, args=[now, lease_ms, limit, agent])
+            deadline, *flat = self._read(keys=keys, args=[lease_ms, limit, agent])
         return [
-            Leased(flat[i], flat[i + 1], int(flat[i + 2]), now + lease_ms)
+            Leased(flat[i], flat[i + 1], int(flat[i + 2]), int(deadline))
             for i in range(0, len(flat), 3)
         ]
 
@@ -195,6 +212,17 @@ class RedisStore:
             pipe.zcard(inbox.leased)
             ready, leased = pipe.execute()
         return int(ready), int(leased)
+
+    def unread(self, agent: str) -> int:
+        """Messages a read would hand out: the ready ones, and leased ones whose lease has
+        run out (by Redis's clock)."""
+        inbox = self.keys.inbox(agent)
+        with redis_errors("count unread messages"):
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.zcard(inbox.ready)
+            pipe.zcount(inbox.leased, "-inf", self.clock.now_ms())
+            ready, expired = pipe.execute()
+        return int(ready) + int(expired)
 
     def inbox_depths(self, agents: Sequence[str]) -> dict[str, int]:
         with redis_errors("count inboxes"):
@@ -225,14 +253,22 @@ class RedisStore:
     # -- history ---------------------------------------------------------------------------
 
     def history(self, agent: str, limit: int, since_ms: int | None) -> list[str]:
-        """Newest first."""
+        """What `agent` sent and received, newest first (one round trip)."""
+        low = since_ms if since_ms is not None else "-inf"
         with redis_errors("read history"):
-            return self.redis.zrevrangebyscore(
-                self.keys.history(agent),
-                "+inf",
-                since_ms if since_ms is not None else "-inf",
-                start=0,
-                num=limit,
+            pipe = self.redis.pipeline(transaction=False)
+            for key, _ in self.keys.histories(agent):
+                pipe.zrevrangebyscore(key, "+inf", low, start=0, num=limit, withscores=True)
+            received, sent = pipe.execute()
+        merged = sorted({**dict(sent), **dict(received)}.items(), key=lambda e: -e[1])
+        return [wire for wire, _ in merged[:limit]]
+
+    def trim_history_before(self, agent: str, cutoff_ms: int) -> int:
+        """Drops `agent`'s history older than `cutoff_ms`, keeping its byte counts true."""
+        with redis_errors("trim history"):
+            return sum(
+                int(self._trim_history(keys=[key, size], args=[cutoff_ms]))
+                for key, size in self.keys.histories(agent)
             )
 
     # -- status ----------------------------------------------------------------------------
@@ -248,9 +284,16 @@ class RedisStore:
         with redis_errors("update message status"):
             return int(self._advance(keys=[self.keys.status(i) for i in ids], args=args))
 
-    def status(self, message_id: str) -> dict[str, str]:
+    def status(self, message_id: str, viewer: str | None = None) -> dict[str, str]:
+        """The status hash; with `viewer`, empty unless it sent or received the message."""
         with redis_errors("read message status"):
-            return self.redis.hgetall(self.keys.status(message_id))
+            if viewer is None:
+                return self.redis.hgetall(self.keys.status(message_id))
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hgetall(self.keys.status(message_id))
+            pipe.sismember(self.keys.delivered(message_id), viewer)
+            raw, received = pipe.execute()
+        return raw if raw.get("from") == viewer or received else {}
 
     def reply_for(self, correlation_id: str) -> str | None:
         with redis_errors("look up a response"):
@@ -264,7 +307,7 @@ class RedisStore:
         k = self.keys
         keys = [k.subscriptions(agent), k.topics, k.agents, k.agent_seen(agent)]
         keys += [k.topic(t) for t in topics]
-        args = [agent, max_topics, orjson.dumps(filters), now_ms(), *topics]
+        args = [agent, max_topics, orjson.dumps(filters), "", *topics]
         with redis_errors("subscribe"):
             total = int(self._subscribe(keys=keys, args=args))
         if total < 0:
@@ -296,6 +339,20 @@ class RedisStore:
                 pipe.hlen(self.keys.topic(name))
             return dict(zip(names, (int(n) for n in pipe.execute()), strict=True))
 
+    def declare_agent(self, agent: str) -> bool:
+        with redis_errors("declare an agent"):
+            return bool(self.redis.zadd(self.keys.agents, {agent: self.clock.now_ms()}, nx=True))
+
+    def audit_entries(
+        self, count: int, after: str | None, block_ms: int
+    ) -> list[tuple[str, dict[str, str]]]:
+        key = self.keys.audit
+        with redis_errors("read the audit log"):
+            if after is None:
+                return list(reversed(self.redis.xrevrange(key, count=count)))
+            batch = self.redis.xread({key: after}, count=count, block=block_ms or None) or []
+        return [entry for _, stream in batch for entry in stream]
+
     def agents(self) -> list[tuple[str, int, int | None]]:
         """(agent, registered ms, last seen ms)."""
         with redis_errors("list agents"):
@@ -310,7 +367,7 @@ class RedisStore:
 
     def rates(self, seconds: int = 10) -> dict[str, float]:
         """Messages per second sent and delivered over the last `seconds` full seconds."""
-        now = now_ms() // 1000
+        now = self.clock.now_ms() // 1000
         span = range(now - seconds, now)
         with redis_errors("read rates"):
             values = self.redis.mget(

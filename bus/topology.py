@@ -113,6 +113,9 @@ def celery_config(settings: Settings, express: bool = False) -> dict[str, Any]:
         },
         "broker_heartbeat": 30,
         "broker_pool_limit": 16,
+        # A burst of sends waits a bounded time for one of the pool's connections (then a
+        # clear BusUnavailable), never for ever.
+        "broker_pool_acquire_timeout": 10,
         "task_queues": priority_queues(settings, express),
         "task_default_queue": Priority.normal.queue,
         "task_default_exchange": EXCHANGE,

@@ -1,35 +1,58 @@
-"""The HTTP app: MCP at /mcp (bearer auth, Host/Origin checks) plus /healthz and /readyz."""
+"""The HTTP app: MCP at /mcp (bearer auth), the dashboard at /ui, /healthz, /readyz and
+/metrics, all behind the Host and Origin checks of mcp_server.websecurity.
+
+Readiness and the metrics gauges are computed by one background task every
+`REFRESH_EVERY` seconds and served from there: a burst of /readyz or /metrics requests costs
+no broker connection and no thread, so it can neither exhaust a pool nor hold up tool calls.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hmac
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
-from mcp.server.transport_security import TransportSecuritySettings
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from bus.health import check_health
+from bus.health import Health, check_health
 from bus.metrics import refresh_gauges
 from bus.settings import Settings
 from bus.tokens import TokenFile
 from mcp_server.dashboard import dashboard_routes
 from mcp_server.push import InboxEvents
 from mcp_server.server import BusServer
+from mcp_server.websecurity import HostOriginGuard, web_origins
+
+logger = logging.getLogger(__name__)
+
+REFRESH_EVERY = 5.0
 
 
-def transport_security(host: str, port: int) -> TransportSecuritySettings:
-    """DNS-rebinding protection as the SDK does it: only our own Host and Origin."""
-    names = {host, "127.0.0.1", "localhost"} if host in ("127.0.0.1", "localhost") else {host}
-    return TransportSecuritySettings(
-        enable_dns_rebinding_protection=host not in ("0.0.0.0", "::"),
-        allowed_hosts=[f"{n}:{port}" for n in names] + list(names),
-        allowed_origins=[f"http://{n}:{port}" for n in names],
-    )
+class Readiness:
+    """The last health check and gauge refresh, kept fresh by one background task."""
+
+    def __init__(self, server: BusServer) -> None:
+        self.server = server
+        self.health: Health | None = None
+
+    def refresh(self) -> None:
+        runtime = self.server.bus.runtime
+        self.health = check_health(runtime, kind="mcp")
+        refresh_gauges(runtime)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await anyio.to_thread.run_sync(self.refresh)
+            except Exception:  # noqa: BLE001 - the loop outlives any one failed check
+                logger.exception("readiness check failed")
+            await asyncio.sleep(REFRESH_EVERY)
 
 
 def build_app(
@@ -40,36 +63,53 @@ def build_app(
     host: str,
     port: int,
     tokens: TokenFile | None = None,
-) -> Starlette:
+) -> Any:
+    readiness = Readiness(server)
+    metrics_token = settings.metrics_token
+
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> JSONResponse:
-        health = await anyio.to_thread.run_sync(lambda: check_health(server.bus.runtime))
+        health = readiness.health
+        if health is None:
+            return JSONResponse({"ready": False, "status": "starting"}, status_code=503)
         return JSONResponse(
             health.model_dump(mode="json"), status_code=200 if health.ready else 503
         )
 
     async def metrics_endpoint(request: Request) -> Response:
-        await anyio.to_thread.run_sync(lambda: refresh_gauges(server.bus.runtime))
+        if metrics_token is not None:
+            auth = request.headers.get("authorization", "")
+            expected = f"Bearer {metrics_token.get_secret_value()}"
+            if not hmac.compare_digest(auth.encode(), expected.encode()):
+                return Response(
+                    "metrics need 'Authorization: Bearer <MESSAGE_BUS_METRICS_TOKEN>'",
+                    status_code=401,
+                )
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     server.custom_route("/healthz", methods=["GET"])(healthz)
     server.custom_route("/readyz", methods=["GET"])(readyz)
     server.custom_route("/metrics", methods=["GET"])(metrics_endpoint)
-    app = server.streamable_http_app(transport_security=transport_security(host, port), host=host)
+    origins = web_origins(host, port, settings)
+    app = server.streamable_http_app(transport_security=origins.transport_security(), host=host)
     if tokens is not None:
-        app.router.routes.extend(dashboard_routes(server.bus, tokens))
+        app.router.routes.extend(dashboard_routes(server.bus, tokens, origins))
     inner_lifespan = app.router.lifespan_context
 
     @contextlib.asynccontextmanager
     async def lifespan(app_: Any) -> AsyncIterator[None]:
         async with inner_lifespan(app_):
+            task = asyncio.get_running_loop().create_task(readiness.run())
             try:
                 yield
             finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
                 await events.close()
                 server.bus.close()
 
     app.router.lifespan_context = lifespan
-    return app
+    return HostOriginGuard(app, origins)

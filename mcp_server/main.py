@@ -1,7 +1,8 @@
-"""Entry point: `msgbus mcp [--agent A] [--http --host H --port P] [--profile core|full]`.
+"""Entry point: `msgbus mcp [--agent A [--modern]] [--http --host H --port P] [--profile core|full]`.
 
-stdio serves one agent and logs only to stderr (stdout is the protocol); HTTP serves many
-agents, each identified by a bearer token from the tokens file.
+stdio serves one agent and logs only to stderr (stdout is the protocol), in the handshake
+era with a Claude Code channel (mcp_server/stdio.py; `--modern` serves both eras and no
+channel); HTTP serves many agents, each identified by a bearer token from the tokens file.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from bus.settings import Settings
 from bus.tokens import TokenFile
 from mcp_server.identity import Identity
 from mcp_server.server import build_server
+from mcp_server.stdio import serve_stdio
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +38,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--profile",
         choices=["core", "full"],
         default=os.environ.get("MESSAGE_BUS_MCP_PROFILE", "core"),
+    )
+    parser.add_argument(
+        "--modern",
+        action="store_true",
+        default=os.environ.get("MESSAGE_BUS_MCP_MODERN", "") not in ("", "0", "false"),
+        help="stdio: also serve the 2026-07-28 era (subscriptions/listen; no Claude Code channel)",
     )
     parser.add_argument("--tokens-file", type=Path, default=None)
     parser.add_argument("--log-level", default=os.environ.get("MESSAGE_BUS_LOG_LEVEL", "WARNING"))
@@ -68,10 +76,14 @@ def run_stdio(settings: Settings, args: argparse.Namespace) -> None:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     server, events = build_server(settings, Identity.stdio(agent), args.profile)
+    server.bus.runtime.keyring.announce_forever("mcp")
 
     async def serve() -> None:
         try:
-            await server.run_stdio_async()  # returns when stdin closes
+            if args.modern:
+                await server.run_stdio_async()  # returns when stdin closes
+            else:
+                await serve_stdio(server, events, agent)
         finally:
             await events.close()
             server.bus.close()
@@ -90,6 +102,7 @@ def run_http(settings: Settings, args: argparse.Namespace) -> None:
         logger.warning("no tokens in %s: create one with `msgbus token create AGENT`", tokens_path)
     base_url = f"http://{args.host}:{args.port}"
     server, events = build_server(settings, Identity.http(tokens, base_url), args.profile)
+    server.bus.runtime.keyring.announce_forever("mcp")
     app = build_app(server, events, settings, host=args.host, port=args.port, tokens=tokens)
     heap.freeze_startup_heap()  # long-polls are not held up by full collections of it
     print(

@@ -1,4 +1,10 @@
-"""Tool inputs and results (pydantic): the JSON Schemas agents see in tools/list."""
+"""Tool inputs and results (pydantic): the JSON Schemas agents see in tools/list.
+
+Every result carries `unread`, the caller's messages not yet read, so an agent that cannot
+be pushed to (print mode, the SDK, clients without channels) learns of mail from whatever
+tool it calls. Messages, receipts and statuses are the compact views of mcp_server/views.py
+unless the caller asked for the full envelope.
+"""
 
 from __future__ import annotations
 
@@ -6,61 +12,81 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from bus.schema import (
-    AckResult,
-    AgentInfo,
-    DeadLetter,
-    MessageStatus,
-    MessageType,
-    Priority,
-    Receipt,
-    ReceivedMessage,
-    Subscription,
-)
+from bus.health import Health, Stats
+from bus.schema import AgentInfo, DeadLetter, MessageType, Priority, ReceivedMessage
+from mcp_server.views import Lean, MessageView, ReceiptView, StatusView, SubscriptionView
 
 __all__ = [
     "AckResult",
-    "AgentInfo",
     "AgentsResult",
     "BatchItem",
     "BatchResult",
     "DeadLettersResult",
+    "HealthResult",
     "HistoryResult",
-    "MessageStatus",
     "ReadResult",
-    "Receipt",
     "ReplayResult",
     "RequestResult",
+    "SendResult",
+    "StatsResult",
+    "StatusResult",
     "SubscriptionsResult",
     "UnsubscribeResult",
 ]
 
+UNREAD = "your messages not yet read (read_messages gets them)"
 
-class ReadResult(BaseModel):
-    messages: list[ReceivedMessage] = Field(
-        description="leased messages, highest priority first; ack them with ack_messages"
+
+def unread_field() -> Any:
+    return Field(description=UNREAD)
+
+
+class ReadResult(Lean):
+    messages: list[MessageView | ReceivedMessage] = Field(
+        description="leased, highest priority first; ack them with ack_messages"
     )
     count: int
+    unread: int = unread_field()
 
 
-class HistoryResult(BaseModel):
-    agent: str
-    messages: list[ReceivedMessage] = Field(description="newest first")
+class HistoryResult(Lean):
+    agent: str | None = Field(default=None, description="whose history, when not yours")
+    messages: list[MessageView | ReceivedMessage] = Field(description="newest first")
     count: int
+    unread: int = unread_field()
 
 
-class SubscriptionsResult(BaseModel):
-    subscriptions: list[Subscription]
+class SendResult(ReceiptView):
+    unread: int = unread_field()
 
 
-class UnsubscribeResult(BaseModel):
+class StatusResult(StatusView):
+    unread: int = unread_field()
+
+
+class AckResult(Lean):
+    acked: int = Field(description="how many of the ids were acknowledged")
+    not_found: list[str] | None = Field(default=None, description="ids not in your inbox")
+    note: str | None = None
+    unread: int = unread_field()
+
+
+class SubscriptionsResult(Lean):
+    subscriptions: list[SubscriptionView]
+    unread: int = unread_field()
+
+
+class UnsubscribeResult(Lean):
     removed: int
+    unread: int = unread_field()
 
 
-class RequestResult(BaseModel):
+class RequestResult(Lean):
     request_id: str = Field(description="id of the request sent; check it later if timed out")
     status: Literal["answered", "timeout"]
-    response: ReceivedMessage | None = None
+    response: MessageView | None = None
+    note: str | None = None
+    unread: int = unread_field()
 
 
 class BatchItem(BaseModel):
@@ -76,18 +102,30 @@ class BatchItem(BaseModel):
     dedup_key: str | None = None
 
 
-class BatchResult(BaseModel):
-    receipts: list[Receipt]
+class BatchResult(Lean):
+    receipts: list[ReceiptView]
+    unread: int = unread_field()
 
 
-class AgentsResult(BaseModel):
+class AgentsResult(Lean):
     agents: list[AgentInfo]
+    unread: int = unread_field()
 
 
-class DeadLettersResult(BaseModel):
+class DeadLettersResult(Lean):
     dead_letters: list[DeadLetter]
     count: int
+    unread: int = unread_field()
 
 
-class ReplayResult(BaseModel):
+class ReplayResult(Lean):
     replayed: list[str]
+    unread: int = unread_field()
+
+
+class HealthResult(Health):
+    unread: int = unread_field()
+
+
+class StatsResult(Stats):
+    unread: int = unread_field()

@@ -6,24 +6,38 @@ import logging
 from typing import Any
 
 import orjson
+import pydantic
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
-from mcp_types import EmptyResult, SubscribeRequestParams, UnsubscribeRequestParams
+from mcp.server.subscriptions import ListenHandler
+from mcp.shared.exceptions import MCPError
+from mcp_types import (
+    INVALID_PARAMS,
+    CallToolResult,
+    EmptyResult,
+    SubscribeRequestParams,
+    SubscriptionsListenRequestParams,
+    SubscriptionsListenResult,
+    TextContent,
+    UnsubscribeRequestParams,
+)
 
 from bus.client import MessageBus
 from bus.errors import BusError
+from bus.handle import AgentHandle
 from bus.settings import Settings
+from bus.validation import describe
 from mcp_server.identity import Identity
-from mcp_server.push import InboxEvents, LegacySubscriptions, RedisSubscriptionBus, inbox_uri
+from mcp_server.push import InboxEvents, LegacySubscriptions, RedisSubscriptionBus
 from mcp_server.tools import BusTools, register_tools
 
 logger = logging.getLogger(__name__)
 
 INSTRUCTIONS = """\
-A message bus between agents. You are one agent; your id is fixed by your connection.
-send_message to an agent (`to`), a topic, or everyone (broadcast); read_messages to get
-your mail (it waits up to wait_seconds) and ack_messages when done; request to ask another
-agent and wait for its answer. Payloads are any JSON."""
+A message bus between agents; your id is fixed by your connection. send_message to an \
+agent (`to`), a topic or everyone (broadcast); request asks and waits for the answer. \
+Results count your `unread` mail. When a <channel> block from this server arrives, or \
+unread > 0: read_messages, act on them, then ack_messages."""
 
 
 DEAD_LETTERS_URI = "message-bus://dead-letters"
@@ -34,6 +48,7 @@ class BusServer(MCPServer[Any]):
     resources may see the caller (for admin-only ones)."""
 
     bus: MessageBus
+    tools: BusTools
     context_resources: dict[str, Any]
 
     async def read_resource(self, uri: Any, context: Any = None) -> Any:
@@ -45,17 +60,44 @@ class BusServer(MCPServer[Any]):
         return [ReadResourceContents(content=await handler(context), mime_type="application/json")]
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
-        # The SDK ignores unknown arguments; a model that misspells one should hear of it.
+        try:
+            self._check_arguments(name, arguments)
+            result = await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            raise ToolError(await self._with_unread(str(exc), context)) from None
+        if isinstance(result, CallToolResult) and result.structured_content is not None:
+            # Clients that show the model the text block see the same compact JSON as
+            # structuredContent (Claude Code shows structuredContent), not an indented copy.
+            text = orjson.dumps(result.structured_content).decode()
+            result.content = [TextContent(type="text", text=text)]
+        return result
+
+    def _check_arguments(self, name: str, arguments: dict[str, Any]) -> None:
+        """Refusals a model can act on: the SDK ignores unknown arguments (a misspelt one
+        should be heard of) and reports bad values as pydantic's multi-line dump."""
         tool = self._tool_manager.get_tool(name)
-        if tool is not None:
-            known = set(tool.parameters.get("properties", {}))
-            unknown = sorted(set(arguments) - known)
-            if unknown:
-                raise ToolError(
-                    f"unknown argument(s) {', '.join(unknown)} for {name}; "
-                    f"it takes: {', '.join(sorted(known)) or 'no arguments'}"
-                )
-        return await super().call_tool(name, arguments, context)
+        if tool is None:
+            return
+        known = set(tool.parameters.get("properties", {}))
+        unknown = sorted(set(arguments) - known)
+        if unknown:
+            raise ToolError(
+                f"unknown argument(s) {', '.join(unknown)} for {name}; "
+                f"it takes: {', '.join(sorted(known)) or 'no arguments'}"
+            )
+        metadata = tool.fn_metadata
+        try:
+            metadata.arg_model.model_validate(metadata.pre_parse_json(arguments))
+        except pydantic.ValidationError as exc:
+            raise ToolError(f"bad arguments for {name}: {describe(exc)}") from None
+
+    async def _with_unread(self, message: str, context: Any) -> str:
+        """An error still tells the caller it has mail (when Redis can say so at once)."""
+        try:
+            count = await self.tools.unread(self.tools.identify(context))
+        except (ToolError, BusError):
+            return message
+        return f"{message} (you have {count} unread: read_messages)" if count else message
 
     async def list_resources(self) -> list[Any]:
         from mcp_types import Resource as MCPResource
@@ -91,6 +133,15 @@ async def _to_thread(fn: Any, *args: Any) -> Any:
     return await anyio.to_thread.run_sync(lambda: fn(*args))
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("agent-message-bus")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
 def _json(value: Any) -> str:
     from bus.cli import _plain
 
@@ -104,6 +155,7 @@ def build_server(
     events = InboxEvents(settings.redis_url, bus.runtime.keys)
     server = BusServer(
         name="agent-message-bus",
+        version=_version(),
         instructions=INSTRUCTIONS,
         subscriptions=RedisSubscriptionBus(events),
         token_verifier=identity.token_verifier,
@@ -113,17 +165,20 @@ def build_server(
     server.bus = bus
     server.context_resources = {}
     me = identity.agent_of
-    register_tools(server, BusTools(bus, events, me), profile)
+    server.tools = BusTools(bus, events, me)
+    register_tools(server, server.tools, profile)
     _register_resources(server, bus, me)
     _register_legacy_subscribe(server, bus, events, me)
     return server, events
 
 
 def _register_resources(server: MCPServer, bus: MessageBus, me: Any) -> None:
-    async def guarded(ctx: Context, owner: str, fn: Any, *args: Any) -> str:
+    def handle(ctx: Context) -> AgentHandle:
+        return bus.as_agent(me(ctx), front_door=True)
+
+    async def guarded(ctx: Context, fn: Any, *args: Any, **kwargs: Any) -> str:
         try:
-            await _to_thread(bus.guard.may_read, me(ctx), owner)
-            return _json(await _to_thread(fn, *args))
+            return _json(await _to_thread(lambda: fn(handle(ctx), *args, **kwargs)))
         except BusError as exc:
             raise ResourceError(exc.message) from None
         except ToolError as exc:
@@ -148,7 +203,7 @@ def _register_resources(server: MCPServer, bus: MessageBus, me: Any) -> None:
         description="an agent's messages, newest first (your own, or any if admin)",
     )
     async def history(agent_id: str, ctx: Context) -> str:
-        return await guarded(ctx, agent_id, lambda: bus.history(agent_id, limit=100))
+        return await guarded(ctx, AgentHandle.history, limit=100, of=agent_id)
 
     @server.resource(
         "message-bus://inbox/{agent_id}",
@@ -158,17 +213,10 @@ def _register_resources(server: MCPServer, bus: MessageBus, me: Any) -> None:
         "subscribe to be told when mail arrives",
     )
     async def inbox(agent_id: str, ctx: Context) -> str:
-        def peek() -> list[Any]:
-            return [bus.reader.decode(w) for w in bus.runtime.store.peek_inbox(agent_id, 100)]
-
-        return await guarded(ctx, agent_id, peek)
+        return await guarded(ctx, AgentHandle.inbox, limit=100, of=agent_id)
 
     async def dead_letters(ctx: Context) -> str:
-        try:
-            await _to_thread(bus.guard.require_admin, me(ctx), "read dead letters")
-            return _json(await _to_thread(bus.dead_letters, 100))
-        except BusError as exc:
-            raise ResourceError(exc.message) from None
+        return await guarded(ctx, AgentHandle.dead_letters, 100)
 
     # A static resource gets no Context in the SDK; this one needs the caller's identity.
     server.context_resources[DEAD_LETTERS_URI] = dead_letters  # type: ignore[attr-defined]
@@ -183,14 +231,12 @@ def _register_legacy_subscribe(
 
     async def on_subscribe(ctx: Any, params: SubscribeRequestParams) -> EmptyResult:
         uri = str(params.uri)
-        agent = _caller(ctx, me)
-        if uri == inbox_uri(agent) or bus.guard.is_admin(agent):
-            legacy.add(uri, ctx.session)
-            await events.start()
-        else:
-            from mcp.shared.exceptions import MCPError
-
-            raise MCPError(-32602, f"{agent} may subscribe only to {inbox_uri(agent)}")
+        try:
+            bus.as_agent(_caller(ctx, me), front_door=True).authorize_listen(uri)
+        except BusError as exc:
+            raise MCPError(INVALID_PARAMS, exc.message) from None
+        legacy.add(uri, ctx.session)
+        await events.start()
         return EmptyResult()
 
     async def on_unsubscribe(ctx: Any, params: UnsubscribeRequestParams) -> EmptyResult:
@@ -199,6 +245,23 @@ def _register_legacy_subscribe(
 
     lowlevel.add_request_handler("resources/subscribe", SubscribeRequestParams, on_subscribe)
     lowlevel.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, on_unsubscribe)
+    listen = ListenHandler(RedisSubscriptionBus(events))
+
+    async def on_listen(
+        ctx: Any, params: SubscriptionsListenRequestParams
+    ) -> SubscriptionsListenResult:
+        """`subscriptions/listen` (2026-07-28), each asked-for URI authorized first."""
+        handle = bus.as_agent(_caller(ctx, me), front_door=True)
+        for uri in params.notifications.resource_subscriptions or ():
+            try:
+                await _to_thread(handle.authorize_listen, str(uri))
+            except BusError as exc:
+                raise MCPError(INVALID_PARAMS, exc.message) from None
+        return await listen(ctx, params)
+
+    lowlevel.add_request_handler(
+        "subscriptions/listen", SubscriptionsListenRequestParams, on_listen
+    )
 
 
 def _caller(ctx: Any, me: Any) -> str:

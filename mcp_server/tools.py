@@ -2,6 +2,7 @@
 
 Profiles: `core` (8 tools, the default) and `full` (core + 7 operator tools). Errors become
 tool errors with the bus's message; nothing here lets an agent act as another agent.
+Results are the compact views of mcp_server/views.py with the caller's `unread` count.
 """
 
 from __future__ import annotations
@@ -20,23 +21,34 @@ from pydantic import Field
 
 from bus.client import MessageBus
 from bus.errors import BusError
-from bus.health import Health, Stats, check_health, collect_stats
-from bus.schema import MessageType, Priority, Receipt, compose
+from bus.handle import AgentHandle
+from bus.schema import MessageType, Priority, ReceivedMessage, compose
 from mcp_server.models import (
     AckResult,
     AgentsResult,
     BatchItem,
     BatchResult,
     DeadLettersResult,
+    HealthResult,
     HistoryResult,
-    MessageStatus,
     ReadResult,
     ReplayResult,
     RequestResult,
+    SendResult,
+    StatsResult,
+    StatusResult,
     SubscriptionsResult,
     UnsubscribeResult,
 )
 from mcp_server.push import InboxEvents
+from mcp_server.toolschema import description, lean_schema
+from mcp_server.views import (
+    MessageView,
+    message_view,
+    receipt_view,
+    status_view,
+    subscription_view,
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -62,6 +74,10 @@ FULL_TOOLS = CORE_TOOLS + (
 )
 PROFILES = {"core": CORE_TOOLS, "full": FULL_TOOLS}
 
+# read_messages waits this long by default: long enough that a model polling in a loop
+# does not spin, short enough to return before the common 30 s client request timeouts.
+DEFAULT_WAIT_SECONDS = 20.0
+
 Identify = Callable[[Context], str]
 
 
@@ -70,6 +86,10 @@ class BusTools:
         self.bus = bus
         self.events = events
         self.identify = identify
+
+    def handle(self, ctx: Context) -> AgentHandle:
+        """The caller's identity-bound handle: every tool acts through it."""
+        return self.bus.as_agent(self.identify(ctx), front_door=True)
 
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Runs a bus call off the event loop; bus errors become tool errors."""
@@ -107,32 +127,61 @@ class BusTools:
             **options,
         )
 
-    async def read(self, agent: str, limit: int, wait_seconds: float) -> ReadResult:
+    async def read(
+        self, me: AgentHandle, limit: int, wait_seconds: float, full: bool
+    ) -> ReadResult:
         deadline = time.monotonic() + wait_seconds
+        agent = me.agent
         while True:
-            messages = await self.call(self.bus.read, agent, limit=limit, wait=0)
+            messages = await self.call(me.read, limit=limit, wait=0)
             remaining = deadline - time.monotonic()
             if messages or remaining <= 0:
-                return ReadResult(messages=messages, count=len(messages))
+                return ReadResult(
+                    messages=self.views(messages, agent, full),
+                    count=len(messages),
+                    unread=await self.unread(agent),
+                )
             # Waits on the shared event listener: no thread is held while waiting.
             await self.events.wait_inbox(agent, min(remaining, 5.0))
 
+    async def unread(self, agent: str) -> int:
+        """The authenticated caller's own unread count."""
+        return await self.call(self.bus.as_agent(agent).unread)
+
+    @staticmethod
+    def views(
+        messages: list[ReceivedMessage], reader: str, full: bool
+    ) -> list[MessageView | ReceivedMessage]:
+        if full:
+            return list(messages)
+        return [message_view(m, reader) for m in messages]
+
 
 def _explain(exc: BusError) -> str:
-    if exc.code == "rate_limited":
-        return f"{exc.message} (retry_after={exc.fields.get('retry_after')})"
-    return exc.message
+    """The bus's message, with the next step where its own words leave that out."""
+    hint = _NEXT_STEP.get(exc.code, "")
+    return exc.message if not hint or "retry" in exc.message else exc.message + hint
+
+
+_NEXT_STEP = {
+    "not_found": "; check the id (send_message and read_messages return ids)",
+    "unavailable": "; retry in a few seconds",
+    "timeout": "; call message_status with the id to see where it is",
+}
 
 
 def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
     if profile not in PROFILES:
         raise ValueError(f"unknown tool profile {profile!r}; one of {', '.join(PROFILES)}")
     wanted = set(PROFILES[profile])
-    bus, me = tools.bus, tools.identify
+    me = tools.handle
 
     def tool(fn: Callable[..., Any]) -> Callable[..., Any]:
         if fn.__name__ in wanted:
-            server.tool(name=fn.__name__, description=(fn.__doc__ or "").strip())(fn)
+            server.tool(name=fn.__name__, description=description(fn.__doc__))(fn)
+            registered = server._tool_manager.get_tool(fn.__name__)
+            if registered is not None:  # what tools/list shows; calls validate as before
+                registered.parameters = lean_schema(registered.parameters)
         return fn
 
     @tool
@@ -140,13 +189,11 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         ctx: Context,
         to: str | None = Field(default=None, description="recipient agent id, e.g. 'bob'"),
         topic: str | None = Field(
-            default=None,
-            description="topic: delivered to its "
-            "subscribers when `to` is empty (a label when `to` is set)",
+            default=None, description="to its subscribers when `to` is empty, else a label"
         ),
-        broadcast: bool = Field(default=False, description="send to every agent but you"),
+        broadcast: bool = Field(default=False, description="to every agent but you"),
         payload: Any = Field(default=None, description="any JSON value"),
-        type: MessageType = Field(default=MessageType.event, description="message type"),
+        type: MessageType = Field(default=MessageType.event),
         priority: Priority = Field(default=Priority.normal),
         ttl_seconds: float | None = Field(
             default=None, gt=0, description="never delivered after this many seconds"
@@ -156,15 +203,15 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         ),
         reply_to: str | None = Field(default=None, description="where responses should go"),
         dedup_key: str | None = Field(
-            default=None,
-            description="idempotency key: a retry with the same key is not delivered twice",
+            default=None, description="a retry with the same key is not delivered twice"
         ),
         encrypted: bool = Field(default=False, description="encrypt the payload at rest"),
-    ) -> Receipt:
-        """Send a message to one agent (`to`), to a topic's subscribers (`topic`), or to
-        everyone (`broadcast`). Returns the message id and its status ("queued")."""
+    ) -> SendResult:
+        """Send a message to one agent (`to`), a topic's subscribers (`topic`), or everyone
+        (`broadcast`). Returns its id and status."""
+        handle = me(ctx)
         message = tools.message(
-            me(ctx),
+            handle.agent,
             to=to,
             topic=topic,
             broadcast=broadcast,
@@ -177,27 +224,41 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
             dedup_key=dedup_key,
             encrypted=encrypted,
         )
-        return await tools.call(bus.send_message, message)
+        receipt = receipt_view(await tools.call(handle.send, message))
+        return SendResult(**receipt.model_dump(), unread=await tools.unread(handle.agent))
 
     @tool
     async def read_messages(
         ctx: Context,
         limit: int = Field(default=10, ge=1, le=500, description="at most this many"),
         wait_seconds: float = Field(
-            default=0, ge=0, le=60, description="wait up to this long for the first message"
+            default=DEFAULT_WAIT_SECONDS,
+            ge=0,
+            le=60,
+            description="wait up to this long for the first message (0: do not wait)",
         ),
+        full: bool = Field(default=False, description="whole envelopes"),
     ) -> ReadResult:
-        """Read your inbox: highest priority first, oldest first within a priority. Messages
-        are leased, not removed: call ack_messages with their ids when done, or they come
-        back after the visibility timeout."""
-        return await tools.read(me(ctx), limit, wait_seconds)
+        """Read your inbox, highest priority first; returns as soon as mail is there.
+        Messages are leased: ack_messages their ids when done, or they come back later."""
+        return await tools.read(me(ctx), limit, wait_seconds, full)
 
     @tool
     async def ack_messages(
         ctx: Context, ids: list[str] = Field(description="ids of messages you read")
     ) -> AckResult:
         """Acknowledge messages you have handled so they are not delivered again."""
-        return await tools.call(bus.ack, me(ctx), ids)
+        handle = me(ctx)
+        result = await tools.call(handle.ack, ids)
+        missing = result.not_found or None
+        return AckResult(
+            acked=len(result.acked),
+            not_found=missing,
+            note="not in your inbox: acked already, or not an id read_messages gave you"
+            if missing
+            else None,
+            unread=await tools.unread(handle.agent),
+        )
 
     @tool
     async def subscribe(
@@ -209,21 +270,26 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         ),
     ) -> SubscriptionsResult:
         """Subscribe to topics; optional filters keep only some message types/priorities."""
+        handle = me(ctx)
         subs = await tools.call(
-            bus.subscribe,
-            me(ctx),
+            handle.subscribe,
             topics,
             types=[t.value for t in types] if types else None,
             priorities=[p.value for p in priorities] if priorities else None,
         )
-        return SubscriptionsResult(subscriptions=subs)
+        return SubscriptionsResult(
+            subscriptions=[subscription_view(s) for s in subs],
+            unread=await tools.unread(handle.agent),
+        )
 
     @tool
     async def unsubscribe(
         ctx: Context, topics: list[str] = Field(description="topics to leave")
     ) -> UnsubscribeResult:
         """Stop receiving messages published to these topics."""
-        return UnsubscribeResult(removed=await tools.call(bus.unsubscribe, me(ctx), topics))
+        handle = me(ctx)
+        removed = await tools.call(handle.unsubscribe, topics)
+        return UnsubscribeResult(removed=removed, unread=await tools.unread(handle.agent))
 
     @tool
     async def get_history(
@@ -234,23 +300,33 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         agent_id: str | None = Field(
             default=None, description="another agent's history (admins only)"
         ),
+        full: bool = Field(default=False, description="whole envelopes"),
     ) -> HistoryResult:
         """Messages you sent or received, newest first."""
-        caller = me(ctx)
-        agent = agent_id or caller
-        await tools.call(bus.guard.may_read, caller, agent)
+        handle = me(ctx)
         messages = await tools.call(
-            bus.history, agent, limit=limit, since=since, type=type.value if type else None
+            handle.history,
+            limit=limit,
+            since=since,
+            type=type.value if type else None,
+            of=agent_id,
         )
-        return HistoryResult(agent=agent, messages=messages, count=len(messages))
+        agent = agent_id or handle.agent
+        return HistoryResult(
+            agent=agent if agent != handle.agent else None,
+            messages=tools.views(messages, agent, full),
+            count=len(messages),
+            unread=await tools.unread(handle.agent),
+        )
 
     @tool
     async def message_status(
         ctx: Context, id: str = Field(description="message id from send_message")
-    ) -> MessageStatus:
+    ) -> StatusResult:
         """Delivery status: queued, delivered, read, acked, retrying, dead, expired..."""
-        me(ctx)
-        return await tools.call(bus.status, id)
+        handle = me(ctx)
+        status = status_view(await tools.call(handle.status, id))
+        return StatusResult(**status.model_dump(), unread=await tools.unread(handle.agent))
 
     @tool
     async def request(
@@ -263,9 +339,9 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
     ) -> RequestResult:
         """Send a request and wait for the response whose correlation_id is its id. On
         timeout you get the request id back to check later."""
-        sender = me(ctx)
+        handle = me(ctx)
         prepared = tools.message(
-            sender,
+            handle.agent,
             to=to,
             topic=None,
             broadcast=False,
@@ -273,24 +349,31 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
             payload=payload,
             priority=priority,
             ttl_seconds=None,
-            reply_to=sender,
+            reply_to=handle.agent,
         )
         prepared["id"] = request_id = str(uuid.uuid4())
         await tools.events.start()
         waiter = tools.events.reply_waiter(request_id)
         try:
-            await tools.call(bus.send_message, prepared)
+            await tools.call(handle.send, prepared)
             deadline = time.monotonic() + timeout_seconds
             while True:
-                response_id = await tools.call(bus.runtime.store.reply_for, request_id)
-                if response_id:
-                    response = await tools.call(bus.reader.take, sender, response_id)
+                response = await tools.call(handle.response_to, request_id)
+                if response is not None:
                     return RequestResult(
-                        request_id=request_id, status="answered", response=response
+                        request_id=request_id,
+                        status="answered",
+                        response=message_view(response, handle.agent),
+                        unread=await tools.unread(handle.agent),
                     )
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return RequestResult(request_id=request_id, status="timeout")
+                    return RequestResult(
+                        request_id=request_id,
+                        status="timeout",
+                        note="no answer yet: a late one lands in your inbox (read_messages)",
+                        unread=await tools.unread(handle.agent),
+                    )
                 waiter.clear()
                 try:
                     await asyncio.wait_for(waiter.wait(), min(remaining, 5.0))
@@ -304,10 +387,10 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         ctx: Context, messages: list[BatchItem] = Field(description="up to 500 messages")
     ) -> BatchResult:
         """Send many messages at once; all are validated before any is sent."""
-        sender = me(ctx)
+        handle = me(ctx)
         batch = [
             tools.message(
-                sender,
+                handle.agent,
                 to=m.to,
                 topic=m.topic,
                 broadcast=False,
@@ -320,27 +403,39 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
             )
             for m in messages
         ]
-        return BatchResult(receipts=await tools.call(bus.send_batch, batch))
+        receipts = await tools.call(handle.send_batch, batch)
+        return BatchResult(
+            receipts=[receipt_view(r) for r in receipts],
+            unread=await tools.unread(handle.agent),
+        )
 
     @tool
     async def list_subscriptions(ctx: Context) -> SubscriptionsResult:
         """Your topic subscriptions and their filters."""
-        return SubscriptionsResult(subscriptions=await tools.call(bus.subscriptions, me(ctx)))
+        handle = me(ctx)
+        subs = await tools.call(handle.subscriptions)
+        return SubscriptionsResult(
+            subscriptions=[subscription_view(s) for s in subs],
+            unread=await tools.unread(handle.agent),
+        )
 
     @tool
     async def list_agents(ctx: Context) -> AgentsResult:
         """Every registered agent with its inbox depth and when it was last seen."""
-        me(ctx)
-        return AgentsResult(agents=await tools.call(bus.agents))
+        handle = me(ctx)
+        agents = await tools.call(handle.agents)
+        return AgentsResult(agents=agents, unread=await tools.unread(handle.agent))
 
     @tool
     async def list_dead_letters(
         ctx: Context, limit: int = Field(default=50, ge=1, le=1000)
     ) -> DeadLettersResult:
         """Messages that could not be delivered, with the reason (admins only)."""
-        await tools.call(bus.guard.require_admin, me(ctx), "list dead letters")
-        letters = await tools.call(bus.dead_letters, limit)
-        return DeadLettersResult(dead_letters=letters, count=len(letters))
+        handle = me(ctx)
+        letters = await tools.call(handle.dead_letters, limit)
+        return DeadLettersResult(
+            dead_letters=letters, count=len(letters), unread=await tools.unread(handle.agent)
+        )
 
     @tool
     async def replay_dead_letters(
@@ -351,16 +446,24 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         """Send dead letters back to their priority queue (admins only)."""
         if not ids and not all:
             raise ToolError("give `ids` of dead letters to replay, or all=true")
-        replayed = await tools.call(bus.replay_dead_letters, ids, all=all, agent=me(ctx))
-        return ReplayResult(replayed=replayed)
+        handle = me(ctx)
+        replayed = await tools.call(handle.replay_dead_letters, ids, all=all)
+        return ReplayResult(replayed=replayed, unread=await tools.unread(handle.agent))
 
     @tool
-    async def health(ctx: Context) -> Health:
+    async def health(ctx: Context) -> HealthResult:
         """Whether Redis, the broker and the workers are up, and the dead-letter depth."""
-        return await tools.call(check_health, bus.runtime)
+        handle = me(ctx)
+        found = await tools.call(handle.health)
+        try:
+            unread = await tools.unread(handle.agent)
+        except ToolError:
+            unread = 0  # Redis is down: health says so; there is nothing to count
+        return HealthResult(**found.model_dump(), unread=unread)
 
     @tool
-    async def bus_stats(ctx: Context) -> Stats:
+    async def bus_stats(ctx: Context) -> StatsResult:
         """Queue depths, agents, topics, subscriptions and inbox depths."""
-        me(ctx)
-        return await tools.call(collect_stats, bus.runtime)
+        handle = me(ctx)
+        found = await tools.call(handle.stats)
+        return StatsResult(**found.model_dump(), unread=await tools.unread(handle.agent))

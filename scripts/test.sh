@@ -22,6 +22,10 @@ if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev
       || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }
   fi
 fi
+# The Claude Code end-to-end tests run the real CLI (npm), installed once into a cache
+# folder (~/.cache/msgbus-test, or MSGBUS_CLAUDE_CODE_DIR); a no-op once installed.
+python3 -m tests.support.claude_code >/dev/null \
+  || echo "warning: Claude Code could not be installed; its end-to-end tests will fail" >&2
 if [ "$#" -eq 0 ]; then  # the whole run also checks lint and formatting
   python3 -m ruff check bus workers mcp_server bench tests examples celeryconfig.py
   python3 -m ruff format --check bus workers mcp_server bench tests examples celeryconfig.py

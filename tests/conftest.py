@@ -43,6 +43,21 @@ def long_run(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--chaos-long"))
 
 
+OPT_IN_MARKERS = ("interactive_channel",)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Opt-in tests run only when `-m` names their marker; otherwise they are deselected."""
+    chosen = config.getoption("markexpr", "") or ""
+    wanted = [m for m in OPT_IN_MARKERS if m not in chosen]
+    if not wanted:
+        return
+    keep = [i for i in items if not any(i.get_closest_marker(m) for m in wanted)]
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep
+
+
 def wait_for(
     condition: Callable[[], Any],
     timeout: float = 15.0,

@@ -19,17 +19,20 @@ from __future__ import annotations
 
 import importlib
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from bus.client import MessageBus
+from bus.reader import Reader
 from bus.schema import MessageType, ReceivedMessage, check_agent_id
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[ReceivedMessage], Any]
 ANSWERED_TYPES = {MessageType.request, MessageType.command, MessageType.query}
+RESPONSE_IDS = uuid.UUID("6f1d2c4e-8b0a-5d7e-9c3f-1a2b3c4d5e6f")  # namespace of response ids
 
 
 @dataclass(frozen=True)
@@ -82,25 +85,40 @@ class WorkerAgent:
             return route.handler
         return None
 
-    def handle(self, message: ReceivedMessage) -> Any:
-        """Runs the handler; sends its result back as a response when there is one."""
+    @property
+    def reader(self) -> Reader:
+        return self.bus.reader
+
+    def run(self, message: ReceivedMessage) -> Any:
+        """Runs the handler for `message` (None when no handler takes it)."""
         handler = self.handler_for(message)
         if handler is None:
             logger.info("%s has no handler for %s; acked unhandled", self.name, message.type.value)
             return None
-        result = handler(message)
-        if result is not None and message.type in ANSWERED_TYPES:
-            self.bus.send_message(
-                {
-                    "from": self.name,
-                    "to": message.reply_to or message.sender,
-                    "type": "response",
-                    "correlation_id": message.id,
-                    "payload": result,
-                    "trace_id": message.trace_id,
-                    "metadata": {"priority": message.priority.value},
-                }
-            )
+        return handler(message)
+
+    def reply(self, message: ReceivedMessage, result: Any) -> None:
+        """Sends the handler's result back as a response when there is one. The response's
+        id is made from the request's, so a handler run again after an outage answers once."""
+        if result is None or message.type not in ANSWERED_TYPES:
+            return
+        self.bus.send_message(
+            {
+                "id": str(uuid.uuid5(RESPONSE_IDS, f"{self.name}:{message.id}")),
+                "from": self.name,
+                "to": message.reply_to or message.sender,
+                "type": "response",
+                "correlation_id": message.id,
+                "payload": result,
+                "trace_id": message.trace_id,
+                "metadata": {"priority": message.priority.value},
+            }
+        )
+
+    def handle(self, message: ReceivedMessage) -> Any:
+        """Runs the handler and sends its result back (both steps of `bus.handle`)."""
+        result = self.run(message)
+        self.reply(message, result)
         return result
 
 

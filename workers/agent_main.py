@@ -24,9 +24,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     os.environ[SPEC_ENV] = args.spec
     from workers.agent_runtime import current_agent, register
-    from workers.app import app
+    from workers.app import app, runtime
 
-    register(current_agent() or agent)
+    register(current_agent(runtime) or agent, runtime)
     from bus.topology import agent_queue
 
     app.conf.task_queues = [*app.conf.task_queues, agent_queue(app.conf.bus_settings, agent.name)]

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from celery import Celery, bootsteps
-from celery.signals import worker_init, worker_process_init
+from celery.signals import beat_init, worker_init, worker_process_init, worker_ready
 from prometheus_client import start_http_server
 
 from bus import heap, topology
@@ -28,6 +28,8 @@ app = Celery("msgbus")
 EXPRESS = os.environ.get("MESSAGE_BUS_EXPRESS_WORKER") == "1"
 app.conf.update(topology.celery_config(runtime.settings, express=EXPRESS))
 app.conf.bus_settings = runtime.settings
+# Messages it cannot take are dead-lettered, not acked away (see workers.consumer).
+app.conf.worker_consumer = "workers.consumer:BusConsumer"
 
 
 class DeclareTopology(bootsteps.StartStopStep):
@@ -104,6 +106,28 @@ def _start_metrics_exporter(**_: Any) -> None:
             )
         except OSError as exc:  # another worker on this host already exports there
             logger.warning("worker metrics exporter not started on port %d: %s", port, exc)
+
+
+@worker_init.connect
+def _announce_keys(**_: Any) -> None:
+    # Which keys this worker verifies, for `msgbus health` and the senders' check.
+    kind = (
+        "agent" if os.environ.get("MESSAGE_BUS_AGENT_SPEC") else "express" if EXPRESS else "worker"
+    )
+    runtime.keyring.announce_forever(kind)
+
+
+@beat_init.connect
+def _announce_beat_keys(**_: Any) -> None:
+    runtime.keyring.announce_forever("beat")
+
+
+@worker_ready.connect
+@beat_init.connect
+def _say_ready(**_: Any) -> None:
+    # `msgbus up` says the bus is up only once every child has said so.
+    if runtime.settings.ready_file is not None:
+        runtime.settings.ready_file.touch()
 
 
 import workers.jobs  # noqa: E402  (registers the scheduled jobs)

@@ -6,7 +6,8 @@ import logging
 from typing import Any
 
 from bus import metrics
-from bus.deadletters import TRANSIENT_REASONS, DeadLetterQueue
+from bus.deadletters import DeadLetterQueue
+from bus.errors import is_transient_reason
 from bus.retention import purge_expired as purge
 from bus.schema import DeadLetter
 from workers.app import app, runtime
@@ -22,7 +23,7 @@ def replay_dead_letters() -> list[str]:
     limit = runtime.settings.max_dead_letter_replays
 
     def transient(letter: DeadLetter) -> bool:
-        return letter.reason in TRANSIENT_REASONS and letter.replays < limit
+        return is_transient_reason(letter.reason) and letter.replays < limit
 
     replayed = DeadLetterQueue(runtime).replay(None, select=transient)
     if replayed:

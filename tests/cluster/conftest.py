@@ -25,12 +25,6 @@ LAYOUT = ClusterLayout(
 )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/cluster/" in str(item.fspath):
-            item.add_marker(pytest.mark.cluster)
-
-
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[LocalCluster]:
     stack = LocalCluster(LAYOUT)

@@ -19,7 +19,7 @@ from tests.chaos.test_chaos import check, messages
 from tests.cluster.conftest import primary_client, start_workers
 from tests.conftest import wait_for
 
-pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.cluster, pytest.mark.chaos, pytest.mark.timeout(600)]
 
 DURABLE = {"MESSAGE_BUS_REDIS_MIN_REPLICAS": "1", "MESSAGE_BUS_REDIS_REPLICA_TIMEOUT": "0.5"}
 RIDE_OUT = 60  # seconds a client keeps retrying a refused send (same dedup key)

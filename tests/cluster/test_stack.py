@@ -10,7 +10,7 @@ from bus.services import services_status, services_up
 from tests.cluster.conftest import primary_client
 from tests.conftest import wait_for
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
 
 def test_the_stack_is_three_clustered_nodes_a_primary_two_replicas_and_agreeing_sentinels(

@@ -44,11 +44,11 @@ FULL = CORE + [
 ]
 
 
-def stdio(env, agent, profile="core", **extra):
+def stdio(env, agent, profile="core", *flags, **extra):
     return Client(
         StdioServerParameters(
             command=sys.executable,
-            args=["-m", "mcp_server", "--agent", agent, "--profile", profile],
+            args=["-m", "mcp_server", "--agent", agent, "--profile", profile, *flags],
             env=env.env(**extra),
             cwd=str(ROOT),
         ),
@@ -133,23 +133,28 @@ def test_two_stdio_agents_send_read_ack_and_see_it_in_history(module_env, worker
 
     async def scenario():
         async with stdio(module_env, alice) as a, stdio(module_env, bob) as b:
+            # The SDK's client probes server/discover, is refused, and shakes hands.
+            assert b.protocol_version == "2025-11-25"
             sent = await call(
                 a,
                 "send_message",
                 {"to": bob, "type": "command", "payload": {"task": 7}, "priority": "high"},
             )
-            assert sent["status"] == "queued" and sent["queue"] == "bus.high"
+            assert sent == {"id": sent["id"], "status": "queued", "unread": 0}
             read = await call(b, "read_messages", {"wait_seconds": 10})
-            assert read["count"] == 1
-            m = read["messages"][0]
-            assert (m["id"], m["from"], m["to"], m["type"]) == (sent["id"], alice, bob, "command")
-            assert m["payload"] == {"task": 7} and m["metadata"]["priority"] == "high"
-            assert m["verified"] is True
-            assert (await call(b, "ack_messages", {"ids": [m["id"]]}))["acked"] == [m["id"]]
+            assert read["count"] == 1 and read["unread"] == 0
+            (m,) = read["messages"]
+            assert (m["id"], m["from"], m["type"]) == (sent["id"], alice, "command")
+            assert m["payload"] == {"task": 7} and m["priority"] == "high"
+            assert set(m) == {"id", "from", "type", "priority", "time", "payload"}
+            assert (await call(b, "ack_messages", {"ids": [m["id"]]})) == {"acked": 1, "unread": 0}
             assert (await call(a, "message_status", {"id": sent["id"]}))["status"] == "acked"
             for client in (a, b):
                 history = await call(client, "get_history")
                 assert [h["id"] for h in history["messages"]] == [sent["id"]]
+            full = (await call(b, "get_history", {"full": True}))["messages"][0]
+            assert (full["to"], full["metadata"]["priority"]) == (bob, "high")
+            assert full["signature"]["alg"] == "HMAC-SHA256" and full["trace_id"]
             resource = await b.read_resource(f"message-bus://history/{bob}")
             assert [h["id"] for h in json.loads(resource.contents[0].text)] == [sent["id"]]
             listed = await a.list_resources()
@@ -210,12 +215,12 @@ def test_topic_filters_broadcast_and_request_response(module_env, worker, agents
         while not stop.is_set():
             read = await call(client, "read_messages", {"wait_seconds": 1})
             for m in read["messages"]:
-                if m["type"] == "request":
+                if m.get("type") == "request":
                     await call(
                         client,
                         "send_message",
                         {
-                            "to": m["reply_to"],
+                            "to": m.get("reply_to", m["from"]),  # left out: the sender
                             "type": "response",
                             "correlation_id": m["id"],
                             "payload": {"answer": m["payload"]["q"] * 2},
@@ -270,7 +275,9 @@ def test_push_notification_reaches_a_listening_client_within_a_second(module_env
     uri = f"message-bus://inbox/{bob}"
 
     async def scenario():
-        async with stdio(module_env, alice) as a, stdio(module_env, bob) as b:
+        # subscriptions/listen is of the 2026-07-28 era: stdio serves it with --modern.
+        async with stdio(module_env, alice) as a, stdio(module_env, bob, "core", "--modern") as b:
+            assert b.protocol_version == "2026-07-28"
             async with b.listen(resource_subscriptions=[uri]) as subscription:
                 sent_at = time.monotonic()
                 await call(a, "send_message", {"to": bob, "payload": "ping"})
@@ -387,15 +394,70 @@ def test_tools_fail_fast_while_redis_is_down_and_recover_without_restart(
 
         async def scenario():
             async with stdio(module_env, alice, MESSAGE_BUS_REDIS_URL=redis_.url) as a:
-                assert (await call(a, "read_messages"))["count"] == 0
+                assert (await call(a, "read_messages", {"wait_seconds": 0}))["count"] == 0
                 redis_.stop()
                 started = time.monotonic()
                 text = await error_of(a, "read_messages", {})
                 assert "bus unavailable: Redis cannot be reached" in text
                 assert time.monotonic() - started < 5
                 redis_.start()
-                assert (await call(a, "read_messages"))["count"] == 0
+                assert (await call(a, "read_messages", {"wait_seconds": 0}))["count"] == 0
 
         run(scenario())
     finally:
         redis_.stop()
+
+
+def test_every_result_counts_the_callers_unread_mail_and_errors_mention_it(module_env, bus, agents):
+    alice, bob = agents("alice"), agents("bob")
+    ids = [bus.send_message({"from": alice, "to": bob, "payload": n}).id for n in (1, 2)]
+    wait_for(lambda: all(bus.status(i).status == "delivered" for i in ids), 30, "delivery")
+
+    async def scenario():
+        async with stdio(module_env, bob) as b:
+            calls = [
+                ("send_message", {"to": alice, "payload": "x"}),
+                ("subscribe", {"topics": [agents("t")]}),
+                ("unsubscribe", {"topics": [agents("t")]}),
+                ("get_history", {"limit": 1}),
+                ("message_status", {"id": ids[0]}),
+                ("ack_messages", {"ids": ["not-an-id"]}),
+            ]
+            for tool, args in calls:
+                assert (await call(b, tool, args))["unread"] == 2, tool
+            read = await call(b, "read_messages", {"limit": 1, "wait_seconds": 0})
+            assert read["count"] == 1 and read["unread"] == 1
+            text = await error_of(b, "message_status", {"id": "no-such-id"})
+            assert "check the id" in text and "you have 1 unread" in text
+            rest = await call(b, "read_messages", {"wait_seconds": 0})
+            acked = await call(b, "ack_messages", {"ids": ids + ["not-an-id"]})
+            assert acked["acked"] == 2 and acked["not_found"] == ["not-an-id"] and acked["note"]
+            assert rest["unread"] == 0 and acked["unread"] == 0
+            assert "unread" not in await error_of(b, "message_status", {"id": "no-such-id"})
+
+    run(scenario())
+
+
+def test_read_messages_waits_by_default_and_returns_as_soon_as_mail_lands(module_env, bus, agents):
+    alice, bob = agents("alice"), agents("bob")
+
+    async def scenario():
+        async with stdio(module_env, bob) as b:
+            tools = {t.name: t for t in (await b.list_tools()).tools}
+            assert (
+                tools["read_messages"].input_schema["properties"]["wait_seconds"]["default"] == 20
+            )
+            started = time.monotonic()
+            reading = asyncio.create_task(call(b, "read_messages"))  # no wait_seconds given
+            await asyncio.sleep(1.0)  # the read is waiting, not returned empty
+            assert not reading.done()
+            sent = await asyncio.to_thread(
+                bus.send_message, {"from": alice, "to": bob, "payload": "late mail"}
+            )
+            read = await asyncio.wait_for(reading, 15)
+            elapsed = time.monotonic() - started
+            assert [m["id"] for m in read["messages"]] == [sent.id]
+            assert elapsed < 10, f"returned {elapsed:.1f}s after the call, not promptly"
+            await call(b, "ack_messages", {"ids": [sent.id]})
+
+    run(scenario())

@@ -130,6 +130,7 @@ def test_worker_metrics_move_when_messages_flow_and_http_metrics_name_everything
     fresh_env.start_worker(MESSAGE_BUS_METRICS_PORT=str(port))
     bus = fresh_env.bus()
     sender, reader = agents("s"), agents("r")
+    assert bus.read(reader) == []  # the reader connects: an agent the bus knows
     url = f"http://127.0.0.1:{port}/metrics"
     before = metric(httpx.get(url).text, "message_bus_messages_total", status="delivered")
     receipts = [bus.send_message({"from": sender, "to": reader, "payload": i}) for i in range(5)]
@@ -153,10 +154,16 @@ def test_worker_metrics_move_when_messages_flow_and_http_metrics_name_everything
     TokenFile(tokens).create("ops")
     server, base = start_http_server(fresh_env, "mcp-metrics", tokens)
     try:
-        text = httpx.get(f"{base}/metrics", timeout=10).text
+        # Gauges are refreshed in the background (a scrape costs no broker round trip).
+        text = wait_for(
+            lambda: (
+                lambda t: t if metric(t, "message_bus_inbox_depth", agent=reader) == 5 else None
+            )(httpx.get(f"{base}/metrics", timeout=10).text),
+            20,
+            "the inbox gauge",
+        )
         for name in METRICS:
             assert name in text, name
-        assert metric(text, "message_bus_inbox_depth", agent=reader) == 5
         assert metric(text, "message_bus_queue_depth", queue="bus.normal") == 0
     finally:
         stop(server)

@@ -1,10 +1,10 @@
-"""Admission, the send side's one Redis call: all of it or none of it, whether it runs
-before the publish (when it may refuse) or beside it (when nothing can refuse)."""
+"""Admission, the send side's one Redis call before the publish: all of it or none of it."""
 
 from __future__ import annotations
 
 import pytest
 
+from bus.envelope import Envelope
 from bus.errors import BusUnavailable, LimitExceeded, NotFound, RateLimited
 from tests.conftest import audit_entries, holds_for, wait_for
 
@@ -20,7 +20,7 @@ def quiet_bus(fresh_env):
 
 
 def test_a_rate_limited_send_writes_nothing_but_its_audit_entry(fresh_env, agents):
-    bus = fresh_env.bus(rate_limit="2/s", rate_burst=2)
+    bus = fresh_env.bus(trusted_rate_limit="2/s", rate_burst=2)
     sender, reader = agents("s"), agents("r")
     for i in range(2):
         bus.send_message({"from": sender, "to": reader, "payload": i})
@@ -52,8 +52,8 @@ def test_a_batch_with_a_duplicate_names_it_and_queues_the_rest(quiet_bus, agents
 
 
 def test_a_send_the_broker_refuses_is_not_left_queued(fresh_env, agents):
-    # Nothing here can refuse the message, so admission goes out beside the publish; the
-    # broker (an address nothing listens on) then refuses it and admission is undone.
+    # Admitted first, then the broker (an address nothing listens on) refuses it:
+    # admission is undone.
     bus = fresh_env.bus(broker_url="amqp://guest:guest@127.0.0.1:1//")
     sender, reader = agents("s"), agents("r")
     with pytest.raises(BusUnavailable, match="broker"):
@@ -69,8 +69,8 @@ def test_a_send_the_broker_refuses_is_not_left_queued(fresh_env, agents):
 
 
 def test_a_send_a_full_queue_refuses_is_not_left_queued(fresh_env, agents):
-    # A full reject-publish queue nacks the message: the admission that went out beside
-    # the publish is undone, the message before it stays queued.
+    # A full reject-publish queue nacks the message: its admission is undone, the message
+    # before it stays queued.
     fresh_env.overrides["MESSAGE_BUS_QUEUE_MAX_LENGTH"] = "1"
     bus = fresh_env.bus()
     sender, reader = agents("s"), agents("r")
@@ -87,11 +87,11 @@ def test_a_send_a_full_queue_refuses_is_not_left_queued(fresh_env, agents):
 
 
 def test_admission_never_moves_a_delivered_status_back(quiet_bus, agents):
-    """A worker can deliver before the admission that went out beside the publish has
-    run (another network path); the later admission must not undo that."""
+    """A worker can deliver before an admission is (re)run (a retry under an earlier
+    sender's id after a crash); the later admission must not undo that."""
     sender, reader = agents("s"), agents("r")
     prepared = quiet_bus.sender.prepare({"from": sender, "to": reader, "payload": 1})
-    quiet_bus.runtime.deliverer.deliver(prepared.wire, attempts=1)
+    quiet_bus.runtime.deliverer.deliver(Envelope.parse(prepared.record.wire), attempts=1)
     audit = [{"action": "send", "agent": sender, "target": reader, "outcome": "ok"}]
     admitted = quiet_bus.runtime.admission.admit([prepared.record], audit)
     assert admitted.duplicates == [None]

@@ -103,7 +103,7 @@ def test_subscribe_publish_and_whole_message_from_stdin(module_env, worker, agen
             "[not json",
             "error: --message is not valid JSON",
         ),
-        (["send", "--from", "A!", "--to", "b"], None, "error: invalid message: from: agent id"),
+        (["send", "--from", "A!", "--to", "b"], None, "error: invalid agent id: agent id 'A!'"),
         (
             ["send", "--from", "a", "--to", "b", "--priority", "urgent"],
             None,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import orjson
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from bus.envelope import Envelope
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -26,7 +27,7 @@ def test_send_deliver_and_read_spans_join_the_message_trace(fresh_env, exporter,
     sender, reader = agents("s"), agents("r")
     receipt = bus.send_message({"from": sender, "to": reader, "payload": 1})
     # Deliver the very message that was queued (the sender's history holds its wire form).
-    stored = orjson.loads(bus.runtime.store.history(sender, 1, None)[0])
+    stored = Envelope.parse(bus.runtime.store.history(sender, 1, None)[0])
     bus.runtime.deliverer.deliver(stored, attempts=1)
     [message] = bus.read(reader, limit=1)
     spans = {

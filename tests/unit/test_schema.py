@@ -127,7 +127,8 @@ def test_status_timestamps_keep_their_microseconds_and_older_whole_ms_stamps_sti
             "delivered_at": "1764000000125",
             "attempts": "1",
         },
+        now_ms=1764000001000,
     )
     assert status.timestamps["queued"].microsecond == 123456
     assert status.timestamps["delivered"].microsecond == 125000
-    assert _status_model("m2", {"status": "queued", "queued_at": "garbage"}).timestamps == {}
+    assert _status_model("m2", {"status": "queued", "queued_at": "garbage"}, 0).timestamps == {}

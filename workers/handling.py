@@ -1,0 +1,71 @@
+"""Running a worker agent's handler on one message: the crash guard, the quarantine, the
+handler's own retries, the reply and the ack.
+
+Redis or the broker failing anywhere here raises BusUnavailable to the task, which retries
+it apart from the handler's failures. The handler may therefore run again for a message it
+already handled (at-least-once: handlers are idempotent); its reply has an id made from the
+message's, so the requester still gets exactly one response.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from bus.delivery import Verdict
+from bus.envelope import Envelope
+from bus.errors import BusUnavailable
+from workers.agent import WorkerAgent
+from workers.app import runtime
+from workers.quarantine import Quarantine
+
+logger = logging.getLogger(__name__)
+
+QUARANTINE = Quarantine()  # worker-agent handlers in this process (see workers.quarantine)
+
+
+def run_handler(
+    request: Any, agent: WorkerAgent, envelope: Envelope, handler_failures: int
+) -> Verdict:
+    """`request` is the Celery task request; `handler_failures` how often the handler
+    itself failed on this message before."""
+    store, deliverer = runtime.store, runtime.deliverer
+    attempts = request.retries + 1
+    if not store.in_inbox(agent.name, envelope.id):
+        return Verdict("delivered")  # already handled and acked (a repeated dispatch)
+    message = agent.reader.decode(envelope.text)
+    if message.decode_error is not None:
+        reason = "bad_signature" if not message.verified else "undecodable"
+        return deliverer.dead(envelope, reason, message.decode_error, attempts, force=True)
+    # A redelivered message may be the one whose handler killed the last process: it runs
+    # alone, so that if it does it again no innocent neighbour dies (and is counted) too.
+    with QUARANTINE.enter(bool(request.delivery_info.get("redelivered"))):
+        runs = store.count_handling(agent.name, message.id)
+        if runs > message.metadata.max_retries + 1 + request.retries:
+            # Started more often than Celery retried it: the handler kills its process (the
+            # message came back through reject-on-worker-lost). Stop the loop here.
+            error = f"handler crashed its worker {runs - 1} times"
+            return deliverer.dead(envelope, "handler_crashed", error, runs, force=True)
+        try:
+            result = agent.run(message)
+        except BusUnavailable:
+            raise  # the handler's own bus calls failed: transient, like ours
+        except Exception as exc:  # noqa: BLE001 - the handler boundary: any error is retried
+            error = f"{type(exc).__name__}: {exc}"
+            if handler_failures >= message.metadata.max_retries:
+                logger.warning(
+                    "handler of %s failed %d times: %s", agent.name, handler_failures + 1, error
+                )
+                return deliverer.dead(envelope, "handler_failed", error, attempts, force=True)
+            deliverer.record(envelope.id, "retrying", "handler_failed", error, attempts, force=True)
+            return Verdict(
+                "retry",
+                reason="handler_failed",
+                error=error[:500],
+                countdown=deliverer.backoff(handler_failures),
+                wire=envelope.text,
+            )
+    agent.reply(message, result)
+    store.ack(agent.name, [message.id])
+    store.advance_status([message.id], "acked", force=True)
+    return Verdict("delivered")

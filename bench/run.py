@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import plots, sizes
+from bench import costs, plots, sizes
 from bench import workloads as w
 from bench.harness import ROOT, Bench, describe_machine, percentile, summary, wait_until
 
@@ -32,7 +32,7 @@ CONFIRMS = (
     "messages per priority in one task: one confirm for the group."
 )
 
-ALL = ["drain", "batch", "producer", "latency", "priority", "mcp", "footprint", "sizes"]
+ALL = ["drain", "batch", "producer", "latency", "priority", "mcp", "footprint", "sizes", "costs"]
 # The figures the table leads with (every one a ratio to its baseline, or a target in ms).
 HEADLINE = (
     "drain_ratio",
@@ -140,6 +140,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
         if "mcp" in only:
             out |= mcp(b, z)
+            _reset(b)
+        if "costs" in only:
+            out["costs"] = costs.per_message_costs(b, z.drain)
             _reset(b)
         if "durability" in only:
             if b.cluster is None:
@@ -305,6 +308,7 @@ def table(result: dict[str, Any]) -> str:
         "mcp",
         "footprint",
         "sizes",
+        "costs",
         "durability",
     ):
         if key in result:

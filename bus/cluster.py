@@ -20,6 +20,7 @@ with several nodes on two cores).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -176,8 +177,16 @@ class LocalCluster:
         wait_until(self.rabbit_settled, timeout, "the RabbitMQ cluster", str(seed.log))
 
     def rabbit_settled(self) -> bool:
-        running = self.rabbits[0].cluster_status().get("running_nodes", [])
-        return sorted(running) == sorted(node.name for node in self.rabbits)
+        """Every node runs and is a member of the one cluster."""
+        return sorted(self._running_nodes()) == sorted(node.name for node in self.rabbits)
+
+    def _running_nodes(self) -> list[str]:
+        """The cluster's running nodes as the first node that answers sees them."""
+        for node in self.rabbits:
+            if node.answers():
+                running: list[str] = node.cluster_status().get("running_nodes", [])
+                return running
+        return []
 
     def down(self, purge: bool = False) -> list[ServiceStatus]:
         """Stops this layout's servers; `purge` also deletes their data (tests do)."""
@@ -199,8 +208,7 @@ class LocalCluster:
 
     def status(self) -> list[ServiceStatus]:
         out = []
-        cluster = self.rabbits[0].cluster_status()
-        running = set(cluster.get("running_nodes", []))
+        running = set(self._running_nodes())
         for node in self.rabbits:
             up = node.answers()
             member = "in the cluster" if node.name in running else "not clustered"
@@ -259,8 +267,6 @@ class LocalCluster:
 
 
 def _cookie_exists() -> bool:
-    import os
-
     home = Path("/var/lib/rabbitmq") if os.geteuid() == 0 else Path.home()
     return (home / ".erlang.cookie").exists()
 

@@ -5,7 +5,8 @@ Measured as counter deltas over a run of n messages, divided by n: Redis's own c
 (INFO commandstats, stats, replication, cpu, memory), CPU seconds of the RabbitMQ node
 processes and of the worker's process tree (psutil), and this process's CPU for the
 sending and the reading side. Nothing else should run meanwhile for the figures to mean
-what they say (the machine's other load lands in the broker's and Redis's CPU).
+what they say. CPU the processes burn idle (measured for a few seconds first) is taken
+off, so the figures are what the messages cost.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ def per_message_costs(b: Bench, n: int) -> dict[str, Any]:
     _send(bus, reader, 200)  # warm-up: connections, scripts, caches
     _drain_inbox(bus, reader, 200)
     redis, replicas = b.redis(), _replicas(b)
+    idle = _idle_rates(b, redis, replicas, worker.pid, IDLE_SECONDS)
+    started = time.monotonic()
     before, t0 = _snapshot(b, redis, replicas, worker.pid), time.process_time()
     _send(bus, reader, n)
     sent_cpu = time.process_time() - t0
@@ -36,13 +39,32 @@ def per_message_costs(b: Bench, n: int) -> dict[str, Any]:
     _drain_inbox(bus, reader, n)
     read_cpu = time.process_time() - t1
     after = _snapshot(b, redis, replicas, worker.pid)
+    elapsed = time.monotonic() - started
     b.stop(worker)
     bus.close()
+    for key, rate in idle.items():  # what the processes burn with no message at all
+        after[key] -= rate * elapsed
     out = _per_message(before, after, n)
+    out["idle_cpu_per_s"] = {k: round(v, 4) for k, v in idle.items()}
     out["sender_cpu_us"] = round(sent_cpu / n * 1e6, 1)
     out["reader_cpu_us"] = round(read_cpu / n * 1e6, 1)
     out["n"] = n
     return out
+
+
+IDLE_SECONDS = 5.0
+CPU_KEYS = ("redis_cpu", "replica_cpu", "broker_cpu", "worker_cpu")
+
+
+def _idle_rates(
+    b: Bench, redis: Any, replicas: list[Any], worker_pid: int, seconds: float
+) -> dict[str, float]:
+    """CPU seconds per second each part spends idle (Erlang nodes keep their schedulers,
+    Raft heartbeats and metrics going; Redis its cron), to subtract from the loaded run."""
+    first = _snapshot(b, redis, replicas, worker_pid)
+    time.sleep(seconds)
+    last = _snapshot(b, redis, replicas, worker_pid)
+    return {key: max(0.0, (last[key] - first[key]) / seconds) for key in CPU_KEYS}
 
 
 def _send(bus: Any, reader: str, n: int) -> None:

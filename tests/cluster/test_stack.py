@@ -118,3 +118,28 @@ def test_two_replicas_confirm_each_delivery_and_a_third_that_does_not_exist_make
     assert letter.reason == "retries_exhausted"
     assert "MESSAGE_BUS_REDIS_MIN_REPLICAS" in (letter.error or ""), letter
     assert confirmed.id not in {d.id for d in bus.dead_letters()}
+
+
+def test_the_cluster_commands_print_settings_and_a_status_whose_exit_code_says_it_all():
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    def msgbus(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "bus.cli", "services", "cluster", *args]
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    env = msgbus("env")
+    assert env.returncode == 0
+    exports = dict(
+        line.removeprefix("export ").split("=", 1) for line in env.stdout.strip().splitlines()
+    )
+    assert exports["MESSAGE_BUS_BROKER_URL"].count(";") == 2
+    assert exports["MESSAGE_BUS_REDIS_URL"].startswith("'redis+sentinel://")
+    status = msgbus("status", "--json")
+    servers = json.loads(status.stdout)
+    assert sorted({s["name"] for s in servers}) == ["rabbitmq", "redis", "sentinel"]
+    assert len(servers) == 9
+    assert status.returncode == (0 if all(s["running"] for s in servers) else 1)

@@ -143,3 +143,33 @@ def test_the_cluster_commands_print_settings_and_a_status_whose_exit_code_says_i
     assert sorted({s["name"] for s in servers}) == ["rabbitmq", "redis", "sentinel"]
     assert len(servers) == 9
     assert status.returncode == (0 if all(s["running"] for s in servers) else 1)
+
+
+def test_the_mcp_http_server_on_the_cluster_sends_and_wakes_a_long_poll(
+    cluster_env, agents, tmp_path
+):
+    import asyncio
+
+    from bus.tokens import TokenFile
+    from tests.e2e.test_mcp import call, http
+    from tests.e2e.test_operations import start_http_server, stop
+
+    alice, bob = agents("alice"), agents("bob")
+    tokens = tmp_path / "tokens.json"
+    issued = {name: TokenFile(tokens).create(name) for name in (alice, bob)}
+    cluster_env.start_worker()
+    server, url = start_http_server(cluster_env, "mcp-cluster", tokens)
+
+    async def scenario() -> None:
+        async with http(url, issued[alice]) as a, http(url, issued[bob]) as b:
+            waiting = asyncio.create_task(call(b, "read_messages", {"wait_seconds": 30}))
+            await asyncio.sleep(0.2)  # bob's long poll is waiting before alice sends
+            sent = await call(a, "send_message", {"to": bob, "payload": {"via": "cluster"}})
+            read = await waiting
+            assert [m["id"] for m in read["messages"]] == [sent["id"]]
+            assert (await call(b, "ack_messages", {"ids": [sent["id"]]}))["acked"] == 1
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        stop(server)

@@ -6,6 +6,7 @@ machine-readable output on every read command.
 
 from __future__ import annotations
 
+import enum
 import functools
 import logging
 import os
@@ -17,10 +18,12 @@ from typing import Any, TypeVar
 import click
 import orjson
 import pydantic
-from pydantic import BaseModel
 
+from bus import options
 from bus.errors import BusError, ValidationError
 from bus.jsonvalue import loads_exact
+from bus.jsonview import to_json
+from bus.options import SendOptions, parse_options
 from bus.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -29,19 +32,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def emit(value: Any, as_json: bool, text: Callable[[Any], str] | None = None) -> None:
     if as_json or text is None:
-        click.echo(orjson.dumps(_plain(value), option=orjson.OPT_INDENT_2 if not as_json else 0))
+        click.echo(to_json(value, indent=not as_json))
     else:
         click.echo(text(value))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json", by_alias=True, exclude_none=True)
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
 
 
 def handle_errors(fn: F) -> F:
@@ -120,31 +113,45 @@ def main(log_level: str) -> None:
 # -- sending -----------------------------------------------------------------------------
 
 
-def _message_options(fn: F) -> F:
-    for option in reversed(
-        [
+def _send_options(*names: str) -> Callable[[F], F]:
+    """`--from`, `--json` and the send options `names`, generated from
+    bus.options.SendOptions (the MCP tools take the same fields)."""
+
+    def decorate(fn: F) -> F:
+        decls = [
             click.option("--from", "sender", required=True, help="sender agent id"),
-            click.option("--type", "type_", default=None, help="message type"),
-            click.option("--payload", default=None, help="JSON payload ('-' reads stdin)"),
-            click.option("--priority", default="normal", show_default=True),
-            click.option("--ttl", type=float, default=None, help="seconds"),
-            click.option("--correlation-id", default=None),
-            click.option("--reply-to", default=None),
-            click.option("--dedup-key", default=None),
-            click.option("--max-retries", type=int, default=None),
-            click.option("--compression", default="none", show_default=True),
-            click.option("--encrypted", is_flag=True, default=False),
+            *(_option(name) for name in names),
             click.option("--json", "as_json", is_flag=True, help="print JSON"),
         ]
-    ):
-        fn = option(fn)
-    return fn
+        for option in reversed(decls):
+            fn = option(fn)
+        return fn
+
+    return decorate
 
 
-def _build(sender: str, type_: str | None, payload: str | None, **options: Any) -> dict[str, Any]:
-    from bus.schema import compose
+def _option(name: str) -> Callable[[F], F]:
+    info = SendOptions.model_fields[name]
+    hint = options.annotation(name, required=True)
+    flags = ["--" + name.replace("_", "-")] + (["--ttl"] if name == "ttl_seconds" else [])
+    help_text = info.description or ""
+    if name == "payload":
+        return click.option(*flags, name, default=None, help="JSON payload ('-' reads stdin)")
+    if hint is bool:
+        return click.option(*flags, name, is_flag=True, default=None, help=help_text)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        # Validated by SendOptions, so a wrong value is the bus's one-line error.
+        choices = "|".join(member.value for member in hint)
+        return click.option(*flags, name, default=None, help=f"{choices}")
+    kind = hint if hint in (int, float) else str
+    return click.option(*flags, name, type=kind, default=None, help=help_text)
 
-    return compose(sender, type=type_, payload=_json_arg(payload, "--payload"), **options)
+
+def _build(sender: str, **given: Any) -> dict[str, Any]:
+    """The message the command's options describe (SendOptions' fields)."""
+    if given.get("payload") is not None:
+        given["payload"] = _json_arg(given["payload"], "--payload")
+    return parse_options(given).message(sender)
 
 
 def _receipt_text(r: Any) -> str:
@@ -153,39 +160,37 @@ def _receipt_text(r: Any) -> str:
 
 
 @main.command()
-@click.option("--to", default=None, help="recipient agent id")
-@click.option("--topic", default=None, help="topic label (or address when --to is absent)")
 @click.option("--message", "raw", default=None, help="a whole message as JSON ('-' for stdin)")
-@_message_options
+@_send_options("to", *options.CLI_SEND)
 @handle_errors
-def send(to: str | None, topic: str | None, raw: str | None, as_json: bool, **opts: Any) -> None:
+def send(sender: str, raw: str | None, as_json: bool, **given: Any) -> None:
     """Send a message to an agent (or a topic)."""
     if raw is not None:
         message = _json_arg(raw, "--message")
         if not isinstance(message, dict):
             raise ValidationError("--message must be a JSON object")
     else:
-        message = _build(to=to, topic=topic, **{**opts, "type_": opts["type_"] or "command"})
-    emit(_as(opts["sender"]).send(message), as_json, _receipt_text)
+        message = _build(sender, **{**given, "type": given["type"] or "command"})
+    emit(_as(sender).send(message), as_json, _receipt_text)
 
 
 @main.command()
 @click.argument("topic")
-@_message_options
+@_send_options(*(name for name in options.CLI_SEND if name != "topic"))
 @handle_errors
-def publish(topic: str, as_json: bool, **opts: Any) -> None:
+def publish(sender: str, topic: str, as_json: bool, **given: Any) -> None:
     """Publish to a topic's subscribers."""
-    message = _build(topic=topic, **{**opts, "type_": opts["type_"] or "event"})
-    emit(_as(opts["sender"]).send(message), as_json, _receipt_text)
+    message = _build(sender, topic=topic, **given)
+    emit(_as(sender).send(message), as_json, _receipt_text)
 
 
 @main.command()
-@_message_options
+@_send_options(*(name for name in options.CLI_SEND if name not in ("topic", "type")))
 @handle_errors
-def broadcast(as_json: bool, **opts: Any) -> None:
+def broadcast(sender: str, as_json: bool, **given: Any) -> None:
     """Send to every registered agent but the sender."""
-    message = _build(to="*", **{**opts, "type_": "broadcast"})
-    emit(_as(opts["sender"]).send(message), as_json, _receipt_text)
+    message = _build(sender, broadcast=True, **given)
+    emit(_as(sender).send(message), as_json, _receipt_text)
 
 
 # -- reading -----------------------------------------------------------------------------

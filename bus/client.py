@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bus import metrics
+from bus.deadletters import DeadLetterQueue
 from bus.errors import LimitExceeded, NotFound, RequestTimeout, ValidationError
 from bus.guard import Guard
 from bus.handle import OPERATOR, AgentHandle
@@ -36,9 +37,6 @@ from bus.schema import (
 from bus.sender import Sender
 from bus.settings import Settings
 from bus.validation import check, parse
-
-if TYPE_CHECKING:
-    from bus.deadletters import DeadLetterQueue
 
 logger = logging.getLogger(__name__)
 
@@ -312,8 +310,6 @@ class MessageBus:
 
     @property
     def dead_letter_queue(self) -> DeadLetterQueue:
-        from bus.deadletters import DeadLetterQueue
-
         return DeadLetterQueue(self.runtime)
 
     def close(self) -> None:

@@ -105,14 +105,20 @@ class Codec:
         }
 
     def encode_payload(
-        self, message_id: str, payload: Any, compression: str, encrypted: bool
+        self,
+        message_id: str,
+        payload: Any,
+        compression: str,
+        encrypted: bool,
+        where: str = "payload",
     ) -> Any:
         """Plain JSON payload -> what travels (unchanged when no transform is asked).
-        Refuses, naming the part, a payload JSON cannot carry exactly (bus.jsonvalue)."""
-        raw = jsonvalue.encode(payload, max_depth=self.max_payload_depth)
+        Refuses, naming the part (`where`), a payload JSON cannot carry exactly
+        (bus.jsonvalue)."""
+        raw = jsonvalue.encode(payload, max_depth=self.max_payload_depth, where=where)
         if len(raw) > self.max_payload_bytes:
             raise LimitExceeded(
-                f"payload is {len(raw)} bytes; the limit is {self.max_payload_bytes} bytes "
+                f"{where} is {len(raw)} bytes; the limit is {self.max_payload_bytes} bytes "
                 "(MESSAGE_BUS_MAX_PAYLOAD_BYTES)",
                 limit="max_payload_bytes",
                 size=len(raw),

@@ -28,7 +28,7 @@ from bus.broker import broker_errors
 from bus.envelope import Envelope
 from bus.errors import BusError, BusUnavailable, NotFound, PermanentFailure
 from bus.runtime import Runtime
-from bus.schema import DeadLetter
+from bus.schema import DeadLetter, check_agent_id
 from bus.topology import DEAD_LETTER_QUEUE, DELIVER_TASK
 
 logger = logging.getLogger(__name__)
@@ -69,25 +69,25 @@ class _Entry:
     def __init__(self, amqp: AmqpMessage) -> None:
         self.amqp = amqp
         self.headers: dict[str, Any] = dict(amqp.headers or {})
-        self.task = str(self.headers.get("task") or "")
+        self.task = _text(self.headers.get("task") or "")
         self.is_batch = self.task == topology.DELIVER_BATCH_TASK
         self.agent: str | None = None  # a worker agent's handler task carries (agent, wire)
-        task_id = str(self.headers.get("id") or "unknown")
+        task_id = _text(self.headers.get("id") or "unknown")
         self.items: list[Envelope | _Unreadable] = []
         self.last_error: str | None = None
         try:
             args, kwargs = _task_args(amqp)
         except PermanentFailure as exc:
-            self.items = [_Unreadable(task_id, exc.message, _preview(amqp.body))]
+            self.items = [_Unreadable(task_id, _text(exc.message), _preview(amqp.body))]
             args, kwargs = [], {}
         error = kwargs.get("last_error")
-        self.last_error = error if isinstance(error, str) else None
+        self.last_error = _text(error) if isinstance(error, str) else None
         if not args:
             if not self.items:
                 self.items = [_Unreadable(task_id, "task has no arguments", "")]
         else:
             first = args[0]
-            if self.task == topology.HANDLE_TASK and len(args) >= 2 and isinstance(args[0], str):
+            if self.task == topology.HANDLE_TASK and len(args) >= 2 and _is_agent(args[0]):
                 self.agent, first = args[0], args[1]
             raws = first if self.is_batch and isinstance(first, list) else [first]
             for n, raw in enumerate(raws):
@@ -95,7 +95,7 @@ class _Entry:
                     self.items.append(Envelope.parse(raw))
                 except PermanentFailure as exc:
                     part = task_id if len(raws) == 1 else f"{task_id}[{n}]"
-                    self.items.append(_Unreadable(part, exc.message, _preview(raw)))
+                    self.items.append(_Unreadable(part, _text(exc.message), _preview(raw)))
         deaths = self.headers.get("x-death") or [{}]
         death = deaths[0] if isinstance(deaths, list) and deaths else {}
         self.death: dict[str, Any] = death if isinstance(death, dict) else {}
@@ -111,6 +111,20 @@ class _Entry:
             return 0
 
 
+def _is_agent(value: Any) -> bool:
+    try:
+        check_agent_id(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _text(value: Any) -> str:
+    """Text from a dead letter's headers or body, as valid Unicode whatever it held (a
+    lone surrogate is shown escaped: it must not break the listing's JSON)."""
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _preview(raw: Any) -> str:
     if isinstance(raw, bytes | bytearray):
         text = bytes(raw[: RAW_PREVIEW * 4]).decode("utf-8", "replace")
@@ -121,7 +135,7 @@ def _preview(raw: Any) -> str:
             text = json.dumps(raw)
         except (TypeError, ValueError, RecursionError):
             text = repr(type(raw))
-    return text[:RAW_PREVIEW]
+    return _text(text[:RAW_PREVIEW])
 
 
 class DeadLetterQueue:
@@ -197,7 +211,7 @@ class DeadLetterQueue:
                 id=item.id,
                 replays=replays,
                 dead_at=dead_at,
-                queue=str(death.get("queue") or "?"),
+                queue=_text(death.get("queue") or "?"),
                 reason="malformed",
                 error=item.problem,
                 attempts=entry.header_int("retries") + 1,
@@ -219,7 +233,7 @@ class DeadLetterQueue:
             id=item.id,
             replays=replays,
             dead_at=dead_at,
-            queue=str(death.get("queue") or item.priority.queue),
+            queue=_text(death.get("queue") or item.priority.queue),
             reason=reason,
             error=status.get("error") or entry.last_error,
             attempts=max(recorded, entry.header_int("retries") + 1),
@@ -344,7 +358,18 @@ class DeadLetterQueue:
         return self._settle(ids, self._replay_one, select, limit)
 
     def _replay_one(self, entry: _Entry, envelope: Envelope) -> None:
+        """Marks it `queued` again, then publishes it: in that order, since a worker may
+        deliver it (and its reader ack it) before a later write could land; if the broker
+        refuses it, its dead status is put back."""
         replays = entry.header_int(REPLAYS_HEADER) + 1
+        before = self._record_replay(envelope.id, replays)
+        try:
+            self._publish_replay(entry, envelope, replays)
+        except BusError:
+            self._restore(envelope.id, before)
+            raise
+
+    def _publish_replay(self, entry: _Entry, envelope: Envelope, replays: int) -> None:
         if entry.agent is not None:
             self.runtime.broker.publish(
                 topology.HANDLE_TASK,
@@ -366,15 +391,32 @@ class DeadLetterQueue:
                 headers={REPLAYS_HEADER: replays},
                 summary=f"<message {envelope.id} replay {replays}>",
             )
-        self._record_replay(envelope.id, replays)
 
-    def _record_replay(self, message_id: str, replays: int) -> None:
+    def _record_replay(self, message_id: str, replays: int) -> dict[str, str]:
+        """Its status becomes `queued` (forced: it was dead); returns what it was."""
         try:
+            before: dict[str, str] = self.runtime.store.status(message_id)
             self.runtime.store.advance_status(
                 [message_id], "queued", force=True, replays=replays, reason="", error=""
             )
+            return before
         except BusError:
-            logger.warning("replayed %s but could not record its status", message_id)
+            logger.warning("replaying %s without recording its status", message_id)
+            return {}
+
+    def _restore(self, message_id: str, before: dict[str, str]) -> None:
+        if not before.get("status"):
+            return
+        try:
+            self.runtime.store.advance_status(
+                [message_id],
+                before["status"],
+                force=True,
+                reason=before.get("reason", ""),
+                error=before.get("error", ""),
+            )
+        except BusError:
+            logger.warning("could not put back the status of %s", message_id)
 
     def purge(self, ids: list[str] | None, limit: int | None = None) -> list[str]:
         return self._settle(ids, None, limit=limit)

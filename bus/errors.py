@@ -138,6 +138,7 @@ PERMANENT_REASONS = frozenset(
         "stale",  # older than the replay window
         "bad_timestamp",  # from the future beyond the allowed clock skew
         "handler_crashed",  # its handler killed the worker process again and again
+        "reply_refused",  # the bus refused its handler's answer (too big, denied)
         "undecodable",  # signature fine, payload cannot be decrypted or inflated
         "rejected",  # refused without a recorded cause (e.g. an unknown task name)
     }

@@ -6,6 +6,7 @@ import logging
 
 from pydantic import BaseModel, Field
 
+from bus import metrics
 from bus.breaker import states as breaker_states
 from bus.errors import BusError
 from bus.keyring import ProcessKeys, describe_keys, key_warnings
@@ -98,3 +99,25 @@ def collect_stats(runtime: Runtime) -> Stats:
         dead_letters=depths[DEAD_LETTER_QUEUE],
         inbox_depths=store.inbox_depths(agents),
     )
+
+
+def refresh_gauges(runtime: Runtime) -> None:
+    """Reads depths from the broker and Redis into the metrics gauges (best effort)."""
+    try:
+        stats = collect_stats(runtime)
+    except Exception as exc:  # noqa: BLE001 - a scrape must not fail on an outage
+        logger.warning("metrics refresh failed: %s", exc)
+        return
+    for queue, depth in stats.queue_depths.items():
+        metrics.QUEUE_DEPTH.labels(queue).set(depth)
+    metrics.DEAD_LETTERS.set(stats.dead_letters)
+    metrics.SUBSCRIPTIONS.set(stats.subscriptions)
+    metrics.INBOX_DEPTH.clear()
+    # One series per agent would grow with every agent ever seen: the deepest inboxes get
+    # their own, the rest are summed under "_other".
+    deepest = sorted(stats.inbox_depths.items(), key=lambda item: -item[1])
+    for agent, depth in deepest[: metrics.INBOX_SERIES]:
+        metrics.INBOX_DEPTH.labels(agent).set(depth)
+    if len(deepest) > metrics.INBOX_SERIES:
+        rest = sum(depth for _, depth in deepest[metrics.INBOX_SERIES :])
+        metrics.INBOX_DEPTH.labels("_other").set(rest)

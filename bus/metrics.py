@@ -1,8 +1,9 @@
 """Prometheus metrics (names are part of the public contract; see deploy/ for dashboards).
 
 Counters and the latency histogram count what happens in this process; the gauges of
-queue, dead-letter, inbox and subscription depth are read from the broker and Redis when
-`refresh_gauges` runs (at scrape time on the HTTP server, on `bus.queue_stats` in workers).
+queue, dead-letter, inbox and subscription depth are read from the broker and Redis by
+`bus.health.refresh_gauges` (in the HTTP server's background check, and on
+`bus.queue_stats` in workers).
 """
 
 from __future__ import annotations
@@ -91,26 +92,3 @@ for _kind in (
 for _breaker in BREAKERS.values():
     CIRCUIT.labels(_breaker.target).set(0)
     _breaker.listeners.append(_on_circuit)
-
-
-def refresh_gauges(runtime: Any) -> None:
-    """Reads depths from the broker and Redis into the gauges (best effort)."""
-    from bus.health import collect_stats
-
-    try:
-        stats = collect_stats(runtime)
-    except Exception as exc:  # noqa: BLE001 - a scrape must not fail on an outage
-        logger.warning("metrics refresh failed: %s", exc)
-        return
-    for queue, depth in stats.queue_depths.items():
-        QUEUE_DEPTH.labels(queue).set(depth)
-    DEAD_LETTERS.set(stats.dead_letters)
-    SUBSCRIPTIONS.set(stats.subscriptions)
-    INBOX_DEPTH.clear()
-    # One series per agent would grow with every agent ever seen: the deepest inboxes get
-    # their own, the rest are summed under "_other".
-    deepest = sorted(stats.inbox_depths.items(), key=lambda item: -item[1])
-    for agent, depth in deepest[:INBOX_SERIES]:
-        INBOX_DEPTH.labels(agent).set(depth)
-    if len(deepest) > INBOX_SERIES:
-        INBOX_DEPTH.labels("_other").set(sum(depth for _, depth in deepest[INBOX_SERIES:]))

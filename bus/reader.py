@@ -9,7 +9,6 @@ report it, and never makes the rest of an inbox or a history unreadable.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -20,6 +19,7 @@ import pydantic
 from bus import metrics, tracing
 from bus.envelope import Envelope
 from bus.errors import BusError, NotFound, PermanentFailure
+from bus.longpoll import poll
 from bus.redis_conn import redis_errors
 from bus.runtime import Runtime
 from bus.schema import MessageType, Metadata, ReceivedMessage, Status, check_agent_id
@@ -108,18 +108,21 @@ class Reader:
 
     def _wait_and_lease(self, agent: str, limit: int, lease: float, wait: float) -> list[Leased]:
         store = self.runtime.store
-        deadline = time.monotonic() + wait
-        with redis_errors("wait for messages"):
+        with self._subscribed(self.runtime.keys.inbox_channel(agent), "wait for messages") as ps:
+            return poll(
+                lambda: store.lease(agent, limit, lease),
+                lambda seconds: ps.get_message(timeout=seconds),
+                wait,
+            )
+
+    @contextmanager
+    def _subscribed(self, channel: str, action: str) -> Iterator[Any]:
+        """A pub/sub connection listening on `channel` (subscribed before any look)."""
+        with redis_errors(action):
             pubsub = self.runtime.redis.pubsub(ignore_subscribe_messages=True)
             try:
-                pubsub.subscribe(self.runtime.keys.inbox_channel(agent))
-                while True:
-                    # Subscribed before looking again, so no arrival slips between.
-                    leased = store.lease(agent, limit, lease)
-                    remaining = deadline - time.monotonic()
-                    if leased or remaining <= 0:
-                        return leased
-                    pubsub.get_message(timeout=min(remaining, 5.0))
+                pubsub.subscribe(channel)
+                yield pubsub
             finally:
                 pubsub.close()
 
@@ -141,13 +144,9 @@ class Reader:
 
     @contextmanager
     def reply_waiter(self, request_id: str) -> Iterator[_ReplyWaiter]:
-        with redis_errors("wait for a response"):
-            pubsub = self.runtime.redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                pubsub.subscribe(self.runtime.keys.reply_channel(request_id))
-                yield _ReplyWaiter(self.runtime, pubsub, request_id)
-            finally:
-                pubsub.close()
+        channel = self.runtime.keys.reply_channel(request_id)
+        with self._subscribed(channel, "wait for a response") as pubsub:
+            yield _ReplyWaiter(self.runtime, pubsub, request_id)
 
     def take(self, agent: str, message_id: str) -> ReceivedMessage:
         """Removes one message from an inbox (read + ack) and returns it."""
@@ -169,14 +168,12 @@ class _ReplyWaiter:
         self.request_id = request_id
 
     def wait(self, timeout: float) -> str | None:
-        deadline = time.monotonic() + timeout
         with redis_errors("wait for a response"):
-            while True:
-                response_id = self.runtime.store.reply_for(self.request_id)
-                remaining = deadline - time.monotonic()
-                if response_id or remaining <= 0:
-                    return response_id
-                self.pubsub.get_message(timeout=min(remaining, 5.0))
+            return poll(
+                lambda: self.runtime.store.reply_for(self.request_id),
+                lambda seconds: self.pubsub.get_message(timeout=seconds),
+                timeout,
+            )
 
 
 def _unreadable(

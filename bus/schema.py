@@ -219,45 +219,6 @@ class Message(_Model):
         return _wire_dump(self)
 
 
-def compose(
-    sender: str,
-    *,
-    to: str | None = None,
-    topic: str | None = None,
-    broadcast: bool = False,
-    type: str | None = None,
-    payload: Any = None,
-    priority: str = "normal",
-    ttl: float | None = None,
-    correlation_id: str | None = None,
-    reply_to: str | None = None,
-    dedup_key: str | None = None,
-    max_retries: int | None = None,
-    encrypted: bool = False,
-    compression: str = "none",
-) -> dict[str, Any]:
-    """A message dict from flat options (what the CLI and the MCP tools take)."""
-    metadata: dict[str, Any] = {
-        "priority": priority,
-        "encrypted": encrypted,
-        "compression": compression,
-        "ttl": ttl,
-        "dedup_key": dedup_key,
-        "max_retries": max_retries,
-    }
-    message: dict[str, Any] = {
-        "from": sender,
-        "to": BROADCAST if broadcast else to,
-        "topic": topic,
-        "type": MessageType.broadcast.value if broadcast else type,
-        "payload": payload,
-        "correlation_id": correlation_id,
-        "reply_to": reply_to,
-        "metadata": {k: v for k, v in metadata.items() if v is not None},
-    }
-    return {k: v for k, v in message.items() if v is not None or k == "payload"}
-
-
 def _wire_dump(message: Message) -> dict[str, Any]:
     data = message.model_dump(mode="json", by_alias=True, exclude_none=True)
     meta = data.get("metadata", {})

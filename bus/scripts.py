@@ -91,12 +91,15 @@ for i = 1, tonumber(ARGV[11]) do
   k = k + 6 + m.n
   a = a + 11 + m.n
 end
--- 1. What each message is: a repeat of an earlier one, or new.
+-- 1. What each message is: a repeat of an earlier one (also of one earlier in this very
+-- call: the same sender's dedup key or id twice in a batch), or new.
 local cost = 0
+local claimed = {}
 for i, m in ipairs(messages) do
   local owner = owner_of(redis.call('GET', KEYS[m.k + 2]))
   if owner and owner ~= m.sender then return {'conflict', i} end
-  local existing = redis.call('GET', KEYS[m.k + 1])
+  local existing = claimed[KEYS[m.k + 1]] or claimed[KEYS[m.k + 2]]
+  existing = existing or redis.call('GET', KEYS[m.k + 1])
   if not existing then
     local _, id_pending = owner_of(redis.call('GET', KEYS[m.k + 2]))
     if id_pending ~= nil then existing = (id_pending and 'pending:' or '') .. m.id end
@@ -109,6 +112,8 @@ for i, m in ipairs(messages) do
   else
     m.outcome = ''
     cost = cost + math.max(1, m.n)
+    claimed[KEYS[m.k + 1]] = m.id
+    claimed[KEYS[m.k + 2]] = m.id
   end
 end
 -- 2. Bounds on what the new ones would store.

@@ -74,11 +74,16 @@ class Sender:
         if "max_retries" not in message.metadata.model_fields_set:
             message.metadata.max_retries = self.settings.default_max_retries
         meta = message.metadata
-        self.guard.authorize_send(message)
-        wire = message.wire()
-        wire["payload"] = self.runtime.codec.encode_payload(
-            message.id, message.payload, meta.compression.value, meta.encrypted
+        # The payload is checked and encoded first, and the rest of the message checked
+        # apart: nothing JSON cannot carry reaches a serializer (pydantic's, orjson's).
+        payload = self.runtime.codec.encode_payload(
+            message.id, message.payload, meta.compression.value, meta.encrypted, f"{where}payload"
         )
+        envelope = message.model_dump(by_alias=True, exclude={"payload", "timestamp"})
+        jsonvalue.encode(envelope, max_depth=16, where=where.rstrip(".") or "message")
+        self.guard.authorize_send(message)
+        wire = message.model_copy(update={"payload": None}).wire()
+        wire["payload"] = payload
         self.runtime.codec.sign(wire)
         text = jsonvalue.dumps(wire, where="message")
         ts = int(message.timestamp.timestamp() * 1000)

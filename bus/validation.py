@@ -20,7 +20,8 @@ def describe(exc: pydantic.ValidationError, where: str = "") -> str:
     return "; ".join(parts)
 
 
-def parse(model: type[M], data: Any, where: str = "") -> M:
+def parse(model: type[M], data: Any, where: str = "", what: str | None = None) -> M:
+    """`data` as `model`, or a ValidationError saying "invalid <what>: <field>: <rule>"."""
     if isinstance(data, model):
         return data
     if not isinstance(data, dict):
@@ -30,7 +31,8 @@ def parse(model: type[M], data: Any, where: str = "") -> M:
     try:
         return model.model_validate(data)
     except pydantic.ValidationError as exc:
-        raise ValidationError(f"invalid {model.__name__.lower()}: {describe(exc, where)}") from exc
+        name = what or model.__name__.lower()
+        raise ValidationError(f"invalid {name}: {describe(exc, where)}") from exc
 
 
 def check(value: Any, checker: Any, what: str) -> Any:

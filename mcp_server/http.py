@@ -20,8 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from bus.health import Health, check_health
-from bus.metrics import refresh_gauges
+from bus.health import Health, check_health, refresh_gauges
 from bus.settings import Settings
 from bus.tokens import TokenFile
 from mcp_server.dashboard import dashboard_routes

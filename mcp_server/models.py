@@ -8,12 +8,13 @@ unless the caller asked for the full envelope.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from bus import options
 from bus.health import Health, Stats
-from bus.schema import AgentInfo, DeadLetter, MessageType, Priority, ReceivedMessage
+from bus.schema import AgentInfo, DeadLetter, ReceivedMessage
 from mcp_server.views import Lean, MessageView, ReceiptView, StatusView, SubscriptionView
 
 __all__ = [
@@ -89,17 +90,14 @@ class RequestResult(Lean):
     unread: int = unread_field()
 
 
-class BatchItem(BaseModel):
-    """One message of a batch (the sender is always you)."""
+if TYPE_CHECKING:  # generated from bus.options.SendOptions (one declaration of the options)
 
-    to: str | None = Field(default=None, description="recipient agent id")
-    topic: str | None = Field(default=None, description="topic (when no `to`)")
-    type: MessageType = MessageType.event
-    payload: Any = None
-    priority: Priority = Priority.normal
-    ttl_seconds: float | None = Field(default=None, gt=0)
-    correlation_id: str | None = None
-    dedup_key: str | None = None
+    class BatchItem(BaseModel): ...
+
+else:
+    BatchItem = options.item_model(
+        "BatchItem", options.MCP_BATCH_ITEM, "One message of a batch (the sender is always you)."
+    )
 
 
 class BatchResult(Lean):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+import anyio
 import orjson
 import pydantic
+from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.server.subscriptions import ListenHandler
@@ -21,10 +24,12 @@ from mcp_types import (
     TextContent,
     UnsubscribeRequestParams,
 )
+from mcp_types import Resource as MCPResource
 
 from bus.client import MessageBus
 from bus.errors import BusError
 from bus.handle import AgentHandle
+from bus.jsonview import to_json
 from bus.settings import Settings
 from bus.validation import describe
 from mcp_server.identity import Identity
@@ -52,8 +57,6 @@ class BusServer(MCPServer[Any]):
     context_resources: dict[str, Any]
 
     async def read_resource(self, uri: Any, context: Any = None) -> Any:
-        from mcp.server.lowlevel.helper_types import ReadResourceContents
-
         handler = self.context_resources.get(str(uri))
         if handler is None:
             return await super().read_resource(uri, context)
@@ -100,8 +103,6 @@ class BusServer(MCPServer[Any]):
         return f"{message} (you have {count} unread: read_messages)" if count else message
 
     async def list_resources(self) -> list[Any]:
-        from mcp_types import Resource as MCPResource
-
         resources = await super().list_resources()
         resources.append(
             MCPResource(
@@ -128,14 +129,10 @@ class BusServer(MCPServer[Any]):
 
 
 async def _to_thread(fn: Any, *args: Any) -> Any:
-    import anyio
-
     return await anyio.to_thread.run_sync(lambda: fn(*args))
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("agent-message-bus")
     except PackageNotFoundError:
@@ -143,9 +140,7 @@ def _version() -> str:
 
 
 def _json(value: Any) -> str:
-    from bus.cli import _plain
-
-    return orjson.dumps(_plain(value), option=orjson.OPT_INDENT_2).decode()
+    return to_json(value, indent=True).decode()
 
 
 def build_server(

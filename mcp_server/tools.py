@@ -8,7 +8,9 @@ Results are the compact views of mcp_server/views.py with the caller's `unread` 
 from __future__ import annotations
 
 import asyncio
-import time
+import contextlib
+import inspect
+import typing
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -19,10 +21,13 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
+from bus import options
 from bus.client import MessageBus
 from bus.errors import BusError
 from bus.handle import AgentHandle
-from bus.schema import MessageType, Priority, ReceivedMessage, compose
+from bus.longpoll import apoll
+from bus.options import parse_options
+from bus.schema import MessageType, Priority, ReceivedMessage
 from mcp_server.models import (
     AckResult,
     AgentsResult,
@@ -98,51 +103,29 @@ class BusTools:
         except BusError as exc:
             raise ToolError(_explain(exc)) from None
 
-    def message(
-        self,
-        sender: str,
-        *,
-        to: str | None,
-        topic: str | None,
-        broadcast: bool,
-        type: MessageType,
-        payload: Any,
-        priority: Priority,
-        ttl_seconds: float | None,
-        **options: Any,
-    ) -> dict[str, Any]:
-        if broadcast and (to or topic):
-            raise ToolError("broadcast goes to everyone: leave `to` and `topic` empty")
-        if not broadcast and not to and not topic:
-            raise ToolError("say where it goes: `to` (an agent id), `topic`, or broadcast=true")
-        return compose(
-            sender,
-            to=to,
-            topic=topic,
-            broadcast=broadcast,
-            type=type.value,
-            payload=payload,
-            priority=priority.value,
-            ttl=ttl_seconds,
-            **options,
-        )
+    @staticmethod
+    def message(given: dict[str, Any], sender: str) -> dict[str, Any]:
+        """The message a tool's arguments (SendOptions' fields) describe, from `sender`."""
+        try:
+            return parse_options(given).message(sender)
+        except BusError as exc:
+            raise ToolError(_explain(exc)) from None
 
     async def read(
         self, me: AgentHandle, limit: int, wait_seconds: float, full: bool
     ) -> ReadResult:
-        deadline = time.monotonic() + wait_seconds
         agent = me.agent
-        while True:
-            messages = await self.call(me.read, limit=limit, wait=0)
-            remaining = deadline - time.monotonic()
-            if messages or remaining <= 0:
-                return ReadResult(
-                    messages=self.views(messages, agent, full),
-                    count=len(messages),
-                    unread=await self.unread(agent),
-                )
-            # Waits on the shared event listener: no thread is held while waiting.
-            await self.events.wait_inbox(agent, min(remaining, 5.0))
+        # Waits on the shared event listener: no thread is held while waiting.
+        messages = await apoll(
+            lambda: self.call(me.read, limit=limit, wait=0),
+            lambda seconds: self.events.wait_inbox(agent, seconds),
+            wait_seconds,
+        )
+        return ReadResult(
+            messages=self.views(messages, agent, full),
+            count=len(messages),
+            unread=await self.unread(agent),
+        )
 
     async def unread(self, agent: str) -> int:
         """The authenticated caller's own unread count."""
@@ -170,6 +153,50 @@ _NEXT_STEP = {
 }
 
 
+def keep_payload_strings(metadata: Any) -> None:
+    """The SDK parses a string argument as JSON when its parameter is not typed `str` (some
+    clients send lists as JSON text). A payload is any JSON value, a string included: the
+    payload "{\"a\": 1}" must arrive as that string, not as an object. The other arguments
+    keep the SDK's leniency."""
+    parse = metadata.pre_parse_json
+
+    def pre_parse_json(data: dict[str, Any]) -> dict[str, Any]:
+        parsed: dict[str, Any] = parse(data)
+        if "payload" in data:
+            parsed["payload"] = data["payload"]
+        return parsed
+
+    object.__setattr__(metadata, "pre_parse_json", pre_parse_json)  # a pydantic model's
+
+
+def takes(
+    names: tuple[str, ...],
+    *,
+    required: tuple[str, ...] = (),
+    defaults: dict[str, Any] | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Gives a tool `fn(ctx, ..., **given)` the send options `names` as its arguments: the
+    schema agents see is generated from bus.options.SendOptions (one declaration)."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        hints = typing.get_type_hints(fn)
+        signature = inspect.signature(fn)
+        own = [
+            p.replace(annotation=hints.get(p.name, p.annotation))
+            for p in signature.parameters.values()
+            if p.kind is not p.VAR_KEYWORD
+        ]
+        generated = options.parameters(names, required=required, defaults=defaults)
+        fn.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[*own, *generated], return_annotation=hints.get("return")
+        )
+        hints.pop("given", None)
+        fn.__annotations__ = {**hints, **{p.name: p.annotation for p in generated}}
+        return fn
+
+    return decorate
+
+
 def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
     if profile not in PROFILES:
         raise ValueError(f"unknown tool profile {profile!r}; one of {', '.join(PROFILES)}")
@@ -182,48 +209,16 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
             registered = server._tool_manager.get_tool(fn.__name__)
             if registered is not None:  # what tools/list shows; calls validate as before
                 registered.parameters = lean_schema(registered.parameters)
+                keep_payload_strings(registered.fn_metadata)
         return fn
 
     @tool
-    async def send_message(
-        ctx: Context,
-        to: str | None = Field(default=None, description="recipient agent id, e.g. 'bob'"),
-        topic: str | None = Field(
-            default=None, description="to its subscribers when `to` is empty, else a label"
-        ),
-        broadcast: bool = Field(default=False, description="to every agent but you"),
-        payload: Any = Field(default=None, description="any JSON value"),
-        type: MessageType = Field(default=MessageType.event),
-        priority: Priority = Field(default=Priority.normal),
-        ttl_seconds: float | None = Field(
-            default=None, gt=0, description="never delivered after this many seconds"
-        ),
-        correlation_id: str | None = Field(
-            default=None, description="when answering: the request's id"
-        ),
-        reply_to: str | None = Field(default=None, description="where responses should go"),
-        dedup_key: str | None = Field(
-            default=None, description="a retry with the same key is not delivered twice"
-        ),
-        encrypted: bool = Field(default=False, description="encrypt the payload at rest"),
-    ) -> SendResult:
+    @takes(options.MCP_SEND)
+    async def send_message(ctx: Context, **given: Any) -> SendResult:
         """Send a message to one agent (`to`), a topic's subscribers (`topic`), or everyone
         (`broadcast`). Returns its id and status."""
         handle = me(ctx)
-        message = tools.message(
-            handle.agent,
-            to=to,
-            topic=topic,
-            broadcast=broadcast,
-            type=type,
-            payload=payload,
-            priority=priority,
-            ttl_seconds=ttl_seconds,
-            correlation_id=correlation_id,
-            reply_to=reply_to,
-            dedup_key=dedup_key,
-            encrypted=encrypted,
-        )
+        message = tools.message(given, handle.agent)
         receipt = receipt_view(await tools.call(handle.send, message))
         return SendResult(**receipt.model_dump(), unread=await tools.unread(handle.agent))
 
@@ -329,80 +324,57 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         return StatusResult(**status.model_dump(), unread=await tools.unread(handle.agent))
 
     @tool
+    @takes(options.MCP_REQUEST, required=("to",), defaults={"type": MessageType.request})
     async def request(
         ctx: Context,
-        to: str = Field(description="agent id that should answer"),
-        payload: Any = Field(default=None, description="any JSON value"),
         timeout_seconds: float = Field(default=30, gt=0, le=300),
-        type: MessageType = Field(default=MessageType.request),
-        priority: Priority = Field(default=Priority.normal),
+        **given: Any,
     ) -> RequestResult:
         """Send a request and wait for the response whose correlation_id is its id. On
         timeout you get the request id back to check later."""
         handle = me(ctx)
-        prepared = tools.message(
-            handle.agent,
-            to=to,
-            topic=None,
-            broadcast=False,
-            type=type,
-            payload=payload,
-            priority=priority,
-            ttl_seconds=None,
-            reply_to=handle.agent,
-        )
+        prepared = tools.message({**given, "reply_to": handle.agent}, handle.agent)
         prepared["id"] = request_id = str(uuid.uuid4())
         await tools.events.start()
         waiter = tools.events.reply_waiter(request_id)
+
+        async def woken(seconds: float) -> None:
+            waiter.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter.wait(), seconds)
+
         try:
             await tools.call(handle.send, prepared)
-            deadline = time.monotonic() + timeout_seconds
-            while True:
-                response = await tools.call(handle.response_to, request_id)
-                if response is not None:
-                    return RequestResult(
-                        request_id=request_id,
-                        status="answered",
-                        response=message_view(response, handle.agent),
-                        unread=await tools.unread(handle.agent),
-                    )
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return RequestResult(
-                        request_id=request_id,
-                        status="timeout",
-                        note="no answer yet: a late one lands in your inbox (read_messages)",
-                        unread=await tools.unread(handle.agent),
-                    )
-                waiter.clear()
-                try:
-                    await asyncio.wait_for(waiter.wait(), min(remaining, 5.0))
-                except TimeoutError:
-                    pass
+            response = await apoll(
+                lambda: tools.call(handle.response_to, request_id), woken, timeout_seconds
+            )
         finally:
             tools.events.drop_reply_waiter(request_id, waiter)
+        if response is None:
+            return RequestResult(
+                request_id=request_id,
+                status="timeout",
+                note="no answer yet: a late one lands in your inbox (read_messages)",
+                unread=await tools.unread(handle.agent),
+            )
+        return RequestResult(
+            request_id=request_id,
+            status="answered",
+            response=message_view(response, handle.agent),
+            unread=await tools.unread(handle.agent),
+        )
 
     @tool
     async def send_batch(
-        ctx: Context, messages: list[BatchItem] = Field(description="up to 500 messages")
+        ctx: Context,
+        messages: list[BatchItem] = Field(
+            description=f"up to {tools.bus.settings.max_batch} messages",
+            max_length=tools.bus.settings.max_batch,
+        ),
     ) -> BatchResult:
         """Send many messages at once; all are validated before any is sent."""
         handle = me(ctx)
-        batch = [
-            tools.message(
-                handle.agent,
-                to=m.to,
-                topic=m.topic,
-                broadcast=False,
-                type=m.type,
-                payload=m.payload,
-                priority=m.priority,
-                ttl_seconds=m.ttl_seconds,
-                correlation_id=m.correlation_id,
-                dedup_key=m.dedup_key,
-            )
-            for m in messages
-        ]
+        batch = [tools.message(m.model_dump(), handle.agent) for m in messages]
         receipts = await tools.call(handle.send_batch, batch)
         return BatchResult(
             receipts=[receipt_view(r) for r in receipts],

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bus.client import MessageBus
+from bus.errors import BusError
 from bus.reader import Reader
 from bus.schema import MessageType, ReceivedMessage, check_agent_id
 
@@ -114,6 +115,29 @@ class WorkerAgent:
                 "metadata": {"priority": message.priority.value},
             }
         )
+
+    def reply_error(self, message: ReceivedMessage, error: BusError) -> None:
+        """Tells the requester, with an `error` response, why its answer cannot come (the
+        bus refused the handler's result); best effort: it may be refused too."""
+        if message.type not in ANSWERED_TYPES:
+            return
+        try:
+            self.bus.send_message(
+                {
+                    "id": str(uuid.uuid5(RESPONSE_IDS, f"{self.name}:{message.id}:error")),
+                    "from": self.name,
+                    "to": message.reply_to or message.sender,
+                    "type": "error",
+                    "correlation_id": message.id,
+                    "payload": {"error": error.code, "message": error.message[:500]},
+                    "trace_id": message.trace_id,
+                    "metadata": {"priority": message.priority.value},
+                }
+            )
+        except BusError as exc:
+            logger.warning(
+                "%s could not tell %s its reply was refused: %s", self.name, message.sender, exc
+            )
 
     def handle(self, message: ReceivedMessage) -> Any:
         """Runs the handler and sends its result back (both steps of `bus.handle`)."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from bus.delivery import Verdict
 from bus.envelope import Envelope
-from bus.errors import BusUnavailable
+from bus.errors import BusError, BusUnavailable
 from workers.agent import WorkerAgent
 from workers.app import runtime
 from workers.quarantine import Quarantine
@@ -65,7 +65,13 @@ def run_handler(
                 countdown=deliverer.backoff(handler_failures),
                 wire=envelope.text,
             )
-    agent.reply(message, result)
+    try:
+        agent.reply(message, result)
+    except BusUnavailable:
+        raise
+    except BusError as exc:  # the bus will never take this reply as it is (too big, denied)
+        agent.reply_error(message, exc)
+        return deliverer.dead(envelope, "reply_refused", exc.message, attempts, force=True)
     store.ack(agent.name, [message.id])
     store.advance_status([message.id], "acked", force=True)
     return Verdict("delivered")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from bus import metrics
 from bus.deadletters import DeadLetterQueue
 from bus.errors import is_transient_reason
+from bus.health import refresh_gauges
 from bus.retention import purge_expired as purge
 from bus.schema import DeadLetter
 from workers.app import app, runtime
@@ -41,7 +41,7 @@ def purge_expired() -> dict[str, int]:
 @app.task(name="bus.queue_stats")
 def queue_stats() -> dict[str, Any]:
     """Queue, dead-letter, inbox and subscription depths into the worker's metrics."""
-    metrics.refresh_gauges(runtime)
+    refresh_gauges(runtime)
     return {"ok": True}
 
 

@@ -31,6 +31,7 @@ class Checker:
     case: str
     attempted: list[str] = field(default_factory=list)
     confirmed: set[str] = field(default_factory=set)
+    ids: dict[str, str] = field(default_factory=dict)  # token -> id of its confirmed send
     delivered: list[str] = field(default_factory=list)
     send_errors: collections.Counter[str] = field(default_factory=collections.Counter)
     started: float = field(default_factory=time.monotonic)
@@ -71,6 +72,7 @@ class Checker:
                 return
             if receipt.status.value in ("queued", "duplicate"):
                 self.confirmed.add(token)
+                self.ids[token] = receipt.duplicate_of or receipt.id
             return
 
     def consume(self, bus: Any, agent: str, until: set[str], timeout: float) -> None:

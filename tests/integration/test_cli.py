@@ -107,7 +107,7 @@ def test_subscribe_publish_and_whole_message_from_stdin(module_env, worker, agen
         (
             ["send", "--from", "a", "--to", "b", "--priority", "urgent"],
             None,
-            "error: invalid message: metadata.priority",
+            "error: invalid message: priority",
         ),
         (["read", "Bad Agent"], None, "error: invalid agent id"),
     ],

@@ -1,0 +1,173 @@
+"""`msgbus up` owns its children: however the supervisor ends (Ctrl-C with its output piped
+to `tee`, SIGTERM, a hangup, kill -9), no process of the stack survives it, its ports are
+free, and a second `msgbus up` on the same ports then starts and serves."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import ARTIFACTS, ROOT, wait_for
+from tests.e2e.test_mcp import free_port
+from tests.e2e.test_operations import _get
+
+pytestmark = pytest.mark.timeout(300)
+
+
+class Up:
+    """One `msgbus up` run in a process group of its own, as a terminal runs a job."""
+
+    def __init__(self, env, tmp_path: Path, ports: dict[str, int], *, tee: bool) -> None:
+        self.ports = ports
+        ARTIFACTS.mkdir(exist_ok=True)
+        self.log = ARTIFACTS / f"up-signals-{env.vhost}-{time.monotonic_ns()}.log"
+        self.log.write_bytes(b"")
+        command = [
+            sys.executable,
+            "-m",
+            "bus.cli",
+            "up",
+            "--mcp-port",
+            str(ports["mcp"]),
+            "--flower-port",
+            str(ports["flower"]),
+        ]
+        environment = env.env(
+            MESSAGE_BUS_METRICS_PORT=str(ports["metrics"]),
+            MESSAGE_BUS_TOKENS_FILE=str(tmp_path / "tokens.json"),
+        )
+        if tee:
+            shell = f"{shlex.join(command)} 2>&1 | tee {shlex.quote(str(self.log))}"
+            self.group = subprocess.Popen(
+                ["bash", "-c", shell],
+                cwd=ROOT,
+                env=environment,
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        else:
+            self.group = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=environment,
+                stdout=self.log.open("wb"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.supervisor = wait_for(self._supervisor, 30, "the msgbus up process")
+        self.stack: list[psutil.Process] = []
+
+    def _supervisor(self) -> psutil.Process | None:
+        group = psutil.Process(self.group.pid)
+        for proc in [group, *group.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                if "up" in proc.cmdline() and "bus.cli" in proc.cmdline():
+                    return proc
+        return None
+
+    def wait_serving(self) -> None:
+        wait_for(lambda: b"bus is up" in self.log.read_bytes(), 90, "msgbus up to start")
+        base = f"http://127.0.0.1:{self.ports['mcp']}"
+        wait_for(lambda: _get(f"{base}/healthz") == 200, 90, "MCP /healthz")
+        wait_for(lambda: _get(f"{base}/readyz") == 200, 90, "a live worker (/readyz)")
+        flower = f"http://127.0.0.1:{self.ports['flower']}/healthcheck"
+        wait_for(lambda: _get(flower) == 200, 90, "Flower")
+        self.stack = self.supervisor.children(recursive=True)
+        listener = listening_pid(self.ports["mcp"])
+        assert listener in {p.pid for p in self.stack}, "the MCP port is served by another stack"
+
+    def survivors(self) -> list[psutil.Process]:
+        alive = []
+        for proc in [self.supervisor, *self.stack]:
+            with contextlib.suppress(psutil.Error):
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(proc)
+        return alive
+
+    def clean_up(self) -> None:
+        """Whatever of this run is still there (a failed case), ended by its pid."""
+        for proc in self.survivors():
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.group.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.group.wait(10)
+
+
+def listening_pid(port: int) -> int | None:
+    for conn in psutil.net_connections("tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port:
+            return conn.pid
+    return None
+
+
+def describe(procs: list[psutil.Process]) -> list[str]:
+    out = []
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            out.append(f"{proc.pid} {' '.join(proc.cmdline())[:120]}")
+    return out
+
+
+def ctrl_c(up: Up) -> None:
+    os.killpg(up.group.pid, signal.SIGINT)  # what the terminal does: the whole job
+
+
+def sigterm(up: Up) -> None:
+    up.supervisor.send_signal(signal.SIGTERM)
+
+
+def hangup(up: Up) -> None:
+    os.killpg(up.group.pid, signal.SIGHUP)  # the terminal went away
+
+
+def kill9(up: Up) -> None:
+    up.supervisor.send_signal(signal.SIGKILL)
+
+
+CASES = [
+    ("ctrl-c with output piped to tee", ctrl_c, True),
+    ("sigterm", sigterm, False),
+    ("sighup", hangup, False),
+    ("kill -9 of the supervisor", kill9, False),
+]
+
+
+@pytest.mark.parametrize(("case", "end", "tee"), CASES, ids=[c[0] for c in CASES])
+def test_no_process_of_the_stack_survives_its_supervisor_and_up_starts_again(
+    fresh_env, tmp_path, case, end, tee
+):
+    ports = {"mcp": free_port(), "flower": free_port(), "metrics": free_port()}
+    first = Up(fresh_env, tmp_path, ports, tee=tee)
+    second = None
+    try:
+        first.wait_serving()
+        assert len(first.stack) >= 4, describe(first.stack)
+        end(first)
+        deadline = time.monotonic() + 45
+        while first.survivors() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = first.survivors()
+        busy = {name: port for name, port in ports.items() if listening_pid(port)}
+        assert left == [] and busy == {}, (
+            f"after {case}: still running {describe(left)}; ports still served {busy}"
+        )
+
+        second = Up(fresh_env, tmp_path, ports, tee=False)
+        second.wait_serving()
+        second.supervisor.send_signal(signal.SIGINT)
+        wait_for(lambda: not second.survivors(), 45, "the second stack to stop")
+    finally:
+        first.clean_up()
+        if second is not None:
+            second.clean_up()

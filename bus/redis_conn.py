@@ -13,7 +13,8 @@ from urllib.parse import parse_qs, urlparse
 
 import hiredis
 import redis
-import redis.asyncio
+from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.exceptions import NoScriptError
 from redis.sentinel import Sentinel
 
@@ -75,11 +76,8 @@ def connect(url: str, *, socket_timeout: float = 5.0) -> redis.Redis:
     return redis.Redis.from_url(url, **options)
 
 
-def connect_async(url: str, *, socket_timeout: float | None = None) -> redis.asyncio.Redis:
+def connect_async(url: str, *, socket_timeout: float | None = None) -> AsyncRedis:
     """`connect` for asyncio code (the MCP server's push listener), same URL forms."""
-    from redis.asyncio import Redis as AsyncRedis
-    from redis.asyncio.sentinel import Sentinel as AsyncSentinel
-
     options = _options(socket_timeout)
     if url.startswith(SENTINEL_SCHEME):
         target = SentinelTarget.parse(url)

@@ -232,15 +232,16 @@ class Worker:
         queues: str,
         hostname: str | None = None,
     ) -> Worker:
-        """`hostname`: the worker runs in a UTS namespace of its own with that hostname, as
-        a worker on another host would (root only; the network is still this host's)."""
+        """`hostname`: the worker's node is named after that host and, as root, runs in a
+        UTS namespace of its own with that hostname, as a worker on another host would (the
+        network is still this host's)."""
         ARTIFACTS.mkdir(exist_ok=True)
         name = f"w{uuid.uuid4().hex[:8]}"
         log = ARTIFACTS / f"worker-{env_.vhost}-{name}.log"
         on_host = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', hostname]
         proc = subprocess.Popen(
             [
-                *(on_host if hostname else []),
+                *(on_host if hostname and os.geteuid() == 0 else []),
                 sys.executable,
                 "-m",
                 "celery",
@@ -256,7 +257,7 @@ class Worker:
                 "-l",
                 "INFO",
                 "-n",
-                f"{name}@%h",
+                f"{name}@{hostname or '%h'}",
                 "--without-gossip",
                 "--without-mingle",
             ],

@@ -1,9 +1,11 @@
 """Failure injection on the multi-node stack, with Jepsen-style counts (tests/chaos/harness):
-kill -9 (or SIGSTOP) the RabbitMQ node leading the bus's quorum queue mid-burst; kill -9 the
-Redis primary mid-burst so that Sentinel promotes a replica, with MESSAGE_BUS_REDIS_MIN_REPLICAS
-on and off; a replica that missed the last writes promoted (the hole the setting closes);
-workers on three hosts, one SIGKILLed during the Redis failover. Bursts of 2,000 (5,000 with
---chaos-long). Counts go to test-artifacts/chaos-results.jsonl and tests/chaos/RESULTS.md."""
+kill -9 or SIGSTOP of the RabbitMQ node leading the bus's busiest quorum queue mid-burst; the
+Redis primary killed mid-burst with workers on three hosts, one of them SIGKILLed at the same
+moment, with MESSAGE_BUS_REDIS_MIN_REPLICAS on and off; replicas that missed the last
+deliveries promoted (the hole the setting closes, and the checker's positive control); the
+MCP push listener across a failover. Bursts of 2,000 (5,000 with --chaos-long), sent by four
+clients at once. Counts go to test-artifacts/chaos-results.jsonl; tests/chaos/RESULTS.md
+keeps them."""
 
 from __future__ import annotations
 

@@ -11,12 +11,12 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from bus import metrics
 from bus.deadletters import DeadLetterQueue
 from bus.errors import LimitExceeded, NotFound, RequestTimeout, ValidationError
 from bus.guard import Guard
 from bus.handle import OPERATOR, AgentHandle
 from bus.health import Health, Stats, check_health, collect_stats
+from bus.hooks import Hooks
 from bus.reader import Reader
 from bus.runtime import Runtime
 from bus.schema import (
@@ -48,8 +48,9 @@ class MessageBus:
         self.runtime = runtime or Runtime(settings or Settings())
         self.settings = self.runtime.settings
         self.guard = Guard(self.runtime)
-        self.reader = Reader(self.runtime)
-        self.sender = Sender(self.runtime, self.guard)
+        self.hooks = Hooks(self.guard)
+        self.reader = Reader(self.runtime, self.hooks)
+        self.sender = Sender(self.runtime, self.guard, self.hooks)
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -153,9 +154,8 @@ class MessageBus:
             raise LimitExceeded(f"at most {self.settings.max_batch} ids per ack", limit="max_batch")
         acked = self.runtime.store.ack(agent, ids)
         self.runtime.store.advance_status(acked, Status.acked.value)
-        metrics.MESSAGES.labels("any", "any", "acked").inc(len(acked))
         done = set(acked)
-        self.guard.audit_each("ack", agent, acked, "ok")
+        self.hooks.did("ack", agent, acked)
         return AckResult(acked=acked, not_found=[i for i in ids if i not in done])
 
     def history(
@@ -224,7 +224,7 @@ class MessageBus:
             "priorities": [p.value for p in subs[0].priorities] if subs[0].priorities else None,
         }
         self.runtime.store.subscribe(agent, [s.topic for s in subs], filters, limit)
-        self.guard.audit_each("subscribe", agent, [s.topic for s in subs], "ok")
+        self.hooks.did("subscribe", agent, [s.topic for s in subs])
         return subs
 
     def unsubscribe(self, agent: str, topics: Sequence[str]) -> int:
@@ -233,7 +233,7 @@ class MessageBus:
             topics = [topics]
         topics = [check(t, check_topic, "topic") for t in dict.fromkeys(topics)]
         removed = self.runtime.store.unsubscribe(agent, topics)
-        self.guard.audit_each("unsubscribe", agent, topics, "ok")
+        self.hooks.did("unsubscribe", agent, topics)
         return removed
 
     def subscriptions(self, agent: str) -> list[Subscription]:
@@ -294,7 +294,7 @@ class MessageBus:
             done = queue.replay(chosen, limit=limit)
         else:
             done = queue.purge(chosen, limit=limit)
-        self.guard.audit_each(action, agent, done, "ok")
+        self.hooks.did(action, agent, done)
         return done
 
     # -- operations ------------------------------------------------------------------------

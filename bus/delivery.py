@@ -18,12 +18,12 @@ from typing import Any
 
 import orjson
 
-from bus import metrics, tracing
 from bus.broker import Broker
 from bus.clock import Clock
 from bus.codec import Codec
 from bus.envelope import Envelope
 from bus.errors import BusError, BusUnavailable, PermanentFailure, SecurityError
+from bus.hooks import Hooks
 from bus.routing import broadcast_recipients, topic_recipients
 from bus.settings import Settings
 from bus.store import Delivery, RedisStore
@@ -67,6 +67,7 @@ class Deliverer:
         self.clock = clock
         self.broker = broker
         self.settings = settings
+        self.hooks = Hooks()  # the worker's own observers (its audit is the message's)
         self.clock_skew = settings.clock_skew
         # Past the dedup window a replay could no longer be recognised: refuse it.
         self.max_age = max(settings.dedup_window, settings.clock_skew)
@@ -102,8 +103,7 @@ class Deliverer:
         if ttl_left is not None and ttl_left <= 0:
             return self.dead(envelope, "expired", "expired while retrying", attempts)
         self.record(envelope.id, "retrying", "unavailable", exc.message, attempts)
-        metrics.count(envelope.data, "retrying")
-        metrics.ERRORS.labels("unavailable").inc()
+        self.hooks.retrying(envelope)
         return Verdict(
             "retry",
             reason="unavailable",
@@ -125,13 +125,11 @@ class Deliverer:
         """Records the death (`force`: even over a later status, as a worker agent's
         handler dies after its message was delivered) and says so."""
         status = "expired" if reason == "expired" else "dead"
-        if isinstance(envelope, Envelope):
-            metrics.count(envelope.data, status)
-            self.record(envelope.id, status, reason, error, attempts, force=force)
-            message_id = envelope.id
-        else:
-            message_id = "?"
-        metrics.ERRORS.labels(reason).inc()
+        known = envelope if isinstance(envelope, Envelope) else None
+        if known is not None:
+            self.record(known.id, status, reason, error, attempts, force=force)
+        message_id = known.id if known is not None else "?"
+        self.hooks.died(known, status, reason)
         logger.warning(
             "dead-lettering message %s: %s (%s)",
             message_id,
@@ -238,9 +236,7 @@ class Deliverer:
         )
 
     def deliver(self, envelope: Envelope, attempts: int) -> Outcome:
-        with tracing.span(
-            "bus.deliver", envelope.trace_id, message_id=envelope.id, attempts=attempts
-        ) as current:
+        with self.hooks.delivering(envelope, attempts) as current:
             delivery = self._delivery(envelope, attempts)
             delivered = self.store.deliver(delivery)
             if current is not None:
@@ -328,7 +324,5 @@ class Deliverer:
         return [r for r in recipients if r in self._worker_agents]
 
     def observe(self, envelope: Envelope, outcome: Outcome) -> None:
-        if outcome.newly_delivered:
-            metrics.count(envelope.data, "delivered")
-            latency = self.clock.now() - outcome.sent_ms / 1000
-            metrics.observe_latency(envelope.type, latency)
+        latency = self.clock.now() - outcome.sent_ms / 1000
+        self.hooks.delivered(envelope, outcome.newly_delivered, latency)

@@ -16,9 +16,9 @@ from typing import Any
 
 import pydantic
 
-from bus import metrics, tracing
 from bus.envelope import Envelope
 from bus.errors import BusError, NotFound, PermanentFailure
+from bus.hooks import Hooks
 from bus.longpoll import poll
 from bus.redis_conn import redis_errors
 from bus.runtime import Runtime
@@ -30,8 +30,9 @@ logger = logging.getLogger(__name__)
 
 
 class Reader:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, hooks: Hooks | None = None) -> None:
         self.runtime = runtime
+        self.hooks = hooks or Hooks()
 
     def decode(
         self,
@@ -100,10 +101,7 @@ class Reader:
         if leased:
             store.advance_status([item.id for item in leased], Status.read.value)
         messages = self._decode_leased(leased)
-        for m in messages:
-            metrics.MESSAGES.labels(m.type.value, m.metadata.priority.value, "read").inc()
-            with tracing.span("bus.read", m.trace_id, message_id=m.id, reader=agent):
-                pass  # one span per message read, joined to the message's trace
+        self.hooks.read(agent, messages)
         return messages
 
     def _wait_and_lease(self, agent: str, limit: int, lease: float, wait: float) -> list[Leased]:

@@ -15,7 +15,7 @@ import uuid
 from collections import defaultdict
 from typing import Any
 
-from bus import jsonvalue, metrics, tracing
+from bus import jsonvalue
 from bus.admission import AcceptRecord, Admitted, RateLimit
 from bus.errors import (
     BusError,
@@ -26,6 +26,7 @@ from bus.errors import (
     ValidationError,
 )
 from bus.guard import Guard
+from bus.hooks import Hooks
 from bus.routing import broadcast_recipients, topic_recipients
 from bus.runtime import Runtime
 from bus.schema import Message, Receipt, Status
@@ -56,10 +57,11 @@ class _Unsent(Exception):
 
 
 class Sender:
-    def __init__(self, runtime: Runtime, guard: Guard) -> None:
+    def __init__(self, runtime: Runtime, guard: Guard, hooks: Hooks) -> None:
         self.runtime = runtime
         self.settings = runtime.settings
         self.guard = guard
+        self.hooks = hooks
 
     def prepare(self, data: Message | dict[str, Any], where: str = "") -> Prepared:
         message = parse(Message, data, where)
@@ -109,8 +111,7 @@ class Sender:
         """`front_door`: sent by an LLM agent through MCP (its rate limit applies, not the
         trusted code's)."""
         first = prepared[0].message
-        with tracing.span(
-            "bus.send",
+        with self.hooks.sending(
             first.trace_id,
             message_id=first.id,
             sender=first.sender,
@@ -119,8 +120,7 @@ class Sender:
             self.runtime.keyring.check_verifiable()
             limit = self.guard.rate_limit_for(first.sender, front_door=front_door)
             receipts = self._admit_and_publish(prepared, batch, limit)
-        for p, receipt in zip(prepared, receipts, strict=True):
-            metrics.count(p.wire, receipt.status.value)
+        self.hooks.sent([p.wire for p in prepared], receipts)
         return receipts
 
     def _admit_and_publish(
@@ -200,7 +200,7 @@ class Sender:
         if kind == "rate_limited" and limit is not None:
             return self.guard.throttled(sender, limit, int(details[0]))
         if kind == "too_costly" and limit is not None:
-            self.guard.audit("rate_limited", sender, "", "denied", cost=details[0])
+            self.hooks.refused(sender, "rate_limited", "", cost=details[0])
             return LimitExceeded(
                 f"this send reaches {details[0]} recipients, more than {sender}'s rate limit "
                 f"ever allows at once (burst {limit.burst}); send fewer at a time, or raise "
@@ -217,7 +217,7 @@ class Sender:
                 id=message.id,
             )
         if kind == "unknown_agent":
-            self.guard.audit("send", sender, details[1], "denied", rule="unknown_agent")
+            self.hooks.refused(sender, "send", details[1], rule="unknown_agent")
             return UnknownAgent(
                 f"no agent {details[1]!r} has connected to the bus, and {sender} already has "
                 f"mail waiting for {self.settings.max_unseen_recipients} agents that have "
@@ -226,7 +226,7 @@ class Sender:
                 agent=details[1],
             )
         if kind == "inbox_full":
-            self.guard.audit("send", sender, details[1], "denied", rule="inbox_full")
+            self.hooks.refused(sender, "send", details[1], rule="inbox_full")
             return InboxFull(
                 f"the inbox of {details[1]} holds {details[2]} messages, its limit "
                 f"(MESSAGE_BUS_INBOX_MAX); nothing was sent: retry once it has read some",

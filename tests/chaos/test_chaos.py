@@ -16,8 +16,8 @@ import pytest
 
 from bus.errors import LimitExceeded
 from tests.chaos.harness import Checker, in_background
-from tests.conftest import PrivateRedis, wait_for
-from tests.e2e.test_mcp import free_port
+from tests.support.processes import PrivateRedis, free_port
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
 
@@ -271,7 +271,7 @@ def test_a_full_queue_refuses_the_publish_and_the_sender_is_told(fresh_env, agen
 
 
 def test_poison_handlers_end_in_dead_letters_and_the_rest_flows(fresh_env, agents, burst):
-    from tests.e2e.test_operations import spawn, stop
+    from tests.support.processes import spawn, stop
 
     fresh_env.start_worker()
     agent, log = spawn(
@@ -349,7 +349,8 @@ def test_sigkill_the_mcp_http_server_during_concurrent_sends(fresh_env, agents, 
     from mcp.client.streamable_http import streamable_http_client
 
     from bus.tokens import TokenFile
-    from tests.e2e.test_operations import _get, spawn, stop
+    from tests.support.processes import spawn, stop
+    from tests.support.web import http_status
 
     tokens = tmp_path / "tokens.json"
     token = TokenFile(tokens).create("mcp-sender")
@@ -357,7 +358,7 @@ def test_sigkill_the_mcp_http_server_during_concurrent_sends(fresh_env, agents, 
     argv = ["-m", "mcp_server", "--http", "--port", str(port), "--tokens-file", str(tokens)]
     fresh_env.start_worker()
     state = {"server": spawn(fresh_env, "mcp-chaos", argv)[0]}
-    wait_for(lambda: _get(f"http://127.0.0.1:{port}/healthz") == 200, 30, "the MCP server")
+    wait_for(lambda: http_status(f"http://127.0.0.1:{port}/healthz") == 200, 30, "the MCP server")
     reader = agents("r")
     checker = Checker("SIGKILL the MCP HTTP server during concurrent sends (retry, same key)")
     total = burst // 4  # MCP round trips are slower than the Python API

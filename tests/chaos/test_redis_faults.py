@@ -20,9 +20,8 @@ import pytest
 from bus.errors import BusError, BusUnavailable, is_transient_reason
 from tests.chaos.harness import CLIENT_RETRY_PAUSE, Checker
 from tests.chaos.test_chaos import check, messages
-from tests.conftest import PrivateRedis, wait_for
-from tests.e2e.test_mcp import free_port
-from tests.e2e.test_operations import spawn, stop
+from tests.support.processes import PrivateRedis, free_port, spawn, stop
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
 

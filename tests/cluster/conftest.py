@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from bus.cluster import ClusterLayout, LocalCluster
-from tests.conftest import ARTIFACTS, BusEnv, Worker
+from tests.support.env import BusEnv, Worker
+from tests.support.paths import ARTIFACTS
 
 LAYOUT = ClusterLayout(
     state_dir=ARTIFACTS / "cluster-stack",

@@ -19,7 +19,7 @@ import pytest
 from tests.chaos.harness import Checker
 from tests.chaos.test_chaos import check, messages
 from tests.cluster.conftest import primary_client, start_workers
-from tests.conftest import wait_for
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chaos, pytest.mark.timeout(600)]
 
@@ -217,7 +217,7 @@ def test_a_replica_that_missed_the_last_deliveries_is_promoted(
 @pytest.fixture
 def beat(cluster_env):
     """`msgbus beat` for the test's bus, its stats job every second."""
-    from tests.e2e.test_operations import spawn, stop
+    from tests.support.processes import spawn, stop
 
     cluster_env.overrides["MESSAGE_BUS_STATS_INTERVAL"] = "1"
     proc, _ = spawn(cluster_env, "beat-cluster", ["-m", "bus.cli", "beat", "-l", "INFO"])

@@ -8,7 +8,7 @@ import pytest
 
 from bus.services import services_status, services_up
 from tests.cluster.conftest import primary_client
-from tests.conftest import wait_for
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
@@ -125,7 +125,7 @@ def test_the_cluster_commands_print_settings_and_a_status_whose_exit_code_says_i
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
+    from tests.support.paths import ROOT
 
     def msgbus(*args: str) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "bus.cli", "services", "cluster", *args]
@@ -151,8 +151,9 @@ def test_the_mcp_http_server_on_the_cluster_sends_and_wakes_a_long_poll(
     import asyncio
 
     from bus.tokens import TokenFile
-    from tests.e2e.test_mcp import call, http
-    from tests.e2e.test_operations import start_http_server, stop
+    from tests.support.mcp import call, http
+    from tests.support.processes import stop
+    from tests.support.web import start_http_server
 
     alice, bob = agents("alice"), agents("bob")
     tokens = tmp_path / "tokens.json"

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from bench.run import HEADLINE
-from tests.conftest import ROOT
+from tests.support.paths import ROOT
 
 pytestmark = pytest.mark.timeout(900)
 

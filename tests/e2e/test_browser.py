@@ -13,9 +13,10 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 from bus.tokens import TokenFile
-from tests.conftest import ARTIFACTS, wait_for
-from tests.e2e.test_mcp import free_port
-from tests.e2e.test_operations import _get, spawn, start_http_server, stop
+from tests.support.paths import ARTIFACTS
+from tests.support.processes import free_port, spawn, stop
+from tests.support.waiting import wait_for
+from tests.support.web import http_status, start_http_server
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -126,7 +127,9 @@ def test_flower_shows_bus_deliver_tasks(fresh_env, browser, agents):
         MESSAGE_BUS_FLOWER_AUTH="ops:flower-pw",
     )
     try:
-        wait_for(lambda: _get(f"http://127.0.0.1:{port}/healthcheck") in (200, 401), 60, "Flower")
+        wait_for(
+            lambda: http_status(f"http://127.0.0.1:{port}/healthcheck") in (200, 401), 60, "Flower"
+        )
         bus = fresh_env.bus()
         sender, reader = agents("s"), agents("r")
         marker = "secret-payload-marker"

@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-from tests.conftest import ARTIFACTS, ROOT, holds_for, wait_for
+from tests.support.paths import ARTIFACTS, ROOT
 from tests.support.rawstdio import HANDSHAKE, RawStdio
+from tests.support.waiting import holds_for, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 

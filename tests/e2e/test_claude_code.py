@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from tests.conftest import ARTIFACTS, wait_for
 from tests.support import claude_code
 from tests.support.anthropic_stub import Exchange, Text, ToolUse, result_text
+from tests.support.paths import ARTIFACTS
 from tests.support.sessions import (
     ReadSize,
     bus_tool,
@@ -19,6 +19,7 @@ from tests.support.sessions import (
     prompt_chars,
     tool_json,
 )
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 

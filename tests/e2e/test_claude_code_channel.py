@@ -18,10 +18,10 @@ import time
 
 import pytest
 
-from tests.conftest import wait_for
 from tests.support import claude_code
 from tests.support.anthropic_stub import AnthropicStub, Text
 from tests.support.interactive import TmuxClaude
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.interactive_channel, pytest.mark.timeout(180)]
 

@@ -12,9 +12,10 @@ import shutil
 
 import pytest
 
-from tests.conftest import ARTIFACTS, ROOT, wait_for
 from tests.support import claude_code
 from tests.support.anthropic_stub import AnthropicStub, Text, ToolUse, result_text
+from tests.support.paths import ARTIFACTS, ROOT
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 

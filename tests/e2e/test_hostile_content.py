@@ -17,9 +17,6 @@ from typing import Any
 import pytest
 
 from bus.tokens import TokenFile
-from tests.conftest import ARTIFACTS, ROOT, wait_for
-from tests.e2e.test_mcp import free_port, http, stdio
-from tests.e2e.test_operations import _get
 from tests.support.entrances import BROADCASTS, Cli, Mcp, PythonApi, Refusal, msgbus
 from tests.support.hostile import (
     DELIVERABLE,
@@ -36,6 +33,11 @@ from tests.support.hostile import (
     exactly_equal,
     matches,
 )
+from tests.support.mcp import http, stdio
+from tests.support.paths import ARTIFACTS, ROOT
+from tests.support.processes import free_port
+from tests.support.waiting import wait_for
+from tests.support.web import http_status
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -85,7 +87,7 @@ def http_url(module_env, worker, tmp_path_factory):
     def up() -> bool:
         if proc.poll() is not None:
             pytest.fail(f"MCP HTTP server exited:\n{log.read_text()[-2000:]}")
-        return _get(f"{url}/healthz") == 200
+        return http_status(f"{url}/healthz") == 200
 
     wait_for(up, 60, "the MCP HTTP server")
     yield url, issued

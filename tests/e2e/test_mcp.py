@@ -6,20 +6,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import subprocess
 import sys
 import time
 
 import httpx
-import httpx2
 import pytest
 from mcp import StdioServerParameters
 from mcp.client import Client
-from mcp.client.streamable_http import streamable_http_client
 
 from bus.tokens import TokenFile
-from tests.conftest import ARTIFACTS, ROOT, PrivateRedis, wait_for
+from tests.support.mcp import call, error_of, http, run, stdio
+from tests.support.paths import ARTIFACTS, ROOT
+from tests.support.processes import PrivateRedis, free_port
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -42,36 +42,6 @@ FULL = CORE + [
     "health",
     "bus_stats",
 ]
-
-
-def stdio(env, agent, profile="core", *flags, **extra):
-    return Client(
-        StdioServerParameters(
-            command=sys.executable,
-            args=["-m", "mcp_server", "--agent", agent, "--profile", profile, *flags],
-            env=env.env(**extra),
-            cwd=str(ROOT),
-        ),
-        read_timeout_seconds=60,
-    )
-
-
-async def call(client, tool, args=None):
-    result = await client.call_tool(tool, args or {})
-    assert not result.is_error, result.content[0].text
-    return result.structured_content
-
-
-async def error_of(client, tool, args):
-    result = await client.call_tool(tool, args)
-    assert result.is_error, result.structured_content
-    return result.content[0].text
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -117,15 +87,6 @@ def http_server(module_env, worker, tmp_path_factory):
     yield url, issued, tokens
     proc.terminate()
     proc.wait(15)
-
-
-def http(url, token, **kwargs):
-    client = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60)
-    return Client(streamable_http_client(f"{url}/mcp", http_client=client), **kwargs)
-
-
-def run(coro):
-    return asyncio.run(coro)
 
 
 def test_two_stdio_agents_send_read_ack_and_see_it_in_history(module_env, worker, agents):

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import uuid
@@ -13,9 +12,11 @@ import pytest
 
 from bus.errors import BusUnavailable
 from bus.tokens import TokenFile
-from tests.conftest import ARTIFACTS, ROOT, PrivateRedis, holds_for, wait_for
-from tests.e2e.test_mcp import free_port
-from tests.integration.test_security import publish_raw, wire_for
+from tests.support.paths import ROOT
+from tests.support.processes import PrivateRedis, free_port, spawn, stop
+from tests.support.waiting import holds_for, wait_for
+from tests.support.web import http_status, metric, start_http_server
+from tests.support.wire import publish_raw, wire_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -29,50 +30,6 @@ METRICS = [
     "message_bus_inbox_depth",
     "message_bus_subscriptions",
 ]
-
-
-def spawn(env, name, args, **extra):
-    log = ARTIFACTS / f"{name}-{env.vhost}.log"
-    proc = subprocess.Popen(
-        [sys.executable, *args],
-        cwd=ROOT,
-        env=env.env(**extra),
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("wb"),
-        start_new_session=True,
-    )
-    return proc, log
-
-
-def stop(proc):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def start_http_server(env, name, tokens, **extra):
-    """A `msgbus mcp --http` process on a free port; returns (process, base URL) once up."""
-    port = free_port()
-    proc, _ = spawn(
-        env,
-        name,
-        ["-m", "mcp_server", "--http", "--port", str(port), "--tokens-file", str(tokens)],
-        **extra,
-    )
-    base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: _get(f"{base}/healthz") == 200, 30, "the HTTP server")
-    return proc, base
-
-
-def metric(text, name, **labels):
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def test_beat_replays_a_transient_dead_letter_and_leaves_a_bad_signature_alone(fresh_env, agents):
@@ -169,24 +126,17 @@ def test_worker_metrics_move_when_messages_flow_and_http_metrics_name_everything
         stop(server)
 
 
-def _get(url):
-    try:
-        return httpx.get(url, timeout=2).status_code
-    except httpx.HTTPError:
-        return None
-
-
 def test_readyz_flips_when_the_worker_stops(fresh_env, tmp_path):
     worker = fresh_env.start_worker()
     tokens = tmp_path / "tokens.json"
     TokenFile(tokens).create("ops")
     server, base = start_http_server(fresh_env, "mcp-ready", tokens)
     try:
-        wait_for(lambda: _get(f"{base}/readyz") == 200, 30, "/readyz 200 with a worker")
+        wait_for(lambda: http_status(f"{base}/readyz") == 200, 30, "/readyz 200 with a worker")
         worker.stop()
-        wait_for(lambda: _get(f"{base}/readyz") == 503, 30, "/readyz 503 without workers")
+        wait_for(lambda: http_status(f"{base}/readyz") == 503, 30, "/readyz 503 without workers")
         assert httpx.get(f"{base}/readyz").json()["workers"] == []
-        assert _get(f"{base}/healthz") == 200  # liveness is not readiness
+        assert http_status(f"{base}/healthz") == 200  # liveness is not readiness
         out = subprocess.run(
             [sys.executable, "-m", "bus.cli", "health"],
             cwd=ROOT,

@@ -9,9 +9,10 @@ import sys
 import psutil
 import pytest
 
-from tests.conftest import ARTIFACTS, ROOT, wait_for
-from tests.e2e.test_mcp import free_port
-from tests.e2e.test_operations import _get
+from tests.support.paths import ARTIFACTS, ROOT
+from tests.support.processes import free_port
+from tests.support.waiting import wait_for
+from tests.support.web import http_status
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -44,13 +45,17 @@ def test_up_starts_everything_and_ctrl_c_stops_every_process(fresh_env, agents, 
         for where in ("/mcp", "/ui", f":{flower_port}/", "metrics"):
             assert where in text, where
         base = f"http://127.0.0.1:{mcp_port}"
-        wait_for(lambda: _get(f"{base}/healthz") == 200, 60, "MCP /healthz")
-        wait_for(lambda: _get(f"{base}/readyz") == 200, 60, "a live worker (/readyz)")
-        assert _get(f"{base}/ui") == 401  # the login page: a token is needed
+        wait_for(lambda: http_status(f"{base}/healthz") == 200, 60, "MCP /healthz")
+        wait_for(lambda: http_status(f"{base}/readyz") == 200, 60, "a live worker (/readyz)")
+        assert http_status(f"{base}/ui") == 401  # the login page: a token is needed
         wait_for(
-            lambda: _get(f"http://127.0.0.1:{metrics_port}/metrics") == 200, 30, "worker metrics"
+            lambda: http_status(f"http://127.0.0.1:{metrics_port}/metrics") == 200,
+            30,
+            "worker metrics",
         )
-        wait_for(lambda: _get(f"http://127.0.0.1:{flower_port}/healthcheck") == 200, 60, "Flower")
+        wait_for(
+            lambda: http_status(f"http://127.0.0.1:{flower_port}/healthcheck") == 200, 60, "Flower"
+        )
         bus = fresh_env.bus()
         sender, reader = agents("s"), agents("r")
         receipt = bus.send_message({"from": sender, "to": reader, "payload": "up"})

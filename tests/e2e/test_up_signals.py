@@ -16,9 +16,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import ARTIFACTS, ROOT, wait_for
-from tests.e2e.test_mcp import free_port
-from tests.e2e.test_operations import _get
+from tests.support.paths import ARTIFACTS, ROOT
+from tests.support.processes import free_port
+from tests.support.waiting import wait_for
+from tests.support.web import http_status
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -77,10 +78,10 @@ class Up:
     def wait_serving(self) -> None:
         wait_for(lambda: b"bus is up" in self.log.read_bytes(), 90, "msgbus up to start")
         base = f"http://127.0.0.1:{self.ports['mcp']}"
-        wait_for(lambda: _get(f"{base}/healthz") == 200, 90, "MCP /healthz")
-        wait_for(lambda: _get(f"{base}/readyz") == 200, 90, "a live worker (/readyz)")
+        wait_for(lambda: http_status(f"{base}/healthz") == 200, 90, "MCP /healthz")
+        wait_for(lambda: http_status(f"{base}/readyz") == 200, 90, "a live worker (/readyz)")
         flower = f"http://127.0.0.1:{self.ports['flower']}/healthcheck"
-        wait_for(lambda: _get(flower) == 200, 90, "Flower")
+        wait_for(lambda: http_status(flower) == 200, 90, "Flower")
         self.stack = self.supervisor.children(recursive=True)
         listener = listening_pid(self.ports["mcp"])
         assert listener in {p.pid for p in self.stack}, "the MCP port is served by another stack"

@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-from tests.conftest import ARTIFACTS, ROOT, wait_for
-from tests.e2e.test_mcp import call, stdio
+from tests.support.mcp import call, stdio
+from tests.support.paths import ARTIFACTS, ROOT
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -6,7 +6,8 @@ import pytest
 
 from bus.envelope import Envelope
 from bus.errors import BusUnavailable, LimitExceeded, NotFound, RateLimited
-from tests.conftest import audit_entries, holds_for, wait_for
+from tests.support.env import audit_entries
+from tests.support.waiting import holds_for, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -14,7 +14,8 @@ import time
 import pytest
 
 from bus.errors import SecurityError
-from tests.conftest import ROOT, wait_for
+from tests.support.paths import ROOT
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.conftest import holds_for, wait_for
+from tests.support.waiting import holds_for, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from kombu import Connection, Exchange, Producer
 
-from tests.conftest import holds_for, wait_for
+from tests.support.waiting import holds_for, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 
 from bus.errors import ValidationError
-from tests.conftest import wait_for
 from tests.support.entrances import msgbus
 from tests.support.hostile import describe, exactly_equal
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 

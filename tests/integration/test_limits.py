@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bus.errors import LimitExceeded, ValidationError
-from tests.conftest import audit_entries
+from tests.support.env import audit_entries
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -12,7 +12,7 @@ import redis
 
 from bus.errors import BusUnavailable
 from bus.redis_conn import DirectScript, connect, execute_scripted, queue_script, redis_errors
-from tests.conftest import REDIS_URL
+from tests.support.paths import REDIS_URL
 
 pytestmark = pytest.mark.timeout(60)
 

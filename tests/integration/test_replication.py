@@ -13,7 +13,7 @@ from bus import metrics
 from bus.errors import NotReplicated
 from bus.redis_conn import DirectScript, connect, redis_errors
 from bus.replication import Replication
-from tests.conftest import REDIS_URL
+from tests.support.paths import REDIS_URL
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -17,7 +17,8 @@ from mcp.client import Client
 from bus.errors import ValidationError
 from mcp_server.identity import Identity
 from mcp_server.server import build_server
-from tests.conftest import ROOT, holds_for, wait_for
+from tests.support.paths import ROOT
+from tests.support.waiting import holds_for, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from tests.conftest import wait_for
-from tests.e2e.test_mcp import free_port
+from tests.support.processes import free_port
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -23,7 +23,7 @@ from bus.services import (
     services_status,
     services_up,
 )
-from tests.conftest import BROKER_URL, REDIS_URL
+from tests.support.paths import BROKER_URL, REDIS_URL
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 

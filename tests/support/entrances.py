@@ -10,8 +10,9 @@ import sys
 from typing import Any
 
 from bus.errors import BusError, ValidationError
-from tests.conftest import ROOT, wait_for
 from tests.support.hostile import LoopThread
+from tests.support.paths import ROOT
+from tests.support.waiting import wait_for
 
 ARGV_LIMIT = 100_000  # a payload longer than this goes to the CLI on stdin (Linux caps one argv string at 128 KiB)
 BROADCASTS: set[str] = set()  # every broadcast id sent by any entrance

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.support.paths import ROOT
 
 SERVICES = {"redis", "rabbitmq", "worker", "express", "beat", "flower", "mcp"}
 

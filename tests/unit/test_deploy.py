@@ -7,7 +7,7 @@ import re
 
 import yaml
 
-from tests.conftest import ROOT
+from tests.support.paths import ROOT
 
 DOCUMENTED = {
     "message_bus_messages_total",

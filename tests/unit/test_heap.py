@@ -6,7 +6,7 @@ import gc
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+from tests.support.paths import ROOT
 
 
 def test_freezing_moves_the_live_start_up_objects_out_of_collections():

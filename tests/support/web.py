@@ -1,0 +1,38 @@
+"""HTTP helpers: a status code without raising, Prometheus text, an MCP HTTP server."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.support.processes import free_port, spawn
+from tests.support.waiting import wait_for
+
+
+def http_status(url: str) -> int | None:
+    """The status code of a GET, or None when nothing answers."""
+    try:
+        return httpx.get(url, timeout=2).status_code
+    except httpx.HTTPError:
+        return None
+
+
+def metric(text, name, **labels):
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def start_http_server(env, name, tokens, **extra):
+    """A `msgbus mcp --http` process on a free port; returns (process, base URL) once up."""
+    port = free_port()
+    proc, _ = spawn(
+        env,
+        name,
+        ["-m", "mcp_server", "--http", "--port", str(port), "--tokens-file", str(tokens)],
+        **extra,
+    )
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: http_status(f"{base}/healthz") == 200, 30, "the HTTP server")
+    return proc, base

@@ -143,8 +143,10 @@ class DeadLetterQueue:
         self.runtime = runtime
 
     @contextmanager
-    def _taken(self) -> Iterator[Callable[[], _Entry | None]]:
-        """Yields a getter of unacked entries; unsettled ones return on exit."""
+    def holding(self) -> Iterator[Callable[[], _Entry | None]]:
+        """Takes the dead letters out to look at them (one reader at a time across
+        processes): yields a getter of unacked entries; every one not settled goes back
+        to the queue, in its order, on exit."""
         broker = self.runtime.broker
         broker.ensure_topology()
         with (
@@ -267,7 +269,7 @@ class DeadLetterQueue:
     def peek(self, limit: int = 100) -> list[DeadLetter]:
         """Up to `limit` dead letters, oldest first, without consuming them."""
         out: list[DeadLetter] = []
-        with self._taken() as get:
+        with self.holding() as get:
             while len(out) < limit and (entry := get()) is not None:
                 statuses = self._statuses([entry])
                 out += [self._describe(entry, item, statuses) for item in entry.items]
@@ -283,7 +285,7 @@ class DeadLetterQueue:
             pass
 
     def show(self, message_id: str) -> DeadLetter:
-        with self._taken() as get:
+        with self.holding() as get:
             for _ in range(self.depth() + 1):
                 entry = get()
                 if entry is None:
@@ -305,7 +307,7 @@ class DeadLetterQueue:
         Unreadable parts can be purged (no action), never replayed."""
         wanted = None if ids is None else set(ids)
         done: list[str] = []
-        with self._taken() as get:
+        with self.holding() as get:
             for _ in range(self.depth()):
                 if limit is not None and len(done) >= limit:
                     break

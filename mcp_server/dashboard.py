@@ -156,6 +156,7 @@ def main() -> None:
     import uvicorn
     from starlette.applications import Starlette
 
+    from bus.errors import ConfigError
     from bus.logs import configure
     from bus.settings import Settings
     from mcp_server.websecurity import HostOriginGuard, web_origins
@@ -167,6 +168,10 @@ def main() -> None:
     args = parser.parse_args()
     configure("WARNING")
     settings = Settings()
+    try:
+        settings.signing_keys  # noqa: B018 - production without a real secret stops here
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc.message}") from None
     tokens = TokenFile(
         args.tokens_file or settings.tokens_file or settings.state_dir / "tokens.json"
     )

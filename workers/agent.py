@@ -101,39 +101,31 @@ class WorkerAgent:
     def reply(self, message: ReceivedMessage, result: Any) -> None:
         """Sends the handler's result back as a response when there is one. The response's
         id is made from the request's, so a handler run again after an outage answers once."""
-        if result is None or message.type not in ANSWERED_TYPES:
-            return
-        self.bus.send_message(
-            {
-                "id": str(uuid.uuid5(RESPONSE_IDS, f"{self.name}:{message.id}")),
-                "from": self.name,
-                "to": message.reply_to or message.sender,
-                "type": "response",
-                "correlation_id": message.id,
-                "payload": result,
-                "trace_id": message.trace_id,
-                "metadata": {"priority": message.priority.value},
-            }
-        )
+        if result is not None and message.type in ANSWERED_TYPES:
+            self.bus.send_message(self._answer(message, "response", result))
+
+    def _answer(self, message: ReceivedMessage, kind: str, payload: Any) -> dict[str, Any]:
+        """The answer of `kind` to `message`: its id made from the request's and the kind,
+        so that a handler run again answers once."""
+        return {
+            "id": str(uuid.uuid5(RESPONSE_IDS, f"{self.name}:{message.id}:{kind}")),
+            "from": self.name,
+            "to": message.reply_to or message.sender,
+            "type": kind,
+            "correlation_id": message.id,
+            "payload": payload,
+            "trace_id": message.trace_id,
+            "metadata": {"priority": message.priority.value},
+        }
 
     def reply_error(self, message: ReceivedMessage, error: BusError) -> None:
         """Tells the requester, with an `error` response, why its answer cannot come (the
         bus refused the handler's result); best effort: it may be refused too."""
         if message.type not in ANSWERED_TYPES:
             return
+        problem = {"error": error.code, "message": error.message[:500]}
         try:
-            self.bus.send_message(
-                {
-                    "id": str(uuid.uuid5(RESPONSE_IDS, f"{self.name}:{message.id}:error")),
-                    "from": self.name,
-                    "to": message.reply_to or message.sender,
-                    "type": "error",
-                    "correlation_id": message.id,
-                    "payload": {"error": error.code, "message": error.message[:500]},
-                    "trace_id": message.trace_id,
-                    "metadata": {"priority": message.priority.value},
-                }
-            )
+            self.bus.send_message(self._answer(message, "error", problem))
         except BusError as exc:
             logger.warning(
                 "%s could not tell %s its reply was refused: %s", self.name, message.sender, exc

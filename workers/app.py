@@ -14,6 +14,7 @@ from prometheus_client import start_http_server
 from bus import heap, topology
 from bus.redis_conn import SENTINEL_SCHEME, SentinelTarget
 from bus.runtime import Runtime, runtime_from_env
+from bus.errors import ConfigError
 from bus.settings import SOLO_POOL_REFUSED
 from workers import fastjson
 
@@ -68,6 +69,17 @@ def redbeat_connection(redis_url: str) -> dict[str, Any]:
 def _fresh_connections_after_fork(**_: Any) -> None:
     # A prefork child must not share the parent's sockets.
     runtime.reset()
+
+
+@worker_init.connect
+@beat_init.connect
+def _refuse_a_bad_secret(**_: Any) -> None:
+    # Production without a secret, or with one too short, stops every process at start
+    # (worker, express worker, worker agents, beat), not only the ones that sign.
+    try:
+        runtime.settings.signing_keys  # noqa: B018
+    except ConfigError as exc:
+        raise SystemExit(f"msgbus: {exc.message}") from None
 
 
 @worker_init.connect

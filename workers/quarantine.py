@@ -54,5 +54,15 @@ class Quarantine:
                 self._alone = False
                 self._cond.notify_all()
 
+    @property
+    def running(self) -> int:
+        """Handlers running beside each other now (0 while a suspect runs alone)."""
+        return self._running
+
+    @property
+    def suspect_running(self) -> bool:
+        """A suspect is running, alone."""
+        return self._alone
+
     def enter(self, redelivered: bool) -> contextlib.AbstractContextManager[None]:
         return self.alone() if redelivered else self.shared()

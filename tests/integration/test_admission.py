@@ -6,6 +6,7 @@ import pytest
 
 from bus.envelope import Envelope
 from bus.errors import BusUnavailable, LimitExceeded, NotFound, RateLimited
+from bus.topology import DELIVER_TASK
 from tests.support.env import audit_entries
 from tests.support.waiting import holds_for, wait_for
 
@@ -139,7 +140,10 @@ def test_a_message_published_by_a_sender_that_died_before_committing_is_delivere
     sender, reader = agents("s"), agents("r")
     message = {"from": sender, "to": reader, "payload": 1, "metadata": {"dedup_key": "job-8"}}
     published = admit_and_die(bus, message)
-    bus.sender._publish_all([published], batch=False)  # it got this far, then died
+    # It got this far, then died: the task is in the broker, the dedup record pending.
+    bus.runtime.broker.publish(
+        DELIVER_TASK, [published.record.wire], queue="bus.normal", task_id=published.message.id
+    )
     retry = bus.send_message(dict(message))
     assert retry.id == published.message.id
     got = wait_for(lambda: bus.read(reader, limit=10, wait=1), 15, "the delivery")

@@ -178,7 +178,7 @@ def test_a_listing_beside_a_replay_in_progress_sees_every_dead_letter(fresh_env,
     holding, release = threading.Event(), threading.Event()
 
     def hold_them() -> None:
-        with other.dead_letter_queue._taken() as get:
+        with other.dead_letter_queue.holding() as get:
             while get() is not None:
                 pass
             holding.set()

@@ -65,6 +65,6 @@ def test_a_suspect_waits_for_running_handlers_then_runs_alone():
 def test_enter_picks_the_mode_from_the_redelivered_flag():
     q = Quarantine()
     with q.enter(redelivered=True):
-        assert q._alone
+        assert q.suspect_running
     with q.enter(redelivered=False):
-        assert q._running == 1 and not q._alone
+        assert q.running == 1 and not q.suspect_running

@@ -12,9 +12,9 @@ from celery.signals import beat_init, worker_init, worker_process_init, worker_r
 from prometheus_client import start_http_server
 
 from bus import heap, topology
+from bus.errors import ConfigError
 from bus.redis_conn import SENTINEL_SCHEME, SentinelTarget
 from bus.runtime import Runtime, runtime_from_env
-from bus.errors import ConfigError
 from bus.settings import SOLO_POOL_REFUSED
 from workers import fastjson
 

@@ -17,6 +17,8 @@ from typing import Any
 from kombu import Connection
 
 from bus.client import MessageBus
+from bus.cluster import ClusterLayout, LocalCluster
+from bus.redis_conn import connect
 from bus.services import delete_vhost, ensure_vhost, services_up
 from bus.settings import Settings
 
@@ -52,17 +54,33 @@ class Bench:
     """One isolated bus for the run (its own vhost and key prefix)."""
 
     def __init__(
-        self, concurrency: int = 4, pool: str = "threads", queue_type: str = "classic"
+        self,
+        concurrency: int = 4,
+        pool: str = "threads",
+        queue_type: str = "classic",
+        cluster: bool = False,
     ) -> None:
-        base = Settings()
-        services_up(base.redis_url, base.broker_url)
+        """`cluster`: on the local multi-node stack (`msgbus services cluster up`, started
+        when it is not running): three RabbitMQ nodes with quorum queues, Redis through
+        Sentinel with two replicas."""
         self.vhost = f"bench-{uuid.uuid4().hex[:8]}"
-        ensure_vhost(base.broker_url, self.vhost)
-        self.broker_url = base.broker_url.rstrip("/") + "/" + self.vhost
+        self.cluster: LocalCluster | None = None
+        if cluster:
+            self.cluster = LocalCluster(ClusterLayout.default())
+            self.cluster.up()
+            self.cluster.ensure_vhost(self.vhost)
+            self.broker_url = self.cluster.broker_url(self.vhost)
+            redis_url, queue_type = self.cluster.redis_url(), "quorum"
+        else:
+            base = Settings()
+            services_up(base.redis_url, base.broker_url)
+            ensure_vhost(base.broker_url, self.vhost)
+            self.broker_url = base.broker_url.rstrip("/") + "/" + self.vhost
+            redis_url = base.redis_url
         self.prefix = f"bench:{self.vhost}:"
         self.concurrency, self.pool, self.queue_type = concurrency, pool, queue_type
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("MESSAGE_BUS_")} | {
-            "MESSAGE_BUS_REDIS_URL": base.redis_url,
+            "MESSAGE_BUS_REDIS_URL": redis_url,
             "MESSAGE_BUS_BROKER_URL": self.broker_url,
             "MESSAGE_BUS_KEY_PREFIX": self.prefix,
             "MESSAGE_BUS_SECRET": "bench-secret-0123456789",
@@ -162,9 +180,8 @@ class Bench:
         """Deletes this run's Redis keys: each workload starts from an empty keyspace (what
         earlier workloads left would otherwise grow Redis to hundreds of MB and bring AOF
         rewrites, forks and their CPU, into the later workloads' figures)."""
-        import redis
 
-        client = redis.Redis.from_url(self.env["MESSAGE_BUS_REDIS_URL"])
+        client = self.redis()
         keys = list(client.scan_iter(match=f"{self.prefix}*", count=5000))
         for i in range(0, len(keys), 1000):
             client.unlink(*keys[i : i + 1000])
@@ -180,7 +197,7 @@ class Bench:
         two-core machine) does not fall into the next workload's figures."""
         import redis
 
-        client = redis.Redis.from_url(self.env["MESSAGE_BUS_REDIS_URL"], decode_responses=True)
+        client = self.redis()
         try:
             try:
                 if client.config_get("appendonly").get("appendonly") != "yes":
@@ -196,10 +213,17 @@ class Bench:
         finally:
             client.close()
 
+    def redis(self) -> Any:
+        """A client on the run's Redis (through Sentinel on the cluster; str replies)."""
+        return connect(self.env["MESSAGE_BUS_REDIS_URL"])
+
     def close(self) -> None:
         for proc in self.procs:
             self.stop(proc)
-        delete_vhost(Settings().broker_url, self.vhost)
+        if self.cluster is not None:
+            self.cluster.delete_vhost(self.vhost)
+        else:
+            delete_vhost(Settings().broker_url, self.vhost)
         self.clear_keys()
 
 

@@ -10,6 +10,8 @@ import redis
 from celery import Celery
 from kombu import Queue
 
+from bus.redis_conn import connect
+
 RAW_QUEUES = ["raw.critical", "raw.low", "raw.q"]
 
 
@@ -59,9 +61,8 @@ _redis = None
 def _r() -> redis.Redis:
     global _redis
     if _redis is None:
-        _redis = redis.Redis.from_url(
-            os.environ.get("MESSAGE_BUS_REDIS_URL", "redis://127.0.0.1:6379/0")
-        )
+        # The bus's URL forms (Sentinel's too), so the baseline runs on the same Redis.
+        _redis = connect(os.environ.get("MESSAGE_BUS_REDIS_URL", "redis://127.0.0.1:6379/0"))
     return _redis
 
 

@@ -1,7 +1,9 @@
 """Runs every workload with its baseline and prints a table (or one JSON object).
 
 msgbus bench [--json] [--quick | --smoke] [--only drain,latency,...] [--queue-type quorum]
-             [--pool threads --concurrency 4] [--plot]
+             [--pool threads --concurrency 4] [--plot] [--cluster]
+
+`--cluster` runs on the local multi-node stack and adds `durability` (MIN_REPLICAS 0/1/2).
 
 `--only sizes` is the quick report of what a model pays to read its mail (seconds).
 """
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import plots, sizes
+from bench import costs, plots, sizes
 from bench import workloads as w
 from bench.harness import ROOT, Bench, describe_machine, percentile, summary, wait_until
 
@@ -30,7 +32,7 @@ CONFIRMS = (
     "messages per priority in one task: one confirm for the group."
 )
 
-ALL = ["drain", "batch", "producer", "latency", "priority", "mcp", "footprint", "sizes"]
+ALL = ["drain", "batch", "producer", "latency", "priority", "mcp", "footprint", "sizes", "costs"]
 # The figures the table leads with (every one a ratio to its baseline, or a target in ms).
 HEADLINE = (
     "drain_ratio",
@@ -82,10 +84,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     size = "smoke" if args.smoke else "quick" if args.quick else "full"
     z = SIZES[size]
     only = set(args.only.split(",")) if args.only else set(ALL)
-    b = Bench(concurrency=args.concurrency, pool=args.pool, queue_type=args.queue_type)
+    if args.cluster and not args.only:
+        only.add("durability")  # only a stack with replicas can price it
+    b = Bench(args.concurrency, args.pool, args.queue_type, cluster=args.cluster)
     out: dict[str, Any] = {
         "machine": describe_machine(),
-        "queue_type": args.queue_type,
+        "stack": "cluster: 3 RabbitMQ nodes, Redis + 2 replicas via 3 Sentinels"
+        if args.cluster
+        else "single node",
+        "queue_type": b.queue_type,
         "worker": {"pool": b.pool, "concurrency": b.concurrency},
         "size": size,
     }
@@ -133,6 +140,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
         if "mcp" in only:
             out |= mcp(b, z)
+            _reset(b)
+        if "costs" in only:
+            out["costs"] = costs.per_message_costs(b, z.drain)
+            _reset(b)
+        if "durability" in only:
+            if b.cluster is None:
+                raise SystemExit("msgbus bench: --only durability needs --cluster (replicas)")
+            n, secs = z.drain // 2, z.latency_seconds
+            d = out["durability"] = w.durability(b, n, 200, secs, max(1, z.reps // 2))
+            for k in (1, 2):
+                d[f"drain_ratio_{k}_to_0"] = round(
+                    d[k]["drain_msgs_per_s"] / d[0]["drain_msgs_per_s"], 3
+                )
             _reset(b)
         if "footprint" in only:
             out["footprint"] = w.footprint(b, z.footprint)
@@ -266,7 +286,7 @@ def mcp(b: Bench, z: Sizes) -> dict[str, Any]:
 def table(result: dict[str, Any]) -> str:
     lines = [
         f"machine: {result['machine']}",
-        f"queues: {result['queue_type']}, worker "
+        f"stack: {result['stack']}; queues: {result['queue_type']}, worker "
         f"{result['worker']['pool']} x{result['worker']['concurrency']}",
     ]
 
@@ -280,7 +300,17 @@ def table(result: dict[str, Any]) -> str:
     for key in HEADLINE:
         if key in result:
             row(key, result[key])
-    for key in ("producer", "latency_200", "latency_500", "priority", "mcp", "footprint", "sizes"):
+    for key in (
+        "producer",
+        "latency_200",
+        "latency_500",
+        "priority",
+        "mcp",
+        "footprint",
+        "sizes",
+        "costs",
+        "durability",
+    ):
         if key in result:
             lines.append(f"  {key}: {json.dumps(result[key])}")
     return "\n".join(lines)
@@ -295,6 +325,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--only", default=None, help=f"comma list of {','.join(ALL)}")
     parser.add_argument("--queue-type", choices=["classic", "quorum"], default="classic")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="on the local multi-node stack (quorum queues, Sentinel); adds `durability`",
+    )
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--pool", choices=["threads", "prefork"], default="threads")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "results.json")

@@ -177,9 +177,7 @@ def raw_latency(b: Bench, rate: float, seconds: float) -> list[float]:
         seconds,
         lambda: raw_app.send_task("raw.stamp", args=[key, time.time()], queue="raw.q"),
     )
-    import redis
-
-    client = redis.Redis.from_url(b.env["MESSAGE_BUS_REDIS_URL"])
+    client = b.redis()
     wait_until(lambda: client.llen(key) >= count, 120, "raw latency run")
     b.stop(worker)
     return [float(v) for v in client.lrange(key, 0, -1)]
@@ -220,12 +218,10 @@ def bus_priority(b: Bench, backlog: int, probes: int) -> list[float]:
 
 
 def raw_priority(b: Bench, backlog: int, probes: int) -> list[float]:
-    import redis
-
     raw.use(b.broker_url, b.queue_type)
     _raw_publish(backlog, queue="raw.low")
     key = f"{b.prefix}raw-prio-{uuid.uuid4().hex[:6]}"
-    client = redis.Redis.from_url(b.env["MESSAGE_BUS_REDIS_URL"])
+    client = b.redis()
     worker = b.start("bench.raw_app", "raw.critical,raw.low", "raw")
     express = b.start("bench.raw_app", "raw.critical", "raw-express", env={"RAW_EXPRESS": "1"})
     b.started_and_consuming(worker, "raw.low")
@@ -350,3 +346,23 @@ def mcp_longpoll_wake(b: Bench, probes: int, port: int, token: str) -> list[floa
         return asyncio.run(run())
     finally:
         bus.close()
+
+
+def durability(b: Bench, n: int, rate: float, seconds: float, reps: int) -> dict[str, Any]:
+    """The price of MESSAGE_BUS_REDIS_MIN_REPLICAS: drain rate and send -> inbox latency at
+    0, 1 and 2 replicas, the settings taking turns so drift moves them alike."""
+    runs: dict[int, dict[str, list[float]]] = {k: {"drain": [], "lat": []} for k in (0, 1, 2)}
+    for _ in range(reps):
+        for k in runs:
+            b.env["MESSAGE_BUS_REDIS_MIN_REPLICAS"] = str(k)
+            runs[k]["drain"].append(bus_drain(b, n))
+            runs[k]["lat"] += bus_latency(b, rate, seconds)
+    b.env.pop("MESSAGE_BUS_REDIS_MIN_REPLICAS")
+    return {
+        k: {
+            "drain_msgs_per_s": sorted(r["drain"])[len(r["drain"]) // 2],
+            "latency_p50_ms": round(percentile(r["lat"], 50) * 1000, 2),
+            "latency_p99_ms": round(percentile(r["lat"], 99) * 1000, 2),
+        }
+        for k, r in runs.items()
+    }

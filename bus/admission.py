@@ -21,6 +21,7 @@ from bus import scripts
 from bus.clock import Clock
 from bus.keys import Keys
 from bus.redis_conn import execute_scripted, queue_script, redis_errors
+from bus.replication import Replication
 from bus.store import AUDIT_MAXLEN, Retention
 
 logger = logging.getLogger(__name__)
@@ -64,11 +65,19 @@ class Admitted:
 
 
 class Admission:
-    def __init__(self, client: Any, keys: Keys, retention: Retention, clock: Clock) -> None:
+    def __init__(
+        self,
+        client: Any,
+        keys: Keys,
+        retention: Retention,
+        clock: Clock,
+        replication: Replication | None = None,
+    ) -> None:
         self.redis = client
         self.keys = keys
         self.retention = retention
         self.clock = clock
+        self.replication = replication or Replication()  # WAIT after ADMIT (bus.replication)
         self._admit = client.register_script(scripts.ADMIT)
         self._revoke = client.register_script(scripts.REVOKE)
         self._commit = client.register_script(scripts.COMMIT)
@@ -81,7 +90,8 @@ class Admission:
     ) -> Admitted:
         keys, args = self._command(records, audit, limit)
         with redis_errors("record the send"):
-            return _parse(self._admit(keys=keys, args=args), len(records))
+            reply = self.replication.script(self.redis, self._admit, keys, args, "record the send")
+            return _parse(reply, len(records))
 
     def revoke(self, records: Iterable[AcceptRecord]) -> None:
         """Undoes `admit` for messages the broker did not take."""

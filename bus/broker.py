@@ -27,7 +27,6 @@ from bus.settings import Settings
 logger = logging.getLogger(__name__)
 
 _BROKER_ERRORS = (OperationalError, KombuError, ConnectionError, OSError, TimeoutError)
-CONFIRM_TIMEOUT = 10.0  # seconds a publish waits for the broker's confirm
 _RETRY_POLICY = {
     "max_retries": 2,
     "interval_start": 0.1,
@@ -47,7 +46,10 @@ def publisher_app(settings: Settings) -> Celery:
 
 
 @contextmanager
-def broker_errors(action: str) -> Iterator[None]:
+def broker_errors(action: str, *, bounded: bool = True) -> Iterator[None]:
+    """Broker failures as bus errors. A nack is a refusal: "queue full" when the queue has a
+    length bound (`bounded`); without one it can only be the broker failing to take the
+    message (a quorum queue losing its leader), which is transient."""
     breaker = BREAKERS["broker"]
     if not breaker.allow():
         raise BusUnavailable(
@@ -58,6 +60,13 @@ def broker_errors(action: str) -> Iterator[None]:
     try:
         yield
     except _BROKER_ERRORS + (MessageNacked,) as exc:
+        if _nacked(exc) and not bounded:
+            breaker.success()
+            raise BusUnavailable(
+                f"bus unavailable: the broker refused the message while trying to {action} "
+                "(a nack: a quorum queue changing leader); nothing was sent, retry",
+                component="broker",
+            ) from exc
         if _nacked(exc):  # a refusal is an answer, not an outage (Celery may wrap it)
             breaker.success()
             raise LimitExceeded(
@@ -149,10 +158,14 @@ class Broker:
         if expiration is not None:
             # AMQP per-message expiry: an expired message is dead-lettered, never consumed.
             options["expiration"] = max(expiration, 0.001)
-        with broker_errors("publish a message"):
+        bounded = self.settings.queue_max_length is not None
+        with broker_errors("publish a message", bounded=bounded):
             self.app.send_task(
                 task,
-                confirm_timeout=CONFIRM_TIMEOUT,
+                # A node that stops answering keeps its socket open: without a bound the
+                # send would wait for its confirm forever. On timeout kombu takes the next
+                # URL of a list and publishes again (delivery is idempotent per id).
+                confirm_timeout=self.settings.broker_timeout,
                 args=list(args),
                 queue=queue,
                 task_id=task_id,

@@ -606,7 +606,7 @@ def beat(loglevel: str) -> None:
         "workers.app",
         "beat",
         "-S",
-        "redbeat.RedBeatScheduler",
+        "workers.beat.BusScheduler",
         "-l",
         loglevel,
     ]
@@ -693,9 +693,13 @@ def flower(ctx: click.Context, address: str, port: int) -> None:
 
 
 def _management_api(settings: Settings) -> str:
+    """Flower's --broker-api: MESSAGE_BUS_BROKER_API_URL, else the first broker URL's host
+    (a `;`-separated list names several nodes; any one's management API sees the cluster)."""
     from urllib.parse import urlparse
 
-    url = urlparse(settings.broker_url)
+    if settings.broker_api_url:
+        return settings.broker_api_url
+    url = urlparse(settings.broker_url.split(";")[0])
     user, password = url.username or "guest", url.password or "guest"
     return f"http://{user}:{password}@{url.hostname or '127.0.0.1'}:15672/api/"
 
@@ -757,6 +761,60 @@ def services_status(as_json: bool) -> None:
     emit([asdict(s) for s in statuses], as_json, lambda _: _services_text(statuses))
     if not all(s.running for s in statuses):
         sys.exit(1)
+
+
+@services.group("cluster")
+def cluster() -> None:
+    """A local 3-node RabbitMQ cluster and Redis with 2 replicas and 3 Sentinels."""
+
+
+def _cluster() -> Any:
+    from bus.cluster import ClusterLayout, LocalCluster
+
+    return LocalCluster(ClusterLayout.default())
+
+
+def _cluster_env(stack: Any) -> str:
+    return "\n".join(f"export {k}='{v}'" for k, v in stack.env().items())
+
+
+@cluster.command("up")
+@handle_errors
+def cluster_up() -> None:
+    """Start (or complete) the local cluster; prints the settings that point the bus at it."""
+    stack = _cluster()
+    started = time.monotonic()
+    statuses = stack.up()
+    click.echo(_services_text(statuses))
+    click.echo(f"ready in {time.monotonic() - started:.1f}s; point the bus at it with:")
+    click.echo(_cluster_env(stack))
+
+
+@cluster.command("down")
+@click.option("--purge", is_flag=True, help="also delete the servers' data")
+@handle_errors
+def cluster_down(purge: bool) -> None:
+    """Stop the local cluster's servers (never the single-node stack)."""
+    click.echo(_services_text(_cluster().down(purge=purge)))
+
+
+@cluster.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def cluster_status(as_json: bool) -> None:
+    """Each node and server: running, cluster membership, Redis roles, Sentinels' primary."""
+    from dataclasses import asdict
+
+    statuses = _cluster().status()
+    emit([asdict(s) for s in statuses], as_json, lambda _: _services_text(statuses))
+    if not all(s.running for s in statuses):
+        sys.exit(1)
+
+
+@cluster.command("env")
+def cluster_env() -> None:
+    """Print the settings for the local cluster (`eval "$(msgbus services cluster env)"`)."""
+    click.echo(_cluster_env(_cluster()))
 
 
 if __name__ == "__main__":

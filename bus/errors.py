@@ -147,3 +147,16 @@ PERMANENT_REASONS = frozenset(
 
 def is_transient_reason(reason: str) -> bool:
     return reason in TRANSIENT_REASONS
+
+
+class NotReplicated(BusUnavailable):
+    """Redis took a write, but fewer replicas than MESSAGE_BUS_REDIS_MIN_REPLICAS confirmed
+    it within MESSAGE_BUS_REDIS_REPLICA_TIMEOUT: a failover now could undo it. Transient: the
+    delivery is retried instead of acked."""
+
+    code = "unavailable"
+
+    def __init__(self, message: str, *, acknowledged: int, required: int) -> None:
+        super().__init__(message, component="redis", acknowledged=acknowledged, required=required)
+        self.acknowledged = acknowledged
+        self.required = required

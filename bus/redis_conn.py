@@ -7,16 +7,20 @@ import socket
 import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import hiredis
 import redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.exceptions import NoScriptError
 from redis.sentinel import Sentinel
 
 from bus.breaker import BREAKERS
 from bus.errors import BusError, BusUnavailable, ConfigError
+from bus.replication import Replication
 
 logger = logging.getLogger(__name__)
 
@@ -54,32 +58,85 @@ def is_transient(exc: BaseException) -> bool:
 def connect(url: str, *, socket_timeout: float = 5.0) -> redis.Redis:
     """A client whose pool connects on first command (nothing connects at import or here).
 
-    ``redis+sentinel://host:26379,host2:26379/mymaster/0`` asks Sentinel for the master.
+    ``redis+sentinel://host:26379,host2:26379/mymaster/0`` asks Sentinel for the primary on
+    every new connection; after a failover, connections to the old primary fail (or hear
+    READONLY once it is back as a replica) and are replaced by ones to the new primary.
     """
-    options: dict[str, Any] = {
+    options = _options(socket_timeout)
+    if url.startswith(SENTINEL_SCHEME):
+        target = SentinelTarget.parse(url)
+        sentinel = Sentinel(
+            target.hosts,
+            min_other_sentinels=target.min_other_sentinels,
+            sentinel_kwargs=target.sentinel_kwargs(socket_timeout),
+        )
+        return sentinel.master_for(
+            target.service, db=target.db, password=target.password, **options
+        )
+    return redis.Redis.from_url(url, **options)
+
+
+def connect_async(url: str, *, socket_timeout: float | None = None) -> AsyncRedis:
+    """`connect` for asyncio code (the MCP server's push listener), same URL forms."""
+    options = _options(socket_timeout)
+    if url.startswith(SENTINEL_SCHEME):
+        target = SentinelTarget.parse(url)
+        sentinel = AsyncSentinel(
+            target.hosts,
+            min_other_sentinels=target.min_other_sentinels,
+            sentinel_kwargs=target.sentinel_kwargs(2.0),
+        )
+        return sentinel.master_for(
+            target.service, db=target.db, password=target.password, **options
+        )
+    return AsyncRedis.from_url(url, **options)
+
+
+def _options(socket_timeout: float | None) -> dict[str, Any]:
+    return {
         "decode_responses": True,
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": 2.0,
         "health_check_interval": 30,
     }
-    if url.startswith("redis+sentinel://"):
-        return _sentinel_master(url, options)
-    return redis.Redis.from_url(url, **options)
 
 
-def _sentinel_master(url: str, options: dict[str, Any]) -> redis.Redis:
-    parsed = urlparse(url)
-    hosts = []
-    for part in parsed.netloc.rsplit("@", 1)[-1].split(","):
-        host, _, port = part.partition(":")
-        hosts.append((host or "127.0.0.1", int(port or 26379)))
-    path = [p for p in parsed.path.split("/") if p]
-    if not path:
-        raise ConfigError(f"sentinel URL {url!r} needs a service name: .../mymaster/0")
-    service, db = path[0], int(path[1]) if len(path) > 1 else 0
-    password = parsed.password or parse_qs(parsed.query).get("password", [None])[0]
-    sentinel = Sentinel(hosts, socket_timeout=options["socket_timeout"])
-    return sentinel.master_for(service, db=db, password=password, **options)
+SENTINEL_SCHEME = "redis+sentinel://"
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelTarget:
+    """``redis+sentinel://[:password@]host:port,host:port/service/db``, parsed."""
+
+    hosts: list[tuple[str, int]]
+    service: str
+    db: int
+    password: str | None
+
+    @classmethod
+    def parse(cls, url: str) -> SentinelTarget:
+        parsed = urlparse(url)
+        hosts = []
+        for part in parsed.netloc.rsplit("@", 1)[-1].split(","):
+            host, _, port = part.partition(":")
+            hosts.append((host or "127.0.0.1", int(port or 26379)))
+        path = [p for p in parsed.path.split("/") if p]
+        if not path:
+            raise ConfigError(
+                f"MESSAGE_BUS_REDIS_URL {url!r} names no Sentinel service: "
+                "redis+sentinel://host:26379,host2:26379/mymaster/0"
+            )
+        password = parsed.password or parse_qs(parsed.query).get("password", [None])[0]
+        return cls(hosts, path[0], int(path[1]) if len(path) > 1 else 0, password)
+
+    @property
+    def min_other_sentinels(self) -> int:
+        # A Sentinel that sees fewer peers than a majority may be the cut-off one, with a
+        # stale primary: its answer is not taken.
+        return len(self.hosts) // 2
+
+    def sentinel_kwargs(self, socket_timeout: float) -> dict[str, Any]:
+        return {"socket_timeout": socket_timeout, "socket_connect_timeout": 1.0}
 
 
 @contextmanager
@@ -164,22 +221,32 @@ class DirectScript:
     redis-py's default retry does: use it only for idempotent scripts.
     """
 
-    def __init__(self, client: redis.Redis, script: str) -> None:
+    def __init__(
+        self, client: redis.Redis, script: str, replication: Replication | None = None
+    ) -> None:
         pool = client.connection_pool
         self._connection_class = pool.connection_class
         self._connection_kwargs = pool.connection_kwargs
         self._script = client.register_script(script)
         self._free: list[Any] = []
+        # With replicas required, each round trip ends with a WAIT (see bus.replication).
+        self._replication = replication or Replication()
+        self._wait = self._replication.packed()
 
-    def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        [reply] = self.many([(keys, args)])
+    def __call__(
+        self, keys: Sequence[str], args: Sequence[Any], action: str = "run a script"
+    ) -> Any:
+        [reply] = self.many([(keys, args)], action)
         if isinstance(reply, Exception):
             raise reply
         return reply
 
-    def many(self, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
+    def many(
+        self, calls: Sequence[tuple[Sequence[str], Sequence[Any]]], action: str = "run a script"
+    ) -> list[Any]:
         """Runs the calls in one round trip. Replies in order; a call that Redis refused
-        gets its ResponseError in its place (the others still ran)."""
+        gets its ResponseError in its place (the others still ran). With replicas required,
+        raises NotReplicated when fewer confirmed the writes (the calls did run)."""
         try:
             conn = self._free.pop()  # atomic: no lock needed between pool threads
         except IndexError:
@@ -197,16 +264,27 @@ class DirectScript:
                     raise sha
                 self._script.sha = sha
                 again = self._run(conn, [calls[i] for i in missing])
+                if self._wait:
+                    replies[-1] = again.pop()  # the later WAIT covers both round trips
                 for i, reply in zip(missing, again, strict=True):
                     replies[i] = reply
+            if self._wait:
+                self._replication.require(replies.pop(), action)
             return replies
         finally:
             self._free.append(conn)
 
     def _run(self, conn: Any, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
+        """The calls' replies, then WAIT's when replicas are required."""
         sha = self._script.sha
         packed = b"".join(_pack("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls)
-        return self._send(conn, packed, len(calls))
+        replies = self._send(conn, packed + self._wait, len(calls) + bool(self._wait))
+        if any(_is_readonly(r) for r in replies):
+            # The server was a primary and is now a replica (a failover demoted it, and it
+            # came back): drop the socket, so the next connect asks Sentinel again.
+            conn.disconnect()
+            raise redis.ConnectionError("the Redis primary is now a replica (failover)")
+        return replies
 
     @staticmethod
     def _send(conn: Any, packed: bytes, count: int) -> list[Any]:
@@ -280,6 +358,10 @@ class _SocketReplies:
             raise redis.TimeoutError(f"Timeout talking to Redis: {exc}") from exc
         except OSError as exc:
             raise redis.ConnectionError(f"Error talking to Redis: {exc}") from exc
+
+
+def _is_readonly(reply: Any) -> bool:
+    return isinstance(reply, redis.exceptions.ResponseError) and "READONLY" in str(reply)[:40]
 
 
 def _is_noscript(reply: Any) -> bool:

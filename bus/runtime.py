@@ -17,6 +17,7 @@ from bus.delivery import Deliverer
 from bus.keyring import Keyring
 from bus.keys import Keys
 from bus.redis_conn import connect, redis_errors
+from bus.replication import Replication
 from bus.settings import Settings
 from bus.store import RedisStore, Retention
 
@@ -59,12 +60,21 @@ class Runtime:
         )
 
     @cached_property
+    def replication(self) -> Replication:
+        s = self.settings
+        return Replication(s.redis_min_replicas, s.redis_replica_timeout)
+
+    @cached_property
     def store(self) -> RedisStore:
-        return RedisStore(self.redis, self.keys, self.retention, self.clock)
+        return RedisStore(
+            self.redis, self.keys, self.retention, self.clock, replication=self.replication
+        )
 
     @cached_property
     def admission(self) -> Admission:
-        return Admission(self.redis, self.keys, self.retention, self.clock)
+        return Admission(
+            self.redis, self.keys, self.retention, self.clock, replication=self.replication
+        )
 
     @cached_property
     def codec(self) -> Codec:

@@ -58,12 +58,12 @@ def _host_port(url: str, default_port: int) -> tuple[str, int]:
     return parsed.hostname or "127.0.0.1", parsed.port or default_port
 
 
-def _safe(url: str) -> str:
+def safe_url(url: str) -> str:
     password = urlparse(url).password
     return url.replace(f":{password}@", ":***@") if password else url
 
 
-def _answers(host: str, port: int, timeout: float = 0.5) -> bool:
+def answers(host: str, port: int, timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return True
@@ -71,13 +71,13 @@ def _answers(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def _run(
+def run_command(
     *argv: str, env: dict[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def _pid(pidfile: Path) -> int | None:
+def live_pid(pidfile: Path) -> int | None:
     """The pid in pidfile if that process is alive."""
     try:
         pid = int(pidfile.read_text().strip())
@@ -87,7 +87,7 @@ def _pid(pidfile: Path) -> int | None:
         return None
 
 
-def _wait(ready: Callable[[], bool], timeout: float, what: str, logs: str) -> None:
+def wait_until(ready: Callable[[], bool], timeout: float, what: str, logs: str) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
         if time.monotonic() > deadline:
@@ -110,7 +110,7 @@ def _no_autostart() -> Iterator[None]:
         policy.unlink(missing_ok=True)
 
 
-def _ensure_installed(exe: str) -> None:
+def ensure_installed(exe: str) -> None:
     """exe is also the Debian package's name (redis-server, rabbitmq-server)."""
     if shutil.which(exe) or Path("/usr/sbin", exe).exists():
         return
@@ -119,21 +119,29 @@ def _ensure_installed(exe: str) -> None:
     logger.warning("%s is not installed: installing it with apt-get", exe)
     env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
     with _no_autostart():
-        _run("apt-get", "update", "-qq", env=env, timeout=600)
-        result = _run("apt-get", "install", "-y", "-qq", exe, env=env, timeout=900)
+        run_command("apt-get", "update", "-qq", env=env, timeout=600)
+        result = run_command("apt-get", "install", "-y", "-qq", exe, env=env, timeout=900)
     if result.returncode != 0:
         raise ServicesError(f"apt-get install {exe} failed: {result.stderr[-500:]}; {GET_THEM}")
+
+
+def multi_host(url: str) -> bool:
+    """A `;`-separated broker list or a Sentinel URL: servers on several hosts, which
+    `services up` checks but never starts (`msgbus services cluster up` starts local ones)."""
+    return ";" in url or url.startswith("redis+sentinel://")
 
 
 def _redis_ready(url: str) -> bool:
     import redis
 
+    from bus.redis_conn import connect
+
     try:
-        redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2).ping()
+        connect(url, socket_timeout=2).ping()
     except (redis.ConnectionError, redis.TimeoutError):  # incl. still loading the AOF
         return False
     except redis.RedisError as exc:  # it answered (e.g. wrong password): the server is up
-        logger.warning("Redis at %s answers with an error: %s", _safe(url), exc)
+        logger.warning("Redis at %s answers with an error: %s", safe_url(url), exc)
     return True
 
 
@@ -142,25 +150,26 @@ def _amqp_ready(url: str) -> bool:
     from kombu.connection import Connection
     from kombu.exceptions import OperationalError
 
-    if not _answers(*_host_port(url, 5672)):
+    if not any(answers(*_host_port(one, 5672)) for one in url.split(";")):
         return False
     try:
+        # A list fails over along itself (kombu), as the bus's own connections do.
         with Connection(url, connect_timeout=2) as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.5)
     except (OperationalError, OSError):
         return False
     except amqp.exceptions.AMQPError as exc:  # it answered (bad vhost/login): the server is up
-        logger.warning("RabbitMQ at %s answers with an error: %s", _safe(url), exc)
+        logger.warning("RabbitMQ at %s answers with an error: %s", safe_url(url), exc)
     return True
 
 
 def _start_redis(url: str, port: int, state: Path, timeout: float) -> None:
-    _ensure_installed("redis-server")
+    ensure_installed("redis-server")
     data = state / "redis"
     data.mkdir(parents=True, exist_ok=True)
     log = data / "redis.log"
     # fmt: off
-    result = _run(
+    result = run_command(
         "redis-server", "--bind", "127.0.0.1", "--port", str(port), "--daemonize", "yes",
         "--dir", str(data), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
         "--pidfile", str(data / "redis.pid"), "--logfile", str(log),
@@ -170,25 +179,26 @@ def _start_redis(url: str, port: int, state: Path, timeout: float) -> None:
     if result.returncode != 0:
         raise ServicesError(f"redis-server failed to start: {result.stderr or result.stdout}")
     (data / "port").write_text(str(port))
-    _wait(partial(_redis_ready, url), timeout, "Redis", str(log))
+    wait_until(partial(_redis_ready, url), timeout, "Redis", str(log))
 
 
 def _rabbit_node(port: int) -> str:
     return RABBIT_NODE if port == 5672 else f"msgbus{port}@localhost"
 
 
-def _rabbit_base(state: Path, node: str) -> Path:
-    """Where the node keeps its files. Debian's rabbitmq-server switches root to the
-    rabbitmq user, which cannot enter /root (or a 0700 home): use /var/lib/rabbitmq then."""
+def rabbit_base(state: Path, node: str, subdir: str = "rabbitmq") -> Path:
+    """Where the node keeps its files (state/subdir). Debian's rabbitmq-server switches root
+    to the rabbitmq user, which cannot enter /root (or a 0700 home): use /var/lib/rabbitmq
+    then."""
     if os.geteuid() != 0:
-        return state / "rabbitmq"
+        return state / subdir
     existing = [p for p in (state, *state.parents) if p.exists()]
     if all(p.stat().st_mode & 0o001 for p in existing):
-        return state / "rabbitmq"
+        return state / subdir
     return Path("/var/lib/rabbitmq") / node.split("@")[0]
 
 
-def _rabbit_env(port: int, node: str, base: Path) -> dict[str, str]:
+def rabbit_env(port: int, node: str, base: Path) -> dict[str, str]:
     return os.environ | {
         "RABBITMQ_NODENAME": node,
         "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
@@ -204,7 +214,7 @@ def _rabbit_env(port: int, node: str, base: Path) -> dict[str, str]:
     }
 
 
-def _ctl() -> str:
+def rabbitmqctl() -> str:
     """As root the Debian wrapper (runs as rabbitmq, with its Erlang cookie); otherwise the
     plain script (the wrapper refuses other users), using $HOME/.erlang.cookie."""
     plain = Path("/usr/lib/rabbitmq/bin/rabbitmqctl")
@@ -212,9 +222,9 @@ def _ctl() -> str:
 
 
 def _start_rabbitmq(url: str, port: int, state: Path, timeout: float) -> None:
-    _ensure_installed("rabbitmq-server")
+    ensure_installed("rabbitmq-server")
     node = _rabbit_node(port)
-    base = _rabbit_base(state, node)
+    base = rabbit_base(state, node)
     for sub in ("mnesia", "log"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     mp = 15672 if port == 5672 else port + 10000
@@ -226,7 +236,7 @@ def _start_rabbitmq(url: str, port: int, state: Path, timeout: float) -> None:
     if os.geteuid() == 0:
         for path in (base, *base.rglob("*")):
             shutil.chown(path, "rabbitmq", "rabbitmq")
-    env = _rabbit_env(port, node, base)
+    env = rabbit_env(port, node, base)
     out_log = base / "log" / "server.out"
     logs = f"{base / 'log' / (node + '.log')} and {out_log}"
     plain = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
@@ -246,11 +256,11 @@ def _start_rabbitmq(url: str, port: int, state: Path, timeout: float) -> None:
     def listening() -> bool:
         if proc.poll() is not None:
             raise ServicesError(f"rabbitmq-server exited while starting; see {logs}")
-        return _answers("127.0.0.1", port)
+        return answers("127.0.0.1", port)
 
-    _wait(listening, timeout, "RabbitMQ", logs)
-    _run(_ctl(), "-n", node, "await_startup", env=env, timeout=timeout)
-    _wait(partial(_amqp_ready, url), timeout, "RabbitMQ", logs)
+    wait_until(listening, timeout, "RabbitMQ", logs)
+    run_command(rabbitmqctl(), "-n", node, "await_startup", env=env, timeout=timeout)
+    wait_until(partial(_amqp_ready, url), timeout, "RabbitMQ", logs)
 
 
 def _rabbit_started(state: Path) -> tuple[int, str, Path] | None:
@@ -264,7 +274,7 @@ def _rabbit_started(state: Path) -> tuple[int, str, Path] | None:
         node, base = (marker / "node").read_text().split("\n")[:2]
     except (OSError, ValueError):  # written by an older version
         node = _rabbit_node(port)
-        base = str(_rabbit_base(state, node))
+        base = str(rabbit_base(state, node))
     return port, node, Path(base)
 
 
@@ -274,18 +284,20 @@ def _managed(state: Path, name: str, port: int) -> int | None:
         data = state / "redis"
         marker = data / "port"
         ok = marker.exists() and marker.read_text().strip() == str(port)
-        return _pid(data / "redis.pid") if ok else None
+        return live_pid(data / "redis.pid") if ok else None
     started = _rabbit_started(state)
     if not started or started[0] != port:
         return None
-    return _pid(started[2] / "mnesia" / f"{started[1]}.pid")
+    return live_pid(started[2] / "mnesia" / f"{started[1]}.pid")
 
 
 def _status(name: str, url: str, state: Path, ready: Callable[[str], bool]) -> ServiceStatus:
+    if multi_host(url):
+        return ServiceStatus(name, safe_url(url), ready(url), False, "several hosts")
     port = _host_port(url, 6379 if name == "redis" else 5672)[1]
     pid = _managed(state, name, port)
     detail = f"pid {pid}" if pid else "not started by msgbus"
-    return ServiceStatus(name, _safe(url), ready(url), pid is not None, detail)
+    return ServiceStatus(name, safe_url(url), ready(url), pid is not None, detail)
 
 
 def services_up(
@@ -299,9 +311,19 @@ def services_up(
         ("rabbitmq", broker_url, 5672, _amqp_ready, _start_rabbitmq),
     ]
     for name, url, default_port, ready, start in services:
+        if multi_host(url):
+            status = _status(name, url, state, ready)
+            if not status.running:
+                raise ServicesError(
+                    f"{name} at {safe_url(url)} does not answer on any of its hosts (several "
+                    "hosts: not started here; `msgbus services cluster up` starts a local stack)"
+                )
+            status.detail = "already running; " + status.detail
+            out.append(status)
+            continue
         host, port = _host_port(url, default_port)
-        if _answers(host, port):
-            _wait(partial(ready, url), timeout, name, f"the server on {host}:{port}")
+        if answers(host, port):
+            wait_until(partial(ready, url), timeout, name, f"the server on {host}:{port}")
             status = _status(name, url, state, ready)
             status.detail = "already running; " + status.detail
         elif host not in LOCAL:
@@ -326,7 +348,7 @@ def services_status(
     ]
 
 
-def _wait_exit(pid: int, timeout: float = 30) -> bool:
+def wait_exit(pid: int, timeout: float = 30) -> bool:
     deadline = time.monotonic() + timeout
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -343,7 +365,7 @@ def services_down(state_dir: Path | None = None) -> list[ServiceStatus]:
         pid = _managed(state, "redis", port)
         if pid:  # SIGTERM = SHUTDOWN: flushes the AOF; no RDB (save "")
             os.kill(pid, signal.SIGTERM)
-            _wait_exit(pid)
+            wait_exit(pid)
         marker.unlink()
         detail = "stopped" if pid else "was not running"
         out.append(ServiceStatus("redis", f"redis://127.0.0.1:{port}", False, True, detail))
@@ -352,8 +374,10 @@ def services_down(state_dir: Path | None = None) -> list[ServiceStatus]:
         port, node, base = started
         pid = _managed(state, "rabbitmq", port)
         if pid:
-            result = _run(_ctl(), "-n", node, "stop", env=_rabbit_env(port, node, base))
-            if result.returncode != 0 or not _wait_exit(pid):
+            result = run_command(
+                rabbitmqctl(), "-n", node, "stop", env=rabbit_env(port, node, base)
+            )
+            if result.returncode != 0 or not wait_exit(pid):
                 logger.warning("rabbitmqctl stop: %s", (result.stderr or result.stdout).strip())
                 os.kill(pid, signal.SIGTERM)
         (state / "rabbitmq" / "port").unlink()
@@ -372,7 +396,7 @@ def _node_for(state_dir: Path | None = None, port: int | None = None) -> list[st
 
 def _ctl_for(broker_url: str, state_dir: Path | None, *args: str) -> tuple[bool, str]:
     node = _node_for(state_dir, _host_port(broker_url, 5672)[1])
-    result = _run(_ctl(), *node, *args, timeout=60)
+    result = run_command(rabbitmqctl(), *node, *args, timeout=60)
     return result.returncode == 0, (result.stderr + result.stdout).strip()
 
 

@@ -125,6 +125,31 @@ class Settings(BaseSettings):
         default=None, description="a worker or beat touches it once ready (set by `msgbus up`)"
     )
     worker_pool: Literal["threads", "prefork", "gevent", "eventlet"] = "threads"
+    redis_min_replicas: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="replicas that must confirm a delivery (Redis WAIT) before its broker "
+        "task is acked; admissions and acks wait for them too (see bus/replication.py)",
+    )
+    redis_replica_timeout: float = Field(
+        default=1.0,
+        gt=0,
+        le=4.0,  # below the 5 s Redis socket timeout, so WAIT answers before the socket gives up
+        description="seconds a write waits for MESSAGE_BUS_REDIS_MIN_REPLICAS replicas",
+    )
+    broker_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="seconds a broker call (a publish's confirm, a channel's open or close) "
+        "may take before the bus gives up on that node and takes the next broker URL "
+        "(a node that stopped answering keeps its socket open)",
+    )
+    broker_api_url: str | None = Field(
+        default=None,
+        description="RabbitMQ management API for Flower's broker tab; default: the first "
+        "broker URL's host, port 15672",
+    )
 
     @field_validator("secret", "secret_keys", "flower_auth", "metrics_token", mode="before")
     @classmethod

@@ -18,6 +18,7 @@ from bus.clock import Clock
 from bus.errors import LimitExceeded
 from bus.keys import Keys
 from bus.redis_conn import DirectScript, redis_errors
+from bus.replication import Replication
 
 logger = logging.getLogger(__name__)
 
@@ -60,16 +61,25 @@ class Leased:
 
 
 class RedisStore:
-    def __init__(self, client: Any, keys: Keys, retention: Retention, clock: Clock) -> None:
+    def __init__(
+        self,
+        client: Any,
+        keys: Keys,
+        retention: Retention,
+        clock: Clock,
+        replication: Replication | None = None,
+    ) -> None:
         # redis.Redis with decode_responses=True: results are str, which its type stubs
         # cannot express (they say bytes | str), hence Any.
         self.redis: Any = client
         self.keys = keys
         self.retention = retention
         self.clock = clock
+        # Deliveries and acks confirmed by replicas when asked (see bus.replication).
+        self.replication = replication or Replication()
         register = client.register_script
         # The worker's per-message call, on connections of its own (see DirectScript).
-        self._deliver_direct = DirectScript(client, scripts.DELIVER)
+        self._deliver_direct = DirectScript(client, scripts.DELIVER, self.replication)
         self._read = register(scripts.READ)
         self._ack = register(scripts.ACK)
         self._advance = register(scripts.ADVANCE_STATUS)
@@ -83,13 +93,13 @@ class RedisStore:
         """Appends to each recipient's inbox and history, sets `delivered`: one script."""
         keys, args = self._delivery(delivery)
         with redis_errors("deliver a message"):
-            return self._deliver_direct(keys, args)
+            return self._deliver_direct(keys, args, "deliver a message")
 
     def deliver_pipelined(self, deliveries: Sequence[Delivery]) -> list[Any]:
         """Many `deliver` scripts in one round trip (each script is atomic on its own)."""
         calls = [self._delivery(delivery) for delivery in deliveries]
         with redis_errors("deliver a batch"):
-            replies = self._deliver_direct.many(calls)
+            replies = self._deliver_direct.many(calls, "deliver a batch")
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
@@ -189,8 +199,9 @@ class RedisStore:
     def ack(self, agent: str, ids: Sequence[str]) -> list[str]:
         if not ids:
             return []
+        keys = self.keys.inbox(agent).all()
         with redis_errors("ack messages"):
-            return self._ack(keys=self.keys.inbox(agent).all(), args=list(ids))
+            return self.replication.script(self.redis, self._ack, keys, list(ids), "ack messages")
 
     def inbox_depth(self, agent: str) -> tuple[int, int]:
         """(ready, leased) counts."""

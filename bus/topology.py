@@ -103,7 +103,14 @@ def celery_config(settings: Settings, express: bool = False) -> dict[str, Any]:
     return {
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {"confirm_publish": True},
+        # Socket read and write timeouts: a node that stops answering with its socket open
+        # (paused, cut off) fails the call instead of hanging it, and kombu moves on to
+        # the next URL of a `;`-separated list.
+        "broker_transport_options": {
+            "confirm_publish": True,
+            "read_timeout": settings.broker_timeout,
+            "write_timeout": settings.broker_timeout,
+        },
         "broker_heartbeat": 30,
         "broker_pool_limit": 16,
         # A burst of sends waits a bounded time for one of the pool's connections (then a

@@ -28,6 +28,7 @@ from mcp.shared.subscriptions import (
 )
 
 from bus.keys import Keys
+from bus.redis_conn import connect_async
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +65,9 @@ class InboxEvents:
     @property
     def client(self) -> aioredis.Redis:
         if self._client is None:
-            self._client = aioredis.from_url(
-                self.redis_url, decode_responses=True, socket_connect_timeout=2
-            )
+            # The bus's URL forms, Sentinel's included (a failover is a lost connection to
+            # the listener, which reconnects to the new primary).
+            self._client = connect_async(self.redis_url)
         return self._client
 
     async def start(self) -> None:

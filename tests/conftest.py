@@ -21,6 +21,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+@pytest.fixture
+def burst(request: pytest.FixtureRequest) -> int:
+    """Messages per failure-injection burst: 2,000, or 5,000 with --chaos-long."""
+    return 5000 if request.config.getoption("--chaos-long") else 2000
+
+
+@pytest.fixture
+def long_run(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--chaos-long"))
+
+
 OPT_IN_MARKERS = ("interactive_channel",)
 
 

@@ -12,8 +12,9 @@ from celery.signals import beat_init, worker_init, worker_process_init, worker_r
 from prometheus_client import start_http_server
 
 from bus import heap, topology
-from bus.runtime import Runtime, runtime_from_env
 from bus.errors import ConfigError
+from bus.redis_conn import SENTINEL_SCHEME, SentinelTarget
+from bus.runtime import Runtime, runtime_from_env
 from bus.settings import SOLO_POOL_REFUSED
 from workers import fastjson
 
@@ -43,6 +44,25 @@ class DeclareTopology(bootsteps.StartStopStep):
 
 
 app.steps["consumer"].add(DeclareTopology)
+
+
+def redbeat_connection(redis_url: str) -> dict[str, Any]:
+    """RedBeat's settings for the bus's Redis URL. RedBeat has a Sentinel form of its own
+    (``redis-sentinel://`` plus the Sentinels in its options) rather than the bus's URL."""
+    # Ride out a failover (or a restart) for this long instead of crashing beat.
+    options: dict[str, Any] = {"retry_period": 60}
+    if not redis_url.startswith(SENTINEL_SCHEME):
+        return {"redbeat_redis_url": redis_url, "redbeat_redis_options": options}
+    target = SentinelTarget.parse(redis_url)
+    options |= {
+        "sentinels": target.hosts,
+        "service_name": target.service,
+        "db": target.db,
+        "socket_timeout": 5.0,
+    }
+    if target.password:
+        options["password"] = target.password
+    return {"redbeat_redis_url": "redis-sentinel://", "redbeat_redis_options": options}
 
 
 @worker_process_init.connect
@@ -126,6 +146,6 @@ import workers.jobs  # noqa: E402  (registers the scheduled jobs)
 import workers.tasks  # noqa: E402,F401  (registers the tasks on `app`)
 
 app.conf.beat_schedule = workers.jobs.beat_schedule()
-app.conf.redbeat_redis_url = runtime.settings.redis_url
+app.conf.update(redbeat_connection(runtime.settings.redis_url))
 app.conf.redbeat_key_prefix = runtime.settings.key_prefix + "redbeat:"
 app.conf.redbeat_lock_timeout = max(60, int(runtime.settings.stats_interval * 5))

@@ -38,6 +38,11 @@ class Checker:
     fault_at: float | None = None
     healed_at: float | None = None
     recovered_at: float | None = None
+    # When sends were first and last refused: how long the bus said "unavailable".
+    refused: list[float] = field(default_factory=list)
+    notes: dict[str, Any] = field(default_factory=dict)  # case-specific figures, recorded
+    longest_send: float = 0.0  # the longest a client waited for one send (with its retries)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def send(self, bus: Any, message: dict[str, Any], retry_for: float = 0.0) -> None:
         """Sends once, or keeps retrying for a while as a client riding out an outage
@@ -46,12 +51,21 @@ class Checker:
         self.attempted.append(token)
         if retry_for and "id" not in message:
             message = {**message, "metadata": {**message["metadata"], "dedup_key": token}}
-        deadline = time.monotonic() + retry_for
+        started = time.monotonic()
+        deadline = started + retry_for
+        try:
+            self._send(bus, message, token, deadline)
+        finally:
+            self.longest_send = max(self.longest_send, time.monotonic() - started)
+
+    def _send(self, bus: Any, message: dict[str, Any], token: str, deadline: float) -> None:
         while True:
             try:
                 receipt = bus.send_message(message)
             except BusError as exc:
-                self.send_errors[exc.code] += 1
+                with self._lock:  # senders may share a checker
+                    self.send_errors[exc.code] += 1
+                self.refused.append(time.monotonic())
                 if time.monotonic() < deadline:
                     time.sleep(CLIENT_RETRY_PAUSE)
                     continue
@@ -89,7 +103,12 @@ class Checker:
         }
         if self.fault_at is not None and self.recovered_at is not None:
             result["recovery_s"] = round(self.recovered_at - (self.healed_at or self.fault_at), 2)
-        return result
+        if self.refused:
+            refused = sorted(self.refused)
+            result["refused_s"] = round(refused[-1] - refused[0], 2)
+        if self.longest_send > 1:
+            result["longest_send_s"] = round(self.longest_send, 2)
+        return result | self.notes
 
     def record(self) -> dict[str, Any]:
         result = self.counts()

@@ -108,6 +108,7 @@ class Admission:
                         k.history(rec.sender, sent=True),
                         k.dedup_id(rec.id),
                         k.history_bytes(rec.sender, sent=True),
+                        *(k.inbox(agent).pending for agent in rec.recipients),
                     ],
                     [rec.id, rec.wire, rec.sender],
                 )
@@ -144,7 +145,7 @@ class Admission:
             AUDIT_MAXLEN,
             limit.rate if limit else "",
             limit.burst if limit else 0,
-            "",
+            r.inbox_share,
             r.history_max_bytes,
             r.inbox_max,
             r.max_unseen_recipients,
@@ -159,7 +160,9 @@ class Admission:
                 k.history_bytes(rec.sender, sent=True),
                 k.unseen(rec.sender),
             ]
-            keys += [k.inbox(agent).body for agent in rec.recipients]
+            for agent in rec.recipients:
+                inbox = k.inbox(agent)
+                keys += [inbox.body, inbox.pending, inbox.senders]
             flat = [part for pair in entry.items() for part in pair]
             args += [rec.id, rec.queue, rec.sender, rec.wire, rec.ts_ms, rec.expires_ms or ""]
             args += [orjson.dumps(flat).decode(), "1" if rec.may_repeat else "0"]

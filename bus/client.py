@@ -198,7 +198,10 @@ class MessageBus:
         *,
         types: Sequence[str] | None = None,
         priorities: Sequence[str] | None = None,
+        front_door: bool = False,
     ) -> list[Subscription]:
+        """`front_door`: an LLM agent's subscription, charged a token per topic (its churn
+        is bounded like its sends)."""
         agent = check(agent, check_agent_id, "agent id")
         if isinstance(topics, str):
             topics = [topics]
@@ -219,21 +222,23 @@ class MessageBus:
         ]
         for topic in dict.fromkeys(topics):
             self.guard.authorize_subscribe(agent, topic)
+        self.guard.charge(agent, len(subs), front_door=front_door)
         filters = {
             "types": [t.value for t in subs[0].types] if subs[0].types else None,
             "priorities": [p.value for p in subs[0].priorities] if subs[0].priorities else None,
         }
         self.runtime.store.subscribe(agent, [s.topic for s in subs], filters, limit)
-        self.hooks.did("subscribe", agent, [s.topic for s in subs])
+        self.hooks.did("subscribe", agent, [",".join(s.topic for s in subs)])
         return subs
 
-    def unsubscribe(self, agent: str, topics: Sequence[str]) -> int:
+    def unsubscribe(self, agent: str, topics: Sequence[str], *, front_door: bool = False) -> int:
         agent = check(agent, check_agent_id, "agent id")
         if isinstance(topics, str):
             topics = [topics]
         topics = [check(t, check_topic, "topic") for t in dict.fromkeys(topics)]
+        self.guard.charge(agent, len(topics), front_door=front_door)
         removed = self.runtime.store.unsubscribe(agent, topics)
-        self.hooks.did("unsubscribe", agent, topics)
+        self.hooks.did("unsubscribe", agent, [",".join(topics)])
         return removed
 
     def subscriptions(self, agent: str) -> list[Subscription]:

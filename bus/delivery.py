@@ -233,6 +233,7 @@ class Deliverer:
             recipients=self.recipients(envelope),
             attempts=attempts,
             correlation_id=envelope.correlation_id,
+            sender=envelope.sender,
         )
 
     def deliver(self, envelope: Envelope, attempts: int) -> Outcome:

@@ -18,7 +18,7 @@ import orjson
 from bus import scripts
 from bus.acl import Policy
 from bus.admission import RateLimit
-from bus.errors import AuthError, BusUnavailable, RateLimited
+from bus.errors import AuthError, BusUnavailable, LimitExceeded, RateLimited
 from bus.redis_conn import redis_errors
 from bus.runtime import Runtime
 from bus.schema import Message
@@ -34,6 +34,10 @@ REFUSALS = frozenset({"denied"})  # outcomes whose floods are sampled in the aud
 class Guard:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+
+    @cached_property
+    def _charge_script(self) -> Any:
+        return self.runtime.redis.register_script(scripts.CHARGE)
 
     @cached_property
     def _audit_script(self) -> Any:
@@ -105,6 +109,25 @@ class Guard:
             1, math.ceil(rate)
         )
         return RateLimit(self.runtime.keys.rate(agent), rate, burst)
+
+    def charge(self, agent: str, cost: int, *, front_door: bool) -> None:
+        """Takes `cost` tokens from `agent`'s bucket for an action other than a send (one
+        Redis call); raises RateLimited, or LimitExceeded when no bucket ever holds that."""
+        limit = self.rate_limit_for(agent, front_door=front_door)
+        if limit is None or cost <= 0:
+            return
+        with redis_errors("charge the rate limit"):
+            outcome, *details = self._charge_script(
+                keys=[limit.key], args=[limit.rate, limit.burst, cost]
+            )
+        if outcome == "rate_limited":
+            raise self.throttled(agent, limit, int(details[0]))
+        if outcome == "too_costly":
+            raise LimitExceeded(
+                f"this costs {cost} tokens, more than {agent}'s rate limit ever allows at "
+                f"once (burst {limit.burst}); do less at a time",
+                limit="rate_burst",
+            )
 
     def throttled(self, agent: str, limit: RateLimit, retry_after_ms: int) -> RateLimited:
         retry_after = retry_after_ms / 1000

@@ -154,10 +154,12 @@ class AgentHandle:
         types: Sequence[str] | None = None,
         priorities: Sequence[str] | None = None,
     ) -> list[Subscription]:
-        return self.bus.subscribe(self.agent, topics, types=types, priorities=priorities)
+        return self.bus.subscribe(
+            self.agent, topics, types=types, priorities=priorities, front_door=self.front_door
+        )
 
     def unsubscribe(self, topics: Sequence[str]) -> int:
-        return self.bus.unsubscribe(self.agent, topics)
+        return self.bus.unsubscribe(self.agent, topics, front_door=self.front_door)
 
     def subscriptions(self) -> list[Subscription]:
         return self.bus.subscriptions(self.agent)

@@ -9,12 +9,16 @@ Keyspace (``P`` = prefix; ``{a}`` = agent id in a hash tag so one agent's keys s
     P inbox:{a}:ready              zset   message id -> priority rank * 2^40 + sequence
     P inbox:{a}:leased             zset   message id -> lease deadline ms
     P inbox:{a}:body               hash   message id -> stored wire JSON
-    P inbox:{a}:meta               hash   message id -> "score|delivery count"
+    P inbox:{a}:meta               hash   message id -> "score|delivery count|sender"
+    P inbox:{a}:pending            zset   message id -> expiry ms: admitted for a, not yet
+                                          delivered (counts toward the inbox cap)
+    P inbox:{a}:senders            hash   sender -> messages from it in a's inbox
     P inbox:seq                    string global FIFO sequence for ready scores
     P history:{a}                  zset   wire JSON -> timestamp ms of what a received (capped
                                           per agent, in entries and in bytes)
     P history:{a}:sent             zset   the same of what a sent (capped apart)
     P history:{a}[:sent]:bytes     string total length of the members of that history
+    P history:{a}:senders          hash   sender -> its entries in history:{a} (fairness)
     P unseen:{a}                   set    agents that never connected which a has mail
                                           waiting for (capped per sender)
     P audit:burst:{a}:{action}     string refusals of a's action this minute (sampling)
@@ -54,8 +58,11 @@ class InboxKeys:
     leased: str
     body: str
     meta: str
+    pending: str  # admitted for this inbox, not delivered yet (counts toward its cap)
+    senders: str  # messages it holds per sender (a sender's share of it)
 
     def all(self) -> list[str]:
+        """The four keys of the messages themselves (READ's and ACK's)."""
         return [self.ready, self.leased, self.body, self.meta]
 
 
@@ -88,7 +95,14 @@ class Keys:
 
     def inbox(self, agent: str) -> InboxKeys:
         base = f"{self.prefix}inbox:{{{agent}}}"
-        return InboxKeys(f"{base}:ready", f"{base}:leased", f"{base}:body", f"{base}:meta")
+        return InboxKeys(
+            f"{base}:ready",
+            f"{base}:leased",
+            f"{base}:body",
+            f"{base}:meta",
+            f"{base}:pending",
+            f"{base}:senders",
+        )
 
     @property
     def inbox_seq(self) -> str:
@@ -101,6 +115,10 @@ class Keys:
 
     def history_bytes(self, agent: str, *, sent: bool = False) -> str:
         return f"{self.history(agent, sent=sent)}:bytes"
+
+    def history_senders(self, agent: str) -> str:
+        """Entries per sender in what `agent` received (its history's fairness)."""
+        return f"{self.history(agent)}:senders"
 
     def histories(self, agent: str) -> list[tuple[str, str]]:
         """(history, its byte count) for both halves of an agent's history."""

@@ -57,6 +57,7 @@ class Runtime:
             s.history_max_bytes,
             s.inbox_max,
             s.max_unseen_recipients,
+            s.sender_share,
         )
 
     @cached_property

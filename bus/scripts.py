@@ -22,46 +22,115 @@ local stamp = t[1] .. string.format('%03d.%03d', math.floor(us / 1000), us % 100
 """
 
 # Keeps a history zset within its entry and byte caps, oldest first out. `bytes_key` holds
-# the total length of its members (kept by every writer and trimmer of the zset).
+# the total length of its members (kept by every writer and trimmer of the zset). A received
+# history is also fair: `senders_key` counts each sender's entries, and while the sender of
+# the entry being added holds more than `share` of them, its own oldest entry goes first, so
+# one agent flooding another cannot evict everyone else's mail. (`senders_key` false: a
+# history of what one agent sent, where there is no one else to be fair to.)
 TRIM_HISTORY_LUA = """
-local function trim_history(key, bytes_key, max_entries, max_bytes)
+local function sender_of(member)
+  return string.match(member, '"from":"([^"]*)"')
+end
+local function oldest_from(key, sender)
+  local start = 0
+  while true do
+    local chunk = redis.call('ZRANGE', key, start, start + 63)
+    if #chunk == 0 then return nil end
+    for _, member in ipairs(chunk) do
+      if sender_of(member) == sender then return member end
+    end
+    start = start + 64
+  end
+end
+local function forget(senders_key, member)
+  if not senders_key then return end
+  local from = sender_of(member)
+  if from and redis.call('HINCRBY', senders_key, from, -1) <= 0 then
+    redis.call('HDEL', senders_key, from)
+  end
+end
+local function trim_history(key, bytes_key, senders_key, sender, max_entries, max_bytes, share)
   local size = tonumber(redis.call('GET', bytes_key) or '0')
   local n = redis.call('ZCARD', key)
   while n > 0 and (n > max_entries or size > max_bytes) do
-    local oldest = redis.call('ZPOPMIN', key, 1)
-    size = size - #oldest[1]
+    local victim = nil
+    if senders_key and tonumber(redis.call('HGET', senders_key, sender) or '0') > share then
+      victim = oldest_from(key, sender)
+    end
+    victim = victim or redis.call('ZRANGE', key, 0, 0)[1]
+    redis.call('ZREM', key, victim)
+    forget(senders_key, victim)
+    size = size - #victim
     n = n - 1
   end
   if size < 0 or n == 0 then size = 0 end
   redis.call('SET', bytes_key, size)
 end
-local function add_history(key, bytes_key, score, member, max_entries, max_bytes)
+local function add_history(key, bytes_key, senders_key, sender, score, member, max_entries,
+    max_bytes, share)
   if redis.call('ZADD', key, score, member) == 1 then
     redis.call('INCRBY', bytes_key, #member)
+    if senders_key then redis.call('HINCRBY', senders_key, sender, 1) end
   end
-  trim_history(key, bytes_key, max_entries, max_bytes)
+  trim_history(key, bytes_key, senders_key, sender, max_entries, max_bytes, share)
 end
 """
 
+# A token bucket: `cost` tokens from `key`, refilled at `rate`/s up to `burst`. Returns true,
+# or false and the ms until there are enough. Needs NOW_LUA.
+RATE_LUA = """
+local function take_tokens(key, rate, burst, cost)
+  local state = redis.call('HMGET', key, 'tokens', 'ts')
+  local tokens = tonumber(state[1]) or burst
+  local ts = tonumber(state[2]) or now_ms
+  tokens = math.min(burst, tokens + math.max(0, now_ms - ts) * rate / 1000)
+  local allowed = tokens >= cost
+  if allowed then tokens = tokens - cost end
+  redis.call('HSET', key, 'tokens', tostring(tokens), 'ts', now_ms)
+  redis.call('PEXPIRE', key, math.ceil(burst * 1000 / rate) + 1000)
+  if allowed then return true, 0 end
+  return false, math.ceil((cost - tokens) * 1000 / rate)
+end
+"""
+
+# A rate-limit charge alone (subscriptions at the front door are charged per topic).
+# KEYS: rate-limit bucket   ARGV: rate per s, burst, cost
+# Returns {'ok'}, {'too_costly', cost} or {'rate_limited', ms to wait}.
+CHARGE = (
+    NOW_LUA
+    + RATE_LUA
+    + """
+local rate, burst, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if cost > burst then return {'too_costly', tostring(cost)} end
+local ok, wait = take_tokens(KEYS[1], rate, burst, cost)
+if not ok then return {'rate_limited', tostring(wait)} end
+return {'ok'}
+"""
+)
+
 # The send side's one call: refusals first (an id another sender owns, mail for an agent
-# that has never connected past the sender's allowance, a full inbox, the rate limit), then
-# dedup, status `queued`, sender history and audit: all of it or none of it.
+# that has never connected past the sender's allowance, a full inbox or the sender's share
+# of it, the rate limit), then dedup, status `queued`, the sender's history and audit: all
+# of it or none of it.
 # KEYS: agents, sent-rate bucket, audit stream, rate-limit bucket, then per message:
 #       dedup (by the sender's dedup key), dedup (by id), status, sender history, its byte
-#       count, the sender's set of not-yet-seen recipients, then the inbox body of each
-#       recipient the sender resolved (one for a direct message)
+#       count, the sender's set of not-yet-seen recipients, then for each recipient the
+#       sender resolved (one for a direct message): its inbox body, the inbox's admitted-
+#       not-yet-delivered zset, and its per-sender counts
 # ARGV: dedup_window_s, retention_s, history_limit, audit_maxlen, rate per s ('' = no
-#       limit), burst, (unused), history_max_bytes, inbox_cap, unseen_cap, message count,
-#       then per message: id, queue, sender, wire, ts_ms, expires_at_ms ('' if none),
-#       audit entry (JSON list of field, value...), pending ('1'/'0'), direct recipient
-#       ('' for topic and broadcast), recipient declared ('1' when the ACL names it), the
-#       number of recipients n, then their n agent ids
+#       limit), burst, sender share of an inbox (messages), history_max_bytes, inbox_cap,
+#       unseen_cap, message count, then per message: id, queue, sender, wire, ts_ms,
+#       expires_at_ms ('' if none), audit entry (JSON list of field, value...), pending
+#       ('1'/'0'), direct recipient ('' for topic and broadcast), recipient declared ('1'
+#       when the ACL names it), the number of recipients n, then their n agent ids
 # Returns {'ok', d1, ..., dn}: di is '' when message i was accepted, the id it duplicates
 # (the same sender's dedup key or id), or 'retry-as:<id>' (see below). Or, writing nothing
 # but the rate bucket: {'rate_limited', ms to wait}, {'too_costly', cost} (more than the
 # bucket ever holds), {'conflict', i} (message i brings an id another sender's message has),
 # {'unknown_agent', i, agent} (never connected, and the sender already has mail waiting for
-# unseen_cap such agents), {'inbox_full', i, agent, depth}.
+# unseen_cap such agents), {'inbox_full', i, agent, depth} or {'share_full', i, agent, held}.
+# An inbox counts what it holds and what was admitted for it and not yet delivered (those
+# entries expire with the message, or after the dedup window), and this call's own messages.
 # The cost of a message is its recipients (at least 1): a fan-out is charged per recipient.
 # Dedup keys belong to their sender (KEYS hold the sender). A dedup-by-id record says who
 # owns the id: '<state>|<sender>', state 'final' or 'pending'; a dedup-key record holds the
@@ -75,6 +144,7 @@ end
 ADMIT = (
     NOW_LUA
     + TRIM_HISTORY_LUA
+    + RATE_LUA
     + """
 local function owner_of(record)
   if not record then return nil, nil end
@@ -87,8 +157,9 @@ local k, a = 4, 11
 for i = 1, tonumber(ARGV[11]) do
   local m = {k = k, a = a, n = tonumber(ARGV[a + 11])}
   m.id, m.sender, m.to = ARGV[a + 1], ARGV[a + 3], ARGV[a + 9]
+  m.expires = ARGV[a + 6] ~= '' and tonumber(ARGV[a + 6]) or now_ms + tonumber(ARGV[1]) * 1000
   messages[i] = m
-  k = k + 6 + m.n
+  k = k + 6 + 3 * m.n
   a = a + 11 + m.n
 end
 -- 1. What each message is: a repeat of an earlier one (also of one earlier in this very
@@ -116,21 +187,41 @@ for i, m in ipairs(messages) do
     claimed[KEYS[m.k + 2]] = m.id
   end
 end
--- 2. Bounds on what the new ones would store.
+-- 2. Bounds on what the new ones would store, counting this call's own messages too.
+local unseen_new, inbox_new, share_new = {}, {}, {}
 for i, m in ipairs(messages) do
   if m.outcome == '' then
     if m.to ~= '' and ARGV[m.a + 10] ~= '1' and not redis.call('ZSCORE', KEYS[1], m.to) then
       m.unseen = true
-      if redis.call('SISMEMBER', KEYS[m.k + 6], m.to) == 0
-          and redis.call('SCARD', KEYS[m.k + 6]) >= tonumber(ARGV[10]) then
-        return {'unknown_agent', i, m.to}
+      local set = KEYS[m.k + 6]
+      if redis.call('SISMEMBER', set, m.to) == 0 and not unseen_new[set .. ' ' .. m.to] then
+        local held = redis.call('SCARD', set) + (unseen_new[set] or 0)
+        if held >= tonumber(ARGV[10]) then return {'unknown_agent', i, m.to} end
+        unseen_new[set .. ' ' .. m.to] = true
+        unseen_new[set] = (unseen_new[set] or 0) + 1
       end
     end
     for r = 1, m.n do
-      local depth = redis.call('HLEN', KEYS[m.k + 6 + r])
-      if depth >= tonumber(ARGV[9]) then
-        return {'inbox_full', i, ARGV[m.a + 11 + r], depth}
+      local body = KEYS[m.k + 6 + 3 * r - 2]
+      local pending = KEYS[m.k + 6 + 3 * r - 1]
+      local senders = KEYS[m.k + 6 + 3 * r]
+      local agent = ARGV[m.a + 11 + r]
+      if inbox_new[body] == nil then
+        redis.call('ZREMRANGEBYSCORE', pending, '-inf', now_ms)
+        inbox_new[body] = redis.call('HLEN', body) + redis.call('ZCARD', pending)
       end
+      if inbox_new[body] >= tonumber(ARGV[9]) then
+        return {'inbox_full', i, agent, inbox_new[body]}
+      end
+      local mine = senders .. ' ' .. m.sender
+      if share_new[mine] == nil then
+        share_new[mine] = tonumber(redis.call('HGET', senders, m.sender) or '0')
+      end
+      if agent ~= m.sender and share_new[mine] >= tonumber(ARGV[7]) then
+        return {'share_full', i, agent, share_new[mine]}
+      end
+      inbox_new[body] = inbox_new[body] + 1
+      share_new[mine] = share_new[mine] + 1
     end
   end
 end
@@ -138,17 +229,8 @@ end
 if ARGV[5] ~= '' and cost > 0 then
   local rate, burst = tonumber(ARGV[5]), tonumber(ARGV[6])
   if cost > burst then return {'too_costly', cost} end
-  local state = redis.call('HMGET', KEYS[4], 'tokens', 'ts')
-  local tokens = tonumber(state[1]) or burst
-  local ts = tonumber(state[2]) or now_ms
-  tokens = math.min(burst, tokens + math.max(0, now_ms - ts) * rate / 1000)
-  local allowed = tokens >= cost
-  if allowed then tokens = tokens - cost end
-  redis.call('HSET', KEYS[4], 'tokens', tostring(tokens), 'ts', now_ms)
-  redis.call('PEXPIRE', KEYS[4], math.ceil(burst * 1000 / rate) + 1000)
-  if not allowed then
-    return {'rate_limited', tostring(math.ceil((cost - tokens) * 1000 / rate))}
-  end
+  local ok, wait = take_tokens(KEYS[4], rate, burst, cost)
+  if not ok then return {'rate_limited', tostring(wait)} end
 end
 -- 4. Record the new ones.
 local out = {'ok'}
@@ -169,13 +251,18 @@ for _, m in ipairs(messages) do
     if ARGV[a + 6] ~= '' then redis.call('HSET', KEYS[k + 3], 'expires_at', ARGV[a + 6]) end
     redis.call('EXPIRE', KEYS[k + 3], ARGV[2])
     redis.call('ZADD', KEYS[1], 'NX', now_ms, m.sender)
-    add_history(KEYS[k + 4], KEYS[k + 5], ARGV[a + 5], ARGV[a + 4],
-      tonumber(ARGV[3]), tonumber(ARGV[8]))
+    add_history(KEYS[k + 4], KEYS[k + 5], false, m.sender, ARGV[a + 5], ARGV[a + 4],
+      tonumber(ARGV[3]), tonumber(ARGV[8]), 0)
     if m.unseen then
       redis.call('SADD', KEYS[k + 6], m.to)
       redis.call('EXPIRE', KEYS[k + 6], ARGV[2])
     elseif m.to ~= '' then
       redis.call('SREM', KEYS[k + 6], m.to)  -- it has connected since: no longer unseen
+    end
+    for r = 1, m.n do
+      local pending = KEYS[k + 6 + 3 * r - 1]
+      redis.call('ZADD', pending, m.expires, m.id)
+      redis.call('PEXPIREAT', pending, math.max(m.expires, now_ms + tonumber(ARGV[1]) * 1000))
     end
   end
   out[#out + 1] = m.outcome
@@ -193,9 +280,11 @@ return out
 )
 
 # Undo of ADMIT when the broker refused the publish: nothing half-written.
-# KEYS: dedup (by key), status, sender history, dedup by id, sender history bytes
+# KEYS: dedup (by key), status, sender history, dedup by id, sender history bytes, then the
+#       admitted-not-yet-delivered zset of each recipient
 # ARGV: id, wire, sender
 REVOKE = """
+for i = 6, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
 local value = redis.call('GET', KEYS[1])
 if value == ARGV[1] or value == 'pending:' .. ARGV[1] then redis.call('DEL', KEYS[1]) end
 value = redis.call('GET', KEYS[4])
@@ -224,32 +313,39 @@ return 1
 """
 
 # KEYS: status, delivered-set, agents, seq, reply-key, delivered-rate bucket, then per
-#       recipient: ready, body, meta, history, history bytes
+#       recipient: ready, body, meta, history, history bytes, history senders, the inbox's
+#       admitted-not-yet-delivered zset, the inbox's per-sender counts
 # ARGV: id, wire, rank, history_limit, retention_s, attempts, reply_channel, ts_ms,
-#       history_max_bytes, then per recipient: agent, inbox channel
+#       history_max_bytes, sender, a sender's share of a history (entries), then per
+#       recipient: agent, inbox channel
 # Idempotent per (message, recipient): a redelivered task does not fill an inbox twice.
 # Delivering registers no agent: an agent exists once it connects (bus.keyring / READ).
+# An inbox entry's meta is "score|delivery count|sender" (ACK counts the sender down).
 DELIVER = (
     STATUS_RANK_LUA
     + NOW_LUA
     + TRIM_HISTORY_LUA
     + """
 local delivered = 0
-local n = (#KEYS - 6) / 5
+local per = 8
+local n = (#KEYS - 6) / per
+local sender = ARGV[10]
 for i = 1, n do
-  local agent = ARGV[9 + 2 * i - 1]
+  local agent = ARGV[11 + 2 * i - 1]
+  local base = 6 + (i - 1) * per
   if redis.call('SADD', KEYS[2], agent) == 1 then
-    local base = 6 + (i - 1) * 5
     local seq = redis.call('INCR', KEYS[4])
     local score = string.format('%d', tonumber(ARGV[3]) * 1099511627776 + seq)
     redis.call('HSET', KEYS[base + 2], ARGV[1], ARGV[2])
-    redis.call('HSET', KEYS[base + 3], ARGV[1], score .. '|0')
+    redis.call('HSET', KEYS[base + 3], ARGV[1], score .. '|0|' .. sender)
     redis.call('ZADD', KEYS[base + 1], score, ARGV[1])
-    add_history(KEYS[base + 4], KEYS[base + 5], ARGV[8], ARGV[2],
-      tonumber(ARGV[4]), tonumber(ARGV[9]))
-    redis.call('PUBLISH', ARGV[9 + 2 * i], ARGV[1])
+    redis.call('HINCRBY', KEYS[base + 8], sender, 1)
+    add_history(KEYS[base + 4], KEYS[base + 5], KEYS[base + 6], sender, ARGV[8], ARGV[2],
+      tonumber(ARGV[4]), tonumber(ARGV[9]), tonumber(ARGV[11]))
+    redis.call('PUBLISH', ARGV[11 + 2 * i], ARGV[1])
     delivered = delivered + 1
   end
+  redis.call('ZREM', KEYS[base + 7], ARGV[1])
 end
 redis.call('EXPIRE', KEYS[2], ARGV[5])
 if delivered > 0 then
@@ -270,18 +366,25 @@ return delivered
 """
 )
 
-# History past its retention, with its byte count kept.
-# KEYS: history, history bytes   ARGV: cutoff score (ms). Returns how many were removed.
-TRIM_HISTORY_BEFORE = """
+# History past its retention, with its byte count (and its per-sender counts) kept.
+# KEYS: history, history bytes[, history senders]   ARGV: cutoff score (ms).
+# Returns how many were removed.
+TRIM_HISTORY_BEFORE = (
+    TRIM_HISTORY_LUA
+    + """
 local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 local size = 0
-for _, member in ipairs(old) do size = size + #member end
+for _, member in ipairs(old) do
+  size = size + #member
+  forget(KEYS[3], member)
+end
 if #old > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
   if redis.call('DECRBY', KEYS[2], size) < 0 then redis.call('SET', KEYS[2], 0) end
 end
 return #old
 """
+)
 
 # Audit entries, with floods of refusals sampled: per (agent, action) and minute, the 1st,
 # 10th, 100th, ... refusal is stored (with how many there were by then), the rest counted,
@@ -335,9 +438,9 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)) do
   redis.call('ZREM', KEYS[1], id)
   local body = redis.call('HGET', KEYS[3], id)
   if body then
-    local score, count = string.match(redis.call('HGET', KEYS[4], id), '^(%d+)|(%d+)$')
+    local score, count, rest = string.match(redis.call('HGET', KEYS[4], id), '^(%d+)|(%d+)(.*)$')
     count = tonumber(count) + 1
-    redis.call('HSET', KEYS[4], id, score .. '|' .. count)
+    redis.call('HSET', KEYS[4], id, score .. '|' .. count .. rest)
     redis.call('ZADD', KEYS[2], deadline, id)
     out[#out + 1] = id
     out[#out + 1] = body
@@ -348,11 +451,17 @@ return out
 """
 )
 
-# KEYS: ready, leased, body, meta   ARGV: ids...   Returns the ids that were in the inbox.
+# KEYS: ready, leased, body, meta, per-sender counts   ARGV: ids...
+# Returns the ids that were in the inbox.
 ACK = """
 local acked = {}
 for _, id in ipairs(ARGV) do
+  local meta = redis.call('HGET', KEYS[4], id)
   if redis.call('HDEL', KEYS[3], id) == 1 then
+    local from = meta and string.match(meta, '^%d+|%d+|(.+)$')
+    if from and redis.call('HINCRBY', KEYS[5], from, -1) <= 0 then
+      redis.call('HDEL', KEYS[5], from)
+    end
     redis.call('HDEL', KEYS[4], id)
     redis.call('ZREM', KEYS[1], id)
     redis.call('ZREM', KEYS[2], id)

@@ -225,6 +225,15 @@ class Sender:
                 "connects (reads, subscribes or sends) or an admin declares it",
                 agent=details[1],
             )
+        if kind == "share_full":
+            self.hooks.refused(sender, "send", details[1], rule="inbox_share")
+            return InboxFull(
+                f"{sender} already has {details[2]} messages waiting in the inbox of "
+                f"{details[1]}, its share of it (MESSAGE_BUS_SENDER_SHARE of "
+                f"MESSAGE_BUS_INBOX_MAX); nothing was sent: retry once it has read some",
+                limit="sender_share",
+                agent=details[1],
+            )
         if kind == "inbox_full":
             self.hooks.refused(sender, "send", details[1], rule="inbox_full")
             return InboxFull(

@@ -83,6 +83,12 @@ class Settings(BaseSettings):
         description="agents that never connected a sender may have mail waiting for "
         "(0: mail only for agents that connected or are declared)",
     )
+    sender_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="the part of another agent's inbox and received history one sender may hold",
+    )
     history_max_bytes: int = Field(
         default=16 * 1024 * 1024, ge=1024, description="bytes of history kept per agent"
     )

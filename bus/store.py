@@ -37,6 +37,15 @@ class Retention:
     history_max_bytes: int = 16 * 1024 * 1024
     inbox_max: int = 10_000
     max_unseen_recipients: int = 100
+    sender_share: float = 0.5  # of another agent's inbox and received history, at most
+
+    @property
+    def inbox_share(self) -> int:
+        return max(1, int(self.inbox_max * self.sender_share))
+
+    @property
+    def history_share(self) -> int:
+        return max(1, int(self.history_limit * self.sender_share))
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +59,7 @@ class Delivery:
     recipients: list[str]
     attempts: int
     correlation_id: str | None
+    sender: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,10 +135,14 @@ class RedisStore:
             k.reply_channel(correlation_id) if correlation_id else "",
             d.ts_ms,
             self.retention.history_max_bytes,
+            d.sender,
+            self.retention.history_share,
         ]
         for agent in d.recipients:
             inbox = k.inbox(agent)
-            keys += [inbox.ready, inbox.body, inbox.meta, k.history(agent), k.history_bytes(agent)]
+            keys += [inbox.ready, inbox.body, inbox.meta]
+            keys += [k.history(agent), k.history_bytes(agent), k.history_senders(agent)]
+            keys += [inbox.pending, inbox.senders]
             args += [agent, k.inbox_channel(agent)]
         return keys, args
 
@@ -199,7 +213,8 @@ class RedisStore:
     def ack(self, agent: str, ids: Sequence[str]) -> list[str]:
         if not ids:
             return []
-        keys = self.keys.inbox(agent).all()
+        inbox = self.keys.inbox(agent)
+        keys = [*inbox.all(), inbox.senders]
         with redis_errors("ack messages"):
             return self.replication.script(self.redis, self._ack, keys, list(ids), "ack messages")
 
@@ -265,11 +280,13 @@ class RedisStore:
 
     def trim_history_before(self, agent: str, cutoff_ms: int) -> int:
         """Drops `agent`'s history older than `cutoff_ms`, keeping its byte counts true."""
+        received, sent = self.keys.histories(agent)
         with redis_errors("trim history"):
-            return sum(
-                int(self._trim_history(keys=[key, size], args=[cutoff_ms]))
-                for key, size in self.keys.histories(agent)
-            )
+            return int(
+                self._trim_history(
+                    keys=[*received, self.keys.history_senders(agent)], args=[cutoff_ms]
+                )
+            ) + int(self._trim_history(keys=list(sent), args=[cutoff_ms]))
 
     # -- status ----------------------------------------------------------------------------
 

@@ -26,9 +26,11 @@ import redis
 from bus.store import AUDIT_MAXLEN
 from bus.tokens import TokenFile
 from tests.chaos.harness import RESULTS
-from tests.conftest import ARTIFACTS, REDIS_URL, ROOT, wait_for
-from tests.e2e.test_mcp import http
-from tests.e2e.test_operations import start_http_server, stop
+from tests.support.mcp import http
+from tests.support.paths import ARTIFACTS, REDIS_URL, ROOT
+from tests.support.processes import stop
+from tests.support.waiting import wait_for
+from tests.support.web import start_http_server
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(1200)]
 

@@ -15,10 +15,12 @@ import redis
 
 from bus.errors import BusError
 from bus.tokens import TokenFile
-from tests.conftest import ARTIFACTS, REDIS_URL, ROOT, audit_entries, holds_for, wait_for
-from tests.e2e.test_mcp import call, error_of, http, stdio
-from tests.e2e.test_operations import start_http_server, stop
-from tests.integration.test_cli import msgbus
+from tests.support.env import audit_entries
+from tests.support.mcp import call, error_of, http, stdio
+from tests.support.paths import ARTIFACTS, REDIS_URL, ROOT
+from tests.support.processes import msgbus, stop
+from tests.support.waiting import holds_for, wait_for
+from tests.support.web import start_http_server
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -327,13 +329,18 @@ def test_a_batch_cannot_carry_mail_for_more_never_seen_agents_than_the_cap(bound
 
 
 def test_a_full_inbox_refuses_more_mail_until_its_owner_reads(bounded, bus, agents):
-    sender, bob = agents("sender"), agents("bob")
+    sender, other, bob = agents("sender"), agents("other"), agents("bob")
     connect(bus, bob)
 
     async def scenario():
-        async with stdio(bounded, sender) as client, stdio(bounded, bob) as owner:
+        async with (
+            stdio(bounded, sender) as client,
+            stdio(bounded, other) as second,
+            stdio(bounded, bob) as owner,
+        ):
+            # Two senders fill it: one alone may hold only its share (half, by default).
             for i in range(INBOX_MAX):
-                await call(client, "send_message", {"to": bob, "payload": i})
+                await call(second if i % 2 else client, "send_message", {"to": bob, "payload": i})
             wait_for(lambda: inbox_depth(bus, bob) == INBOX_MAX, 15, "a full inbox")
             text = await error_of(client, "send_message", {"to": bob, "payload": "one more"})
             assert f"the inbox of {bob} holds {INBOX_MAX} messages" in text
@@ -409,13 +416,21 @@ def test_one_broadcaster_cannot_fill_every_idle_inbox_against_everyone_else(fres
 
     async def scenario():
         async with stdio(fresh_env, hostile) as spammer, stdio(fresh_env, carol) as honest:
+            refusal = ""
             for i in range(cap):
-                await call(spammer, "send_message", {"broadcast": True, "payload": i})
-            wait_for(lambda: inbox_depth(bus, bob) == cap, 15, "the broadcasts in bob's inbox")
-            return await honest.call_tool("send_message", {"to": bob, "payload": "from carol"})
+                sent = await spammer.call_tool("send_message", {"broadcast": True, "payload": i})
+                if sent.is_error:
+                    refusal = sent.content[0].text
+                    break
+            wait_for(lambda: inbox_depth(bus, bob) >= 1, 15, "the broadcasts in bob's inbox")
+            honest_result = await honest.call_tool(
+                "send_message", {"to": bob, "payload": "from carol"}
+            )
+            return refusal, honest_result
 
-    result = run(scenario())
+    refusal, result = run(scenario())
     bus.close()
+    assert "its share of it" in refusal and "MESSAGE_BUS_SENDER_SHARE" in refusal, refusal
     assert not result.is_error, (
         f"after {cap} broadcasts from one agent, carol's mail to {bob} is refused: "
         f"{result.content[0].text}"
@@ -473,7 +488,9 @@ def test_a_flood_from_one_sender_does_not_evict_everyone_else_from_a_history(bou
                 sent = await call(honest, "send_message", {"to": bob, "payload": f"carol {i}"})
                 kept.append(sent["id"])
             await drain(owner, 3)
-            spam, chunk = 0, INBOX_MAX - 1  # small messages, never more than the inbox holds
+            # Small messages, never more than one sender may have waiting in an inbox (its
+            # share: MESSAGE_BUS_SENDER_SHARE of MESSAGE_BUS_INBOX_MAX).
+            spam, chunk = 0, INBOX_MAX // 2
             while spam < HISTORY_LIMIT:
                 batch = [{"to": bob, "payload": "spam"} for _ in range(chunk)]
                 await call(hostile, "send_batch", {"messages": batch})

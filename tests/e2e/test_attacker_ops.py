@@ -15,10 +15,10 @@ import psutil
 import pytest
 
 from bus.services import _ctl_for
-from tests.conftest import ARTIFACTS, BROKER_URL, ROOT, TEST_SECRET, wait_for
-from tests.e2e.test_mcp import free_port
-from tests.e2e.test_operations import _get, spawn, stop
-from tests.integration.test_cli import msgbus
+from tests.support.paths import ARTIFACTS, BROKER_URL, ROOT, TEST_SECRET
+from tests.support.processes import free_port, msgbus, spawn, stop
+from tests.support.waiting import wait_for
+from tests.support.web import http_status
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -71,7 +71,7 @@ def test_flower_gets_its_password_and_the_broker_password_through_its_environmen
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: _get(f"{base}/healthcheck") in (200, 401), 60, "Flower")
+        wait_for(lambda: http_status(f"{base}/healthcheck") in (200, 401), 60, "Flower")
         # Flower has the password (it enforces it) and reaches the broker with its user.
         assert httpx.get(f"{base}/workers", timeout=10).status_code == 401
         authed = httpx.get(f"{base}/workers", auth=("ops", flower_password), timeout=10)
@@ -169,7 +169,9 @@ def test_production_mode_with_a_long_secret_sends_and_serves(module_env, worker,
     )
     try:
         wait_for(
-            lambda: proc.poll() is not None or _get(f"http://127.0.0.1:{port}/healthz") == 200,
+            lambda: (
+                proc.poll() is not None or http_status(f"http://127.0.0.1:{port}/healthz") == 200
+            ),
             30,
             "the HTTP server in production mode",
         )

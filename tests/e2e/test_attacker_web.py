@@ -13,10 +13,11 @@ import httpx
 import pytest
 
 from bus.tokens import TokenFile
-from tests.conftest import wait_for
-from tests.e2e.test_mcp import call, free_port, http
-from tests.e2e.test_operations import _get, spawn, stop
-from tests.integration.test_security import publish_raw, wire_for
+from tests.support.mcp import call, http
+from tests.support.processes import free_port, spawn, stop
+from tests.support.waiting import wait_for
+from tests.support.web import http_status
+from tests.support.wire import publish_raw, wire_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -49,7 +50,7 @@ def serve(env, name, tokens_path, host="127.0.0.1", **extra):
     def up():
         if proc.poll() is not None:
             pytest.fail(f"the HTTP server exited:\n{log.read_text()[-2000:]}")
-        return _get(f"{base}/healthz") == 200
+        return http_status(f"{base}/healthz") == 200
 
     wait_for(up, 30, "the HTTP server")
     return proc, base, port
@@ -232,7 +233,7 @@ def test_a_server_bound_to_all_addresses_refuses_a_foreign_host_or_origin(
 
 def test_sixty_concurrent_readyz_and_metrics_requests_leave_tool_calls_answering(site, bus):
     base, _, tokens = site
-    wait_for(lambda: _get(f"{base}/readyz") in (200, 503), 30, "a first readiness check")
+    wait_for(lambda: http_status(f"{base}/readyz") in (200, 503), 30, "a first readiness check")
 
     async def scenario():
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=0)

@@ -14,10 +14,9 @@ from typing import Any
 
 import pytest
 
-from tests.support.entrances import msgbus
 from tests.support.hostile import DELIVERABLE_BY_NAME, TAGS, describe, exactly_equal
 from tests.support.paths import ARTIFACTS
-from tests.support.processes import spawn, stop
+from tests.support.processes import msgbus, spawn, stop
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(300)

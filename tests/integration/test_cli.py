@@ -3,27 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.support.paths import ROOT
+from tests.support.processes import msgbus
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def msgbus(env, *args, stdin=None, **settings):
-    return subprocess.run(
-        [sys.executable, "-m", "bus.cli", *args],
-        cwd=ROOT,
-        env=env.env(**settings),
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_send_read_ack_status_history_round_trip_with_json_output(module_env, worker, agents):

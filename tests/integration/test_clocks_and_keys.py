@@ -15,6 +15,7 @@ import pytest
 
 from bus.errors import SecurityError
 from tests.support.paths import ROOT
+from tests.support.processes import msgbus
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -37,14 +38,7 @@ def skewed_path(tmp_path_factory):
 
 def msgbus_ahead(env, skewed_path, *args, **settings):
     """`msgbus ...` on a host whose clock runs SKEW seconds ahead."""
-    return subprocess.run(
-        [sys.executable, "-m", "bus.cli", *args],
-        cwd=ROOT,
-        env=env.env(PYTHONPATH=f"{skewed_path}:{ROOT}", **settings),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return msgbus(env, *args, PYTHONPATH=f"{skewed_path}:{ROOT}", **settings)
 
 
 def test_the_shifted_clock_really_runs_ahead_in_those_processes(module_env, skewed_path):

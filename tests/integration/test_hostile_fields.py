@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from bus.errors import ValidationError
-from tests.support.entrances import msgbus
 from tests.support.hostile import describe, exactly_equal
+from tests.support.processes import msgbus
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)

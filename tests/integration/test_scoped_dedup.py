@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import uuid
 
 import pytest
@@ -17,7 +15,7 @@ from mcp.client import Client
 from bus.errors import ValidationError
 from mcp_server.identity import Identity
 from mcp_server.server import build_server
-from tests.support.paths import ROOT
+from tests.support.processes import msgbus
 from tests.support.waiting import holds_for, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -41,17 +39,6 @@ def read_all(bus, agent, count, timeout=20):
 
 def nothing_more(bus, agent, seconds=QUIET):
     holds_for(lambda: bus.read(agent, limit=10) == [], seconds, f"{agent}'s inbox staying empty")
-
-
-def msgbus(env, *args):
-    return subprocess.run(
-        [sys.executable, "-m", "bus.cli", *args],
-        cwd=ROOT,
-        env=env.env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def mcp_call(env, agent, tool, args):

@@ -5,13 +5,11 @@ or streamable HTTP. A refused send raises `Refusal` with the text the user would
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from typing import Any
 
 from bus.errors import BusError, ValidationError
 from tests.support.hostile import LoopThread
-from tests.support.paths import ROOT
+from tests.support.processes import msgbus
 from tests.support.waiting import wait_for
 
 ARGV_LIMIT = 100_000  # a payload longer than this goes to the CLI on stdin (Linux caps one argv string at 128 KiB)
@@ -95,18 +93,6 @@ class PythonApi(Entrance):
         if messages:
             self.bus.ack(self.reader, [m.id for m in messages])
         return [(m.id, m.payload) for m in messages]
-
-
-def msgbus(env: Any, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bus.cli", *args],
-        cwd=ROOT,
-        env=env.env(),
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 class Cli(Entrance):

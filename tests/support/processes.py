@@ -87,3 +87,19 @@ class PrivateRedis:
     def stop(self, *, graceful: bool = False) -> None:
         command = ["shutdown"] if graceful else ["shutdown", "nosave"]
         subprocess.run(["redis-cli", "-p", str(self.port), *command], capture_output=True)
+
+
+def msgbus(
+    env: Any, *args: str, stdin: str | None = None, **settings: str
+) -> subprocess.CompletedProcess[str]:
+    """The `msgbus` command line run for the env's bus (extra MESSAGE_BUS_* settings, or
+    other variables, as keywords); its exit code and output, never raising."""
+    return subprocess.run(
+        [sys.executable, "-m", "bus.cli", *args],
+        cwd=ROOT,
+        env=env.env(**settings),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -16,6 +17,7 @@ from mcp.server.subscriptions import ListenHandler
 from mcp.shared.exceptions import MCPError
 from mcp_types import (
     INVALID_PARAMS,
+    INVALID_REQUEST,
     CallToolResult,
     EmptyResult,
     SubscribeRequestParams,
@@ -46,6 +48,7 @@ unread > 0: read_messages, act on them, then ack_messages."""
 
 
 DEAD_LETTERS_URI = "message-bus://dead-letters"
+LISTEN_STREAMS_PER_AGENT = 8
 
 
 class BusServer(MCPServer[Any]):
@@ -241,18 +244,33 @@ def _register_legacy_subscribe(
     lowlevel.add_request_handler("resources/subscribe", SubscribeRequestParams, on_subscribe)
     lowlevel.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, on_unsubscribe)
     listen = ListenHandler(RedisSubscriptionBus(events))
+    streams: Counter[str] = Counter()
 
     async def on_listen(
         ctx: Any, params: SubscriptionsListenRequestParams
     ) -> SubscriptionsListenResult:
-        """`subscriptions/listen` (2026-07-28), each asked-for URI authorized first."""
+        """`subscriptions/listen` (2026-07-28), each asked-for URI authorized first, and at
+        most LISTEN_STREAMS_PER_AGENT open at once per agent (the SDK's limit is per
+        process: one agent must not take every stream)."""
         handle = bus.as_agent(_caller(ctx, me), front_door=True)
         for uri in params.notifications.resource_subscriptions or ():
             try:
                 await _to_thread(handle.authorize_listen, str(uri))
             except BusError as exc:
                 raise MCPError(INVALID_PARAMS, exc.message) from None
-        return await listen(ctx, params)
+        if streams[handle.agent] >= LISTEN_STREAMS_PER_AGENT:
+            raise MCPError(
+                INVALID_REQUEST,
+                f"{handle.agent} has {LISTEN_STREAMS_PER_AGENT} listen streams open, the most "
+                "one agent may; close one first",
+            )
+        streams[handle.agent] += 1
+        try:
+            return await listen(ctx, params)
+        finally:
+            streams[handle.agent] -= 1
+            if streams[handle.agent] <= 0:
+                del streams[handle.agent]
 
     lowlevel.add_request_handler(
         "subscriptions/listen", SubscriptionsListenRequestParams, on_listen

@@ -5,6 +5,7 @@ agent, and each with its positive control (the rightful agent is served)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import redis
 
 from bus.errors import BusError
 from bus.tokens import TokenFile
+from mcp_server.server import LISTEN_STREAMS_PER_AGENT
 from tests.support.env import audit_entries
 from tests.support.mcp import call, error_of, http, stdio
 from tests.support.paths import ARTIFACTS, REDIS_URL, ROOT
@@ -141,6 +143,31 @@ def test_listen_on_another_agents_inbox_is_refused_and_the_owner_is_told_of_its_
         e for e in audit_entries(bus) if e["action"] == "listen" and e["agent"] == "h-alice"
     ]
     assert refusals and refusals[0]["target"] == bob_inbox and refusals[0]["outcome"] == "denied"
+
+
+def test_one_agent_cannot_hold_every_listen_stream_of_the_server(http_server, bus):
+    url, tokens = http_server
+    alice_inbox, bob_inbox = "message-bus://inbox/h-alice", "message-bus://inbox/h-bob"
+    connect(bus, "h-alice", "h-bob")
+
+    async def scenario():
+        async with contextlib.AsyncExitStack() as held:
+            alice = await held.enter_async_context(http(url, tokens["h-alice"]))
+            for _ in range(LISTEN_STREAMS_PER_AGENT):
+                await held.enter_async_context(alice.listen(resource_subscriptions=[alice_inbox]))
+            with pytest.raises(Exception, match="listen streams open, the most one agent may"):
+                async with alice.listen(resource_subscriptions=[alice_inbox]):
+                    pass
+            # Positive control: another agent still gets a stream, and its events.
+            async with http(url, tokens["h-bob"]) as bob:
+                async with bob.listen(resource_subscriptions=[bob_inbox]) as stream:
+                    await call(alice, "send_message", {"to": "h-bob", "payload": "ping"})
+                    event = await asyncio.wait_for(stream.__aiter__().__anext__(), 10)
+                assert getattr(event, "uri", None) == bob_inbox
+                read = await call(bob, "read_messages", {"wait_seconds": 10})
+                await call(bob, "ack_messages", {"ids": [m["id"] for m in read["messages"]]})
+
+    run(scenario())
 
 
 # -- reply_to is a send ---------------------------------------------------------------------

@@ -17,10 +17,10 @@ from typing import Any
 from kombu import Connection
 
 from bus.client import MessageBus
-from bus.cluster import ClusterLayout, LocalCluster
 from bus.redis_conn import connect
-from bus.services import delete_vhost, ensure_vhost, services_up
 from bus.settings import Settings
+from msgbus.cluster import ClusterLayout, LocalCluster
+from msgbus.services import delete_vhost, ensure_vhost, services_up
 
 ROOT = Path(__file__).resolve().parent.parent
 QUEUES = "bus.critical,bus.high,bus.normal,bus.low"

@@ -102,6 +102,14 @@ class ConfigError(BusError):
     exit_code = 8
 
 
+class ServicesError(BusError):
+    """A local development service (Redis, RabbitMQ, the multi-node stack) cannot be
+    installed, started or reached."""
+
+    code = "services"
+    exit_code = 10
+
+
 class RequestTimeout(BusError):
     """No response to a request came in time (the request itself was sent)."""
 

@@ -127,6 +127,14 @@ class Settings(BaseSettings):
     )
     flower_auth: SecretStr | None = None
     worker_concurrency: int = Field(default=4, ge=1)
+    express_worker: bool = Field(
+        default=False, description="this worker serves bus.critical and bus.high first"
+    )
+    mcp_profile: Literal["core", "full"] = Field(default="core", description="MCP tool set")
+    mcp_modern: bool = Field(
+        default=False, description="stdio MCP: also serve the 2026-07-28 era (no channel)"
+    )
+    log_level: str = Field(default="WARNING", description="log level of msgbus commands")
     ready_file: Path | None = Field(
         default=None, description="a worker or beat touches it once ready (set by `msgbus up`)"
     )
@@ -229,6 +237,11 @@ class Settings(BaseSettings):
             path,
         )
         return secret
+
+    @property
+    def tokens_path(self) -> Path:
+        """The HTTP MCP server's tokens file (MESSAGE_BUS_TOKENS_FILE, else in the state dir)."""
+        return self.tokens_file or self.state_dir / "tokens.json"
 
     @property
     def allowed_host_list(self) -> list[str]:

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import uvicorn
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -22,8 +24,9 @@ from starlette.routing import Route
 from bus.client import MessageBus
 from bus.errors import BusError
 from bus.handle import AgentHandle
+from bus.settings import Settings
 from bus.tokens import TokenFile
-from mcp_server.websecurity import WebOrigins
+from mcp_server.websecurity import HostOriginGuard, WebOrigins, web_origins
 
 PAGE = Path(__file__).with_name("static") / "dashboard.html"
 LOGIN = """<!doctype html><meta charset=utf-8><title>agent-message-bus</title>
@@ -149,39 +152,10 @@ def _refuse_write(request: Request, by_cookie: bool, origins: WebOrigins) -> Res
     return None
 
 
-def main() -> None:
-    """`msgbus dashboard`: the dashboard alone, on its own port."""
-    import argparse
-    import sys
-
-    import uvicorn
-    from starlette.applications import Starlette
-
-    from bus.errors import ConfigError
-    from bus.logs import configure
-    from bus.settings import Settings
-    from mcp_server.websecurity import HostOriginGuard, web_origins
-
-    parser = argparse.ArgumentParser(prog="msgbus dashboard")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8766)
-    parser.add_argument("--tokens-file", type=Path, default=None)
-    args = parser.parse_args()
-    configure("WARNING")
-    settings = Settings()
-    try:
-        settings.signing_keys  # noqa: B018 - production without a real secret stops here
-    except ConfigError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    tokens = TokenFile(
-        args.tokens_file or settings.tokens_file or settings.state_dir / "tokens.json"
-    )
-    origins = web_origins(args.host, args.port, settings)
+def serve(settings: Settings, host: str, port: int, tokens_path: Path | None = None) -> None:
+    """The dashboard alone, on its own port (`msgbus dashboard`), until stopped."""
+    tokens = TokenFile(tokens_path or settings.tokens_path)
+    origins = web_origins(host, port, settings)
     app = Starlette(routes=dashboard_routes(MessageBus(settings), tokens, origins))
-    print(f"dashboard on http://{args.host}:{args.port}/ui", flush=True)
-    uvicorn.run(HostOriginGuard(app, origins), host=args.host, port=args.port, log_level="warning")
-
-
-if __name__ == "__main__":
-    main()
+    print(f"dashboard on http://{host}:{port}/ui", flush=True)
+    uvicorn.run(HostOriginGuard(app, origins), host=host, port=port, log_level="warning")

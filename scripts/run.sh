@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --disable-pip-version-check -e .
-exec python3 -m bus.cli up "$@"
+exec python3 -m msgbus up "$@"

@@ -9,7 +9,7 @@ if python3 -m pip --version >/dev/null 2>&1; then
 else
   echo "warning: no pip for python3; using the installed packages as they are" >&2
 fi
-python3 -m bus.services up
+python3 -m msgbus services up
 # Browser tests drive Debian's Chromium with its chromedriver.
 if ! command -v chromedriver >/dev/null && [ "$(id -u)" = 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null \
@@ -27,9 +27,9 @@ fi
 python3 -m tests.support.claude_code >/dev/null \
   || echo "warning: Claude Code could not be installed; its end-to-end tests will fail" >&2
 if [ "$#" -eq 0 ]; then  # the whole run also checks lint and formatting
-  python3 -m ruff check bus workers mcp_server bench tests examples celeryconfig.py
-  python3 -m ruff format --check bus workers mcp_server bench tests examples celeryconfig.py
-  python3 -m mypy  # strict on bus/, workers/, mcp_server/ (pyproject.toml)
+  python3 -m ruff check bus workers mcp_server msgbus bench tests examples celeryconfig.py
+  python3 -m ruff format --check bus workers mcp_server msgbus bench tests examples celeryconfig.py
+  python3 -m mypy  # strict on bus/, workers/, mcp_server/, msgbus/ (pyproject.toml)
 fi
 set +e
 python3 -m pytest "$@"

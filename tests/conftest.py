@@ -49,13 +49,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def services() -> None:
-    from bus.services import services_up
+    from msgbus.services import services_up
 
     services_up(REDIS_URL, BROKER_URL)
 
 
 def _new_env(request: pytest.FixtureRequest) -> Iterator[BusEnv]:
-    from bus.services import delete_vhost, ensure_vhost
+    from msgbus.services import delete_vhost, ensure_vhost
 
     vhost = f"t-{uuid.uuid4().hex[:10]}"
     ensure_vhost(BROKER_URL, vhost)

@@ -1,35 +1,22 @@
-"""`msgbus agent run MOD:OBJ`: serve one worker agent from its own Celery queue."""
+"""Serving one worker agent from its own Celery queue (`msgbus agent run MOD:OBJ`)."""
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
-
+from bus.errors import ConfigError
+from bus.topology import agent_queue
 from workers.agent import load_agent
-from workers.agent_runtime import SPEC_ENV
+from workers.agent_runtime import serve_agent
+from workers.app import app, runtime
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="msgbus agent run")
-    parser.add_argument("spec", help="MODULE:OBJECT naming a WorkerAgent")
-    parser.add_argument("--concurrency", "-c", type=int, default=None)
-    parser.add_argument("--loglevel", "-l", default="INFO")
-    args = parser.parse_args(argv)
-    sys.path.insert(0, os.getcwd())
+def serve(spec: str, concurrency: int | None = None, loglevel: str = "INFO") -> None:
+    """Runs a Celery worker on the agent's queue `agent.<name>` until stopped."""
     try:
-        agent = load_agent(args.spec)
+        agent = load_agent(spec)
     except (ValueError, TypeError, ImportError, AttributeError) as exc:
-        print(f"error: cannot load worker agent {args.spec}: {exc}", file=sys.stderr)
-        sys.exit(2)
-    os.environ[SPEC_ENV] = args.spec
-    from workers.agent_runtime import current_agent, register
-    from workers.app import app, runtime
-
-    register(current_agent(runtime) or agent, runtime)
-    from bus.topology import agent_queue
-
-    app.conf.task_queues = [*app.conf.task_queues, agent_queue(app.conf.bus_settings, agent.name)]
+        raise ConfigError(f"cannot load worker agent {spec}: {exc}") from None
+    serve_agent(agent, runtime)
+    app.conf.task_queues = [*app.conf.task_queues, agent_queue(runtime.settings, agent.name)]
     app.worker_main(
         [
             "worker",
@@ -38,9 +25,9 @@ def main(argv: list[str] | None = None) -> None:
             "-P",
             "threads",
             "-c",
-            str(args.concurrency or agent.concurrency),
+            str(concurrency or agent.concurrency),
             "-l",
-            args.loglevel,
+            loglevel,
             "-n",
             f"agent-{agent.name}@%h",
             "-E",
@@ -48,7 +35,3 @@ def main(argv: list[str] | None = None) -> None:
             "--without-mingle",
         ]
     )
-
-
-if __name__ == "__main__":
-    main()

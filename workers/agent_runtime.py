@@ -6,28 +6,22 @@ agent): the app's runtime is passed in.
 
 from __future__ import annotations
 
-import os
-from functools import cache
-
 from bus.client import MessageBus
 from bus.runtime import Runtime
 from bus.topology import agent_queue
-from workers.agent import WorkerAgent, load_agent
+from workers.agent import WorkerAgent
 
-SPEC_ENV = "MESSAGE_BUS_AGENT_SPEC"
+_served: list[WorkerAgent] = []  # the one agent of this process, once it serves one
 
 
-@cache
-def current_agent(runtime: Runtime) -> WorkerAgent | None:
-    spec = os.environ.get(SPEC_ENV)
-    if not spec:
-        return None
-    agent = load_agent(spec)
+def current_agent() -> WorkerAgent | None:
+    return _served[0] if _served else None
+
+
+def serve_agent(agent: WorkerAgent, runtime: Runtime) -> None:
+    """Makes `agent` this process's worker agent: it sends through this runtime, is marked
+    as served by a worker-agent process, and its queue is declared."""
     agent.use_bus(MessageBus(runtime=runtime))
-    return agent
-
-
-def register(agent: WorkerAgent, runtime: Runtime) -> None:
-    """Marks the agent as served by a worker-agent process and declares its queue."""
+    _served[:] = [agent]
     runtime.store.register_worker_agent(agent.name)
     runtime.broker.declare_queue(agent_queue(runtime.settings, agent.name))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from typing import Any
 
@@ -17,6 +16,7 @@ from bus.redis_conn import SENTINEL_SCHEME, SentinelTarget
 from bus.runtime import Runtime, runtime_from_env
 from bus.settings import SOLO_POOL_REFUSED
 from workers import fastjson
+from workers.agent_runtime import current_agent
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ fastjson.install()
 app = Celery("msgbus")
 # `msgbus worker --express` (MESSAGE_BUS_EXPRESS_WORKER=1) consumes critical and high with
 # consumer priority, so they never wait behind the main worker's backlog.
-EXPRESS = os.environ.get("MESSAGE_BUS_EXPRESS_WORKER") == "1"
+EXPRESS = runtime.settings.express_worker
 app.conf.update(topology.celery_config(runtime.settings, express=EXPRESS))
 app.conf.bus_settings = runtime.settings
 # Messages it cannot take are dead-lettered, not acked away (see workers.consumer).
@@ -123,9 +123,7 @@ def _start_metrics_exporter(**_: Any) -> None:
 @worker_init.connect
 def _announce_keys(**_: Any) -> None:
     # Which keys this worker verifies, for `msgbus health` and the senders' check.
-    kind = (
-        "agent" if os.environ.get("MESSAGE_BUS_AGENT_SPEC") else "express" if EXPRESS else "worker"
-    )
+    kind = "agent" if current_agent() is not None else "express" if EXPRESS else "worker"
     runtime.keyring.announce_forever(kind)
 
 

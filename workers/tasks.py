@@ -96,7 +96,7 @@ def handle(
     """Runs a worker agent's handler (only in `msgbus agent run` processes). Redis or the
     broker being unavailable anywhere on the way is transient: retried with backoff, and
     counted apart from the handler's own failures (`outages`)."""
-    agent = current_agent(runtime)
+    agent = current_agent()
     if agent is None or agent.name != agent_name:
         raise Reject(f"no worker agent {agent_name!r} in this process", requeue=False)
     try:

@@ -277,7 +277,7 @@ def test_poison_handlers_end_in_dead_letters_and_the_rest_flows(fresh_env, agent
     agent, log = spawn(
         fresh_env,
         "poison-agent",
-        ["-m", "bus.cli", "agent", "run", "tests.chaos.poison_agent:agent"],
+        ["-m", "msgbus", "agent", "run", "tests.chaos.poison_agent:agent"],
     )
     wait_for(lambda: b"ready." in log.read_bytes(), 60, "the poison agent")
     bus, sender = fresh_env.bus(), agents("s")
@@ -322,7 +322,7 @@ def test_poison_handlers_end_in_dead_letters_and_the_rest_flows(fresh_env, agent
                 agent, _ = spawn(
                     fresh_env,
                     f"poison-agent-{restarts}",
-                    ["-m", "bus.cli", "agent", "run", "tests.chaos.poison_agent:agent"],
+                    ["-m", "msgbus", "agent", "run", "tests.chaos.poison_agent:agent"],
                 )
             reasons = {d.id: d.reason for d in bus.dead_letters()}
             done = sum(bus.status(i).status.value == "acked" for i in ok[-5:])
@@ -355,7 +355,7 @@ def test_sigkill_the_mcp_http_server_during_concurrent_sends(fresh_env, agents, 
     tokens = tmp_path / "tokens.json"
     token = TokenFile(tokens).create("mcp-sender")
     port = free_port()
-    argv = ["-m", "mcp_server", "--http", "--port", str(port), "--tokens-file", str(tokens)]
+    argv = ["-m", "msgbus", "mcp", "--http", "--port", str(port), "--tokens-file", str(tokens)]
     fresh_env.start_worker()
     state = {"server": spawn(fresh_env, "mcp-chaos", argv)[0]}
     wait_for(lambda: http_status(f"http://127.0.0.1:{port}/healthz") == 200, 30, "the MCP server")

@@ -78,7 +78,7 @@ def test_a_worker_agent_answers_every_request_once_across_a_redis_kill9(
     redis_.start()
     fresh_env.overrides["MESSAGE_BUS_REDIS_URL"] = redis_.url
     fresh_env.start_worker()
-    argv = ["-m", "bus.cli", "agent", "run", "examples.echo_agent:agent"]
+    argv = ["-m", "msgbus", "agent", "run", "examples.echo_agent:agent"]
     agent, log = spawn(fresh_env, "echo-chaos", argv)
     try:
         wait_for(lambda: b"ready." in log.read_bytes(), 60, "the echo agent")

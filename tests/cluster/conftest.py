@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bus.cluster import ClusterLayout, LocalCluster
+from msgbus.cluster import ClusterLayout, LocalCluster
 from tests.support.env import BusEnv, Worker
 from tests.support.paths import ARTIFACTS
 

@@ -220,7 +220,7 @@ def beat(cluster_env):
     from tests.support.processes import spawn, stop
 
     cluster_env.overrides["MESSAGE_BUS_STATS_INTERVAL"] = "1"
-    proc, _ = spawn(cluster_env, "beat-cluster", ["-m", "bus.cli", "beat", "-l", "INFO"])
+    proc, _ = spawn(cluster_env, "beat-cluster", ["-m", "msgbus", "beat", "-l", "INFO"])
     yield proc
     stop(proc)
 

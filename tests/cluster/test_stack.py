@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from bus.services import services_status, services_up
+from msgbus.services import services_status, services_up
 from tests.cluster.conftest import primary_client
 from tests.support.waiting import wait_for
 
@@ -128,7 +128,7 @@ def test_the_cluster_commands_print_settings_and_a_status_whose_exit_code_says_i
     from tests.support.paths import ROOT
 
     def msgbus(*args: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "bus.cli", "services", "cluster", *args]
+        command = [sys.executable, "-m", "msgbus", "services", "cluster", *args]
         return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
     env = msgbus("env")

@@ -75,7 +75,7 @@ def bus(bounded):
 def echo_agent(bounded):
     log = ARTIFACTS / f"agent-echo-{bounded.vhost}.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bus.cli", "agent", "run", "examples.echo_agent:agent"],
+        [sys.executable, "-m", "msgbus", "agent", "run", "examples.echo_agent:agent"],
         cwd=ROOT,
         env=bounded.env(),
         stdout=subprocess.DEVNULL,

@@ -14,7 +14,7 @@ import httpx
 import psutil
 import pytest
 
-from bus.services import _ctl_for
+from msgbus.services import run_rabbitmqctl
 from tests.support.paths import ARTIFACTS, BROKER_URL, ROOT, TEST_SECRET
 from tests.support.processes import free_port, msgbus, spawn, stop
 from tests.support.waiting import wait_for
@@ -27,7 +27,7 @@ assert len(TEST_SECRET) >= 32  # what the test workers sign with: long enough
 
 
 def rabbitmqctl(*args):
-    ok, output = _ctl_for(BROKER_URL, None, *args)
+    ok, output = run_rabbitmqctl(BROKER_URL, None, *args)
     assert ok, output
     return output
 
@@ -65,7 +65,7 @@ def test_flower_gets_its_password_and_the_broker_password_through_its_environmen
     flower, log = spawn(
         module_env,
         "flower-secrets",
-        ["-m", "bus.cli", "flower", "--port", str(port)],
+        ["-m", "msgbus", "flower", "--port", str(port)],
         MESSAGE_BUS_FLOWER_AUTH=f"ops:{flower_password}",
         MESSAGE_BUS_BROKER_URL=broker_url,
     )
@@ -92,7 +92,7 @@ def test_flower_gets_its_password_and_the_broker_password_through_its_environmen
 def start(env, name, args, **settings):
     log = ARTIFACTS / f"{name}-{env.vhost}.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bus.cli", *args],
+        [sys.executable, "-m", "msgbus", *args],
         cwd=ROOT,
         env=env.env(**settings),
         stdin=subprocess.DEVNULL,
@@ -165,7 +165,7 @@ def test_production_mode_with_a_long_secret_sends_and_serves(module_env, worker,
     assert sent.returncode == 0 and '"status":"queued"' in sent.stdout, sent.stderr
     port = free_port()
     proc, log = spawn(
-        module_env, "prod-http", ["-m", "mcp_server", "--http", "--port", str(port)], **good
+        module_env, "prod-http", ["-m", "msgbus", "mcp", "--http", "--port", str(port)], **good
     )
     try:
         wait_for(

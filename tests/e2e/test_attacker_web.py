@@ -33,7 +33,8 @@ def serve(env, name, tokens_path, host="127.0.0.1", **extra):
         name,
         [
             "-m",
-            "mcp_server",
+            "msgbus",
+            "mcp",
             "--http",
             "--host",
             host,

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(900)
 def test_bench_smoke_run_reports_every_figure_beside_its_baseline(services, tmp_path):
     out = tmp_path / "results.json"
     done = subprocess.run(
-        [sys.executable, "-m", "bus.cli", "bench", "--smoke", "--json", "--out", str(out)],
+        [sys.executable, "-m", "msgbus", "bench", "--smoke", "--json", "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,

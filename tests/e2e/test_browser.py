@@ -123,7 +123,7 @@ def test_flower_shows_bus_deliver_tasks(fresh_env, browser, agents):
     flower, log = spawn(
         fresh_env,
         "flower",
-        ["-m", "bus.cli", "flower", "--port", str(port)],
+        ["-m", "msgbus", "flower", "--port", str(port)],
         MESSAGE_BUS_FLOWER_AUTH="ops:flower-pw",
     )
     try:

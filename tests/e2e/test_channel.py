@@ -21,7 +21,7 @@ CHANNEL = "notifications/claude/channel"
 def server(env, agent, *extra):
     ARTIFACTS.mkdir(exist_ok=True)
     return RawStdio(
-        [sys.executable, "-m", "mcp_server", "--agent", agent, *extra],
+        [sys.executable, "-m", "msgbus", "mcp", "--agent", agent, *extra],
         env.env(),
         ROOT,
         ARTIFACTS / f"mcp-stdio-{agent}.log",

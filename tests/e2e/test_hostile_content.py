@@ -65,7 +65,8 @@ def http_url(module_env, worker, tmp_path_factory):
         [
             sys.executable,
             "-m",
-            "mcp_server",
+            "msgbus",
+            "mcp",
             "--http",
             "--host",
             "127.0.0.1",
@@ -445,7 +446,7 @@ def test_raw_json_rpc_literals_are_refused_named_or_delivered_exactly(http_url, 
 def echo_agent(module_env, worker):
     log = ARTIFACTS / f"agent-echo-hostile-{module_env.vhost}.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bus.cli", "agent", "run", "examples.echo_agent:agent"],
+        [sys.executable, "-m", "msgbus", "agent", "run", "examples.echo_agent:agent"],
         cwd=ROOT,
         env=module_env.env(),
         stdout=subprocess.DEVNULL,

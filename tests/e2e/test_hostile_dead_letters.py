@@ -127,7 +127,7 @@ def test_tag_shaped_dead_letters_are_listed_replayed_by_hand_and_by_beat_and_arr
     assert {d.id for d in bus.dead_letters()} == set(by_beat)
 
     beat, log = spawn(
-        fresh_env, "beat-hostile", ["-m", "bus.cli", "beat"], MESSAGE_BUS_REPLAY_INTERVAL="1"
+        fresh_env, "beat-hostile", ["-m", "msgbus", "beat"], MESSAGE_BUS_REPLAY_INTERVAL="1"
     )
     try:
         got = read_until(bus, reader, set(by_beat), timeout=90)

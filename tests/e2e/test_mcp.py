@@ -55,7 +55,8 @@ def http_server(module_env, worker, tmp_path_factory):
         [
             sys.executable,
             "-m",
-            "mcp_server",
+            "msgbus",
+            "mcp",
             "--http",
             "--host",
             "127.0.0.1",
@@ -271,7 +272,7 @@ def test_legacy_resources_subscribe_gets_resource_updated(module_env, worker, ag
             Client(
                 StdioServerParameters(
                     command=sys.executable,
-                    args=["-m", "mcp_server", "--agent", bob],
+                    args=["-m", "msgbus", "mcp", "--agent", bob],
                     env=module_env.env(),
                     cwd=str(ROOT),
                 ),

@@ -56,7 +56,7 @@ def test_beat_replays_a_transient_dead_letter_and_leaves_a_bad_signature_alone(f
     beat, log = spawn(
         fresh_env,
         "beat",
-        ["-m", "bus.cli", "beat"],
+        ["-m", "msgbus", "beat"],
         MESSAGE_BUS_REPLAY_INTERVAL="1",
         MESSAGE_BUS_STATS_INTERVAL="1",
     )
@@ -138,7 +138,7 @@ def test_readyz_flips_when_the_worker_stops(fresh_env, tmp_path):
         assert httpx.get(f"{base}/readyz").json()["workers"] == []
         assert http_status(f"{base}/healthz") == 200  # liveness is not readiness
         out = subprocess.run(
-            [sys.executable, "-m", "bus.cli", "health"],
+            [sys.executable, "-m", "msgbus", "health"],
             cwd=ROOT,
             env=fresh_env.env(),
             capture_output=True,

@@ -24,7 +24,7 @@ def test_up_starts_everything_and_ctrl_c_stops_every_process(fresh_env, agents, 
         [
             sys.executable,
             "-m",
-            "bus.cli",
+            "msgbus.cli",
             "up",
             "--mcp-port",
             str(mcp_port),

@@ -35,7 +35,7 @@ class Up:
         command = [
             sys.executable,
             "-m",
-            "bus.cli",
+            "msgbus.cli",
             "up",
             "--mcp-port",
             str(ports["mcp"]),
@@ -71,7 +71,7 @@ class Up:
         group = psutil.Process(self.group.pid)
         for proc in [group, *group.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):
-                if "up" in proc.cmdline() and "bus.cli" in proc.cmdline():
+                if "up" in proc.cmdline() and "msgbus.cli" in proc.cmdline():
                     return proc
         return None
 

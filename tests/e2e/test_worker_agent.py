@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(180)
 def echo_agent(module_env, worker):
     log = ARTIFACTS / f"agent-echo-{module_env.vhost}.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bus.cli", "agent", "run", "examples.echo_agent:agent"],
+        [sys.executable, "-m", "msgbus", "agent", "run", "examples.echo_agent:agent"],
         cwd=ROOT,
         env=module_env.env(),
         stdout=subprocess.DEVNULL,

@@ -21,12 +21,12 @@ def test_quorum_queues_deliver_dead_letter_and_replay(fresh_env, agents):
     letters = wait_for(lambda: bus.dead_letters(), 15, "the expired message dead-lettered")
     assert [(d.id, d.reason) for d in letters] == [(expired.id, "expired")]
 
-    from bus.services import _node_for
+    from msgbus.services import node_args
 
     listing = subprocess.run(
         [
             "rabbitmqctl",
-            *_node_for(),
+            *node_args(),
             "list_queues",
             "-p",
             fresh_env.vhost,

@@ -1,4 +1,4 @@
-"""bus.services against the real local servers: reuse, idempotence, vhosts, and a cold
+"""msgbus.services against the real local servers: reuse, idempotence, vhosts, and a cold
 start + stop of a second pair on spare ports (bound to 127.0.0.1 only)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import redis
 from amqp.exceptions import NotAllowed
 from kombu import Connection
 
-from bus.services import (
+from msgbus.services import (
     ServicesError,
     delete_vhost,
     ensure_vhost,

@@ -110,7 +110,7 @@ def bus_mcp_config(path: Path, agent: str, env: Mapping[str, str], name: str = "
     server = {
         "type": "stdio",
         "command": sys.executable,
-        "args": ["-m", "mcp_server", "--agent", agent],
+        "args": ["-m", "msgbus", "mcp", "--agent", agent],
         "env": dict(env),
     }
     path.write_text(json.dumps({"mcpServers": {name: server}}, indent=2))

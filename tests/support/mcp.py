@@ -17,7 +17,7 @@ def stdio(env, agent, profile="core", *flags, **extra):
     return Client(
         StdioServerParameters(
             command=sys.executable,
-            args=["-m", "mcp_server", "--agent", agent, "--profile", profile, *flags],
+            args=["-m", "msgbus", "mcp", "--agent", agent, "--profile", profile, *flags],
             env=env.env(**extra),
             cwd=str(ROOT),
         ),

@@ -95,7 +95,7 @@ def msgbus(
     """The `msgbus` command line run for the env's bus (extra MESSAGE_BUS_* settings, or
     other variables, as keywords); its exit code and output, never raising."""
     return subprocess.run(
-        [sys.executable, "-m", "bus.cli", *args],
+        [sys.executable, "-m", "msgbus", *args],
         cwd=ROOT,
         env=env.env(**settings),
         input=stdin,

@@ -30,7 +30,7 @@ def start_http_server(env, name, tokens, **extra):
     proc, _ = spawn(
         env,
         name,
-        ["-m", "mcp_server", "--http", "--port", str(port), "--tokens-file", str(tokens)],
+        ["-m", "msgbus", "mcp", "--http", "--port", str(port), "--tokens-file", str(tokens)],
         **extra,
     )
     base = f"http://127.0.0.1:{port}"

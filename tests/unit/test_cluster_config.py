@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from bus.cli import _management_api
-from bus.cluster import ClusterLayout, LocalCluster
 from bus.errors import ConfigError
 from bus.redis_conn import SentinelTarget
 from bus.replication import Replication
-from bus.services import multi_host
 from bus.settings import Settings
+from msgbus.cluster import ClusterLayout, LocalCluster
+from msgbus.commands.processes import management_api as _management_api
+from msgbus.services import multi_host
 
 
 def test_a_sentinel_url_names_its_sentinels_service_db_and_password():

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from bus.cluster_nodes import RabbitNode, RedisServer, Sentinel, Server
-from bus.services import (
-    ServicesError,
+from bus.errors import ServicesError
+from msgbus.cluster_nodes import RabbitNode, RedisServer, Sentinel, Server
+from msgbus.services import (
     ServiceStatus,
     default_state_dir,
     ensure_installed,

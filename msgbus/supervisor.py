@@ -27,6 +27,7 @@ from types import FrameType
 
 from bus.errors import ConfigError
 from bus.settings import Settings
+from msgbus.services import services_up
 
 logger = logging.getLogger(__name__)
 
@@ -134,28 +135,28 @@ def plan(
     children = [
         Child(
             "worker",
-            [py, "-m", "bus.cli", "worker"],
+            [py, "-m", "msgbus", "worker"],
             f"delivery on bus.critical/high/normal/low{metrics}",
             _file_ready,
             ready_dir / "worker",
         ),
         Child(
             "express",
-            [py, "-m", "bus.cli", "worker", "--express"],
+            [py, "-m", "msgbus", "worker", "--express"],
             "bus.critical and bus.high first (consumer priority), never behind a backlog",
             _file_ready,
             ready_dir / "express",
         ),
         Child(
             "beat",
-            [py, "-m", "bus.cli", "beat"],
+            [py, "-m", "msgbus", "beat"],
             "scheduled replay, purge and queue-stats jobs",
             _file_ready,
             ready_dir / "beat",
         ),
         Child(
             "mcp",
-            [py, "-m", "mcp_server", "--http", "--host", host, "--port", str(mcp_port)],
+            [py, "-m", "msgbus", "mcp", "--http", "--host", host, "--port", str(mcp_port)],
             f"MCP http://{host}:{mcp_port}/mcp  dashboard http://{host}:{mcp_port}/ui  "
             f"metrics http://{host}:{mcp_port}/metrics",
             _port_answers(connect_host, mcp_port),
@@ -165,7 +166,7 @@ def plan(
         children.append(
             Child(
                 "flower",
-                [py, "-m", "bus.cli", "flower", "--address", host, "--port", str(flower_port)],
+                [py, "-m", "msgbus", "flower", "--address", host, "--port", str(flower_port)],
                 f"Flower http://{host}:{flower_port}/",
                 _port_answers(connect_host, flower_port),
             )
@@ -252,8 +253,6 @@ def run(
     if flower_port:
         check_port_free(host, flower_port, "Flower", "--flower-port")
     if start_services:
-        from bus.services import services_up
-
         for status in services_up(settings.redis_url, settings.broker_url):
             say(f"  {status.name:8} {status.url}")
     env = dict(os.environ)

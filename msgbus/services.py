@@ -7,14 +7,12 @@ keeps their data, logs and pid files in the state dir. `down` stops only what `u
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,7 +21,14 @@ from functools import partial
 from pathlib import Path
 from urllib.parse import urlparse
 
-from bus.errors import BusError
+import amqp.exceptions
+import redis
+from kombu.connection import Connection
+from kombu.exceptions import OperationalError
+
+from bus.errors import ServicesError
+from bus.redis_conn import connect
+from bus.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +38,6 @@ GET_THEM = (
     "install them with `sudo apt-get install redis-server rabbitmq-server`, or run "
     "`docker compose up -d redis rabbitmq`"
 )
-
-
-class ServicesError(BusError):
-    code = "services"
-    exit_code = 10
 
 
 @dataclass
@@ -50,7 +50,7 @@ class ServiceStatus:
 
 
 def default_state_dir() -> Path:
-    return Path(os.environ.get("MESSAGE_BUS_STATE_DIR") or Path.home() / ".local/state/msgbus")
+    return Settings().state_dir
 
 
 def _host_port(url: str, default_port: int) -> tuple[str, int]:
@@ -132,10 +132,6 @@ def multi_host(url: str) -> bool:
 
 
 def _redis_ready(url: str) -> bool:
-    import redis
-
-    from bus.redis_conn import connect
-
     try:
         connect(url, socket_timeout=2).ping()
     except (redis.ConnectionError, redis.TimeoutError):  # incl. still loading the AOF
@@ -146,10 +142,6 @@ def _redis_ready(url: str) -> bool:
 
 
 def _amqp_ready(url: str) -> bool:
-    import amqp.exceptions
-    from kombu.connection import Connection
-    from kombu.exceptions import OperationalError
-
     if not any(answers(*_host_port(one, 5672)) for one in url.split(";")):
         return False
     try:
@@ -386,7 +378,7 @@ def services_down(state_dir: Path | None = None) -> list[ServiceStatus]:
     return out
 
 
-def _node_for(state_dir: Path | None = None, port: int | None = None) -> list[str]:
+def node_args(state_dir: Path | None = None, port: int | None = None) -> list[str]:
     """rabbitmqctl's node arguments: our node if `up` started one (on port), else none."""
     started = _rabbit_started(state_dir or default_state_dir())
     if started and (port is None or started[0] == port):
@@ -394,8 +386,8 @@ def _node_for(state_dir: Path | None = None, port: int | None = None) -> list[st
     return []
 
 
-def _ctl_for(broker_url: str, state_dir: Path | None, *args: str) -> tuple[bool, str]:
-    node = _node_for(state_dir, _host_port(broker_url, 5672)[1])
+def run_rabbitmqctl(broker_url: str, state_dir: Path | None, *args: str) -> tuple[bool, str]:
+    node = node_args(state_dir, _host_port(broker_url, 5672)[1])
     result = run_command(rabbitmqctl(), *node, *args, timeout=60)
     return result.returncode == 0, (result.stderr + result.stdout).strip()
 
@@ -403,10 +395,10 @@ def _ctl_for(broker_url: str, state_dir: Path | None, *args: str) -> tuple[bool,
 def ensure_vhost(broker_url: str, vhost: str, state_dir: Path | None = None) -> None:
     """Creates a vhost with full permissions for the URL's user (tests isolate with these)."""
     user = urlparse(broker_url).username or "guest"
-    ok, output = _ctl_for(broker_url, state_dir, "add_vhost", vhost)
+    ok, output = run_rabbitmqctl(broker_url, state_dir, "add_vhost", vhost)
     if not ok and "already exists" not in output:
         raise ServicesError(f"rabbitmqctl add_vhost {vhost} failed: {output}")
-    ok, output = _ctl_for(
+    ok, output = run_rabbitmqctl(
         broker_url, state_dir, "set_permissions", "-p", vhost, user, ".*", ".*", ".*"
     )
     if not ok:
@@ -415,34 +407,6 @@ def ensure_vhost(broker_url: str, vhost: str, state_dir: Path | None = None) -> 
 
 def delete_vhost(broker_url: str, vhost: str, state_dir: Path | None = None) -> None:
     """Deletes a vhost and everything in it; a vhost that does not exist is fine."""
-    ok, output = _ctl_for(broker_url, state_dir, "delete_vhost", vhost)
+    ok, output = run_rabbitmqctl(broker_url, state_dir, "delete_vhost", vhost)
     if not ok and "does not exist" not in output and "not found" not in output:
         logger.warning("rabbitmqctl delete_vhost %s failed: %s", vhost, output)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bus.services")
-    parser.add_argument("action", choices=["up", "down", "status"])
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
-    redis_url = os.environ.get("MESSAGE_BUS_REDIS_URL", "redis://127.0.0.1:6379/0")
-    broker_url = os.environ.get("MESSAGE_BUS_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
-    try:
-        if args.action == "up":
-            statuses = services_up(redis_url, broker_url)
-        elif args.action == "down":
-            statuses = services_down()
-        else:
-            statuses = services_status(redis_url, broker_url)
-    except BusError as exc:
-        sys.stderr.write(f"error: {exc.message}\n")
-        return exc.exit_code
-    for s in statuses:
-        state = "running" if s.running else "stopped"
-        managed = " (started by msgbus)" if s.managed else ""
-        sys.stdout.write(f"{s.name}: {state} {s.url}{managed} - {s.detail}\n")
-    return 0 if args.action != "status" or all(s.running for s in statuses) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -19,8 +19,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from bus.services import (
-    ServicesError,
+from bus.errors import ServicesError
+from msgbus.services import (
     answers,
     live_pid,
     rabbit_base,

@@ -1,0 +1,5 @@
+"""`python -m msgbus ...` is `msgbus ...`."""
+
+from msgbus.cli import main
+
+main()

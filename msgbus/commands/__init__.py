@@ -1,0 +1,1 @@
+"""The `msgbus` commands, one module per noun."""

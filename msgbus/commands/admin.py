@@ -184,6 +184,3 @@ def stats(as_json: bool) -> None:
             + [f"inbox {a}: {n}" for a, n in sorted(st.inbox_depths.items()) if n]
         ),
     )
-
-
-COMMANDS = [token, keys, audit, agents, health, stats]

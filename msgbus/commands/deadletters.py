@@ -62,6 +62,3 @@ def dlq_purge(ids: tuple[str, ...], all_: bool, as_json: bool) -> None:
     """Delete dead letters for good."""
     purged = operator().purge_dead_letters(list(ids), all=all_)
     emit({"purged": purged}, as_json, lambda r: f"purged {len(r['purged'])}")
-
-
-COMMANDS = [dlq]

@@ -219,6 +219,3 @@ def unsubscribe(agent: str, topics: tuple[str, ...], as_json: bool) -> None:
     """Unsubscribe AGENT from TOPICS."""
     removed = as_agent(agent).unsubscribe(list(topics))
     emit({"removed": removed}, as_json, lambda r: f"removed {r['removed']} subscription(s)")
-
-
-COMMANDS = [send, publish, broadcast, read, ack, history, status, tail, subscribe, unsubscribe]

@@ -22,6 +22,7 @@ from mcp_server import dashboard as dashboard_server
 from mcp_server.main import run_http, run_stdio
 from msgbus.console import handle_errors, settings
 from msgbus.supervisor import run as supervise
+from workers.agent_main import serve as serve_agent
 
 PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
 
@@ -206,10 +207,8 @@ def agent() -> None:
 @handle_errors
 def agent_run(spec: str, concurrency: int | None, loglevel: str) -> None:
     """Serve the WorkerAgent named by SPEC (MODULE:OBJECT), e.g. examples.echo_agent:agent."""
-    from workers.agent_main import serve  # the Celery app is built only in this command
-
     sys.path.insert(0, os.getcwd())  # SPEC's module is found where the command is run
-    serve(spec, concurrency, loglevel)
+    serve_agent(spec, concurrency, loglevel)
 
 
 @click.command(context_settings={**PASS_THROUGH, "help_option_names": []})
@@ -217,6 +216,3 @@ def agent_run(spec: str, concurrency: int | None, loglevel: str) -> None:
 def bench(ctx: click.Context) -> None:
     """Benchmark the bus against raw Celery in one run (--json, --quick, --only ...)."""
     _replace_with("-m", "bench", *ctx.args)
-
-
-COMMANDS = [up, worker, beat, flower, mcp, dashboard, agent, bench]

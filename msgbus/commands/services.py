@@ -107,6 +107,3 @@ def cluster_status(as_json: bool) -> None:
 def cluster_env() -> None:
     """Print the settings for the local cluster (`eval "$(msgbus services cluster env)"`)."""
     click.echo(_cluster_env(_cluster()))
-
-
-COMMANDS = [services]

@@ -243,11 +243,13 @@ def mcp(b: Bench, z: Sizes) -> dict[str, Any]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     worker = b.start("workers.app", "bus.critical,bus.high,bus.normal,bus.low", "bus")
+    log = tempfile.TemporaryFile()
     server = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "mcp_server",
+            "msgbus",
+            "mcp",
             "--http",
             "--port",
             str(port),
@@ -257,7 +259,7 @@ def mcp(b: Bench, z: Sizes) -> dict[str, Any]:
         cwd=ROOT,
         env=b.env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=log,
     )
     try:
         import httpx
@@ -268,7 +270,11 @@ def mcp(b: Bench, z: Sizes) -> dict[str, Any]:
             except httpx.HTTPError:
                 return False
 
-        wait_until(up, 30, "the MCP server")
+        try:
+            wait_until(up, 30, "the MCP server")
+        except TimeoutError as exc:
+            log.seek(0)
+            raise TimeoutError(f"{exc}; its log ends:\n{log.read()[-2000:].decode()}") from exc
         b.started_and_consuming(worker, "bus.normal")
         single = w.mcp_round_trips(b, z.mcp_calls, 1, port, token)
         eight = w.mcp_round_trips(b, max(1, z.mcp_calls // 4), 8, port, token)
@@ -280,6 +286,7 @@ def mcp(b: Bench, z: Sizes) -> dict[str, Any]:
     finally:
         server.terminate()
         server.wait(10)
+        log.close()
         b.stop(worker)
 
 

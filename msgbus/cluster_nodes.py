@@ -73,12 +73,21 @@ class Server:
     def resume(self) -> None:
         self.signal(signal.SIGCONT)
 
+    home: Path  # the server's own directory: data, config, logs
+
     def stop(self) -> None:
-        raise NotImplementedError
+        pid = self.pid()
+        if pid is not None and not self.shut_down(pid):
+            os.kill(pid, signal.SIGTERM)
+            wait_exit(pid, 30)
+
+    def shut_down(self, pid: int) -> bool:
+        """The server's own orderly stop; False leaves it to SIGTERM."""
+        return False
 
     def purge(self) -> None:
         """Deletes the server's files (only when stopped)."""
-        raise NotImplementedError
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
 class RabbitNode(Server):
@@ -91,7 +100,7 @@ class RabbitNode(Server):
         self.name = name
         self.port = port
         self.management = management
-        self.base = rabbit_base(state_dir, name, subdir=name.split("@")[0])
+        self.base = self.home = rabbit_base(state_dir, name, subdir=name.split("@")[0])
         self.env = rabbit_env(port, name, self.base)
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -186,18 +195,12 @@ class RabbitNode(Server):
         self.ctl("join_cluster", seed)
         self.ctl("start_app", timeout=120)
 
-    def stop(self) -> None:
-        pid = self.pid()
-        if pid is None:
-            return
+    def shut_down(self, pid: int) -> bool:
         result = run_command(rabbitmqctl(), "-n", self.name, "stop", env=self.env, timeout=90)
-        if result.returncode != 0 or not wait_exit(pid, 60):
-            logger.warning("rabbitmqctl stop %s: %s", self.name, result.stderr.strip())
-            os.kill(pid, signal.SIGTERM)
-            wait_exit(pid, 30)
-
-    def purge(self) -> None:
-        shutil.rmtree(self.base, ignore_errors=True)
+        if result.returncode == 0 and wait_exit(pid, 60):
+            return True
+        logger.warning("rabbitmqctl stop %s: %s", self.name, result.stderr.strip())
+        return False
 
 
 class RedisServer(Server):
@@ -207,7 +210,7 @@ class RedisServer(Server):
 
     def __init__(self, state_dir: Path, port: int) -> None:
         self.port = port
-        self.dir = state_dir / f"redis-{port}"
+        self.dir = self.home = state_dir / f"redis-{port}"
 
     def __str__(self) -> str:
         return f"Redis 127.0.0.1:{self.port}"
@@ -260,14 +263,7 @@ class RedisServer(Server):
         pairs = (line.partition(":") for line in self.command("info", section).splitlines())
         return {k: v.strip() for k, sep, v in pairs if sep}
 
-    def stop(self) -> None:
-        pid = self.pid()
-        if pid is not None:  # SIGTERM = SHUTDOWN: flushes the AOF
-            os.kill(pid, signal.SIGTERM)
-            wait_exit(pid, 30)
-
-    def purge(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
+    # stop(): SIGTERM is Redis's SHUTDOWN, which flushes the AOF
 
 
 class Sentinel(RedisServer):
@@ -280,7 +276,7 @@ class Sentinel(RedisServer):
 
     def __init__(self, state_dir: Path, port: int) -> None:
         super().__init__(state_dir, port)
-        self.dir = state_dir / f"sentinel-{port}"
+        self.dir = self.home = state_dir / f"sentinel-{port}"
 
     @property
     def conf(self) -> Path:

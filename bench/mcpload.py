@@ -138,7 +138,7 @@ class Load:
     read: list[float] = field(default_factory=list)
 
 
-async def _round_trips(port: int, tokens: list[str], calls: int) -> Load:
+async def _round_trips(port: int, tokens: list[str], calls: int, server_pid: int) -> Load:
     load = Load(len(tokens), calls=2 * calls * len(tokens))
     clients = [LeanClient(port, token) for token in tokens]
     ready, go = asyncio.Semaphore(0), asyncio.Event()
@@ -161,10 +161,12 @@ async def _round_trips(port: int, tokens: list[str], calls: int) -> Load:
     try:
         for _ in clients:  # every client connected and warm before the clock starts
             await asyncio.wait_for(ready.acquire(), 60)
+        cpu = tree_cpu(server_pid)
         t0 = time.perf_counter()
         go.set()
         await asyncio.gather(*tasks)
         load.elapsed = time.perf_counter() - t0
+        load.server_cpu = tree_cpu(server_pid) - cpu
     finally:
         for task in tasks:
             task.cancel()
@@ -176,10 +178,7 @@ async def _round_trips(port: int, tokens: list[str], calls: int) -> Load:
 
 def round_trips(port: int, tokens: list[str], calls: int, server_pid: int) -> Load:
     """`len(tokens)` agents at once, each `calls` times send_message then read_messages."""
-    before = tree_cpu(server_pid)
-    load = asyncio.run(_round_trips(port, tokens, calls))
-    load.server_cpu = tree_cpu(server_pid) - before
-    return load
+    return asyncio.run(_round_trips(port, tokens, calls, server_pid))
 
 
 def summary(loads: list[Load]) -> dict[str, Any]:

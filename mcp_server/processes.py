@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from multiprocessing.context import SpawnProcess
 from multiprocessing.synchronize import Event
@@ -248,6 +249,9 @@ def process_main(
     """One server process of a supervisor (spawned): build, then serve until SIGTERM."""
     _die_with(options.supervisor_pid)
     configure(options.log_level)
+    # The gauges /metrics serves are this process's own (mcp_server.procmetrics), where
+    # clearing their labels works; only the shared files keep old label sets, unread.
+    warnings.filterwarnings("ignore", message="Clearing labels has not been implemented")
     try:
         settings = Settings()
         settings.signing_keys  # noqa: B018 - production without a secret fails here, at start

@@ -161,3 +161,26 @@ def test_a_bad_token_is_refused_by_every_process(server):
             answer = fresh.post(f"{url}/mcp", json=body, timeout=10)
         statuses.add((token == "mb_wrong", answer.status_code == 401))
     assert statuses == {(True, True), (False, False)}  # the good token is the control
+
+
+def test_a_second_server_on_the_port_is_refused_not_joined(server, module_env, tmp_path):
+    """SO_REUSEPORT would let a second server of the same user share the port: refused."""
+    url, port, _, issued = server
+    tokens = tmp_path / "tokens.json"
+    TokenFile(tokens).create("procs-other")
+    argv = ["--http", "--port", str(port), "--tokens-file", str(tokens), "--processes", "2"]
+    done = subprocess.run(
+        [sys.executable, "-m", "msgbus", "mcp", *argv],
+        cwd=ROOT,
+        env=module_env.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0 and "cannot listen" in done.stderr, done.stderr[-2000:]
+    # The first server still answers its own tokens, every time.
+    headers = {"Authorization": f"Bearer {issued['procs-alice']}"}
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+    for _ in range(CALLS):
+        answer = httpx.post(f"{url}/mcp", json=body, headers=headers, timeout=10)
+        assert answer.status_code != 401

@@ -13,6 +13,10 @@ each answer checked to be a tool result that is not an error. The SDK's client s
 as much CPU per call as the server does (pydantic models of every request and result,
 output-schema validation, httpx), so eight of them in one process measure the client as
 much as the server (bench/workloads.py `mcp_round_trips` keeps that view).
+
+Each row also has the CPU a call cost each part of the bus (server, worker, Redis,
+RabbitMQ, the clients): whether N processes can serve N times the calls depends on the
+cores left beside them.
 """
 
 from __future__ import annotations
@@ -134,11 +138,14 @@ class Load:
     calls: int = 0
     elapsed: float = 0.0
     server_cpu: float = 0.0
+    parts: dict[str, float] = field(default_factory=dict)  # CPU seconds of each part
     send: list[float] = field(default_factory=list)
     read: list[float] = field(default_factory=list)
 
 
-async def _round_trips(port: int, tokens: list[str], calls: int, server_pid: int) -> Load:
+async def _round_trips(
+    port: int, tokens: list[str], calls: int, server_pid: int, parts: Parts
+) -> Load:
     load = Load(len(tokens), calls=2 * calls * len(tokens))
     clients = [LeanClient(port, token) for token in tokens]
     ready, go = asyncio.Semaphore(0), asyncio.Event()
@@ -161,12 +168,14 @@ async def _round_trips(port: int, tokens: list[str], calls: int, server_pid: int
     try:
         for _ in clients:  # every client connected and warm before the clock starts
             await asyncio.wait_for(ready.acquire(), 60)
-        cpu = tree_cpu(server_pid)
+        before = parts.now(server_pid)
         t0 = time.perf_counter()
         go.set()
         await asyncio.gather(*tasks)
         load.elapsed = time.perf_counter() - t0
-        load.server_cpu = tree_cpu(server_pid) - cpu
+        after = parts.now(server_pid)
+        load.parts = {k: after[k] - before[k] for k in before}
+        load.server_cpu = load.parts["server"]
     finally:
         for task in tasks:
             task.cancel()
@@ -176,9 +185,9 @@ async def _round_trips(port: int, tokens: list[str], calls: int, server_pid: int
     return load
 
 
-def round_trips(port: int, tokens: list[str], calls: int, server_pid: int) -> Load:
+def round_trips(port: int, tokens: list[str], calls: int, server_pid: int, parts: Parts) -> Load:
     """`len(tokens)` agents at once, each `calls` times send_message then read_messages."""
-    return asyncio.run(_round_trips(port, tokens, calls, server_pid))
+    return asyncio.run(_round_trips(port, tokens, calls, server_pid, parts))
 
 
 def summary(loads: list[Load]) -> dict[str, Any]:
@@ -194,7 +203,36 @@ def summary(loads: list[Load]) -> dict[str, Any]:
         "read_p50_ms": round(percentile(read, 50) * 1000, 2),
         "read_p99_ms": round(percentile(read, 99) * 1000, 2),
         "server_cpu_ms_per_call": round(sum(x.server_cpu for x in loads) / calls * 1000, 2),
+        "cpu_ms_per_call": {
+            k: round(sum(x.parts[k] for x in loads) / calls * 1000, 2) for k in loads[0].parts
+        },
     }
+
+
+@dataclass
+class Parts:
+    """CPU seconds so far of the server's processes, the worker's, Redis (its own count),
+    the RabbitMQ node and this process (the clients). Redis and RabbitMQ serve whatever
+    else runs on the machine too: on a shared machine their share is an upper bound."""
+
+    b: Bench
+    worker_pid: int
+
+    def now(self, server_pid: int) -> dict[str, float]:
+        client = self.b.redis()
+        try:
+            info = client.info("cpu")
+        finally:
+            client.close()
+        beams = [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "beam.smp"]
+        found = {
+            "server": tree_cpu(server_pid),
+            "worker": tree_cpu(self.worker_pid),
+            "redis": float(info["used_cpu_user"] + info["used_cpu_sys"]),
+            "rabbitmq": sum(tree_cpu(pid) for pid in beams),
+        }
+        times = os.times()  # last: the looking above is not the clients' work
+        return found | {"clients": times.user + times.system}
 
 
 def tree_cpu(pid: int) -> float:
@@ -247,20 +285,22 @@ def server(b: Bench, tokens: Path, processes: int) -> Iterator[tuple[int, int]]:
         proc.wait(30)
 
 
-def compare(b: Bench, calls: int, reps: int) -> dict[str, Any]:
+def compare(b: Bench, calls: int, reps: int, worker_pid: int) -> dict[str, Any]:
     """Rows for 1, 8 and 32 agents, one process against N; the worker must be consuming."""
     tokens_path = Path(tempfile.mkdtemp()) / "tokens.json"
     issued = TokenFile(tokens_path)
     tokens = [issued.create(f"bench-load-{i}") for i in range(max(CLIENTS))]
     layouts = compared()
     loads: dict[int, dict[int, list[Load]]] = {n: {c: [] for c in CLIENTS} for n in layouts}
+    parts = Parts(b, worker_pid)
     for _ in range(reps):  # the layouts take turns, so a drift of the machine moves both
         for n in layouts:
             with server(b, tokens_path, n) as (port, pid):
-                round_trips(port, tokens[:8], 2, pid)  # warm-up: every process, its caches
+                round_trips(port, tokens[:8], 2, pid, parts)  # warm-up: every process, its caches
                 for clients in CLIENTS:
                     each = max(1, calls // SHARE[clients])
-                    loads[n][clients].append(round_trips(port, tokens[:clients], each, pid))
+                    found = round_trips(port, tokens[:clients], each, pid, parts)
+                    loads[n][clients].append(found)
                     b.clear_keys()  # the sink's inbox stays under its cap
     rows = {str(n): {str(c): summary(loads[n][c]) for c in CLIENTS} for n in layouts}
     many = str(layouts[-1])

@@ -283,7 +283,7 @@ def mcp(b: Bench, z: Sizes) -> dict[str, Any]:
         eight = w.mcp_round_trips(b, max(1, z.mcp_calls // 4), 8, port, token)
         wakes = w.mcp_longpoll_wake(b, z.mcp_wakes, port, token)
         b.clear_keys()
-        load = mcpload.compare(b, z.mcp_calls, min(z.reps, 2))  # one process against N
+        load = mcpload.compare(b, z.mcp_calls, min(z.reps, 2), worker.pid)  # 1 process, N
         return {
             "mcp": {"one_client": single, "eight_clients": eight, "longpoll_wake": _pcts(wakes)},
             "mcp_load": load.pop("rows"),

@@ -198,6 +198,7 @@ def summary(loads: list[Load]) -> dict[str, Any]:
     return {
         "clients": loads[0].clients,
         "calls_per_s": round(calls / sum(x.elapsed for x in loads), 1),
+        "calls_per_s_runs": [round(x.calls / x.elapsed, 1) for x in loads],  # drift shows
         "send_p50_ms": round(percentile(send, 50) * 1000, 2),
         "send_p99_ms": round(percentile(send, 99) * 1000, 2),
         "read_p50_ms": round(percentile(read, 50) * 1000, 2),

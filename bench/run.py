@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import costs, plots, sizes
+from bench import costs, mcpload, plots, sizes
 from bench import workloads as w
 from bench.harness import ROOT, Bench, describe_machine, percentile, summary, wait_until
 
@@ -41,6 +41,9 @@ HEADLINE = (
     "latency_p99_ratio_500",
     "priority_p99_ms",
     "priority_backlog_p99_ratio",
+    "mcp_calls_per_s_8",
+    "mcp_send_p99_ms_8",
+    "mcp_calls_ratio_8",
     "mcp_longpoll_wake_p99_ms",
     "read_chars_per_message_50",
     "read_chars_ratio_50",
@@ -279,8 +282,12 @@ def mcp(b: Bench, z: Sizes) -> dict[str, Any]:
         single = w.mcp_round_trips(b, z.mcp_calls, 1, port, token)
         eight = w.mcp_round_trips(b, max(1, z.mcp_calls // 4), 8, port, token)
         wakes = w.mcp_longpoll_wake(b, z.mcp_wakes, port, token)
+        b.clear_keys()
+        load = mcpload.compare(b, z.mcp_calls, min(z.reps, 2), worker.pid)  # 1 process, N
         return {
             "mcp": {"one_client": single, "eight_clients": eight, "longpoll_wake": _pcts(wakes)},
+            "mcp_load": load.pop("rows"),
+            **load,
             "mcp_longpoll_wake_p99_ms": ms(percentile(wakes, 99)),
         }
     finally:
@@ -313,6 +320,7 @@ def table(result: dict[str, Any]) -> str:
         "latency_500",
         "priority",
         "mcp",
+        "mcp_load",
         "footprint",
         "sizes",
         "costs",

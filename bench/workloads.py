@@ -278,15 +278,25 @@ def footprint(b: Bench, n: int) -> dict[str, float]:
 
 
 def mcp_round_trips(b: Bench, calls: int, clients: int, port: int, token: str) -> dict[str, Any]:
+    """The SDK's client: `clients` sessions of one agent, each `calls` times send_message then
+    read_messages. Each session connects and calls both tools once before the clock starts
+    (its first call of a tool also lists the tools and compiles their output schemas), so
+    the figures are of calls, not of connecting."""
     import httpx2
     from mcp.client import Client
     from mcp.client.streamable_http import streamable_http_client
 
-    async def one_client(results: dict[str, list[float]]) -> None:
+    async def one_client(
+        results: dict[str, list[float]], ready: asyncio.Semaphore, go: asyncio.Event
+    ) -> None:
         http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60)
         async with Client(
             streamable_http_client(f"http://127.0.0.1:{port}/mcp", http_client=http)
         ) as client:
+            await client.call_tool("send_message", {"to": "bench-sink", "payload": 0})
+            await client.call_tool("read_messages", {"limit": 1, "wait_seconds": 0})
+            ready.release()
+            await go.wait()
             for _ in range(calls):
                 t0 = time.perf_counter()
                 await client.call_tool("send_message", {"to": "bench-sink", "payload": 1})
@@ -297,8 +307,13 @@ def mcp_round_trips(b: Bench, calls: int, clients: int, port: int, token: str) -
 
     async def run() -> dict[str, Any]:
         results: dict[str, list[float]] = {"send": [], "read": []}
+        ready, go = asyncio.Semaphore(0), asyncio.Event()
+        tasks = [asyncio.create_task(one_client(results, ready, go)) for _ in range(clients)]
+        for _ in range(clients):
+            await asyncio.wait_for(ready.acquire(), 60)
         t0 = time.perf_counter()
-        await asyncio.gather(*(one_client(results) for _ in range(clients)))
+        go.set()
+        await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - t0
         return {
             "clients": clients,

@@ -131,6 +131,12 @@ class Settings(BaseSettings):
         default=False, description="this worker serves bus.critical and bus.high first"
     )
     mcp_profile: Literal["core", "full"] = Field(default="core", description="MCP tool set")
+    mcp_processes: int = Field(
+        default=1,
+        ge=0,
+        le=64,
+        description="processes of the MCP HTTP server on its one address (0: one per core)",
+    )
     mcp_modern: bool = Field(
         default=False, description="stdio MCP: also serve the 2026-07-28 era (no channel)"
     )

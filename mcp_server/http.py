@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -23,6 +23,8 @@ from starlette.responses import JSONResponse, Response
 from bus.health import Health, check_health, refresh_gauges
 from bus.settings import Settings
 from bus.tokens import TokenFile
+from mcp_server import procmetrics
+from mcp_server.affinity import SessionAffinity
 from mcp_server.dashboard import dashboard_routes
 from mcp_server.push import InboxEvents
 from mcp_server.server import BusServer
@@ -62,7 +64,10 @@ def build_app(
     host: str,
     port: int,
     tokens: TokenFile | None = None,
+    affinity: Callable[[Any], SessionAffinity] | None = None,
 ) -> Any:
+    """`affinity`: one of several processes on the address (mcp_server.processes), whose
+    handshake-era sessions stay in the process that opened them."""
     readiness = Readiness(server)
     metrics_token = settings.metrics_token
 
@@ -86,7 +91,7 @@ def build_app(
                     "metrics need 'Authorization: Bearer <MESSAGE_BUS_METRICS_TOKEN>'",
                     status_code=401,
                 )
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(procmetrics.registry()), media_type=CONTENT_TYPE_LATEST)
 
     server.custom_route("/healthz", methods=["GET"])(healthz)
     server.custom_route("/readyz", methods=["GET"])(readyz)
@@ -96,6 +101,7 @@ def build_app(
     if tokens is not None:
         app.router.routes.extend(dashboard_routes(server.bus, tokens, origins))
     inner_lifespan = app.router.lifespan_context
+    routed = affinity(app) if affinity is not None else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app_: Any) -> AsyncIterator[None]:
@@ -108,7 +114,9 @@ def build_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
                 await events.close()
+                if routed is not None:
+                    await routed.aclose()
                 server.bus.close()
 
     app.router.lifespan_context = lifespan
-    return HostOriginGuard(app, origins)
+    return HostOriginGuard(routed or app, origins)

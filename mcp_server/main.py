@@ -8,19 +8,17 @@ channel); HTTP serves many agents, each identified by a bearer token from the to
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import anyio
 import uvicorn
 
-from bus import heap
 from bus.errors import ConfigError
 from bus.schema import check_agent_id
 from bus.settings import Settings
 from bus.tokens import TokenFile
-from mcp_server.http import build_app
 from mcp_server.identity import Identity
+from mcp_server.processes import HttpOptions, Supervisor, build_http, processes_wanted, say_where
 from mcp_server.server import build_server
 from mcp_server.stdio import serve_stdio
 
@@ -59,20 +57,25 @@ def run_http(
     profile: str,
     tokens_path: Path | None = None,
     log_level: str = "WARNING",
+    processes: int | None = None,
 ) -> None:
-    """Serves every agent holding a token of the tokens file, until stopped."""
-    tokens_path = tokens_path or settings.tokens_path
-    tokens = TokenFile(tokens_path)
-    if not tokens.agents():
-        logger.warning("no tokens in %s: create one with `msgbus token create AGENT`", tokens_path)
-    base_url = f"http://{host}:{port}"
-    server, events = build_server(settings, Identity.http(tokens, base_url), profile)
-    server.bus.runtime.keyring.announce_forever("mcp")
-    app = build_app(server, events, settings, host=host, port=port, tokens=tokens)
-    heap.freeze_startup_heap()  # long-polls are not held up by full collections of it
-    print(
-        f"MCP streamable HTTP on {base_url}/mcp  dashboard {base_url}/ui  "
-        f"metrics {base_url}/metrics  health {base_url}/healthz",
-        file=sys.stderr,
+    """Serves every agent holding a token of the tokens file, until stopped: in this
+    process, or in several on the one address (mcp_server/processes.py)."""
+    options = HttpOptions(
+        host,
+        port,
+        profile,
+        tokens_path or settings.tokens_path,
+        log_level,
+        processes_wanted(settings, processes),
     )
+    if not TokenFile(options.tokens_path).agents():
+        logger.warning(
+            "no tokens in %s: create one with `msgbus token create AGENT`", options.tokens_path
+        )
+    if options.processes > 1:
+        Supervisor(options).run()
+        return
+    app = build_http(settings, options)
+    say_where(options)
     uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), timeout_graceful_shutdown=5)

@@ -111,20 +111,28 @@ class BusTools:
         except BusError as exc:
             raise ToolError(_explain(exc)) from None
 
+    async def counted(self, agent: str, fn: Callable[[], T]) -> tuple[T, int]:
+        """`fn()` and then the caller's unread count, in one trip to a worker thread (a
+        trip costs the event loop a hand-off each way: one per call, not two)."""
+        return await self.call(lambda: (fn(), self.bus.as_agent(agent).unread()))
+
     async def read(
         self, me: AgentHandle, limit: int, wait_seconds: float, full: bool
     ) -> ReadResult:
         agent = me.agent
+        unread = 0
+
+        async def look() -> list[ReceivedMessage]:
+            nonlocal unread
+            found, unread = await self.counted(agent, lambda: me.read(limit=limit, wait=0))
+            return found
+
         # Waits on the shared event listener: no thread is held while waiting.
         messages = await apoll(
-            lambda: self.call(me.read, limit=limit, wait=0),
-            lambda seconds: self.events.wait_inbox(agent, seconds),
-            wait_seconds,
+            look, lambda seconds: self.events.wait_inbox(agent, seconds), wait_seconds
         )
         return ReadResult(
-            messages=self.views(messages, agent, full),
-            count=len(messages),
-            unread=await self.unread(agent),
+            messages=self.views(messages, agent, full), count=len(messages), unread=unread
         )
 
     async def unread(self, agent: str) -> int:
@@ -219,8 +227,8 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         (`broadcast`). Returns its id and status."""
         handle = me(ctx)
         message = tools.message(given, handle.agent)
-        receipt = receipt_view(await tools.call(handle.send, message))
-        return SendResult(**receipt.model_dump(), unread=await tools.unread(handle.agent))
+        sent, unread = await tools.counted(handle.agent, lambda: handle.send(message))
+        return SendResult(**receipt_view(sent).model_dump(), unread=unread)
 
     @tool
     async def read_messages(
@@ -244,7 +252,7 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
     ) -> AckResult:
         """Acknowledge messages you have handled so they are not delivered again."""
         handle = me(ctx)
-        result = await tools.call(handle.ack, ids)
+        result, unread = await tools.counted(handle.agent, lambda: handle.ack(ids))
         missing = result.not_found or None
         return AckResult(
             acked=len(result.acked),
@@ -252,7 +260,7 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
             note="not in your inbox: acked already, or not an id read_messages gave you"
             if missing
             else None,
-            unread=await tools.unread(handle.agent),
+            unread=unread,
         )
 
     @tool

@@ -2,4 +2,5 @@
 
 from msgbus.cli import main
 
-main()
+if __name__ == "__main__":  # not when a spawned server process imports it
+    main()

@@ -160,6 +160,13 @@ def management_api(current: Settings) -> str:
 )
 @click.option("--tokens-file", type=click.Path(path_type=Path), default=None)
 @click.option("--log-level", default=None, help="[default: MESSAGE_BUS_LOG_LEVEL]")
+@click.option(
+    "--processes",
+    type=int,
+    default=None,
+    help="HTTP: server processes on the one address, 0 one per core "
+    "[default: MESSAGE_BUS_MCP_PROCESSES, else 1]",
+)
 @handle_errors
 def mcp(
     agent: str | None,
@@ -170,15 +177,17 @@ def mcp(
     modern: bool | None,
     tokens_file: Path | None,
     log_level: str | None,
+    processes: int | None,
 ) -> None:
-    """Run the MCP server: --agent A (stdio), or --http --host H --port P."""
+    """Run the MCP server: --agent A (stdio), or --http --host H --port P [--processes N]."""
     current = settings()
     current.signing_keys  # noqa: B018 - production without a real secret stops here
     if log_level:
         configure(log_level)
     chosen = profile or current.mcp_profile
     if use_http:
-        run_http(current, host, port, chosen, tokens_file, log_level or current.log_level)
+        level = log_level or current.log_level
+        run_http(current, host, port, chosen, tokens_file, level, processes)
     else:
         run_stdio(current, agent, chosen, current.mcp_modern if modern is None else modern)
 

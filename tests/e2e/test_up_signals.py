@@ -27,7 +27,9 @@ pytestmark = pytest.mark.timeout(300)
 class Up:
     """One `msgbus up` run in a process group of its own, as a terminal runs a job."""
 
-    def __init__(self, env, tmp_path: Path, ports: dict[str, int], *, tee: bool) -> None:
+    def __init__(
+        self, env, tmp_path: Path, ports: dict[str, int], *, tee: bool, mcp_processes: int = 1
+    ) -> None:
         self.ports = ports
         ARTIFACTS.mkdir(exist_ok=True)
         self.log = ARTIFACTS / f"up-signals-{env.vhost}-{time.monotonic_ns()}.log"
@@ -45,6 +47,7 @@ class Up:
         environment = env.env(
             MESSAGE_BUS_METRICS_PORT=str(ports["metrics"]),
             MESSAGE_BUS_TOKENS_FILE=str(tmp_path / "tokens.json"),
+            MESSAGE_BUS_MCP_PROCESSES=str(mcp_processes),
         )
         if tee:
             shell = f"{shlex.join(command)} 2>&1 | tee {shlex.quote(str(self.log))}"
@@ -137,23 +140,24 @@ def kill9(up: Up) -> None:
 
 
 CASES = [
-    ("ctrl-c with output piped to tee", ctrl_c, True),
-    ("sigterm", sigterm, False),
-    ("sighup", hangup, False),
-    ("kill -9 of the supervisor", kill9, False),
+    ("ctrl-c with output piped to tee", ctrl_c, True, 1),
+    ("sigterm", sigterm, False, 1),
+    ("sighup", hangup, False, 1),
+    ("kill -9 of the supervisor", kill9, False, 1),
+    ("kill -9 of the supervisor, the MCP server in 2 processes", kill9, False, 2),
 ]
 
 
-@pytest.mark.parametrize(("case", "end", "tee"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("case", "end", "tee", "processes"), CASES, ids=[c[0] for c in CASES])
 def test_no_process_of_the_stack_survives_its_supervisor_and_up_starts_again(
-    fresh_env, tmp_path, case, end, tee
+    fresh_env, tmp_path, case, end, tee, processes
 ):
     ports = {"mcp": free_port(), "flower": free_port(), "metrics": free_port()}
-    first = Up(fresh_env, tmp_path, ports, tee=tee)
+    first = Up(fresh_env, tmp_path, ports, tee=tee, mcp_processes=processes)
     second = None
     try:
         first.wait_serving()
-        assert len(first.stack) >= 4, describe(first.stack)
+        assert len(first.stack) >= 4 + processes - 1, describe(first.stack)
         end(first)
         deadline = time.monotonic() + 45
         while first.survivors() and time.monotonic() < deadline:
@@ -164,7 +168,7 @@ def test_no_process_of_the_stack_survives_its_supervisor_and_up_starts_again(
             f"after {case}: still running {describe(left)}; ports still served {busy}"
         )
 
-        second = Up(fresh_env, tmp_path, ports, tee=False)
+        second = Up(fresh_env, tmp_path, ports, tee=False, mcp_processes=processes)
         second.wait_serving()
         second.supervisor.send_signal(signal.SIGINT)
         wait_for(lambda: not second.survivors(), 45, "the second stack to stop")

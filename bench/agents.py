@@ -129,9 +129,10 @@ def raw_round_trips(b: Bench, backend: str, calls: int) -> list[dict[str, Any]]:
 
 
 @contextmanager
-def echo_agent(b: Bench) -> Iterator[None]:
-    """The bus side: a delivery worker and the echo agent's own worker."""
-    worker = b.start("workers.app", QUEUES, "bus")
+def echo_agent(b: Bench, delivery_worker: bool = True) -> Iterator[None]:
+    """The bus side: a delivery worker (unless one runs already) and the echo agent's own
+    worker."""
+    worker = b.start("workers.app", QUEUES, "bus") if delivery_worker else None
     log = b.logs / f"echo-agent-{uuid.uuid4().hex[:6]}.log"
     agent = subprocess.Popen(
         [sys.executable, "-m", "msgbus", "agent", "run", ECHO, "-c", str(b.concurrency)]
@@ -144,12 +145,14 @@ def echo_agent(b: Bench) -> Iterator[None]:
     )
     b.procs.append(agent)
     try:
-        b.started_and_consuming(worker, "bus.normal")
+        if worker is not None:
+            b.started_and_consuming(worker, "bus.normal")
         b.started_and_consuming(agent, "agent.echo")
         yield
     finally:
         b.stop(agent)
-        b.stop(worker)
+        if worker is not None:
+            b.stop(worker)
 
 
 def bus_round_trips(b: Bench, calls: int) -> list[dict[str, Any]]:
@@ -175,8 +178,9 @@ def bus_round_trips(b: Bench, calls: int) -> list[dict[str, Any]]:
 
 
 def mcp_round_trips(b: Bench, calls: int, port: int, token: str) -> dict[str, Any]:
-    """The MCP `request` tool to the echo agent over the bench's HTTP MCP server, at each
-    count of clients (one MCP session each, all with the bench's token)."""
+    """The MCP `request` tool to the echo agent over the bench's HTTP MCP server (its
+    delivery worker running), at each count of clients (one MCP session each, all with the
+    bench's token)."""
     import httpx2
     from mcp.client import Client
     from mcp.client.streamable_http import streamable_http_client
@@ -202,7 +206,7 @@ def mcp_round_trips(b: Bench, calls: int, port: int, token: str) -> dict[str, An
         await asyncio.gather(*(client_calls(count, took) for _ in range(n)))
         return figures(took, n, len(took) / (time.perf_counter() - t0))
 
-    with echo_agent(b):
+    with echo_agent(b, delivery_worker=False):
         asyncio.run(run(1, 4))  # warm-up
         rows = [asyncio.run(run(n, max(1, calls // n))) for n in CALLERS]
     return {f"callers_{row['callers']}": row for row in rows}

@@ -65,6 +65,9 @@ def echo_client(broker_url: str, queue_type: str, backend: str, prefix: str) -> 
         task_default_delivery_mode="persistent",
         task_serializer="json",
         accept_content=["json"],
+        # kombu's pool limit is one per process: the bus's own (16) in the bench process,
+        # which another value would try to shrink while the bus's connections are out.
+        broker_pool_limit=16,
         **_result_settings(backend, prefix),
     )
     return client

@@ -1,5 +1,10 @@
 """The baseline: a raw Celery app with the bus's broker settings (publisher confirms, acks
-late, prefetch 1, json, the same pool and queue type) and no-op tasks on plain queues."""
+late, prefetch 1, json, the same pool and queue type) and no-op tasks on plain queues.
+
+`raw.echo` returns its argument: what a Celery user writes instead of a worker agent
+answering a request (`send_task(...).get()`). Its worker stores results in the backend
+`RAW_RESULT_BACKEND` names (a Redis URL, keys under `RAW_RESULT_PREFIX`, or rpc://);
+`echo_client` is the caller's side of the same backend."""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from kombu import Queue
 
 from bus.redis_conn import connect
 
-RAW_QUEUES = ["raw.critical", "raw.low", "raw.q"]
+RAW_QUEUES = ["raw.critical", "raw.low", "raw.q", "raw.echo"]
 
 
 def raw_queues(queue_type: str) -> list[Queue]:
@@ -40,6 +45,34 @@ def use(broker_url: str, queue_type: str) -> None:
     app.conf.task_queues = raw_queues(queue_type)
 
 
+def _result_settings(backend: str, prefix: str) -> dict[str, object]:
+    settings: dict[str, object] = {"result_backend": backend, "result_expires": 600}
+    if backend.startswith("redis"):
+        # The bench's key prefix: its result keys are deleted with the rest of its keys.
+        settings["result_backend_transport_options"] = {"global_keyprefix": prefix}
+    else:
+        settings["result_persistent"] = False
+    return settings
+
+
+def echo_client(broker_url: str, queue_type: str, backend: str, prefix: str) -> Celery:
+    """A caller's app for `raw.echo` with results through `backend`."""
+    client = Celery("raw-echo-client", set_as_current=False)
+    client.conf.update(
+        broker_url=broker_url,
+        broker_transport_options={"confirm_publish": True},
+        task_queues=raw_queues(queue_type),
+        task_default_delivery_mode="persistent",
+        task_serializer="json",
+        accept_content=["json"],
+        # kombu's pool limit is one per process: the bus's own (16) in the bench process,
+        # which another value would try to shrink while the bus's connections are out.
+        broker_pool_limit=16,
+        **_result_settings(backend, prefix),
+    )
+    return client
+
+
 app = Celery("raw")
 app.conf.update(
     broker_url=os.environ.get("MESSAGE_BUS_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//"),
@@ -55,6 +88,9 @@ app.conf.update(
     task_ignore_result=True,
     worker_hijack_root_logger=False,
 )
+_backend = os.environ.get("RAW_RESULT_BACKEND")
+if _backend:
+    app.conf.update(_result_settings(_backend, os.environ.get("RAW_RESULT_PREFIX", "")))
 _redis = None
 
 
@@ -75,3 +111,9 @@ def noop(*_: object) -> None:
 def stamp(key: str, sent: float) -> None:
     """Records send->start latency (for latency and priority workloads)."""
     _r().rpush(key, time.time() - sent)
+
+
+@app.task(name="raw.echo", ignore_result=False)
+def echo(value: object) -> object:
+    """Returns its argument through the result backend: the raw request/response."""
+    return value

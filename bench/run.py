@@ -1,6 +1,6 @@
 """Runs every workload with its baseline and prints a table (or one JSON object).
 
-msgbus bench [--json] [--quick | --smoke] [--only drain,latency,...] [--queue-type quorum]
+msgbus bench [--json] [--quick | --smoke] [--only drain,latency,agents,...] [--queue-type quorum]
              [--pool threads --concurrency 4] [--plot] [--cluster]
 
 `--cluster` runs on the local multi-node stack and adds `durability` (MIN_REPLICAS 0/1/2).
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import costs, mcpload, plots, sizes
+from bench import agents, costs, mcpload, plots, sizes
 from bench import workloads as w
 from bench.harness import ROOT, Bench, describe_machine, percentile, summary, wait_until
 
@@ -32,7 +32,18 @@ CONFIRMS = (
     "messages per priority in one task: one confirm for the group."
 )
 
-ALL = ["drain", "batch", "producer", "latency", "priority", "mcp", "footprint", "sizes", "costs"]
+ALL = [
+    "drain",
+    "batch",
+    "producer",
+    "latency",
+    "priority",
+    "mcp",
+    "agents",
+    "footprint",
+    "sizes",
+    "costs",
+]
 # The figures the table leads with (every one a ratio to its baseline, or a target in ms).
 HEADLINE = (
     "drain_ratio",
@@ -47,6 +58,7 @@ HEADLINE = (
     "mcp_longpoll_wake_p99_ms",
     "read_chars_per_message_50",
     "read_chars_ratio_50",
+    "agent_roundtrip_ratio",
 )
 
 
@@ -70,12 +82,15 @@ class Sizes:
     mcp_calls: int
     mcp_wakes: int
     footprint: int
+    agent_calls: int  # worker-agent round trips per side and count of callers
+    agent_reps: int
+    agent_mcp_calls: int
 
 
 SIZES = {
-    "full": Sizes(5, 4000, 20_000, 2000, 2, 10, 10_000, 20, 200, 150, 100_000),
-    "quick": Sizes(2, 1500, 5000, 600, 1, 4, 5000, 20, 50, 15, 20_000),
-    "smoke": Sizes(1, 100, 200, 30, 1, 0.5, 600, 2, 5, 2, 300),
+    "full": Sizes(5, 4000, 20_000, 2000, 2, 10, 10_000, 20, 200, 150, 100_000, 400, 3, 100),
+    "quick": Sizes(2, 1500, 5000, 600, 1, 4, 5000, 20, 50, 15, 20_000, 200, 1, 40),
+    "smoke": Sizes(1, 100, 200, 30, 1, 0.5, 600, 2, 5, 2, 300, 16, 1, 8),
 }
 
 
@@ -142,7 +157,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 percentile(busy, 99) / max(percentile(idle, 99), 1e-6), 3
             )
         if "mcp" in only:
-            out |= mcp(b, z)
+            out |= mcp(b, z, z.agent_mcp_calls if "agents" in only else 0)
+            _reset(b)
+        if "agents" in only:
+            out |= agents.roundtrips(b, z.agent_calls, z.agent_reps, out.pop("agent_mcp", None))
             _reset(b)
         if "costs" in only:
             out["costs"] = costs.per_message_costs(b, z.drain)
@@ -234,7 +252,7 @@ def _reset(b: Bench) -> None:
                 channel = conn.channel()
 
 
-def mcp(b: Bench, z: Sizes) -> dict[str, Any]:
+def mcp(b: Bench, z: Sizes, agent_calls: int = 0) -> dict[str, Any]:
     import socket
     import tempfile
 
@@ -282,6 +300,8 @@ def mcp(b: Bench, z: Sizes) -> dict[str, Any]:
         single = w.mcp_round_trips(b, z.mcp_calls, 1, port, token)
         eight = w.mcp_round_trips(b, max(1, z.mcp_calls // 4), 8, port, token)
         wakes = w.mcp_longpoll_wake(b, z.mcp_wakes, port, token)
+        # The MCP `request` tool to a worker agent, over this server (see bench.agents).
+        requests = agents.mcp_round_trips(b, agent_calls, port, token) if agent_calls else None
         b.clear_keys()
         load = mcpload.compare(b, z.mcp_calls, min(z.reps, 2), worker.pid)  # 1 process, N
         return {
@@ -289,7 +309,7 @@ def mcp(b: Bench, z: Sizes) -> dict[str, Any]:
             "mcp_load": load.pop("rows"),
             **load,
             "mcp_longpoll_wake_p99_ms": ms(percentile(wakes, 99)),
-        }
+        } | ({"agent_mcp": requests} if requests else {})
     finally:
         server.terminate()
         server.wait(10)
@@ -321,6 +341,7 @@ def table(result: dict[str, Any]) -> str:
         "priority",
         "mcp",
         "mcp_load",
+        "agents",
         "footprint",
         "sizes",
         "costs",

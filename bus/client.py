@@ -44,13 +44,21 @@ logger = logging.getLogger(__name__)
 class MessageBus:
     """Settings come from the environment unless given; nothing connects until first use."""
 
-    def __init__(self, settings: Settings | None = None, *, runtime: Runtime | None = None):
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        runtime: Runtime | None = None,
+        deliver_here: bool = False,
+    ):
+        """`deliver_here`: direct messages are delivered by this process, for code running
+        inside a retried task (a worker agent; see Sender)."""
         self.runtime = runtime or Runtime(settings or Settings())
         self.settings = self.runtime.settings
         self.guard = Guard(self.runtime)
         self.hooks = Hooks(self.guard)
         self.reader = Reader(self.runtime, self.hooks)
-        self.sender = Sender(self.runtime, self.guard, self.hooks)
+        self.sender = Sender(self.runtime, self.guard, self.hooks, deliver_here=deliver_here)
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -318,6 +326,7 @@ class MessageBus:
         return DeadLetterQueue(self.runtime)
 
     def close(self) -> None:
+        self.reader.close()
         self.runtime.close()
 
     def __enter__(self) -> MessageBus:

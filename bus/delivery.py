@@ -244,6 +244,22 @@ class Deliverer:
                 current.set_attribute("bus.recipients", len(delivery.recipients))
             return Outcome(envelope.id, delivery.recipients, int(delivered), delivery.ts_ms)
 
+    def deliver_here(self, text: str) -> bool:
+        """Delivers a message in this process instead of through its `bus.deliver` task
+        (a worker agent's answer, from inside the handle task that owns its retries): the
+        same checks and script as the task's first try. False, with nothing recorded, when
+        it did not go through: the caller publishes the task, which retries or
+        dead-letters it as always (delivery is idempotent per message and recipient)."""
+        try:
+            envelope = Envelope.parse(text)
+            outcome = self.deliver(envelope, 1)
+            self.dispatch(envelope, outcome)
+        except BusError as exc:  # PermanentFailure, BusUnavailable: the task's to judge
+            logger.info("delivering here did not go through (%s); publishing it", exc.message)
+            return False
+        self.observe(envelope, outcome)
+        return True
+
     def deliver_many(
         self, raws: Sequence[Any]
     ) -> tuple[int, list[tuple[Envelope | Any, BusError]]]:

@@ -9,6 +9,7 @@ report it, and never makes the rest of an inbox or a history unreadable.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -29,10 +30,17 @@ from bus.validation import describe
 logger = logging.getLogger(__name__)
 
 
+# Pub/sub connections kept for the next request's wait (a fresh one per request was a
+# TCP connect and its handshake on every round trip).
+IDLE_PUBSUBS = 16
+
+
 class Reader:
     def __init__(self, runtime: Runtime, hooks: Hooks | None = None) -> None:
         self.runtime = runtime
         self.hooks = hooks or Hooks()
+        self._idle: list[Any] = []
+        self._idle_lock = threading.Lock()
 
     def decode(
         self,
@@ -142,36 +150,76 @@ class Reader:
 
     @contextmanager
     def reply_waiter(self, request_id: str) -> Iterator[_ReplyWaiter]:
+        """Subscribed to the request's reply channel (before the request is sent), on a
+        pub/sub connection kept from an earlier request when there is one."""
         channel = self.runtime.keys.reply_channel(request_id)
-        with self._subscribed(channel, "wait for a response") as pubsub:
-            yield _ReplyWaiter(self.runtime, pubsub, request_id)
+        with redis_errors("wait for a response"):
+            pubsub = self._pubsub()
+            kept = False
+            try:
+                pubsub.subscribe(channel)
+                yield _ReplyWaiter(self.runtime, pubsub, request_id, channel)
+                pubsub.unsubscribe(channel)
+                kept = self._keep(pubsub)
+            finally:
+                if not kept:
+                    pubsub.close()
+
+    def _pubsub(self) -> Any:
+        pool = self.runtime.redis.connection_pool
+        with self._idle_lock:
+            while self._idle:
+                pubsub = self._idle.pop()
+                if pubsub.connection_pool is pool:
+                    return pubsub
+                pubsub.close()  # from before a reconnect or a fork
+        return self.runtime.redis.pubsub(ignore_subscribe_messages=True)
+
+    def _keep(self, pubsub: Any) -> bool:
+        with self._idle_lock:
+            if len(self._idle) >= IDLE_PUBSUBS:
+                return False
+            self._idle.append(pubsub)
+            return True
+
+    def close(self) -> None:
+        with self._idle_lock:
+            idle, self._idle = self._idle, []
+        for pubsub in idle:
+            pubsub.close()
 
     def take(self, agent: str, message_id: str) -> ReceivedMessage:
-        """Removes one message from an inbox (read + ack) and returns it."""
-        store = self.runtime.store
-        inbox = self.runtime.keys.inbox(agent)
-        with redis_errors("fetch the response"):
-            wire = self.runtime.redis.hget(inbox.body, message_id)
+        """Removes one message from an inbox (read + ack, one round trip) and returns it."""
+        wire = self.runtime.store.take(agent, message_id)
         if wire is None:
             raise NotFound(f"message {message_id} is no longer in {agent}'s inbox", id=message_id)
-        store.ack(agent, [message_id])
-        store.advance_status([message_id], Status.acked.value)
         return self.decode(wire, entry_id=message_id)
 
 
 class _ReplyWaiter:
-    def __init__(self, runtime: Runtime, pubsub: Any, request_id: str) -> None:
+    def __init__(self, runtime: Runtime, pubsub: Any, request_id: str, channel: str) -> None:
         self.runtime = runtime
         self.pubsub = pubsub
         self.request_id = request_id
+        self.channel = channel
+        self._woken_with: str | None = None
+
+    def _look(self) -> str | None:
+        # The wake-up carries the response's id (the DELIVER script publishes what it
+        # stores under the reply key): no second look in Redis for it.
+        if self._woken_with:
+            return self._woken_with
+        return self.runtime.store.reply_for(self.request_id)
+
+    def _wait(self, seconds: float) -> None:
+        item = self.pubsub.get_message(timeout=seconds)
+        # A kept connection may still bring a wake-up for its previous request's channel.
+        if item and item.get("channel") == self.channel and item.get("data"):
+            self._woken_with = str(item["data"])
 
     def wait(self, timeout: float) -> str | None:
         with redis_errors("wait for a response"):
-            return poll(
-                lambda: self.runtime.store.reply_for(self.request_id),
-                lambda seconds: self.pubsub.get_message(timeout=seconds),
-                timeout,
-            )
+            return poll(self._look, self._wait, timeout)
 
 
 def _unreadable(

@@ -471,6 +471,17 @@ end
 return acked
 """
 
+# A worker agent starting its handler on a message: counts the run, unless the message is
+# no longer in the inbox (handled and acked already: a repeated dispatch).
+# KEYS: inbox body, handling count   ARGV: id, retention_s
+# Returns the runs started so far including this one, or 0 when not in the inbox.
+START_HANDLING = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+local runs = redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return runs
+"""
+
 # KEYS: status keys   ARGV: new status, retention_s, force ('1'/'0'), then field/value
 # pairs to set alongside. Returns how many statuses moved.
 ADVANCE_STATUS = (

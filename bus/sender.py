@@ -57,11 +57,18 @@ class _Unsent(Exception):
 
 
 class Sender:
-    def __init__(self, runtime: Runtime, guard: Guard, hooks: Hooks) -> None:
+    def __init__(
+        self, runtime: Runtime, guard: Guard, hooks: Hooks, *, deliver_here: bool = False
+    ) -> None:
+        """`deliver_here`: a single message to one agent is delivered by this process
+        (Deliverer.deliver_here) rather than by a worker, its task published only when that
+        does not go through. For code that runs inside a task that is retried if it fails
+        (a worker agent's handler): one broker hop and one Celery task less per answer."""
         self.runtime = runtime
         self.settings = runtime.settings
         self.guard = guard
         self.hooks = hooks
+        self.deliver_here = deliver_here
 
     def prepare(self, data: Message | dict[str, Any], where: str = "") -> Prepared:
         message = parse(Message, data, where)
@@ -319,6 +326,9 @@ class Sender:
                 summary=f"<batch of {len(group)}>",
             )
             return
+        if self.deliver_here and group[0].record.to:
+            if self.runtime.deliverer.deliver_here(group[0].record.wire):
+                return
         self.runtime.broker.publish(
             DELIVER_TASK,
             [group[0].record.wire],

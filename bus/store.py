@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from redis.exceptions import NoScriptError
 
 from bus import scripts
 from bus.clock import Clock
@@ -93,6 +94,7 @@ class RedisStore:
         self._read = register(scripts.READ)
         self._ack = register(scripts.ACK)
         self._advance = register(scripts.ADVANCE_STATUS)
+        self._start_handling = register(scripts.START_HANDLING)
         self._trim_history = register(scripts.TRIM_HISTORY_BEFORE)
         self._subscribe = register(scripts.SUBSCRIBE)
         self._unsubscribe = register(scripts.UNSUBSCRIBE)
@@ -179,17 +181,13 @@ class RedisStore:
             pipe.execute()
 
     def count_handling(self, agent: str, message_id: str) -> int:
-        """Counts handler runs started for a message (before the handler runs)."""
-        key = self.keys.handling(message_id, agent)
+        """Counts a handler run started for a message still in `agent`'s inbox (before the
+        handler runs): the runs so far, or 0 when it is no longer there (one round trip)."""
+        keys = [self.keys.inbox(agent).body, self.keys.handling(message_id, agent)]
         with redis_errors("count handler runs"):
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.incr(key)
-            pipe.expire(key, self.retention.status_retention)
-            return int(pipe.execute()[0])
-
-    def in_inbox(self, agent: str, message_id: str) -> bool:
-        with redis_errors("look in the inbox"):
-            return bool(self.redis.hexists(self.keys.inbox(agent).body, message_id))
+            return int(
+                self._start_handling(keys=keys, args=[message_id, self.retention.status_retention])
+            )
 
     def agent_ids(self) -> list[str]:
         with redis_errors("list agents"):
@@ -217,6 +215,45 @@ class RedisStore:
         keys = [*inbox.all(), inbox.senders]
         with redis_errors("ack messages"):
             return self.replication.script(self.redis, self._ack, keys, list(ids), "ack messages")
+
+    def take(self, agent: str, message_id: str) -> str | None:
+        """One message's wire out of an inbox, acked and its status `acked`, in one round
+        trip (a requester collecting its response). None when it is not there (then the
+        ack and the status change find nothing to do)."""
+        wire: str | None = self._ack_one(agent, message_id, fetch=True, force=False)
+        return wire
+
+    def ack_handled(self, agent: str, message_id: str) -> None:
+        """A worker agent's message acked and `acked` (even over a later status), in one
+        round trip."""
+        self._ack_one(agent, message_id, fetch=False, force=True)
+
+    def _ack_one(self, agent: str, message_id: str, *, fetch: bool, force: bool) -> Any:
+        inbox = self.keys.inbox(agent)
+        ack = ([*inbox.all(), inbox.senders], [message_id])
+        retention = self.retention.status_retention
+        status = ([self.keys.status(message_id)], ["acked", retention, "1" if force else "0"])
+        with redis_errors("ack messages"):
+            for attempt in (1, 2):
+                pipe = self.redis.pipeline(transaction=False)
+                if fetch:
+                    pipe.hget(inbox.body, message_id)
+                for script, (keys, args) in ((self._ack, ack), (self._advance, status)):
+                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                if self.replication.on:
+                    pipe.execute_command(*self.replication.command)
+                replies = pipe.execute(raise_on_error=False)
+                if attempt == 1 and any(isinstance(r, NoScriptError) for r in replies):
+                    for script in (self._ack, self._advance):  # a restarted Redis
+                        self.redis.script_load(script.script)
+                    continue
+                for reply in replies:
+                    if isinstance(reply, Exception):
+                        raise reply
+                if self.replication.on:
+                    self.replication.note(replies[-1], "ack messages")
+                return replies[0] if fetch else None
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def inbox_depth(self, agent: str) -> tuple[int, int]:
         """(ready, leased) counts."""

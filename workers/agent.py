@@ -12,7 +12,9 @@ A worker agent consumes its own Celery queue ``agent.<name>``: when a message la
 inbox the delivery worker also enqueues ``bus.handle`` there. The handler runs with Celery's
 retry (exponential backoff and jitter) on any exception; when retries are exhausted the task
 is rejected into the dead letters with the error. A handler's return value goes back as a
-``response`` (correlation_id = the message id) to ``reply_to`` or the sender.
+``response`` (correlation_id = the message id) to ``reply_to`` or the sender, delivered by
+the agent's own process inside the handle task (its ``bus.deliver`` task is published only
+when that does not go through), so an answer costs no second trip through a worker.
 """
 
 from __future__ import annotations

@@ -30,7 +30,10 @@ def serve(spec: str, concurrency: int | None = None, loglevel: str = "INFO") -> 
             loglevel,
             "-n",
             f"agent-{agent.name}@%h",
-            "-E",
+            # No -E: task events follow MESSAGE_BUS_TASK_EVENTS as on the delivery workers
+            # (Flower turns them on when it connects). Each event is a confirmed publish
+            # from the consumer's event loop: with -E a round trip through an agent spent
+            # more time there than in the handler task.
             "--without-gossip",
             "--without-mingle",
         ]

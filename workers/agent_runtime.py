@@ -21,7 +21,8 @@ def current_agent() -> WorkerAgent | None:
 def serve_agent(agent: WorkerAgent, runtime: Runtime) -> None:
     """Makes `agent` this process's worker agent: it sends through this runtime, is marked
     as served by a worker-agent process, and its queue is declared."""
-    agent.use_bus(MessageBus(runtime=runtime))
+    # Its answers are delivered here, inside the handle task (which retries on failure).
+    agent.use_bus(MessageBus(runtime=runtime, deliver_here=True))
     _served[:] = [agent]
     runtime.store.register_worker_agent(agent.name)
     runtime.broker.declare_queue(agent_queue(runtime.settings, agent.name))

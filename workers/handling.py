@@ -31,16 +31,16 @@ def run_handler(
     itself failed on this message before."""
     store, deliverer = runtime.store, runtime.deliverer
     attempts = request.retries + 1
-    if not store.in_inbox(agent.name, envelope.id):
-        return Verdict("delivered")  # already handled and acked (a repeated dispatch)
-    message = agent.reader.decode(envelope.text)
-    if message.decode_error is not None:
-        reason = "bad_signature" if not message.verified else "undecodable"
-        return deliverer.dead(envelope, reason, message.decode_error, attempts, force=True)
     # A redelivered message may be the one whose handler killed the last process: it runs
     # alone, so that if it does it again no innocent neighbour dies (and is counted) too.
     with QUARANTINE.enter(bool(request.delivery_info.get("redelivered"))):
-        runs = store.count_handling(agent.name, message.id)
+        runs = store.count_handling(agent.name, envelope.id)
+        if not runs:
+            return Verdict("delivered")  # already handled and acked (a repeated dispatch)
+        message = agent.reader.decode(envelope.text)
+        if message.decode_error is not None:
+            reason = "bad_signature" if not message.verified else "undecodable"
+            return deliverer.dead(envelope, reason, message.decode_error, attempts, force=True)
         if runs > message.metadata.max_retries + 1 + request.retries:
             # Started more often than Celery retried it: the handler kills its process (the
             # message came back through reject-on-worker-lost). Stop the loop here.
@@ -72,6 +72,5 @@ def run_handler(
     except BusError as exc:  # the bus will never take this reply as it is (too big, denied)
         agent.reply_error(message, exc)
         return deliverer.dead(envelope, "reply_refused", exc.message, attempts, force=True)
-    store.ack(agent.name, [message.id])
-    store.advance_status([message.id], "acked", force=True)
+    store.ack_handled(agent.name, message.id)
     return Verdict("delivered")

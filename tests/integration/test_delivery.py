@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from bus.client import MessageBus
 from tests.support.waiting import holds_for, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -243,3 +244,57 @@ def test_request_returns_the_correlated_response(bus, agents):
     assert response.payload == {"echo": "ping"}
     assert response.type.value == "response"
     assert bus.read(asker, limit=10) == []  # the response was taken out of the inbox
+
+
+def test_a_late_answer_to_an_earlier_request_does_not_answer_the_next_one(bus, agents):
+    # The second request waits on the pub/sub connection the first one used.
+    asker, answerer = agents("asker"), agents("answerer")
+
+    def answer(req, note):
+        return bus.send_message(
+            {
+                "from": answerer,
+                "to": req.reply_to,
+                "type": "response",
+                "correlation_id": req.id,
+                "payload": note,
+            }
+        )
+        bus.ack(answerer, [req.id])
+
+    def answer_both():
+        [first] = read_until(bus, answerer, 1)
+        answer(first, "first")
+        [second] = read_until(bus, answerer, 1)
+        late = answer(first, "late, to the first")  # lands while the second request waits
+        wait_for(lambda: bus.status(late.id).status.value == "delivered", 10, "the late answer")
+        answer(second, "second")
+
+    thread = threading.Thread(target=answer_both)
+    thread.start()
+    one = bus.request({"from": asker, "to": answerer, "payload": 1}, timeout=15)
+    two = bus.request({"from": asker, "to": answerer, "payload": 2}, timeout=15)
+    thread.join(10)
+    assert (one.payload, two.payload) == ("first", "second")
+    assert two.correlation_id != one.correlation_id
+    [late] = read_until(bus, asker, 1)  # the late answer waits in the inbox as mail
+    assert (late.payload, late.correlation_id) == ("late, to the first", one.correlation_id)
+    assert bus.status(two.id).status.value == "acked"
+
+
+def test_a_bus_that_delivers_here_has_a_direct_message_in_the_inbox_when_send_returns(
+    module_env, agents
+):
+    # What a worker agent's answers go through (inside its handle task): the send itself
+    # delivers, no bus.deliver task waits for a worker.
+    sender, reader = agents("sender"), agents("reader")
+    with module_env.bus() as plain:
+        plain.read(reader)  # the reader connects: mail for it is expected
+    here = MessageBus(module_env.settings(), deliver_here=True)
+    try:
+        receipt = here.send_message({"from": sender, "to": reader, "payload": {"n": 1}})
+        assert here.status(receipt.id).status.value == "delivered"
+        [message] = here.read(reader)
+        assert message.payload == {"n": 1} and message.verified
+    finally:
+        here.close()

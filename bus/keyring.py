@@ -89,16 +89,18 @@ class Keyring:
                 pipe.hdel(k.process_keys, *stale)
             pipe.execute()
 
-    def announce_forever(self, kind: str) -> threading.Thread:
-        """Announces now and then every ANNOUNCE_EVERY seconds from a daemon thread."""
+    def announce_forever(self, kind: str, stop: threading.Event | None = None) -> threading.Thread:
+        """Announces now and then every ANNOUNCE_EVERY seconds from a daemon thread, until
+        `stop` is set (a process's own announcer never stops: it ends with the process)."""
+        stopped = stop or threading.Event()
 
         def loop() -> None:
-            while True:
+            while not stopped.is_set():
                 try:
                     self.announce(kind)
                 except BusUnavailable as exc:
                     logger.debug("not announced: %s", exc)
-                time.sleep(ANNOUNCE_EVERY)
+                stopped.wait(ANNOUNCE_EVERY)
 
         thread = threading.Thread(target=loop, name=f"msgbus-announce-{kind}", daemon=True)
         thread.start()

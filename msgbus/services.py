@@ -29,6 +29,7 @@ from kombu.exceptions import OperationalError
 from bus.errors import ServicesError
 from bus.redis_conn import connect
 from bus.settings import Settings
+from msgbus import management
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ def _start_rabbitmq(url: str, port: int, state: Path, timeout: float) -> None:
     base = rabbit_base(state, node)
     for sub in ("mnesia", "log"):
         (base / sub).mkdir(parents=True, exist_ok=True)
-    mp = 15672 if port == 5672 else port + 10000
+    mp = management.management_port(port)
     (base / "rabbitmq.conf").write_text(
         f"listeners.tcp.default = 127.0.0.1:{port}\n"
         f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {mp}\n"
@@ -395,6 +396,8 @@ def run_rabbitmqctl(broker_url: str, state_dir: Path | None, *args: str) -> tupl
 def ensure_vhost(broker_url: str, vhost: str, state_dir: Path | None = None) -> None:
     """Creates a vhost with full permissions for the URL's user (tests isolate with these)."""
     user = urlparse(broker_url).username or "guest"
+    if management.add_vhost(broker_url, vhost, user):
+        return
     ok, output = run_rabbitmqctl(broker_url, state_dir, "add_vhost", vhost)
     if not ok and "already exists" not in output:
         raise ServicesError(f"rabbitmqctl add_vhost {vhost} failed: {output}")
@@ -407,6 +410,8 @@ def ensure_vhost(broker_url: str, vhost: str, state_dir: Path | None = None) -> 
 
 def delete_vhost(broker_url: str, vhost: str, state_dir: Path | None = None) -> None:
     """Deletes a vhost and everything in it; a vhost that does not exist is fine."""
+    if management.delete_vhost(broker_url, vhost):
+        return
     ok, output = run_rabbitmqctl(broker_url, state_dir, "delete_vhost", vhost)
     if not ok and "does not exist" not in output and "not found" not in output:
         logger.warning("rabbitmqctl delete_vhost %s failed: %s", vhost, output)

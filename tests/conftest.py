@@ -63,8 +63,9 @@ def _new_env(request: pytest.FixtureRequest) -> Iterator[BusEnv]:
     try:
         yield env
     finally:
+        # The vhost and the keys go next: nothing of them needs a warm stop (~2 s each).
         for worker in env.workers:
-            worker.stop()
+            worker.kill()
         delete_vhost(BROKER_URL, vhost)
         delete_prefix(env.prefix)
 

@@ -15,8 +15,8 @@ from typing import Any
 from bus.delivery import Verdict
 from bus.envelope import Envelope
 from bus.errors import BusError, BusUnavailable
+from bus.runtime import Runtime
 from workers.agent import WorkerAgent
-from workers.app import runtime
 from workers.quarantine import Quarantine
 
 logger = logging.getLogger(__name__)
@@ -25,9 +25,9 @@ QUARANTINE = Quarantine()  # worker-agent handlers in this process (see workers.
 
 
 def run_handler(
-    request: Any, agent: WorkerAgent, envelope: Envelope, handler_failures: int
+    runtime: Runtime, request: Any, agent: WorkerAgent, envelope: Envelope, handler_failures: int
 ) -> Verdict:
-    """`request` is the Celery task request; `handler_failures` how often the handler
+    """`runtime` is the task's bus, `request` the Celery task request; `handler_failures` how often the handler
     itself failed on this message before."""
     store, deliverer = runtime.store, runtime.deliverer
     attempts = request.retries + 1

@@ -5,21 +5,24 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from celery import Celery, Task
+
 from bus.deadletters import DeadLetterQueue
 from bus.errors import is_transient_reason
 from bus.health import refresh_gauges
 from bus.retention import purge_expired as purge
 from bus.schema import DeadLetter
-from workers.app import app, runtime
+from bus.settings import Settings
+from workers.tasks import runtime_of
 
 logger = logging.getLogger(__name__)
 
 
-@app.task(name="bus.replay_dead_letters")
-def replay_dead_letters() -> list[str]:
+def replay_dead_letters(self: Task) -> list[str]:
     """Replays dead letters whose cause was transient (retries exhausted, bus unavailable,
     a failing handler), at most `max_dead_letter_replays` times each; never bad signatures,
     expired, malformed or denied messages."""
+    runtime = runtime_of(self)
     limit = runtime.settings.max_dead_letter_replays
 
     def transient(letter: DeadLetter) -> bool:
@@ -31,22 +34,29 @@ def replay_dead_letters() -> list[str]:
     return replayed
 
 
-@app.task(name="bus.purge_expired")
-def purge_expired() -> dict[str, int]:
+def purge_expired(self: Task) -> dict[str, int]:
     """Trims history past its retention and removes unread inbox messages past their ttl
     (status and dedup keys expire by themselves in Redis)."""
-    return purge(runtime)
+    return purge(runtime_of(self))
 
 
-@app.task(name="bus.queue_stats")
-def queue_stats() -> dict[str, Any]:
+def queue_stats(self: Task) -> dict[str, Any]:
     """Queue, dead-letter, inbox and subscription depths into the worker's metrics."""
-    refresh_gauges(runtime)
+    refresh_gauges(runtime_of(self))
     return {"ok": True}
 
 
-def beat_schedule() -> dict[str, Any]:
-    s = runtime.settings
+def register(app: Celery) -> None:
+    """The scheduled jobs on `app` (they find their bus through it)."""
+    for name, body in (
+        ("bus.replay_dead_letters", replay_dead_letters),
+        ("bus.purge_expired", purge_expired),
+        ("bus.queue_stats", queue_stats),
+    ):
+        app.task(name=name, bind=True, shared=False)(body)
+
+
+def beat_schedule(s: Settings) -> dict[str, Any]:
     return {
         "replay-dead-letters": {
             "task": "bus.replay_dead_letters",

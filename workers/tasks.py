@@ -15,15 +15,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from celery import Task
+from celery import Celery, Task
 from celery.exceptions import Reject, Retry
 
 from bus.delivery import Verdict
 from bus.envelope import Envelope
 from bus.errors import BusUnavailable, PermanentFailure
+from bus.runtime import Runtime
 from bus.topology import DELIVER_BATCH_TASK, DELIVER_TASK, HANDLE_TASK
 from workers.agent_runtime import current_agent
-from workers.app import app, runtime
 from workers.handling import run_handler
 
 logger = logging.getLogger(__name__)
@@ -65,18 +65,22 @@ def carry_out(
         raise Reject(exc.reason, requeue=True) from exc
 
 
-@app.task(name=DELIVER_TASK, bind=True, max_retries=None, acks_late=True)
+def runtime_of(task: Task) -> Runtime:
+    """The bus the task's app delivers for (workers.app.create_app)."""
+    runtime: Runtime = task.app.conf.bus_runtime
+    return runtime
+
+
 def deliver(self: Task, wire: Any, last_error: str | None = None) -> int:
-    verdict = runtime.deliverer.attempt(wire, self.request.retries)
+    verdict = runtime_of(self).deliverer.attempt(wire, self.request.retries)
     return carry_out(self, verdict, lambda again: [again], "<message retry>")
 
 
-@app.task(name=DELIVER_BATCH_TASK, bind=True, max_retries=None, acks_late=True)
 def deliver_batch(self: Task, wires: Any, last_error: str | None = None) -> int:
     """Fast path for send_batch. A message that does not go through on the first try is
     handed on as its own `bus.deliver` task, which owns retries and dead-lettering; if even
     that cannot be published the whole batch is tried again (delivery is idempotent)."""
-    deliverer = runtime.deliverer
+    deliverer = runtime_of(self).deliverer
     wires = wires if isinstance(wires, list) else [wires]
     delivered, refused = deliverer.deliver_many(wires)
     queue = self.request.delivery_info.get("routing_key") or "bus.normal"
@@ -89,13 +93,13 @@ def deliver_batch(self: Task, wires: Any, last_error: str | None = None) -> int:
     return delivered
 
 
-@app.task(name=HANDLE_TASK, bind=True, max_retries=None, acks_late=True)
 def handle(
     self: Task, agent_name: str, wire: Any, last_error: str | None = None, outages: int = 0
 ) -> int:
     """Runs a worker agent's handler (only in `msgbus agent run` processes). Redis or the
     broker being unavailable anywhere on the way is transient: retried with backoff, and
     counted apart from the handler's own failures (`outages`)."""
+    runtime = runtime_of(self)
     agent = current_agent()
     if agent is None or agent.name != agent_name:
         raise Reject(f"no worker agent {agent_name!r} in this process", requeue=False)
@@ -105,7 +109,9 @@ def handle(
         runtime.deliverer.dead(wire, exc.reason, exc.message, self.request.retries + 1)
         raise Reject(f"{exc.reason}: {exc.message}", requeue=False) from exc
     try:
-        verdict = run_handler(self.request, agent, envelope, self.request.retries - outages)
+        verdict = run_handler(
+            runtime, self.request, agent, envelope, self.request.retries - outages
+        )
     except BusUnavailable as exc:
         verdict = runtime.deliverer.retry_or_dead(envelope, exc, outages)
         outages += 1
@@ -116,3 +122,10 @@ def handle(
         f"<message {envelope.id} for {agent_name}>",
         outages=outages,
     )
+
+
+def register(app: Celery) -> None:
+    """The delivery tasks on `app` (each app's tasks find their bus through it)."""
+    for name, body in ((DELIVER_TASK, deliver), (DELIVER_BATCH_TASK, deliver_batch)):
+        app.task(name=name, bind=True, max_retries=None, acks_late=True, shared=False)(body)
+    app.task(name=HANDLE_TASK, bind=True, max_retries=None, acks_late=True, shared=False)(handle)

@@ -8,6 +8,7 @@ import socket
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psutil
 import pytest
@@ -64,16 +65,24 @@ def test_unreachable_remote_server_is_an_error_not_a_start(tmp_path):
         services_up("redis://127.0.0.2:1/0", BROKER_URL, tmp_path, timeout=5)
 
 
-def test_ensure_vhost_gives_a_connectable_vhost_and_delete_removes_it(services):
+# The management API refuses a wrong password; rabbitmqctl does the work instead.
+_parts = urlsplit(BROKER_URL)
+NO_API = _parts._replace(
+    netloc=f"{_parts.username or 'guest'}:not-the-password@{_parts.hostname}:{_parts.port or 5672}"
+).geturl()
+
+
+@pytest.mark.parametrize("admin_url", [BROKER_URL, NO_API], ids=["management API", "rabbitmqctl"])
+def test_ensure_vhost_gives_a_connectable_vhost_and_delete_removes_it(services, admin_url):
     vhost = f"t-services-{uuid.uuid4().hex[:8]}"
     url = BROKER_URL.rstrip("/") + "/" + vhost
-    ensure_vhost(BROKER_URL, vhost)
+    ensure_vhost(admin_url, vhost)
     try:
-        ensure_vhost(BROKER_URL, vhost)  # already exists: fine
+        ensure_vhost(admin_url, vhost)  # already exists: fine
         _connect(url)
     finally:
-        delete_vhost(BROKER_URL, vhost)
-    delete_vhost(BROKER_URL, vhost)  # already gone: fine
+        delete_vhost(admin_url, vhost)
+    delete_vhost(admin_url, vhost)  # already gone: fine
     with pytest.raises(NotAllowed):
         _connect(url)
 

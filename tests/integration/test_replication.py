@@ -11,13 +11,25 @@ import redis
 
 from bus import metrics
 from bus.errors import NotReplicated
-from bus.redis_conn import DirectScript, connect, redis_errors
+from bus.redis_conn import connect
 from bus.replication import Replication
+from bus.scripts import Script, ScriptRunner
+from bus.scripts.backends import PoolBackend
+from bus.scripts.sockets import SocketBackend
 from tests.support.paths import REDIS_URL
 
 pytestmark = pytest.mark.timeout(60)
 
-INCR = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
+INCR = Script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+BACKENDS = {"socket": SocketBackend, "pool": PoolBackend}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def runner_with(request, client):
+    def make(replication: Replication) -> ScriptRunner:
+        return ScriptRunner(client, replication, BACKENDS[request.param](client))
+
+    return make
 
 
 @pytest.fixture
@@ -38,40 +50,60 @@ def shortfalls() -> float:
     return metrics.ERRORS.labels("not_replicated")._value.get()
 
 
-def test_an_unconfirmed_delivery_raises_not_replicated_naming_the_settings(client, key):
-    script = DirectScript(client, INCR, Replication(1, 0.05))
-    with pytest.raises(NotReplicated) as raised, redis_errors("deliver a message"):
-        script([key], [1], "deliver a message")
+def test_an_unconfirmed_delivery_raises_not_replicated_naming_the_settings(
+    runner_with, client, key
+):
+    runner = runner_with(Replication(1, 0.05))
+    with pytest.raises(NotReplicated) as raised:
+        runner.call(INCR, [key], [1], action="deliver a message", confirm="require")
     assert "MESSAGE_BUS_REDIS_MIN_REPLICAS" in raised.value.message
     assert "MESSAGE_BUS_REDIS_REPLICA_TIMEOUT" in raised.value.message
+    assert "deliver a message" in raised.value.message
     assert (raised.value.acknowledged, raised.value.required) == (0, 1)
     assert client.get(key) == "1"  # the write was made: only its durability is in doubt
 
 
-def test_without_required_replicas_no_wait_is_sent(client, key):
-    script = DirectScript(client, INCR, Replication(0))
-    assert script([key], [2]) == 2
+def test_without_required_replicas_no_wait_is_sent(runner_with, key):
+    runner = runner_with(Replication(0))
+    assert runner.call(INCR, [key], [2], action="deliver a message", confirm="require") == 2
     assert Replication(0).packed() == b""
 
 
-def test_a_reloaded_script_is_still_followed_by_its_wait(client, key):
-    script = DirectScript(client, INCR, Replication(1, 0.05))
+def test_a_call_that_asks_no_confirmation_is_not_held_to_the_replicas(runner_with, key):
+    runner = runner_with(Replication(1, 0.05))
+    assert runner.call(INCR, [key], [2], action="read the inbox") == 2
+
+
+def test_a_reloaded_script_is_still_followed_by_its_wait(runner_with, client, key):
+    runner = runner_with(Replication(1, 0.05))
     with pytest.raises(NotReplicated):
-        script([key], [1])
+        runner.call(INCR, [key], [1], action="deliver a message", confirm="require")
     client.script_flush()  # a new primary has not seen the script
     with pytest.raises(NotReplicated):
-        script([key], [1])
+        runner.call(INCR, [key], [1], action="deliver a message", confirm="require")
     assert client.get(key) == "2"
 
 
-def test_an_ack_is_answered_and_its_shortfall_counted(client, key):
-    ack = client.register_script(INCR)
+def test_an_unconfirmed_batch_raises_not_replicated_once_every_call_ran(runner_with, client, key):
+    runner = runner_with(Replication(1, 0.05))
+    client.script_flush()
+    with pytest.raises(NotReplicated):
+        runner.many([(INCR, [key], [1])] * 3, action="deliver a batch", confirm="require")
+    assert client.get(key) == "3"
+
+
+def test_an_ack_is_answered_and_its_shortfall_counted(runner_with, key):
     before = shortfalls()
-    reply = Replication(1, 0.05).script(client, ack, [key], [5], "ack messages")
+    reply = runner_with(Replication(1, 0.05)).call(
+        INCR, [key], [5], action="ack messages", confirm="note"
+    )
     assert reply == 5
     assert shortfalls() == before + 1
     # Off: the same call, no WAIT, nothing counted.
-    assert Replication(0).script(client, ack, [key], [1], "ack messages") == 6
+    assert (
+        runner_with(Replication(0)).call(INCR, [key], [1], action="ack messages", confirm="note")
+        == 6
+    )
     assert shortfalls() == before + 1
 
 

@@ -23,12 +23,9 @@ from typing import Any
 from bench.harness import Bench
 from bus.admission import AcceptRecord, Admission
 from bus.scripts import runner as script_runner
-from bus.scripts.backends import PoolBackend
-from bus.scripts.runner import ScriptRunner
-from bus.scripts.sockets import SocketBackend
+from bus.scripts.runner import BACKENDS, ScriptRunner
 from bus.store import Delivery, RedisStore
 
-BACKENDS = {"socket": SocketBackend, "pool": PoolBackend}
 # (rounds, calls per script and round)
 COUNTS = {"full": (8, 2000), "quick": (4, 800), "smoke": (1, 10)}
 PHASES = ("admit", "deliver", "read", "deliver_4_threads")
@@ -110,7 +107,7 @@ def _report(
     out: dict[str, Any] = {
         "rounds": rounds,
         "calls": calls,
-        "in_use": "socket" if script_runner.BACKEND is SocketBackend else "pool",
+        "in_use": next(n for n, cls in BACKENDS.items() if cls is script_runner.BACKEND),
     }
     for name, phases in samples.items():
         out[name] = {

@@ -10,6 +10,8 @@ does the rest: packing, NOSCRIPT, the retry, WAIT, errors.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import redis
@@ -31,8 +33,7 @@ class PoolBackend:
         self._pool = client.connection_pool
 
     def send(self, packed: bytes, count: int) -> list[Any]:
-        conn = self._pool.get_connection()
-        try:
+        with lent(self._pool.get_connection(), self._pool.release) as conn:
             conn.send_packed_command([packed], check_health=False)
             replies: list[Any] = []
             for _ in range(count):
@@ -42,11 +43,19 @@ class PoolBackend:
                     replies.append(exc)
             raise_if_demoted(replies)
             return replies
-        except BaseException:
-            conn.disconnect()  # a reply may be pending: never reuse this socket as it is
-            raise
-        finally:
-            self._pool.release(conn)
+
+
+@contextmanager
+def lent(conn: Any, give_back: Callable[[Any], None]) -> Iterator[Any]:
+    """`conn` for one round trip, given back after it; dropped first if anything failed (a
+    reply may still be on its way: never reuse the socket as it is)."""
+    try:
+        yield conn
+    except BaseException:
+        conn.disconnect()
+        raise
+    finally:
+        give_back(conn)
 
 
 def raise_if_demoted(replies: list[Any]) -> None:

@@ -38,8 +38,12 @@ from bus.scripts.sockets import SocketBackend
 
 logger = logging.getLogger(__name__)
 
-# The backend every runner uses unless told otherwise (bench/RESULTS.md, "Script runner A/B").
-BACKEND: type[SocketBackend] | type[PoolBackend] = SocketBackend
+BACKENDS: dict[str, type[SocketBackend] | type[PoolBackend]] = {
+    "socket": SocketBackend,
+    "pool": PoolBackend,
+}
+# The one every runner uses unless told otherwise (bench/RESULTS.md, "Script runner A/B").
+BACKEND = BACKENDS["socket"]
 
 Call = tuple[Script, Sequence[str], Sequence[Any]]
 # With replicas required, what a write fewer replicas confirmed means: "require" raises

@@ -21,7 +21,7 @@ import hiredis
 import redis
 from redis.exceptions import NoScriptError
 
-from bus.scripts.backends import raise_if_demoted
+from bus.scripts.backends import lent, raise_if_demoted
 
 logger = logging.getLogger(__name__)
 
@@ -41,18 +41,13 @@ class SocketBackend:
             conn = self._free.pop()  # atomic: no lock needed between pool threads
         except IndexError:
             conn = self._connection_class(**self._connection_kwargs)
-        try:
+        with lent(conn, self._free.append):
             # connect() first: sending on an unconnected socket would connect it without
             # the hooks of its class (a Sentinel connection asks Sentinel for the master).
             conn.connect()
             replies = _SocketReplies.of(conn).call(packed, count)
             raise_if_demoted(replies)
             return replies
-        except BaseException:
-            conn.disconnect()  # a reply may be pending: never reuse this socket as it is
-            raise
-        finally:
-            self._free.append(conn)
 
 
 class _SocketReplies:

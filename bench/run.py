@@ -6,6 +6,9 @@ msgbus bench [--json] [--quick | --smoke] [--only drain,latency,agents,...] [--q
 `--cluster` runs on the local multi-node stack and adds `durability` (MIN_REPLICAS 0/1/2).
 
 `--only sizes` is the quick report of what a model pays to read its mail (seconds).
+
+`--only scripts` times the script runner's two backends against each other (see
+bench/scripts_ab.py).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import agents, costs, mcpload, plots, sizes
+from bench import agents, costs, mcpload, plots, scripts_ab, sizes
 from bench import workloads as w
 from bench.harness import ROOT, Bench, describe_machine, percentile, summary, wait_until
 
@@ -43,6 +46,7 @@ ALL = [
     "footprint",
     "sizes",
     "costs",
+    "scripts",  # the script runner's backends, A/B (bench/scripts_ab.py)
 ]
 # The figures the table leads with (every one a ratio to its baseline, or a target in ms).
 HEADLINE = (
@@ -177,6 +181,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             _reset(b)
         if "footprint" in only:
             out["footprint"] = w.footprint(b, z.footprint)
+            _reset(b)
+        if "scripts" in only:
+            out["scripts"] = scripts_ab.ab(b, size)
             _reset(b)
         if "sizes" in only:
             out["sizes"] = sizes.tool_result_sizes(b)
@@ -346,6 +353,7 @@ def table(result: dict[str, Any]) -> str:
         "sizes",
         "costs",
         "durability",
+        "scripts",
     ):
         if key in result:
             lines.append(f"  {key}: {json.dumps(result[key])}")

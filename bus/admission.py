@@ -20,8 +20,7 @@ import orjson
 from bus import scripts
 from bus.clock import Clock
 from bus.keys import Keys
-from bus.redis_conn import execute_scripted, queue_script, redis_errors
-from bus.replication import Replication
+from bus.scripts import ScriptRunner
 from bus.store import AUDIT_MAXLEN, Retention
 
 logger = logging.getLogger(__name__)
@@ -71,16 +70,13 @@ class Admission:
         keys: Keys,
         retention: Retention,
         clock: Clock,
-        replication: Replication | None = None,
+        scripts: ScriptRunner | None = None,
     ) -> None:
         self.redis = client
         self.keys = keys
         self.retention = retention
         self.clock = clock
-        self.replication = replication or Replication()  # WAIT after ADMIT (bus.replication)
-        self._admit = client.register_script(scripts.ADMIT)
-        self._revoke = client.register_script(scripts.REVOKE)
-        self._commit = client.register_script(scripts.COMMIT)
+        self.scripts = scripts or ScriptRunner(client)  # its replication: WAIT after ADMIT
 
     def admit(
         self,
@@ -89,30 +85,30 @@ class Admission:
         limit: RateLimit | None = None,
     ) -> Admitted:
         keys, args = self._command(records, audit, limit)
-        with redis_errors("record the send"):
-            reply = self.replication.script(self.redis, self._admit, keys, args, "record the send")
-            return _parse(reply, len(records))
+        reply = self.scripts.call(
+            scripts.ADMIT, keys, args, action="record the send", confirm="note"
+        )
+        return _parse(reply, len(records))
 
     def revoke(self, records: Iterable[AcceptRecord]) -> None:
         """Undoes `admit` for messages the broker did not take."""
         k = self.keys
-        with redis_errors("undo a refused send"):
-            pipe = self.redis.pipeline(transaction=False)
-            for rec in records:
-                queue_script(
-                    pipe,
-                    self._revoke,
-                    [
-                        k.dedup(rec.sender, rec.dedup_key),
-                        k.status(rec.id),
-                        k.history(rec.sender, sent=True),
-                        k.dedup_id(rec.id),
-                        k.history_bytes(rec.sender, sent=True),
-                        *(k.inbox(agent).pending for agent in rec.recipients),
-                    ],
-                    [rec.id, rec.wire, rec.sender],
-                )
-            execute_scripted(pipe, self._revoke)
+        calls = [
+            (
+                scripts.REVOKE,
+                [
+                    k.dedup(rec.sender, rec.dedup_key),
+                    k.status(rec.id),
+                    k.history(rec.sender, sent=True),
+                    k.dedup_id(rec.id),
+                    k.history_bytes(rec.sender, sent=True),
+                    *(k.inbox(agent).pending for agent in rec.recipients),
+                ],
+                [rec.id, rec.wire, rec.sender],
+            )
+            for rec in records
+        ]
+        self.scripts.many(calls, action="undo a refused send")
 
     def commit(self, records: Sequence[AcceptRecord]) -> None:
         """Makes the dedup records of published messages final (see `AcceptRecord`)."""
@@ -122,8 +118,7 @@ class Admission:
             keys += [self.keys.dedup(rec.sender, rec.dedup_key), self.keys.dedup_id(rec.id)]
             args += [rec.id, rec.sender]
         if keys:
-            with redis_errors("record the send"):
-                self._commit(keys=keys, args=args)
+            self.scripts.call(scripts.COMMIT, keys, args, action="record the send")
 
     def _command(
         self,

@@ -19,7 +19,6 @@ from bus import scripts
 from bus.acl import Policy
 from bus.admission import RateLimit
 from bus.errors import AuthError, BusUnavailable, LimitExceeded, RateLimited
-from bus.redis_conn import redis_errors
 from bus.runtime import Runtime
 from bus.schema import Message
 from bus.store import AUDIT_MAXLEN
@@ -34,14 +33,6 @@ REFUSALS = frozenset({"denied"})  # outcomes whose floods are sampled in the aud
 class Guard:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-
-    @cached_property
-    def _charge_script(self) -> Any:
-        return self.runtime.redis.register_script(scripts.CHARGE)
-
-    @cached_property
-    def _audit_script(self) -> Any:
-        return self.runtime.redis.register_script(scripts.AUDIT)
 
     @cached_property
     def policy(self) -> Policy:
@@ -116,10 +107,12 @@ class Guard:
         limit = self.rate_limit_for(agent, front_door=front_door)
         if limit is None or cost <= 0:
             return
-        with redis_errors("charge the rate limit"):
-            outcome, *details = self._charge_script(
-                keys=[limit.key], args=[limit.rate, limit.burst, cost]
-            )
+        outcome, *details = self.runtime.scripts.call(
+            scripts.CHARGE,
+            [limit.key],
+            [limit.rate, limit.burst, cost],
+            action="charge the rate limit",
+        )
         if outcome == "rate_limited":
             raise self.throttled(agent, limit, int(details[0]))
         if outcome == "too_costly":
@@ -175,8 +168,7 @@ class Guard:
             flat = [part for pair in entry.items() for part in pair]
             args += ["1" if refusal else "0", orjson.dumps(flat).decode()]
         try:
-            with redis_errors("write the audit log"):
-                self._audit_script(keys=keys, args=args)
+            self.runtime.scripts.call(scripts.AUDIT, keys, args, action="write the audit log")
         except BusUnavailable:
             logger.warning(
                 "%d audit entries not stored (Redis unavailable): %s", len(entries), entries

@@ -18,18 +18,16 @@ Sentinel promotes the replica with the most of the primary's stream, so with n >
 server lost, every confirmed write survives the failover.
 
 Invariant: WAIT goes on the connection that made the writes, right after them (WAIT counts
-the replicas that have this connection's last write).
+the replicas that have this connection's last write). bus.scripts.ScriptRunner sends it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import hiredis
-from redis.exceptions import NoScriptError
 
 from bus import metrics
 from bus.errors import NotReplicated
@@ -69,26 +67,6 @@ class Replication:
         if count < self.replicas:
             metrics.ERRORS.labels("not_replicated").inc()
             logger.warning("%s", self._shortfall(count, action))
-
-    def script(self, client: Any, script: Any, keys: Sequence[str], args: Sequence[Any],
-               action: str) -> Any:  # fmt: skip
-        """Runs a registered script, then WAIT on the same connection (one pipeline, one
-        round trip) when on; a shortfall is noted, the script's reply returned."""
-        if not self.on:
-            return script(keys=keys, args=args)
-        for attempt in (1, 2):
-            pipe = client.pipeline(transaction=False)
-            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            pipe.execute_command(*self.command)
-            reply, acknowledged = pipe.execute(raise_on_error=False)
-            if isinstance(reply, NoScriptError) and attempt == 1:
-                client.script_load(script.script)  # a new primary has not seen our scripts
-                continue
-            if isinstance(reply, Exception):
-                raise reply
-            self.note(acknowledged, action)
-            return reply
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def _shortfall(self, count: int, action: str) -> str:
         return (

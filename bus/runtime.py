@@ -18,6 +18,7 @@ from bus.keyring import Keyring
 from bus.keys import Keys
 from bus.redis_conn import connect, redis_errors
 from bus.replication import Replication
+from bus.scripts import ScriptRunner
 from bus.settings import Settings
 from bus.store import RedisStore, Retention
 
@@ -66,16 +67,18 @@ class Runtime:
         return Replication(s.redis_min_replicas, s.redis_replica_timeout)
 
     @cached_property
+    def scripts(self) -> ScriptRunner:
+        """Every Lua call of this process (bus.scripts.runner), WAIT behind the writes the
+        replication asks to confirm."""
+        return ScriptRunner(self.redis, self.replication)
+
+    @cached_property
     def store(self) -> RedisStore:
-        return RedisStore(
-            self.redis, self.keys, self.retention, self.clock, replication=self.replication
-        )
+        return RedisStore(self.redis, self.keys, self.retention, self.clock, scripts=self.scripts)
 
     @cached_property
     def admission(self) -> Admission:
-        return Admission(
-            self.redis, self.keys, self.retention, self.clock, replication=self.replication
-        )
+        return Admission(self.redis, self.keys, self.retention, self.clock, scripts=self.scripts)
 
     @cached_property
     def codec(self) -> Codec:
@@ -96,7 +99,7 @@ class Runtime:
 
     def reset(self) -> None:
         """Drops connections (after a fork) so they are rebuilt in this process."""
-        for name in ("redis", "store", "admission", "deliverer", "broker", "keyring"):
+        for name in ("redis", "scripts", "store", "admission", "deliverer", "broker", "keyring"):
             self.__dict__.pop(name, None)
 
     def close(self) -> None:

@@ -12,14 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from redis.exceptions import NoScriptError
 
 from bus import scripts
 from bus.clock import Clock
 from bus.errors import LimitExceeded
 from bus.keys import Keys
-from bus.redis_conn import DirectScript, redis_errors
-from bus.replication import Replication
+from bus.redis_conn import redis_errors
+from bus.scripts import ScriptRunner
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +77,7 @@ class RedisStore:
         keys: Keys,
         retention: Retention,
         clock: Clock,
-        replication: Replication | None = None,
+        scripts: ScriptRunner | None = None,
     ) -> None:
         # redis.Redis with decode_responses=True: results are str, which its type stubs
         # cannot express (they say bytes | str), hence Any.
@@ -86,36 +85,22 @@ class RedisStore:
         self.keys = keys
         self.retention = retention
         self.clock = clock
-        # Deliveries and acks confirmed by replicas when asked (see bus.replication).
-        self.replication = replication or Replication()
-        register = client.register_script
-        # The worker's per-message call, on connections of its own (see DirectScript).
-        self._deliver_direct = DirectScript(client, scripts.DELIVER, self.replication)
-        self._read = register(scripts.READ)
-        self._ack = register(scripts.ACK)
-        self._advance = register(scripts.ADVANCE_STATUS)
-        self._start_handling = register(scripts.START_HANDLING)
-        self._trim_history = register(scripts.TRIM_HISTORY_BEFORE)
-        self._subscribe = register(scripts.SUBSCRIBE)
-        self._unsubscribe = register(scripts.UNSUBSCRIBE)
+        # Deliveries and acks are confirmed by replicas when the runner's replication asks.
+        self.scripts = scripts or ScriptRunner(client)
 
     # -- delivery (worker side) ----------------------------------------------------------
 
     def deliver(self, delivery: Delivery) -> Any:
         """Appends to each recipient's inbox and history, sets `delivered`: one script."""
         keys, args = self._delivery(delivery)
-        with redis_errors("deliver a message"):
-            return self._deliver_direct(keys, args, "deliver a message")
+        return self.scripts.call(
+            scripts.DELIVER, keys, args, action="deliver a message", confirm="require"
+        )
 
     def deliver_pipelined(self, deliveries: Sequence[Delivery]) -> list[Any]:
         """Many `deliver` scripts in one round trip (each script is atomic on its own)."""
-        calls = [self._delivery(delivery) for delivery in deliveries]
-        with redis_errors("deliver a batch"):
-            replies = self._deliver_direct.many(calls, "deliver a batch")
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return replies
+        calls = [(scripts.DELIVER, *self._delivery(delivery)) for delivery in deliveries]
+        return self.scripts.many(calls, action="deliver a batch", confirm="require")
 
     def _delivery(self, d: Delivery) -> tuple[list[str], list[Any]]:
         k, message_id, correlation_id = self.keys, d.message_id, d.correlation_id
@@ -184,10 +169,10 @@ class RedisStore:
         """Counts a handler run started for a message still in `agent`'s inbox (before the
         handler runs): the runs so far, or 0 when it is no longer there (one round trip)."""
         keys = [self.keys.inbox(agent).body, self.keys.handling(message_id, agent)]
-        with redis_errors("count handler runs"):
-            return int(
-                self._start_handling(keys=keys, args=[message_id, self.retention.status_retention])
-            )
+        args = [message_id, self.retention.status_retention]
+        return int(
+            self.scripts.call(scripts.START_HANDLING, keys, args, action="count handler runs")
+        )
 
     def agent_ids(self) -> list[str]:
         with redis_errors("list agents"):
@@ -201,8 +186,9 @@ class RedisStore:
         lease_ms = int(lease_seconds * 1000)
         k = self.keys
         keys = [*k.inbox(agent).all(), k.agents, k.agent_seen(agent)]
-        with redis_errors("read the inbox"):
-            deadline, *flat = self._read(keys=keys, args=[lease_ms, limit, agent])
+        deadline, *flat = self.scripts.call(
+            scripts.READ, keys, [lease_ms, limit, agent], action="read the inbox"
+        )
         return [
             Leased(flat[i], flat[i + 1], int(flat[i + 2]), int(deadline))
             for i in range(0, len(flat), 3)
@@ -213,8 +199,7 @@ class RedisStore:
             return []
         inbox = self.keys.inbox(agent)
         keys = [*inbox.all(), inbox.senders]
-        with redis_errors("ack messages"):
-            return self.replication.script(self.redis, self._ack, keys, list(ids), "ack messages")
+        return self.scripts.call(scripts.ACK, keys, ids, action="ack messages", confirm="note")
 
     def take(self, agent: str, message_id: str) -> str | None:
         """One message's wire out of an inbox, acked and its status `acked`, in one round
@@ -230,30 +215,18 @@ class RedisStore:
 
     def _ack_one(self, agent: str, message_id: str, *, fetch: bool, force: bool) -> Any:
         inbox = self.keys.inbox(agent)
-        ack = ([*inbox.all(), inbox.senders], [message_id])
         retention = self.retention.status_retention
-        status = ([self.keys.status(message_id)], ["acked", retention, "1" if force else "0"])
-        with redis_errors("ack messages"):
-            for attempt in (1, 2):
-                pipe = self.redis.pipeline(transaction=False)
-                if fetch:
-                    pipe.hget(inbox.body, message_id)
-                for script, (keys, args) in ((self._ack, ack), (self._advance, status)):
-                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-                if self.replication.on:
-                    pipe.execute_command(*self.replication.command)
-                replies = pipe.execute(raise_on_error=False)
-                if attempt == 1 and any(isinstance(r, NoScriptError) for r in replies):
-                    for script in (self._ack, self._advance):  # a restarted Redis
-                        self.redis.script_load(script.script)
-                    continue
-                for reply in replies:
-                    if isinstance(reply, Exception):
-                        raise reply
-                if self.replication.on:
-                    self.replication.note(replies[-1], "ack messages")
-                return replies[0] if fetch else None
-        raise AssertionError("unreachable")  # pragma: no cover
+        calls: list[Any] = [(scripts.PEEK, [inbox.body], [message_id])] if fetch else []
+        calls += [
+            (scripts.ACK, [*inbox.all(), inbox.senders], [message_id]),
+            (
+                scripts.ADVANCE_STATUS,
+                [self.keys.status(message_id)],
+                ["acked", retention, "1" if force else "0"],
+            ),
+        ]
+        replies = self.scripts.many(calls, action="ack messages", confirm="note")
+        return replies[0] if fetch else None
 
     def inbox_depth(self, agent: str) -> tuple[int, int]:
         """(ready, leased) counts."""
@@ -318,12 +291,12 @@ class RedisStore:
     def trim_history_before(self, agent: str, cutoff_ms: int) -> int:
         """Drops `agent`'s history older than `cutoff_ms`, keeping its byte counts true."""
         received, sent = self.keys.histories(agent)
-        with redis_errors("trim history"):
-            return int(
-                self._trim_history(
-                    keys=[*received, self.keys.history_senders(agent)], args=[cutoff_ms]
-                )
-            ) + int(self._trim_history(keys=list(sent), args=[cutoff_ms]))
+        both = ([*received, self.keys.history_senders(agent)], list(sent))
+        trimmed = self.scripts.many(
+            [(scripts.TRIM_HISTORY_BEFORE, keys, [cutoff_ms]) for keys in both],
+            action="trim history",
+        )
+        return sum(int(n) for n in trimmed)
 
     # -- status ----------------------------------------------------------------------------
 
@@ -335,8 +308,10 @@ class RedisStore:
         args: list[Any] = [status, self.retention.status_retention, "1" if force else "0"]
         for name, value in fields.items():
             args += [name, "" if value is None else value]
-        with redis_errors("update message status"):
-            return int(self._advance(keys=[self.keys.status(i) for i in ids], args=args))
+        keys = [self.keys.status(i) for i in ids]
+        return int(
+            self.scripts.call(scripts.ADVANCE_STATUS, keys, args, action="update message status")
+        )
 
     def status(self, message_id: str, viewer: str | None = None) -> dict[str, str]:
         """The status hash; with `viewer`, empty unless it sent or received the message."""
@@ -362,8 +337,7 @@ class RedisStore:
         keys = [k.subscriptions(agent), k.topics, k.agents, k.agent_seen(agent)]
         keys += [k.topic(t) for t in topics]
         args = [agent, max_topics, orjson.dumps(filters), "", *topics]
-        with redis_errors("subscribe"):
-            total = int(self._subscribe(keys=keys, args=args))
+        total = int(self.scripts.call(scripts.SUBSCRIBE, keys, args, action="subscribe"))
         if total < 0:
             current = -total - 1
             raise LimitExceeded(
@@ -377,8 +351,8 @@ class RedisStore:
     def unsubscribe(self, agent: str, topics: Sequence[str]) -> int:
         k = self.keys
         keys = [k.subscriptions(agent), k.topics] + [k.topic(t) for t in topics]
-        with redis_errors("unsubscribe"):
-            return int(self._unsubscribe(keys=keys, args=[agent, *topics]))
+        args = [agent, *topics]
+        return int(self.scripts.call(scripts.UNSUBSCRIBE, keys, args, action="unsubscribe"))
 
     def subscriptions(self, agent: str) -> dict[str, dict[str, Any]]:
         with redis_errors("list subscriptions"):

@@ -35,3 +35,5 @@ def test_bench_smoke_run_reports_every_figure_beside_its_baseline(services, tmp_
     assert "confirm" in result["producer"]["confirms"]
     assert result["footprint"]["worker_rss_after_mb"] > 0
     assert result["mcp"]["one_client"]["calls_per_s"] > 0
+    for backend in ("socket", "pool"):  # the script runner's A/B, both sides measured
+        assert result["scripts"][backend]["deliver"]["cpu_us"] > 0

@@ -4,77 +4,92 @@ retries); an admission or an ack is answered all the same and the shortfall is c
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 import redis
 
 from bus import metrics
 from bus.errors import NotReplicated
-from bus.redis_conn import DirectScript, connect, redis_errors
 from bus.replication import Replication
-from tests.support.paths import REDIS_URL
+from bus.scripts import Script, ScriptRunner
 
 pytestmark = pytest.mark.timeout(60)
 
-INCR = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
+INCR = Script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
 
 
 @pytest.fixture
-def client(services):
-    client = connect(REDIS_URL)
-    yield client
-    client.close()
+def runner_with(script_backend, redis_client):
+    def make(replication: Replication) -> ScriptRunner:
+        return ScriptRunner(redis_client, replication, script_backend(redis_client))
 
-
-@pytest.fixture
-def key(client):
-    name = f"test:replication:{uuid.uuid4().hex}"
-    yield name
-    client.delete(name)
+    return make
 
 
 def shortfalls() -> float:
     return metrics.ERRORS.labels("not_replicated")._value.get()
 
 
-def test_an_unconfirmed_delivery_raises_not_replicated_naming_the_settings(client, key):
-    script = DirectScript(client, INCR, Replication(1, 0.05))
-    with pytest.raises(NotReplicated) as raised, redis_errors("deliver a message"):
-        script([key], [1], "deliver a message")
+def test_an_unconfirmed_delivery_raises_not_replicated_naming_the_settings(
+    runner_with, redis_client, redis_key
+):
+    runner = runner_with(Replication(1, 0.05))
+    with pytest.raises(NotReplicated) as raised:
+        runner.call(INCR, [redis_key], [1], action="deliver a message", confirm="require")
     assert "MESSAGE_BUS_REDIS_MIN_REPLICAS" in raised.value.message
     assert "MESSAGE_BUS_REDIS_REPLICA_TIMEOUT" in raised.value.message
+    assert "deliver a message" in raised.value.message
     assert (raised.value.acknowledged, raised.value.required) == (0, 1)
-    assert client.get(key) == "1"  # the write was made: only its durability is in doubt
+    assert redis_client.get(redis_key) == "1"  # the write was made: only its durability is in doubt
 
 
-def test_without_required_replicas_no_wait_is_sent(client, key):
-    script = DirectScript(client, INCR, Replication(0))
-    assert script([key], [2]) == 2
+def test_without_required_replicas_no_wait_is_sent(runner_with, redis_key):
+    runner = runner_with(Replication(0))
+    assert runner.call(INCR, [redis_key], [2], action="deliver a message", confirm="require") == 2
     assert Replication(0).packed() == b""
 
 
-def test_a_reloaded_script_is_still_followed_by_its_wait(client, key):
-    script = DirectScript(client, INCR, Replication(1, 0.05))
-    with pytest.raises(NotReplicated):
-        script([key], [1])
-    client.script_flush()  # a new primary has not seen the script
-    with pytest.raises(NotReplicated):
-        script([key], [1])
-    assert client.get(key) == "2"
+def test_a_call_that_asks_no_confirmation_is_not_held_to_the_replicas(runner_with, redis_key):
+    runner = runner_with(Replication(1, 0.05))
+    assert runner.call(INCR, [redis_key], [2], action="read the inbox") == 2
 
 
-def test_an_ack_is_answered_and_its_shortfall_counted(client, key):
-    ack = client.register_script(INCR)
+def test_a_reloaded_script_is_still_followed_by_its_wait(runner_with, redis_client, redis_key):
+    runner = runner_with(Replication(1, 0.05))
+    with pytest.raises(NotReplicated):
+        runner.call(INCR, [redis_key], [1], action="deliver a message", confirm="require")
+    redis_client.script_flush()  # a new primary has not seen the script
+    with pytest.raises(NotReplicated):
+        runner.call(INCR, [redis_key], [1], action="deliver a message", confirm="require")
+    assert redis_client.get(redis_key) == "2"
+
+
+def test_an_unconfirmed_batch_raises_not_replicated_once_every_call_ran(
+    runner_with, redis_client, redis_key
+):
+    runner = runner_with(Replication(1, 0.05))
+    redis_client.script_flush()
+    with pytest.raises(NotReplicated):
+        runner.many([(INCR, [redis_key], [1])] * 3, action="deliver a batch", confirm="require")
+    assert redis_client.get(redis_key) == "3"
+
+
+def test_an_ack_is_answered_and_its_shortfall_counted(runner_with, redis_key):
     before = shortfalls()
-    reply = Replication(1, 0.05).script(client, ack, [key], [5], "ack messages")
+    reply = runner_with(Replication(1, 0.05)).call(
+        INCR, [redis_key], [5], action="ack messages", confirm="note"
+    )
     assert reply == 5
     assert shortfalls() == before + 1
     # Off: the same call, no WAIT, nothing counted.
-    assert Replication(0).script(client, ack, [key], [1], "ack messages") == 6
+    assert (
+        runner_with(Replication(0)).call(
+            INCR, [redis_key], [1], action="ack messages", confirm="note"
+        )
+        == 6
+    )
     assert shortfalls() == before + 1
 
 
-def test_a_wait_on_a_replica_is_an_error_not_a_confirmation(client, key):
+def test_a_wait_on_a_replica_is_an_error_not_a_confirmation(redis_client, redis_key):
     with pytest.raises((NotReplicated, redis.RedisError)):
         Replication(1, 0.05).require(redis.ResponseError("ERR WAIT cannot be used"), "x")

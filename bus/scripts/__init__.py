@@ -1,0 +1,44 @@
+"""Lua scripts: every multi-key write that must not half-apply is one script call, and
+every script call goes through one runner.
+
+Keys are always passed in KEYS (built by bus.keys); scripts never assemble key names.
+
+- fragments.py      Lua shared by several scripts (Redis's clock, status ranks, history, tokens)
+- send.py           ADMIT, REVOKE, COMMIT: the send side
+- inbox.py          DELIVER, READ, ACK, TRIM_HISTORY_BEFORE, START_HANDLING, PEEK
+- status.py         ADVANCE_STATUS
+- subscriptions.py  SUBSCRIBE, UNSUBSCRIBE
+- guard.py          CHARGE, AUDIT
+- script.py         Script: a source and its SHA1
+- runner.py         ScriptRunner: EVALSHA, NOSCRIPT, retry, WAIT and errors in one place
+- backends.py       how a round trip is made (redis-py's pool); sockets.py: the fast one
+"""
+
+from __future__ import annotations
+
+from bus.scripts.guard import AUDIT, CHARGE
+from bus.scripts.inbox import ACK, DELIVER, PEEK, READ, START_HANDLING, TRIM_HISTORY_BEFORE
+from bus.scripts.runner import ScriptRunner
+from bus.scripts.script import Script
+from bus.scripts.send import ADMIT, COMMIT, REVOKE
+from bus.scripts.status import ADVANCE_STATUS
+from bus.scripts.subscriptions import SUBSCRIBE, UNSUBSCRIBE
+
+__all__ = [
+    "ACK",
+    "ADMIT",
+    "ADVANCE_STATUS",
+    "AUDIT",
+    "CHARGE",
+    "COMMIT",
+    "DELIVER",
+    "PEEK",
+    "READ",
+    "REVOKE",
+    "START_HANDLING",
+    "SUBSCRIBE",
+    "TRIM_HISTORY_BEFORE",
+    "UNSUBSCRIBE",
+    "Script",
+    "ScriptRunner",
+]

@@ -1,0 +1,92 @@
+"""Lua shared by several scripts: the status ranks, Redis's clock, history trimming and
+the token bucket. Each is pasted in front of the scripts that use it."""
+
+from __future__ import annotations
+
+# Status ranks: a status only moves forward, except retrying -> retrying (attempt count)
+# and an explicit force (dead-letter replay re-queues a dead message).
+STATUS_RANK_LUA = """
+local rank = {queued=1, retrying=2, delivered=3, dead=3, expired=3, read=4, acked=5}
+"""
+
+# Status timestamps come from Redis's own clock: one clock for every transition, whichever
+# host the sender, the worker or the reader runs on. `now_ms` is a number, `stamp` the same
+# instant as ms with µs decimals ("1764000000123.456").
+NOW_LUA = """
+local t = redis.call('TIME')
+local us = tonumber(t[2])
+local now_ms = tonumber(t[1]) * 1000 + math.floor(us / 1000)
+local stamp = t[1] .. string.format('%03d.%03d', math.floor(us / 1000), us % 1000)
+"""
+
+# Keeps a history zset within its entry and byte caps, oldest first out. `bytes_key` holds
+# the total length of its members (kept by every writer and trimmer of the zset). A received
+# history is also fair: `senders_key` counts each sender's entries, and while the sender of
+# the entry being added holds more than `share` of them, its own oldest entry goes first, so
+# one agent flooding another cannot evict everyone else's mail. (`senders_key` false: a
+# history of what one agent sent, where there is no one else to be fair to.)
+TRIM_HISTORY_LUA = """
+local function sender_of(member)
+  return string.match(member, '"from":"([^"]*)"')
+end
+local function oldest_from(key, sender)
+  local start = 0
+  while true do
+    local chunk = redis.call('ZRANGE', key, start, start + 63)
+    if #chunk == 0 then return nil end
+    for _, member in ipairs(chunk) do
+      if sender_of(member) == sender then return member end
+    end
+    start = start + 64
+  end
+end
+local function forget(senders_key, member)
+  if not senders_key then return end
+  local from = sender_of(member)
+  if from and redis.call('HINCRBY', senders_key, from, -1) <= 0 then
+    redis.call('HDEL', senders_key, from)
+  end
+end
+local function trim_history(key, bytes_key, senders_key, sender, max_entries, max_bytes, share)
+  local size = tonumber(redis.call('GET', bytes_key) or '0')
+  local n = redis.call('ZCARD', key)
+  while n > 0 and (n > max_entries or size > max_bytes) do
+    local victim = nil
+    if senders_key and tonumber(redis.call('HGET', senders_key, sender) or '0') > share then
+      victim = oldest_from(key, sender)
+    end
+    victim = victim or redis.call('ZRANGE', key, 0, 0)[1]
+    redis.call('ZREM', key, victim)
+    forget(senders_key, victim)
+    size = size - #victim
+    n = n - 1
+  end
+  if size < 0 or n == 0 then size = 0 end
+  redis.call('SET', bytes_key, size)
+end
+local function add_history(key, bytes_key, senders_key, sender, score, member, max_entries,
+    max_bytes, share)
+  if redis.call('ZADD', key, score, member) == 1 then
+    redis.call('INCRBY', bytes_key, #member)
+    if senders_key then redis.call('HINCRBY', senders_key, sender, 1) end
+  end
+  trim_history(key, bytes_key, senders_key, sender, max_entries, max_bytes, share)
+end
+"""
+
+# A token bucket: `cost` tokens from `key`, refilled at `rate`/s up to `burst`. Returns true,
+# or false and the ms until there are enough. Needs NOW_LUA.
+RATE_LUA = """
+local function take_tokens(key, rate, burst, cost)
+  local state = redis.call('HMGET', key, 'tokens', 'ts')
+  local tokens = tonumber(state[1]) or burst
+  local ts = tonumber(state[2]) or now_ms
+  tokens = math.min(burst, tokens + math.max(0, now_ms - ts) * rate / 1000)
+  local allowed = tokens >= cost
+  if allowed then tokens = tokens - cost end
+  redis.call('HSET', key, 'tokens', tostring(tokens), 'ts', now_ms)
+  redis.call('PEXPIRE', key, math.ceil(burst * 1000 / rate) + 1000)
+  if allowed then return true, 0 end
+  return false, math.ceil((cost - tokens) * 1000 / rate)
+end
+"""

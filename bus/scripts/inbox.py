@@ -1,0 +1,159 @@
+"""The inbox's scripts: delivery into inboxes and histories, leased reads, acks, and
+history trimmed by age.
+
+Each script states its KEYS/ARGV contract; keys come from bus.keys, never built here.
+"""
+
+from __future__ import annotations
+
+from bus.scripts.fragments import NOW_LUA, STATUS_RANK_LUA, TRIM_HISTORY_LUA
+from bus.scripts.script import Script
+
+# KEYS: status, delivered-set, agents, seq, reply-key, delivered-rate bucket, then per
+#       recipient: ready, body, meta, history, history bytes, history senders, the inbox's
+#       admitted-not-yet-delivered zset, the inbox's per-sender counts
+# ARGV: id, wire, rank, history_limit, retention_s, attempts, reply_channel, ts_ms,
+#       history_max_bytes, sender, a sender's share of a history (entries), then per
+#       recipient: agent, inbox channel
+# Idempotent per (message, recipient): a redelivered task does not fill an inbox twice.
+# Delivering registers no agent: an agent exists once it connects (bus.keyring / READ).
+# An inbox entry's meta is "score|delivery count|sender" (ACK counts the sender down).
+DELIVER = Script(
+    STATUS_RANK_LUA
+    + NOW_LUA
+    + TRIM_HISTORY_LUA
+    + """
+local delivered = 0
+local per = 8
+local n = (#KEYS - 6) / per
+local sender = ARGV[10]
+for i = 1, n do
+  local agent = ARGV[11 + 2 * i - 1]
+  local base = 6 + (i - 1) * per
+  if redis.call('SADD', KEYS[2], agent) == 1 then
+    local seq = redis.call('INCR', KEYS[4])
+    local score = string.format('%d', tonumber(ARGV[3]) * 1099511627776 + seq)
+    redis.call('HSET', KEYS[base + 2], ARGV[1], ARGV[2])
+    redis.call('HSET', KEYS[base + 3], ARGV[1], score .. '|0|' .. sender)
+    redis.call('ZADD', KEYS[base + 1], score, ARGV[1])
+    redis.call('HINCRBY', KEYS[base + 8], sender, 1)
+    add_history(KEYS[base + 4], KEYS[base + 5], KEYS[base + 6], sender, ARGV[8], ARGV[2],
+      tonumber(ARGV[4]), tonumber(ARGV[9]), tonumber(ARGV[11]))
+    redis.call('PUBLISH', ARGV[11 + 2 * i], ARGV[1])
+    delivered = delivered + 1
+  end
+  redis.call('ZREM', KEYS[base + 7], ARGV[1])
+end
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+if delivered > 0 then
+  redis.call('INCRBY', KEYS[6], delivered)
+  redis.call('EXPIRE', KEYS[6], 120)
+end
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current or (rank[current] or 0) < 3 then
+  redis.call('HSET', KEYS[1], 'status', 'delivered', 'delivered_at', stamp,
+    'updated_at', stamp, 'attempts', ARGV[6], 'recipients', redis.call('SCARD', KEYS[2]))
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
+end
+if ARGV[7] ~= '' and delivered > 0 then
+  redis.call('SET', KEYS[5], ARGV[1], 'EX', ARGV[5])
+  redis.call('PUBLISH', ARGV[7], ARGV[1])
+end
+return delivered
+"""
+)
+
+# KEYS: ready, leased, body, meta, agents, agent's last-seen
+# ARGV: lease_ms, limit, agent
+# Registers the reader (first use) and notes when it was last seen, brings expired leases
+# back, then leases up to `limit`, all by Redis's clock (a reader on a host whose clock runs
+# ahead must not take over others' leases). Returns a flat list: lease deadline ms, then
+# id, wire, delivery count, ...
+READ = Script(
+    NOW_LUA
+    + """
+local now = now_ms
+redis.call('ZADD', KEYS[5], 'NX', now, ARGV[3])
+redis.call('SET', KEYS[6], now)
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
+  redis.call('ZREM', KEYS[2], id)
+  local meta = redis.call('HGET', KEYS[4], id)
+  if meta then redis.call('ZADD', KEYS[1], string.match(meta, '^(%d+)|'), id) end
+end
+local deadline = now + tonumber(ARGV[1])
+local out = {deadline}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)) do
+  redis.call('ZREM', KEYS[1], id)
+  local body = redis.call('HGET', KEYS[3], id)
+  if body then
+    local score, count, rest = string.match(redis.call('HGET', KEYS[4], id), '^(%d+)|(%d+)(.*)$')
+    count = tonumber(count) + 1
+    redis.call('HSET', KEYS[4], id, score .. '|' .. count .. rest)
+    redis.call('ZADD', KEYS[2], deadline, id)
+    out[#out + 1] = id
+    out[#out + 1] = body
+    out[#out + 1] = count
+  end
+end
+return out
+"""
+)
+
+# KEYS: ready, leased, body, meta, per-sender counts   ARGV: ids...
+# Returns the ids that were in the inbox.
+ACK = Script(
+    """
+local acked = {}
+for _, id in ipairs(ARGV) do
+  local meta = redis.call('HGET', KEYS[4], id)
+  if redis.call('HDEL', KEYS[3], id) == 1 then
+    local from = meta and string.match(meta, '^%d+|%d+|(.+)$')
+    if from and redis.call('HINCRBY', KEYS[5], from, -1) <= 0 then
+      redis.call('HDEL', KEYS[5], from)
+    end
+    redis.call('HDEL', KEYS[4], id)
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('ZREM', KEYS[2], id)
+    acked[#acked + 1] = id
+  end
+end
+return acked
+"""
+)
+
+# History past its retention, with its byte count (and its per-sender counts) kept.
+# KEYS: history, history bytes[, history senders]   ARGV: cutoff score (ms).
+# Returns how many were removed.
+TRIM_HISTORY_BEFORE = Script(
+    TRIM_HISTORY_LUA
+    + """
+local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local size = 0
+for _, member in ipairs(old) do
+  size = size + #member
+  forget(KEYS[3], member)
+end
+if #old > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+  if redis.call('DECRBY', KEYS[2], size) < 0 then redis.call('SET', KEYS[2], 0) end
+end
+return #old
+"""
+)
+
+# A worker agent starting its handler on a message: counts the run, unless the message is
+# no longer in the inbox (handled and acked already: a repeated dispatch).
+# KEYS: inbox body, handling count   ARGV: id, retention_s
+# Returns the runs started so far including this one, or 0 when not in the inbox.
+START_HANDLING = Script(
+    """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+local runs = redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return runs
+"""
+)
+
+# One message's wire, read in the same round trip as the scripts that ack it (a script so
+# that it rides the runner with them). KEYS: inbox body   ARGV: id
+PEEK = Script("return redis.call('HGET', KEYS[1], ARGV[1])")

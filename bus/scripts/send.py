@@ -1,0 +1,218 @@
+"""The send side's scripts: admission in one call, its undo, and its commit once the
+broker has confirmed.
+
+Each script states its KEYS/ARGV contract; keys come from bus.keys, never built here.
+"""
+
+from __future__ import annotations
+
+from bus.scripts.fragments import NOW_LUA, RATE_LUA, TRIM_HISTORY_LUA
+from bus.scripts.script import Script
+
+# The send side's one call: refusals first (an id another sender owns, mail for an agent
+# that has never connected past the sender's allowance, a full inbox or the sender's share
+# of it, the rate limit), then dedup, status `queued`, the sender's history and audit: all
+# of it or none of it.
+# KEYS: agents, sent-rate bucket, audit stream, rate-limit bucket, then per message:
+#       dedup (by the sender's dedup key), dedup (by id), status, sender history, its byte
+#       count, the sender's set of not-yet-seen recipients, then for each recipient the
+#       sender resolved (one for a direct message): its inbox body, the inbox's admitted-
+#       not-yet-delivered zset, and its per-sender counts
+# ARGV: dedup_window_s, retention_s, history_limit, audit_maxlen, rate per s ('' = no
+#       limit), burst, sender share of an inbox (messages), history_max_bytes, inbox_cap,
+#       unseen_cap, message count, then per message: id, queue, sender, wire, ts_ms,
+#       expires_at_ms ('' if none), audit entry (JSON list of field, value...), pending
+#       ('1'/'0'), direct recipient ('' for topic and broadcast), recipient declared ('1'
+#       when the ACL names it), the number of recipients n, then their n agent ids
+# Returns {'ok', d1, ..., dn}: di is '' when message i was accepted, the id it duplicates
+# (the same sender's dedup key or id), or 'retry-as:<id>' (see below). Or, writing nothing
+# but the rate bucket: {'rate_limited', ms to wait}, {'too_costly', cost} (more than the
+# bucket ever holds), {'conflict', i} (message i brings an id another sender's message has),
+# {'unknown_agent', i, agent} (never connected, and the sender already has mail waiting for
+# unseen_cap such agents), {'inbox_full', i, agent, depth} or {'share_full', i, agent, held}.
+# An inbox counts what it holds and what was admitted for it and not yet delivered (those
+# entries expire with the message, or after the dedup window), and this call's own messages.
+# The cost of a message is its recipients (at least 1): a fan-out is charged per recipient.
+# Dedup keys belong to their sender (KEYS hold the sender). A dedup-by-id record says who
+# owns the id: '<state>|<sender>', state 'final' or 'pending'; a dedup-key record holds the
+# id it stands for, 'pending:<id>' while pending.
+# Records of messages a client may send again (its own id or dedup key) are written pending
+# and COMMITted once the broker has confirmed. A record still pending means its sender died
+# (or is still publishing): the broker may or may not have that message. The retry is then
+# told to go out under the pending id ('retry-as:<id>', nothing written for it): if both
+# copies reach a worker, delivery is idempotent per id, so the message is neither lost nor
+# delivered twice.
+ADMIT = Script(
+    NOW_LUA
+    + TRIM_HISTORY_LUA
+    + RATE_LUA
+    + """
+local function owner_of(record)
+  if not record then return nil, nil end
+  local state, owner = string.match(record, '^(%a+)|(.+)$')
+  if state then return owner, state == 'pending' end
+  return nil, string.sub(record, 1, 8) == 'pending:'  -- a record from before owners
+end
+local messages = {}
+local k, a = 4, 11
+for i = 1, tonumber(ARGV[11]) do
+  local m = {k = k, a = a, n = tonumber(ARGV[a + 11])}
+  m.id, m.sender, m.to = ARGV[a + 1], ARGV[a + 3], ARGV[a + 9]
+  m.expires = ARGV[a + 6] ~= '' and tonumber(ARGV[a + 6]) or now_ms + tonumber(ARGV[1]) * 1000
+  messages[i] = m
+  k = k + 6 + 3 * m.n
+  a = a + 11 + m.n
+end
+-- 1. What each message is: a repeat of an earlier one (also of one earlier in this very
+-- call: the same sender's dedup key or id twice in a batch), or new.
+local cost = 0
+local claimed = {}
+for i, m in ipairs(messages) do
+  local owner = owner_of(redis.call('GET', KEYS[m.k + 2]))
+  if owner and owner ~= m.sender then return {'conflict', i} end
+  local existing = claimed[KEYS[m.k + 1]] or claimed[KEYS[m.k + 2]]
+  existing = existing or redis.call('GET', KEYS[m.k + 1])
+  if not existing then
+    local _, id_pending = owner_of(redis.call('GET', KEYS[m.k + 2]))
+    if id_pending ~= nil then existing = (id_pending and 'pending:' or '') .. m.id end
+  end
+  local pending = existing and string.sub(existing, 1, 8) == 'pending:'
+  if existing and not pending then
+    m.outcome = existing
+  elseif pending and string.sub(existing, 9) ~= m.id then
+    m.outcome = 'retry-as:' .. string.sub(existing, 9)
+  else
+    m.outcome = ''
+    cost = cost + math.max(1, m.n)
+    claimed[KEYS[m.k + 1]] = m.id
+    claimed[KEYS[m.k + 2]] = m.id
+  end
+end
+-- 2. Bounds on what the new ones would store, counting this call's own messages too.
+local unseen_new, inbox_new, share_new = {}, {}, {}
+for i, m in ipairs(messages) do
+  if m.outcome == '' then
+    if m.to ~= '' and ARGV[m.a + 10] ~= '1' and not redis.call('ZSCORE', KEYS[1], m.to) then
+      m.unseen = true
+      local set = KEYS[m.k + 6]
+      if redis.call('SISMEMBER', set, m.to) == 0 and not unseen_new[set .. ' ' .. m.to] then
+        local held = redis.call('SCARD', set) + (unseen_new[set] or 0)
+        if held >= tonumber(ARGV[10]) then return {'unknown_agent', i, m.to} end
+        unseen_new[set .. ' ' .. m.to] = true
+        unseen_new[set] = (unseen_new[set] or 0) + 1
+      end
+    end
+    for r = 1, m.n do
+      local body = KEYS[m.k + 6 + 3 * r - 2]
+      local pending = KEYS[m.k + 6 + 3 * r - 1]
+      local senders = KEYS[m.k + 6 + 3 * r]
+      local agent = ARGV[m.a + 11 + r]
+      if inbox_new[body] == nil then
+        redis.call('ZREMRANGEBYSCORE', pending, '-inf', now_ms)
+        inbox_new[body] = redis.call('HLEN', body) + redis.call('ZCARD', pending)
+      end
+      if inbox_new[body] >= tonumber(ARGV[9]) then
+        return {'inbox_full', i, agent, inbox_new[body]}
+      end
+      local mine = senders .. ' ' .. m.sender
+      if share_new[mine] == nil then
+        share_new[mine] = tonumber(redis.call('HGET', senders, m.sender) or '0')
+      end
+      if agent ~= m.sender and share_new[mine] >= tonumber(ARGV[7]) then
+        return {'share_full', i, agent, share_new[mine]}
+      end
+      inbox_new[body] = inbox_new[body] + 1
+      share_new[mine] = share_new[mine] + 1
+    end
+  end
+end
+-- 3. The rate limit, charged for every recipient of the new messages.
+if ARGV[5] ~= '' and cost > 0 then
+  local rate, burst = tonumber(ARGV[5]), tonumber(ARGV[6])
+  if cost > burst then return {'too_costly', cost} end
+  local ok, wait = take_tokens(KEYS[4], rate, burst, cost)
+  if not ok then return {'rate_limited', tostring(wait)} end
+end
+-- 4. Record the new ones.
+local out = {'ok'}
+local accepted = 0
+for _, m in ipairs(messages) do
+  local k, a = m.k, m.a
+  if m.outcome == '' then
+    accepted = accepted + 1
+    local state = ARGV[a + 8] == '1' and 'pending' or 'final'
+    redis.call('SET', KEYS[k + 1], (state == 'pending' and 'pending:' or '') .. m.id, 'EX', ARGV[1])
+    redis.call('SET', KEYS[k + 2], state .. '|' .. m.sender, 'EX', ARGV[1])
+    -- A worker can be first when this call is retried after a publish: never move a
+    -- status back.
+    if redis.call('EXISTS', KEYS[k + 3]) == 0 then
+      redis.call('HSET', KEYS[k + 3], 'status', 'queued', 'updated_at', stamp, 'attempts', 0)
+    end
+    redis.call('HSET', KEYS[k + 3], 'queued_at', stamp, 'queue', ARGV[a + 2], 'from', m.sender)
+    if ARGV[a + 6] ~= '' then redis.call('HSET', KEYS[k + 3], 'expires_at', ARGV[a + 6]) end
+    redis.call('EXPIRE', KEYS[k + 3], ARGV[2])
+    redis.call('ZADD', KEYS[1], 'NX', now_ms, m.sender)
+    add_history(KEYS[k + 4], KEYS[k + 5], false, m.sender, ARGV[a + 5], ARGV[a + 4],
+      tonumber(ARGV[3]), tonumber(ARGV[8]), 0)
+    if m.unseen then
+      redis.call('SADD', KEYS[k + 6], m.to)
+      redis.call('EXPIRE', KEYS[k + 6], ARGV[2])
+    elseif m.to ~= '' then
+      redis.call('SREM', KEYS[k + 6], m.to)  -- it has connected since: no longer unseen
+    end
+    for r = 1, m.n do
+      local pending = KEYS[k + 6 + 3 * r - 1]
+      redis.call('ZADD', pending, m.expires, m.id)
+      redis.call('PEXPIREAT', pending, math.max(m.expires, now_ms + tonumber(ARGV[1]) * 1000))
+    end
+  end
+  out[#out + 1] = m.outcome
+  local entry = cjson.decode(ARGV[a + 7])
+  if #entry > 0 and string.sub(m.outcome, 1, 9) ~= 'retry-as:' then
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(entry))
+  end
+end
+if accepted > 0 then
+  redis.call('INCRBY', KEYS[2], accepted)
+  redis.call('EXPIRE', KEYS[2], 120)
+end
+return out
+"""
+)
+
+# Undo of ADMIT when the broker refused the publish: nothing half-written.
+# KEYS: dedup (by key), status, sender history, dedup by id, sender history bytes, then the
+#       admitted-not-yet-delivered zset of each recipient
+# ARGV: id, wire, sender
+REVOKE = Script(
+    """
+for i = 6, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
+local value = redis.call('GET', KEYS[1])
+if value == ARGV[1] or value == 'pending:' .. ARGV[1] then redis.call('DEL', KEYS[1]) end
+value = redis.call('GET', KEYS[4])
+if value == 'pending|' .. ARGV[3] or value == 'final|' .. ARGV[3] then
+  redis.call('DEL', KEYS[4])
+end
+redis.call('DEL', KEYS[2])
+if redis.call('ZREM', KEYS[3], ARGV[2]) == 1 then redis.call('DECRBY', KEYS[5], #ARGV[2]) end
+return 1
+"""
+)
+
+# The broker confirmed these messages: their pending dedup records become final.
+# KEYS: per message: dedup (by key), dedup (by id)
+# ARGV: dedup_window_s, then per message: id, sender
+COMMIT = Script(
+    """
+for i = 1, #KEYS / 2 do
+  local id, sender = ARGV[2 * i], ARGV[2 * i + 1]
+  if redis.call('GET', KEYS[2 * i - 1]) == 'pending:' .. id then
+    redis.call('SET', KEYS[2 * i - 1], id, 'EX', ARGV[1])
+  end
+  if redis.call('GET', KEYS[2 * i]) == 'pending|' .. sender then
+    redis.call('SET', KEYS[2 * i], 'final|' .. sender, 'EX', ARGV[1])
+  end
+end
+return 1
+"""
+)

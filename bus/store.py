@@ -216,17 +216,13 @@ class RedisStore:
     def _ack_one(self, agent: str, message_id: str, *, fetch: bool, force: bool) -> Any:
         inbox = self.keys.inbox(agent)
         retention = self.retention.status_retention
-        calls: list[Any] = [(scripts.PEEK, [inbox.body], [message_id])] if fetch else []
-        calls += [
-            (scripts.ACK, [*inbox.all(), inbox.senders], [message_id]),
-            (
-                scripts.ADVANCE_STATUS,
-                [self.keys.status(message_id)],
-                ["acked", retention, "1" if force else "0"],
-            ),
+        status_args = ["acked", retention, "1" if force else "0"]
+        calls: list[Any] = [
+            (scripts.TAKE if fetch else scripts.ACK, [*inbox.all(), inbox.senders], [message_id]),
+            (scripts.ADVANCE_STATUS, [self.keys.status(message_id)], status_args),
         ]
         replies = self.scripts.many(calls, action="ack messages", confirm="note")
-        return replies[0] if fetch else None
+        return (replies[0] or None) if fetch else None
 
     def inbox_depth(self, agent: str) -> tuple[int, int]:
         """(ready, leased) counts."""

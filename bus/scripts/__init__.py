@@ -5,7 +5,7 @@ Keys are always passed in KEYS (built by bus.keys); scripts never assemble key n
 
 - fragments.py      Lua shared by several scripts (Redis's clock, status ranks, history, tokens)
 - send.py           ADMIT, REVOKE, COMMIT: the send side
-- inbox.py          DELIVER, READ, ACK, TRIM_HISTORY_BEFORE, START_HANDLING, PEEK
+- inbox.py          DELIVER, READ, ACK, TRIM_HISTORY_BEFORE, START_HANDLING, TAKE
 - status.py         ADVANCE_STATUS
 - subscriptions.py  SUBSCRIBE, UNSUBSCRIBE
 - guard.py          CHARGE, AUDIT
@@ -17,7 +17,7 @@ Keys are always passed in KEYS (built by bus.keys); scripts never assemble key n
 from __future__ import annotations
 
 from bus.scripts.guard import AUDIT, CHARGE
-from bus.scripts.inbox import ACK, DELIVER, PEEK, READ, START_HANDLING, TRIM_HISTORY_BEFORE
+from bus.scripts.inbox import ACK, DELIVER, READ, START_HANDLING, TAKE, TRIM_HISTORY_BEFORE
 from bus.scripts.runner import ScriptRunner
 from bus.scripts.script import Script
 from bus.scripts.send import ADMIT, COMMIT, REVOKE
@@ -32,10 +32,10 @@ __all__ = [
     "CHARGE",
     "COMMIT",
     "DELIVER",
-    "PEEK",
     "READ",
     "REVOKE",
     "START_HANDLING",
+    "TAKE",
     "SUBSCRIBE",
     "TRIM_HISTORY_BEFORE",
     "UNSUBSCRIBE",

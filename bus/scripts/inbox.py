@@ -154,6 +154,11 @@ return runs
 """
 )
 
-# One message's wire, read in the same round trip as the scripts that ack it (a script so
-# that it rides the runner with them). KEYS: inbox body   ARGV: id
-PEEK = Script("return redis.call('HGET', KEYS[1], ARGV[1])")
+# One message's wire out of an inbox, acked in the same script (a requester taking its
+# response): ACK's keys and one id. Returns the wire, or false when it was not there.
+TAKE = Script(
+    "local wire = redis.call('HGET', KEYS[3], ARGV[1])\n"
+    + "local function ack()\n"
+    + ACK.source
+    + "end\nack()\nreturn wire\n"
+)

@@ -78,7 +78,9 @@ class ScriptRunner:
     def many(self, calls: Sequence[Call], *, action: str, confirm: Confirm = None) -> list[Any]:
         """Runs the calls in one round trip (each atomic on its own) and returns their
         replies in order. A call Redis refused does not stop the others: they ran, and
-        the first refusal is raised once all have."""
+        the first refusal is raised once all have. A call whose script Redis had not
+        cached runs again after the others, so give it only calls whose order does not
+        matter (one script does what must happen in order)."""
         if not calls:
             return []
         with redis_errors(action):

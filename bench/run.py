@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import costs, plots, sizes
+from bench import costs, linger, plots, sizes
 from bench import workloads as w
 from bench.harness import ROOT, Bench, describe_machine, percentile, summary, wait_until
 
@@ -33,6 +33,7 @@ CONFIRMS = (
 )
 
 ALL = ["drain", "batch", "producer", "latency", "priority", "mcp", "footprint", "sizes", "costs"]
+ALL += ["linger"]  # bench/linger.py
 # The figures the table leads with (every one a ratio to its baseline, or a target in ms).
 HEADLINE = (
     "drain_ratio",
@@ -44,6 +45,7 @@ HEADLINE = (
     "mcp_longpoll_wake_p99_ms",
     "read_chars_per_message_50",
     "read_chars_ratio_50",
+    "linger_drain_ratio",
 )
 
 
@@ -143,6 +145,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             _reset(b)
         if "costs" in only:
             out["costs"] = costs.per_message_costs(b, z.drain)
+            _reset(b)
+        if "linger" in only:
+            out |= linger.run(b, z.drain, z.reps, z.latency_seconds, z.probes * 5)
             _reset(b)
         if "durability" in only:
             if b.cluster is None:
@@ -317,6 +322,7 @@ def table(result: dict[str, Any]) -> str:
         "sizes",
         "costs",
         "durability",
+        "linger",
     ):
         if key in result:
             lines.append(f"  {key}: {json.dumps(result[key])}")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import agents, costs, mcpload, plots, scripts_ab, sizes
+from bench import agents, costs, linger, mcpload, plots, scripts_ab, sizes
 from bench import workloads as w
 from bench.harness import ROOT, Bench, describe_machine, percentile, summary, wait_until
 
@@ -47,6 +47,7 @@ ALL = [
     "sizes",
     "costs",
     "scripts",  # the script runner's backends, A/B (bench/scripts_ab.py)
+    "linger",  # bench/linger.py
 ]
 # The figures the table leads with (every one a ratio to its baseline, or a target in ms).
 HEADLINE = (
@@ -63,6 +64,7 @@ HEADLINE = (
     "read_chars_per_message_50",
     "read_chars_ratio_50",
     "agent_roundtrip_ratio",
+    "linger_drain_ratio",
 )
 
 
@@ -168,6 +170,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             _reset(b)
         if "costs" in only:
             out["costs"] = costs.per_message_costs(b, z.drain)
+            _reset(b)
+        if "linger" in only:
+            out |= linger.run(b, z.drain, z.reps, z.latency_seconds, z.probes * 5)
             _reset(b)
         if "durability" in only:
             if b.cluster is None:
@@ -354,6 +359,7 @@ def table(result: dict[str, Any]) -> str:
         "costs",
         "durability",
         "scripts",
+        "linger",
     ):
         if key in result:
             lines.append(f"  {key}: {json.dumps(result[key])}")

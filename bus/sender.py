@@ -27,6 +27,7 @@ from bus.errors import (
 )
 from bus.guard import Guard
 from bus.hooks import Hooks
+from bus.linger import Linger
 from bus.routing import broadcast_recipients, topic_recipients
 from bus.runtime import Runtime
 from bus.schema import Message, Receipt, Status
@@ -69,6 +70,15 @@ class Sender:
         self.guard = guard
         self.hooks = hooks
         self.deliver_here = deliver_here
+        # Single sends ride the batch path under concurrency (bus.linger); off at 0.
+        self.linger: Linger[Prepared] | None = None
+        if self.settings.send_linger_ms > 0:
+            self.linger = Linger(
+                lambda group: self._publish(group, batch=True),
+                wait=self.settings.send_linger_ms / 1000,
+                max_items=self.settings.max_batch,
+                max_size=self.settings.max_payload_bytes,
+            )
 
     def prepare(self, data: Message | dict[str, Any], where: str = "") -> Prepared:
         message = parse(Message, data, where)
@@ -297,7 +307,15 @@ class Sender:
 
     def _publish_all(self, prepared: list[Prepared], batch: bool) -> None:
         """One task per message, or per priority for a batch; raises _Unsent with what is
-        left when the broker refuses one."""
+        left when the broker refuses one. A single send lingers when that is on (unless
+        this process delivers it itself)."""
+        if self.linger is not None and not batch and len(prepared) == 1 and not self.deliver_here:
+            p = prepared[0]
+            try:
+                self.linger.send(p.record.queue, p, len(p.record.wire))
+            except BusError as exc:
+                raise _Unsent(prepared, exc) from exc
+            return
         groups: dict[str, list[Prepared]] = defaultdict(list)
         for p in prepared:
             groups[p.message.priority.queue if batch else p.message.id].append(p)

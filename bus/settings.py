@@ -97,6 +97,13 @@ class Settings(BaseSettings):
         default="0", description="per-agent limit for trusted code (Python API, CLI, workers)"
     )
     rate_burst: int | None = Field(default=None, ge=1)
+    send_linger_ms: float = Field(
+        default=0.0,
+        ge=0,
+        le=1000,
+        description="concurrent single sends of one process wait up to this long to share "
+        "one delivery task per priority (bus/linger.py); 0: each its own task",
+    )
 
     queue_type: Literal["classic", "quorum"] = "classic"
     queue_max_length: int | None = Field(default=None, ge=1)

@@ -4,7 +4,6 @@ worker, and the `mcp` package's own client."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from tests.support.mcp import call, error_of, http, run, stdio
 from tests.support.paths import ARTIFACTS, ROOT
 from tests.support.processes import PrivateRedis, free_port
 from tests.support.waiting import wait_for
+from tests.support.web import wait_http_up
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -77,14 +77,7 @@ def http_server(module_env, worker, tmp_path_factory):
     )
     url = f"http://127.0.0.1:{port}"
 
-    def up():
-        if proc.poll() is not None:
-            pytest.fail(f"MCP HTTP server exited:\n{log.read_text()[-2000:]}")
-        with contextlib.suppress(httpx.HTTPError):
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-        return False
-
-    wait_for(up, 30, "the MCP HTTP server")
+    wait_http_up(proc, log, url, 30)
     yield url, issued, tokens
     proc.terminate()
     proc.wait(15)

@@ -5,7 +5,6 @@ processes, and sessions, tokens and push work whichever process a request reache
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import subprocess
 import sys
 
@@ -21,6 +20,7 @@ from tests.support.mcp import call, run
 from tests.support.paths import ARTIFACTS, ROOT
 from tests.support.processes import free_port
 from tests.support.waiting import wait_for
+from tests.support.web import wait_http_up
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -46,14 +46,7 @@ def server(module_env, worker, tmp_path_factory):
     )
     url = f"http://127.0.0.1:{port}"
 
-    def up():
-        if proc.poll() is not None:
-            pytest.fail(f"MCP HTTP server exited:\n{log.read_text()[-2000:]}")
-        with contextlib.suppress(httpx.HTTPError):
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-        return False
-
-    wait_for(up, 60, "the MCP HTTP server")
+    wait_http_up(proc, log, url, 60)
     yield url, port, proc, issued
     proc.terminate()
     proc.wait(30)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from tests.support.processes import free_port, spawn
 from tests.support.waiting import wait_for
@@ -36,3 +37,14 @@ def start_http_server(env, name, tokens, **extra):
     base = f"http://127.0.0.1:{port}"
     wait_for(lambda: http_status(f"{base}/healthz") == 200, 30, "the HTTP server")
     return proc, base
+
+
+def wait_http_up(proc, log, url, timeout):
+    """Waits for `url`/healthz to answer 200; fails with the server's log if it exits."""
+
+    def up():
+        if proc.poll() is not None:
+            pytest.fail(f"MCP HTTP server exited:\n{log.read_text()[-2000:]}")
+        return http_status(f"{url}/healthz") == 200
+
+    wait_for(up, timeout, "the MCP HTTP server")

@@ -66,4 +66,4 @@ def raise_if_demoted(replies: list[Any]) -> None:
         if isinstance(reply, ReadOnlyError) or (
             isinstance(reply, redis.ResponseError) and str(reply).startswith("READONLY")
         ):
-            raise redis.ConnectionError("the Redis primary is now a replica (failover)")
+            raise redis.ConnectionError(f"the Redis primary is now a replica (failover): {reply}")

@@ -65,12 +65,14 @@ def run_handler(
                 countdown=deliverer.backoff(handler_failures),
                 wire=envelope.text,
             )
-    try:
-        agent.reply(message, result)
-    except BusUnavailable:
-        raise
-    except BusError as exc:  # the bus will never take this reply as it is (too big, denied)
-        agent.reply_error(message, exc)
-        return deliverer.dead(envelope, "reply_refused", exc.message, attempts, force=True)
-    store.ack_handled(agent.name, message.id)
+        # The reply and the ack stay inside too: a suspect let in as soon as the handler
+        # returned could kill this process before its answer and ack are written.
+        try:
+            agent.reply(message, result)
+        except BusUnavailable:
+            raise
+        except BusError as exc:  # the bus will never take this reply as it is (too big, denied)
+            agent.reply_error(message, exc)
+            return deliverer.dead(envelope, "reply_refused", exc.message, attempts, force=True)
+        store.ack_handled(agent.name, message.id)
     return Verdict("delivered")

@@ -227,17 +227,23 @@ class RedisServer(Server):
     def log(self) -> Path:
         return self.dir / "redis.log"
 
-    def write_config(self, primary_port: int, memory: str) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        if self.conf.exists():
-            return
-        lines = [
+    def daemon_lines(self) -> list[str]:
+        """What every server of the stack is told first: loopback, its port and files."""
+        return [
             "bind 127.0.0.1",
             f"port {self.port}",
             "daemonize yes",
             f"dir {self.dir}",
             f"pidfile {self.pidfile}",
             f"logfile {self.log}",
+        ]
+
+    def write_config(self, primary_port: int, memory: str) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.conf.exists():
+            return
+        lines = [
+            *self.daemon_lines(),
             "appendonly yes",
             "appendfsync everysec",
             'save ""',
@@ -291,12 +297,7 @@ class Sentinel(RedisServer):
         self.conf.write_text(
             "\n".join(
                 [
-                    "bind 127.0.0.1",
-                    f"port {self.port}",
-                    "daemonize yes",
-                    f"dir {self.dir}",
-                    f"pidfile {self.pidfile}",
-                    f"logfile {self.log}",
+                    *self.daemon_lines(),
                     f"sentinel monitor {service} 127.0.0.1 {primary_port} {quorum}",
                     f"sentinel down-after-milliseconds {service} {down_after_ms}",
                     f"sentinel failover-timeout {service} {failover_ms}",

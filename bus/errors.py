@@ -84,15 +84,20 @@ class BusUnavailable(BusError):
     exit_code = 6
 
 
-class SecurityError(BusError):
-    """A message failed an integrity or safety check (signature, replay, bomb, tamper)."""
-
-    code = "security"
-    exit_code = 7
+class _WithReason(BusError):
+    """An error whose cause is one word, `reason` ("bad_signature", "expired", ...), kept
+    apart from the message: callers decide by it (dead-letter or not), never by the text."""
 
     def __init__(self, message: str, *, reason: str, **fields: Any) -> None:
         super().__init__(message, reason=reason, **fields)
         self.reason = reason
+
+
+class SecurityError(_WithReason):
+    """A message failed an integrity or safety check (signature, replay, bomb, tamper)."""
+
+    code = "security"
+    exit_code = 7
 
 
 class ConfigError(BusError):
@@ -117,14 +122,10 @@ class RequestTimeout(BusError):
     exit_code = 9
 
 
-class PermanentFailure(BusError):
+class PermanentFailure(_WithReason):
     """A message can never be delivered as it is; it is dead-lettered with `reason`."""
 
     code = "permanent_failure"
-
-    def __init__(self, message: str, *, reason: str, **fields: Any) -> None:
-        super().__init__(message, reason=reason, **fields)
-        self.reason = reason
 
 
 # Why a message is dead. The replay job replays exactly the transient causes: whatever

@@ -18,10 +18,7 @@ from typing import Any
 import orjson
 
 from bus import scripts
-from bus.clock import Clock
-from bus.keys import Keys
-from bus.scripts import ScriptRunner
-from bus.store import AUDIT_MAXLEN, Retention
+from bus.store import AUDIT_MAXLEN, RedisBacked
 
 logger = logging.getLogger(__name__)
 
@@ -63,21 +60,7 @@ class Admitted:
     refusal: tuple[str, ...] | None = None
 
 
-class Admission:
-    def __init__(
-        self,
-        client: Any,
-        keys: Keys,
-        retention: Retention,
-        clock: Clock,
-        scripts: ScriptRunner | None = None,
-    ) -> None:
-        self.redis = client
-        self.keys = keys
-        self.retention = retention
-        self.clock = clock
-        self.scripts = scripts or ScriptRunner(client)  # its replication: WAIT after ADMIT
-
+class Admission(RedisBacked):
     def admit(
         self,
         records: Sequence[AcceptRecord],

@@ -70,7 +70,10 @@ class Leased:
     lease_expires_ms: int
 
 
-class RedisStore:
+class RedisBacked:
+    """What the store and admission both act through: one Redis client, the keyspace, what
+    Redis keeps and for how long, Redis's clock, and the Lua runner."""
+
     def __init__(
         self,
         client: Any,
@@ -85,9 +88,11 @@ class RedisStore:
         self.keys = keys
         self.retention = retention
         self.clock = clock
-        # Deliveries and acks are confirmed by replicas when the runner's replication asks.
+        # Writes are confirmed by replicas (WAIT) when the runner's replication asks.
         self.scripts = scripts or ScriptRunner(client)
 
+
+class RedisStore(RedisBacked):
     # -- delivery (worker side) ----------------------------------------------------------
 
     def deliver(self, delivery: Delivery) -> Any:

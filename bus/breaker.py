@@ -12,6 +12,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from bus.errors import BusUnavailable
+
 logger = logging.getLogger(__name__)
 
 CLOSED, HALF_OPEN, OPEN = "closed", "half_open", "open"
@@ -19,8 +21,16 @@ STATE_VALUE = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
 
 
 class CircuitBreaker:
-    def __init__(self, target: str, failure_threshold: int = 3, reset_timeout: float = 2.0):
+    def __init__(
+        self,
+        target: str,
+        failure_threshold: int = 3,
+        reset_timeout: float = 2.0,
+        *,
+        shown: str | None = None,
+    ):
         self.target = target
+        self.shown = shown or target  # how messages name it ("the broker")
         self.failure_threshold = failure_threshold
         self.reset_timeout = reset_timeout
         self._state = CLOSED
@@ -53,6 +63,16 @@ class CircuitBreaker:
             self._trial_running = True
             return True
 
+    def let_through(self, action: str) -> None:
+        """Returns when a call may go through (see `allow`); while the circuit is open,
+        fails at once with BusUnavailable naming `action` and when the next try is."""
+        if not self.allow():
+            raise BusUnavailable(
+                f"bus unavailable: {self.shown} cannot be reached (circuit open after repeated "
+                f"failures; next try in {self.retry_in():.1f}s) while trying to {action}",
+                component=self.target,
+            )
+
     def success(self) -> None:
         if self._state == CLOSED and not self._failures:  # nothing to reset: skip the lock
             return
@@ -81,7 +101,10 @@ class CircuitBreaker:
             listener(self.target, state)
 
 
-BREAKERS = {"redis": CircuitBreaker("redis"), "broker": CircuitBreaker("broker")}
+BREAKERS = {
+    "redis": CircuitBreaker("redis", shown="Redis"),
+    "broker": CircuitBreaker("broker", shown="the broker"),
+}
 
 
 def states() -> dict[str, str]:

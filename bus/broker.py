@@ -51,12 +51,7 @@ def broker_errors(action: str, *, bounded: bool = True) -> Iterator[None]:
     length bound (`bounded`); without one it can only be the broker failing to take the
     message (a quorum queue losing its leader), which is transient."""
     breaker = BREAKERS["broker"]
-    if not breaker.allow():
-        raise BusUnavailable(
-            f"bus unavailable: the broker cannot be reached (circuit open after repeated "
-            f"failures; next try in {breaker.retry_in():.1f}s) while trying to {action}",
-            component="broker",
-        )
+    breaker.let_through(action)
     try:
         yield
     except _BROKER_ERRORS + (MessageNacked,) as exc:

@@ -60,34 +60,43 @@ def connect(url: str, *, socket_timeout: float = 5.0) -> redis.Redis:
     every new connection; after a failover, connections to the old primary fail (or hear
     READONLY once it is back as a replica) and are replaced by ones to the new primary.
     """
-    options = _options(socket_timeout)
-    if url.startswith(SENTINEL_SCHEME):
-        target = SentinelTarget.parse(url)
-        sentinel = Sentinel(
-            target.hosts,
-            min_other_sentinels=target.min_other_sentinels,
-            sentinel_kwargs=target.sentinel_kwargs(socket_timeout),
-        )
-        return sentinel.master_for(
-            target.service, db=target.db, password=target.password, **options
-        )
-    return redis.Redis.from_url(url, **options)
+    client: redis.Redis = _client(
+        url, redis.Redis, Sentinel, socket_timeout=socket_timeout, sentinel_timeout=socket_timeout
+    )
+    return client
 
 
 def connect_async(url: str, *, socket_timeout: float | None = None) -> AsyncRedis:
     """`connect` for asyncio code (the MCP server's push listener), same URL forms."""
+    # Its reads may wait without end (a listener); asking a Sentinel never does.
+    client: AsyncRedis = _client(
+        url, AsyncRedis, AsyncSentinel, socket_timeout=socket_timeout, sentinel_timeout=2.0
+    )
+    return client
+
+
+def _client(
+    url: str,
+    client_class: type[redis.Redis] | type[AsyncRedis],
+    sentinel_class: type[Sentinel] | type[AsyncSentinel],
+    *,
+    socket_timeout: float | None,
+    sentinel_timeout: float,
+) -> Any:
+    """A client of `client_class` for `url`, or through `sentinel_class` for a Sentinel
+    URL (each family of redis-py, sync or asyncio, brings its own pair)."""
     options = _options(socket_timeout)
     if url.startswith(SENTINEL_SCHEME):
         target = SentinelTarget.parse(url)
-        sentinel = AsyncSentinel(
+        sentinel = sentinel_class(
             target.hosts,
             min_other_sentinels=target.min_other_sentinels,
-            sentinel_kwargs=target.sentinel_kwargs(2.0),
+            sentinel_kwargs=target.sentinel_kwargs(sentinel_timeout),
         )
         return sentinel.master_for(
             target.service, db=target.db, password=target.password, **options
         )
-    return AsyncRedis.from_url(url, **options)
+    return client_class.from_url(url, **options)
 
 
 def _options(socket_timeout: float | None) -> dict[str, Any]:

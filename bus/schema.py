@@ -81,20 +81,20 @@ class Status(StrEnum):
 
 
 def check_agent_id(value: str) -> str:
-    if not isinstance(value, str) or not _AGENT_RE.match(value):
-        raise ValueError(
-            f"agent id {value!r} must match {AGENT_ID_PATTERN} "
-            "(lowercase letters, digits, '.', '_', '-'; 1-64 characters)"
-        )
-    return value
+    return _matching(
+        value, "agent id", _AGENT_RE, "lowercase letters, digits, '.', '_', '-'; 1-64 characters"
+    )
 
 
 def check_topic(value: str) -> str:
-    if not isinstance(value, str) or not _TOPIC_RE.match(value):
-        raise ValueError(
-            f"topic {value!r} must match {TOPIC_PATTERN} "
-            "(lowercase letters, digits, '.', '_', '/', '-'; 1-128 characters)"
-        )
+    return _matching(
+        value, "topic", _TOPIC_RE, "lowercase letters, digits, '.', '_', '/', '-'; 1-128 characters"
+    )
+
+
+def _matching(value: str, what: str, pattern: re.Pattern[str], rule: str) -> str:
+    if not isinstance(value, str) or not pattern.match(value):
+        raise ValueError(f"{what} {value!r} must match {pattern.pattern} ({rule})")
     return value
 
 

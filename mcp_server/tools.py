@@ -274,15 +274,16 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
     ) -> SubscriptionsResult:
         """Subscribe to topics; optional filters keep only some message types/priorities."""
         handle = me(ctx)
-        subs = await tools.call(
-            handle.subscribe,
-            topics,
-            types=[t.value for t in types] if types else None,
-            priorities=[p.value for p in priorities] if priorities else None,
+        subs, unread = await tools.counted(
+            handle.agent,
+            lambda: handle.subscribe(
+                topics,
+                types=[t.value for t in types] if types else None,
+                priorities=[p.value for p in priorities] if priorities else None,
+            ),
         )
         return SubscriptionsResult(
-            subscriptions=[subscription_view(s) for s in subs],
-            unread=await tools.unread(handle.agent),
+            subscriptions=[subscription_view(s) for s in subs], unread=unread
         )
 
     @tool
@@ -291,8 +292,8 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
     ) -> UnsubscribeResult:
         """Stop receiving messages published to these topics."""
         handle = me(ctx)
-        removed = await tools.call(handle.unsubscribe, topics)
-        return UnsubscribeResult(removed=removed, unread=await tools.unread(handle.agent))
+        removed, unread = await tools.counted(handle.agent, lambda: handle.unsubscribe(topics))
+        return UnsubscribeResult(removed=removed, unread=unread)
 
     @tool
     async def get_history(
@@ -307,19 +308,18 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
     ) -> HistoryResult:
         """Messages you sent or received, newest first."""
         handle = me(ctx)
-        messages = await tools.call(
-            handle.history,
-            limit=limit,
-            since=since,
-            type=type.value if type else None,
-            of=agent_id,
+        messages, unread = await tools.counted(
+            handle.agent,
+            lambda: handle.history(
+                limit=limit, since=since, type=type.value if type else None, of=agent_id
+            ),
         )
         agent = agent_id or handle.agent
         return HistoryResult(
             agent=agent if agent != handle.agent else None,
             messages=tools.views(messages, agent, full),
             count=len(messages),
-            unread=await tools.unread(handle.agent),
+            unread=unread,
         )
 
     @tool
@@ -328,8 +328,8 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
     ) -> StatusResult:
         """Delivery status: queued, delivered, read, acked, retrying, dead, expired..."""
         handle = me(ctx)
-        status = status_view(await tools.call(handle.status, id))
-        return StatusResult(**status.model_dump(), unread=await tools.unread(handle.agent))
+        found, unread = await tools.counted(handle.agent, lambda: handle.status(id))
+        return StatusResult(**status_view(found).model_dump(), unread=unread)
 
     @tool
     @takes(options.MCP_REQUEST, required=("to",), defaults={"type": MessageType.request})
@@ -358,18 +358,19 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
             )
         finally:
             tools.events.drop_reply_waiter(request_id, waiter)
+        unread = await tools.unread(handle.agent)
         if response is None:
             return RequestResult(
                 request_id=request_id,
                 status="timeout",
                 note="no answer yet: a late one lands in your inbox (read_messages)",
-                unread=await tools.unread(handle.agent),
+                unread=unread,
             )
         return RequestResult(
             request_id=request_id,
             status="answered",
             response=message_view(response, handle.agent),
-            unread=await tools.unread(handle.agent),
+            unread=unread,
         )
 
     @tool
@@ -383,28 +384,24 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         """Send many messages at once; all are validated before any is sent."""
         handle = me(ctx)
         batch = [tools.message(m.model_dump(), handle.agent) for m in messages]
-        receipts = await tools.call(handle.send_batch, batch)
-        return BatchResult(
-            receipts=[receipt_view(r) for r in receipts],
-            unread=await tools.unread(handle.agent),
-        )
+        receipts, unread = await tools.counted(handle.agent, lambda: handle.send_batch(batch))
+        return BatchResult(receipts=[receipt_view(r) for r in receipts], unread=unread)
 
     @tool
     async def list_subscriptions(ctx: Context) -> SubscriptionsResult:
         """Your topic subscriptions and their filters."""
         handle = me(ctx)
-        subs = await tools.call(handle.subscriptions)
+        subs, unread = await tools.counted(handle.agent, handle.subscriptions)
         return SubscriptionsResult(
-            subscriptions=[subscription_view(s) for s in subs],
-            unread=await tools.unread(handle.agent),
+            subscriptions=[subscription_view(s) for s in subs], unread=unread
         )
 
     @tool
     async def list_agents(ctx: Context) -> AgentsResult:
         """Every registered agent with its inbox depth and when it was last seen."""
         handle = me(ctx)
-        agents = await tools.call(handle.agents)
-        return AgentsResult(agents=agents, unread=await tools.unread(handle.agent))
+        agents, unread = await tools.counted(handle.agent, handle.agents)
+        return AgentsResult(agents=agents, unread=unread)
 
     @tool
     async def list_dead_letters(
@@ -412,10 +409,8 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
     ) -> DeadLettersResult:
         """Messages that could not be delivered, with the reason (admins only)."""
         handle = me(ctx)
-        letters = await tools.call(handle.dead_letters, limit)
-        return DeadLettersResult(
-            dead_letters=letters, count=len(letters), unread=await tools.unread(handle.agent)
-        )
+        letters, unread = await tools.counted(handle.agent, lambda: handle.dead_letters(limit))
+        return DeadLettersResult(dead_letters=letters, count=len(letters), unread=unread)
 
     @tool
     async def replay_dead_letters(
@@ -427,8 +422,10 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         if not ids and not all:
             raise ToolError("give `ids` of dead letters to replay, or all=true")
         handle = me(ctx)
-        replayed = await tools.call(handle.replay_dead_letters, ids, all=all)
-        return ReplayResult(replayed=replayed, unread=await tools.unread(handle.agent))
+        replayed, unread = await tools.counted(
+            handle.agent, lambda: handle.replay_dead_letters(ids, all=all)
+        )
+        return ReplayResult(replayed=replayed, unread=unread)
 
     @tool
     async def health(ctx: Context) -> HealthResult:
@@ -445,5 +442,5 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
     async def bus_stats(ctx: Context) -> StatsResult:
         """Queue depths, agents, topics, subscriptions and inbox depths."""
         handle = me(ctx)
-        found = await tools.call(handle.stats)
-        return StatsResult(**found.model_dump(), unread=await tools.unread(handle.agent))
+        found, unread = await tools.counted(handle.agent, handle.stats)
+        return StatsResult(**found.model_dump(), unread=unread)

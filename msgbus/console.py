@@ -33,6 +33,11 @@ def emit(value: Any, as_json: bool, text: Callable[[Any], str] | None = None) ->
         click.echo(text(value))
 
 
+def json_option(fn: F) -> F:
+    """`--json`: the command prints JSON (it takes `as_json`)."""
+    return click.option("--json", "as_json", is_flag=True, help="print JSON")(fn)
+
+
 def handle_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

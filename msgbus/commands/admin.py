@@ -9,7 +9,7 @@ import click
 
 from bus.errors import ValidationError
 from bus.tokens import TokenFile
-from msgbus.console import emit, handle_errors, operator, settings
+from msgbus.console import emit, handle_errors, json_option, operator, settings
 
 
 @click.group()
@@ -46,7 +46,7 @@ def keys() -> None:
 
 
 @keys.command("status")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @handle_errors
 def keys_status(as_json: bool) -> None:
     """This process's keys and those of every running process (kid:fingerprint)."""
@@ -65,7 +65,7 @@ def keys_status(as_json: bool) -> None:
 
 
 @keys.command("usage")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @handle_errors
 def keys_usage(as_json: bool) -> None:
     """How many stored messages (inboxes, histories, dead letters) need each key id."""
@@ -88,7 +88,7 @@ def audit() -> None:
 @audit.command("tail")
 @click.option("--count", default=20, show_default=True, help="entries shown first")
 @click.option("--follow", "-f", is_flag=True, help="keep printing new entries")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @handle_errors
 def audit_tail(count: int, follow: bool, as_json: bool) -> None:
     """Show the latest audit entries (agent, action, target, outcome, trace id)."""
@@ -114,7 +114,7 @@ def agents() -> None:
 
 
 @agents.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @handle_errors
 def agents_list(as_json: bool) -> None:
     """Every known agent with its inbox depth and when it was last seen."""
@@ -137,7 +137,7 @@ def agents_add(names: tuple[str, ...]) -> None:
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @handle_errors
 def health(as_json: bool) -> None:
     """Redis, broker, live workers, breakers, dead letters; exit 1 when not ready."""
@@ -168,7 +168,7 @@ def health(as_json: bool) -> None:
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @handle_errors
 def stats(as_json: bool) -> None:
     """Queue depths, agents, topics, subscriptions, inbox depths."""

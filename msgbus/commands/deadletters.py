@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from msgbus.console import emit, handle_errors, operator
+from msgbus.console import F, emit, handle_errors, json_option, operator
 
 
 @click.group()
@@ -22,7 +22,7 @@ def _dead_text(d: Any) -> str:
 
 @dlq.command("list")
 @click.option("--limit", default=100, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @handle_errors
 def dlq_list(limit: int, as_json: bool) -> None:
     """List dead letters (does not consume them)."""
@@ -35,17 +35,22 @@ def dlq_list(limit: int, as_json: bool) -> None:
 
 @dlq.command("show")
 @click.argument("message_id")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @handle_errors
 def dlq_show(message_id: str, as_json: bool) -> None:
     """Show one dead letter with its message."""
-    emit(operator().dead_letter(message_id), True if as_json else False, None)
+    emit(operator().dead_letter(message_id), as_json)
+
+
+def _chosen(fn: F) -> F:
+    """IDS of dead letters or `--all` of them, and `--json` (what replay and purge take)."""
+    fn = json_option(fn)
+    fn = click.option("--all", "all_", is_flag=True)(fn)
+    return click.argument("ids", nargs=-1)(fn)
 
 
 @dlq.command("replay")
-@click.argument("ids", nargs=-1)
-@click.option("--all", "all_", is_flag=True)
-@click.option("--json", "as_json", is_flag=True)
+@_chosen
 @handle_errors
 def dlq_replay(ids: tuple[str, ...], all_: bool, as_json: bool) -> None:
     """Replay dead letters to their priority queues."""
@@ -54,9 +59,7 @@ def dlq_replay(ids: tuple[str, ...], all_: bool, as_json: bool) -> None:
 
 
 @dlq.command("purge")
-@click.argument("ids", nargs=-1)
-@click.option("--all", "all_", is_flag=True)
-@click.option("--json", "as_json", is_flag=True)
+@_chosen
 @handle_errors
 def dlq_purge(ids: tuple[str, ...], all_: bool, as_json: bool) -> None:
     """Delete dead letters for good."""

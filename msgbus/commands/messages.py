@@ -15,7 +15,7 @@ import orjson
 from bus import options
 from bus.errors import ValidationError
 from bus.options import SendOptions, parse_options
-from msgbus.console import F, as_agent, emit, handle_errors, json_arg, operator
+from msgbus.console import F, as_agent, emit, handle_errors, json_arg, json_option, operator
 
 
 def _send_options(*names: str) -> Callable[[F], F]:
@@ -26,7 +26,7 @@ def _send_options(*names: str) -> Callable[[F], F]:
         decls = [
             click.option("--from", "sender", required=True, help="sender agent id"),
             *(_option(name) for name in names),
-            click.option("--json", "as_json", is_flag=True, help="print JSON"),
+            json_option,
         ]
         for option in reversed(decls):
             fn = option(fn)
@@ -111,7 +111,7 @@ def _message_text(m: Any) -> str:
 @click.option("--limit", default=10, show_default=True)
 @click.option("--wait", type=float, default=0.0, help="long-poll up to S seconds")
 @click.option("--ack", "do_ack", is_flag=True, help="ack what was read")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @handle_errors
 def read(agent: str, limit: int, wait: float, do_ack: bool, as_json: bool) -> None:
     """Read (lease) messages from AGENT's inbox."""
@@ -125,7 +125,7 @@ def read(agent: str, limit: int, wait: float, do_ack: bool, as_json: bool) -> No
 @click.command()
 @click.argument("agent")
 @click.argument("ids", nargs=-1, required=True)
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @handle_errors
 def ack(agent: str, ids: tuple[str, ...], as_json: bool) -> None:
     """Acknowledge messages AGENT has read."""
@@ -147,7 +147,7 @@ def ack(agent: str, ids: tuple[str, ...], as_json: bool) -> None:
 @click.option("--limit", default=50, show_default=True)
 @click.option("--since", type=float, default=None, help="unix time (seconds)")
 @click.option("--type", "type_", default=None)
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @handle_errors
 def history(agent: str, limit: int, since: float | None, type_: str | None, as_json: bool) -> None:
     """AGENT's history, newest first."""
@@ -157,7 +157,7 @@ def history(agent: str, limit: int, since: float | None, type_: str | None, as_j
 
 @click.command()
 @click.argument("message_id")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @handle_errors
 def status(message_id: str, as_json: bool) -> None:
     """Delivery status of a message."""
@@ -175,7 +175,7 @@ def status(message_id: str, as_json: bool) -> None:
 
 @click.command()
 @click.argument("agent")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @handle_errors
 def tail(agent: str, as_json: bool) -> None:
     """Follow AGENT's inbox live (reads and acks as messages arrive; Ctrl-C stops)."""
@@ -196,7 +196,7 @@ def tail(agent: str, as_json: bool) -> None:
 @click.argument("topics", nargs=-1, required=True)
 @click.option("--types", default=None, help="comma-separated message types")
 @click.option("--priorities", default=None, help="comma-separated priorities")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @handle_errors
 def subscribe(
     agent: str, topics: tuple[str, ...], types: str | None, priorities: str | None, as_json: bool
@@ -213,7 +213,7 @@ def subscribe(
 @click.command()
 @click.argument("agent")
 @click.argument("topics", nargs=-1, required=True)
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @handle_errors
 def unsubscribe(agent: str, topics: tuple[str, ...], as_json: bool) -> None:
     """Unsubscribe AGENT from TOPICS."""

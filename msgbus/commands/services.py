@@ -12,7 +12,7 @@ import click
 
 from msgbus import services as local
 from msgbus.cluster import ClusterLayout, LocalCluster
-from msgbus.console import emit, handle_errors, settings
+from msgbus.console import emit, handle_errors, json_option, settings
 
 
 @click.group()
@@ -54,7 +54,7 @@ def services_down() -> None:
 
 
 @services.command("status")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @handle_errors
 def services_status(as_json: bool) -> None:
     """Whether Redis and RabbitMQ answer."""
@@ -96,7 +96,7 @@ def cluster_down(purge: bool) -> None:
 
 
 @cluster.command("status")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @handle_errors
 def cluster_status(as_json: bool) -> None:
     """Each node and server: running, cluster membership, Redis roles, Sentinels' primary."""

@@ -45,6 +45,7 @@ import uvicorn
 from bus import heap
 from bus.errors import BusError, ConfigError
 from bus.logs import configure
+from bus.ports import bind_refusal, family
 from bus.settings import Settings
 from bus.tokens import TokenFile
 from mcp_server import procmetrics
@@ -271,16 +272,13 @@ def process_main(
 def check_free(host: str, port: int) -> None:
     """Refuses an address something already listens on, before anything binds it (with
     SO_REUSEPORT alone, our sockets could join another server of this user there)."""
-    with socket.socket(_family(host), socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot listen on {host}:{port} ({exc.strerror}): is another server "
-                "there? Stop it, or pick another port with --port",
-                port=port,
-            ) from None
+    refusal = bind_refusal(host, port)
+    if refusal is not None:
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({refusal.strerror}): is another server "
+            "there? Stop it, or pick another port with --port",
+            port=port,
+        )
 
 
 def listen_tcp(options: HttpOptions) -> socket.socket:
@@ -288,7 +286,7 @@ def listen_tcp(options: HttpOptions) -> socket.socket:
     IPPROTO_TCP): asyncio sets TCP_NODELAY only on connections accepted from such a
     socket, and without it a response's two writes (head, body) met the client's delayed
     ACK, 40 ms added to a call."""
-    sock = socket.socket(_family(options.host), socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock = socket.socket(family(options.host), socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
@@ -307,10 +305,6 @@ def listen_unix(directory: Path, index: int) -> socket.socket:
     sock.bind(str(socket_path(directory, index)))
     sock.listen(BACKLOG)
     return sock
-
-
-def _family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def _die_with(supervisor: int) -> None:

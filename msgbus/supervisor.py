@@ -26,6 +26,7 @@ from pathlib import Path
 from types import FrameType
 
 from bus.errors import ConfigError
+from bus.ports import bind_refusal
 from bus.settings import Settings
 from msgbus.services import services_up
 
@@ -110,16 +111,13 @@ def _port_answers(host: str, port: int) -> Callable[[Child], bool]:
 
 def check_port_free(host: str, port: int, what: str, option: str) -> None:
     """Refuses a taken port before anything starts (the child would only loop on it)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise ConfigError(
-                f"port {port} on {host} ({what}) is in use ({exc.strerror}): is another "
-                f"`msgbus up` running? Stop it, or pick another port with {option}",
-                port=port,
-            ) from None
+    refusal = bind_refusal(host, port)
+    if refusal is not None:
+        raise ConfigError(
+            f"port {port} on {host} ({what}) is in use ({refusal.strerror}): is another "
+            f"`msgbus up` running? Stop it, or pick another port with {option}",
+            port=port,
+        )
 
 
 def plan(

@@ -9,7 +9,6 @@ manager (seconds on a small machine, at every call of a script).
 from __future__ import annotations
 
 import importlib
-import sys
 from typing import Any
 
 import click
@@ -17,7 +16,7 @@ import pydantic
 
 from bus.logs import configure
 from bus.settings import Settings
-from msgbus.console import settings_problem
+from msgbus.console import reported_errors
 
 COMMANDS = {
     "messages": [
@@ -48,15 +47,14 @@ class CommandsByNoun(click.Group):
         module = _WHERE.get(cmd_name)
         if module is None:
             return None
-        try:
+        with reported_errors():  # a module may build settings on import (Celery's app)
             loaded = importlib.import_module(f"msgbus.commands.{module}")
-        except pydantic.ValidationError as exc:  # a module built settings on import (Celery's app)
-            if exc.title != Settings.__name__:
-                raise
-            click.echo(f"error: {settings_problem(exc)}", err=True)
-            sys.exit(2)
         command: Any = getattr(loaded, cmd_name)
         return command if isinstance(command, click.Command) else None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with reported_errors():
+            return super().invoke(ctx)
 
 
 @click.group(cls=CommandsByNoun)

@@ -1,6 +1,7 @@
 """What every `msgbus` command shares: output, errors, and the handles it acts through.
 
-Errors are one `error: ...` line on stderr and a non-zero exit code (the error's own);
+Errors are one `error: ...` line on stderr and a non-zero exit code (the error's own),
+written for every command at the root group;
 `--json` prints machine-readable output on every read command. A command acts through the
 library's identity-bound handles: as the agent it names (the CLI holds the secret, so it is
 trusted code), or as the operator at the console for admin actions.
@@ -8,9 +9,9 @@ trusted code), or as the operator at the console for admin actions.
 
 from __future__ import annotations
 
-import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import click
@@ -38,23 +39,23 @@ def json_option(fn: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="print JSON")(fn)
 
 
-def handle_errors(fn: F) -> F:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except BusError as exc:
-            click.echo(f"error: {exc.message}", err=True)
-            sys.exit(exc.exit_code)
-        except pydantic.ValidationError as exc:
-            if exc.title != Settings.__name__:
-                raise
-            click.echo(f"error: {settings_problem(exc)}", err=True)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            sys.exit(130)
-
-    return wrapper  # type: ignore[return-value]
+@contextmanager
+def reported_errors() -> Iterator[None]:
+    """A bus error, or a bad MESSAGE_BUS_* setting, as one `error: ...` line on stderr and
+    its exit code; Ctrl-C as 130. The root group runs every command inside it (msgbus.cli),
+    so no command translates errors itself."""
+    try:
+        yield
+    except BusError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(exc.exit_code)
+    except pydantic.ValidationError as exc:
+        if exc.title != Settings.__name__:
+            raise
+        click.echo(f"error: {settings_problem(exc)}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 def settings_problem(exc: pydantic.ValidationError) -> str:

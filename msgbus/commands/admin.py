@@ -9,7 +9,7 @@ import click
 
 from bus.errors import ValidationError
 from bus.tokens import TokenFile
-from msgbus.console import emit, handle_errors, json_option, operator, settings
+from msgbus.console import emit, json_option, operator, settings
 
 
 @click.group()
@@ -23,7 +23,6 @@ def _token_file() -> TokenFile:
 
 @token.command("create")
 @click.argument("agent")
-@handle_errors
 def token_create(agent: str) -> None:
     """Print a new token for AGENT (shown once)."""
     click.echo(_token_file().create(agent, now=datetime.now(UTC).isoformat()))
@@ -32,7 +31,6 @@ def token_create(agent: str) -> None:
 @token.command("revoke")
 @click.option("--agent", default=None, help="revoke every token of this agent")
 @click.option("--token", "value", default=None, help="revoke this token")
-@handle_errors
 def token_revoke(agent: str | None, value: str | None) -> None:
     """Revoke a token, or all of an agent's tokens."""
     if not agent and not value:
@@ -47,7 +45,6 @@ def keys() -> None:
 
 @keys.command("status")
 @json_option
-@handle_errors
 def keys_status(as_json: bool) -> None:
     """This process's keys and those of every running process (kid:fingerprint)."""
     processes, warnings = operator().keys_in_use()
@@ -66,7 +63,6 @@ def keys_status(as_json: bool) -> None:
 
 @keys.command("usage")
 @json_option
-@handle_errors
 def keys_usage(as_json: bool) -> None:
     """How many stored messages (inboxes, histories, dead letters) need each key id."""
     counts = operator().key_usage()
@@ -89,7 +85,6 @@ def audit() -> None:
 @click.option("--count", default=20, show_default=True, help="entries shown first")
 @click.option("--follow", "-f", is_flag=True, help="keep printing new entries")
 @json_option
-@handle_errors
 def audit_tail(count: int, follow: bool, as_json: bool) -> None:
     """Show the latest audit entries (agent, action, target, outcome, trace id)."""
     console = operator()
@@ -115,7 +110,6 @@ def agents() -> None:
 
 @agents.command("list")
 @json_option
-@handle_errors
 def agents_list(as_json: bool) -> None:
     """Every known agent with its inbox depth and when it was last seen."""
     emit(
@@ -127,7 +121,6 @@ def agents_list(as_json: bool) -> None:
 
 @agents.command("add")
 @click.argument("names", nargs=-1, required=True)
-@handle_errors
 def agents_add(names: tuple[str, ...]) -> None:
     """Declare agents: they may get mail (and broadcasts) before they first connect."""
     console = operator()
@@ -138,7 +131,6 @@ def agents_add(names: tuple[str, ...]) -> None:
 
 @click.command()
 @json_option
-@handle_errors
 def health(as_json: bool) -> None:
     """Redis, broker, live workers, breakers, dead letters; exit 1 when not ready."""
     result = operator().health()
@@ -169,7 +161,6 @@ def health(as_json: bool) -> None:
 
 @click.command()
 @json_option
-@handle_errors
 def stats(as_json: bool) -> None:
     """Queue depths, agents, topics, subscriptions, inbox depths."""
     emit(

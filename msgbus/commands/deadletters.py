@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from msgbus.console import F, emit, handle_errors, json_option, operator
+from msgbus.console import F, emit, json_option, operator
 
 
 @click.group()
@@ -23,7 +23,6 @@ def _dead_text(d: Any) -> str:
 @dlq.command("list")
 @click.option("--limit", default=100, show_default=True)
 @json_option
-@handle_errors
 def dlq_list(limit: int, as_json: bool) -> None:
     """List dead letters (does not consume them)."""
     letters = operator().dead_letters(limit=limit)
@@ -36,7 +35,6 @@ def dlq_list(limit: int, as_json: bool) -> None:
 @dlq.command("show")
 @click.argument("message_id")
 @json_option
-@handle_errors
 def dlq_show(message_id: str, as_json: bool) -> None:
     """Show one dead letter with its message."""
     emit(operator().dead_letter(message_id), as_json)
@@ -51,7 +49,6 @@ def _chosen(fn: F) -> F:
 
 @dlq.command("replay")
 @_chosen
-@handle_errors
 def dlq_replay(ids: tuple[str, ...], all_: bool, as_json: bool) -> None:
     """Replay dead letters to their priority queues."""
     replayed = operator().replay_dead_letters(list(ids), all=all_)
@@ -60,7 +57,6 @@ def dlq_replay(ids: tuple[str, ...], all_: bool, as_json: bool) -> None:
 
 @dlq.command("purge")
 @_chosen
-@handle_errors
 def dlq_purge(ids: tuple[str, ...], all_: bool, as_json: bool) -> None:
     """Delete dead letters for good."""
     purged = operator().purge_dead_letters(list(ids), all=all_)

@@ -15,7 +15,7 @@ import orjson
 from bus import options
 from bus.errors import ValidationError
 from bus.options import SendOptions, parse_options
-from msgbus.console import F, as_agent, emit, handle_errors, json_arg, json_option, operator
+from msgbus.console import F, as_agent, emit, json_arg, json_option, operator
 
 
 def _send_options(*names: str) -> Callable[[F], F]:
@@ -67,7 +67,6 @@ def _receipt_text(r: Any) -> str:
 @click.command()
 @click.option("--message", "raw", default=None, help="a whole message as JSON ('-' for stdin)")
 @_send_options("to", *options.CLI_SEND)
-@handle_errors
 def send(sender: str, raw: str | None, as_json: bool, **given: Any) -> None:
     """Send a message to an agent (or a topic)."""
     if raw is not None:
@@ -82,7 +81,6 @@ def send(sender: str, raw: str | None, as_json: bool, **given: Any) -> None:
 @click.command()
 @click.argument("topic")
 @_send_options(*(name for name in options.CLI_SEND if name != "topic"))
-@handle_errors
 def publish(sender: str, topic: str, as_json: bool, **given: Any) -> None:
     """Publish to a topic's subscribers."""
     message = _build(sender, topic=topic, **given)
@@ -91,7 +89,6 @@ def publish(sender: str, topic: str, as_json: bool, **given: Any) -> None:
 
 @click.command()
 @_send_options(*(name for name in options.CLI_SEND if name not in ("topic", "type")))
-@handle_errors
 def broadcast(sender: str, as_json: bool, **given: Any) -> None:
     """Send to every registered agent but the sender."""
     message = _build(sender, broadcast=True, **given)
@@ -112,7 +109,6 @@ def _message_text(m: Any) -> str:
 @click.option("--wait", type=float, default=0.0, help="long-poll up to S seconds")
 @click.option("--ack", "do_ack", is_flag=True, help="ack what was read")
 @json_option
-@handle_errors
 def read(agent: str, limit: int, wait: float, do_ack: bool, as_json: bool) -> None:
     """Read (lease) messages from AGENT's inbox."""
     me = as_agent(agent)
@@ -126,7 +122,6 @@ def read(agent: str, limit: int, wait: float, do_ack: bool, as_json: bool) -> No
 @click.argument("agent")
 @click.argument("ids", nargs=-1, required=True)
 @json_option
-@handle_errors
 def ack(agent: str, ids: tuple[str, ...], as_json: bool) -> None:
     """Acknowledge messages AGENT has read."""
     result = as_agent(agent).ack(list(ids))
@@ -148,7 +143,6 @@ def ack(agent: str, ids: tuple[str, ...], as_json: bool) -> None:
 @click.option("--since", type=float, default=None, help="unix time (seconds)")
 @click.option("--type", "type_", default=None)
 @json_option
-@handle_errors
 def history(agent: str, limit: int, since: float | None, type_: str | None, as_json: bool) -> None:
     """AGENT's history, newest first."""
     messages = as_agent(agent).history(limit=limit, since=since, type=type_)
@@ -158,7 +152,6 @@ def history(agent: str, limit: int, since: float | None, type_: str | None, as_j
 @click.command()
 @click.argument("message_id")
 @json_option
-@handle_errors
 def status(message_id: str, as_json: bool) -> None:
     """Delivery status of a message."""
     st = operator().status(message_id)
@@ -176,7 +169,6 @@ def status(message_id: str, as_json: bool) -> None:
 @click.command()
 @click.argument("agent")
 @json_option
-@handle_errors
 def tail(agent: str, as_json: bool) -> None:
     """Follow AGENT's inbox live (reads and acks as messages arrive; Ctrl-C stops)."""
     me = as_agent(agent)
@@ -197,7 +189,6 @@ def tail(agent: str, as_json: bool) -> None:
 @click.option("--types", default=None, help="comma-separated message types")
 @click.option("--priorities", default=None, help="comma-separated priorities")
 @json_option
-@handle_errors
 def subscribe(
     agent: str, topics: tuple[str, ...], types: str | None, priorities: str | None, as_json: bool
 ) -> None:
@@ -214,7 +205,6 @@ def subscribe(
 @click.argument("agent")
 @click.argument("topics", nargs=-1, required=True)
 @json_option
-@handle_errors
 def unsubscribe(agent: str, topics: tuple[str, ...], as_json: bool) -> None:
     """Unsubscribe AGENT from TOPICS."""
     removed = as_agent(agent).unsubscribe(list(topics))

@@ -20,7 +20,7 @@ from bus.settings import Settings
 from bus.topology import EXPRESS_QUEUES, PRIORITY_QUEUES
 from mcp_server import dashboard as dashboard_server
 from mcp_server.main import run_http, run_stdio
-from msgbus.console import handle_errors, settings
+from msgbus.console import settings
 from msgbus.supervisor import run as supervise
 from workers.agent_main import serve as serve_agent
 
@@ -37,7 +37,6 @@ def _replace_with(*argv: str) -> None:
 @click.option("--mcp-port", default=8765, show_default=True)
 @click.option("--flower-port", default=5555, show_default=True, help="0 = no Flower")
 @click.option("--no-services", is_flag=True, help="do not start local Redis/RabbitMQ")
-@handle_errors
 def up(host: str, mcp_port: int, flower_port: int, no_services: bool) -> None:
     """Run everything on this machine: services, worker, beat, MCP HTTP (+ /ui), Flower."""
     sys.exit(supervise(host, mcp_port, flower_port, start_services=not no_services))
@@ -52,7 +51,6 @@ def up(host: str, mcp_port: int, flower_port: int, no_services: bool) -> None:
     "--express", is_flag=True, help="serve only bus.critical and bus.high, ahead of other workers"
 )
 @click.pass_context
-@handle_errors
 def worker(
     ctx: click.Context,
     concurrency: int | None,
@@ -109,7 +107,6 @@ def beat(loglevel: str) -> None:
 @click.option("--address", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5555, show_default=True)
 @click.pass_context
-@handle_errors
 def flower(ctx: click.Context, address: str, port: int) -> None:
     """Run Flower on the bus's workers (basic auth from MESSAGE_BUS_FLOWER_AUTH)."""
     current = settings()
@@ -167,7 +164,6 @@ def management_api(current: Settings) -> str:
     help="HTTP: server processes on the one address, 0 one per core "
     "[default: MESSAGE_BUS_MCP_PROCESSES, else 1]",
 )
-@handle_errors
 def mcp(
     agent: str | None,
     use_http: bool,
@@ -196,7 +192,6 @@ def mcp(
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8766, show_default=True)
 @click.option("--tokens-file", type=click.Path(path_type=Path), default=None)
-@handle_errors
 def dashboard(host: str, port: int, tokens_file: Path | None) -> None:
     """Serve the bus dashboard alone; it is also at /ui of `msgbus mcp --http`."""
     current = settings()
@@ -213,7 +208,6 @@ def agent() -> None:
 @click.argument("spec")
 @click.option("--concurrency", "-c", type=int, default=None)
 @click.option("--loglevel", "-l", default="INFO")
-@handle_errors
 def agent_run(spec: str, concurrency: int | None, loglevel: str) -> None:
     """Serve the WorkerAgent named by SPEC (MODULE:OBJECT), e.g. examples.echo_agent:agent."""
     sys.path.insert(0, os.getcwd())  # SPEC's module is found where the command is run

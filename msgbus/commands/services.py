@@ -12,7 +12,7 @@ import click
 
 from msgbus import services as local
 from msgbus.cluster import ClusterLayout, LocalCluster
-from msgbus.console import emit, handle_errors, json_option, settings
+from msgbus.console import emit, json_option, settings
 
 
 @click.group()
@@ -36,7 +36,6 @@ def _report(statuses: list[Any], as_json: bool) -> None:
 
 
 @services.command("up")
-@handle_errors
 def services_up() -> None:
     """Start Redis and RabbitMQ unless something already listens on the configured URLs."""
     current = settings()
@@ -47,7 +46,6 @@ def services_up() -> None:
 
 
 @services.command("down")
-@handle_errors
 def services_down() -> None:
     """Stop the servers `msgbus services up` started (never others)."""
     click.echo(_services_text(local.services_down()))
@@ -55,7 +53,6 @@ def services_down() -> None:
 
 @services.command("status")
 @json_option
-@handle_errors
 def services_status(as_json: bool) -> None:
     """Whether Redis and RabbitMQ answer."""
     current = settings()
@@ -76,7 +73,6 @@ def _cluster_env(stack: LocalCluster) -> str:
 
 
 @cluster.command("up")
-@handle_errors
 def cluster_up() -> None:
     """Start (or complete) the local cluster; prints the settings that point the bus at it."""
     stack = _cluster()
@@ -89,7 +85,6 @@ def cluster_up() -> None:
 
 @cluster.command("down")
 @click.option("--purge", is_flag=True, help="also delete the servers' data")
-@handle_errors
 def cluster_down(purge: bool) -> None:
     """Stop the local cluster's servers (never the single-node stack)."""
     click.echo(_services_text(_cluster().down(purge=purge)))
@@ -97,7 +92,6 @@ def cluster_down(purge: bool) -> None:
 
 @cluster.command("status")
 @json_option
-@handle_errors
 def cluster_status(as_json: bool) -> None:
     """Each node and server: running, cluster membership, Redis roles, Sentinels' primary."""
     _report(_cluster().status(), as_json)

@@ -16,6 +16,7 @@ from celery import Celery
 from kombu import Queue
 
 from bus.redis_conn import connect
+from workers.wakeup import WakeOnSignal
 
 RAW_QUEUES = ["raw.critical", "raw.low", "raw.q", "raw.echo"]
 
@@ -88,6 +89,9 @@ app.conf.update(
     task_ignore_result=True,
     worker_hijack_root_logger=False,
 )
+# The harness's stop signals take effect at once, as on the bus's worker; nothing a task
+# or a message goes through changes (workers/wakeup.py).
+app.steps["consumer"].add(WakeOnSignal)
 _backend = os.environ.get("RAW_RESULT_BACKEND")
 if _backend:
     app.conf.update(_result_settings(_backend, os.environ.get("RAW_RESULT_PREFIX", "")))

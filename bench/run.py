@@ -18,6 +18,8 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +102,18 @@ SIZES = {
 }
 
 
+@contextmanager
+def timed(out: dict[str, Any], name: str) -> Iterator[None]:
+    """Records how long a workload took (`workload_seconds`) and says so on stderr, so a
+    long run shows where it is and a slow one where its time went."""
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        took = out.setdefault("workload_seconds", {})[name] = round(time.monotonic() - started, 1)
+        print(f"bench: {name} took {took}s", file=sys.stderr, flush=True)
+
+
 def repeat(reps: int, fn: Any, *args: Any) -> list[float]:
     return [fn(*args) for _ in range(reps)]
 
@@ -123,78 +137,92 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         b.compact_redis()  # what earlier runs wrote is not rewritten during this one
         if only & {"drain", "batch"}:
-            out |= drains(b, only, z)
+            with timed(out, "drain+batch"):
+                out |= drains(b, only, z)
         if "producer" in only:
-            n, reps = z.producer, z.reps
-            out["producer"] = {
-                "bus_1_producer_per_s": summary(repeat(reps, w.producer, b, n, 1)),
-                "bus_8_producers_per_s": summary(repeat(reps, w.producer, b, n, 8)),
-                "kombu_confirm_per_s": summary(repeat(reps, w.kombu_publish, b, n, True)),
-                "kombu_no_confirm_per_s": summary(repeat(reps, w.kombu_publish, b, n * 5, False)),
-                "confirms": CONFIRMS,
-            }
-            p = out["producer"]
-            p["ratio_1_to_kombu_confirm"] = round(
-                p["bus_1_producer_per_s"]["median"] / p["kombu_confirm_per_s"]["median"], 3
-            )
-            _reset(b)
-        if "latency" in only:
-            out |= latencies(b, z.latency_reps, z.latency_seconds)
-            _reset(b)
-        if "priority" in only:
-            backlog, probes = z.backlog, z.probes
-            idle = w.bus_priority(b, 0, probes)
-            busy = w.bus_priority(b, backlog, probes)
-            raw_busy = w.raw_priority(b, backlog, probes)
-            _reset(b)
-            out["priority"] = {
-                "backlog": backlog,
-                "no_backlog": _pcts(idle),
-                "with_backlog": _pcts(busy),
-                "raw_with_backlog": _pcts(raw_busy),
-            }
-            out.setdefault("_samples", {})["priority"] = {
-                "no backlog": idle,
-                "with backlog": busy,
-                "raw, with backlog": raw_busy,
-            }
-            out["priority_p99_ms"] = ms(percentile(busy, 99))
-            out["priority_backlog_p99_ratio"] = round(
-                percentile(busy, 99) / max(percentile(idle, 99), 1e-6), 3
-            )
-        if "mcp" in only:
-            out |= mcp(b, z, z.agent_mcp_calls if "agents" in only else 0)
-            _reset(b)
-        if "agents" in only:
-            out |= agents.roundtrips(b, z.agent_calls, z.agent_reps, out.pop("agent_mcp", None))
-            _reset(b)
-        if "costs" in only:
-            out["costs"] = costs.per_message_costs(b, z.drain)
-            _reset(b)
-        if "linger" in only:
-            out |= linger.run(b, z.drain, z.reps, z.latency_seconds, z.probes * 5)
-            _reset(b)
-        if "durability" in only:
-            if b.cluster is None:
-                raise SystemExit("msgbus bench: --only durability needs --cluster (replicas)")
-            n, secs = z.drain // 2, z.latency_seconds
-            d = out["durability"] = w.durability(b, n, 200, secs, max(1, z.reps // 2))
-            for k in (1, 2):
-                d[f"drain_ratio_{k}_to_0"] = round(
-                    d[k]["drain_msgs_per_s"] / d[0]["drain_msgs_per_s"], 3
+            with timed(out, "producer"):
+                n, reps = z.producer, z.reps
+                out["producer"] = {
+                    "bus_1_producer_per_s": summary(repeat(reps, w.producer, b, n, 1)),
+                    "bus_8_producers_per_s": summary(repeat(reps, w.producer, b, n, 8)),
+                    "kombu_confirm_per_s": summary(repeat(reps, w.kombu_publish, b, n, True)),
+                    "kombu_no_confirm_per_s": summary(
+                        repeat(reps, w.kombu_publish, b, n * 5, False)
+                    ),
+                    "confirms": CONFIRMS,
+                }
+                p = out["producer"]
+                p["ratio_1_to_kombu_confirm"] = round(
+                    p["bus_1_producer_per_s"]["median"] / p["kombu_confirm_per_s"]["median"], 3
                 )
-            _reset(b)
+                _reset(b)
+        if "latency" in only:
+            with timed(out, "latency"):
+                out |= latencies(b, z.latency_reps, z.latency_seconds)
+                _reset(b)
+        if "priority" in only:
+            with timed(out, "priority"):
+                backlog, probes = z.backlog, z.probes
+                idle = w.bus_priority(b, 0, probes)
+                busy = w.bus_priority(b, backlog, probes)
+                raw_busy = w.raw_priority(b, backlog, probes)
+                _reset(b)
+                out["priority"] = {
+                    "backlog": backlog,
+                    "no_backlog": _pcts(idle),
+                    "with_backlog": _pcts(busy),
+                    "raw_with_backlog": _pcts(raw_busy),
+                }
+                out.setdefault("_samples", {})["priority"] = {
+                    "no backlog": idle,
+                    "with backlog": busy,
+                    "raw, with backlog": raw_busy,
+                }
+                out["priority_p99_ms"] = ms(percentile(busy, 99))
+                out["priority_backlog_p99_ratio"] = round(
+                    percentile(busy, 99) / max(percentile(idle, 99), 1e-6), 3
+                )
+        if "mcp" in only:
+            with timed(out, "mcp"):
+                out |= mcp(b, z, z.agent_mcp_calls if "agents" in only else 0)
+                _reset(b)
+        if "agents" in only:
+            with timed(out, "agents"):
+                out |= agents.roundtrips(b, z.agent_calls, z.agent_reps, out.pop("agent_mcp", None))
+                _reset(b)
+        if "costs" in only:
+            with timed(out, "costs"):
+                out["costs"] = costs.per_message_costs(b, z.drain)
+                _reset(b)
+        if "linger" in only:
+            with timed(out, "linger"):
+                out |= linger.run(b, z.drain, z.reps, z.latency_seconds, z.probes * 5)
+                _reset(b)
+        if "durability" in only:
+            with timed(out, "durability"):
+                if b.cluster is None:
+                    raise SystemExit("msgbus bench: --only durability needs --cluster (replicas)")
+                n, secs = z.drain // 2, z.latency_seconds
+                d = out["durability"] = w.durability(b, n, 200, secs, max(1, z.reps // 2))
+                for k in (1, 2):
+                    d[f"drain_ratio_{k}_to_0"] = round(
+                        d[k]["drain_msgs_per_s"] / d[0]["drain_msgs_per_s"], 3
+                    )
+                _reset(b)
         if "footprint" in only:
-            out["footprint"] = w.footprint(b, z.footprint)
-            _reset(b)
+            with timed(out, "footprint"):
+                out["footprint"] = w.footprint(b, z.footprint)
+                _reset(b)
         if "scripts" in only:
-            out["scripts"] = scripts_ab.ab(b, size)
-            _reset(b)
+            with timed(out, "scripts"):
+                out["scripts"] = scripts_ab.ab(b, size)
+                _reset(b)
         if "sizes" in only:
-            out["sizes"] = sizes.tool_result_sizes(b)
-            compact, full = out["sizes"]["compact"], out["sizes"]["full"]
-            out["read_chars_per_message_50"] = compact["beyond_payload_per_message_50"]
-            out["read_chars_ratio_50"] = round(compact["chars_50"] / full["chars_50"], 3)
+            with timed(out, "sizes"):
+                out["sizes"] = sizes.tool_result_sizes(b)
+                compact, full = out["sizes"]["compact"], out["sizes"]["full"]
+                out["read_chars_per_message_50"] = compact["beyond_payload_per_message_50"]
+                out["read_chars_ratio_50"] = round(compact["chars_50"] / full["chars_50"], 3)
     finally:
         b.close()
     return out

@@ -31,8 +31,11 @@ if [ "$#" -eq 0 ]; then  # the whole run also checks lint and formatting
   python3 -m ruff format --check bus workers mcp_server msgbus bench tests examples celeryconfig.py
   python3 -m mypy  # strict on bus/, workers/, mcp_server/, msgbus/ (pyproject.toml)
 fi
+# Tests spend most of their time waiting on processes they start, so they run on several
+# pytest-xdist workers (MSGBUS_TEST_WORKERS, default 3; 0 runs them in this process).
+# tests/conftest.py keeps a module's tests, and all of tests/cluster, on one worker.
 set +e
-python3 -m pytest "$@"
+python3 -m pytest -n "${MSGBUS_TEST_WORKERS:-3}" --dist loadgroup "$@"
 status=$?
 set -e
 if [ "$status" -eq 5 ]; then

@@ -35,8 +35,16 @@ def long_run(request: pytest.FixtureRequest) -> bool:
 OPT_IN_MARKERS = ("interactive_channel",)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Opt-in tests run only when `-m` names their marker; otherwise they are deselected."""
+    """Opt-in tests run only when `-m` names their marker; otherwise they are deselected.
+    Under pytest-xdist (`--dist loadgroup`) a module's tests stay on one worker, so its
+    module-scoped bus and worker are built once, and all of tests/cluster shares one worker:
+    the session's multi-node stack listens on fixed ports."""
+    for item in items:
+        group = "cluster" if item.get_closest_marker("cluster") else item.nodeid.split("::")[0]
+        assert "@" not in group, group
+        item.add_marker(pytest.mark.xdist_group(group))
     chosen = config.getoption("markexpr", "") or ""
     wanted = [m for m in OPT_IN_MARKERS if m not in chosen]
     if not wanted:

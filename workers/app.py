@@ -28,7 +28,7 @@ from bus.errors import ConfigError
 from bus.redis_conn import SENTINEL_SCHEME, SentinelTarget
 from bus.runtime import Runtime, runtime_from_env
 from bus.settings import SOLO_POOL_REFUSED
-from workers import fastjson, jobs, tasks
+from workers import fastjson, jobs, tasks, wakeup
 from workers.agent_runtime import current_agent
 
 logger = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ def create_app(runtime: Runtime, *, embedded: bool = False) -> Celery:
     # Messages it cannot take are dead-lettered, not acked away (see workers.consumer).
     app.conf.worker_consumer = "workers.consumer:BusConsumer"
     app.steps["consumer"].add(DeclareTopology)
+    app.steps["consumer"].add(wakeup.WakeOnSignal)  # a stop signal is acted on at once
     tasks.register(app)
     jobs.register(app)
     app.conf.beat_schedule = jobs.beat_schedule(s)
@@ -98,8 +99,9 @@ def create_app(runtime: Runtime, *, embedded: bool = False) -> Celery:
 
 @worker_process_init.connect
 def _fresh_connections_after_fork(**_: Any) -> None:
-    # A prefork child must not share the parent's sockets.
+    # A prefork child must not share the parent's sockets, nor its signal wakeup pipe.
     runtime.reset()
+    wakeup.forget_after_fork()
 
 
 @worker_init.connect

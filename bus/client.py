@@ -195,7 +195,7 @@ class MessageBus:
                 f"the {self.settings.status_retention}s retention)",
                 id=message_id,
             )
-        return _status_model(message_id, raw, self.runtime.clock.now_ms())
+        return MessageStatus.from_record(message_id, raw, self.runtime.clock.now_ms())
 
     # -- subscriptions and agents ------------------------------------------------------------
 
@@ -346,36 +346,6 @@ def _since_ms(since: datetime | float | None) -> int | None:
     if isinstance(since, datetime):
         return int(since.timestamp() * 1000)
     return int(float(since) * 1000)
-
-
-def _is_ms(value: str) -> bool:
-    """Status stamps are ms since the epoch, with µs decimals (older entries: whole ms)."""
-    whole, _, fraction = value.partition(".")
-    return whole.isdigit() and (not fraction or fraction.isdigit())
-
-
-def _status_model(message_id: str, raw: dict[str, str], now_ms: int) -> MessageStatus:
-    status = raw.get("status", "queued")
-    expires = raw.get("expires_at")
-    if status in ("queued", "retrying") and expires and int(expires) < now_ms:
-        # Past its ttl and not delivered: the broker dead-letters it; report what it is.
-        status, raw = "expired", {**raw, "reason": raw.get("reason") or "expired"}
-    stamps = {
-        name.removesuffix("_at"): datetime.fromtimestamp(float(value) / 1000, UTC)
-        for name, value in raw.items()
-        if name.endswith("_at") and _is_ms(value)
-    }
-    return MessageStatus(
-        id=message_id,
-        status=Status(status),
-        attempts=int(raw.get("attempts") or 0),
-        queue=raw.get("queue"),
-        sender=raw.get("from"),
-        recipients=int(raw["recipients"]) if raw.get("recipients") else None,
-        reason=raw.get("reason") or None,
-        error=raw.get("error") or None,
-        timestamps=stamps,
-    )
 
 
 __all__ = ["MessageBus", "RequestTimeout", "Priority"]

@@ -85,6 +85,15 @@ class Linger(Generic[T]):
         if not group.published:
             raise _own(group.error)
 
+    def waiting(self, queue: str) -> int:
+        """Items in `queue`'s open group: joined, not yet taken by a publish."""
+        with self._lock:
+            collector = self._collectors.get(queue)
+        if collector is None:
+            return 0
+        with collector.cond:
+            return len(collector.open.items) if collector.open else 0
+
     def _collector(self, queue: str) -> _Collector[T]:
         with self._lock:
             collector = self._collectors.get(queue)

@@ -273,6 +273,37 @@ class MessageStatus(_Model):
     error: str | None = None
     timestamps: dict[str, datetime] = Field(default_factory=dict)
 
+    @classmethod
+    def from_record(cls, message_id: str, raw: dict[str, str], now_ms: int) -> MessageStatus:
+        """The status from its Redis hash (bus.keys `status:{id}`), as of `now_ms`."""
+        status = raw.get("status", "queued")
+        expires = raw.get("expires_at")
+        if status in ("queued", "retrying") and expires and int(expires) < now_ms:
+            # Past its ttl and not delivered: the broker dead-letters it; report what it is.
+            status, raw = "expired", {**raw, "reason": raw.get("reason") or "expired"}
+        stamps = {
+            name.removesuffix("_at"): datetime.fromtimestamp(float(value) / 1000, UTC)
+            for name, value in raw.items()
+            if name.endswith("_at") and _is_ms(value)
+        }
+        return cls(
+            id=message_id,
+            status=Status(status),
+            attempts=int(raw.get("attempts") or 0),
+            queue=raw.get("queue"),
+            sender=raw.get("from"),
+            recipients=int(raw["recipients"]) if raw.get("recipients") else None,
+            reason=raw.get("reason") or None,
+            error=raw.get("error") or None,
+            timestamps=stamps,
+        )
+
+
+def _is_ms(value: str) -> bool:
+    """Status stamps are ms since the epoch, with µs decimals (older entries: whole ms)."""
+    whole, _, fraction = value.partition(".")
+    return whole.isdigit() and (not fraction or fraction.isdigit())
+
 
 class DeadLetter(_Model):
     id: str

@@ -8,9 +8,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from tests.support.env import BusEnv, Worker, delete_prefix
 from tests.support.paths import BROKER_URL, REDIS_URL
+
+# Speed is the benchmark's to measure: a property test on a busy machine is not failed for
+# taking over hypothesis's default 200 ms per example.
+hypothesis_settings.register_profile("bus", deadline=None)
+hypothesis_settings.load_profile("bus")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -89,7 +89,7 @@ def test_the_leader_publishes_its_group_once_the_publish_ahead_of_it_is_confirme
     threads = [send_in_thread(linger, "bus.normal", "first", results)]
     assert publish.holding.wait(5)
     threads += [send_in_thread(linger, "bus.normal", i, results) for i in range(3)]
-    wait_for(lambda: _open_size(linger, "bus.normal") == 3, 5, "three waiting")
+    wait_for(lambda: linger.waiting("bus.normal") == 3, 5, "three waiting")
     assert publish.groups == []
     publish.release.set()
     for t in threads:
@@ -173,8 +173,3 @@ def test_an_error_keeps_its_type_and_fields():
     with pytest.raises(LimitExceeded, match="queue full") as info:
         linger.send("bus.normal", 1)
     assert info.value.fields == {"limit": "queue_max_length"}
-
-
-def _open_size(linger: Linger[Any], queue: str) -> int:
-    group = linger._collectors[queue].open
-    return len(group.items) if group else 0

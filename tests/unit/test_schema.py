@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bus.schema import Message, MessageType, Subscription
+from bus.schema import Message, MessageStatus, MessageType, Subscription
 
 SEED = {
     "from": "agent1",
@@ -117,9 +117,7 @@ def test_any_input_either_validates_or_raises_a_validation_error(data):
 
 
 def test_status_timestamps_keep_their_microseconds_and_older_whole_ms_stamps_still_read():
-    from bus.client import _status_model
-
-    status = _status_model(
+    status = MessageStatus.from_record(
         "m1",
         {
             "status": "delivered",
@@ -131,4 +129,7 @@ def test_status_timestamps_keep_their_microseconds_and_older_whole_ms_stamps_sti
     )
     assert status.timestamps["queued"].microsecond == 123456
     assert status.timestamps["delivered"].microsecond == 125000
-    assert _status_model("m2", {"status": "queued", "queued_at": "garbage"}, 0).timestamps == {}
+    assert (
+        MessageStatus.from_record("m2", {"status": "queued", "queued_at": "garbage"}, 0).timestamps
+        == {}
+    )

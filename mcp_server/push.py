@@ -163,6 +163,10 @@ class InboxEvents:
     async def wait_inbox(self, agent: str, timeout: float) -> bool:
         return await self._wait(f"inbox:{agent}", timeout)
 
+    def waiting_on_inbox(self, agent: str) -> int:
+        """How many waits on `agent`'s inbox are registered (and will be woken)."""
+        return len(self._waiters.get(f"inbox:{agent}", ()))
+
     def reply_waiter(self, correlation_id: str) -> asyncio.Event:
         """Registers interest before the request is sent, so no reply slips by."""
         event = asyncio.Event()

@@ -292,7 +292,8 @@ def test_the_mcp_push_listener_follows_the_primary_through_a_failover(cluster, c
 
     async def woken_by_a_delivery(events: InboxEvents) -> bool:
         waiter = asyncio.create_task(events.wait_inbox(reader, 30))
-        await asyncio.sleep(0.05)  # let the waiter register before the message goes out
+        while not events.waiting_on_inbox(reader) and not waiter.done():  # registered first
+            await asyncio.sleep(0)
         await asyncio.to_thread(bus.send_message, {"from": "s", "to": reader, "payload": 1})
         return await waiter
 

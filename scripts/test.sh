@@ -35,7 +35,7 @@ fi
 # pytest-xdist workers (MSGBUS_TEST_WORKERS, default 3; 0 runs them in this process).
 # tests/conftest.py keeps a module's tests, and all of tests/cluster, on one worker.
 set +e
-python3 -m pytest -n "${MSGBUS_TEST_WORKERS:-3}" --dist loadgroup "$@"
+python3 -m pytest -n "${MSGBUS_TEST_WORKERS:-3}" --dist loadgroup --durations=15 "$@"
 status=$?
 set -e
 if [ "$status" -eq 5 ]; then

@@ -242,13 +242,13 @@ def test_sixty_concurrent_readyz_and_metrics_requests_leave_tool_calls_answering
             httpx.AsyncClient(limits=limits, timeout=30) as web,
             http(base, tokens["alice"]) as agent,
         ):
-            await call(agent, "read_messages", {})  # connected before the burst
+            await call(agent, "read_messages", {"wait_seconds": 0})  # connected first
             burst = [
                 asyncio.create_task(web.get(f"{base}{route}"))
                 for route in ("/readyz", "/metrics")
                 for _ in range(60)
             ]
-            answered = await asyncio.wait_for(call(agent, "read_messages", {}), 30)
+            answered = await asyncio.wait_for(call(agent, "read_messages", {"wait_seconds": 0}), 30)
             codes = [r.status_code for r in await asyncio.wait_for(asyncio.gather(*burst), 60)]
             after = await asyncio.wait_for(web.get(f"{base}/readyz"), 15)
             return answered, codes, after.status_code

@@ -46,11 +46,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Opt-in tests run only when `-m` names their marker; otherwise they are deselected.
     Under pytest-xdist (`--dist loadgroup`) a module's tests stay on one worker, so its
     module-scoped bus and worker are built once, and all of tests/cluster shares one worker:
-    the session's multi-node stack listens on fixed ports."""
+    the session's multi-node stack listens on fixed ports, and they come first."""
     for item in items:
         group = "cluster" if item.get_closest_marker("cluster") else item.nodeid.split("::")[0]
         assert "@" not in group, group
         item.add_marker(pytest.mark.xdist_group(group))
+    # The cluster tests are the longest chain a single worker runs: handed out first, they
+    # end while the other workers still have modules to take.
+    items.sort(key=lambda item: not item.get_closest_marker("cluster"))
     chosen = config.getoption("markexpr", "") or ""
     wanted = [m for m in OPT_IN_MARKERS if m not in chosen]
     if not wanted:

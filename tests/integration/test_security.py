@@ -228,7 +228,9 @@ def test_acl_allows_and_denies_with_the_rule_named_and_audits_it(module_env, tmp
 
 
 def test_rate_limit_refuses_a_burst_with_retry_after_then_recovers(module_env, worker):
-    bus = module_env.bus(rate_limit="5/s", rate_burst=5)
+    # One token a second: the burst of 5 is spent long before a token comes back, even on
+    # a machine busy enough to stretch five sends over a fifth of a second.
+    bus = module_env.bus(rate_limit="1/s", rate_burst=5)
     sender = f"fast-{uuid.uuid4().hex[:6]}"
     agent = bus.as_agent(sender, front_door=True)  # as an LLM agent through MCP
     for i in range(5):
@@ -236,7 +238,7 @@ def test_rate_limit_refuses_a_burst_with_retry_after_then_recovers(module_env, w
     with pytest.raises(RateLimited) as excinfo:
         agent.send({"to": "sink", "payload": 5})
     retry_after = excinfo.value.retry_after
-    assert 0 < retry_after <= 0.3
+    assert 0 < retry_after <= 1.0
     assert "retry after" in str(excinfo.value)
 
     def recovered():
@@ -246,7 +248,7 @@ def test_rate_limit_refuses_a_burst_with_retry_after_then_recovers(module_env, w
             return None
 
     started = time.monotonic()
-    assert wait_for(recovered, 2, "the bucket to refill").status.value == "queued"
+    assert wait_for(recovered, 5, "the bucket to refill").status.value == "queued"
     assert time.monotonic() - started >= retry_after * 0.5
     # Trusted code holding the secret has its own limit (MESSAGE_BUS_TRUSTED_RATE_LIMIT,
     # off by default): a bulk job is not held to the LLM agents' rate.

@@ -29,15 +29,19 @@ TRIM_HISTORY_LUA = """
 local function sender_of(member)
   return string.match(member, '"from":"([^"]*)"')
 end
+-- The oldest entry is looked at alone first (in a flood it is the flooder's), then chunks
+-- growing to 256: each member read is a whole message, so reading 64 to evict one was most
+-- of a delivery's cost.
 local function oldest_from(key, sender)
-  local start = 0
+  local start, size = 0, 1
   while true do
-    local chunk = redis.call('ZRANGE', key, start, start + 63)
+    local chunk = redis.call('ZRANGE', key, start, start + size - 1)
     if #chunk == 0 then return nil end
     for _, member in ipairs(chunk) do
       if sender_of(member) == sender then return member end
     end
-    start = start + 64
+    start = start + size
+    size = math.min(size * 4, 256)
   end
 end
 local function forget(senders_key, member)
@@ -47,8 +51,10 @@ local function forget(senders_key, member)
     redis.call('HDEL', senders_key, from)
   end
 end
-local function trim_history(key, bytes_key, senders_key, sender, max_entries, max_bytes, share)
-  local size = tonumber(redis.call('GET', bytes_key) or '0')
+local function trim_history(key, bytes_key, senders_key, sender, max_entries, max_bytes, share,
+    size)
+  size = size or tonumber(redis.call('GET', bytes_key) or '0')
+  local stored = size
   local n = redis.call('ZCARD', key)
   while n > 0 and (n > max_entries or size > max_bytes) do
     local victim = nil
@@ -62,15 +68,16 @@ local function trim_history(key, bytes_key, senders_key, sender, max_entries, ma
     n = n - 1
   end
   if size < 0 or n == 0 then size = 0 end
-  redis.call('SET', bytes_key, size)
+  if size ~= stored then redis.call('SET', bytes_key, size) end
 end
 local function add_history(key, bytes_key, senders_key, sender, score, member, max_entries,
     max_bytes, share)
+  local size = nil
   if redis.call('ZADD', key, score, member) == 1 then
-    redis.call('INCRBY', bytes_key, #member)
+    size = redis.call('INCRBY', bytes_key, #member)
     if senders_key then redis.call('HINCRBY', senders_key, sender, 1) end
   end
-  trim_history(key, bytes_key, senders_key, sender, max_entries, max_bytes, share)
+  trim_history(key, bytes_key, senders_key, sender, max_entries, max_bytes, share, size)
 end
 """
 

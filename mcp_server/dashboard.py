@@ -26,6 +26,7 @@ from bus.errors import BusError
 from bus.handle import AgentHandle
 from bus.settings import Settings
 from bus.tokens import TokenFile
+from mcp_server.serving import uvicorn_settings
 from mcp_server.websecurity import HostOriginGuard, WebOrigins, web_origins
 
 PAGE = Path(__file__).with_name("static") / "dashboard.html"
@@ -158,4 +159,4 @@ def serve(settings: Settings, host: str, port: int, tokens_path: Path | None = N
     origins = web_origins(host, port, settings)
     app = Starlette(routes=dashboard_routes(MessageBus(settings), tokens, origins))
     print(f"dashboard on http://{host}:{port}/ui", flush=True)
-    uvicorn.run(HostOriginGuard(app, origins), host=host, port=port, log_level="warning")
+    uvicorn.run(HostOriginGuard(app, origins), host=host, port=port, **uvicorn_settings("warning"))

@@ -106,6 +106,9 @@ def build_app(
     @contextlib.asynccontextmanager
     async def lifespan(app_: Any) -> AsyncIterator[None]:
         async with inner_lifespan(app_):
+            # Subscribed to Redis's inbox events before the first request: a listen stream
+            # acknowledged before then could miss the very delivery it was opened for.
+            await events.start()
             task = asyncio.get_running_loop().create_task(readiness.run())
             try:
                 yield

@@ -20,6 +20,7 @@ from bus.tokens import TokenFile
 from mcp_server.identity import Identity
 from mcp_server.processes import HttpOptions, Supervisor, build_http, processes_wanted, say_where
 from mcp_server.server import build_server
+from mcp_server.serving import uvicorn_settings
 from mcp_server.stdio import serve_stdio
 
 logger = logging.getLogger(__name__)
@@ -78,4 +79,4 @@ def run_http(
         return
     app = build_http(settings, options)
     say_where(options)
-    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), timeout_graceful_shutdown=5)
+    uvicorn.run(app, host=host, port=port, **uvicorn_settings(log_level))

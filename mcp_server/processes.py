@@ -53,6 +53,7 @@ from mcp_server.affinity import SessionAffinity, socket_path
 from mcp_server.http import build_app
 from mcp_server.identity import Identity
 from mcp_server.server import build_server
+from mcp_server.serving import uvicorn_settings
 
 logger = logging.getLogger(__name__)
 
@@ -261,11 +262,7 @@ def process_main(
         print(f"error: {exc.message}", file=sys.stderr)
         sys.exit(exc.exit_code)
     ready.set()
-    config = uvicorn.Config(
-        app,
-        log_level=options.log_level.lower(),
-        timeout_graceful_shutdown=5,
-    )
+    config = uvicorn.Config(app, **uvicorn_settings(options.log_level))
     uvicorn.Server(config).run(sockets=list(sockets))
 
 

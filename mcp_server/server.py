@@ -266,6 +266,7 @@ def _register_legacy_subscribe(
             )
         streams[handle.agent] += 1
         try:
+            await events.start()  # (again if Redis dropped it): events flow before the ack
             return await listen(ctx, params)
         finally:
             streams[handle.agent] -= 1

@@ -5,8 +5,10 @@ processes, and sessions, tokens and push work whichever process a request reache
 from __future__ import annotations
 
 import asyncio
+import http.client
 import subprocess
 import sys
+import time
 
 import httpx
 import httpx2
@@ -177,3 +179,20 @@ def test_a_second_server_on_the_port_is_refused_not_joined(server, module_env, t
     for _ in range(CALLS):
         answer = httpx.post(f"{url}/mcp", json=body, headers=headers, timeout=10)
         assert answer.status_code != 401
+
+
+def test_an_idle_connection_outlives_the_clients_keep_alive(server):
+    """A client keeps an idle connection up to its own expiry (httpx 5 s) and then sends its
+    next request on it; a server closing idle connections at the same moment would answer
+    that request with a closed socket."""
+    url, port, _, _ = server
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        for pause in (0, httpx2.Limits().keepalive_expiry + 1):  # the first: the control
+            time.sleep(pause)
+            connection.request("GET", "/healthz")
+            answer = connection.getresponse()
+            answer.read()
+            assert answer.status == 200
+    finally:
+        connection.close()

@@ -21,6 +21,7 @@ from tests.support.waiting import wait_for
 pytestmark = pytest.mark.timeout(120)
 
 SKEW = 600.0  # seconds ahead: twice the allowed clock skew (MESSAGE_BUS_CLOCK_SKEW=300)
+LEASE = 10  # seconds: the first reader's lease
 SHIFTED_CLOCK = f"""
 import time
 _time, _time_ns = time.time, time.time_ns
@@ -80,7 +81,8 @@ def test_a_reader_whose_clock_runs_ahead_cannot_take_over_another_readers_lease(
     module_env, worker, agents, skewed_path
 ):
     sender, reader = agents("s"), agents("r")
-    quick = module_env.bus(visibility_timeout=3)
+    # Long enough for the skewed CLI to start under a loaded machine (it took over 3 s).
+    quick = module_env.bus(visibility_timeout=LEASE)
     receipt = quick.send_message({"from": sender, "to": reader, "payload": "mine"})
     [leased] = wait_for(lambda: quick.read(reader, limit=1, wait=1), 15, "the first read")
     assert leased.id == receipt.id
@@ -90,10 +92,10 @@ def test_a_reader_whose_clock_runs_ahead_cannot_take_over_another_readers_lease(
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
 
-    # Its clock says the 3 s lease ran out ten minutes ago; Redis's says it has not.
+    # Its clock says the lease ran out ten minutes ago; Redis's says it has not.
     assert read_ahead() == []
     # Positive control: once the lease has run out by Redis's clock, it comes back.
-    again = wait_for(read_ahead, 15, "the lease to run out by Redis's clock")
+    again = wait_for(read_ahead, LEASE + 15, "the lease to run out by Redis's clock")
     assert [m["id"] for m in again] == [receipt.id] and again[0]["delivery_count"] == 2
 
 

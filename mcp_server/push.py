@@ -3,7 +3,8 @@
 One Redis pub/sub connection per server process pattern-subscribes to the inbox and reply
 channels the workers publish on (and to the channel other MCP server processes publish
 their events on). From it:
-- `wait_inbox` / `wait_reply` wake long-polls without a thread per waiting client;
+- `watching_inbox` / `wait_inbox` / `reply_waiter` wake long-polls without a thread per
+  waiting client;
 - `RedisSubscriptionBus` feeds `subscriptions/listen` streams (2026-07-28) across processes;
 - `LegacySubscriptions` sends `notifications/resources/updated` to `resources/subscribe`rs.
 """
@@ -15,7 +16,7 @@ import contextlib
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -146,22 +147,36 @@ class InboxEvents:
         except (ValueError, KeyError, TypeError):
             logger.warning("ignored malformed MCP event on %s", self.mcp_channel)
 
-    async def _wait(self, key: str, timeout: float) -> bool:
+    @contextlib.asynccontextmanager
+    async def watching_inbox(self, agent: str) -> AsyncIterator[Callable[[float], Awaitable[bool]]]:
+        """Wake-ups of `agent`'s inbox, registered from the start of the block to its end:
+        the yielded `wait(timeout)` returns True at once if an event came since the last
+        wait (or since the block began), so a long-poll that looks inside the block misses
+        no delivery between a look and its wait."""
         await self.start()
+        key = f"inbox:{agent}"
         event = asyncio.Event()
         self._waiters[key].add(event)
+
+        async def wait(timeout: float) -> bool:
+            try:
+                await asyncio.wait_for(event.wait(), timeout)
+                return True
+            except TimeoutError:
+                return False
+            finally:
+                event.clear()  # before the next look: what comes after it sets it again
+
         try:
-            await asyncio.wait_for(event.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
+            yield wait
         finally:
             self._waiters[key].discard(event)
             if not self._waiters[key]:
                 del self._waiters[key]
 
     async def wait_inbox(self, agent: str, timeout: float) -> bool:
-        return await self._wait(f"inbox:{agent}", timeout)
+        async with self.watching_inbox(agent) as wait:
+            return await wait(timeout)
 
     def waiting_on_inbox(self, agent: str) -> int:
         """How many waits on `agent`'s inbox are registered (and will be woken)."""

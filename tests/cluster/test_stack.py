@@ -4,11 +4,21 @@ writes confirmed by replicas when MESSAGE_BUS_REDIS_MIN_REPLICAS asks."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import subprocess
+import sys
+
 import pytest
 
+from bus.tokens import TokenFile
 from msgbus.services import services_status, services_up
 from tests.cluster.conftest import primary_client
+from tests.support.mcp import call, http
+from tests.support.paths import ROOT
+from tests.support.processes import stop
 from tests.support.waiting import wait_for
+from tests.support.web import start_http_server
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
@@ -121,11 +131,6 @@ def test_two_replicas_confirm_each_delivery_and_a_third_that_does_not_exist_make
 
 
 def test_the_cluster_commands_print_settings_and_a_status_whose_exit_code_says_it_all():
-    import json
-    import subprocess
-    import sys
-
-    from tests.support.paths import ROOT
 
     def msgbus(*args: str) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "msgbus", "services", "cluster", *args]
@@ -148,13 +153,6 @@ def test_the_cluster_commands_print_settings_and_a_status_whose_exit_code_says_i
 def test_the_mcp_http_server_on_the_cluster_sends_and_wakes_a_long_poll(
     cluster_env, agents, tmp_path
 ):
-    import asyncio
-
-    from bus.tokens import TokenFile
-    from tests.support.mcp import call, http
-    from tests.support.processes import stop
-    from tests.support.web import start_http_server
-
     alice, bob = agents("alice"), agents("bob")
     tokens = tmp_path / "tokens.json"
     issued = {name: TokenFile(tokens).create(name) for name in (alice, bob)}
@@ -164,13 +162,19 @@ def test_the_mcp_http_server_on_the_cluster_sends_and_wakes_a_long_poll(
     async def scenario() -> None:
         async with http(url, issued[alice]) as a, http(url, issued[bob]) as b:
             waiting = asyncio.create_task(call(b, "read_messages", {"wait_seconds": 30}))
-            await asyncio.sleep(0.2)  # bob's long poll is waiting before alice sends
+            # bob's long poll has looked once (and watches his inbox) before alice sends.
+            await asyncio.to_thread(wait_for, lambda: seen(bob), 15, "bob's long poll")
             sent = await call(a, "send_message", {"to": bob, "payload": {"via": "cluster"}})
             read = await waiting
             assert [m["id"] for m in read["messages"]] == [sent["id"]]
             assert (await call(b, "ack_messages", {"ids": [sent["id"]]}))["acked"] == 1
 
+    def seen(agent: str) -> bool:
+        return any(a.id == agent and a.last_seen for a in bus.agents())
+
+    bus = cluster_env.bus()
     try:
         asyncio.run(scenario())
     finally:
+        bus.close()
         stop(server)

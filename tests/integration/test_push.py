@@ -1,0 +1,37 @@
+"""The MCP server's inbox wake-ups (mcp_server.push.InboxEvents) on real Redis, with a real
+worker delivering: a long-poll watches an inbox from before its first look, so a delivery
+that lands between a look and the wait wakes it at once instead of after the next step."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mcp_server.push import InboxEvents
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_a_delivery_between_a_look_and_the_wait_wakes_the_wait(module_env, worker, bus, agents):
+    sender, reader = agents("s"), agents("r")
+
+    async def scenario() -> tuple[bool, bool]:
+        events = InboxEvents(module_env.settings().redis_url, bus.runtime.keys)
+        try:
+            async with events.watching_inbox(reader) as wait:
+                # The look found nothing; the message is delivered before the wait begins.
+                await asyncio.to_thread(
+                    bus.send_message, {"from": sender, "to": reader, "payload": 1}
+                )
+                unread = bus.as_agent(reader).unread
+                await asyncio.to_thread(wait_for, lambda: unread() == 1, 15, "the delivery")
+                woken = await wait(10)
+                quiet = await wait(0.3)  # the control: nothing came since
+            return woken, quiet
+        finally:
+            await events.close()
+
+    woken, quiet = asyncio.run(scenario())
+    assert woken is True and quiet is False

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -21,7 +22,7 @@ from tests.support.processes import free_port
 from tests.support.waiting import wait_for
 from tests.support.web import http_status
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(900)  # one run of five stacks ended and six started
 
 
 class Up:
@@ -139,6 +140,9 @@ def kill9(up: Up) -> None:
     up.supervisor.send_signal(signal.SIGKILL)
 
 
+# Each way of ending a stack, in the order they are run: each ends the stack the previous
+# one's "up starts again" started (on the same ports), so every ending is followed by a
+# fresh start, and the last stack is stopped with Ctrl-C.
 CASES = [
     ("ctrl-c with output piped to tee", ctrl_c, True, 1),
     ("sigterm", sigterm, False, 1),
@@ -148,31 +152,39 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("case", "end", "tee", "processes"), CASES, ids=[c[0] for c in CASES])
-def test_no_process_of_the_stack_survives_its_supervisor_and_up_starts_again(
-    fresh_env, tmp_path, case, end, tee, processes
-):
-    ports = {"mcp": free_port(), "flower": free_port(), "metrics": free_port()}
-    first = Up(fresh_env, tmp_path, ports, tee=tee, mcp_processes=processes)
-    second = None
-    try:
-        first.wait_serving()
-        assert len(first.stack) >= 4 + processes - 1, describe(first.stack)
-        end(first)
-        deadline = time.monotonic() + 45
-        while first.survivors() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        left = first.survivors()
-        busy = {name: port for name, port in ports.items() if listening_pid(port)}
-        assert left == [] and busy == {}, (
-            f"after {case}: still running {describe(left)}; ports still served {busy}"
-        )
+def ended(up: Up, case: str, end: Callable[[Up], None], ports: dict[str, int]) -> None:
+    """Ends `up` the way `case` does; no process of it survives and its ports are free."""
+    end(up)
+    deadline = time.monotonic() + 45
+    while up.survivors() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = up.survivors()
+    busy = {name: port for name, port in ports.items() if listening_pid(port)}
+    assert left == [] and busy == {}, (
+        f"after {case}: still running {describe(left)}; ports still served {busy}"
+    )
 
-        second = Up(fresh_env, tmp_path, ports, tee=False, mcp_processes=processes)
-        second.wait_serving()
-        second.supervisor.send_signal(signal.SIGINT)
-        wait_for(lambda: not second.survivors(), 45, "the second stack to stop")
+
+def test_no_process_of_the_stack_survives_its_supervisor_and_up_starts_again(fresh_env, tmp_path):
+    ports = {"mcp": free_port(), "flower": free_port(), "metrics": free_port()}
+    started: list[Up] = []
+
+    def start(tee: bool, processes: int) -> Up:
+        up = Up(fresh_env, tmp_path, ports, tee=tee, mcp_processes=processes)
+        started.append(up)
+        up.wait_serving()
+        return up
+
+    try:
+        for k, (case, end, tee, processes) in enumerate(CASES):
+            up = started[-1] if started else start(tee, processes)
+            assert len(up.stack) >= 4 + processes - 1, describe(up.stack)
+            ended(up, case, end, ports)
+            # Up starts again on the same ports, and serves (as the next case needs it).
+            start(False, CASES[k + 1][3] if k + 1 < len(CASES) else processes)
+        last = started[-1]
+        last.supervisor.send_signal(signal.SIGINT)
+        wait_for(lambda: not last.survivors(), 45, "the last stack to stop")
     finally:
-        first.clean_up()
-        if second is not None:
-            second.clean_up()
+        for up in started:
+            up.clean_up()

@@ -64,7 +64,9 @@ class Sender:
         """`deliver_here`: a single message to one agent is delivered by this process
         (Deliverer.deliver_here) rather than by a worker, its task published only when that
         does not go through. For code that runs inside a task that is retried if it fails
-        (a worker agent's handler): one broker hop and one Celery task less per answer."""
+        (a worker agent's handler): one broker hop and one Celery task less per answer.
+        A message to a worker agent is always delivered so: its Celery task is the agent's
+        own `bus.handle`, which that delivery publishes (see `_here`)."""
         self.runtime = runtime
         self.settings = runtime.settings
         self.guard = guard
@@ -309,7 +311,12 @@ class Sender:
         """One task per message, or per priority for a batch; raises _Unsent with what is
         left when the broker refuses one. A single send lingers when that is on (unless
         this process delivers it itself)."""
-        if self.linger is not None and not batch and len(prepared) == 1 and not self.deliver_here:
+        if (
+            self.linger is not None
+            and not batch
+            and len(prepared) == 1
+            and not self._here(prepared[0])
+        ):
             p = prepared[0]
             try:
                 self.linger.send(p.record.queue, p, len(p.record.wire))
@@ -326,6 +333,22 @@ class Sender:
             except BusError as exc:
                 raise _Unsent([p for group in pending for p in group], exc) from exc
             pending.pop(0)
+
+    def _here(self, p: Prepared) -> bool:
+        """Whether this process delivers `p` itself: in a worker agent's handler, or when its
+        one recipient is a worker agent. A `bus.deliver` task would only be a detour for the
+        latter: its worker would deliver and then publish the agent's `bus.handle` task, as
+        this does (a broker hop and a task less per request; the same script, checks and
+        dispatch, and the task is still published when that does not go through)."""
+        to = p.record.to
+        if not to:
+            return False
+        if self.deliver_here:
+            return True
+        try:
+            return bool(self.runtime.deliverer.worker_agents([to]))
+        except BusUnavailable:
+            return False  # Redis is down: the worker delivers it once Redis is back
 
     def _publish(self, group: list[Prepared], batch: bool) -> None:
         first = group[0].message
@@ -344,9 +367,8 @@ class Sender:
                 summary=f"<batch of {len(group)}>",
             )
             return
-        if self.deliver_here and group[0].record.to:
-            if self.runtime.deliverer.deliver_here(group[0].record.wire):
-                return
+        if self._here(group[0]) and self.runtime.deliverer.deliver_here(group[0].record.wire):
+            return
         self.runtime.broker.publish(
             DELIVER_TASK,
             [group[0].record.wire],

@@ -1,7 +1,9 @@
-"""Benchmark plumbing: an isolated vhost and key prefix, worker processes, timing helpers."""
+"""Benchmark plumbing: an isolated vhost and key prefix, worker processes, timing helpers,
+an agent's timed MCP round trips."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import statistics
@@ -12,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from kombu import Connection
 
@@ -48,6 +50,37 @@ def wait_until(
             return time.monotonic()
         time.sleep(interval)
     raise TimeoutError(f"benchmark gave up waiting for {what} after {timeout}s")
+
+
+class ToolCaller(Protocol):
+    """An MCP client as the MCP workloads drive it: the SDK's client or mcpload's lean one."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any]) -> Any: ...
+
+
+async def send_then_read(
+    client: ToolCaller,
+    calls: int,
+    send: list[float],
+    read: list[float],
+    ready: asyncio.Semaphore,
+    go: asyncio.Event,
+) -> None:
+    """One agent's MCP round trips, as a model makes them: send_message and read_messages
+    once each before the clock (a first call may list tools or compile schemas), `ready`
+    released, then on `go` `calls` times send_message then read_messages, each call's
+    seconds appended to `send` and `read`."""
+    await client.call_tool("send_message", {"to": "bench-sink", "payload": 0})
+    await client.call_tool("read_messages", {"limit": 1, "wait_seconds": 0})
+    ready.release()
+    await go.wait()
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        await client.call_tool("send_message", {"to": "bench-sink", "payload": 1})
+        t1 = time.perf_counter()
+        await client.call_tool("read_messages", {"limit": 1, "wait_seconds": 0})
+        send.append(t1 - t0)
+        read.append(time.perf_counter() - t1)
 
 
 class Bench:

@@ -38,7 +38,7 @@ import httpx
 import orjson
 import psutil
 
-from bench.harness import ROOT, Bench, percentile, wait_until
+from bench.harness import ROOT, Bench, percentile, send_then_read, wait_until
 from bus.tokens import TokenFile
 
 CLIENTS = (1, 8, 32)
@@ -152,17 +152,7 @@ async def _round_trips(
 
     async def one(client: LeanClient) -> None:
         await client.connect()
-        await client.call_tool("send_message", {"to": "bench-sink", "payload": 0})
-        await client.call_tool("read_messages", {"limit": 1, "wait_seconds": 0})
-        ready.release()
-        await go.wait()
-        for _ in range(calls):
-            t0 = time.perf_counter()
-            await client.call_tool("send_message", {"to": "bench-sink", "payload": 1})
-            t1 = time.perf_counter()
-            await client.call_tool("read_messages", {"limit": 1, "wait_seconds": 0})
-            load.send.append(t1 - t0)
-            load.read.append(time.perf_counter() - t1)
+        await send_then_read(client, calls, load.send, load.read, ready, go)
 
     tasks = [asyncio.create_task(one(c)) for c in clients]
     try:

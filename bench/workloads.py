@@ -12,7 +12,7 @@ import orjson
 from kombu import Connection, Exchange, Producer
 
 from bench import raw_app as raw
-from bench.harness import QUEUES, Bench, percentile, rss_mb, wait_until
+from bench.harness import QUEUES, Bench, percentile, rss_mb, send_then_read, wait_until
 from bench.raw_app import app as raw_app
 
 
@@ -293,17 +293,7 @@ def mcp_round_trips(b: Bench, calls: int, clients: int, port: int, token: str) -
         async with Client(
             streamable_http_client(f"http://127.0.0.1:{port}/mcp", http_client=http)
         ) as client:
-            await client.call_tool("send_message", {"to": "bench-sink", "payload": 0})
-            await client.call_tool("read_messages", {"limit": 1, "wait_seconds": 0})
-            ready.release()
-            await go.wait()
-            for _ in range(calls):
-                t0 = time.perf_counter()
-                await client.call_tool("send_message", {"to": "bench-sink", "payload": 1})
-                results["send"].append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                await client.call_tool("read_messages", {"limit": 1, "wait_seconds": 0})
-                results["read"].append(time.perf_counter() - t0)
+            await send_then_read(client, calls, results["send"], results["read"], ready, go)
 
     async def run() -> dict[str, Any]:
         results: dict[str, list[float]] = {"send": [], "read": []}

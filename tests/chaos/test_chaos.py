@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from bus.errors import LimitExceeded
+from msgbus.services import rabbit_env
 from tests.chaos.harness import Checker, in_background
 from tests.support.processes import PrivateRedis, free_port
 from tests.support.waiting import wait_for
@@ -95,18 +96,9 @@ class RabbitNode:
         (base / "rabbitmq.conf").write_text(f"listeners.tcp.default = 127.0.0.1:{self.port}\n")
         (base / "enabled_plugins").write_text("[].\n")
         subprocess.run(["chown", "-R", "rabbitmq:rabbitmq", str(base)], check=True)
-        self.env = os.environ | {
-            "RABBITMQ_NODENAME": self.name,
-            "RABBITMQ_NODE_PORT": str(self.port),
-            "RABBITMQ_DIST_PORT": str(free_port()),
-            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-            "ERL_EPMD_ADDRESS": "127.0.0.1",
-            "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
-            "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(base / "log"),
-            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
-        }
+        # Its own free port for Erlang distribution: rabbit_env's AMQP port + 20000 can pass
+        # 65535 when the AMQP port is a free one.
+        self.env = rabbit_env(self.port, self.name, base) | {"RABBITMQ_DIST_PORT": str(free_port())}
         self.proc = None
 
     @property

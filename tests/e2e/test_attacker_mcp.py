@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import subprocess
-import sys
 import time
 
 import pytest
@@ -19,8 +17,8 @@ from bus.tokens import TokenFile
 from mcp_server.server import LISTEN_STREAMS_PER_AGENT
 from tests.support.env import audit_entries
 from tests.support.mcp import call, error_of, http, stdio
-from tests.support.paths import ARTIFACTS, REDIS_URL, ROOT
-from tests.support.processes import msgbus, stop
+from tests.support.paths import REDIS_URL
+from tests.support.processes import msgbus, start_echo_agent, stop
 from tests.support.waiting import holds_for, wait_for
 from tests.support.web import start_http_server
 
@@ -73,17 +71,7 @@ def bus(bounded):
 
 @pytest.fixture(scope="module")
 def echo_agent(bounded):
-    log = ARTIFACTS / f"agent-echo-{bounded.vhost}.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "msgbus", "agent", "run", "examples.echo_agent:agent"],
-        cwd=ROOT,
-        env=bounded.env(),
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("wb"),
-        start_new_session=True,
-    )
-    wait_for(lambda: b"ready." in log.read_bytes() or proc.poll() is not None, 60, "the echo agent")
-    assert proc.poll() is None, log.read_text()[-2000:]
+    proc, _ = start_echo_agent(bounded, "agent-echo")
     yield
     stop(proc)
 

@@ -10,6 +10,7 @@ import pytest
 
 from tests.support import claude_code
 from tests.support.anthropic_stub import Exchange, Text, ToolUse, result_text
+from tests.support.contract import CORE_TOOLS
 from tests.support.paths import ARTIFACTS
 from tests.support.sessions import (
     ReadSize,
@@ -24,24 +25,11 @@ from tests.support.waiting import wait_for
 pytestmark = pytest.mark.timeout(300)
 
 PAYLOAD = "please review PR 42 by friday"  # 29 characters, the size report's payload
-CORE = (
-    "send_message",
-    "read_messages",
-    "ack_messages",
-    "subscribe",
-    "unsubscribe",
-    "get_history",
-    "message_status",
-    "request",
-)
 
 
 @pytest.fixture(scope="session")
 def claude():
-    try:
-        return claude_code.install()
-    except claude_code.ClaudeCodeError as exc:
-        pytest.fail(f"Claude Code is needed for these tests and could not be installed: {exc}")
+    return claude_code.installed()
 
 
 def clean(session):
@@ -234,20 +222,20 @@ def test_size_of_what_the_bus_adds_to_each_prompt_and_of_its_tool_definitions_is
             claude,
             alice,
             module_env.env(),
-            [load_tools(*CORE), Text("Loaded.")],
+            [load_tools(*CORE_TOOLS), Text("Loaded.")],
             tmp_path / "run1",
-            list(CORE),
+            list(CORE_TOOLS),
         )
     )
     every_prompt = prompt_chars(with_bus.stub.turns[0]) - prompt_chars(bare.stub.turns[0])
     loaded = with_bus.stub.turns[1]
     definitions = {
         name: len(json.dumps(loaded.tool_definition(bus_tool(name)), separators=(",", ":")))
-        for name in CORE
+        for name in CORE_TOOLS
     }
     total = sum(definitions.values())
     print(
-        f"\nthe bus adds {every_prompt} chars to every prompt; the {len(CORE)} core tool "
+        f"\nthe bus adds {every_prompt} chars to every prompt; the {len(CORE_TOOLS)} core tool "
         f"definitions, once loaded, {total} chars: {definitions}"
     )
     ARTIFACTS.mkdir(exist_ok=True)

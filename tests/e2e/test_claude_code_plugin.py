@@ -14,6 +14,7 @@ import pytest
 
 from tests.support import claude_code
 from tests.support.anthropic_stub import AnthropicStub, Text, ToolUse, result_text
+from tests.support.contract import CORE_TOOLS
 from tests.support.paths import ARTIFACTS, ROOT
 from tests.support.waiting import wait_for
 
@@ -27,10 +28,7 @@ PREFIX = "mcp__plugin_message-bus_bus__"  # Claude Code's names for a plugin ser
 
 @pytest.fixture(scope="module")
 def claude():
-    try:
-        return claude_code.install()
-    except claude_code.ClaudeCodeError as exc:
-        pytest.fail(f"Claude Code is needed for these tests and could not be installed: {exc}")
+    return claude_code.installed()
 
 
 def bus_env(module_env, **extra):
@@ -125,19 +123,7 @@ def test_a_session_started_with_plugin_dir_lists_the_bus_tools_and_reads(
         extra_args=["--plugin-dir", str(PLUGIN_DIR)],
     )
     listed = set(re.findall(rf"{PREFIX}[a-z_]+", json.dumps(stub.turns[0].body)))
-    assert listed == {
-        PREFIX + name
-        for name in (
-            "send_message",
-            "read_messages",
-            "ack_messages",
-            "subscribe",
-            "unsubscribe",
-            "get_history",
-            "message_status",
-            "request",
-        )
-    }
+    assert listed == {PREFIX + name for name in CORE_TOOLS}
     assert json.loads(result_text(stub.turns[2].tool_result(read.id))) == {
         "messages": [],
         "count": 0,

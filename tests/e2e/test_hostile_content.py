@@ -8,8 +8,6 @@ are shared by the module."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -34,10 +32,9 @@ from tests.support.hostile import (
     matches,
 )
 from tests.support.mcp import http, stdio
-from tests.support.paths import ARTIFACTS, ROOT
-from tests.support.processes import free_port
+from tests.support.processes import start_echo_agent
 from tests.support.waiting import wait_for
-from tests.support.web import http_status
+from tests.support.web import start_http_server
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -59,38 +56,15 @@ def http_url(module_env, worker, tmp_path_factory):
     tokens_path = tmp_path_factory.mktemp("hostile") / "tokens.json"
     tokens = TokenFile(tokens_path)
     issued = {name: tokens.create(name) for name in ("http-sender", "http-reader", "http-ops")}
-    port = free_port()
-    log = ARTIFACTS / f"mcp-http-hostile-{module_env.vhost}.log"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "msgbus",
-            "mcp",
-            "--http",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--profile",
-            "full",
-            "--tokens-file",
-            str(tokens_path),
-        ],
-        cwd=ROOT,
-        env=module_env.env(MESSAGE_BUS_ADMINS='["http-ops"]'),
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("wb"),
-        start_new_session=True,
+    proc, url = start_http_server(
+        module_env,
+        "mcp-http-hostile",
+        tokens_path,
+        "--profile",
+        "full",
+        up_within=60,
+        MESSAGE_BUS_ADMINS='["http-ops"]',
     )
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if proc.poll() is not None:
-            pytest.fail(f"MCP HTTP server exited:\n{log.read_text()[-2000:]}")
-        return http_status(f"{url}/healthz") == 200
-
-    wait_for(up, 60, "the MCP HTTP server")
     yield url, issued
     proc.terminate()
     proc.wait(20)
@@ -448,17 +422,7 @@ def test_raw_json_rpc_literals_are_refused_named_or_delivered_exactly(http_url, 
 
 @pytest.fixture(scope="module")
 def echo_agent(module_env, worker):
-    log = ARTIFACTS / f"agent-echo-hostile-{module_env.vhost}.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "msgbus", "agent", "run", "examples.echo_agent:agent"],
-        cwd=ROOT,
-        env=module_env.env(),
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("wb"),
-        start_new_session=True,
-    )
-    wait_for(lambda: b"ready." in log.read_bytes() or proc.poll() is not None, 60, "the echo agent")
-    assert proc.poll() is None, log.read_text()[-2000:]
+    proc, log = start_echo_agent(module_env, "agent-echo-hostile")
     yield log
     proc.terminate()
     proc.wait(20)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
 import time
 
@@ -15,33 +14,14 @@ from mcp import StdioServerParameters
 from mcp.client import Client
 
 from bus.tokens import TokenFile
-from tests.support.mcp import call, error_of, http, run, stdio
-from tests.support.paths import ARTIFACTS, ROOT
+from tests.support.contract import CORE_TOOLS, FULL_TOOLS
+from tests.support.mcp import ResourceUpdates, call, error_of, http, run, stdio
+from tests.support.paths import ROOT
 from tests.support.processes import PrivateRedis, free_port
 from tests.support.waiting import wait_for
-from tests.support.web import wait_http_up
+from tests.support.web import start_http_server
 
 pytestmark = pytest.mark.timeout(120)
-
-CORE = [
-    "send_message",
-    "read_messages",
-    "ack_messages",
-    "subscribe",
-    "unsubscribe",
-    "get_history",
-    "message_status",
-    "request",
-]
-FULL = CORE + [
-    "send_batch",
-    "list_subscriptions",
-    "list_agents",
-    "list_dead_letters",
-    "replay_dead_letters",
-    "health",
-    "bus_stats",
-]
 
 
 @pytest.fixture(scope="module")
@@ -49,35 +29,16 @@ def http_server(module_env, worker, tmp_path_factory):
     tokens_path = tmp_path_factory.mktemp("mcp") / "tokens.json"
     tokens = TokenFile(tokens_path)
     issued = {name: tokens.create(name) for name in ("http-alice", "http-bob", "http-ops")}
-    port = free_port()
-    log = ARTIFACTS / f"mcp-http-{module_env.vhost}.log"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "msgbus",
-            "mcp",
-            "--http",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--profile",
-            "full",
-            "--tokens-file",
-            str(tokens_path),
-            "--log-level",
-            "INFO",
-        ],
-        cwd=ROOT,
-        env=module_env.env(MESSAGE_BUS_ADMINS='["http-ops"]'),
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("wb"),
-        start_new_session=True,
+    proc, url = start_http_server(
+        module_env,
+        "mcp-http",
+        tokens_path,
+        "--profile",
+        "full",
+        "--log-level",
+        "INFO",
+        MESSAGE_BUS_ADMINS='["http-ops"]',
     )
-    url = f"http://127.0.0.1:{port}"
-
-    wait_http_up(proc, log, url, 30)
     yield url, issued, tokens
     proc.terminate()
     proc.wait(15)
@@ -248,18 +209,9 @@ def test_push_notification_reaches_a_listening_client_within_a_second(module_env
 def test_legacy_resources_subscribe_gets_resource_updated(module_env, worker, agents):
     alice, bob = agents("alice"), agents("bob")
     uri = f"message-bus://inbox/{bob}"
-    updates: list[str] = []
-    arrived = asyncio.Event
 
     async def scenario():
-        got = arrived()
-
-        async def on_message(message):
-            params = getattr(getattr(message, "root", message), "params", None)
-            if getattr(params, "uri", None) is not None:
-                updates.append(str(params.uri))
-                got.set()
-
+        updates = ResourceUpdates()
         async with (
             stdio(module_env, alice) as a,
             Client(
@@ -270,15 +222,15 @@ def test_legacy_resources_subscribe_gets_resource_updated(module_env, worker, ag
                     cwd=str(ROOT),
                 ),
                 mode="legacy",
-                message_handler=on_message,
+                message_handler=updates,
             ) as b,
         ):
             await b.subscribe_resource(uri)
             await call(a, "send_message", {"to": bob, "payload": "ping"})
-            await asyncio.wait_for(got.wait(), 5)
+            await asyncio.wait_for(updates.arrived.wait(), 5)
             with pytest.raises(Exception, match="may subscribe only"):
                 await b.subscribe_resource(f"message-bus://inbox/{alice}")
-        assert updates[0] == uri
+        assert updates.uris[0] == uri
 
     run(scenario())
 
@@ -312,7 +264,7 @@ def test_bad_input_gives_clear_tool_errors_and_changes_nothing(module_env, worke
 
 def test_tools_list_matches_each_profile_and_every_tool_has_an_output_schema(module_env, worker):
     async def scenario():
-        for profile, expected in (("core", CORE), ("full", FULL)):
+        for profile, expected in (("core", CORE_TOOLS), ("full", FULL_TOOLS)):
             async with stdio(module_env, "lister", profile) as client:
                 tools = (await client.list_tools()).tools
                 assert sorted(t.name for t in tools) == sorted(expected)

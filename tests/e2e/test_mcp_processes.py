@@ -18,7 +18,7 @@ from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from bus.tokens import TokenFile
-from tests.support.mcp import call, run
+from tests.support.mcp import ResourceUpdates, call, run
 from tests.support.paths import ARTIFACTS, ROOT
 from tests.support.processes import free_port
 from tests.support.waiting import wait_for
@@ -87,29 +87,22 @@ def test_several_processes_listen_on_the_one_port(server):
 @pytest.mark.filterwarnings("ignore:resources/subscribe is removed")
 def test_a_handshake_session_calls_and_gets_its_push_across_processes(server):
     url, _, _, issued = server
-    updates: list[str] = []
 
     async def scenario():
-        got = asyncio.Event()
-
-        async def on_message(message):
-            params = getattr(getattr(message, "root", message), "params", None)
-            if getattr(params, "uri", None) is not None:
-                updates.append(str(params.uri))
-                got.set()
-
+        updates = ResourceUpdates()
         async with (
             fresh_connections(url, issued["procs-alice"]) as alice,
             fresh_connections(
-                url, issued["procs-bob"], mode="legacy", message_handler=on_message
+                url, issued["procs-bob"], mode="legacy", message_handler=updates
             ) as bob,
         ):
             assert bob.protocol_version == "2025-11-25"  # a session, with its own id
             await bob.subscribe_resource("message-bus://inbox/procs-bob")
             for i in range(CALLS):
                 await call(alice, "send_message", {"to": "procs-bob", "payload": i})
-                await asyncio.wait_for(got.wait(), 10)  # the push on bob's session stream
-                got.clear()
+                # the push on bob's session stream
+                await asyncio.wait_for(updates.arrived.wait(), 10)
+                updates.arrived.clear()
             messages: list[dict] = []
             for _ in range(CALLS):  # a push may have come before the last delivery
                 read = await call(bob, "read_messages", {"limit": CALLS, "wait_seconds": 5})
@@ -119,7 +112,7 @@ def test_a_handshake_session_calls_and_gets_its_push_across_processes(server):
             assert sorted(m["payload"] for m in messages) == list(range(CALLS))
             acked = await call(bob, "ack_messages", {"ids": [m["id"] for m in messages]})
             assert acked["acked"] == CALLS
-        assert set(updates) == {"message-bus://inbox/procs-bob"}
+        assert set(updates.uris) == {"message-bus://inbox/procs-bob"}
 
     run(scenario())
 

@@ -12,6 +12,7 @@ import pytest
 
 from bus.errors import BusUnavailable
 from bus.tokens import TokenFile
+from tests.support.contract import METRICS
 from tests.support.paths import ROOT
 from tests.support.processes import PrivateRedis, free_port, spawn, stop
 from tests.support.waiting import holds_for, wait_for
@@ -19,17 +20,6 @@ from tests.support.web import http_status, metric, start_http_server
 from tests.support.wire import publish_raw, wire_for
 
 pytestmark = pytest.mark.timeout(240)
-
-METRICS = [
-    "message_bus_messages_total",
-    "message_bus_message_duration_seconds_bucket",
-    "message_bus_errors_total",
-    "message_bus_circuit_state",
-    "message_bus_queue_depth",
-    "message_bus_dead_letters",
-    "message_bus_inbox_depth",
-    "message_bus_subscriptions",
-]
 
 
 def test_beat_replays_a_transient_dead_letter_and_leaves_a_bad_signature_alone(fresh_env, agents):

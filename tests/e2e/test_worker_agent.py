@@ -4,13 +4,11 @@ client; a failing handler retries and then lands in the dead letters with its er
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 
 import pytest
 
 from tests.support.mcp import call, stdio
-from tests.support.paths import ARTIFACTS, ROOT
+from tests.support.processes import start_echo_agent
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -18,17 +16,7 @@ pytestmark = pytest.mark.timeout(180)
 
 @pytest.fixture(scope="module")
 def echo_agent(module_env, worker):
-    log = ARTIFACTS / f"agent-echo-{module_env.vhost}.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "msgbus", "agent", "run", "examples.echo_agent:agent"],
-        cwd=ROOT,
-        env=module_env.env(),
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("wb"),
-        start_new_session=True,
-    )
-    wait_for(lambda: b"ready." in log.read_bytes() or proc.poll() is not None, 60, "the echo agent")
-    assert proc.poll() is None, log.read_text()[-2000:]
+    proc, log = start_echo_agent(module_env, "agent-echo")
     yield log
     proc.terminate()
     proc.wait(20)

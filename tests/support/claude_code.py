@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 CLAUDE_CODE_VERSION = "2.1.328"
 PACKAGE = "@anthropic-ai/claude-code"
 CACHE_ENV = "MSGBUS_CLAUDE_CODE_DIR"
@@ -81,6 +83,14 @@ def install(prefix: Path | None = None) -> Path:
     if found is None:
         raise ClaudeCodeError(f"npm installed {PACKAGE} into {prefix} but no `claude` runs")
     return found
+
+
+def installed() -> Path:
+    """`install()` for a test: the binary, or the test fails saying why it could not be had."""
+    try:
+        return install()
+    except ClaudeCodeError as exc:
+        pytest.fail(f"Claude Code is needed for these tests and could not be installed: {exc}")
 
 
 def _working_binary(prefix: Path) -> Path | None:

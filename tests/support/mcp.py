@@ -44,3 +44,19 @@ def http(url, token, **kwargs):
 
 def run(coro):
     return asyncio.run(coro)
+
+
+class ResourceUpdates:
+    """A client's `message_handler` that keeps the URI of every resources/updated
+    notification (`uris`) and sets `arrived` at each. Made inside the event loop it is used
+    on (its Event belongs to that loop)."""
+
+    def __init__(self) -> None:
+        self.uris: list[str] = []
+        self.arrived = asyncio.Event()
+
+    async def __call__(self, message) -> None:
+        params = getattr(getattr(message, "root", message), "params", None)
+        if getattr(params, "uri", None) is not None:
+            self.uris.append(str(params.uri))
+            self.arrived.set()

@@ -1,4 +1,5 @@
-"""Processes and ports of a test: a spawned bus process, a private Redis, a free port."""
+"""Processes and ports of a test: a spawned bus process, the example echo agent, a private
+Redis, a free port."""
 
 from __future__ import annotations
 
@@ -33,6 +34,15 @@ def spawn(
         stderr=log.open("wb"),
         start_new_session=True,
     )
+    return proc, log
+
+
+def start_echo_agent(env: Any, name: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """examples/echo_agent.py run by `msgbus agent run` for the env's bus (its stderr in
+    test-artifacts/NAME-VHOST.log), returned once it logs that it is ready."""
+    proc, log = spawn(env, name, ["-m", "msgbus", "agent", "run", "examples.echo_agent:agent"])
+    wait_for(lambda: b"ready." in log.read_bytes() or proc.poll() is not None, 60, "the echo agent")
+    assert proc.poll() is None, log.read_text()[-2000:]
     return proc, log
 
 

@@ -25,17 +25,15 @@ def metric(text, name, **labels):
     return total
 
 
-def start_http_server(env, name, tokens, **extra):
-    """A `msgbus mcp --http` process on a free port; returns (process, base URL) once up."""
+def start_http_server(env, name, tokens, *flags, up_within=30, **extra):
+    """A `msgbus mcp --http` process on a free port (`flags` added to its command line,
+    `extra` to its environment); returns (process, base URL) once up, and fails with its
+    log if it exits first."""
     port = free_port()
-    proc, _ = spawn(
-        env,
-        name,
-        ["-m", "msgbus", "mcp", "--http", "--port", str(port), "--tokens-file", str(tokens)],
-        **extra,
-    )
+    args = ["--http", "--port", str(port), "--tokens-file", str(tokens), *flags]
+    proc, log = spawn(env, name, ["-m", "msgbus", "mcp", *args], **extra)
     base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: http_status(f"{base}/healthz") == 200, 30, "the HTTP server")
+    wait_http_up(proc, log, base, up_within)
     return proc, base
 
 

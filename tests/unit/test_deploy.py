@@ -7,18 +7,10 @@ import re
 
 import yaml
 
+from tests.support.contract import METRICS
 from tests.support.paths import ROOT
 
-DOCUMENTED = {
-    "message_bus_messages_total",
-    "message_bus_message_duration_seconds_bucket",
-    "message_bus_errors_total",
-    "message_bus_circuit_state",
-    "message_bus_queue_depth",
-    "message_bus_dead_letters",
-    "message_bus_inbox_depth",
-    "message_bus_subscriptions",
-}
+DOCUMENTED = set(METRICS)
 
 
 def names(text: str) -> set[str]:

@@ -46,6 +46,12 @@ def tool_result_sizes(b: Bench) -> dict[str, Any]:
         )
 
     async def measure() -> dict[str, Any]:
+        try:
+            return await measured()
+        finally:
+            await events.close()  # in the loop its connections were made in
+
+    async def measured() -> dict[str, Any]:
         out: dict[str, Any] = {"payload_chars": payload_chars}
         async with Client(server) as client:
 
@@ -97,7 +103,6 @@ def tool_result_sizes(b: Bench) -> dict[str, Any]:
         b.started_and_consuming(worker, "bus.normal")
         return asyncio.run(measure())
     finally:
-        asyncio.run(events.close())
         server.bus.close()
         bus.close()
         b.stop(worker)

@@ -127,10 +127,12 @@ class BusTools:
             found, unread = await self.counted(agent, lambda: me.read(limit=limit, wait=0))
             return found
 
-        # Waits on the shared event listener (no thread is held while waiting), watched
-        # from before the first look.
-        async with self.events.watching_inbox(agent) as wait:
-            messages = await apoll(look, wait, wait_seconds)
+        if wait_seconds <= 0:
+            messages = await look()
+        else:  # waits on the shared event listener (no thread held), watched from before
+            # the first look
+            async with self.events.watching_inbox(agent) as wait:
+                messages = await apoll(look, wait, wait_seconds)
         return ReadResult(
             messages=self.views(messages, agent, full), count=len(messages), unread=unread
         )

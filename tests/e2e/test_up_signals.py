@@ -19,7 +19,7 @@ import pytest
 
 from tests.support.paths import ARTIFACTS, ROOT
 from tests.support.processes import free_port
-from tests.support.waiting import wait_for
+from tests.support.waiting import settled, wait_for
 from tests.support.web import http_status
 
 pytestmark = pytest.mark.timeout(900)  # one run of five stacks ended and six started
@@ -155,9 +155,7 @@ CASES = [
 def ended(up: Up, case: str, end: Callable[[Up], None], ports: dict[str, int]) -> None:
     """Ends `up` the way `case` does; no process of it survives and its ports are free."""
     end(up)
-    deadline = time.monotonic() + 45
-    while up.survivors() and time.monotonic() < deadline:
-        time.sleep(0.2)
+    settled(lambda: not up.survivors(), 45)
     left = up.survivors()
     busy = {name: port for name, port in ports.items() if listening_pid(port)}
     assert left == [] and busy == {}, (

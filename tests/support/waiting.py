@@ -28,6 +28,15 @@ def wait_for(
     pytest.fail(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
+def settled(condition: Callable[[], Any], timeout: float) -> Any:
+    """Polls until `condition()` is truthy or `timeout` passes; returns its last value, for
+    a test that then asserts with its own account of what it found."""
+    deadline = time.monotonic() + timeout
+    while not (last := condition()) and time.monotonic() < deadline:
+        time.sleep(POLL_INTERVAL)
+    return last
+
+
 def holds_for(condition: Callable[[], Any], seconds: float, what: str) -> None:
     """Asserts `condition()` stays truthy for `seconds` (for things that must NOT happen:
     a redelivery, a second copy); polls so it fails as soon as it breaks."""

@@ -23,6 +23,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import httpx2
+from mcp.client import Client
+from mcp.client.streamable_http import streamable_http_client
+
 from bench.harness import QUEUES, ROOT, Bench, percentile
 from bench.raw_app import echo_client
 
@@ -181,9 +185,6 @@ def mcp_round_trips(b: Bench, calls: int, port: int, token: str) -> dict[str, An
     """The MCP `request` tool to the echo agent over the bench's HTTP MCP server (its
     delivery worker running), at each count of clients (one MCP session each, all with the
     bench's token)."""
-    import httpx2
-    from mcp.client import Client
-    from mcp.client.streamable_http import streamable_http_client
 
     async def client_calls(count: int, took: list[float]) -> None:
         http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60)

@@ -16,6 +16,7 @@ import uuid
 from typing import Any
 
 import psutil
+from redis import Redis
 
 from bench.harness import QUEUES, Bench, wait_until
 
@@ -85,11 +86,9 @@ def _drain_inbox(bus: Any, reader: str, n: int) -> None:
 def _replicas(b: Bench) -> list[Any]:
     if b.cluster is None:
         return []
-    import redis
-
     primary = b.cluster.primary()
     return [
-        redis.Redis(port=r.port, decode_responses=True)
+        Redis(port=r.port, decode_responses=True)
         for r in b.cluster.redis
         if r is not primary and r.answers()
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import platform
 import signal
 import statistics
 import subprocess
@@ -16,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+import psutil
+import redis
 from kombu import Connection
 
 from bus.client import MessageBus
@@ -233,8 +236,6 @@ class Bench:
         """Rewrites Redis's append-only file now and waits for it, so that a rewrite owed
         to an earlier workload's writes (a fork and a child busy for a second or more on a
         two-core machine) does not fall into the next workload's figures."""
-        import redis
-
         client = self.redis()
         try:
             try:
@@ -271,17 +272,11 @@ def _aof_rewriting(client: Any) -> bool:
 
 
 def rss_mb(pid: int) -> float:
-    import psutil
-
     proc = psutil.Process(pid)
     return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
 
 
 def describe_machine() -> dict[str, Any]:
-    import platform
-
-    import psutil
-
     return {
         "cpus": os.cpu_count(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),

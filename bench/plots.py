@@ -10,6 +10,7 @@ MS = 1000.0
 
 def require_matplotlib() -> None:
     try:
+        # lazy: matplotlib is the optional [bench] extra, needed only for --plot
         import matplotlib  # noqa: F401
     except ImportError as exc:
         raise SystemExit(
@@ -18,6 +19,7 @@ def require_matplotlib() -> None:
 
 
 def save_all(result: dict[str, Any], samples: dict[str, Any], folder: Path) -> list[Path]:
+    # lazy: matplotlib is the optional [bench] extra, needed only for --plot
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -33,6 +35,7 @@ def save_all(result: dict[str, Any], samples: dict[str, Any], folder: Path) -> l
 
 
 def _throughput(result: dict[str, Any], path: Path) -> Path:
+    # lazy: matplotlib is the optional [bench] extra, needed only for --plot
     import matplotlib.pyplot as plt
 
     rows = [
@@ -56,6 +59,7 @@ def _throughput(result: dict[str, Any], path: Path) -> Path:
 
 
 def _latency_cdf(rate: int, runs: dict[str, list[float]], folder: Path) -> Path:
+    # lazy: matplotlib is the optional [bench] extra, needed only for --plot
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -76,6 +80,7 @@ def _latency_cdf(rate: int, runs: dict[str, list[float]], folder: Path) -> Path:
 
 
 def _priority(runs: dict[str, list[float]], path: Path) -> Path:
+    # lazy: matplotlib is the optional [bench] extra, needed only for --plot
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -90,6 +95,7 @@ def _priority(runs: dict[str, list[float]], path: Path) -> Path:
 def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    # lazy: matplotlib is the optional [bench] extra, needed only for --plot
     import matplotlib.pyplot as plt
 
     plt.close(fig)

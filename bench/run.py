@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,9 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+from kombu import Connection
+
 from bench import agents, costs, linger, mcpload, plots, scripts_ab, sizes
 from bench import workloads as w
 from bench.harness import ROOT, Bench, describe_machine, percentile, summary, wait_until
+from bus.tokens import TokenFile
 
 # How the bus uses publisher confirms (reported beside the producer figures).
 CONFIRMS = (
@@ -279,8 +285,6 @@ def _pcts(values: list[float]) -> dict[str, float]:
 
 def _reset(b: Bench) -> None:
     """Between workloads: empty queues, no keys left from the one before, a compact AOF."""
-    from kombu import Connection
-
     b.fresh_redis()
 
     with Connection(b.broker_url) as conn:
@@ -293,11 +297,6 @@ def _reset(b: Bench) -> None:
 
 
 def mcp(b: Bench, z: Sizes, agent_calls: int = 0) -> dict[str, Any]:
-    import socket
-    import tempfile
-
-    from bus.tokens import TokenFile
-
     tokens = Path(tempfile.mkdtemp()) / "tokens.json"
     token = TokenFile(tokens).create("bench-waiter")
     with socket.socket() as s:
@@ -322,15 +321,14 @@ def mcp(b: Bench, z: Sizes, agent_calls: int = 0) -> dict[str, Any]:
         stdout=subprocess.DEVNULL,
         stderr=log,
     )
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     try:
-        import httpx
-
-        def up() -> bool:
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
         try:
             wait_until(up, 30, "the MCP server")
         except TimeoutError as exc:

@@ -15,8 +15,11 @@ import asyncio
 from typing import Any
 
 import orjson
+from mcp.client import Client
 
 from bench.harness import Bench, wait_until
+from mcp_server.identity import Identity
+from mcp_server.server import build_server
 
 PAYLOAD = "please review PR 42 by friday"
 SENDER, READER = "bench-alice", "bench-bob"
@@ -24,11 +27,6 @@ COUNTS = (1, 50)
 
 
 def tool_result_sizes(b: Bench) -> dict[str, Any]:
-    from mcp.client import Client
-
-    from mcp_server.identity import Identity
-    from mcp_server.server import build_server
-
     worker = b.start("workers.app", "bus.critical,bus.high,bus.normal,bus.low", "bus")
     bus = b.bus()
     server, events = build_server(bus.settings, Identity.stdio(READER), "core")

@@ -8,8 +8,11 @@ import time
 import uuid
 from typing import Any
 
+import httpx2
 import orjson
-from kombu import Connection, Exchange, Producer
+from kombu import Connection, Exchange, Producer, Queue
+from mcp.client import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from bench import raw_app as raw
 from bench.harness import QUEUES, Bench, percentile, rss_mb, send_then_read, wait_until
@@ -103,8 +106,6 @@ def producer(b: Bench, n: int, threads: int) -> float:
 def kombu_publish(b: Bench, n: int, confirm: bool) -> float:
     options = {"confirm_publish": True} if confirm else {}
     with Connection(b.broker_url, transport_options=options) as conn:
-        from kombu import Queue
-
         channel = conn.channel()
         exchange = Exchange("raw.bench", "direct", durable=True)
         queue = Queue("raw.sink", exchange, routing_key="raw.sink", durable=True)(channel)
@@ -282,9 +283,6 @@ def mcp_round_trips(b: Bench, calls: int, clients: int, port: int, token: str) -
     read_messages. Each session connects and calls both tools once before the clock starts
     (its first call of a tool also lists the tools and compiles their output schemas), so
     the figures are of calls, not of connecting."""
-    import httpx2
-    from mcp.client import Client
-    from mcp.client.streamable_http import streamable_http_client
 
     async def one_client(
         results: dict[str, list[float]], ready: asyncio.Semaphore, go: asyncio.Event
@@ -318,10 +316,6 @@ def mcp_round_trips(b: Bench, calls: int, clients: int, port: int, token: str) -
 
 
 def mcp_longpoll_wake(b: Bench, probes: int, port: int, token: str) -> list[float]:
-    import httpx2
-    from mcp.client import Client
-    from mcp.client.streamable_http import streamable_http_client
-
     bus = b.bus()
 
     async def run() -> list[float]:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import settings as hypothesis_settings
 
+from msgbus.services import delete_vhost, ensure_vhost, services_up
 from tests.support.env import BusEnv, Worker, delete_prefix
 from tests.support.paths import BROKER_URL, REDIS_URL
 
@@ -66,14 +67,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def services() -> None:
-    from msgbus.services import services_up
-
     services_up(REDIS_URL, BROKER_URL)
 
 
 def _new_env(request: pytest.FixtureRequest) -> Iterator[BusEnv]:
-    from msgbus.services import delete_vhost, ensure_vhost
-
     vhost = f"t-{uuid.uuid4().hex[:10]}"
     ensure_vhost(BROKER_URL, vhost)
     env = BusEnv(vhost=vhost, prefix=f"test:{vhost}:")

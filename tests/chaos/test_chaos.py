@@ -5,20 +5,29 @@ every dead letter has its reason. Counts go to test-artifacts/chaos-results.json
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
+import httpx2
 import psutil
 import pytest
+from mcp.client import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from bus.errors import LimitExceeded
+from bus.tokens import TokenFile
 from msgbus.services import rabbit_env
 from tests.chaos.harness import Checker, in_background
-from tests.support.processes import PrivateRedis, free_port
+from tests.support.processes import PrivateRedis, free_port, spawn, stop
 from tests.support.waiting import wait_for
+from tests.support.web import http_status
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
 
@@ -142,8 +151,6 @@ class RabbitNode:
 
 
 def _answers(port: int) -> bool:
-    import socket
-
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return True
@@ -153,9 +160,6 @@ def _answers(port: int) -> bool:
 
 @pytest.mark.parametrize("how", ["kill -9", "clean stop"])
 def test_broker_dies_mid_burst_and_comes_back(fresh_env, agents, burst, how):
-    import shutil
-    from pathlib import Path
-
     # rabbitmq-server drops to the rabbitmq user, which cannot enter pytest's tmp dirs.
     base = Path("/var/lib/rabbitmq") / f"chaos-{uuid.uuid4().hex[:8]}"
     node = RabbitNode(base)
@@ -263,8 +267,6 @@ def test_a_full_queue_refuses_the_publish_and_the_sender_is_told(fresh_env, agen
 
 
 def test_poison_handlers_end_in_dead_letters_and_the_rest_flows(fresh_env, agents, burst):
-    from tests.support.processes import spawn, stop
-
     fresh_env.start_worker()
     agent, log = spawn(
         fresh_env,
@@ -334,16 +336,6 @@ def test_poison_handlers_end_in_dead_letters_and_the_rest_flows(fresh_env, agent
 
 
 def test_sigkill_the_mcp_http_server_during_concurrent_sends(fresh_env, agents, burst, tmp_path):
-    import asyncio
-
-    import httpx2
-    from mcp.client import Client
-    from mcp.client.streamable_http import streamable_http_client
-
-    from bus.tokens import TokenFile
-    from tests.support.processes import spawn, stop
-    from tests.support.web import http_status
-
     tokens = tmp_path / "tokens.json"
     token = TokenFile(tokens).create("mcp-sender")
     port = free_port()

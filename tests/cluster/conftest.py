@@ -11,7 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+import redis
+from kombu import Connection
 
+from bus import topology
+from bus.redis_conn import connect
+from bus.settings import Settings
 from msgbus.cluster import ClusterLayout, LocalCluster
 from tests.support.env import BusEnv, Worker
 from tests.support.paths import ARTIFACTS
@@ -41,11 +46,6 @@ def cluster() -> Iterator[LocalCluster]:
 def cluster_vhost(cluster: LocalCluster) -> Iterator[str]:
     """One vhost per module: its ~30 quorum queues (the bus's and Celery's delayed-delivery
     ones) are declared once, not per test."""
-    from kombu import Connection
-
-    from bus import topology
-    from bus.settings import Settings
-
     vhost = f"c-{uuid.uuid4().hex[:10]}"
     cluster.ensure_vhost(vhost)
     with Connection(cluster.broker_url(vhost)) as conn:  # the queues exist before any test
@@ -78,8 +78,6 @@ def stop_all(workers: list[Worker]) -> None:
 
 
 def delete_keys(cluster: LocalCluster, prefix: str) -> None:
-    from bus.redis_conn import connect
-
     client = connect(cluster.redis_url())
     try:
         keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
@@ -93,8 +91,6 @@ def delete_keys(cluster: LocalCluster, prefix: str) -> None:
 
 def primary_client(cluster: LocalCluster) -> Any:
     """A plain client on the server the Sentinels name as primary now."""
-    import redis
-
     primary = cluster.primary()
     assert primary is not None, "the Sentinels name no primary"
     return redis.Redis(port=primary.port, decode_responses=True)

@@ -9,6 +9,8 @@ keeps them."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import threading
@@ -16,9 +18,12 @@ import time
 
 import pytest
 
+from bus.keys import Keys
+from mcp_server.push import InboxEvents
 from tests.chaos.harness import Checker
 from tests.chaos.test_chaos import check, messages
 from tests.cluster.conftest import primary_client, start_workers
+from tests.support.processes import spawn, stop
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chaos, pytest.mark.timeout(600)]
@@ -217,8 +222,6 @@ def test_a_replica_that_missed_the_last_deliveries_is_promoted(
 @pytest.fixture
 def beat(cluster_env):
     """`msgbus beat` for the test's bus, its stats job every second."""
-    from tests.support.processes import spawn, stop
-
     cluster_env.overrides["MESSAGE_BUS_STATS_INTERVAL"] = "1"
     proc, _ = spawn(cluster_env, "beat-cluster", ["-m", "msgbus", "beat", "-l", "INFO"])
     yield proc
@@ -271,18 +274,11 @@ def test_the_redis_primary_is_killed_mid_burst_with_workers_on_three_hosts_one_s
 
 def beat_runs(cluster, env) -> int:
     """How often beat has sent the stats job, as RedBeat keeps it on the primary."""
-    import json
-
     meta = primary_client(cluster).hget(f"{env.prefix}redbeat:queue-stats", "meta")
     return int(json.loads(meta).get("total_run_count", 0)) if meta else 0
 
 
 def test_the_mcp_push_listener_follows_the_primary_through_a_failover(cluster, cluster_env, agents):
-    import asyncio
-
-    from bus.keys import Keys
-    from mcp_server.push import InboxEvents
-
     cluster_env.start_worker()
     bus, reader = cluster_env.bus(), agents("r")
     checker = Checker("the MCP push listener across a Redis failover")

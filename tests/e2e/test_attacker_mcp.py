@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from bus.errors import BusError
+from bus.store import AUDIT_MAXLEN
 from bus.tokens import TokenFile
 from mcp_server.server import LISTEN_STREAMS_PER_AGENT
 from tests.support.env import audit_entries
@@ -555,8 +556,6 @@ def test_subscription_churn_cannot_flush_the_audit_trail(fresh_env, agents):
     """The subscribe and unsubscribe tools are one line on the handle each (mcp_server
     tools.py); they are driven here through that handle, as the MCP server does, because
     the stream holds 100,000 entries and only a fast loop reaches that in a test."""
-    from bus.store import AUDIT_MAXLEN
-
     bus = fresh_env.bus()  # a bus of its own: this test may flush its trail
     bus.subscribe(agents("marker"), [agents("before")])
     marker_id = bus.runtime.store.audit_entries(1, None, 0)[0][0]

@@ -7,6 +7,7 @@ import shutil
 import tempfile
 import time
 
+import httpx
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -99,8 +100,6 @@ def test_dashboard_lists_a_dead_letter_and_its_replay_button_empties_the_list(
 
 
 def test_dashboard_refuses_a_non_admin_token(fresh_env, tmp_path):
-    import httpx
-
     tokens = tmp_path / "tokens.json"
     token = TokenFile(tokens).create("alice")
     server, base = start_http_server(fresh_env, "mcp-ui-deny", tokens)

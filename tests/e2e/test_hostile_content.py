@@ -12,6 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
 import pytest
 
 from bus.tokens import TokenFile
@@ -307,8 +308,6 @@ def test_a_batch_with_one_undeliverable_payload_is_refused_whole_naming_the_mess
 
 def raw_session(url: str, token: str) -> dict[str, str]:
     """A streamable-HTTP MCP session opened by hand; returns the headers of its requests."""
-    import httpx
-
     headers = {
         "Authorization": f"Bearer {token}",
         "Accept": "application/json, text/event-stream",
@@ -336,8 +335,6 @@ def raw_session(url: str, token: str) -> dict[str, str]:
 
 def raw_send(url: str, headers: dict[str, str], to: str, literal: str) -> tuple[int, dict]:
     """tools/call send_message with `literal` spliced into the JSON text as the payload."""
-    import httpx
-
     body = (
         '{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"send_message",'
         f'"arguments":{{"to":"{to}","type":"command","payload":{literal}}}}}}}'

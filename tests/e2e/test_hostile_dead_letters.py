@@ -6,14 +6,21 @@ listing, the replay or the purge of the good entries behind it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import pickle
 import threading
 import time
 import uuid
 from typing import Any
 
 import pytest
+from kombu import Connection, Exchange, Producer
+from mcp.client import Client
 
+from bus.topology import dead_letter_exchange
+from mcp_server.identity import Identity
+from mcp_server.server import build_server
 from tests.support.hostile import DELIVERABLE_BY_NAME, TAGS, describe, exactly_equal
 from tests.support.paths import ARTIFACTS
 from tests.support.processes import msgbus, spawn, stop
@@ -78,13 +85,6 @@ def unequal(sent: dict[str, Any], got: dict[str, Any]) -> list[str]:
 
 def list_over_mcp(env: Any) -> list[dict[str, Any]]:
     """list_dead_letters through the real MCP client (in-memory transport), as an admin."""
-    import asyncio
-
-    from mcp.client import Client
-
-    from mcp_server.identity import Identity
-    from mcp_server.server import build_server
-
     server, _ = build_server(env.settings(admins=["dlq-ops"]), Identity.stdio("dlq-ops"), "full")
 
     async def listed() -> Any:
@@ -152,7 +152,6 @@ class _Canary:
 def poison_entries() -> list[tuple[str, bytes, str | None, dict[str, Any]]]:
     """(task id, body, content type, extra headers) of broker messages that are no bus
     message, each in its own way."""
-    import pickle
 
     def task(args: Any, task_name: str = "bus.deliver") -> bytes:
         return json.dumps([args, {}, {"callbacks": None}]).encode()
@@ -194,10 +193,6 @@ def publish_dead(
     env: Any, task_id: str, body: bytes, content_type: str | None, headers: dict
 ) -> None:
     """Puts a broker message straight into the dead letters, as anyone on the broker can."""
-    from kombu import Connection, Producer
-
-    from bus.topology import dead_letter_exchange
-
     with Connection(env.settings().broker_url) as conn:
         Producer(conn).publish(
             body,
@@ -212,8 +207,6 @@ def publish_dead(
 
 def send_beat_job(env: Any, task: str) -> None:
     """Publishes the task beat would send for a scheduled job (on bus.low, as scheduled)."""
-    from kombu import Connection, Exchange, Producer
-
     with Connection(env.settings().broker_url) as conn:
         Producer(conn).publish(
             [[], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}],

@@ -10,6 +10,7 @@ import uuid
 import httpx
 import pytest
 
+from bus.breaker import BREAKERS
 from bus.errors import BusUnavailable
 from bus.tokens import TokenFile
 from tests.support.contract import METRICS
@@ -143,8 +144,6 @@ def test_readyz_flips_when_the_worker_stops(fresh_env, tmp_path):
 def test_redis_outage_mid_burst_loses_nothing_and_the_breaker_opens_then_closes(
     fresh_env, tmp_path, agents
 ):
-    from bus.breaker import BREAKERS
-
     redis_ = PrivateRedis(free_port(), tmp_path)
     redis_url = redis_.url
     redis_up = redis_.start

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from bus.breaker import BREAKERS
 from bus.envelope import Envelope
 from bus.errors import BusUnavailable, LimitExceeded, NotFound, RateLimited
 from bus.topology import DELIVER_TASK
@@ -66,8 +67,6 @@ def test_a_send_the_broker_refuses_is_not_left_queued(fresh_env, agents):
     assert [e["outcome"] for e in sends] == ["ok", "failed"]
     with pytest.raises(NotFound):
         bus.status(sends[0]["message_id"])
-    from bus.breaker import BREAKERS
-
     BREAKERS["broker"].success()  # this process's breaker counted the refusal
 
 

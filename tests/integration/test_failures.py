@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -166,8 +167,6 @@ def test_a_listing_beside_a_replay_in_progress_sees_every_dead_letter(fresh_env,
     """Reading dead letters takes them off the queue and puts them back: a listing while
     another process holds them (beat's replay, another operator) waits for it, rather than
     missing what it holds."""
-    import threading
-
     bus, other = fresh_env.bus(), fresh_env.bus()
     sender, reader = agents("s"), agents("r")
     receipts = [

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import redis
 
 from bus.errors import LimitExceeded, ValidationError
+from bus.topology import PRIORITY_QUEUES
 from tests.support.env import audit_entries
 
 pytestmark = pytest.mark.timeout(60)
@@ -12,10 +14,6 @@ pytestmark = pytest.mark.timeout(60)
 
 def snapshot(env):
     """Keys in this bus's Redis keyspace and messages waiting in its queues."""
-    import redis
-
-    from bus.topology import PRIORITY_QUEUES
-
     client = redis.Redis.from_url(env.settings().redis_url, decode_responses=True)
     keys = sorted(client.scan_iter(match=f"{env.prefix}*"))
     client.close()

@@ -6,6 +6,7 @@ import subprocess
 
 import pytest
 
+from msgbus.services import node_args
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -20,8 +21,6 @@ def test_quorum_queues_deliver_dead_letter_and_replay(fresh_env, agents):
     )
     letters = wait_for(lambda: bus.dead_letters(), 15, "the expired message dead-lettered")
     assert [(d.id, d.reason) for d in letters] == [(expired.id, "expired")]
-
-    from msgbus.services import node_args
 
     listing = subprocess.run(
         [

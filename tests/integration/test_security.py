@@ -11,12 +11,13 @@ import zlib
 from datetime import UTC, datetime, timedelta
 
 import brotli
+import orjson
 import pytest
 import redis
 from kombu import Connection
 
 from bus.codec import Codec
-from bus.errors import AuthError, RateLimited
+from bus.errors import AuthError, ConfigError, RateLimited
 from tests.support.env import audit_entries
 from tests.support.paths import REDIS_URL, TEST_SECRET
 from tests.support.waiting import holds_for, wait_for
@@ -86,8 +87,6 @@ def test_a_replayed_signed_message_is_not_delivered_twice(env_bus, agents):
     receipt = bus.send_message({"from": sender, "to": reader, "payload": "once"})
     [first] = wait_for(lambda: bus.read(reader, limit=10, wait=0.5), 10, "delivery")
     bus.ack(reader, [first.id])
-    import orjson
-
     stored = orjson.loads(bus.runtime.store.history(reader, 1, None)[0])
     assert bus.runtime.codec.is_valid(stored)
     publish_raw(env, stored)  # the attacker replays the exact signed message
@@ -257,8 +256,6 @@ def test_rate_limit_refuses_a_burst_with_retry_after_then_recovers(module_env, w
 
 
 def test_production_mode_refuses_to_start_without_a_secret(module_env):
-    from bus.errors import ConfigError
-
     settings = module_env.settings(mode="production", secret=None)
     with pytest.raises(ConfigError, match="no secret"):
         settings.signing_keys  # noqa: B018

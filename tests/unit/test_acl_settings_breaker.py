@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
+from bus import breaker as breaker_module
 from bus.acl import Policy
 from bus.breaker import CircuitBreaker
 from bus.errors import ConfigError
@@ -49,8 +52,6 @@ def test_rates_parse_and_bad_ones_are_config_errors():
 
 @pytest.fixture
 def clean_env(monkeypatch):
-    import os
-
     for name in list(os.environ):
         if name.startswith("MESSAGE_BUS_"):
             monkeypatch.delenv(name)
@@ -86,10 +87,8 @@ def test_every_key_starts_with_the_prefix_and_agent_keys_share_a_hash_tag():
 def test_breaker_opens_after_failures_then_half_opens_and_closes():
     clock = [0.0]
     breaker = CircuitBreaker("x", failure_threshold=2, reset_timeout=1.0)
-    import bus.breaker as module
-
-    real = module.time.monotonic
-    module.time.monotonic = lambda: clock[0]
+    real = breaker_module.time.monotonic
+    breaker_module.time.monotonic = lambda: clock[0]
     try:
         breaker.failure()
         assert breaker.allow()
@@ -101,7 +100,7 @@ def test_breaker_opens_after_failures_then_half_opens_and_closes():
         breaker.success()
         assert breaker.state == "closed"
     finally:
-        module.time.monotonic = real
+        breaker_module.time.monotonic = real
 
 
 def test_the_solo_pool_is_refused_with_the_reason(tmp_path):

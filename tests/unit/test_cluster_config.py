@@ -14,6 +14,7 @@ from bus.settings import Settings
 from msgbus.cluster import ClusterLayout, LocalCluster
 from msgbus.commands.processes import management_api as _management_api
 from msgbus.services import multi_host
+from workers.app import redbeat_connection
 
 
 def test_a_sentinel_url_names_its_sentinels_service_db_and_password():
@@ -29,8 +30,6 @@ def test_a_sentinel_url_without_a_service_names_the_setting():
 
 
 def test_redbeat_gets_its_own_sentinel_form_and_rides_out_failovers():
-    from workers.app import redbeat_connection
-
     conf = redbeat_connection("redis+sentinel://127.0.0.1:26401,127.0.0.1:26402/msgbus/0")
     assert conf["redbeat_redis_url"] == "redis-sentinel://"
     options = conf["redbeat_redis_options"]

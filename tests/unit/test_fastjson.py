@@ -8,6 +8,7 @@ import uuid
 from decimal import Decimal
 
 import pytest
+from kombu.serialization import loads
 from kombu.utils import json as kombu_json
 
 from workers import fastjson
@@ -50,7 +51,5 @@ def test_malformed_json_is_still_an_error():
 
 
 def test_installed_decoder_serves_application_json_in_kombu():
-    from kombu.serialization import loads
-
     fastjson.install()
     assert loads(b'{"x": [1]}', "application/json", "utf-8") == {"x": [1]}

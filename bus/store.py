@@ -103,9 +103,48 @@ class RedisStore(RedisBacked):
         )
 
     def deliver_pipelined(self, deliveries: Sequence[Delivery]) -> list[Any]:
-        """Many `deliver` scripts in one round trip (each script is atomic on its own)."""
-        calls = [(scripts.DELIVER, *self._delivery(delivery)) for delivery in deliveries]
-        return self.scripts.many(calls, action="deliver a batch", confirm="require")
+        """Many deliveries in one round trip, each atomic on its own; returns how many
+        recipients each was newly delivered to. A batch of direct messages takes one script
+        per inbox; one with any other (fan-out, answers) one script per message, in order."""
+        groups = _by_inbox(deliveries)
+        if groups is None:
+            calls = [(scripts.DELIVER, *self._delivery(delivery)) for delivery in deliveries]
+            return self.scripts.many(calls, action="deliver a batch", confirm="require")
+        inbox_calls = [(scripts.DELIVER_INBOX, *self._inbox_delivery(a, g)) for a, g in groups]
+        replies = self.scripts.many(inbox_calls, action="deliver a batch", confirm="require")
+        newly = {
+            d.message_id: int(flag)
+            for (_, group), flags in zip(groups, replies, strict=True)
+            for d, flag in zip(group, flags, strict=True)
+        }
+        return [newly[d.message_id] for d in deliveries]
+
+    def _inbox_delivery(self, agent: str, group: Sequence[Delivery]) -> tuple[list[str], list[Any]]:
+        k, r, inbox = self.keys, self.retention, self.keys.inbox(agent)
+        keys = [
+            k.rate_bucket("delivered", int(self.clock.now())),
+            k.inbox_seq,
+            inbox.ready,
+            inbox.body,
+            inbox.meta,
+            k.history(agent),
+            k.history_bytes(agent),
+            k.history_senders(agent),
+            inbox.pending,
+            inbox.senders,
+        ]
+        args: list[Any] = [
+            r.history_limit,
+            r.status_retention,
+            r.history_max_bytes,
+            r.history_share,
+            agent,
+            k.inbox_channel(agent),
+        ]
+        for d in group:
+            keys += [k.status(d.message_id), k.delivered(d.message_id)]
+            args += [d.message_id, d.wire, d.rank, d.ts_ms, d.sender, d.attempts]
+        return keys, args
 
     def _delivery(self, d: Delivery) -> tuple[list[str], list[Any]]:
         k, message_id, correlation_id = self.keys, d.message_id, d.correlation_id
@@ -409,3 +448,17 @@ class RedisStore(RedisBacked):
     def ping(self) -> bool:
         with redis_errors("ping Redis"):
             return bool(self.redis.ping())
+
+
+def _by_inbox(deliveries: Sequence[Delivery]) -> list[tuple[str, list[Delivery]]] | None:
+    """The deliveries grouped by their one recipient, in order within each group; None when
+    any has several recipients, none, an answer's reply key, or an id seen twice (a group's
+    script would not keep their order against the others')."""
+    groups: dict[str, list[Delivery]] = {}
+    seen: set[str] = set()
+    for d in deliveries:
+        if len(d.recipients) != 1 or d.correlation_id or d.message_id in seen:
+            return None
+        seen.add(d.message_id)
+        groups.setdefault(d.recipients[0], []).append(d)
+    return list(groups.items())

@@ -5,7 +5,8 @@ Keys are always passed in KEYS (built by bus.keys); scripts never assemble key n
 
 - fragments.py      Lua shared by several scripts (Redis's clock, status ranks, history, tokens)
 - send.py           ADMIT, REVOKE, COMMIT: the send side
-- inbox.py          DELIVER, READ, ACK, TRIM_HISTORY_BEFORE, START_HANDLING, TAKE
+- inbox.py          DELIVER, DELIVER_INBOX (a batch's messages to one inbox), READ, ACK,
+                    TRIM_HISTORY_BEFORE, START_HANDLING, TAKE
 - status.py         ADVANCE_STATUS
 - subscriptions.py  SUBSCRIBE, UNSUBSCRIBE
 - guard.py          CHARGE, AUDIT
@@ -17,7 +18,15 @@ Keys are always passed in KEYS (built by bus.keys); scripts never assemble key n
 from __future__ import annotations
 
 from bus.scripts.guard import AUDIT, CHARGE
-from bus.scripts.inbox import ACK, DELIVER, READ, START_HANDLING, TAKE, TRIM_HISTORY_BEFORE
+from bus.scripts.inbox import (
+    ACK,
+    DELIVER,
+    DELIVER_INBOX,
+    READ,
+    START_HANDLING,
+    TAKE,
+    TRIM_HISTORY_BEFORE,
+)
 from bus.scripts.runner import ScriptRunner
 from bus.scripts.script import Script
 from bus.scripts.send import ADMIT, COMMIT, REVOKE
@@ -32,6 +41,7 @@ __all__ = [
     "CHARGE",
     "COMMIT",
     "DELIVER",
+    "DELIVER_INBOX",
     "READ",
     "REVOKE",
     "START_HANDLING",

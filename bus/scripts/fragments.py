@@ -51,15 +51,19 @@ local function forget(senders_key, member)
     redis.call('HDEL', senders_key, from)
   end
 end
-local function trim_history(key, bytes_key, senders_key, sender, max_entries, max_bytes, share,
+-- `senders`: the senders of the entries just added, each judged in turn.
+local function trim_history(key, bytes_key, senders_key, senders, max_entries, max_bytes, share,
     size)
   size = size or tonumber(redis.call('GET', bytes_key) or '0')
   local stored = size
   local n = redis.call('ZCARD', key)
   while n > 0 and (n > max_entries or size > max_bytes) do
     local victim = nil
-    if senders_key and tonumber(redis.call('HGET', senders_key, sender) or '0') > share then
-      victim = oldest_from(key, sender)
+    for _, sender in ipairs(senders_key and senders or {}) do
+      if tonumber(redis.call('HGET', senders_key, sender) or '0') > share then
+        victim = oldest_from(key, sender)
+        if victim then break end
+      end
     end
     victim = victim or redis.call('ZRANGE', key, 0, 0)[1]
     redis.call('ZREM', key, victim)
@@ -77,7 +81,53 @@ local function add_history(key, bytes_key, senders_key, sender, score, member, m
     size = redis.call('INCRBY', bytes_key, #member)
     if senders_key then redis.call('HINCRBY', senders_key, sender, 1) end
   end
-  trim_history(key, bytes_key, senders_key, sender, max_entries, max_bytes, share, size)
+  trim_history(key, bytes_key, senders_key, {sender}, max_entries, max_bytes, share, size)
+end
+-- The byte count and the per-sender counts of a history, rebuilt from its members.
+local function recount_history(key, bytes_key, senders_key)
+  local size, counts = 0, {}
+  for _, member in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+    size = size + #member
+    local from = sender_of(member)
+    if from then counts[from] = (counts[from] or 0) + 1 end
+  end
+  redis.call('SET', bytes_key, size)
+  if senders_key then
+    redis.call('DEL', senders_key)
+    for from, count in pairs(counts) do redis.call('HSET', senders_key, from, count) end
+  end
+  return size
+end
+-- Many entries at once: `entries` is a list of {score, member, sender}; the counts are
+-- written once and the history trimmed once.
+local function add_history_many(key, bytes_key, senders_key, entries, max_entries, max_bytes,
+    share)
+  if #entries == 0 then return end
+  local added, size, per_sender, order = 0, 0, {}, {}
+  for start = 1, #entries, 256 do
+    local args = {}
+    for i = start, math.min(start + 255, #entries) do
+      local e = entries[i]
+      args[#args + 1] = e[1]
+      args[#args + 1] = e[2]
+    end
+    added = added + redis.call('ZADD', key, unpack(args))
+  end
+  for _, e in ipairs(entries) do
+    size = size + #e[2]
+    if not per_sender[e[3]] then order[#order + 1] = e[3]; per_sender[e[3]] = 0 end
+    per_sender[e[3]] = per_sender[e[3]] + 1
+  end
+  local total
+  if added == #entries then
+    total = redis.call('INCRBY', bytes_key, size)
+    for _, s in ipairs(order) do
+      if senders_key then redis.call('HINCRBY', senders_key, s, per_sender[s]) end
+    end
+  else  -- some were there already (a delivery older than its record): count afresh
+    total = recount_history(key, bytes_key, senders_key)
+  end
+  trim_history(key, bytes_key, senders_key, order, max_entries, max_bytes, share, total)
 end
 """
 

@@ -63,6 +63,76 @@ return delivered
 """
 )
 
+# Direct messages of one batch to one inbox, in one script: DELIVER's effects for each
+# message, with the inbox, its history and its counts written once for all of them.
+# KEYS: delivered-rate bucket, seq, ready, body, meta, history, history bytes, history
+#       senders, the inbox's admitted-not-yet-delivered zset, its per-sender counts, then per
+#       message: status, delivered-set
+# ARGV: history_limit, retention_s, history_max_bytes, a sender's share of a history, agent,
+#       inbox channel, then per message: id, wire, rank, ts_ms, sender, attempts
+# Returns, per message, 1 if it was newly delivered and 0 if it was in the inbox already.
+DELIVER_INBOX = Script(
+    STATUS_RANK_LUA
+    + NOW_LUA
+    + TRIM_HISTORY_LUA
+    + """
+local n = (#KEYS - 10) / 2
+local agent, retention = ARGV[5], ARGV[2]
+local function arg(i, field) return ARGV[6 + (i - 1) * 6 + field] end
+local function in_chunks(command, key, items)
+  for start = 1, #items, 256 do
+    redis.call(command, key, unpack(items, start, math.min(start + 255, #items)))
+  end
+end
+local fresh, flags = 0, {}
+for i = 1, n do
+  flags[i] = redis.call('SADD', KEYS[10 + 2 * i], agent)
+  redis.call('EXPIRE', KEYS[10 + 2 * i], retention)
+  fresh = fresh + flags[i]
+end
+local pending = {}
+for i = 1, n do pending[i] = arg(i, 1) end
+if fresh > 0 then
+  local seq = redis.call('INCRBY', KEYS[2], fresh) - fresh
+  local body, meta, ready, history, per_sender, senders = {}, {}, {}, {}, {}, {}
+  for i = 1, n do
+    if flags[i] == 1 then
+      seq = seq + 1
+      local id, wire, sender = arg(i, 1), arg(i, 2), arg(i, 5)
+      local score = string.format('%d', tonumber(arg(i, 3)) * 1099511627776 + seq)
+      body[#body + 1] = id; body[#body + 1] = wire
+      meta[#meta + 1] = id; meta[#meta + 1] = score .. '|0|' .. sender
+      ready[#ready + 1] = score; ready[#ready + 1] = id
+      history[#history + 1] = {arg(i, 4), wire, sender}
+      if not per_sender[sender] then senders[#senders + 1] = sender; per_sender[sender] = 0 end
+      per_sender[sender] = per_sender[sender] + 1
+    end
+  end
+  in_chunks('HSET', KEYS[4], body)
+  in_chunks('HSET', KEYS[5], meta)
+  in_chunks('ZADD', KEYS[3], ready)
+  for _, sender in ipairs(senders) do redis.call('HINCRBY', KEYS[10], sender, per_sender[sender]) end
+  add_history_many(KEYS[6], KEYS[7], KEYS[8], history, tonumber(ARGV[1]), tonumber(ARGV[3]),
+    tonumber(ARGV[4]))
+  redis.call('PUBLISH', ARGV[6], body[#body - 1])
+  redis.call('INCRBY', KEYS[1], fresh)
+  redis.call('EXPIRE', KEYS[1], 120)
+end
+in_chunks('ZREM', KEYS[9], pending)
+for i = 1, n do
+  local status = KEYS[9 + 2 * i]
+  local current = redis.call('HGET', status, 'status')
+  if not current or (rank[current] or 0) < 3 then
+    redis.call('HSET', status, 'status', 'delivered', 'delivered_at', stamp,
+      'updated_at', stamp, 'attempts', arg(i, 6), 'recipients',
+      redis.call('SCARD', KEYS[10 + 2 * i]))
+    redis.call('EXPIRE', status, retention)
+  end
+end
+return flags
+"""
+)
+
 # KEYS: ready, leased, body, meta, agents, agent's last-seen
 # ARGV: lease_ms, limit, agent
 # Registers the reader (first use) and notes when it was last seen, brings expired leases

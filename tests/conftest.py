@@ -42,6 +42,21 @@ def long_run(request: pytest.FixtureRequest) -> bool:
 OPT_IN_MARKERS = ("interactive_channel",)
 
 
+# Modules that take minutes on one worker (`--durations`), longest first.
+LONGEST_MODULES = (
+    "tests/e2e/test_hostile_content.py",
+    "tests/e2e/test_bench.py",
+    "tests/e2e/test_up_signals.py",
+    "tests/chaos/test_chaos.py",
+)
+
+
+def _later(item: pytest.Item) -> int:
+    """Where a module comes among the longest (the rest keep their order after them)."""
+    module = item.nodeid.split("::")[0]
+    return LONGEST_MODULES.index(module) if module in LONGEST_MODULES else len(LONGEST_MODULES)
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Opt-in tests run only when `-m` names their marker; otherwise they are deselected.
@@ -52,9 +67,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         group = "cluster" if item.get_closest_marker("cluster") else item.nodeid.split("::")[0]
         assert "@" not in group, group
         item.add_marker(pytest.mark.xdist_group(group))
-    # The cluster tests are the longest chain a single worker runs: handed out first, they
-    # end while the other workers still have modules to take.
-    items.sort(key=lambda item: not item.get_closest_marker("cluster"))
+    # The longest chains a single worker runs (the cluster tests, then the longest modules)
+    # are handed out first: they end while the other workers still have modules to take.
+    items.sort(key=lambda item: (not item.get_closest_marker("cluster"), _later(item)))
     chosen = config.getoption("markexpr", "") or ""
     wanted = [m for m in OPT_IN_MARKERS if m not in chosen]
     if not wanted:

@@ -3,7 +3,7 @@
 One Redis pub/sub connection per server process pattern-subscribes to the inbox and reply
 channels the workers publish on (and to the channel other MCP server processes publish
 their events on). From it:
-- `watching_inbox` / `wait_inbox` / `reply_waiter` wake long-polls without a thread per
+- `watching_inbox` / `wait_inbox` / `watching_reply` wake long-polls without a thread per
   waiting client;
 - `RedisSubscriptionBus` feeds `subscriptions/listen` streams (2026-07-28) across processes;
 - `LegacySubscriptions` sends `notifications/resources/updated` to `resources/subscribe`rs.
@@ -30,6 +30,9 @@ from mcp.shared.subscriptions import (
 
 from bus.keys import Keys
 from bus.redis_conn import connect_async
+
+# wait(timeout): True if woken since the last wait, False when the timeout passed.
+Waiting = Callable[[float], Awaitable[bool]]
 
 logger = logging.getLogger(__name__)
 
@@ -147,14 +150,23 @@ class InboxEvents:
         except (ValueError, KeyError, TypeError):
             logger.warning("ignored malformed MCP event on %s", self.mcp_channel)
 
-    @contextlib.asynccontextmanager
-    async def watching_inbox(self, agent: str) -> AsyncIterator[Callable[[float], Awaitable[bool]]]:
+    def watching_inbox(self, agent: str) -> contextlib.AbstractAsyncContextManager[Waiting]:
         """Wake-ups of `agent`'s inbox, registered from the start of the block to its end:
         the yielded `wait(timeout)` returns True at once if an event came since the last
         wait (or since the block began), so a long-poll that looks inside the block misses
         no delivery between a look and its wait."""
+        return self._watching(f"inbox:{agent}")
+
+    def watching_reply(
+        self, correlation_id: str
+    ) -> contextlib.AbstractAsyncContextManager[Waiting]:
+        """`watching_inbox` for the answer to a request: enter it before the request is
+        sent, so no answer slips by."""
+        return self._watching(f"reply:{correlation_id}")
+
+    @contextlib.asynccontextmanager
+    async def _watching(self, key: str) -> AsyncIterator[Waiting]:
         await self.start()
-        key = f"inbox:{agent}"
         event = asyncio.Event()
         self._waiters[key].add(event)
 
@@ -165,7 +177,8 @@ class InboxEvents:
             except TimeoutError:
                 return False
             finally:
-                event.clear()  # before the next look: what comes after it sets it again
+                event.clear()  # after the wake, never before: one between a look and
+                # its wait must still end that wait
 
         try:
             yield wait
@@ -181,18 +194,6 @@ class InboxEvents:
     def waiting_on_inbox(self, agent: str) -> int:
         """How many waits on `agent`'s inbox are registered (and will be woken)."""
         return len(self._waiters.get(f"inbox:{agent}", ()))
-
-    def reply_waiter(self, correlation_id: str) -> asyncio.Event:
-        """Registers interest before the request is sent, so no reply slips by."""
-        event = asyncio.Event()
-        self._waiters[f"reply:{correlation_id}"].add(event)
-        return event
-
-    def drop_reply_waiter(self, correlation_id: str, event: asyncio.Event) -> None:
-        key = f"reply:{correlation_id}"
-        self._waiters[key].discard(event)
-        if not self._waiters[key]:
-            del self._waiters[key]
 
     def on_inbox(self, callback: Callable[[str], Any]) -> None:
         self._on_inbox.append(callback)

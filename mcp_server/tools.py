@@ -7,8 +7,6 @@ Results are the compact views of mcp_server/views.py with the caller's `unread` 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import inspect
 import typing
 import uuid
@@ -345,21 +343,11 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         handle = me(ctx)
         prepared = tools.message({**given, "reply_to": handle.agent}, handle.agent)
         prepared["id"] = request_id = str(uuid.uuid4())
-        await tools.events.start()
-        waiter = tools.events.reply_waiter(request_id)
-
-        async def woken(seconds: float) -> None:
-            waiter.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter.wait(), seconds)
-
-        try:
+        async with tools.events.watching_reply(request_id) as woken:
             await tools.call(handle.send, prepared)
             response = await apoll(
                 lambda: tools.call(handle.response_to, request_id), woken, timeout_seconds
             )
-        finally:
-            tools.events.drop_reply_waiter(request_id, waiter)
         unread = await tools.unread(handle.agent)
         if response is None:
             return RequestResult(

@@ -35,3 +35,35 @@ def test_a_delivery_between_a_look_and_the_wait_wakes_the_wait(module_env, worke
 
     woken, quiet = asyncio.run(scenario())
     assert woken is True and quiet is False
+
+
+def test_an_answer_between_a_look_and_the_wait_wakes_the_request(module_env, worker, bus, agents):
+    """The MCP `request` tool's wait for its answer: the answer is delivered after a look
+    found nothing and before the wait (it once cleared the wake-up there and slept a step)."""
+    asker, answerer = agents("asker"), agents("answerer")
+    question = bus.send_message({"from": asker, "to": answerer, "type": "request", "payload": 1})
+
+    async def scenario() -> tuple[bool, bool]:
+        events = InboxEvents(module_env.settings().redis_url, bus.runtime.keys)
+        try:
+            async with events.watching_reply(question.id) as wait:
+                answer = {
+                    "from": answerer,
+                    "to": asker,
+                    "type": "response",
+                    "correlation_id": question.id,
+                    "payload": 2,
+                }
+                await asyncio.to_thread(bus.send_message, answer)
+                response_to = bus.as_agent(asker).response_to
+                await asyncio.to_thread(
+                    wait_for, lambda: response_to(question.id) is not None, 15, "the answer"
+                )
+                woken = await wait(10)
+                quiet = await wait(0.3)  # the control: nothing came since
+            return woken, quiet
+        finally:
+            await events.close()
+
+    woken, quiet = asyncio.run(scenario())
+    assert woken is True and quiet is False

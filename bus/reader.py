@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -212,10 +213,15 @@ class _ReplyWaiter:
         return self.runtime.store.reply_for(self.request_id)
 
     def _wait(self, seconds: float) -> None:
-        item = self.pubsub.get_message(timeout=seconds)
-        # A kept connection may still bring a wake-up for its previous request's channel.
-        if item and item.get("channel") == self.channel and item.get("data"):
-            self._woken_with = str(item["data"])
+        # Reads until this channel's wake-up comes or the time is up: what else arrives
+        # (the subscription's own confirmation, on a kept connection a wake-up or the
+        # unsubscribe of its previous request) is no reason to look in Redis again.
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            item = self.pubsub.get_message(timeout=left)
+            if item and item.get("channel") == self.channel and item.get("data"):
+                self._woken_with = str(item["data"])
+                return
 
     def wait(self, timeout: float) -> str | None:
         with redis_errors("wait for a response"):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from bus.client import MessageBus
+from bus.client import MessageBus, RequestTimeout
 from tests.support.waiting import holds_for, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -282,6 +282,16 @@ def test_a_late_answer_to_an_earlier_request_does_not_answer_the_next_one(bus, a
     [late] = read_until(bus, asker, 1)  # the late answer waits in the inbox as mail
     assert (late.payload, late.correlation_id) == ("late, to the first", one.correlation_id)
     assert bus.status(two.id).status.value == "acked"
+
+
+def test_a_request_nobody_answers_times_out_with_its_id_and_stays_in_the_inbox(bus, agents):
+    asker, silent = agents("asker"), agents("silent")
+    with pytest.raises(RequestTimeout) as timed_out:
+        bus.request({"from": asker, "to": silent, "payload": "anyone?"}, timeout=1)
+
+    assert "no response to request" in timed_out.value.message
+    [waiting] = read_until(bus, silent, 1)  # the request was sent all the same
+    assert waiting.id == timed_out.value.fields["id"] and waiting.payload == "anyone?"
 
 
 def test_a_bus_that_delivers_here_has_a_direct_message_in_the_inbox_when_send_returns(

@@ -51,23 +51,43 @@ local function forget(senders_key, member)
     redis.call('HDEL', senders_key, from)
   end
 end
--- `senders`: the senders of the entries just added, each judged in turn.
+-- `senders`: the senders of the entries just added, each judged in turn. Trimming only
+-- lowers counts, so those over their share are found once, up front, and each leaves the
+-- list when it is back to its share: the cost is evictions + senders, not their product.
+local function over_share(senders_key, senders, share)
+  local over = {}
+  if not senders_key or #senders == 0 then return over end
+  local counts = redis.call('HMGET', senders_key, unpack(senders))
+  for i, sender in ipairs(senders) do
+    local count = tonumber(counts[i] or '0')
+    if count > share then over[#over + 1] = {sender, count} end
+  end
+  return over
+end
 local function trim_history(key, bytes_key, senders_key, senders, max_entries, max_bytes, share,
     size)
   size = size or tonumber(redis.call('GET', bytes_key) or '0')
   local stored = size
   local n = redis.call('ZCARD', key)
+  local over = nil
   while n > 0 and (n > max_entries or size > max_bytes) do
+    over = over or over_share(senders_key, senders, share)
     local victim = nil
-    for _, sender in ipairs(senders_key and senders or {}) do
-      if tonumber(redis.call('HGET', senders_key, sender) or '0') > share then
-        victim = oldest_from(key, sender)
-        if victim then break end
-      end
+    while #over > 0 and not victim do
+      victim = oldest_from(key, over[1][1])
+      if not victim then table.remove(over, 1) end  -- none of its entries left to find
     end
     victim = victim or redis.call('ZRANGE', key, 0, 0)[1]
     redis.call('ZREM', key, victim)
     forget(senders_key, victim)
+    local from = sender_of(victim)
+    for i, entry in ipairs(over) do
+      if entry[1] == from then
+        entry[2] = entry[2] - 1
+        if entry[2] <= share then table.remove(over, i) end
+        break
+      end
+    end
     size = size - #victim
     n = n - 1
   end

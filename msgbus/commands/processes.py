@@ -61,6 +61,8 @@ def worker(
 ) -> None:
     """Run a Celery worker delivering messages (extra args go to `celery worker`)."""
     current = settings()
+    # Refused here, before a second interpreter loads Celery (workers.app checks it again).
+    current.signing_keys  # noqa: B018 - production without a real secret stops here
     extra = list(ctx.args)
     if express:
         os.environ["MESSAGE_BUS_EXPRESS_WORKER"] = "1"  # the worker's own Settings read it
@@ -90,6 +92,7 @@ def worker(
 @click.option("--loglevel", "-l", default="INFO")
 def beat(loglevel: str) -> None:
     """Run Celery beat (RedBeat: one beat across restarts) for the scheduled jobs."""
+    settings().signing_keys  # noqa: B018 - production without a real secret stops here
     _replace_with(
         "-m",
         "celery",

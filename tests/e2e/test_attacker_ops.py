@@ -119,7 +119,8 @@ def test_every_entrance_refuses_to_start_in_production_with_a_short_secret(modul
         name: start(module_env, f"prod-{i}", args, MESSAGE_BUS_METRICS_PORT="0", **short)
         for i, (name, args) in enumerate(ENTRANCES.items())
     }
-    deadline = time.monotonic() + 25
+    # Each refuses in ~2 s alone; six starting at once beside a loaded suite take longer.
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline and any(p.poll() is None for p, _ in started.values()):
         time.sleep(0.2)
     outcome = {}
@@ -136,7 +137,11 @@ def test_every_entrance_refuses_to_start_in_production_with_a_short_secret(modul
         outcome[name] = (
             "refused"
             if not running and proc.returncode != 0 and said
-            else ("still running" if running else f"exit {proc.returncode}, said: {text[-200:]!r}")
+            else (
+                f"still running after 90 s, said: {text[-200:]!r}"
+                if running
+                else f"exit {proc.returncode}, said: {text[-200:]!r}"
+            )
         )
     # The one-shot commands too.
     sent = msgbus(module_env, "send", "--from", "a", "--to", "b", "--payload", "1", **short)

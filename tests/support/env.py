@@ -104,7 +104,6 @@ class Worker:
         """`hostname`: the worker's node is named after that host and, as root, runs in a
         UTS namespace of its own with that hostname, as a worker on another host would (the
         network is still this host's)."""
-        ARTIFACTS.mkdir(exist_ok=True)
         name = f"w{uuid.uuid4().hex[:8]}"
         log = ARTIFACTS / f"worker-{env_.vhost}-{name}.log"
         on_host = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', hostname]

@@ -189,10 +189,13 @@ def bus_priority(b: Bench, backlog: int, probes: int) -> list[float]:
     if backlog:
         _queue_bus_sends(bus, "bench-sender", f"low-{uuid.uuid4().hex[:6]}", backlog, "low")
     reader = f"crit-{uuid.uuid4().hex[:6]}"
-    worker = b.start("workers.app", QUEUES, "bus")
+    # The express worker first: the backlog starts draining only once both are up, so the
+    # probes follow right behind and a fast machine does not drain it before they end.
     express = b.start(
         "workers.app", "bus.critical,bus.high", "express", env={"MESSAGE_BUS_EXPRESS_WORKER": "1"}
     )
+    b.started_and_consuming(express, "bus.critical")
+    worker = b.start("workers.app", QUEUES, "bus")
     b.started_and_consuming(worker, "bus.low")
     wait_until(lambda: b.consumers("bus.critical") >= 2, 60, "the express worker")
     sent: dict[str, float] = {}
@@ -223,8 +226,9 @@ def raw_priority(b: Bench, backlog: int, probes: int) -> list[float]:
     _raw_publish(backlog, queue="raw.low")
     key = f"{b.prefix}raw-prio-{uuid.uuid4().hex[:6]}"
     client = b.redis()
-    worker = b.start("bench.raw_app", "raw.critical,raw.low", "raw")
     express = b.start("bench.raw_app", "raw.critical", "raw-express", env={"RAW_EXPRESS": "1"})
+    b.started_and_consuming(express, "raw.critical")
+    worker = b.start("bench.raw_app", "raw.critical,raw.low", "raw")
     b.started_and_consuming(worker, "raw.low")
     wait_until(lambda: b.consumers("raw.critical") >= 2, 60, "the raw express worker")
     for i in range(probes):

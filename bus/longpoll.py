@@ -36,9 +36,15 @@ async def apoll(
     wait: Callable[[float], Awaitable[Any]],
     timeout: float,
     step: float = STEP,
+    *,
+    look_first: bool = True,
 ) -> T:
-    """`poll` for coroutines: no thread is held while waiting."""
+    """`poll` for coroutines: no thread is held while waiting. `look_first=False`: the
+    first look comes after the first wait, for a caller watching wake-ups since before it
+    caused what it waits for (a request's answer cannot precede the request)."""
     deadline = time.monotonic() + timeout
+    if not look_first:
+        await wait(min(timeout, step))
     while True:
         found = await look()
         remaining = deadline - time.monotonic()

@@ -343,19 +343,27 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         handle = me(ctx)
         prepared = tools.message({**given, "reply_to": handle.agent}, handle.agent)
         prepared["id"] = request_id = str(uuid.uuid4())
+
+        def answer() -> tuple[ReceivedMessage, int] | None:
+            response = handle.response_to(request_id)
+            return None if response is None else (response, handle.unread())
+
+        # Two trips to a worker thread, the send and the answer with the unread count:
+        # each trip costs the event loop a hand-off each way. The answer is looked for once
+        # woken (its wake-up was watched from before the send) or at each step.
         async with tools.events.watching_reply(request_id) as woken:
             await tools.call(handle.send, prepared)
-            response = await apoll(
-                lambda: tools.call(handle.response_to, request_id), woken, timeout_seconds
+            answered = await apoll(
+                lambda: tools.call(answer), woken, timeout_seconds, look_first=False
             )
-        unread = await tools.unread(handle.agent)
-        if response is None:
+        if answered is None:
             return RequestResult(
                 request_id=request_id,
                 status="timeout",
                 note="no answer yet: a late one lands in your inbox (read_messages)",
-                unread=unread,
+                unread=await tools.unread(handle.agent),
             )
+        response, unread = answered
         return RequestResult(
             request_id=request_id,
             status="answered",

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from bus.tokens import TokenFile
+from tests.support.cliforks import CliForks
 from tests.support.entrances import BROADCASTS, Cli, Mcp, PythonApi, Refusal, msgbus
 from tests.support.hostile import (
     DELIVERABLE,
@@ -89,11 +90,22 @@ def mcp_clients(module_env, http_url):
 
 
 @pytest.fixture(scope="module")
-def entrances(module_env, api, mcp_clients):
+def cli_forks(module_env):
+    """The CLI's sends and reads: each a `msgbus` process of its own, forked from one that
+    has the CLI imported (tests/support/cliforks.py), so a payload costs a fork, not the
+    interpreter's start and imports. The fixtures' and checks' commands below start
+    `python -m msgbus` itself."""
+    forks = CliForks(module_env.env())
+    yield forks
+    forks.close()
+
+
+@pytest.fixture(scope="module")
+def entrances(module_env, api, mcp_clients, cli_forks):
     loop, clients = mcp_clients
     made = {
         "python": PythonApi(api, "py-sender", "py-reader", "hostile/py"),
-        "cli": Cli(module_env, "cli-sender", "cli-reader", "hostile/cli"),
+        "cli": Cli(module_env, "cli-sender", "cli-reader", "hostile/cli", run=cli_forks.run),
         "stdio": Mcp(
             "stdio",
             loop,
@@ -130,8 +142,8 @@ KINDS = [
     for kind in ("direct", "topic", "broadcast", "batch")
     if not (entrance == "cli" and kind == "batch")
 ]
-# The CLI pays a process start per send: all of the corpus goes direct, a cross-section of
-# it to topics and broadcasts.
+# The CLI is a process per send: all of the corpus goes direct, a cross-section of it to
+# topics and broadcasts.
 CLI_SAMPLE = {name for name, _ in TAGS[-2:]} | {
     "uint64 max",
     "int64 min",
@@ -207,7 +219,7 @@ def test_every_deliverable_payload_arrives_equal_to_what_was_sent(
     if kind == "batch":
         ids = door.send_batch([payload for _, payload in cases])
     else:
-        # The CLI is a process per send: a few at a time (each waits on its imports).
+        # The CLI is a process per send: a few at a time (each connects, sends and exits).
         with ThreadPoolExecutor(4 if entrance == "cli" else 1) as pool:
             ids = list(pool.map(lambda case: door.send(kind, case[1]), cases))
     got = door.collect(set(ids))

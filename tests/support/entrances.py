@@ -5,6 +5,7 @@ or streamable HTTP. A refused send raises `Refusal` with the text the user would
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from bus.errors import BusError, ValidationError
@@ -96,12 +97,16 @@ class PythonApi(Entrance):
 
 
 class Cli(Entrance):
+    """`run`: how a `msgbus` command is run (default: `python -m msgbus`; a CliForks' run
+    forks each command from a process that has the CLI imported)."""
+
     name = "cli"
     batch = False  # the CLI has no batch send
 
-    def __init__(self, env: Any, *args: str) -> None:
+    def __init__(self, env: Any, *args: str, run: Callable[..., Any] | None = None) -> None:
         super().__init__(*args)
         self.env = env
+        self.run = run or (lambda *argv, stdin=None: msgbus(env, *argv, stdin=stdin))
 
     def send(self, kind: str, payload: Any) -> str:
         return self.send_text(kind, json.dumps(payload, ensure_ascii=True))
@@ -117,7 +122,7 @@ class Cli(Entrance):
             command, stdin = [*command, "--payload", "-"], text
         else:
             command = [*command, f"--payload={text}"]
-        out = msgbus(self.env, *command, "--json", stdin=stdin)
+        out = self.run(*command, "--json", stdin=stdin)
         if out.returncode != 0:
             assert out.stderr.startswith("error: "), out.stderr[-3000:]
             assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, out.stderr
@@ -126,9 +131,7 @@ class Cli(Entrance):
         return self.sent(kind, json.loads(out.stdout)["id"])
 
     def read_round(self) -> list[tuple[str, Any]]:
-        out = msgbus(
-            self.env, "read", self.reader, "--json", "--limit", "50", "--wait", "1", "--ack"
-        )
+        out = self.run("read", self.reader, "--json", "--limit", "50", "--wait", "1", "--ack")
         assert out.returncode == 0, out.stderr
         return [(m["id"], m.get("payload")) for m in json.loads(out.stdout)]
 

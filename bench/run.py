@@ -238,7 +238,8 @@ def drains(b: Bench, only: set[str], z: Sizes) -> dict[str, Any]:
     """Raw and bus runs take turns, so a machine that speeds up or slows down during the run
     moves both sides of each ratio alike."""
     n, n_batch = z.drain, z.batch
-    w.raw_drain(b, 200), w.bus_drain(b, 200)  # warm-up
+    if n >= 1000:  # warm-up (not for --smoke's tiny counts, as in bench/linger.py)
+        w.raw_drain(b, 200), w.bus_drain(b, 200)
     raw: list[float] = []
     runs: dict[str, list[float]] = {"drain": [], "batch": []}
     for _ in range(z.reps):

@@ -93,15 +93,15 @@ def mcp_clients(module_env, http_url):
 def cli_forks(module_env):
     """The CLI's sends and reads: each a `msgbus` process of its own, forked from one that
     has the CLI imported (tests/support/cliforks.py), so a payload costs a fork, not the
-    interpreter's start and imports. The fixtures' and checks' commands below start
-    `python -m msgbus` itself."""
+    interpreter's start and imports (as do the dead-letter checks); the entrances' fixture
+    subscribes its reader with `python -m msgbus` itself."""
     forks = CliForks(module_env.env())
     yield forks
     forks.close()
 
 
 @pytest.fixture(scope="module")
-def entrances(module_env, api, mcp_clients, cli_forks):
+def entrances(cli_forks, module_env, api, mcp_clients):
     loop, clients = mcp_clients
     made = {
         "python": PythonApi(api, "py-sender", "py-reader", "hostile/py"),
@@ -197,7 +197,7 @@ def final_status(api: Any, message_id: str, timeout: float) -> Any:
         time.sleep(0.1)
 
 
-def settled_everywhere(api: Any, module_env: Any, ids: list[str]) -> None:
+def settled_everywhere(api: Any, cli: CliForks, ids: list[str]) -> None:
     """No message of `ids` is still queued or retrying, and none is a dead letter (asked of
     the Python API and of `msgbus dlq list`)."""
     statuses = {i: api.status(i).status.value for i in ids}
@@ -205,14 +205,14 @@ def settled_everywhere(api: Any, module_env: Any, ids: list[str]) -> None:
     assert unsettled == {}, unsettled
     dead = {d.id for d in api.dead_letters(limit=1000)} & set(ids)
     assert dead == set(), dead
-    listed = msgbus(module_env, "dlq", "list", "--json", "--limit", "1000")
+    listed = cli.run("dlq", "list", "--json", "--limit", "1000")
     assert listed.returncode == 0, listed.stderr
     assert {d["id"] for d in json.loads(listed.stdout)} & set(ids) == set()
 
 
 @pytest.mark.parametrize(("entrance", "kind"), KINDS, ids=[f"{e}-{k}" for e, k in KINDS])
 def test_every_deliverable_payload_arrives_equal_to_what_was_sent(
-    entrances, api, module_env, entrance, kind
+    entrances, api, cli_forks, entrance, kind
 ):
     door = entrances[entrance]
     cases = corpus_for(entrance, kind)
@@ -239,7 +239,7 @@ def test_every_deliverable_payload_arrives_equal_to_what_was_sent(
             own += [m.id for m in batch if m.id in ids]
             api.ack(door.sender, [m.id for m in batch])
         assert own == []
-    settled_everywhere(api, module_env, ids)
+    settled_everywhere(api, cli_forks, ids)
 
 
 REFUSAL_KINDS = [(e, k) for e, k in KINDS if k != "batch"]

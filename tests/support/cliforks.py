@@ -62,16 +62,22 @@ class CliForks:
             stderr=self.log.open("wb"),
             start_new_session=True,
         )
-        wait_for(
-            lambda: os.path.exists(self.path) or self.proc.poll() is not None,
-            60,
-            "the msgbus fork server",
-        )
-        assert self.proc.poll() is None, self.log.read_text()[-3000:]
+        self.up = False  # waited for at the first command: it starts while others do
+
+    def wait_up(self) -> None:
+        if not self.up:
+            wait_for(
+                lambda: os.path.exists(self.path) or self.proc.poll() is not None,
+                60,
+                "the msgbus fork server",
+            )
+            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            self.up = True
 
     def run(
         self, *args: str, stdin: str | None = None, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
+        self.wait_up()
         argv = [os.fsdecode(os.fsencode(a)) for a in args]  # what a real argv can carry
         encoding = locale.getpreferredencoding(False)  # as subprocess's text mode
         data = stdin.encode(encoding) if stdin is not None else b""

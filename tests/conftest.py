@@ -20,6 +20,15 @@ hypothesis_settings.register_profile("bus", deadline=None)
 hypothesis_settings.load_profile("bus")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-xdist hands out a `--dist loadgroup` run's groups sorted by their count of
+    # tests unless told not to (--loadscope-reorder is its default), which put the
+    # one-test modules that take minutes (the bench, `msgbus up`'s signals) among the last.
+    # The order pytest_collection_modifyitems gives them below (the longest first) is kept.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--chaos-long",
@@ -44,10 +53,10 @@ OPT_IN_MARKERS = ("interactive_channel",)
 
 # Modules that take minutes on one worker (`--durations`), longest first.
 LONGEST_MODULES = (
-    "tests/e2e/test_hostile_content.py",
+    "tests/chaos/test_chaos.py",
     "tests/e2e/test_bench.py",
     "tests/e2e/test_up_signals.py",
-    "tests/chaos/test_chaos.py",
+    "tests/e2e/test_hostile_content.py",
 )
 
 

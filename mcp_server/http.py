@@ -4,6 +4,8 @@
 Readiness and the metrics gauges are computed by one background task every
 `REFRESH_EVERY` seconds and served from there: a burst of /readyz or /metrics requests costs
 no broker connection and no thread, so it can neither exhaust a pool nor hold up tool calls.
+While the bus is not ready the check runs every `NOT_READY_REFRESH_EVERY` seconds instead, so
+a supervisor or load balancer waiting on /readyz sees it turn ready within that time.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from mcp_server.websecurity import HostOriginGuard, web_origins
 logger = logging.getLogger(__name__)
 
 REFRESH_EVERY = 5.0
+NOT_READY_REFRESH_EVERY = 0.5
 
 
 class Readiness:
@@ -53,7 +56,11 @@ class Readiness:
                 await anyio.to_thread.run_sync(self.refresh)
             except Exception:  # noqa: BLE001 - the loop outlives any one failed check
                 logger.exception("readiness check failed")
-            await asyncio.sleep(REFRESH_EVERY)
+            await asyncio.sleep(self.next_check_in())
+
+    def next_check_in(self) -> float:
+        ready = self.health is not None and self.health.ready
+        return REFRESH_EVERY if ready else NOT_READY_REFRESH_EVERY
 
 
 def build_app(

@@ -26,17 +26,25 @@ PAYLOAD = "h" * 512
 
 
 def loop(handle: Any, make: Any, count: int, deadline: float, tally: dict[str, Any]) -> None:
+    """Sends until count or deadline; tallies refusals by code, and apart the refusals that
+    came after the last accepted send (once a bound is reached, those are all its code)."""
     accepted, refused = 0, collections.Counter[str]()
+    since_accepted = collections.Counter[str]()
     for i in range(count):
         if time.monotonic() > deadline:
             break
         try:
             handle.send(make(i))
             accepted += 1
+            since_accepted.clear()
         except BusError as exc:
             refused[exc.code] += 1
+            since_accepted[exc.code] += 1
     tally.update(
-        accepted=accepted, refused=dict(refused), attempted=accepted + sum(refused.values())
+        accepted=accepted,
+        refused=dict(refused),
+        refused_after_last_accepted=dict(since_accepted),
+        attempted=accepted + sum(refused.values()),
     )
 
 

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 
 from bus.tokens import TokenFile
@@ -49,6 +50,15 @@ def browser():
     shutil.rmtree(profile, ignore_errors=True)
 
 
+def text_of(browser, element_id):
+    """The element's text, or "" while the page that holds it has not loaded yet (a click
+    that submits a form returns before the next page is there)."""
+    try:
+        return browser.find_element(By.ID, element_id).text
+    except (NoSuchElementException, StaleElementReferenceException):
+        return ""
+
+
 def test_dashboard_lists_a_dead_letter_and_its_replay_button_empties_the_list(
     fresh_env, browser, tmp_path, agents
 ):
@@ -70,21 +80,21 @@ def test_dashboard_lists_a_dead_letter_and_its_replay_button_empties_the_list(
         browser.find_element(By.NAME, "token").send_keys(token)
         browser.find_element(By.TAG_NAME, "button").click()
         wait_for(
-            lambda: receipt.id in browser.find_element(By.ID, "dead-letters").text,
+            lambda: receipt.id in text_of(browser, "dead-letters"),
             15,
             "the dead letter on the page",
         )
-        assert "retries_exhausted" in browser.find_element(By.ID, "dead-letters").text
+        assert "retries_exhausted" in text_of(browser, "dead-letters")
         browser.save_screenshot(str(ARTIFACTS / "dashboard-dead-letter.png"))
         browser.find_element(By.CSS_SELECTOR, f'button.inspect[data-id="{receipt.id}"]').click()
         wait_for(
-            lambda: "replay me" in browser.find_element(By.ID, "dead-letters").text,
+            lambda: "replay me" in text_of(browser, "dead-letters"),
             10,
             "the inspected message",
         )
         browser.find_element(By.ID, "replay-all").click()
         wait_for(
-            lambda: "no dead letters" in browser.find_element(By.ID, "dead-letters").text,
+            lambda: "no dead letters" in text_of(browser, "dead-letters"),
             20,
             "the list to empty",
         )

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from bus.errors import ConfigError
+from bus.schema import check_agent_id
 from bus.settings import parse_rate
 
 
@@ -65,19 +66,32 @@ class Policy:
         if default not in ("allow", "deny"):
             raise ConfigError(f"{source}: 'default' must be allow or deny, not {default!r}")
         agents = {}
-        for name, rules in (data.get("agents") or {}).items():
+        listed = data.get("agents") or {}
+        if not isinstance(listed, dict):
+            raise ConfigError(f"{source}: 'agents' must be a mapping of agent ids to rules")
+        for name, rules in listed.items():
+            name = _agent_id(name, "agents", source)
             rules = rules or {}
             if not isinstance(rules, dict):
                 raise ConfigError(f"{source}: rules of agent {name!r} must be a mapping")
-            agents[str(name)] = AgentRules(
+            broadcast = rules.get("broadcast")
+            if broadcast is not None and not isinstance(broadcast, bool):
+                raise ConfigError(
+                    f"{source}: agents.{name}.broadcast must be true or false, not {broadcast!r}"
+                )
+            agents[name] = AgentRules(
                 send=_patterns(rules, "send", source),
                 publish=_patterns(rules, "publish", source),
                 subscribe=_patterns(rules, "subscribe", source),
-                broadcast=rules.get("broadcast"),
+                broadcast=broadcast,
                 rate=parse_rate(str(rules["rate_limit"])) if "rate_limit" in rules else None,
                 burst=int(rules["burst"]) if "burst" in rules else None,
             )
-        admins = frozenset(str(a) for a in data.get("admins") or []) | frozenset(extra_admins)
+        listed_admins = data.get("admins") or []
+        if not isinstance(listed_admins, list):
+            raise ConfigError(f"{source}: 'admins' must be a list of agent ids")
+        admins = frozenset(_agent_id(a, "admins", source) for a in listed_admins)
+        admins |= frozenset(extra_admins)
         return cls(default == "allow", admins, agents, source)
 
     def _check(self, agent: str, kind: str, target: str) -> tuple[bool, str]:
@@ -133,3 +147,17 @@ def _patterns(rules: dict[str, Any], kind: str, source: str) -> tuple[str, ...] 
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{source}: '{kind}' must be a list of glob patterns")
     return tuple(value)
+
+
+def _agent_id(value: Any, where: str, source: str) -> str:
+    """An agent id as the file wrote it. YAML reads 007, 0123 or on as numbers and booleans
+    (and 0123 as 83): such an id would silently name another agent, so it is refused."""
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"{source}: {where} entry {value!r} was read as a {type(value).__name__}, not an "
+            "agent id: quote it (e.g. '007')"
+        )
+    try:
+        return check_agent_id(value)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {where}: {exc}") from exc

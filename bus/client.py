@@ -130,7 +130,7 @@ class MessageBus:
     ) -> ReceivedMessage:
         prepared = self.sender.prepare(data)
         requester = prepared.message.reply_to or prepared.message.sender
-        with self.reader.reply_waiter(prepared.message.id) as waiter:
+        with self.reader.reply_waiter(prepared.message.id, requester) as waiter:
             self.sender.send([prepared], front_door=front_door)
             response_id = waiter.wait(timeout)
         if response_id is None:

@@ -57,6 +57,13 @@ class Guard:
             target, action = f"topic {message.topic}", "publish to"
         if not ok:
             raise self._deny(sender, action, target, rule)
+        # A topic label on a direct message or a broadcast reads, to its recipients, as a
+        # publication on that topic: it is one, and needs the same right.
+        labels = {message.topic, message.metadata.topic} - {None}
+        for topic in sorted(t for t in labels if t and message.to):
+            ok, rule = self.policy.may_publish(sender, topic)
+            if not ok:
+                raise self._deny(sender, "label a message with", f"topic {topic}", rule)
         # A reply_to names who the answer goes to: that is sending to it, by proxy (the
         # answering agent would otherwise carry the payload where the sender may not).
         reply_to = message.reply_to

@@ -97,7 +97,7 @@ class AgentHandle:
 
     def response_to(self, request_id: str) -> ReceivedMessage | None:
         """The response to this agent's request, taken from its inbox; None while none."""
-        response_id = self.bus.runtime.store.reply_for(request_id)
+        response_id = self.bus.runtime.store.reply_for(self.agent, request_id)
         if response_id is None:
             return None
         try:
@@ -165,7 +165,13 @@ class AgentHandle:
         return self.bus.subscriptions(self.agent)
 
     def agents(self) -> list[AgentInfo]:
-        return self.bus.agents()
+        """Every agent; inbox depths of other agents only for admins (as in `stats`)."""
+        agents = self.bus.agents()
+        if not self.is_admin:
+            for info in agents:
+                if info.id != self.agent:
+                    info.inbox_depth = None
+        return agents
 
     def authorize_listen(self, uri: str) -> None:
         """May this agent be told of changes to `uri` (push: subscriptions/listen and

@@ -157,8 +157,10 @@ class Keys:
     def handling(self, message_id: str, agent: str) -> str:
         return f"{self.prefix}handling:{message_id}:{agent}"
 
-    def reply(self, correlation_id: str) -> str:
-        return f"{self.prefix}reply:{correlation_id}"
+    def reply(self, agent: str, correlation_id: str) -> str:
+        """The latest message for `agent` answering `correlation_id` (a request's id): kept
+        per recipient, so mail to others that names the id never reaches this pointer."""
+        return f"{self.prefix}reply:{{{agent}}}:{correlation_id}"
 
     def rate_bucket(self, kind: str, second: int) -> str:
         return f"{self.prefix}rate:{kind}:{second}"
@@ -173,5 +175,5 @@ class Keys:
     def inbox_channel(self, agent: str) -> str:
         return f"{self.prefix}events:inbox:{agent}"
 
-    def reply_channel(self, correlation_id: str) -> str:
-        return f"{self.prefix}events:reply:{correlation_id}"
+    def reply_channel(self, agent: str, correlation_id: str) -> str:
+        return f"{self.prefix}events:reply:{agent}:{correlation_id}"

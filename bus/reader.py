@@ -24,7 +24,14 @@ from bus.hooks import Hooks
 from bus.longpoll import poll
 from bus.redis_conn import redis_errors
 from bus.runtime import Runtime
-from bus.schema import MessageType, Metadata, ReceivedMessage, Status, check_agent_id
+from bus.schema import (
+    READER_FIELD_NAMES,
+    MessageType,
+    Metadata,
+    ReceivedMessage,
+    Status,
+    check_agent_id,
+)
 from bus.store import Leased
 from bus.validation import describe
 
@@ -75,9 +82,11 @@ class Reader:
             data["payload"] = None
             extra["decode_error"] = exc.message
         try:
+            # What the reader sets is never taken from the stored message.
+            stored = {k: v for k, v in data.items() if k not in READER_FIELD_NAMES}
             return ReceivedMessage.model_validate(
                 {
-                    **data,
+                    **stored,
                     **extra,
                     "delivery_count": delivery_count,
                     "lease_expires_at": lease,
@@ -150,16 +159,16 @@ class Reader:
         return out
 
     @contextmanager
-    def reply_waiter(self, request_id: str) -> Iterator[_ReplyWaiter]:
-        """Subscribed to the request's reply channel (before the request is sent), on a
-        pub/sub connection kept from an earlier request when there is one."""
-        channel = self.runtime.keys.reply_channel(request_id)
+    def reply_waiter(self, request_id: str, requester: str) -> Iterator[_ReplyWaiter]:
+        """Subscribed to the request's reply channel for `requester` (before the request is
+        sent), on a pub/sub connection kept from an earlier request when there is one."""
+        channel = self.runtime.keys.reply_channel(requester, request_id)
         with redis_errors("wait for a response"):
             pubsub = self._pubsub()
             kept = False
             try:
                 pubsub.subscribe(channel)
-                yield _ReplyWaiter(self.runtime, pubsub, request_id, channel)
+                yield _ReplyWaiter(self.runtime, pubsub, request_id, requester, channel)
                 pubsub.unsubscribe(channel)
                 kept = self._keep(pubsub)
             finally:
@@ -198,10 +207,13 @@ class Reader:
 
 
 class _ReplyWaiter:
-    def __init__(self, runtime: Runtime, pubsub: Any, request_id: str, channel: str) -> None:
+    def __init__(
+        self, runtime: Runtime, pubsub: Any, request_id: str, requester: str, channel: str
+    ) -> None:
         self.runtime = runtime
         self.pubsub = pubsub
         self.request_id = request_id
+        self.requester = requester
         self.channel = channel
         self._woken_with: str | None = None
 
@@ -210,7 +222,7 @@ class _ReplyWaiter:
         # stores under the reply key): no second look in Redis for it.
         if self._woken_with:
             return self._woken_with
-        return self.runtime.store.reply_for(self.request_id)
+        return self.runtime.store.reply_for(self.requester, self.request_id)
 
     def _wait(self, seconds: float) -> None:
         # Reads until this channel's wake-up comes or the time is up: what else arrives

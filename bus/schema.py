@@ -93,7 +93,8 @@ def check_topic(value: str) -> str:
 
 
 def _matching(value: str, what: str, pattern: re.Pattern[str], rule: str) -> str:
-    if not isinstance(value, str) or not pattern.match(value):
+    # fullmatch: with match, the pattern's "$" also matches before a final newline
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         raise ValueError(f"{what} {value!r} must match {pattern.pattern} ({rule})")
     return value
 
@@ -168,7 +169,7 @@ class Message(_Model):
     @field_validator("version")
     @classmethod
     def _version_1x(cls, value: str) -> str:
-        if not re.match(r"^1(\.\d+)?$", value):
+        if not re.fullmatch(r"1(\.\d+)?", value):
             raise ValueError(f"version {value!r} is not supported (this bus reads 1.x)")
         return value
 
@@ -224,6 +225,10 @@ def _wire_dump(message: Message) -> dict[str, Any]:
     meta = data.get("metadata", {})
     if not meta.get("headers"):
         meta.pop("headers", None)
+    # exclude_none is for the bus's own unset fields: a sender's extra field set to null
+    # is data and travels as it was given.
+    data |= {k: None for k, v in (message.model_extra or {}).items() if v is None}
+    meta |= {k: None for k, v in (message.metadata.model_extra or {}).items() if v is None}
     return data
 
 
@@ -238,6 +243,25 @@ class ReceivedMessage(Message):
     decode_error: str | None = Field(
         default=None, description="why the payload is withheld (failed check), if it is"
     )
+
+
+def _field_names(model: type[BaseModel]) -> frozenset[str]:
+    """Every name a field of `model` is known by: its own, camelCase, its aliases."""
+    names: set[str] = set()
+    for name, field in model.model_fields.items():
+        names |= {name, to_camel(name)}
+        if field.serialization_alias:
+            names.add(field.serialization_alias)
+        alias = field.validation_alias
+        choices = alias.choices if isinstance(alias, AliasChoices) else [alias]
+        names |= {c for c in choices if isinstance(c, str)}
+    return frozenset(names)
+
+
+# Names an extra (unknown) field of a message may not take: a stored extra by one of them
+# would shadow what the bus or the reader sets (`decode_error`, `verified`, `sender`...).
+RESERVED_FIELD_NAMES = _field_names(ReceivedMessage)
+READER_FIELD_NAMES = RESERVED_FIELD_NAMES - _field_names(Message)
 
 
 class Receipt(_Model):
@@ -325,4 +349,6 @@ class AgentInfo(_Model):
     id: str
     registered_at: datetime | None = None
     last_seen: datetime | None = None
-    inbox_depth: int = 0
+    inbox_depth: int | None = Field(
+        default=0, description="messages waiting; shown for one's own inbox, or to admins"
+    )

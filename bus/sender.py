@@ -30,11 +30,16 @@ from bus.hooks import Hooks
 from bus.linger import Linger
 from bus.routing import broadcast_recipients, topic_recipients
 from bus.runtime import Runtime
-from bus.schema import Message, Receipt, Status
+from bus.schema import RESERVED_FIELD_NAMES, Message, Receipt, Status
 from bus.topology import DELIVER_BATCH_TASK, DELIVER_TASK
 from bus.validation import parse
 
 logger = logging.getLogger(__name__)
+
+# Everything of a message but its payload (ids, addresses, metadata, headers, extra
+# fields): a bound apart from MESSAGE_BUS_MAX_PAYLOAD_BYTES, so that a stored message is
+# never larger than the two together.
+MAX_ENVELOPE_BYTES = 64 * 1024
 
 
 class Prepared:
@@ -100,8 +105,21 @@ class Sender:
         payload = self.runtime.codec.encode_payload(
             message.id, message.payload, meta.compression.value, meta.encrypted, f"{where}payload"
         )
+        clash = sorted(set(message.model_extra or {}) & RESERVED_FIELD_NAMES)
+        if clash:
+            raise ValidationError(
+                f"{where}{clash[0]}: a name of the bus's own message fields; an extra field "
+                "may not take it"
+            )
         envelope = message.model_dump(by_alias=True, exclude={"payload", "timestamp"})
-        jsonvalue.encode(envelope, max_depth=16, where=where.rstrip(".") or "message")
+        rest = jsonvalue.encode(envelope, max_depth=16, where=where.rstrip(".") or "message")
+        if len(rest) > MAX_ENVELOPE_BYTES:
+            raise LimitExceeded(
+                f"{where or 'message '}{message.id}: everything but the payload takes "
+                f"{len(rest)} bytes; the limit is {MAX_ENVELOPE_BYTES} (headers and extra "
+                "fields are for small values: put data in the payload)",
+                limit="max_envelope_bytes",
+            )
         self.guard.authorize_send(message)
         wire = message.model_copy(update={"payload": None}).wire()
         wire["payload"] = payload

@@ -148,12 +148,17 @@ class RedisStore(RedisBacked):
 
     def _delivery(self, d: Delivery) -> tuple[list[str], list[Any]]:
         k, message_id, correlation_id = self.keys, d.message_id, d.correlation_id
+        # A message answers a request only for its one recipient (the requester waits on
+        # its own pointer); fan-out carries its correlation id as data alone.
+        answered = d.recipients[0] if correlation_id and len(d.recipients) == 1 else None
         keys = [
             k.status(message_id),
             k.delivered(message_id),
             k.agents,
             k.inbox_seq,
-            k.reply(correlation_id) if correlation_id else k.status(message_id),
+            k.reply(answered, correlation_id)
+            if answered and correlation_id
+            else k.status(message_id),
             k.rate_bucket("delivered", int(self.clock.now())),
         ]
         args: list[Any] = [
@@ -163,7 +168,7 @@ class RedisStore(RedisBacked):
             self.retention.history_limit,
             self.retention.status_retention,
             d.attempts,
-            k.reply_channel(correlation_id) if correlation_id else "",
+            k.reply_channel(answered, correlation_id) if answered and correlation_id else "",
             d.ts_ms,
             self.retention.history_max_bytes,
             d.sender,
@@ -260,13 +265,19 @@ class RedisStore(RedisBacked):
     def _ack_one(self, agent: str, message_id: str, *, fetch: bool, force: bool) -> Any:
         inbox = self.keys.inbox(agent)
         retention = self.retention.status_retention
+        if fetch:  # the status moves in the same script, and only if the message was there
+            keys = [*inbox.all(), inbox.senders, self.keys.status(message_id)]
+            wire = self.scripts.call(
+                scripts.TAKE, keys, [message_id, retention], action="take a message"
+            )
+            return wire or None
         status_args = ["acked", retention, "1" if force else "0"]
         calls: list[Any] = [
-            (scripts.TAKE if fetch else scripts.ACK, [*inbox.all(), inbox.senders], [message_id]),
+            (scripts.ACK, [*inbox.all(), inbox.senders], [message_id]),
             (scripts.ADVANCE_STATUS, [self.keys.status(message_id)], status_args),
         ]
-        replies = self.scripts.many(calls, action="ack messages", confirm="note")
-        return (replies[0] or None) if fetch else None
+        self.scripts.many(calls, action="ack messages", confirm="note")
+        return None
 
     def inbox_depth(self, agent: str) -> tuple[int, int]:
         """(ready, leased) counts."""
@@ -364,9 +375,10 @@ class RedisStore(RedisBacked):
             raw, received = pipe.execute()
         return raw if raw.get("from") == viewer or received else {}
 
-    def reply_for(self, correlation_id: str) -> str | None:
+    def reply_for(self, agent: str, correlation_id: str) -> str | None:
+        """The id of the latest message to `agent` answering `correlation_id`."""
         with redis_errors("look up a response"):
-            return self.redis.get(self.keys.reply(correlation_id))
+            return self.redis.get(self.keys.reply(agent, correlation_id))
 
     # -- subscriptions and agents ----------------------------------------------------------
 

@@ -96,7 +96,7 @@ def ring(new: list[ReceivedMessage], unread: int) -> Bell:
         "new": str(len(new)),
         "unread": str(unread),
     }
-    if first.correlation_id and _SAFE_META.match(first.correlation_id):
+    if first.correlation_id and _SAFE_META.fullmatch(first.correlation_id):
         meta["correlation_id"] = first.correlation_id
     return Bell(content, meta, tuple(m.id for m in new))
 

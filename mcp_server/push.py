@@ -158,11 +158,11 @@ class InboxEvents:
         return self._watching(f"inbox:{agent}")
 
     def watching_reply(
-        self, correlation_id: str
+        self, agent: str, correlation_id: str
     ) -> contextlib.AbstractAsyncContextManager[Waiting]:
-        """`watching_inbox` for the answer to a request: enter it before the request is
-        sent, so no answer slips by."""
-        return self._watching(f"reply:{correlation_id}")
+        """`watching_inbox` for the answer to `agent`'s request: enter it before the
+        request is sent, so no answer slips by."""
+        return self._watching(f"reply:{agent}:{correlation_id}")
 
     @contextlib.asynccontextmanager
     async def _watching(self, key: str) -> AsyncIterator[Waiting]:

@@ -351,7 +351,7 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         # Two trips to a worker thread, the send and the answer with the unread count:
         # each trip costs the event loop a hand-off each way. The answer is looked for once
         # woken (its wake-up was watched from before the send) or at each step.
-        async with tools.events.watching_reply(request_id) as woken:
+        async with tools.events.watching_reply(handle.agent, request_id) as woken:
             await tools.call(handle.send, prepared)
             answered = await apoll(
                 lambda: tools.call(answer), woken, timeout_seconds, look_first=False

@@ -70,7 +70,9 @@ local function trim_history(key, bytes_key, senders_key, senders, max_entries, m
   local stored = size
   local n = redis.call('ZCARD', key)
   local over = nil
-  while n > 0 and (n > max_entries or size > max_bytes) do
+  -- The bytes bound never takes the last entry: one message larger than the bound alone
+  -- stays (its size is bounded at send), and the history is not emptied for it.
+  while n > 0 and (n > max_entries or (size > max_bytes and n > 1)) do
     over = over or over_share(senders_key, senders, share)
     local victim = nil
     while #over > 0 and not victim do

@@ -224,11 +224,30 @@ return runs
 """
 )
 
-# One message's wire out of an inbox, acked in the same script (a requester taking its
-# response): ACK's keys and one id. Returns the wire, or false when it was not there.
+# One message's wire out of an inbox, acked and its status `acked` in the same script (a
+# requester taking its response). KEYS: ACK's, then the message's status   ARGV: id,
+# retention_s. Returns the wire, or false when it was not there: then nothing is written
+# (the status of a message not in this inbox is not this reader's to move).
 TAKE = Script(
-    "local wire = redis.call('HGET', KEYS[3], ARGV[1])\n"
-    + "local function ack()\n"
-    + ACK.source
-    + "end\nack()\nreturn wire\n"
+    STATUS_RANK_LUA
+    + NOW_LUA
+    + """
+local id = ARGV[1]
+local wire = redis.call('HGET', KEYS[3], id)
+if not wire then return false end
+local meta = redis.call('HGET', KEYS[4], id)
+local from = meta and string.match(meta, '^%d+|%d+|(.+)$')
+if from and redis.call('HINCRBY', KEYS[5], from, -1) <= 0 then redis.call('HDEL', KEYS[5], from) end
+redis.call('HDEL', KEYS[3], id)
+redis.call('HDEL', KEYS[4], id)
+redis.call('ZREM', KEYS[1], id)
+redis.call('ZREM', KEYS[2], id)
+local current = redis.call('HGET', KEYS[6], 'status')
+if current and (rank[current] or 0) < rank['acked'] then
+  redis.call('HSET', KEYS[6], 'status', 'acked', 'acked_at', stamp, 'updated_at', stamp)
+  redis.call('HINCRBY', KEYS[6], 'acks', 1)
+  redis.call('EXPIRE', KEYS[6], ARGV[2])
+end
+return wire
+"""
 )

@@ -145,4 +145,4 @@ def test_a_batch_with_an_answer_in_it_keeps_each_inbox_in_sending_order(small_bu
     got = seen(small_bus, asker)
     assert got == seen(small_bus, control) and len(got["inbox"]) == 5
     question, answer_id = (Envelope.parse(texts[asker][i]).id for i in (0, 2))
-    assert small_bus.runtime.store.reply_for(question) == answer_id
+    assert small_bus.runtime.store.reply_for(asker, question) == answer_id

@@ -56,5 +56,5 @@ def test_an_answer_between_a_look_and_the_wait_wakes_the_request(module_env, wor
         bus.send_message({**answer, "correlation_id": question.id})
         wait_for(lambda: response_to(question.id) is not None, 15, "the answer")
 
-    got = woken_then_quiet(module_env, bus, lambda e: e.watching_reply(question.id), arrive)
+    got = woken_then_quiet(module_env, bus, lambda e: e.watching_reply(asker, question.id), arrive)
     assert got == (True, False)

@@ -44,6 +44,29 @@ def test_acl_files_in_yaml_and_toml(tmp_path):
         Policy.load(tmp_path / "bad.yaml")
 
 
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("admins: [007]\n", "7"),  # YAML reads 007 as the number 7
+        ("agents:\n  0123: {send: [bob]}\n", "83"),  # and 0123 as octal 83
+        ("agents:\n  on: {send: [bob]}\n", "True"),  # and on as true
+        ("agents:\n  alice: {broadcast: 'no'}\n", "'no'"),
+        ("admins: [Ops]\n", "Ops"),
+    ],
+)
+def test_acl_entries_that_are_no_agent_id_are_refused_naming_them(tmp_path, text, named):
+    (tmp_path / "acl.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=named):
+        Policy.load(tmp_path / "acl.yaml")
+    # the control: quoted, the same ids are what they say
+    (tmp_path / "ok.yaml").write_text(
+        "admins: ['007']\nagents:\n  '0123': {send: [bob], broadcast: false}\n"
+    )
+    policy = Policy.load(tmp_path / "ok.yaml")
+    assert policy.is_admin("007") and not policy.is_admin("7")
+    assert not policy.may_send("0123", "carol")[0] and not policy.may_broadcast("0123")[0]
+
+
 def test_rates_parse_and_bad_ones_are_config_errors():
     assert parse_rate("100/s") == 100 and parse_rate("600/m") == 10 and parse_rate("0") == 0
     with pytest.raises(ConfigError):

@@ -59,10 +59,31 @@ def test_readers_accept_any_1x_version(version, ok):
             Message.model_validate({**SEED, "version": version})
 
 
-@pytest.mark.parametrize("bad", ["Agent", "-lead", "", "a" * 65, "a b", "a/b"])
+@pytest.mark.parametrize("bad", ["Agent", "-lead", "", "a" * 65, "a b", "a/b", "bob\n", "bob\r"])
 def test_agent_ids_outside_the_pattern_are_refused_naming_it(bad):
     with pytest.raises(pydantic.ValidationError, match=r"must match \^\[a-z0-9\]"):
         Message.model_validate({**SEED, "to": bad})
+
+
+def test_a_trailing_newline_makes_no_look_alike_id_topic_or_version():
+    """Python's "$" also matches before a final newline: "bob\n" would be a second bob."""
+    assert Message.model_validate({**SEED, "to": "bob"}).to == "bob"  # the control
+    for field, value in (("to", "bob\n"), ("from", "alice\n"), ("reply_to", "bob\n")):
+        with pytest.raises(pydantic.ValidationError, match="must match"):
+            Message.model_validate({**SEED, field: value})
+    with pytest.raises(pydantic.ValidationError, match="topic"):
+        Message.model_validate({"from": "a", "topic": "tasks/new\n"})
+    with pytest.raises(pydantic.ValidationError, match="not supported"):
+        Message.model_validate({**SEED, "version": "1.0\n"})
+
+
+def test_extra_fields_set_to_null_travel_as_given():
+    wire = Message.model_validate(
+        {**SEED, "x_none": None, "metadata": {"x_meta": None, "priority": "high"}}
+    ).wire()
+    assert "x_none" in wire and wire["x_none"] is None
+    assert "x_meta" in wire["metadata"] and wire["metadata"]["x_meta"] is None
+    assert "trace_id" not in wire  # the bus's own unset fields stay out
 
 
 def test_topics_allow_slashes_but_not_uppercase():

@@ -1,0 +1,159 @@
+"""What one agent's message can claim or change beyond itself: requests answered only in
+the requester's own inbox, topic labels that need the right to publish, fields the reader
+sets that a sender cannot preset, and sizes bounded apart from the payload."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from bus.errors import AuthError, LimitExceeded, ValidationError
+from tests.support.waiting import wait_for
+
+ACL = """
+default: allow
+agents:
+  {sender}:
+    publish: ["tasks/*"]
+"""
+
+
+def status_of(bus, message_id, viewer):
+    return bus.as_agent(viewer).status(message_id).status.value
+
+
+def test_mail_to_others_naming_a_request_neither_answers_it_nor_acks_theirs(bus, agents):
+    asker, asked, other = agents("asker"), agents("asked"), agents("other")
+    bus.read(other)  # connected: mail for it is ordinary mail
+    asker_handle = bus.as_agent(asker)
+    request_id = asker_handle.start_request({"to": asked, "payload": "q"})
+    # The asked agent first mails someone else under the request's id (tracing, say)...
+    aside = bus.send_message(
+        {"from": asked, "to": other, "type": "event", "correlation_id": request_id}
+    )
+    wait_for(lambda: bus.read(other, limit=1, wait=0.5), 15, "the aside in other's inbox")
+    assert asker_handle.response_to(request_id) is None
+    # ...which stays the other's: read by it, not acked by the asker's look.
+    assert status_of(bus, aside.id, other) == "read"
+    # The control: the real answer, addressed to the asker, answers it.
+    answer = bus.send_message(
+        {"from": asked, "to": asker, "type": "response", "correlation_id": request_id, "payload": 1}
+    )
+    got = wait_for(lambda: asker_handle.response_to(request_id), 15, "the answer")
+    assert got.id == answer.id and got.payload == 1
+    assert status_of(bus, answer.id, asker) == "acked"
+
+
+def test_bus_request_waits_past_a_correlated_aside_for_its_own_answer(bus, agents):
+    asker, asked, other = agents("asker"), agents("asked"), agents("other")
+    bus.read(other)
+    asked_handle = bus.as_agent(asked)
+    result: dict[str, object] = {}
+
+    def request() -> None:
+        result["got"] = bus.request({"from": asker, "to": asked, "payload": "q"}, timeout=20)
+
+    thread = threading.Thread(target=request)
+    thread.start()
+    [question] = wait_for(lambda: asked_handle.read(limit=1, wait=0.5), 15, "the request")
+    asked_handle.send({"to": other, "correlation_id": question.id, "payload": "aside"})
+    asked_handle.send(
+        {"to": asker, "type": "response", "correlation_id": question.id, "payload": "answer"}
+    )
+    thread.join(25)
+    assert result["got"].payload == "answer"
+
+
+def test_a_topic_label_on_a_direct_message_needs_the_right_to_publish(module_env, tmp_path, agents):
+    sender, reader = agents("labeller"), agents("reader")
+    acl = tmp_path / "acl.yaml"
+    acl.write_text(ACL.format(sender=sender))
+    bus = module_env.bus(acl_file=acl)
+    try:
+        allowed = {"from": sender, "to": reader, "topic": "tasks/new", "payload": 1}
+        assert bus.send_message(allowed).status.value == "queued"  # the control
+        for label in ({"topic": "secret"}, {"metadata": {"topic": "secret"}}):
+            with pytest.raises(AuthError, match="label a message with topic secret"):
+                bus.send_message({"from": sender, "to": reader, "payload": 1, **label})
+        with pytest.raises(AuthError, match="topic secret"):
+            bus.send_message({"from": sender, "to": "*", "topic": "secret", "payload": 1})
+    finally:
+        bus.close()
+
+
+def test_other_agents_inbox_depths_are_for_admins(module_env, tmp_path, agents):
+    me, other = agents("me"), agents("other")
+    acl = tmp_path / "acl.yaml"
+    acl.write_text(f"admins: [{agents('ops')}]\n")
+    bus = module_env.bus(acl_file=acl)
+    try:
+        bus.read(me)
+        bus.read(other)
+        bus.send_message({"from": me, "to": other, "payload": 1})
+        bus.send_message({"from": other, "to": me, "payload": 1})
+        wait_for(lambda: bus.runtime.store.inbox_depth(me)[0] == 1, 15, "delivery to me")
+        wait_for(lambda: bus.runtime.store.inbox_depth(other)[0] == 1, 15, "delivery to other")
+        seen = {a.id: a.inbox_depth for a in bus.as_agent(me).agents()}
+        assert seen[me] == 1 and seen[other] is None
+        admin = {a.id: a.inbox_depth for a in bus.as_agent(agents("ops")).agents()}
+        assert admin[me] == 1 and admin[other] == 1
+    finally:
+        bus.close()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"decode_error": 123},
+        {"decodeError": "signature does not verify; payload withheld"},
+        {"verified": False},
+        {"delivery_count": 9},
+        {"sender": "mallory"},
+    ],
+    ids=lambda e: next(iter(e)),
+)
+def test_an_extra_field_may_not_take_a_name_of_the_bus_s_own(bus, agents, extra):
+    sender, reader = agents("s"), agents("r")
+    with pytest.raises(ValidationError, match=f"{next(iter(extra))}: a name of the bus's own"):
+        bus.send_message({"from": sender, "to": reader, "payload": {"important": 1}, **extra})
+    # The control: an extra field of its own name arrives as sent.
+    bus.send_message({"from": sender, "to": reader, "payload": {"important": 1}, "x_note": 2})
+    [got] = wait_for(lambda: bus.read(reader, limit=1, wait=0.5), 15, "the message")
+    assert got.payload == {"important": 1} and got.model_extra["x_note"] == 2
+    assert got.decode_error is None and got.verified
+
+
+def test_everything_but_the_payload_is_bounded_apart(bus, agents):
+    sender, reader = agents("s"), agents("r")
+    with pytest.raises(LimitExceeded, match="everything but the payload takes .* the limit is"):
+        bus.send_message({"from": sender, "to": reader, "payload": 1, "blob": "x" * 70_000})
+    with pytest.raises(LimitExceeded, match="everything but the payload"):
+        bus.send_message(
+            {
+                "from": sender,
+                "to": reader,
+                "payload": 1,
+                "metadata": {"headers": {"h": "x" * 70_000}},
+            }
+        )
+    # The control: the same bytes in the payload are fine.
+    receipt = bus.send_message({"from": sender, "to": reader, "payload": "x" * 70_000})
+    [got] = wait_for(lambda: bus.read(reader, limit=1, wait=0.5), 15, "the message")
+    assert got.id == receipt.id and got.payload == "x" * 70_000
+
+
+def test_one_message_larger_than_the_history_bound_does_not_empty_the_history(fresh_env, agents):
+    fresh_env.start_worker(MESSAGE_BUS_HISTORY_MAX_BYTES="4096")
+    bus = fresh_env.bus(history_max_bytes=4096)
+    try:
+        sender, reader = agents("s"), agents("r")
+        for i in range(3):
+            bus.send_message({"from": sender, "to": reader, "payload": i})
+        wait_for(lambda: len(bus.history(reader)) == 3, 15, "three small entries")
+        big = bus.send_message({"from": sender, "to": reader, "payload": "x" * 6000})
+        wait_for(lambda: bus.runtime.store.inbox_depth(reader)[0] == 4, 15, "the big one")
+        kept = [m.id for m in bus.history(reader)]
+        assert big.id in kept, kept  # the newest stays (older ones made room for it)
+    finally:
+        bus.close()

@@ -85,9 +85,11 @@ def build_app(
         health = readiness.health
         if health is None:
             return JSONResponse({"ready": False, "status": "starting"}, status_code=503)
-        return JSONResponse(
-            health.model_dump(mode="json"), status_code=200 if health.ready else 503
-        )
+        # Unauthenticated: no key fingerprints (each is a way to test guesses of the
+        # secret offline) and no process list; `msgbus health` and the dashboard have them.
+        body = health.model_dump(mode="json", exclude={"processes", "warnings"})
+        body["warnings"] = len(health.warnings)
+        return JSONResponse(body, status_code=200 if health.ready else 503)
 
     async def metrics_endpoint(request: Request) -> Response:
         if metrics_token is not None:

@@ -235,18 +235,22 @@ class LegacySubscriptions:
     """`resources/subscribe` sessions (protocols before 2026-07-28), per resource URI."""
 
     def __init__(self, events: InboxEvents) -> None:
-        self._sessions: dict[str, set[Any]] = defaultdict(set)
+        # uri -> session -> whether the subscriber's credentials still hold
+        self._sessions: dict[str, dict[Any, Callable[[], bool]]] = defaultdict(dict)
         events.on_inbox(self._inbox)
 
-    def add(self, uri: str, session: Any) -> None:
-        self._sessions[uri].add(session)
+    def add(self, uri: str, session: Any, allowed: Callable[[], bool]) -> None:
+        self._sessions[uri][session] = allowed
 
     def remove(self, uri: str, session: Any) -> None:
-        self._sessions[uri].discard(session)
+        self._sessions[uri].pop(session, None)
 
     def _inbox(self, agent: str) -> None:
         uri = inbox_uri(agent)
-        for session in list(self._sessions.get(uri, ())):
+        for session, allowed in list(self._sessions.get(uri, {}).items()):
+            if not allowed():  # its token was revoked: no more news of that inbox
+                self.remove(uri, session)
+                continue
             asyncio.get_running_loop().create_task(self._notify(uri, session))
 
     async def _notify(self, uri: str, session: Any) -> None:

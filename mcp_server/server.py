@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import orjson
@@ -49,6 +50,10 @@ unread > 0: read_messages, act on them, then ack_messages."""
 
 DEAD_LETTERS_URI = "message-bus://dead-letters"
 LISTEN_STREAMS_PER_AGENT = 8
+T = TypeVar("T")
+# How often an open push stream checks that its caller's token still holds: a revoked
+# token's listen stream ends, and its resources/subscribe notifications stop, within this.
+CREDENTIAL_CHECK_SECONDS = 1.0
 
 
 class BusServer(MCPServer[Any]):
@@ -233,7 +238,7 @@ def _register_legacy_subscribe(
             bus.as_agent(_caller(ctx, me), front_door=True).authorize_listen(uri)
         except BusError as exc:
             raise MCPError(INVALID_PARAMS, exc.message) from None
-        legacy.add(uri, ctx.session)
+        legacy.add(uri, ctx.session, _still_caller(ctx, me))
         await events.start()
         return EmptyResult()
 
@@ -267,7 +272,7 @@ def _register_legacy_subscribe(
         streams[handle.agent] += 1
         try:
             await events.start()  # (again if Redis dropped it): events flow before the ack
-            return await listen(ctx, params)
+            return await _while_allowed(listen(ctx, params), _still_caller(ctx, me), handle.agent)
         finally:
             streams[handle.agent] -= 1
             if streams[handle.agent] <= 0:
@@ -276,6 +281,44 @@ def _register_legacy_subscribe(
     lowlevel.add_request_handler(
         "subscriptions/listen", SubscriptionsListenRequestParams, on_listen
     )
+
+
+def _still_caller(ctx: Any, me: Any) -> Callable[[], bool]:
+    """Whether the request's credentials still name an agent (a bearer token may be revoked
+    while its stream is open; a stdio agent always is)."""
+
+    def check() -> bool:
+        try:
+            _caller(ctx, me)
+        except ToolError:
+            return False
+        return True
+
+    return check
+
+
+async def _while_allowed(listening: Awaitable[T], allowed: Callable[[], bool], agent: str) -> T:
+    """Runs a listen stream until it ends, or until its caller's token is revoked: then it
+    ends with an error saying so."""
+    revoked = False
+
+    async def watch(scope: anyio.CancelScope) -> None:
+        nonlocal revoked
+        while True:
+            await anyio.sleep(CREDENTIAL_CHECK_SECONDS)
+            if not allowed():
+                revoked = True
+                scope.cancel()
+                return
+
+    results: list[T] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch, tg.cancel_scope)
+        results.append(await listening)
+        tg.cancel_scope.cancel()
+    if revoked or not results:
+        raise MCPError(INVALID_REQUEST, f"the token of {agent} was revoked: stream closed")
+    return results[0]
 
 
 def _caller(ctx: Any, me: Any) -> str:

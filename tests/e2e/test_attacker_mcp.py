@@ -11,13 +11,14 @@ import time
 
 import pytest
 import redis
+from mcp.client.subscriptions import SubscriptionLost
 
 from bus.errors import BusError
 from bus.store import AUDIT_MAXLEN
 from bus.tokens import TokenFile
 from mcp_server.server import LISTEN_STREAMS_PER_AGENT
 from tests.support.env import audit_entries
-from tests.support.mcp import call, error_of, http, stdio
+from tests.support.mcp import ResourceUpdates, call, error_of, http, stdio
 from tests.support.paths import REDIS_URL
 from tests.support.processes import msgbus, start_echo_agent, stop
 from tests.support.waiting import holds_for, wait_for
@@ -132,6 +133,54 @@ def test_listen_on_another_agents_inbox_is_refused_and_the_owner_is_told_of_its_
         e for e in audit_entries(bus) if e["action"] == "listen" and e["agent"] == "h-alice"
     ]
     assert refusals and refusals[0]["target"] == bob_inbox and refusals[0]["outcome"] == "denied"
+
+
+@pytest.mark.filterwarnings("ignore:resources/subscribe is removed")
+def test_a_revoked_token_s_open_push_streams_stop_telling_of_its_mail(bounded, bus, tmp_path):
+    """Revoking a token ends its listen stream and its resources/subscribe notifications,
+    not only its next requests; another agent's stream goes on (the control)."""
+    path = tmp_path / "tokens.json"
+    tokens = TokenFile(path)
+    issued = {name: tokens.create(name) for name in ("rv-victim", "rv-keeper", "rv-sender")}
+    connect(bus, "rv-victim", "rv-keeper")
+    proc, url = start_http_server(bounded, "mcp-revoke", path, MESSAGE_BUS_MCP_PROFILE="full")
+    victim_inbox, keeper_inbox = "message-bus://inbox/rv-victim", "message-bus://inbox/rv-keeper"
+
+    async def scenario():
+        updates = ResourceUpdates()
+        async with (
+            http(url, issued["rv-sender"]) as sender,
+            http(url, issued["rv-victim"]) as victim,
+            http(url, issued["rv-victim"], mode="legacy", message_handler=updates) as legacy,
+            http(url, issued["rv-keeper"]) as keeper,
+        ):
+            await legacy.subscribe_resource(victim_inbox)
+            async with (
+                victim.listen(resource_subscriptions=[victim_inbox]) as stream,
+                keeper.listen(resource_subscriptions=[keeper_inbox]) as kept,
+            ):
+                events = stream.__aiter__()
+                await call(sender, "send_message", {"to": "rv-victim", "payload": "before"})
+                assert getattr(await asyncio.wait_for(events.__anext__(), 10), "uri", None)
+                await asyncio.wait_for(updates.arrived.wait(), 10)  # both push paths work
+                updates.arrived.clear()
+
+                assert TokenFile(path).revoke(agent="rv-victim") == 1
+                with pytest.raises(SubscriptionLost) as ended:  # the stream ends, saying why
+                    await asyncio.wait_for(events.__anext__(), 10)
+                assert "token of rv-victim was revoked" in str(ended.value.__cause__)
+                await call(sender, "send_message", {"to": "rv-victim", "payload": "after"})
+                await call(sender, "send_message", {"to": "rv-keeper", "payload": "after"})
+                event = await asyncio.wait_for(kept.__aiter__().__anext__(), 10)
+                assert getattr(event, "uri", None) == keeper_inbox
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(updates.arrived.wait(), 3)
+        return updates.uris
+
+    try:
+        assert run(scenario()) == [victim_inbox]
+    finally:
+        stop(proc)
 
 
 def test_one_agent_cannot_hold_every_listen_stream_of_the_server(http_server, bus):

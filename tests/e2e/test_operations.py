@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
@@ -126,7 +127,12 @@ def test_readyz_flips_when_the_worker_stops(fresh_env, tmp_path):
         wait_for(lambda: http_status(f"{base}/readyz") == 200, 30, "/readyz 200 with a worker")
         worker.stop()
         wait_for(lambda: http_status(f"{base}/readyz") == 503, 30, "/readyz 503 without workers")
-        assert httpx.get(f"{base}/readyz").json()["workers"] == []
+        body = httpx.get(f"{base}/readyz").json()
+        assert body["workers"] == []
+        # Unauthenticated, it names no process and no key fingerprint (an offline test of
+        # guesses at the secret); `msgbus health` shows them (below).
+        assert "processes" not in body and isinstance(body["warnings"], int), body
+        assert "k1:" not in json.dumps(body), body
         assert http_status(f"{base}/healthz") == 200  # liveness is not readiness
         out = subprocess.run(
             [sys.executable, "-m", "msgbus", "health"],
@@ -137,6 +143,7 @@ def test_readyz_flips_when_the_worker_stops(fresh_env, tmp_path):
             timeout=30,
         )
         assert out.returncode == 1 and "ready: NO" in out.stdout
+        assert "k1:" in out.stdout, out.stdout  # the keys, kid:fingerprint, for the operator
     finally:
         stop(server)
 

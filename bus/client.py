@@ -7,6 +7,7 @@ Send path: validate -> authorize -> rate limit -> dedup -> encode + sign -> stat
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -129,17 +130,27 @@ class MessageBus:
         self, data: dict[str, Any], timeout: float, *, front_door: bool = False
     ) -> ReceivedMessage:
         prepared = self.sender.prepare(data)
-        requester = prepared.message.reply_to or prepared.message.sender
-        with self.reader.reply_waiter(prepared.message.id, requester) as waiter:
+        message = prepared.message
+        requester = message.reply_to or message.sender
+        # Only the agent asked answers a direct request: mail from anyone else that names
+        # its id (they would have to learn it) stays in the inbox as ordinary mail.
+        asked = message.to if message.to and not message.is_broadcast else None
+        deadline = time.monotonic() + timeout
+        with self.reader.reply_waiter(message.id, requester) as waiter:
             self.sender.send([prepared], front_door=front_door)
-            response_id = waiter.wait(timeout)
-        if response_id is None:
-            raise RequestTimeout(
-                f"no response to request {prepared.message.id} within {timeout:g}s; "
-                "check later with status/read",
-                id=prepared.message.id,
-            )
-        return self.reader.take(requester, response_id)
+            while (left := deadline - time.monotonic()) > 0:
+                response_id = waiter.wait(left)
+                if response_id is None:
+                    break
+                wire = self.runtime.store.take(requester, response_id, asked)
+                if wire is not None:
+                    return self.reader.decode(wire, entry_id=response_id)
+                waiter.pass_over(response_id)
+        raise RequestTimeout(
+            f"no response to request {message.id} within {timeout:g}s; "
+            "check later with status/read",
+            id=message.id,
+        )
 
     # -- reading ---------------------------------------------------------------------------
 

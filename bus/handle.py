@@ -95,15 +95,16 @@ class AgentHandle:
         receipt = self.bus._send([data], front_door=self.front_door)[0]
         return receipt.id
 
-    def response_to(self, request_id: str) -> ReceivedMessage | None:
-        """The response to this agent's request, taken from its inbox; None while none."""
+    def response_to(self, request_id: str, asked: str | None = None) -> ReceivedMessage | None:
+        """The response to this agent's request, taken from its inbox; None while none.
+        With `asked` (the agent the request went to), only a response from that agent."""
         response_id = self.bus.runtime.store.reply_for(self.agent, request_id)
         if response_id is None:
             return None
         try:
-            return self.bus.reader.take(self.agent, response_id)
+            return self.bus.reader.take(self.agent, response_id, asked)
         except NotFound:
-            return None  # answered to someone else's inbox, or taken already
+            return None  # taken already, or someone else's mail naming the request
 
     # -- reading ---------------------------------------------------------------------------
 

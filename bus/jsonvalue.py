@@ -105,8 +105,17 @@ def loads_exact(text: str, what: str) -> Any:
     def refuse(name: str) -> Any:
         raise ValidationError(f"{what}: {name} is not JSON (no NaN or Infinity in JSON)")
 
+    def one_value_per_key(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        # Python keeps the last of a repeated key: what was typed first would vanish.
+        obj: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in obj:
+                raise ValidationError(f"{what}: key {key!r} is given twice in one object")
+            obj[key] = value
+        return obj
+
     try:
-        return json.loads(text, parse_constant=refuse)
+        return json.loads(text, parse_constant=refuse, object_pairs_hook=one_value_per_key)
     except json.JSONDecodeError as exc:
         raise ValidationError(f"{what} is not valid JSON: {exc}") from None
     except RecursionError:

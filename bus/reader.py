@@ -198,11 +198,13 @@ class Reader:
         for pubsub in idle:
             pubsub.close()
 
-    def take(self, agent: str, message_id: str) -> ReceivedMessage:
-        """Removes one message from an inbox (read + ack, one round trip) and returns it."""
-        wire = self.runtime.store.take(agent, message_id)
+    def take(self, agent: str, message_id: str, sender: str | None = None) -> ReceivedMessage:
+        """Removes one message from an inbox (read + ack, one round trip) and returns it;
+        with `sender`, only if it is from that agent."""
+        wire = self.runtime.store.take(agent, message_id, sender)
         if wire is None:
-            raise NotFound(f"message {message_id} is no longer in {agent}'s inbox", id=message_id)
+            whose = f" from {sender}" if sender else ""
+            raise NotFound(f"message {message_id}{whose} is not in {agent}'s inbox", id=message_id)
         return self.decode(wire, entry_id=message_id)
 
 
@@ -216,13 +218,20 @@ class _ReplyWaiter:
         self.requester = requester
         self.channel = channel
         self._woken_with: str | None = None
+        self._passed: set[str] = set()
+
+    def pass_over(self, response_id: str) -> None:
+        """`response_id` is not the answer (another sender's, or gone): wait for the next."""
+        self._passed.add(response_id)
+        self._woken_with = None
 
     def _look(self) -> str | None:
         # The wake-up carries the response's id (the DELIVER script publishes what it
         # stores under the reply key): no second look in Redis for it.
         if self._woken_with:
             return self._woken_with
-        return self.runtime.store.reply_for(self.requester, self.request_id)
+        found = self.runtime.store.reply_for(self.requester, self.request_id)
+        return None if found in self._passed else found
 
     def _wait(self, seconds: float) -> None:
         # Reads until this channel's wake-up comes or the time is up: what else arrives
@@ -232,6 +241,8 @@ class _ReplyWaiter:
         while (left := deadline - time.monotonic()) > 0:
             item = self.pubsub.get_message(timeout=left)
             if item and item.get("channel") == self.channel and item.get("data"):
+                if str(item["data"]) in self._passed:
+                    continue
                 self._woken_with = str(item["data"])
                 return
 

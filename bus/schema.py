@@ -19,6 +19,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
+    StrictBool,
+    StrictInt,
     field_validator,
     model_validator,
 )
@@ -129,17 +132,18 @@ class Signature(_Model):
 class Metadata(_Model):
     priority: Priority = Priority.normal
     # RabbitMQ's per-message expiry is a 32-bit count of milliseconds (~49.7 days).
-    ttl: float | None = Field(
+    # Strict numbers and booleans: `true` is no ttl of 1 s, "10" no number, 1 no `true`.
+    ttl: Annotated[float, Strict()] | None = Field(
         default=None,
         gt=0,
         le=MAX_TTL_SECONDS,
         allow_inf_nan=False,
         description="seconds; then never delivered",
     )
-    encrypted: bool = False
+    encrypted: StrictBool = False
     compression: Compression = Compression.none
-    retry_count: int = Field(default=0, ge=0)
-    max_retries: int = Field(default=3, ge=0, le=100)
+    retry_count: StrictInt = Field(default=0, ge=0, description="tries so far, kept by the bus")
+    max_retries: StrictInt = Field(default=3, ge=0, le=100)
     dedup_key: str | None = Field(default=None, min_length=1, max_length=256)
     headers: dict[str, str] = Field(default_factory=dict)
     # The seed writes the topic label inside metadata; kept as a label when `to` is set.

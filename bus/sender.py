@@ -97,6 +97,10 @@ class Sender:
         message.timestamp = self.runtime.clock.utcnow()
         if message.trace_id is None:
             message.trace_id = uuid.uuid4().hex
+        if message.metadata.retry_count:
+            raise ValidationError(
+                f"{where}metadata.retry_count: the bus's own count of tries; leave it out"
+            )
         if "max_retries" not in message.metadata.model_fields_set:
             message.metadata.max_retries = self.settings.default_max_retries
         meta = message.metadata

@@ -250,11 +250,13 @@ class RedisStore(RedisBacked):
         keys = [*inbox.all(), inbox.senders]
         return self.scripts.call(scripts.ACK, keys, ids, action="ack messages", confirm="note")
 
-    def take(self, agent: str, message_id: str) -> str | None:
+    def take(self, agent: str, message_id: str, sender: str | None = None) -> str | None:
         """One message's wire out of an inbox, acked and its status `acked`, in one round
-        trip (a requester collecting its response). None when it is not there (then the
-        ack and the status change find nothing to do)."""
-        wire: str | None = self._ack_one(agent, message_id, fetch=True, force=False)
+        trip (a requester collecting its response). None when it is not there, or (given
+        `sender`) is from someone else: then nothing is written."""
+        wire: str | None = self._ack_one(
+            agent, message_id, fetch=True, force=False, sender=sender or ""
+        )
         return wire
 
     def ack_handled(self, agent: str, message_id: str) -> None:
@@ -262,13 +264,15 @@ class RedisStore(RedisBacked):
         round trip."""
         self._ack_one(agent, message_id, fetch=False, force=True)
 
-    def _ack_one(self, agent: str, message_id: str, *, fetch: bool, force: bool) -> Any:
+    def _ack_one(
+        self, agent: str, message_id: str, *, fetch: bool, force: bool, sender: str = ""
+    ) -> Any:
         inbox = self.keys.inbox(agent)
         retention = self.retention.status_retention
         if fetch:  # the status moves in the same script, and only if the message was there
             keys = [*inbox.all(), inbox.senders, self.keys.status(message_id)]
             wire = self.scripts.call(
-                scripts.TAKE, keys, [message_id, retention], action="take a message"
+                scripts.TAKE, keys, [message_id, retention, sender], action="take a message"
             )
             return wire or None
         status_args = ["acked", retention, "1" if force else "0"]

@@ -344,8 +344,10 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         prepared = tools.message({**given, "reply_to": handle.agent}, handle.agent)
         prepared["id"] = request_id = str(uuid.uuid4())
 
+        asked = prepared.get("to") if prepared.get("to") != "*" else None
+
         def answer() -> tuple[ReceivedMessage, int] | None:
-            response = handle.response_to(request_id)
+            response = handle.response_to(request_id, asked)
             return None if response is None else (response, handle.unread())
 
         # Two trips to a worker thread, the send and the answer with the unread count:

@@ -226,8 +226,9 @@ return runs
 
 # One message's wire out of an inbox, acked and its status `acked` in the same script (a
 # requester taking its response). KEYS: ACK's, then the message's status   ARGV: id,
-# retention_s. Returns the wire, or false when it was not there: then nothing is written
-# (the status of a message not in this inbox is not this reader's to move).
+# retention_s, the sender it must be from ('' for any). Returns the wire, or false when it
+# was not there or is from another sender: then nothing is written (the status of a message
+# not in this inbox is not this reader's to move).
 TAKE = Script(
     STATUS_RANK_LUA
     + NOW_LUA
@@ -237,6 +238,7 @@ local wire = redis.call('HGET', KEYS[3], id)
 if not wire then return false end
 local meta = redis.call('HGET', KEYS[4], id)
 local from = meta and string.match(meta, '^%d+|%d+|(.+)$')
+if ARGV[3] ~= '' and from ~= ARGV[3] then return false end
 if from and redis.call('HINCRBY', KEYS[5], from, -1) <= 0 then redis.call('HDEL', KEYS[5], from) end
 redis.call('HDEL', KEYS[3], id)
 redis.call('HDEL', KEYS[4], id)

@@ -157,3 +157,40 @@ def test_one_message_larger_than_the_history_bound_does_not_empty_the_history(fr
         assert big.id in kept, kept  # the newest stays (older ones made room for it)
     finally:
         bus.close()
+
+
+def test_a_sender_may_not_preset_the_bus_s_count_of_tries(bus, agents):
+    sender, reader = agents("s"), agents("r")
+    with pytest.raises(ValidationError, match="metadata.retry_count: the bus's own count"):
+        bus.send_message(
+            {"from": sender, "to": reader, "payload": 1, "metadata": {"retry_count": 1000}}
+        )
+    receipt = bus.send_message({"from": sender, "to": reader, "payload": 1})  # the control
+    [got] = wait_for(lambda: bus.read(reader, limit=1, wait=0.5), 15, "the message")
+    assert got.id == receipt.id and got.metadata.retry_count == 0
+
+
+def test_only_the_agent_asked_answers_a_request(bus, agents):
+    asker, asked, mallory = agents("asker"), agents("asked"), agents("mallory")
+    asked_handle = bus.as_agent(asked)
+    result: dict[str, object] = {}
+
+    def request() -> None:
+        result["got"] = bus.request({"from": asker, "to": asked, "payload": "q"}, timeout=20)
+
+    thread = threading.Thread(target=request)
+    thread.start()
+    [question] = wait_for(lambda: asked_handle.read(limit=1, wait=0.5), 15, "the request")
+    # Someone who learnt the request's id answers first, into the asker's inbox...
+    forged = bus.as_agent(mallory).send(
+        {"to": asker, "type": "response", "correlation_id": question.id, "payload": "forged"}
+    )
+    wait_for(lambda: bus.runtime.store.inbox_depth(asker)[0] == 1, 15, "the forged answer")
+    asked_handle.send(
+        {"to": asker, "type": "response", "correlation_id": question.id, "payload": "answer"}
+    )
+    thread.join(25)
+    assert result["got"].payload == "answer" and result["got"].sender == asked
+    # ...and that stays in the inbox as ordinary mail, unread.
+    [left] = bus.read(asker, limit=5)
+    assert left.id == forged.id and left.sender == mallory

@@ -76,3 +76,16 @@ def test_command_line_json_keeps_big_integers_exact_and_refuses_nan():
     with pytest.raises(ValidationError, match="--payload is not valid JSON"):
         loads_exact("{nope", "--payload")
     assert loads_exact('"\\ud800"', "--payload") == "\ud800"  # refused later, at send
+
+
+def test_command_line_json_refuses_a_key_given_twice_in_one_object():
+    """Python keeps the last of a repeated key: the first value would vanish unseen."""
+    with pytest.raises(ValidationError, match="--payload: key 'a' is given twice"):
+        loads_exact('{"a": 1, "a": 2}', "--payload")
+    with pytest.raises(ValidationError, match="key 'k' is given twice"):
+        loads_exact('[{"x": {"k": 1, "k": 1}}]', "--message")
+    # the control: the same key in different objects is no repeat
+    assert loads_exact('{"a": {"a": 1}, "b": [{"a": 2}]}', "--payload") == {
+        "a": {"a": 1},
+        "b": [{"a": 2}],
+    }

@@ -154,3 +154,18 @@ def test_status_timestamps_keep_their_microseconds_and_older_whole_ms_stamps_sti
         MessageStatus.from_record("m2", {"status": "queued", "queued_at": "garbage"}, 0).timestamps
         == {}
     )
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("ttl", True), ("ttl", "10"), ("encrypted", 1), ("encrypted", "yes"), ("max_retries", True)]
+    + [("max_retries", 2.0), ("retry_count", "1")],
+)
+def test_metadata_numbers_and_booleans_are_not_coerced(field, value):
+    """`true` is no ttl of 1 s, "10" no number and 1 no `true`: refused, naming the field."""
+    with pytest.raises(pydantic.ValidationError, match=f"metadata.{field}"):
+        Message.model_validate({**SEED, "metadata": {field: value}})
+    good = {"ttl": 10, "encrypted": False, "max_retries": 2, "retry_count": 0}[field]
+    assert (
+        getattr(Message.model_validate({**SEED, "metadata": {field: good}}).metadata, field) == good
+    )

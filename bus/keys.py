@@ -32,7 +32,8 @@ Keyspace (``P`` = prefix; ``{a}`` = agent id in a hash tag so one agent's keys s
     P subs:{a}                     hash   topic -> JSON filters of agent a
     P topic:{t}                    hash   agent -> JSON filters (the delivery-time index)
     P topics                       set    topics that have subscribers
-    P reply:{correlation id}       string id of the response that answered a request
+    P reply:{a}:{correlation id}   string id of the latest message to a answering a's request
+                                          (per recipient: mail to others naming it is not)
     P handling:{id}:{agent}        string handler runs started (catches handlers that crash
                                           the process, which Celery would redeliver forever)
     P audit                        stream capped audit trail
@@ -44,7 +45,7 @@ Keyspace (``P`` = prefix; ``{a}`` = agent id in a hash tag so one agent's keys s
     P rate:delivered:{sec}         string deliveries in that second (expires)
     P rate:{a}                     hash   token bucket state
     P events:inbox:{a}             pub/sub channel: a message landed in a's inbox
-    P events:reply:{correlation}   pub/sub channel: a response to a request landed
+    P events:reply:{a}:{corr}      pub/sub channel: an answer to a's request landed
 """
 
 from __future__ import annotations

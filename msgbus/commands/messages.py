@@ -68,7 +68,8 @@ def _receipt_text(r: Any) -> str:
 @click.option("--message", "raw", default=None, help="a whole message as JSON ('-' for stdin)")
 @_send_options("to", *options.CLI_SEND)
 def send(sender: str, raw: str | None, as_json: bool, **given: Any) -> None:
-    """Send a message to an agent (or a topic)."""
+    """Send a message to an agent (or a topic): a `command` unless --type says otherwise
+    (`publish` sends events)."""
     if raw is not None:
         message = json_arg(raw, "--message")
         if not isinstance(message, dict):

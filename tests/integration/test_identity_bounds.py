@@ -23,6 +23,25 @@ def status_of(bus, message_id, viewer):
     return bus.as_agent(viewer).status(message_id).status.value
 
 
+class RequestInFlight:
+    """`bus.request` from `asker` to `asked` on a thread; `question` is the request as the
+    asked agent read it, `answer()` what the request returned."""
+
+    def __init__(self, bus, asker, asked):
+        self.asked = bus.as_agent(asked)
+        self._result = {}
+        request = {"from": asker, "to": asked, "payload": "q"}
+        self._thread = threading.Thread(
+            target=lambda: self._result.update(got=bus.request(request, timeout=20))
+        )
+        self._thread.start()
+        [self.question] = wait_for(lambda: self.asked.read(limit=1, wait=0.5), 15, "the request")
+
+    def answer(self):
+        self._thread.join(25)
+        return self._result["got"]
+
+
 def test_mail_to_others_naming_a_request_neither_answers_it_nor_acks_theirs(bus, agents):
     asker, asked, other = agents("asker"), agents("asked"), agents("other")
     bus.read(other)  # connected: mail for it is ordinary mail
@@ -48,21 +67,13 @@ def test_mail_to_others_naming_a_request_neither_answers_it_nor_acks_theirs(bus,
 def test_bus_request_waits_past_a_correlated_aside_for_its_own_answer(bus, agents):
     asker, asked, other = agents("asker"), agents("asked"), agents("other")
     bus.read(other)
-    asked_handle = bus.as_agent(asked)
-    result: dict[str, object] = {}
-
-    def request() -> None:
-        result["got"] = bus.request({"from": asker, "to": asked, "payload": "q"}, timeout=20)
-
-    thread = threading.Thread(target=request)
-    thread.start()
-    [question] = wait_for(lambda: asked_handle.read(limit=1, wait=0.5), 15, "the request")
-    asked_handle.send({"to": other, "correlation_id": question.id, "payload": "aside"})
-    asked_handle.send(
+    flight = RequestInFlight(bus, asker, asked)
+    question = flight.question
+    flight.asked.send({"to": other, "correlation_id": question.id, "payload": "aside"})
+    flight.asked.send(
         {"to": asker, "type": "response", "correlation_id": question.id, "payload": "answer"}
     )
-    thread.join(25)
-    assert result["got"].payload == "answer"
+    assert flight.answer().payload == "answer"
 
 
 def test_a_topic_label_on_a_direct_message_needs_the_right_to_publish(module_env, tmp_path, agents):
@@ -172,25 +183,18 @@ def test_a_sender_may_not_preset_the_bus_s_count_of_tries(bus, agents):
 
 def test_only_the_agent_asked_answers_a_request(bus, agents):
     asker, asked, mallory = agents("asker"), agents("asked"), agents("mallory")
-    asked_handle = bus.as_agent(asked)
-    result: dict[str, object] = {}
-
-    def request() -> None:
-        result["got"] = bus.request({"from": asker, "to": asked, "payload": "q"}, timeout=20)
-
-    thread = threading.Thread(target=request)
-    thread.start()
-    [question] = wait_for(lambda: asked_handle.read(limit=1, wait=0.5), 15, "the request")
+    flight = RequestInFlight(bus, asker, asked)
+    question = flight.question
     # Someone who learnt the request's id answers first, into the asker's inbox...
     forged = bus.as_agent(mallory).send(
         {"to": asker, "type": "response", "correlation_id": question.id, "payload": "forged"}
     )
     wait_for(lambda: bus.runtime.store.inbox_depth(asker)[0] == 1, 15, "the forged answer")
-    asked_handle.send(
+    flight.asked.send(
         {"to": asker, "type": "response", "correlation_id": question.id, "payload": "answer"}
     )
-    thread.join(25)
-    assert result["got"].payload == "answer" and result["got"].sender == asked
+    got = flight.answer()
+    assert got.payload == "answer" and got.sender == asked
     # ...and that stays in the inbox as ordinary mail, unread.
     [left] = bus.read(asker, limit=5)
     assert left.id == forged.id and left.sender == mallory

@@ -251,37 +251,25 @@ class RedisStore(RedisBacked):
         return self.scripts.call(scripts.ACK, keys, ids, action="ack messages", confirm="note")
 
     def take(self, agent: str, message_id: str, sender: str | None = None) -> str | None:
-        """One message's wire out of an inbox, acked and its status `acked`, in one round
-        trip (a requester collecting its response). None when it is not there, or (given
+        """One message's wire out of an inbox, acked and its status `acked`, in one script
+        (a requester collecting its response). None when it is not there, or (given
         `sender`) is from someone else: then nothing is written."""
-        wire: str | None = self._ack_one(
-            agent, message_id, fetch=True, force=False, sender=sender or ""
-        )
-        return wire
+        inbox = self.keys.inbox(agent)
+        keys = [*inbox.all(), inbox.senders, self.keys.status(message_id)]
+        args = [message_id, self.retention.status_retention, sender or ""]
+        wire: str | None = self.scripts.call(scripts.TAKE, keys, args, action="take a message")
+        return wire or None
 
     def ack_handled(self, agent: str, message_id: str) -> None:
         """A worker agent's message acked and `acked` (even over a later status), in one
         round trip."""
-        self._ack_one(agent, message_id, fetch=False, force=True)
-
-    def _ack_one(
-        self, agent: str, message_id: str, *, fetch: bool, force: bool, sender: str = ""
-    ) -> Any:
         inbox = self.keys.inbox(agent)
-        retention = self.retention.status_retention
-        if fetch:  # the status moves in the same script, and only if the message was there
-            keys = [*inbox.all(), inbox.senders, self.keys.status(message_id)]
-            wire = self.scripts.call(
-                scripts.TAKE, keys, [message_id, retention, sender], action="take a message"
-            )
-            return wire or None
-        status_args = ["acked", retention, "1" if force else "0"]
+        status_args = ["acked", self.retention.status_retention, "1"]
         calls: list[Any] = [
             (scripts.ACK, [*inbox.all(), inbox.senders], [message_id]),
             (scripts.ADVANCE_STATUS, [self.keys.status(message_id)], status_args),
         ]
         self.scripts.many(calls, action="ack messages", confirm="note")
-        return None
 
     def inbox_depth(self, agent: str) -> tuple[int, int]:
         """(ready, leased) counts."""

@@ -51,21 +51,57 @@ local function forget(senders_key, member)
     redis.call('HDEL', senders_key, from)
   end
 end
+-- Per-sender count changes of one trim, written once at its end: in a flood the entry
+-- added and the one evicted are the same sender's, and neither costs a write.
+local function changes_of(senders_key)
+  return {key = senders_key, by = {}, order = {}}
+end
+local function change(changes, sender, by)
+  if not changes.key or not sender then return end
+  if not changes.by[sender] then
+    changes.by[sender] = 0
+    changes.order[#changes.order + 1] = sender
+  end
+  changes.by[sender] = changes.by[sender] + by
+end
+local function write_changes(changes)
+  for _, sender in ipairs(changes.order) do
+    local by = changes.by[sender]
+    if by ~= 0 and redis.call('HINCRBY', changes.key, sender, by) <= 0 then
+      redis.call('HDEL', changes.key, sender)
+    end
+  end
+end
 -- `senders`: the senders of the entries just added, each judged in turn. Trimming only
 -- lowers counts, so those over their share are found once, up front, and each leaves the
 -- list when it is back to its share: the cost is evictions + senders, not their product.
-local function over_share(senders_key, senders, share)
+local function over_share(changes, senders, share)
   local over = {}
-  if not senders_key or #senders == 0 then return over end
-  local counts = redis.call('HMGET', senders_key, unpack(senders))
+  if not changes.key or #senders == 0 then return over end
+  local counts = redis.call('HMGET', changes.key, unpack(senders))
   for i, sender in ipairs(senders) do
-    local count = tonumber(counts[i] or '0')
+    local count = tonumber(counts[i] or '0') + (changes.by[sender] or 0)
     if count > share then over[#over + 1] = {sender, count} end
   end
   return over
 end
+-- The entry to evict: the oldest of the first sender over its share, else the oldest.
+local function evict(key, over)
+  while #over > 0 do
+    local victim = oldest_from(key, over[1][1])
+    if victim then
+      redis.call('ZREM', key, victim)
+      return victim
+    end
+    table.remove(over, 1)  -- none of its entries left to find
+  end
+  return redis.call('ZPOPMIN', key)[1]
+end
+-- `size`: the byte count with the entries just added (nil: read it); `changes`: count
+-- changes not written yet (nil: none), written here.
 local function trim_history(key, bytes_key, senders_key, senders, max_entries, max_bytes, share,
-    size)
+    size, changes)
+  changes = changes or changes_of(senders_key)
   size = size or tonumber(redis.call('GET', bytes_key) or '0')
   local stored = size
   local n = redis.call('ZCARD', key)
@@ -73,16 +109,10 @@ local function trim_history(key, bytes_key, senders_key, senders, max_entries, m
   -- The bytes bound never takes the last entry: one message larger than the bound alone
   -- stays (its size is bounded at send), and the history is not emptied for it.
   while n > 0 and (n > max_entries or (size > max_bytes and n > 1)) do
-    over = over or over_share(senders_key, senders, share)
-    local victim = nil
-    while #over > 0 and not victim do
-      victim = oldest_from(key, over[1][1])
-      if not victim then table.remove(over, 1) end  -- none of its entries left to find
-    end
-    victim = victim or redis.call('ZRANGE', key, 0, 0)[1]
-    redis.call('ZREM', key, victim)
-    forget(senders_key, victim)
+    over = over or over_share(changes, senders, share)
+    local victim = evict(key, over)
     local from = sender_of(victim)
+    change(changes, from, -1)
     for i, entry in ipairs(over) do
       if entry[1] == from then
         entry[2] = entry[2] - 1
@@ -93,17 +123,19 @@ local function trim_history(key, bytes_key, senders_key, senders, max_entries, m
     size = size - #victim
     n = n - 1
   end
+  write_changes(changes)
   if size < 0 or n == 0 then size = 0 end
   if size ~= stored then redis.call('SET', bytes_key, size) end
 end
 local function add_history(key, bytes_key, senders_key, sender, score, member, max_entries,
     max_bytes, share)
-  local size = nil
+  local size, changes = nil, changes_of(senders_key)
   if redis.call('ZADD', key, score, member) == 1 then
     size = redis.call('INCRBY', bytes_key, #member)
-    if senders_key then redis.call('HINCRBY', senders_key, sender, 1) end
+    change(changes, sender, 1)
   end
-  trim_history(key, bytes_key, senders_key, {sender}, max_entries, max_bytes, share, size)
+  trim_history(key, bytes_key, senders_key, {sender}, max_entries, max_bytes, share, size,
+    changes)
 end
 -- The byte count and the per-sender counts of a history, rebuilt from its members.
 local function recount_history(key, bytes_key, senders_key)

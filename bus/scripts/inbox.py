@@ -46,8 +46,8 @@ for i = 1, n do
 end
 redis.call('EXPIRE', KEYS[2], ARGV[5])
 if delivered > 0 then
-  redis.call('INCRBY', KEYS[6], delivered)
-  redis.call('EXPIRE', KEYS[6], 120)
+  -- a per-second counter: its expiry is set once, by the write that made it
+  if redis.call('INCRBY', KEYS[6], delivered) == delivered then redis.call('EXPIRE', KEYS[6], 120) end
 end
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current or (rank[current] or 0) < 3 then
@@ -115,8 +115,7 @@ if fresh > 0 then
   add_history_many(KEYS[6], KEYS[7], KEYS[8], history, tonumber(ARGV[1]), tonumber(ARGV[3]),
     tonumber(ARGV[4]))
   redis.call('PUBLISH', ARGV[6], body[#body - 1])
-  redis.call('INCRBY', KEYS[1], fresh)
-  redis.call('EXPIRE', KEYS[1], 120)
+  if redis.call('INCRBY', KEYS[1], fresh) == fresh then redis.call('EXPIRE', KEYS[1], 120) end
 end
 in_chunks('ZREM', KEYS[9], pending)
 for i = 1, n do

@@ -173,8 +173,7 @@ for _, m in ipairs(messages) do
   end
 end
 if accepted > 0 then
-  redis.call('INCRBY', KEYS[2], accepted)
-  redis.call('EXPIRE', KEYS[2], 120)
+  if redis.call('INCRBY', KEYS[2], accepted) == accepted then redis.call('EXPIRE', KEYS[2], 120) end
 end
 return out
 """

@@ -1,3 +1,3 @@
 from bench.run import main
 
-main()
+main(prog_name="msgbus bench")

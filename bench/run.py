@@ -13,7 +13,6 @@ bench/scripts_ab.py).
 
 from __future__ import annotations
 
-import argparse
 import json
 import socket
 import subprocess
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import click
 import httpx
 from kombu import Connection
 
@@ -124,7 +124,23 @@ def repeat(reps: int, fn: Any, *args: Any) -> list[float]:
     return [fn(*args) for _ in range(reps)]
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Options:
+    """What one benchmark run measures, and where (the command's options)."""
+
+    json: bool = False
+    quick: bool = False
+    smoke: bool = False
+    only: str | None = None
+    queue_type: str = "classic"
+    cluster: bool = False
+    concurrency: int = 4
+    pool: str = "threads"
+    out: Path = ROOT / "bench" / "out" / "results.json"
+    plot: bool = False
+
+
+def run(args: Options) -> dict[str, Any]:
     size = "smoke" if args.smoke else "quick" if args.quick else "full"
     z = SIZES[size]
     only = set(args.only.split(",")) if args.only else set(ALL)
@@ -393,27 +409,34 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="msgbus bench")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--quick", action="store_true", help="smaller counts (about 4 minutes)")
-    parser.add_argument(
-        "--smoke", action="store_true", help="tiny counts: checks every workload runs (CI)"
-    )
-    parser.add_argument("--only", default=None, help=f"comma list of {','.join(ALL)}")
-    parser.add_argument("--queue-type", choices=["classic", "quorum"], default="classic")
-    parser.add_argument(
-        "--cluster",
-        action="store_true",
-        help="on the local multi-node stack (quorum queues, Sentinel); adds `durability`",
-    )
-    parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--pool", choices=["threads", "prefork"], default="threads")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "results.json")
-    parser.add_argument(
-        "--plot", action="store_true", help="also save PNG charts beside --out (matplotlib)"
-    )
-    args = parser.parse_args(argv)
+def _workloads(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--only names workloads that exist (`durability` needs --cluster's replicas)."""
+    if value is None:
+        return None
+    unknown = sorted(set(value.split(",")) - {*ALL, "durability"})
+    if unknown:
+        raise click.BadParameter(f"no workload {', '.join(unknown)} (workloads: {','.join(ALL)})")
+    return value
+
+
+@click.command(name="msgbus bench", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--json", "json_out", is_flag=True, help="print one JSON object")
+@click.option("--quick", is_flag=True, help="smaller counts (about 4 minutes)")
+@click.option("--smoke", is_flag=True, help="tiny counts: checks every workload runs (CI)")
+@click.option("--only", default=None, callback=_workloads, help=f"comma list of {','.join(ALL)}")
+@click.option("--queue-type", type=click.Choice(["classic", "quorum"]), default="classic")
+@click.option(
+    "--cluster",
+    is_flag=True,
+    help="on the local multi-node stack (quorum queues, Sentinel); adds `durability`",
+)
+@click.option("--concurrency", type=int, default=4)
+@click.option("--pool", type=click.Choice(["threads", "prefork"]), default="threads")
+@click.option("--out", type=click.Path(path_type=Path), default=Options.out)
+@click.option("--plot", is_flag=True, help="also save PNG charts beside --out (matplotlib)")
+def main(json_out: bool, **options: Any) -> None:
+    """Benchmark the bus against raw Celery in one run."""
+    args = Options(json=json_out, **options)
     if args.plot:
         plots.require_matplotlib()
     started = time.monotonic()

@@ -11,6 +11,7 @@ refusal leaves nothing anywhere.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,9 @@ class AcceptRecord:
     to: str = ""  # the direct recipient ('' for topic and broadcast)
     declared: bool = False  # the ACL names `to`: it may get mail before it connects
     recipients: tuple[str, ...] = ()  # every agent it reaches, as the sender resolved them
+    # Whose lease a pending dedup record is (scripts.ADMIT): kept when the message is
+    # prepared again under an earlier id, so that its second admission takes over.
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,14 +54,30 @@ class RateLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class InFlight:
+    """An earlier send of the same dedup key or id, admitted and not yet confirmed by the
+    broker: its id, and how long its lease has left (seconds)."""
+
+    id: str
+    left: float
+
+
+@dataclass(frozen=True, slots=True)
 class Admitted:
     """Per message, None when accepted or the id it duplicates; the messages to send again
-    under an earlier sender's id (index -> id, see scripts.ADMIT); or why the whole call was
+    under an earlier sender's id (index -> id: that sender died, see scripts.ADMIT); those
+    whose earlier send is still in flight (index -> InFlight); or why the whole call was
     refused (nothing written): `refusal` is the script's reason and its details."""
 
     duplicates: list[str | None]
     retry_as: dict[int, str] = field(default_factory=dict)
+    in_flight: dict[int, InFlight] = field(default_factory=dict)
     refusal: tuple[str, ...] | None = None
+
+    @property
+    def unsettled(self) -> list[int]:
+        """The messages whose outcome another admission decides."""
+        return sorted([*self.retry_as, *self.in_flight])
 
 
 class Admission(RedisBacked):
@@ -87,7 +107,7 @@ class Admission(RedisBacked):
                     k.history_bytes(rec.sender, sent=True),
                     *(k.inbox(agent).pending for agent in rec.recipients),
                 ],
-                [rec.id, rec.wire, rec.sender],
+                [rec.id, rec.wire, rec.sender, rec.token],
             )
             for rec in records
         ]
@@ -128,6 +148,7 @@ class Admission(RedisBacked):
             r.inbox_max,
             r.max_unseen_recipients,
             len(records),
+            r.send_lease_ms,
         ]
         for rec, entry in zip(records, audit, strict=True):
             keys += [
@@ -144,7 +165,8 @@ class Admission(RedisBacked):
             flat = [part for pair in entry.items() for part in pair]
             args += [rec.id, rec.queue, rec.sender, rec.wire, rec.ts_ms, rec.expires_ms or ""]
             args += [orjson.dumps(flat).decode(), "1" if rec.may_repeat else "0"]
-            args += [rec.to, "1" if rec.declared else "0", len(rec.recipients), *rec.recipients]
+            args += [rec.to, "1" if rec.declared else "0", rec.token]
+            args += [len(rec.recipients), *rec.recipients]
         return keys, args
 
 
@@ -153,9 +175,14 @@ def _parse(reply: list[Any], count: int) -> Admitted:
         return Admitted([None] * count, refusal=tuple(str(part) for part in reply))
     duplicates: list[str | None] = []
     retry_as: dict[int, str] = {}
+    in_flight: dict[int, InFlight] = {}
     for i, outcome in enumerate(reply[1:]):
         if outcome.startswith("retry-as:"):
             retry_as[i] = outcome.removeprefix("retry-as:")
             outcome = ""
+        elif outcome.startswith("in-flight:"):
+            left_ms, _, earlier = outcome.removeprefix("in-flight:").partition(":")
+            in_flight[i] = InFlight(earlier, int(left_ms) / 1000)
+            outcome = ""
         duplicates.append(outcome or None)
-    return Admitted(duplicates, retry_as)
+    return Admitted(duplicates, retry_as, in_flight)

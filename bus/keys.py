@@ -24,11 +24,11 @@ Keyspace (``P`` = prefix; ``{a}`` = agent id in a hash tag so one agent's keys s
     P audit:burst:{a}:{action}     string refusals of a's action this minute (sampling)
     P status:{id}                  hash   status, attempts, timestamps, reason, error...
     P delivered:{id}               set    agents a message was delivered to (idempotency)
-    P dedup:key:{a}:{key}          string id the sender's dedup key stands for ("pending:<id>"
-                                          until the broker confirmed); expires after the
-                                          dedup window
-    P dedup:id:{id}                string "<final|pending>|<sender>": who owns the id; expires
-                                          after the dedup window
+    P dedup:key:{a}:{key}          string id the sender's dedup key stands for, a lease
+                                          until the broker confirmed (scripts.fragments:
+                                          DEDUP_RECORDS_LUA); expires after the dedup window
+    P dedup:id:{id}                string who owns the id ("final|<sender>", or a lease);
+                                          expires after the dedup window
     P subs:{a}                     hash   topic -> JSON filters of agent a
     P topic:{t}                    hash   agent -> JSON filters (the delivery-time index)
     P topics                       set    topics that have subscribers

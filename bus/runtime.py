@@ -59,6 +59,7 @@ class Runtime:
             s.inbox_max,
             s.max_unseen_recipients,
             s.sender_share,
+            int(s.send_lease_seconds * 1000),
         )
 
     @cached_property

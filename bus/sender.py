@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 import uuid
 from collections import defaultdict
 from typing import Any
@@ -176,10 +177,8 @@ class Sender:
         except BusUnavailable as exc:
             _warn_degraded(exc)
             admitted = None
-        if admitted is not None and admitted.refusal is not None:
-            raise self._refused(prepared, admitted.refusal, limit)
-        if admitted is not None and admitted.retry_as:
-            prepared, admitted = self._retry_as(prepared, admitted)
+        if admitted is not None:
+            prepared, admitted = self._settle(prepared, admitted, limit)
         duplicates = _duplicates(admitted, len(prepared))
         fresh = [p for p, dup in zip(prepared, duplicates, strict=True) if dup is None]
         try:
@@ -195,6 +194,62 @@ class Sender:
                 # Published all the same; a retry of these may be delivered twice.
                 logger.warning("dedup records left pending: %s", exc)
         return _receipts(prepared, duplicates)
+
+    def _settle(
+        self, prepared: list[Prepared], admitted: Admitted, limit: RateLimit | None
+    ) -> tuple[list[Prepared], Admitted]:
+        """After the first admission: raises its refusal, and settles the messages whose
+        dedup key or id an earlier send holds. While that send is in flight they wait for it
+        (and are its duplicates once the broker confirmed it); when its lease ran out (its
+        sender died before the confirm) they take it over and are admitted again under its
+        id, rate-limited and bounded like any new message. A refusal or failure at a later
+        step undoes what this send admitted before it."""
+        if admitted.refusal is not None:
+            raise self._refused(prepared, admitted.refusal, limit)
+        prepared, duplicates = list(prepared), list(admitted.duplicates)
+        accepted = [p.record for i, p in enumerate(prepared) if i not in admitted.unsettled]
+        deadline = time.monotonic() + self.runtime.retention.send_lease_ms / 1000 + 2.0
+        pause = 0.002
+        try:
+            while admitted.unsettled:
+                if time.monotonic() > deadline:  # a lease outlived itself: a clock jumped
+                    raise _still_in_flight(prepared, admitted)
+                if admitted.in_flight:
+                    left = min(f.left for f in admitted.in_flight.values())
+                    time.sleep(min(pause, left) + 0.001)
+                    pause = min(pause * 2, 0.1)
+                for i, earlier in admitted.retry_as.items():
+                    prepared[i] = self._under(prepared[i], earlier)
+                unsettled = admitted.unsettled
+                again = [prepared[i] for i in unsettled]
+                admitted = self.runtime.admission.admit(
+                    [p.record for p in again], self._audit(again), limit
+                )
+                if admitted.refusal is not None:
+                    raise self._refused(again, admitted.refusal, limit)
+                for n, i in enumerate(unsettled):
+                    duplicates[i] = admitted.duplicates[n]
+                    if n not in admitted.unsettled and duplicates[i] is None:
+                        accepted.append(prepared[i].record)
+                admitted = Admitted(
+                    duplicates,
+                    {unsettled[n]: earlier for n, earlier in admitted.retry_as.items()},
+                    {unsettled[n]: flight for n, flight in admitted.in_flight.items()},
+                )
+        except BusError:
+            if accepted:
+                self.runtime.admission.revoke(accepted)
+            raise
+        return prepared, admitted
+
+    def _under(self, p: Prepared, earlier: str) -> Prepared:
+        """`p` prepared again under `earlier`'s id, keeping its recipients and its token (so
+        that its next admission is the takeover of that id's lease)."""
+        redo = self.prepare(p.message.model_copy(update={"id": earlier}))
+        record = dataclasses.replace(
+            redo.record, recipients=p.record.recipients, token=p.record.token
+        )
+        return Prepared(redo.message, redo.wire, record)
 
     def _with_recipients(self, prepared: list[Prepared]) -> list[Prepared]:
         """Resolves who each topic or broadcast message reaches now (one round trip), so
@@ -284,28 +339,6 @@ class Sender:
                 agent=details[1],
             )
         return BusError(f"send refused: {' '.join(refusal)}")
-
-    def _retry_as(
-        self, prepared: list[Prepared], admitted: Admitted
-    ) -> tuple[list[Prepared], Admitted]:
-        """Resends, under its id, a message whose earlier sender died between admission and
-        the broker's confirm (see scripts.ADMIT): if both copies reach a worker, delivery
-        is idempotent per id."""
-        prepared = list(prepared)
-        for i, earlier in admitted.retry_as.items():
-            redo = self.prepare(prepared[i].message.model_copy(update={"id": earlier}))
-            prepared[i] = Prepared(
-                redo.message,
-                redo.wire,
-                dataclasses.replace(redo.record, recipients=prepared[i].record.recipients),
-            )
-        again = [prepared[i] for i in admitted.retry_as]
-        second = self.runtime.admission.admit([p.record for p in again], self._audit(again))
-        duplicates = list(admitted.duplicates)
-        for n, i in enumerate(admitted.retry_as):
-            # Still pending under another id: a third sender is at it; let it be.
-            duplicates[i] = second.duplicates[n] or second.retry_as.get(n)
-        return prepared, Admitted(duplicates)
 
     def _audit(
         self, prepared: list[Prepared], outcome: str = "ok", **fields: Any
@@ -405,6 +438,16 @@ class Sender:
 def _duplicates(admitted: Admitted | None, count: int) -> list[str | None]:
     """What each message duplicates; nothing is known without Redis (degraded send)."""
     return admitted.duplicates if admitted is not None else [None] * count
+
+
+def _still_in_flight(prepared: list[Prepared], admitted: Admitted) -> BusUnavailable:
+    i, flight = next(iter(admitted.in_flight.items()))
+    return BusUnavailable(
+        f"message {prepared[i].message.id}: an earlier send of its dedup key or id "
+        f"({flight.id}) is still between admission and the broker's confirm; nothing was "
+        "sent, retry",
+        component="redis",
+    )
 
 
 def _warn_degraded(exc: BusUnavailable) -> None:

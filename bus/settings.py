@@ -271,3 +271,12 @@ class Settings(BaseSettings):
     @property
     def trusted_rate_per_second(self) -> float:
         return parse_rate(self.trusted_rate_limit)
+
+    @property
+    def send_lease_seconds(self) -> float:
+        """How long a send with its own id or dedup key holds that key between admission and
+        the broker's confirm before a retry may take it over (scripts.ADMIT): a lingering
+        publish with one confirm timeout and some slack. A send that outlives it is safe
+        (both copies go out under one id, delivered once); a shorter lease only makes a
+        crashed sender's retry wait less."""
+        return self.send_linger_ms / 1000 + self.broker_timeout + 2.0

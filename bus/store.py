@@ -38,6 +38,8 @@ class Retention:
     inbox_max: int = 10_000
     max_unseen_recipients: int = 100
     sender_share: float = 0.5  # of another agent's inbox and received history, at most
+    # How long a dedup record stays a lease before a retry may take it over (scripts.ADMIT)
+    send_lease_ms: int = 30_000
 
     @property
     def inbox_share(self) -> int:

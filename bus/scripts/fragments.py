@@ -201,3 +201,34 @@ local function take_tokens(key, rate, burst, cost)
   return false, math.ceil((cost - tokens) * 1000 / rate)
 end
 """
+
+# The two dedup records of a message (bus.keys: dedup:key and dedup:id). While its send is
+# between admission and the broker's confirm, a record is a lease: until when (ms, Redis's
+# clock) and whose (the admitting call's token), so that a concurrent send with the same
+# key waits for it, and only a retry after that sender died takes it over.
+#   dedup:key  'final:<id>'  or 'lease:<until_ms>:<token>:<id>'
+#   dedup:id   'final|<sender>' or 'lease:<until_ms>:<token>|<sender>'
+# Records written before leases ('<id>', 'pending:<id>', 'pending|<sender>') read as final,
+# or as a lease that has run out.
+DEDUP_RECORDS_LUA = """
+local function key_record(value)
+  if not value then return nil end
+  local until_ms, token, id = string.match(value, '^lease:(%d+):(%x*):(.*)$')
+  if until_ms then return {id = id, lease = true, until_ms = tonumber(until_ms), token = token} end
+  local old = string.match(value, '^pending:(.*)$')
+  if old then return {id = old, lease = true, until_ms = 0, token = ''} end
+  return {id = string.match(value, '^final:(.*)$') or value}
+end
+local function id_record(value)  -- its owner, and a record (without the id)
+  if not value then return nil, nil end
+  local until_ms, token, owner = string.match(value, '^lease:(%d+):(%x*)|(.+)$')
+  if until_ms then return owner, {lease = true, until_ms = tonumber(until_ms), token = token} end
+  local state, old_owner = string.match(value, '^(%a+)|(.+)$')
+  if state == 'pending' then return old_owner, {lease = true, until_ms = 0, token = ''} end
+  if state then return old_owner, {} end
+  return nil, nil
+end
+local function lease_value(until_ms, token)
+  return 'lease:' .. string.format('%d', until_ms) .. ':' .. token
+end
+"""

@@ -6,7 +6,7 @@ Each script states its KEYS/ARGV contract; keys come from bus.keys, never built 
 
 from __future__ import annotations
 
-from bus.scripts.fragments import NOW_LUA, RATE_LUA, TRIM_HISTORY_LUA
+from bus.scripts.fragments import DEDUP_RECORDS_LUA, NOW_LUA, RATE_LUA, TRIM_HISTORY_LUA
 from bus.scripts.script import Script
 
 # The send side's one call: refusals first (an id another sender owns, mail for an agent
@@ -20,67 +20,80 @@ from bus.scripts.script import Script
 #       not-yet-delivered zset, and its per-sender counts
 # ARGV: dedup_window_s, retention_s, history_limit, audit_maxlen, rate per s ('' = no
 #       limit), burst, sender share of an inbox (messages), history_max_bytes, inbox_cap,
-#       unseen_cap, message count, then per message: id, queue, sender, wire, ts_ms,
-#       expires_at_ms ('' if none), audit entry (JSON list of field, value...), pending
-#       ('1'/'0'), direct recipient ('' for topic and broadcast), recipient declared ('1'
-#       when the ACL names it), the number of recipients n, then their n agent ids
+#       unseen_cap, message count, lease_ms, then per message: id, queue, sender, wire,
+#       ts_ms, expires_at_ms ('' if none), audit entry (JSON list of field, value...),
+#       pending ('1'/'0'), direct recipient ('' for topic and broadcast), recipient
+#       declared ('1' when the ACL names it), the call's token (hex), the number of
+#       recipients n, then their n agent ids
 # Returns {'ok', d1, ..., dn}: di is '' when message i was accepted, the id it duplicates
-# (the same sender's dedup key or id), or 'retry-as:<id>' (see below). Or, writing nothing
-# but the rate bucket: {'rate_limited', ms to wait}, {'too_costly', cost} (more than the
-# bucket ever holds), {'conflict', i} (message i brings an id another sender's message has),
-# {'unknown_agent', i, agent} (never connected, and the sender already has mail waiting for
-# unseen_cap such agents), {'inbox_full', i, agent, depth} or {'share_full', i, agent, held}.
+# (the same sender's dedup key or id), 'in-flight:<ms>:<id>' or 'retry-as:<id>' (see
+# below). Or, writing nothing but the rate bucket: {'rate_limited', ms to wait},
+# {'too_costly', cost} (more than the bucket ever holds), {'conflict', i} (message i brings
+# an id another sender's message has), {'unknown_agent', i, agent} (never connected, and the
+# sender already has mail waiting for unseen_cap such agents), {'inbox_full', i, agent,
+# depth} or {'share_full', i, agent, held}.
 # An inbox counts what it holds and what was admitted for it and not yet delivered (those
 # entries expire with the message, or after the dedup window), and this call's own messages.
 # The cost of a message is its recipients (at least 1): a fan-out is charged per recipient.
-# Dedup keys belong to their sender (KEYS hold the sender). A dedup-by-id record says who
-# owns the id: '<state>|<sender>', state 'final' or 'pending'; a dedup-key record holds the
-# id it stands for, 'pending:<id>' while pending.
-# Records of messages a client may send again (its own id or dedup key) are written pending
-# and COMMITted once the broker has confirmed. A record still pending means its sender died
-# (or is still publishing): the broker may or may not have that message. The retry is then
-# told to go out under the pending id ('retry-as:<id>', nothing written for it): if both
-# copies reach a worker, delivery is idempotent per id, so the message is neither lost nor
-# delivered twice.
+# Dedup keys belong to their sender (KEYS hold the sender); the records are described in
+# fragments.DEDUP_RECORDS_LUA.
+# Records of messages a client may send again (its own id or dedup key) are written as a
+# lease of lease_ms and made final (COMMIT) once the broker has confirmed. A send that
+# meets another's live lease is told 'in-flight' (nothing written, nothing charged): it
+# waits and asks again, and is that message's duplicate once it is final. A lease that ran
+# out means its sender died between admission and confirm: the broker may or may not have
+# that message. The first send to meet it takes it over ('retry-as:<id>': the lease becomes
+# its own, so every other send keeps waiting) and is admitted again under that id with its
+# token, charged and bounded like any new message; if both copies reach a worker, delivery
+# is idempotent per id, so the message is neither lost nor delivered twice.
 ADMIT = Script(
     NOW_LUA
     + TRIM_HISTORY_LUA
     + RATE_LUA
+    + DEDUP_RECORDS_LUA
     + """
-local function owner_of(record)
-  if not record then return nil, nil end
-  local state, owner = string.match(record, '^(%a+)|(.+)$')
-  if state then return owner, state == 'pending' end
-  return nil, string.sub(record, 1, 8) == 'pending:'  -- a record from before owners
-end
+local lease_ms = tonumber(ARGV[12])
 local messages = {}
-local k, a = 4, 11
+local k, a = 4, 12
 for i = 1, tonumber(ARGV[11]) do
-  local m = {k = k, a = a, n = tonumber(ARGV[a + 11])}
-  m.id, m.sender, m.to = ARGV[a + 1], ARGV[a + 3], ARGV[a + 9]
+  local m = {k = k, a = a, n = tonumber(ARGV[a + 12])}
+  m.id, m.sender, m.to, m.token = ARGV[a + 1], ARGV[a + 3], ARGV[a + 9], ARGV[a + 11]
   m.expires = ARGV[a + 6] ~= '' and tonumber(ARGV[a + 6]) or now_ms + tonumber(ARGV[1]) * 1000
   messages[i] = m
   k = k + 6 + 3 * m.n
-  a = a + 11 + m.n
+  a = a + 12 + m.n
 end
 -- 1. What each message is: a repeat of an earlier one (also of one earlier in this very
--- call: the same sender's dedup key or id twice in a batch), or new.
+-- call: the same sender's dedup key or id twice in a batch), one whose earlier send is in
+-- flight, or new (also: this caller's own takeover of a lease that ran out).
 local cost = 0
 local claimed = {}
 for i, m in ipairs(messages) do
-  local owner = owner_of(redis.call('GET', KEYS[m.k + 2]))
+  local owner, by_id = id_record(redis.call('GET', KEYS[m.k + 2]))
   if owner and owner ~= m.sender then return {'conflict', i} end
-  local existing = claimed[KEYS[m.k + 1]] or claimed[KEYS[m.k + 2]]
-  existing = existing or redis.call('GET', KEYS[m.k + 1])
-  if not existing then
-    local _, id_pending = owner_of(redis.call('GET', KEYS[m.k + 2]))
-    if id_pending ~= nil then existing = (id_pending and 'pending:' or '') .. m.id end
+  local record
+  local earlier = claimed[KEYS[m.k + 1]] or claimed[KEYS[m.k + 2]]
+  if earlier then
+    record = {id = earlier}
+  else
+    record = key_record(redis.call('GET', KEYS[m.k + 1]))
+    if record then
+      record.key = KEYS[m.k + 1]
+    elseif by_id then
+      record = by_id
+      record.id, record.key, record.owner = m.id, KEYS[m.k + 2], owner
+    end
   end
-  local pending = existing and string.sub(existing, 1, 8) == 'pending:'
-  if existing and not pending then
-    m.outcome = existing
-  elseif pending and string.sub(existing, 9) ~= m.id then
-    m.outcome = 'retry-as:' .. string.sub(existing, 9)
+  if record and not record.lease then
+    m.outcome = record.id
+  elseif record and not (record.id == m.id and record.token == m.token) then
+    m.later = true  -- its outcome is known later: no audit entry yet
+    if record.until_ms > now_ms then
+      m.outcome = 'in-flight:' .. string.format('%d', record.until_ms - now_ms) .. ':' .. record.id
+    else
+      m.outcome = 'retry-as:' .. record.id
+      m.takeover = record
+    end
   else
     m.outcome = ''
     cost = cost + math.max(1, m.n)
@@ -106,7 +119,7 @@ for i, m in ipairs(messages) do
       local body = KEYS[m.k + 6 + 3 * r - 2]
       local pending = KEYS[m.k + 6 + 3 * r - 1]
       local senders = KEYS[m.k + 6 + 3 * r]
-      local agent = ARGV[m.a + 11 + r]
+      local agent = ARGV[m.a + 12 + r]
       if inbox_new[body] == nil then
         redis.call('ZREMRANGEBYSCORE', pending, '-inf', now_ms)
         inbox_new[body] = redis.call('HLEN', body) + redis.call('ZCARD', pending)
@@ -140,9 +153,14 @@ for _, m in ipairs(messages) do
   local k, a = m.k, m.a
   if m.outcome == '' then
     accepted = accepted + 1
-    local state = ARGV[a + 8] == '1' and 'pending' or 'final'
-    redis.call('SET', KEYS[k + 1], (state == 'pending' and 'pending:' or '') .. m.id, 'EX', ARGV[1])
-    redis.call('SET', KEYS[k + 2], state .. '|' .. m.sender, 'EX', ARGV[1])
+    if ARGV[a + 8] == '1' then
+      local lease = lease_value(now_ms + lease_ms, m.token)
+      redis.call('SET', KEYS[k + 1], lease .. ':' .. m.id, 'EX', ARGV[1])
+      redis.call('SET', KEYS[k + 2], lease .. '|' .. m.sender, 'EX', ARGV[1])
+    else
+      redis.call('SET', KEYS[k + 1], 'final:' .. m.id, 'EX', ARGV[1])
+      redis.call('SET', KEYS[k + 2], 'final|' .. m.sender, 'EX', ARGV[1])
+    end
     -- A worker can be first when this call is retried after a publish: never move a
     -- status back.
     if redis.call('EXISTS', KEYS[k + 3]) == 0 then
@@ -166,9 +184,15 @@ for _, m in ipairs(messages) do
       redis.call('PEXPIREAT', pending, math.max(m.expires, now_ms + tonumber(ARGV[1]) * 1000))
     end
   end
+  if m.takeover then  -- the lease is this caller's now: every other send keeps waiting
+    local t = m.takeover
+    local lease = lease_value(now_ms + lease_ms, m.token)
+    local value = t.owner and (lease .. '|' .. t.owner) or (lease .. ':' .. t.id)
+    redis.call('SET', t.key, value, 'KEEPTTL')
+  end
   out[#out + 1] = m.outcome
   local entry = cjson.decode(ARGV[a + 7])
-  if #entry > 0 and string.sub(m.outcome, 1, 9) ~= 'retry-as:' then
+  if #entry > 0 and not m.later then
     redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(entry))
   end
 end
@@ -179,36 +203,41 @@ return out
 """
 )
 
-# Undo of ADMIT when the broker refused the publish: nothing half-written.
+# Undo of ADMIT when the broker refused the publish: nothing half-written. A dedup record
+# goes only while it is still this call's (another send may have taken over its lease).
 # KEYS: dedup (by key), status, sender history, dedup by id, sender history bytes, then the
 #       admitted-not-yet-delivered zset of each recipient
-# ARGV: id, wire, sender
+# ARGV: id, wire, sender, the admitting call's token
 REVOKE = Script(
-    """
+    DEDUP_RECORDS_LUA
+    + """
+local function ours(record) return not record.lease or record.token == ARGV[4] end
 for i = 6, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
-local value = redis.call('GET', KEYS[1])
-if value == ARGV[1] or value == 'pending:' .. ARGV[1] then redis.call('DEL', KEYS[1]) end
-value = redis.call('GET', KEYS[4])
-if value == 'pending|' .. ARGV[3] or value == 'final|' .. ARGV[3] then
-  redis.call('DEL', KEYS[4])
-end
+local record = key_record(redis.call('GET', KEYS[1]))
+if record and record.id == ARGV[1] and ours(record) then redis.call('DEL', KEYS[1]) end
+local owner, by_id = id_record(redis.call('GET', KEYS[4]))
+if owner == ARGV[3] and ours(by_id) then redis.call('DEL', KEYS[4]) end
 redis.call('DEL', KEYS[2])
 if redis.call('ZREM', KEYS[3], ARGV[2]) == 1 then redis.call('DECRBY', KEYS[5], #ARGV[2]) end
 return 1
 """
 )
 
-# The broker confirmed these messages: their pending dedup records become final.
+# The broker confirmed these messages: their leased dedup records become final (whoever
+# holds the lease now: the message is in the broker under that id either way).
 # KEYS: per message: dedup (by key), dedup (by id)
 # ARGV: dedup_window_s, then per message: id, sender
 COMMIT = Script(
-    """
+    DEDUP_RECORDS_LUA
+    + """
 for i = 1, #KEYS / 2 do
   local id, sender = ARGV[2 * i], ARGV[2 * i + 1]
-  if redis.call('GET', KEYS[2 * i - 1]) == 'pending:' .. id then
-    redis.call('SET', KEYS[2 * i - 1], id, 'EX', ARGV[1])
+  local record = key_record(redis.call('GET', KEYS[2 * i - 1]))
+  if record and record.lease and record.id == id then
+    redis.call('SET', KEYS[2 * i - 1], 'final:' .. id, 'EX', ARGV[1])
   end
-  if redis.call('GET', KEYS[2 * i]) == 'pending|' .. sender then
+  local owner, by_id = id_record(redis.call('GET', KEYS[2 * i]))
+  if owner == sender and by_id.lease then
     redis.call('SET', KEYS[2 * i], 'final|' .. sender, 'EX', ARGV[1])
   end
 end

@@ -16,8 +16,9 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture
 def quiet_bus(fresh_env):
-    """No worker: what is sent stays queued where a test can look at it."""
-    bus = fresh_env.bus()
+    """No worker: what is sent stays queued where a test can look at it. (A short broker
+    timeout: a dead sender's dedup lease runs out in 3 s.)"""
+    bus = fresh_env.bus(broker_timeout=1)
     yield bus
     bus.close()
 
@@ -136,7 +137,7 @@ def test_a_message_published_by_a_sender_that_died_before_committing_is_delivere
     fresh_env, agents
 ):
     fresh_env.start_worker()
-    bus = fresh_env.bus()
+    bus = fresh_env.bus(broker_timeout=1)
     sender, reader = agents("s"), agents("r")
     message = {"from": sender, "to": reader, "payload": 1, "metadata": {"dedup_key": "job-8"}}
     published = admit_and_die(bus, message)

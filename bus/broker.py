@@ -12,7 +12,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from amqp.exceptions import MessageNacked  # a confirm that came back as a nack
+from amqp.exceptions import ChannelError, MessageNacked  # a confirm that came back as a nack
+from amqp.exceptions import ConnectionError as AMQPConnectionError
 from celery import Celery
 from kombu.connection import Connection
 from kombu.entity import Queue
@@ -26,7 +27,14 @@ from bus.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-_BROKER_ERRORS = (OperationalError, KombuError, ConnectionError, OSError, TimeoutError)
+_BROKER_ERRORS = (
+    OperationalError,
+    KombuError,
+    AMQPConnectionError,  # the broker closed the connection (not a builtin ConnectionError)
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
 _RETRY_POLICY = {
     "max_retries": 2,
     "interval_start": 0.1,
@@ -80,6 +88,11 @@ def broker_errors(action: str, *, bounded: bool = True) -> Iterator[None]:
             f"bus unavailable: the broker cannot be reached while trying to {action} ({exc})",
             component="broker",
         ) from exc
+    except ChannelError as exc:
+        # The broker closed the channel on this operation: an answer about this message
+        # (too large, a queue or exchange gone), not an outage of the node.
+        breaker.success()
+        raise _refused(action, exc) from exc
     except BusError:
         raise  # a nested call already judged it
     except Exception:
@@ -87,6 +100,20 @@ def broker_errors(action: str, *, bounded: bool = True) -> Iterator[None]:
         raise
     else:
         breaker.success()
+
+
+def _refused(action: str, exc: ChannelError) -> BusError:
+    text = str(exc)
+    if "message size" in text or "max size" in text:
+        return LimitExceeded(
+            f"the broker refused the message while trying to {action}: it is larger than "
+            f"RabbitMQ's max_message_size ({text}); nothing was sent",
+            limit="broker_max_message_size",
+        )
+    return BusUnavailable(
+        f"the broker refused to {action} ({text}); nothing was sent, retry",
+        component="broker",
+    )
 
 
 def _nacked(exc: BaseException | None) -> bool:

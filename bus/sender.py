@@ -375,18 +375,16 @@ class Sender:
             p = prepared[0]
             try:
                 self.linger.send(p.record.queue, p, len(p.record.wire))
-            except BusError as exc:
-                raise _Unsent(prepared, exc) from exc
+            except Exception as exc:  # noqa: BLE001 - whatever it was, undo it
+                raise _Unsent(prepared, _as_bus_error(exc)) from exc
             return
-        groups: dict[str, list[Prepared]] = defaultdict(list)
-        for p in prepared:
-            groups[p.message.priority.queue if batch else p.message.id].append(p)
-        pending = list(groups.values())
+        pending = _task_groups(prepared, batch, self.settings.max_task_bytes)
         while pending:
             try:
                 self._publish(pending[0], batch)
-            except BusError as exc:
-                raise _Unsent([p for group in pending for p in group], exc) from exc
+            except Exception as exc:  # noqa: BLE001 - whatever it was, undo what is left
+                error = _as_bus_error(exc)
+                raise _Unsent([p for group in pending for p in group], error) from exc
             pending.pop(0)
 
     def _here(self, p: Prepared) -> bool:
@@ -433,6 +431,33 @@ class Sender:
             headers={"trace_id": first.trace_id},
             summary=f"<message {first.id} {first.type.value} from {first.sender}>",
         )
+
+
+def _task_groups(prepared: list[Prepared], batch: bool, max_bytes: int) -> list[list[Prepared]]:
+    """One task per message; for a batch one per priority, split where its messages would
+    pass `max_bytes` together (RabbitMQ refuses a message over its max_message_size)."""
+    if not batch:
+        return [[p] for p in prepared]
+    by_queue: dict[str, list[list[Prepared]]] = defaultdict(lambda: [[]])
+    size: dict[str, int] = defaultdict(int)
+    for p in prepared:
+        queue, length = p.message.priority.queue, len(p.record.wire)
+        groups = by_queue[queue]
+        if groups[-1] and size[queue] + length > max_bytes:
+            groups.append([])
+            size[queue] = 0
+        groups[-1].append(p)
+        size[queue] += length
+    return [group for groups in by_queue.values() for group in groups]
+
+
+def _as_bus_error(exc: Exception) -> BusError:
+    if isinstance(exc, BusError):
+        return exc
+    return BusError(
+        f"the send failed before the broker confirmed it ({type(exc).__name__}: {exc}); "
+        "nothing was sent"
+    )
 
 
 def _duplicates(admitted: Admitted | None, count: int) -> list[str | None]:

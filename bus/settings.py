@@ -65,7 +65,20 @@ class Settings(BaseSettings):
     dedup_window: int = Field(default=86_400, ge=1, description="seconds")
     status_retention: int = Field(default=7 * 86_400, ge=60, description="seconds")
     clock_skew: float = Field(default=300.0, gt=0, description="seconds a timestamp may differ")
-    max_payload_bytes: int = Field(default=1024 * 1024, ge=1)
+    max_payload_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1,
+        # A task's JSON may hold a message three times over (escapes): it stays under
+        # RabbitMQ's default max_message_size of 128 MiB.
+        le=32 * 1024 * 1024,
+    )
+    max_task_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1,
+        le=32 * 1024 * 1024,
+        description="bytes of messages one batch task carries at most: a batch past it goes "
+        "as several tasks (RabbitMQ refuses a message over its max_message_size)",
+    )
     max_payload_depth: int = Field(
         default=64, ge=1, le=200, description="levels of nesting a payload may have"
     )

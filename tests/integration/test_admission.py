@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from kombu import Queue
 
+from bus import topology
 from bus.breaker import BREAKERS
 from bus.envelope import Envelope
 from bus.errors import BusUnavailable, LimitExceeded, NotFound, RateLimited
-from bus.topology import DELIVER_TASK
+from bus.topology import DELIVER_TASK, bus_exchange
 from tests.support.env import audit_entries
 from tests.support.waiting import holds_for, wait_for
 
@@ -151,3 +153,72 @@ def test_a_message_published_by_a_sender_that_died_before_committing_is_delivere
     assert [m.id for m in got] == [published.message.id]
     bus.ack(reader, [m.id for m in got])
     holds_for(lambda: bus.read(reader, limit=10) == [], 1.0, "no second copy")
+
+
+def test_a_channel_the_broker_closes_is_a_bus_error_naming_why(fresh_env, agents):
+    # RabbitMQ answers some operations by closing the channel (here PRECONDITION_FAILED: a
+    # worker agent's queue already exists with other arguments). That is a bus error naming
+    # the broker's reason, never a raw amqp exception, and the process goes on publishing.
+    bus = fresh_env.bus()
+    queue = topology.agent_queue(bus.settings, agents("worker"))
+    with bus.runtime.broker.connection() as conn:
+        Queue(
+            queue.name, bus_exchange, routing_key=queue.name, queue_arguments={"x-max-length": 3}
+        )(conn.default_channel).declare()
+    with pytest.raises(BusUnavailable, match="broker refused.*PRECONDITION_FAILED"):
+        bus.runtime.broker.declare_queue(queue)
+    # Positive control: the same process's next publish goes through.
+    sender, reader = agents("s"), agents("r")
+    receipt = bus.send_message({"from": sender, "to": reader, "payload": 1})
+    assert bus.status(receipt.id).status.value == "queued"
+    bus.close()
+
+
+def read_everything(bus, agent, count):
+    got = []
+
+    def everything():
+        messages = bus.read(agent, limit=50, wait=0.5)
+        bus.ack(agent, [m.id for m in messages])
+        got.extend(messages)
+        return len(got) >= count
+
+    wait_for(everything, 60, f"{count} messages for {agent}", interval=0)
+    return got
+
+
+def queued_tasks(bus, queue="bus.normal"):
+    with bus.runtime.broker.connection() as conn:
+        return conn.default_channel.queue_declare(queue, passive=True).message_count
+
+
+def test_a_batch_larger_than_one_task_may_be_is_split_and_delivered_whole(fresh_env, agents):
+    # MESSAGE_BUS_MAX_TASK_BYTES bounds one batch task: 12 messages of ~20 KiB under a
+    # 64 KiB bound go as 4 tasks (3 each), and every message arrives intact.
+    fresh_env.overrides["MESSAGE_BUS_MAX_TASK_BYTES"] = str(64 * 1024)
+    bus = fresh_env.bus()
+    sender, reader = agents("s"), agents("r")
+    payloads = [f"{i:02d}" + "x" * 20_000 for i in range(12)]
+    receipts = bus.send_batch([{"from": sender, "to": reader, "payload": p} for p in payloads])
+    assert {r.status.value for r in receipts} == {"queued"}
+    assert queued_tasks(bus) == 4
+    fresh_env.start_worker()
+    got = read_everything(bus, reader, len(payloads))
+    assert sorted(m.payload for m in got) == payloads
+    bus.close()
+
+
+def test_a_batch_past_the_brokers_max_message_size_arrives_whole(fresh_env, agents):
+    # With the defaults, a batch of 140 messages of ~1 MB (140 MB, past RabbitMQ's 128 MiB
+    # max_message_size as one task) goes as tasks of at most 16 MiB and arrives whole.
+    bus = fresh_env.bus()
+    sender, reader = agents("s"), agents("r")
+    payloads = [f"{i:03d}" + "x" * 1_000_000 for i in range(140)]
+    receipts = bus.send_batch([{"from": sender, "to": reader, "payload": p} for p in payloads])
+    assert {r.status.value for r in receipts} == {"queued"}
+    assert queued_tasks(bus) > 8
+    fresh_env.start_worker()
+    got = read_everything(bus, reader, len(payloads))
+    assert sorted(m.payload[:3] for m in got) == [p[:3] for p in payloads]
+    assert {len(m.payload) for m in got} == {1_000_003}
+    bus.close()

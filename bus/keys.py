@@ -32,7 +32,8 @@ Keyspace (``P`` = prefix; ``{a}`` = agent id in a hash tag so one agent's keys s
     P subs:{a}                     hash   topic -> JSON filters of agent a
     P topic:{t}                    hash   agent -> JSON filters (the delivery-time index)
     P topics                       set    topics that have subscribers
-    P reply:{a}:{correlation id}   string id of the latest message to a answering a's request
+    P reply:{a}:{correlation id}   string id of the latest answer to a's request from the agent
+                                          it was sent to (any, for topic and broadcast)
                                           (per recipient: mail to others naming it is not)
     P handling:{id}:{agent}        string handler runs started (catches handlers that crash
                                           the process, which Celery would redeliver forever)

@@ -162,6 +162,7 @@ class RedisStore(RedisBacked):
             if answered and correlation_id
             else k.status(message_id),
             k.rate_bucket("delivered", int(self.clock.now())),
+            k.status(correlation_id) if answered and correlation_id else k.status(message_id),
         ]
         args: list[Any] = [
             message_id,
@@ -370,7 +371,8 @@ class RedisStore(RedisBacked):
         return raw if raw.get("from") == viewer or received else {}
 
     def reply_for(self, agent: str, correlation_id: str) -> str | None:
-        """The id of the latest message to `agent` answering `correlation_id`."""
+        """The id of the latest answer to `agent`'s request `correlation_id` from the agent
+        it asked (scripts.DELIVER)."""
         with redis_errors("look up a response"):
             return self.redis.get(self.keys.reply(agent, correlation_id))
 

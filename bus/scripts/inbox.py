@@ -9,15 +9,19 @@ from __future__ import annotations
 from bus.scripts.fragments import NOW_LUA, STATUS_RANK_LUA, TRIM_HISTORY_LUA
 from bus.scripts.script import Script
 
-# KEYS: status, delivered-set, agents, seq, reply-key, delivered-rate bucket, then per
-#       recipient: ready, body, meta, history, history bytes, history senders, the inbox's
-#       admitted-not-yet-delivered zset, the inbox's per-sender counts
+# KEYS: status, delivered-set, agents, seq, reply-key, delivered-rate bucket, the status of
+#       the request it answers, then per recipient: ready, body, meta, history, history
+#       bytes, history senders, the inbox's admitted-not-yet-delivered zset, the inbox's
+#       per-sender counts
 # ARGV: id, wire, rank, history_limit, retention_s, attempts, reply_channel, ts_ms,
 #       history_max_bytes, sender, a sender's share of a history (entries), then per
 #       recipient: agent, inbox channel
 # Idempotent per (message, recipient): a redelivered task does not fill an inbox twice.
 # Delivering registers no agent: an agent exists once it connects (bus.keyring / READ).
 # An inbox entry's meta is "score|delivery count|sender" (ACK counts the sender down).
+# An answer (reply channel given) sets the requester's reply pointer only when it comes from
+# the agent the request went to (its status's 'to'; any agent for a topic or broadcast
+# request): mail from a third agent naming the request is ordinary mail, never the answer.
 DELIVER = Script(
     STATUS_RANK_LUA
     + NOW_LUA
@@ -25,11 +29,11 @@ DELIVER = Script(
     + """
 local delivered = 0
 local per = 8
-local n = (#KEYS - 6) / per
+local n = (#KEYS - 7) / per
 local sender = ARGV[10]
 for i = 1, n do
   local agent = ARGV[11 + 2 * i - 1]
-  local base = 6 + (i - 1) * per
+  local base = 7 + (i - 1) * per
   if redis.call('SADD', KEYS[2], agent) == 1 then
     local seq = redis.call('INCR', KEYS[4])
     local score = string.format('%d', tonumber(ARGV[3]) * 1099511627776 + seq)
@@ -55,9 +59,12 @@ if not current or (rank[current] or 0) < 3 then
     'updated_at', stamp, 'attempts', ARGV[6], 'recipients', redis.call('SCARD', KEYS[2]))
   redis.call('EXPIRE', KEYS[1], ARGV[5])
 end
-if ARGV[7] ~= '' and delivered > 0 then
-  redis.call('SET', KEYS[5], ARGV[1], 'EX', ARGV[5])
-  redis.call('PUBLISH', ARGV[7], ARGV[1])
+if ARGV[7] ~= '' and delivered > 0 and redis.call('EXISTS', KEYS[7]) == 1 then
+  local asked = redis.call('HGET', KEYS[7], 'to')
+  if not asked or asked == sender then
+    redis.call('SET', KEYS[5], ARGV[1], 'EX', ARGV[5])
+    redis.call('PUBLISH', ARGV[7], ARGV[1])
+  end
 end
 return delivered
 """

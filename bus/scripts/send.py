@@ -167,6 +167,8 @@ for _, m in ipairs(messages) do
       redis.call('HSET', KEYS[k + 3], 'status', 'queued', 'updated_at', stamp, 'attempts', 0)
     end
     redis.call('HSET', KEYS[k + 3], 'queued_at', stamp, 'queue', ARGV[a + 2], 'from', m.sender)
+    -- who may answer it (scripts.DELIVER sets a requester's reply pointer by it)
+    if m.to ~= '' then redis.call('HSET', KEYS[k + 3], 'to', m.to) end
     if ARGV[a + 6] ~= '' then redis.call('HSET', KEYS[k + 3], 'expires_at', ARGV[a + 6]) end
     redis.call('EXPIRE', KEYS[k + 3], ARGV[2])
     redis.call('ZADD', KEYS[1], 'NX', now_ms, m.sender)

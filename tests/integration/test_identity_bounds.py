@@ -64,6 +64,28 @@ def test_mail_to_others_naming_a_request_neither_answers_it_nor_acks_theirs(bus,
     assert status_of(bus, answer.id, asker) == "acked"
 
 
+def test_a_third_agents_answer_after_the_real_one_does_not_hide_it(bus, agents):
+    # bob answers alice's request, then eve (who learned its id) "answers" it too: alice's
+    # later look still finds bob's answer, and eve's message is ordinary mail in her inbox.
+    alice, bob, eve = agents("alice"), agents("bob"), agents("eve")
+    handle = bus.as_agent(alice)
+    request_id = handle.start_request({"to": bob, "payload": "q"})
+
+    def delivered(**message):
+        sent = bus.send_message(
+            {"to": alice, "type": "response", "correlation_id": request_id, **message}
+        )
+        wait_for(lambda: bus.status(sent.id).status.value == "delivered", 15, "delivery")
+        return sent
+
+    answer = delivered(**{"from": bob, "payload": 1})
+    spoof = delivered(**{"from": eve, "payload": 2})
+    got = handle.response_to(request_id, bob)
+    assert got is not None and (got.id, got.payload) == (answer.id, 1)
+    [aside] = handle.read()
+    assert (aside.id, aside.sender, aside.payload) == (spoof.id, eve, 2)
+
+
 def test_bus_request_waits_past_a_correlated_aside_for_its_own_answer(bus, agents):
     asker, asked, other = agents("asker"), agents("asked"), agents("other")
     bus.read(other)

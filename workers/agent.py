@@ -19,6 +19,8 @@ when that does not go through), so an answer costs no second trip through a work
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import importlib
 import logging
 import uuid
@@ -35,7 +37,6 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[ReceivedMessage], Any]
 ANSWERED_TYPES = {MessageType.request, MessageType.command, MessageType.query}
-RESPONSE_IDS = uuid.UUID("6f1d2c4e-8b0a-5d7e-9c3f-1a2b3c4d5e6f")  # namespace of response ids
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ class WorkerAgent:
         """The answer of `kind` to `message`: its id made from the request's and the kind,
         so that a handler run again answers once."""
         return {
-            "id": str(uuid.uuid5(RESPONSE_IDS, f"{self.name}:{message.id}:{kind}")),
+            "id": self.answer_id(message.id, kind),
             "from": self.name,
             "to": message.reply_to or message.sender,
             "type": kind,
@@ -119,6 +120,19 @@ class WorkerAgent:
             "trace_id": message.trace_id,
             "metadata": {"priority": message.priority.value},
         }
+
+    def answer_id(self, request_id: str, kind: str) -> str:
+        """The same id for every run of one answer, and one no other agent can work out
+        ahead (keyed by the bus's signing secret): with a public recipe, whoever saw a
+        request's id could send a message under its answer's id first, and the real answer
+        would be refused as another sender's id."""
+        # The last key: a rotation puts the new key first, so this one changes only when the
+        # oldest key is retired.
+        _, secret = self.bus.settings.signing_keys[-1]
+        digest = hmac.new(
+            secret, f"response id:{self.name}:{request_id}:{kind}".encode(), hashlib.sha256
+        ).digest()
+        return str(uuid.UUID(bytes=digest[:16], version=4))
 
     def reply_error(self, message: ReceivedMessage, error: BusError) -> None:
         """Tells the requester, with an `error` response, why its answer cannot come (the

@@ -52,7 +52,8 @@ class _Collector(Generic[T]):
 
 class Linger(Generic[T]):
     """`publish(items)` publishes one group (one task) and raises when the broker did not
-    take it. A group closes at `max_items` items or `max_size` summed item sizes."""
+    take it. A group closes at `max_items` items, or before an item would take its summed
+    item sizes past `max_size` (an item larger than that goes alone)."""
 
     def __init__(
         self,
@@ -104,6 +105,10 @@ class Linger(Generic[T]):
     def _join(self, c: _Collector[T], item: T, size: int) -> tuple[_Group[T], bool]:
         with c.cond:
             group = c.open
+            if group is not None and group.items and group.size + size > self.max_size:
+                c.open = None  # `item` would take it past its size: its leader publishes it
+                c.cond.notify_all()
+                group = None
             if group is None:
                 group = c.open = _Group()
             group.items.append(item)

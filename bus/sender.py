@@ -10,6 +10,7 @@ to RabbitMQ (degraded: no dedup, bounds or status until the worker records them)
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 import uuid
@@ -21,14 +22,13 @@ from bus.admission import AcceptRecord, Admitted, RateLimit
 from bus.errors import (
     BusError,
     BusUnavailable,
-    InboxFull,
     LimitExceeded,
-    UnknownAgent,
     ValidationError,
 )
 from bus.guard import Guard
 from bus.hooks import Hooks
 from bus.linger import Linger
+from bus.refusals import admission_refusal, as_bus_error, partly_sent, still_in_flight
 from bus.routing import broadcast_recipients, topic_recipients
 from bus.runtime import Runtime
 from bus.schema import RESERVED_FIELD_NAMES, Message, Receipt, Status
@@ -43,24 +43,44 @@ logger = logging.getLogger(__name__)
 MAX_ENVELOPE_BYTES = 64 * 1024
 
 
-class Prepared:
-    """A validated, signed message ready to admit and publish."""
+# RabbitMQ's default max_message_size (128 MiB), less room for a task's headers: a message
+# whose task would pass it is refused at the door instead of by the broker.
+MAX_TASK_MESSAGE_BYTES = 127 * 1024 * 1024
 
-    __slots__ = ("message", "wire", "record")
+
+class Prepared:
+    """A validated, signed message ready to admit and publish; `task_bytes`: what it takes
+    in a task's JSON."""
+
+    __slots__ = ("message", "wire", "record", "task_bytes")
 
     def __init__(self, message: Message, wire: dict[str, Any], record: AcceptRecord) -> None:
         self.message = message
         self.wire = wire
         self.record = record
+        self.task_bytes = task_bytes(record.wire)
+
+
+def task_bytes(wire: str) -> int:
+    """The bytes `wire` takes as a string inside a task's JSON: Celery's JSON escapes quotes
+    and backslashes, and writes every non-ASCII character as \\uXXXX (12 bytes for one
+    outside the BMP, 4 bytes of UTF-8)."""
+    if wire.isascii():
+        return len(wire) + 2 + wire.count('"') + wire.count("\\")
+    return len(json.dumps(wire))
 
 
 class _Unsent(Exception):
-    """The broker refused `prepared` (and what was to follow it)."""
+    """The broker refused `prepared` (and what was to follow it), after it had taken
+    `sent` (the tasks of a batch before the refused one)."""
 
-    def __init__(self, prepared: list[Prepared], error: BusError) -> None:
+    def __init__(
+        self, prepared: list[Prepared], error: BusError, sent: list[Prepared] | None = None
+    ) -> None:
         super().__init__(error.message)
         self.prepared = prepared
         self.error = error
+        self.sent = sent or []
 
 
 class Sender:
@@ -85,7 +105,7 @@ class Sender:
                 lambda group: self._publish(group, batch=True),
                 wait=self.settings.send_linger_ms / 1000,
                 max_items=self.settings.max_batch,
-                max_size=self.settings.max_payload_bytes,
+                max_size=self.settings.max_task_bytes,
             )
 
     def prepare(self, data: Message | dict[str, Any], where: str = "") -> Prepared:
@@ -134,7 +154,8 @@ class Sender:
         direct = message.to if message.to and not message.is_broadcast else ""
         record = AcceptRecord(
             id=message.id,
-            dedup_key=meta.dedup_key or message.id,
+            # A dedup key and an id are apart even when their text is the same.
+            dedup_key=f"key:{meta.dedup_key}" if meta.dedup_key else f"id:{message.id}",
             sender=message.sender,
             queue=message.priority.queue,
             wire=text.decode(),
@@ -145,7 +166,16 @@ class Sender:
             declared=bool(direct) and self.guard.policy.declares(direct),
             recipients=(direct,) if direct else (),
         )
-        return Prepared(message, wire, record)
+        prepared = Prepared(message, wire, record)
+        if prepared.task_bytes > MAX_TASK_MESSAGE_BYTES:
+            raise LimitExceeded(
+                f"{where or 'message '}{message.id}: as a task it would take "
+                f"{prepared.task_bytes} bytes (JSON writes each non-ASCII character as "
+                f"\\uXXXX), past RabbitMQ's max_message_size of 128 MiB; send less per "
+                "message",
+                limit="max_task_bytes",
+            )
+        return prepared
 
     def send(
         self, prepared: list[Prepared], batch: bool = False, front_door: bool = False
@@ -185,15 +215,26 @@ class Sender:
             self._publish_all(fresh, batch)
         except _Unsent as unsent:
             self._undo(unsent, revoke=admitted is not None)
-            raise unsent.error from unsent.error.__cause__
-        repeatable = [p.record for p in fresh if p.record.may_repeat]
-        if admitted is not None and repeatable:
-            try:
-                self.runtime.admission.commit(repeatable)
-            except BusUnavailable as exc:
-                # Published all the same; a retry of these may be delivered twice.
-                logger.warning("dedup records left pending: %s", exc)
+            if not unsent.sent:
+                raise unsent.error from unsent.error.__cause__
+            if admitted is not None:
+                self._commit(unsent.sent)
+            error = unsent.error
+            sent = [p.message for p in unsent.sent]
+            raise partly_sent(error, sent, len(unsent.prepared)) from error.__cause__
+        if admitted is not None:
+            self._commit(fresh)
         return _receipts(prepared, duplicates)
+
+    def _commit(self, published: list[Prepared]) -> None:
+        repeatable = [p.record for p in published if p.record.may_repeat]
+        if not repeatable:
+            return
+        try:
+            self.runtime.admission.commit(repeatable)
+        except BusUnavailable as exc:
+            # Published all the same; a retry of these may be delivered twice.
+            logger.warning("dedup records left pending: %s", exc)
 
     def _settle(
         self, prepared: list[Prepared], admitted: Admitted, limit: RateLimit | None
@@ -205,15 +246,22 @@ class Sender:
         id, rate-limited and bounded like any new message. A refusal or failure at a later
         step undoes what this send admitted before it."""
         if admitted.refusal is not None:
-            raise self._refused(prepared, admitted.refusal, limit)
+            raise self._refusal([p.message for p in prepared], admitted.refusal, limit)
         prepared, duplicates = list(prepared), list(admitted.duplicates)
-        accepted = [p.record for i, p in enumerate(prepared) if i not in admitted.unsettled]
+        # What this send wrote (and must take back if a later step fails): never a
+        # duplicate, whose records are the earlier message's.
+        accepted = [
+            p.record
+            for i, p in enumerate(prepared)
+            if duplicates[i] is None and i not in admitted.unsettled
+        ]
         deadline = time.monotonic() + self.runtime.retention.send_lease_ms / 1000 + 2.0
         pause = 0.002
         try:
             while admitted.unsettled:
                 if time.monotonic() > deadline:  # a lease outlived itself: a clock jumped
-                    raise _still_in_flight(prepared, admitted)
+                    i, flight = next(iter(admitted.in_flight.items()))
+                    raise still_in_flight(prepared[i].message, flight)
                 if admitted.in_flight:
                     left = min(f.left for f in admitted.in_flight.values())
                     time.sleep(min(pause, left) + 0.001)
@@ -226,7 +274,7 @@ class Sender:
                     [p.record for p in again], self._audit(again), limit
                 )
                 if admitted.refusal is not None:
-                    raise self._refused(again, admitted.refusal, limit)
+                    raise self._refusal([p.message for p in again], admitted.refusal, limit)
                 for n, i in enumerate(unsettled):
                     duplicates[i] = admitted.duplicates[n]
                     if n not in admitted.unsettled and duplicates[i] is None:
@@ -287,58 +335,10 @@ class Sender:
             out.append(Prepared(m, p.wire, record))
         return out
 
-    def _refused(
-        self, prepared: list[Prepared], refusal: tuple[str, ...], limit: RateLimit | None
+    def _refusal(
+        self, messages: list[Message], refusal: tuple[str, ...], limit: RateLimit | None
     ) -> BusError:
-        """The error for a refused admission (nothing was written), audited."""
-        kind, *details = refusal
-        sender = prepared[0].message.sender
-        if kind == "rate_limited" and limit is not None:
-            return self.guard.throttled(sender, limit, int(details[0]))
-        if kind == "too_costly" and limit is not None:
-            self.hooks.refused(sender, "rate_limited", "", cost=details[0])
-            return LimitExceeded(
-                f"this send reaches {details[0]} recipients, more than {sender}'s rate limit "
-                f"ever allows at once (burst {limit.burst}); send fewer at a time, or raise "
-                "the agent's burst (ACL 'burst' or MESSAGE_BUS_RATE_BURST)",
-                limit="rate_burst",
-                cost=int(details[0]),
-            )
-        index = int(details[0]) - 1
-        message = prepared[index].message
-        if kind == "conflict":
-            return ValidationError(
-                f"id {message.id!r} belongs to another sender's message; leave 'id' out and "
-                "the bus makes a fresh one (use metadata.dedup_key to make retries safe)",
-                id=message.id,
-            )
-        if kind == "unknown_agent":
-            self.hooks.refused(sender, "send", details[1], rule="unknown_agent")
-            return UnknownAgent(
-                f"no agent {details[1]!r} has connected to the bus, and {sender} already has "
-                f"mail waiting for {self.settings.max_unseen_recipients} agents that have "
-                "not (MESSAGE_BUS_MAX_UNSEEN_RECIPIENTS): check the name, or wait until it "
-                "connects (reads, subscribes or sends) or an admin declares it",
-                agent=details[1],
-            )
-        if kind == "share_full":
-            self.hooks.refused(sender, "send", details[1], rule="inbox_share")
-            return InboxFull(
-                f"{sender} already has {details[2]} messages waiting in the inbox of "
-                f"{details[1]}, its share of it (MESSAGE_BUS_SENDER_SHARE of "
-                f"MESSAGE_BUS_INBOX_MAX); nothing was sent: retry once it has read some",
-                limit="sender_share",
-                agent=details[1],
-            )
-        if kind == "inbox_full":
-            self.hooks.refused(sender, "send", details[1], rule="inbox_full")
-            return InboxFull(
-                f"the inbox of {details[1]} holds {details[2]} messages, its limit "
-                f"(MESSAGE_BUS_INBOX_MAX); nothing was sent: retry once it has read some",
-                limit="inbox_max",
-                agent=details[1],
-            )
-        return BusError(f"send refused: {' '.join(refusal)}")
+        return admission_refusal(self.guard, self.hooks, self.settings, messages, refusal, limit)
 
     def _audit(
         self, prepared: list[Prepared], outcome: str = "ok", **fields: Any
@@ -374,18 +374,19 @@ class Sender:
         ):
             p = prepared[0]
             try:
-                self.linger.send(p.record.queue, p, len(p.record.wire))
+                self.linger.send(p.record.queue, p, p.task_bytes)
             except Exception as exc:  # noqa: BLE001 - whatever it was, undo it
-                raise _Unsent(prepared, _as_bus_error(exc)) from exc
+                raise _Unsent(prepared, as_bus_error(exc)) from exc
             return
         pending = _task_groups(prepared, batch, self.settings.max_task_bytes)
+        sent: list[Prepared] = []
         while pending:
             try:
                 self._publish(pending[0], batch)
             except Exception as exc:  # noqa: BLE001 - whatever it was, undo what is left
-                error = _as_bus_error(exc)
-                raise _Unsent([p for group in pending for p in group], error) from exc
-            pending.pop(0)
+                error = as_bus_error(exc)
+                raise _Unsent([p for group in pending for p in group], error, sent) from exc
+            sent += pending.pop(0)
 
     def _here(self, p: Prepared) -> bool:
         """Whether this process delivers `p` itself: in a worker agent's handler, or when its
@@ -441,7 +442,7 @@ def _task_groups(prepared: list[Prepared], batch: bool, max_bytes: int) -> list[
     by_queue: dict[str, list[list[Prepared]]] = defaultdict(lambda: [[]])
     size: dict[str, int] = defaultdict(int)
     for p in prepared:
-        queue, length = p.message.priority.queue, len(p.record.wire)
+        queue, length = p.message.priority.queue, p.task_bytes
         groups = by_queue[queue]
         if groups[-1] and size[queue] + length > max_bytes:
             groups.append([])
@@ -451,28 +452,9 @@ def _task_groups(prepared: list[Prepared], batch: bool, max_bytes: int) -> list[
     return [group for groups in by_queue.values() for group in groups]
 
 
-def _as_bus_error(exc: Exception) -> BusError:
-    if isinstance(exc, BusError):
-        return exc
-    return BusError(
-        f"the send failed before the broker confirmed it ({type(exc).__name__}: {exc}); "
-        "nothing was sent"
-    )
-
-
 def _duplicates(admitted: Admitted | None, count: int) -> list[str | None]:
     """What each message duplicates; nothing is known without Redis (degraded send)."""
     return admitted.duplicates if admitted is not None else [None] * count
-
-
-def _still_in_flight(prepared: list[Prepared], admitted: Admitted) -> BusUnavailable:
-    i, flight = next(iter(admitted.in_flight.items()))
-    return BusUnavailable(
-        f"message {prepared[i].message.id}: an earlier send of its dedup key or id "
-        f"({flight.id}) is still between admission and the broker's confirm; nothing was "
-        "sent, retry",
-        component="redis",
-    )
 
 
 def _warn_degraded(exc: BusUnavailable) -> None:

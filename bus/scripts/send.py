@@ -70,6 +70,8 @@ local cost = 0
 local claimed = {}
 for i, m in ipairs(messages) do
   local owner, by_id = id_record(redis.call('GET', KEYS[m.k + 2]))
+  -- past the dedup window the status still says whose the id is (for its retention)
+  owner = owner or redis.call('HGET', KEYS[m.k + 3], 'from') or nil
   if owner and owner ~= m.sender then return {'conflict', i} end
   local record
   local earlier = claimed[KEYS[m.k + 1]] or claimed[KEYS[m.k + 2]]
@@ -93,6 +95,9 @@ for i, m in ipairs(messages) do
     else
       m.outcome = 'retry-as:' .. record.id
       m.takeover = record
+      -- the same key again later in this call is a duplicate of this takeover
+      claimed[KEYS[m.k + 1]] = record.id
+      claimed[KEYS[m.k + 2]] = record.id
     end
   else
     m.outcome = ''

@@ -222,3 +222,40 @@ def test_a_batch_past_the_brokers_max_message_size_arrives_whole(fresh_env, agen
     assert sorted(m.payload[:3] for m in got) == [p[:3] for p in payloads]
     assert {len(m.payload) for m in got} == {1_000_003}
     bus.close()
+
+
+def test_the_task_bound_counts_what_json_makes_of_non_ascii_text(fresh_env, agents):
+    # An emoji is 4 bytes of UTF-8 and 12 in a task's JSON (\ud83d\ude00): 6 messages of
+    # ~1 MB of emoji under a 4 MiB bound go as 6 tasks (two together would be ~6.3 MB).
+    fresh_env.overrides["MESSAGE_BUS_MAX_TASK_BYTES"] = str(4 * 1024 * 1024)
+    bus = fresh_env.bus()
+    sender, reader = agents("s"), agents("r")
+    payloads = [f"{i}" + "\U0001f600" * 262_000 for i in range(6)]
+    bus.send_batch([{"from": sender, "to": reader, "payload": p} for p in payloads])
+    assert queued_tasks(bus) == 6
+    fresh_env.start_worker()
+    got = read_everything(bus, reader, len(payloads))
+    assert sorted(m.payload for m in got) == payloads
+    bus.close()
+
+
+def test_a_batch_the_broker_takes_in_part_says_which_messages_are_queued(fresh_env, agents):
+    # A queue bounded at 1 task (reject-publish) takes the first of a batch's two tasks
+    # and refuses the second: the error names the queued messages, the others are undone.
+    fresh_env.overrides["MESSAGE_BUS_QUEUE_MAX_LENGTH"] = "1"
+    fresh_env.overrides["MESSAGE_BUS_MAX_TASK_BYTES"] = str(64 * 1024)
+    bus = fresh_env.bus()
+    sender, reader = agents("s"), agents("r")
+    batch = [
+        {"from": sender, "to": reader, "payload": "x" * 40_000, "metadata": {"dedup_key": f"k{i}"}}
+        for i in range(2)
+    ]
+    with pytest.raises(LimitExceeded, match="partly sent: 1 of the messages are queued") as refused:
+        bus.send_batch(batch)
+    [queued] = refused.value.fields["queued"]
+    assert bus.status(queued).status.value == "queued"
+    assert [m.id for m in bus.history(sender)] == [queued]
+    # Its dedup key holds: a retry of the whole batch is safe (the queued one is a duplicate).
+    retry = bus.send_message(dict(batch[0]))
+    assert (retry.status.value, retry.duplicate_of) == ("duplicate", queued)
+    bus.close()

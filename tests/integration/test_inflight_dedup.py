@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from bus.errors import RateLimited
+from bus.errors import RateLimited, ValidationError
 from tests.support.waiting import holds_for, wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -133,4 +133,68 @@ def test_taking_over_a_dead_senders_key_is_charged_like_a_new_send(fresh_env, ag
         assert (retry.status.value, retry.id) == ("queued", lost.message.id)
         again = bus.send_message(dict(message))
         assert (again.status.value, again.duplicate_of) == ("duplicate", lost.message.id)
+    bus.close()
+
+
+def test_a_batch_refused_while_settling_leaves_the_message_it_duplicates_alone(fresh_env, agents):
+    bus = fresh_env.bus(broker_timeout=1, trusted_rate_limit="1/m", rate_burst=2)
+    sender, reader = agents("s"), agents("r")
+    first = bus.send_message({"id": f"{reader}-x1", "from": sender, "to": reader, "payload": 1})
+    bus.send_message({"from": sender, "to": reader, "payload": "spends the second token"})
+    admit_only(bus, {"from": sender, "to": reader, "payload": 2, "metadata": {"dedup_key": "K"}})
+    batch = [
+        {"id": first.id, "from": sender, "to": reader, "payload": 1},  # a duplicate
+        {"from": sender, "to": reader, "payload": 2, "metadata": {"dedup_key": "K"}},  # a takeover
+    ]
+    with pytest.raises(RateLimited):
+        bus.send_batch(batch)
+    assert bus.status(first.id).status.value == "queued"
+    again = bus.send_message({"id": first.id, "from": sender, "to": reader, "payload": 1})
+    assert (again.status.value, again.duplicate_of) == ("duplicate", first.id)
+    bus.close()
+
+
+def test_one_key_twice_in_a_batch_taking_over_a_dead_senders_lease(fresh_env, agents):
+    bus = fresh_env.bus(broker_timeout=1)
+    sender, reader = agents("s"), agents("r")
+    key = {"dedup_key": "K"}
+    lost = admit_only(bus, {"from": sender, "to": reader, "payload": 0, "metadata": key})
+    receipts = bus.send_batch(
+        [{"from": sender, "to": reader, "payload": i, "metadata": key} for i in (1, 2)]
+    )
+    assert [
+        (r.status.value, r.id if r.duplicate_of is None else r.duplicate_of) for r in receipts
+    ] == [
+        ("queued", lost.message.id),
+        ("duplicate", lost.message.id),
+    ]
+    assert bus.status(lost.message.id).status.value == "queued"
+    bus.close()
+
+
+def test_a_dedup_key_and_an_id_with_the_same_text_are_two_messages(fresh_env, agents):
+    bus = fresh_env.bus()
+    sender, reader = agents("s"), agents("r")
+    by_key = bus.send_message(
+        {"from": sender, "to": reader, "payload": 1, "metadata": {"dedup_key": "order-7"}}
+    )
+    by_id = bus.send_message({"id": "order-7", "from": sender, "to": reader, "payload": 2})
+    assert (by_key.status.value, by_id.status.value) == ("queued", "queued")
+    assert by_id.id == "order-7" and by_key.id != "order-7"
+    bus.close()
+
+
+def test_an_id_stays_its_senders_past_the_dedup_window_while_its_status_lives(fresh_env, agents):
+    # Past the dedup window another agent sending under a request's id would take over its
+    # status (and with it who may answer the request): refused as another sender's id.
+    bus = fresh_env.bus(dedup_window=1)
+    alice, bob, eve = agents("alice"), agents("bob"), agents("eve")
+    request = bus.send_message({"id": f"{alice}-q", "from": alice, "to": bob, "type": "request"})
+    record = bus.runtime.keys.dedup_id(request.id)
+    wait_for(lambda: not bus.runtime.redis.exists(record), 10, "the dedup window to pass")
+    with pytest.raises(ValidationError, match="belongs to another sender"):
+        bus.send_message({"id": request.id, "from": eve, "to": alice, "payload": "spoof"})
+    assert bus.status(request.id).sender == alice
+    # Positive control: its own sender may send under it again.
+    assert bus.send_message({"id": request.id, "from": alice, "to": bob}).status.value == "queued"
     bus.close()

@@ -1,0 +1,114 @@
+"""The errors of a send that did not go through: what an admission's refusal says (and
+audits), a batch the broker took in part, a send whose dedup key stayed in flight."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+from bus.admission import InFlight, RateLimit
+from bus.errors import (
+    BusError,
+    BusUnavailable,
+    InboxFull,
+    LimitExceeded,
+    UnknownAgent,
+    ValidationError,
+)
+from bus.guard import Guard
+from bus.hooks import Hooks
+from bus.schema import Message
+from bus.settings import Settings
+
+
+def admission_refusal(
+    guard: Guard,
+    hooks: Hooks,
+    settings: Settings,
+    messages: Sequence[Message],
+    refusal: tuple[str, ...],
+    limit: RateLimit | None,
+) -> BusError:
+    """The error for a refused admission (nothing was written), audited."""
+    kind, *details = refusal
+    sender = messages[0].sender
+    if kind == "rate_limited" and limit is not None:
+        return guard.throttled(sender, limit, int(details[0]))
+    if kind == "too_costly" and limit is not None:
+        hooks.refused(sender, "rate_limited", "", cost=details[0])
+        return LimitExceeded(
+            f"this send reaches {details[0]} recipients, more than {sender}'s rate limit "
+            f"ever allows at once (burst {limit.burst}); send fewer at a time, or raise "
+            "the agent's burst (ACL 'burst' or MESSAGE_BUS_RATE_BURST)",
+            limit="rate_burst",
+            cost=int(details[0]),
+        )
+    index = int(details[0]) - 1
+    message = messages[index]
+    if kind == "conflict":
+        return ValidationError(
+            f"id {message.id!r} belongs to another sender's message; leave 'id' out and "
+            "the bus makes a fresh one (use metadata.dedup_key to make retries safe)",
+            id=message.id,
+        )
+    if kind == "unknown_agent":
+        hooks.refused(sender, "send", details[1], rule="unknown_agent")
+        return UnknownAgent(
+            f"no agent {details[1]!r} has connected to the bus, and {sender} already has "
+            f"mail waiting for {settings.max_unseen_recipients} agents that have "
+            "not (MESSAGE_BUS_MAX_UNSEEN_RECIPIENTS): check the name, or wait until it "
+            "connects (reads, subscribes or sends) or an admin declares it",
+            agent=details[1],
+        )
+    if kind == "share_full":
+        hooks.refused(sender, "send", details[1], rule="inbox_share")
+        return InboxFull(
+            f"{sender} already has {details[2]} messages waiting in the inbox of "
+            f"{details[1]}, its share of it (MESSAGE_BUS_SENDER_SHARE of "
+            f"MESSAGE_BUS_INBOX_MAX); nothing was sent: retry once it has read some",
+            limit="sender_share",
+            agent=details[1],
+        )
+    if kind == "inbox_full":
+        hooks.refused(sender, "send", details[1], rule="inbox_full")
+        return InboxFull(
+            f"the inbox of {details[1]} holds {details[2]} messages, its limit "
+            f"(MESSAGE_BUS_INBOX_MAX); nothing was sent: retry once it has read some",
+            limit="inbox_max",
+            agent=details[1],
+        )
+    return BusError(f"send refused: {' '.join(refusal)}")
+
+
+def partly_sent(error: BusError, sent: Sequence[Message], unsent: int) -> BusError:
+    """The refusal of a batch's later task, saying which messages its earlier tasks queued
+    (they are delivered; their ids and dedup keys hold, so a retry of the whole batch with
+    them is safe)."""
+    ids = [m.id for m in sent]
+    shown = ", ".join(ids[:10]) + (", ..." if len(ids) > 10 else "")
+    partial = copy.copy(error)
+    partial.message = (
+        f"partly sent: {len(ids)} of the messages are queued ({shown}); for the other "
+        f"{unsent}: {error.message}"
+    )
+    partial.args = (partial.message,)
+    partial.fields = {**error.fields, "queued": ids}
+    return partial
+
+
+def as_bus_error(exc: Exception) -> BusError:
+    if isinstance(exc, BusError):
+        return exc
+    return BusError(
+        f"the send failed before the broker confirmed it ({type(exc).__name__}: {exc}); "
+        "nothing was sent"
+    )
+
+
+def still_in_flight(message: Message, flight: InFlight) -> BusUnavailable:
+    return BusUnavailable(
+        f"message {message.id}: an earlier send of its dedup key or id "
+        f"({flight.id}) is still between admission and the broker's confirm; nothing was "
+        "sent, retry",
+        component="redis",
+    )

@@ -234,6 +234,7 @@ class Deliverer:
             attempts=attempts,
             correlation_id=envelope.correlation_id,
             sender=envelope.sender,
+            to="" if envelope.is_broadcast else envelope.to or "",
         )
 
     def deliver(self, envelope: Envelope, attempts: int) -> Outcome:

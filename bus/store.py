@@ -62,6 +62,7 @@ class Delivery:
     attempts: int
     correlation_id: str | None
     sender: str = ""
+    to: str = ""  # the direct recipient ('' for topic and broadcast)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +177,7 @@ class RedisStore(RedisBacked):
             self.retention.history_max_bytes,
             d.sender,
             self.retention.history_share,
+            d.to,
         ]
         for agent in d.recipients:
             inbox = k.inbox(agent)
@@ -459,13 +461,14 @@ class RedisStore(RedisBacked):
 
 
 def _by_inbox(deliveries: Sequence[Delivery]) -> list[tuple[str, list[Delivery]]] | None:
-    """The deliveries grouped by their one recipient, in order within each group; None when
-    any has several recipients, none, an answer's reply key, or an id seen twice (a group's
-    script would not keep their order against the others')."""
+    """The direct deliveries grouped by their recipient, in order within each group; None
+    when any is not direct (topic, broadcast), is an answer (its reply key), or has an id
+    seen twice (a group's script would not keep their order against the others')."""
     groups: dict[str, list[Delivery]] = {}
     seen: set[str] = set()
     for d in deliveries:
-        if len(d.recipients) != 1 or d.correlation_id or d.message_id in seen:
+        direct = d.recipients == [d.to]
+        if not direct or d.correlation_id or d.message_id in seen:
             return None
         seen.add(d.message_id)
         groups.setdefault(d.recipients[0], []).append(d)

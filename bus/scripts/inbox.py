@@ -14,8 +14,8 @@ from bus.scripts.script import Script
 #       bytes, history senders, the inbox's admitted-not-yet-delivered zset, the inbox's
 #       per-sender counts
 # ARGV: id, wire, rank, history_limit, retention_s, attempts, reply_channel, ts_ms,
-#       history_max_bytes, sender, a sender's share of a history (entries), then per
-#       recipient: agent, inbox channel
+#       history_max_bytes, sender, a sender's share of a history (entries), the direct
+#       recipient ('' for topic and broadcast), then per recipient: agent, inbox channel
 # Idempotent per (message, recipient): a redelivered task does not fill an inbox twice.
 # Delivering registers no agent: an agent exists once it connects (bus.keyring / READ).
 # An inbox entry's meta is "score|delivery count|sender" (ACK counts the sender down).
@@ -32,7 +32,7 @@ local per = 8
 local n = (#KEYS - 7) / per
 local sender = ARGV[10]
 for i = 1, n do
-  local agent = ARGV[11 + 2 * i - 1]
+  local agent = ARGV[12 + 2 * i - 1]
   local base = 7 + (i - 1) * per
   if redis.call('SADD', KEYS[2], agent) == 1 then
     local seq = redis.call('INCR', KEYS[4])
@@ -43,7 +43,7 @@ for i = 1, n do
     redis.call('HINCRBY', KEYS[base + 8], sender, 1)
     add_history(KEYS[base + 4], KEYS[base + 5], KEYS[base + 6], sender, ARGV[8], ARGV[2],
       tonumber(ARGV[4]), tonumber(ARGV[9]), tonumber(ARGV[11]))
-    redis.call('PUBLISH', ARGV[11 + 2 * i], ARGV[1])
+    redis.call('PUBLISH', ARGV[12 + 2 * i], ARGV[1])
     delivered = delivered + 1
   end
   redis.call('ZREM', KEYS[base + 7], ARGV[1])
@@ -59,6 +59,8 @@ if not current or (rank[current] or 0) < 3 then
     'updated_at', stamp, 'attempts', ARGV[6], 'recipients', redis.call('SCARD', KEYS[2]))
   redis.call('EXPIRE', KEYS[1], ARGV[5])
 end
+-- who may answer it, also when it was sent while Redis was down (no admission wrote it)
+if ARGV[12] ~= '' then redis.call('HSETNX', KEYS[1], 'to', ARGV[12]) end
 if ARGV[7] ~= '' and delivered > 0 and redis.call('EXISTS', KEYS[7]) == 1 then
   local asked = redis.call('HGET', KEYS[7], 'to')
   if not asked or asked == sender then
@@ -134,6 +136,7 @@ for i = 1, n do
       redis.call('SCARD', KEYS[10 + 2 * i]))
     redis.call('EXPIRE', status, retention)
   end
+  redis.call('HSETNX', status, 'to', agent)  -- each is a direct message to this inbox
 end
 return flags
 """

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,13 +85,15 @@ class Admission(RedisBacked):
         self,
         records: Sequence[AcceptRecord],
         audit: Sequence[dict[str, str]],
-        limit: RateLimit | None = None,
+        limits: Mapping[str, RateLimit | None] | None = None,
     ) -> Admitted:
-        keys, args = self._command(records, audit, limit)
+        """`limits`: each sender's rate limit (a sender missing or None: no limit)."""
+        buckets = _buckets(records, limits or {})
+        keys, args = self._command(records, audit, buckets)
         reply = self.scripts.call(
             scripts.ADMIT, keys, args, action="record the send", confirm="note"
         )
-        return _parse(reply, len(records))
+        return _parse(reply, len(records), list(buckets))
 
     def revoke(self, records: Iterable[AcceptRecord]) -> None:
         """Undoes `admit` for messages the broker did not take."""
@@ -127,22 +129,17 @@ class Admission(RedisBacked):
         self,
         records: Sequence[AcceptRecord],
         audit: Sequence[dict[str, str]],
-        limit: RateLimit | None,
+        buckets: dict[str, tuple[int, RateLimit]],
     ) -> tuple[list[str], list[Any]]:
         k, r = self.keys, self.retention
-        keys = [
-            k.agents,
-            k.rate_bucket("sent", int(self.clock.now())),
-            k.audit,
-            limit.key if limit else k.rate(records[0].sender),
-        ]
+        keys = [k.agents, k.rate_bucket("sent", int(self.clock.now())), k.audit]
+        limits = [[limit.rate, limit.burst] for _, limit in buckets.values()]
         args: list[Any] = [
             r.dedup_window,
             r.status_retention,
             r.history_limit,
             AUDIT_MAXLEN,
-            limit.rate if limit else "",
-            limit.burst if limit else 0,
+            orjson.dumps(limits).decode(),
             r.inbox_share,
             r.history_max_bytes,
             r.inbox_max,
@@ -165,14 +162,32 @@ class Admission(RedisBacked):
             flat = [part for pair in entry.items() for part in pair]
             args += [rec.id, rec.queue, rec.sender, rec.wire, rec.ts_ms, rec.expires_ms or ""]
             args += [orjson.dumps(flat).decode(), "1" if rec.may_repeat else "0"]
-            args += [rec.to, "1" if rec.declared else "0", rec.token]
+            bucket = buckets[rec.sender][0] if rec.sender in buckets else 0
+            args += [rec.to, "1" if rec.declared else "0", rec.token, bucket]
             args += [len(rec.recipients), *rec.recipients]
+        keys += [limit.key for _, limit in buckets.values()]
         return keys, args
 
 
-def _parse(reply: list[Any], count: int) -> Admitted:
+def _buckets(
+    records: Sequence[AcceptRecord], limits: Mapping[str, RateLimit | None]
+) -> dict[str, tuple[int, RateLimit]]:
+    """Each limited sender of `records` -> its bucket's number in the script (1-based) and
+    its limit."""
+    buckets: dict[str, tuple[int, RateLimit]] = {}
+    for rec in records:
+        limit = limits.get(rec.sender)
+        if limit is not None and rec.sender not in buckets:
+            buckets[rec.sender] = (len(buckets) + 1, limit)
+    return buckets
+
+
+def _parse(reply: list[Any], count: int, senders: list[str]) -> Admitted:
     if reply[0] != "ok":
-        return Admitted([None] * count, refusal=tuple(str(part) for part in reply))
+        refusal = [str(part) for part in reply]
+        if refusal[0] in ("rate_limited", "too_costly"):  # its bucket -> whose it is
+            refusal[2] = senders[int(refusal[2]) - 1]
+        return Admitted([None] * count, refusal=tuple(refusal))
     duplicates: list[str | None] = []
     retry_as: dict[int, str] = {}
     in_flight: dict[int, InFlight] = {}

@@ -4,7 +4,7 @@ audits), a batch the broker took in part, a send whose dedup key stayed in fligh
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from bus.admission import InFlight, RateLimit
 from bus.errors import (
@@ -27,14 +27,16 @@ def admission_refusal(
     settings: Settings,
     messages: Sequence[Message],
     refusal: tuple[str, ...],
-    limit: RateLimit | None,
+    limits: Mapping[str, RateLimit | None],
 ) -> BusError:
-    """The error for a refused admission (nothing was written), audited."""
+    """The error for a refused admission (nothing was written), audited. A rate refusal
+    names the sender whose bucket refused (a batch may carry several)."""
     kind, *details = refusal
-    sender = messages[0].sender
-    if kind == "rate_limited" and limit is not None:
-        return guard.throttled(sender, limit, int(details[0]))
-    if kind == "too_costly" and limit is not None:
+    limit = limits.get(details[1]) if kind in ("rate_limited", "too_costly") else None
+    if limit is not None:  # only a limited sender has a bucket
+        sender = details[1]
+        if kind == "rate_limited":
+            return guard.throttled(sender, limit, int(details[0]))
         hooks.refused(sender, "rate_limited", "", cost=details[0])
         return LimitExceeded(
             f"this send reaches {details[0]} recipients, more than {sender}'s rate limit "
@@ -43,8 +45,11 @@ def admission_refusal(
             limit="rate_burst",
             cost=int(details[0]),
         )
+    if kind in ("rate_limited", "too_costly"):
+        return BusError(f"send refused: {' '.join(refusal)}")
     index = int(details[0]) - 1
     message = messages[index]
+    sender = message.sender
     if kind == "conflict":
         return ValidationError(
             f"id {message.id!r} belongs to another sender's message; leave 'id' out and "

@@ -37,6 +37,8 @@ from bus.validation import parse
 
 logger = logging.getLogger(__name__)
 
+Limits = dict[str, RateLimit | None]  # each sender's rate limit (None: no limit)
+
 # Everything of a message but its payload (ids, addresses, metadata, headers, extra
 # fields): a bound apart from MESSAGE_BUS_MAX_PAYLOAD_BYTES, so that a stored message is
 # never larger than the two together.
@@ -190,25 +192,27 @@ class Sender:
             count=len(prepared),
         ):
             self.runtime.keyring.check_verifiable()
-            limit = self.guard.rate_limit_for(first.sender, front_door=front_door)
-            receipts = self._admit_and_publish(prepared, batch, limit)
+            # Each sender's own bucket pays for its messages (trusted code may batch several).
+            senders = dict.fromkeys(p.message.sender for p in prepared)
+            limits = {s: self.guard.rate_limit_for(s, front_door=front_door) for s in senders}
+            receipts = self._admit_and_publish(prepared, batch, limits)
         self.hooks.sent([p.wire for p in prepared], receipts)
         return receipts
 
     def _admit_and_publish(
-        self, prepared: list[Prepared], batch: bool, limit: RateLimit | None
+        self, prepared: list[Prepared], batch: bool, limits: Limits
     ) -> list[Receipt]:
         admitted: Admitted | None
         try:
             prepared = self._with_recipients(prepared)
             admitted = self.runtime.admission.admit(
-                [p.record for p in prepared], self._audit(prepared), limit
+                [p.record for p in prepared], self._audit(prepared), limits
             )
         except BusUnavailable as exc:
             _warn_degraded(exc)
             admitted = None
         if admitted is not None:
-            prepared, admitted = self._settle(prepared, admitted, limit)
+            prepared, admitted = self._settle(prepared, admitted, limits)
         duplicates = _duplicates(admitted, len(prepared))
         fresh = [p for p, dup in zip(prepared, duplicates, strict=True) if dup is None]
         try:
@@ -237,7 +241,7 @@ class Sender:
             logger.warning("dedup records left pending: %s", exc)
 
     def _settle(
-        self, prepared: list[Prepared], admitted: Admitted, limit: RateLimit | None
+        self, prepared: list[Prepared], admitted: Admitted, limits: Limits
     ) -> tuple[list[Prepared], Admitted]:
         """After the first admission: raises its refusal, and settles the messages whose
         dedup key or id an earlier send holds. While that send is in flight they wait for it
@@ -246,7 +250,7 @@ class Sender:
         id, rate-limited and bounded like any new message. A refusal or failure at a later
         step undoes what this send admitted before it."""
         if admitted.refusal is not None:
-            raise self._refusal([p.message for p in prepared], admitted.refusal, limit)
+            raise self._refusal([p.message for p in prepared], admitted.refusal, limits)
         prepared, duplicates = list(prepared), list(admitted.duplicates)
         # What this send wrote (and must take back if a later step fails): never a
         # duplicate, whose records are the earlier message's.
@@ -271,10 +275,10 @@ class Sender:
                 unsettled = admitted.unsettled
                 again = [prepared[i] for i in unsettled]
                 admitted = self.runtime.admission.admit(
-                    [p.record for p in again], self._audit(again), limit
+                    [p.record for p in again], self._audit(again), limits
                 )
                 if admitted.refusal is not None:
-                    raise self._refusal([p.message for p in again], admitted.refusal, limit)
+                    raise self._refusal([p.message for p in again], admitted.refusal, limits)
                 for n, i in enumerate(unsettled):
                     duplicates[i] = admitted.duplicates[n]
                     if n not in admitted.unsettled and duplicates[i] is None:
@@ -336,9 +340,9 @@ class Sender:
         return out
 
     def _refusal(
-        self, messages: list[Message], refusal: tuple[str, ...], limit: RateLimit | None
+        self, messages: list[Message], refusal: tuple[str, ...], limits: Limits
     ) -> BusError:
-        return admission_refusal(self.guard, self.hooks, self.settings, messages, refusal, limit)
+        return admission_refusal(self.guard, self.hooks, self.settings, messages, refusal, limits)
 
     def _audit(
         self, prepared: list[Prepared], outcome: str = "ok", **fields: Any

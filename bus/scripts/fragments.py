@@ -188,17 +188,24 @@ end
 # A token bucket: `cost` tokens from `key`, refilled at `rate`/s up to `burst`. Returns true,
 # or false and the ms until there are enough. Needs NOW_LUA.
 RATE_LUA = """
-local function take_tokens(key, rate, burst, cost)
+local function tokens_in(key, rate, burst)  -- what the bucket holds now, refilled
   local state = redis.call('HMGET', key, 'tokens', 'ts')
   local tokens = tonumber(state[1]) or burst
   local ts = tonumber(state[2]) or now_ms
-  tokens = math.min(burst, tokens + math.max(0, now_ms - ts) * rate / 1000)
-  local allowed = tokens >= cost
-  if allowed then tokens = tokens - cost end
+  return math.min(burst, tokens + math.max(0, now_ms - ts) * rate / 1000)
+end
+local function keep_tokens(key, tokens, rate, burst)
   redis.call('HSET', key, 'tokens', tostring(tokens), 'ts', now_ms)
   redis.call('PEXPIRE', key, math.ceil(burst * 1000 / rate) + 1000)
-  if allowed then return true, 0 end
-  return false, math.ceil((cost - tokens) * 1000 / rate)
+end
+local function wait_for_tokens(tokens, rate, cost)  -- ms until the bucket holds `cost`
+  return math.ceil((cost - tokens) * 1000 / rate)
+end
+local function take_tokens(key, rate, burst, cost)
+  local tokens = tokens_in(key, rate, burst)
+  if tokens < cost then return false, wait_for_tokens(tokens, rate, cost) end
+  keep_tokens(key, tokens - cost, rate, burst)
+  return true, 0
 end
 """
 

@@ -13,28 +13,30 @@ from bus.scripts.script import Script
 # that has never connected past the sender's allowance, a full inbox or the sender's share
 # of it, the rate limit), then dedup, status `queued`, the sender's history and audit: all
 # of it or none of it.
-# KEYS: agents, sent-rate bucket, audit stream, rate-limit bucket, then per message:
+# KEYS: agents, sent-rate bucket, audit stream, then per message:
 #       dedup (by the sender's dedup key), dedup (by id), status, sender history, its byte
 #       count, the sender's set of not-yet-seen recipients, then for each recipient the
 #       sender resolved (one for a direct message): its inbox body, the inbox's admitted-
-#       not-yet-delivered zset, and its per-sender counts
-# ARGV: dedup_window_s, retention_s, history_limit, audit_maxlen, rate per s ('' = no
-#       limit), burst, sender share of an inbox (messages), history_max_bytes, inbox_cap,
-#       unseen_cap, message count, lease_ms, then per message: id, queue, sender, wire,
-#       ts_ms, expires_at_ms ('' if none), audit entry (JSON list of field, value...),
-#       pending ('1'/'0'), direct recipient ('' for topic and broadcast), recipient
-#       declared ('1' when the ACL names it), the call's token (hex), the number of
-#       recipients n, then their n agent ids
+#       not-yet-delivered zset, and its per-sender counts; then the rate-limit buckets
+# ARGV: dedup_window_s, retention_s, history_limit, audit_maxlen, the buckets' limits (JSON
+#       list of [rate per s, burst], one per bucket key), sender share of an inbox
+#       (messages), history_max_bytes, inbox_cap, unseen_cap, message count, lease_ms, then
+#       per message: id, queue, sender, wire, ts_ms, expires_at_ms ('' if none), audit
+#       entry (JSON list of field, value...), pending ('1'/'0'), direct recipient ('' for
+#       topic and broadcast), recipient declared ('1' when the ACL names it), the call's
+#       token (hex), its bucket (1-based, 0: no limit), the number of recipients n, then
+#       their n agent ids
 # Returns {'ok', d1, ..., dn}: di is '' when message i was accepted, the id it duplicates
 # (the same sender's dedup key or id), 'in-flight:<ms>:<id>' or 'retry-as:<id>' (see
-# below). Or, writing nothing but the rate bucket: {'rate_limited', ms to wait},
-# {'too_costly', cost} (more than the bucket ever holds), {'conflict', i} (message i brings
+# below). Or, writing nothing: {'rate_limited', ms to wait, bucket}, {'too_costly', cost,
+# bucket} (more than the bucket ever holds), {'conflict', i} (message i brings
 # an id another sender's message has), {'unknown_agent', i, agent} (never connected, and the
 # sender already has mail waiting for unseen_cap such agents), {'inbox_full', i, agent,
 # depth} or {'share_full', i, agent, held}.
 # An inbox counts what it holds and what was admitted for it and not yet delivered (those
 # entries expire with the message, or after the dedup window), and this call's own messages.
-# The cost of a message is its recipients (at least 1): a fan-out is charged per recipient.
+# The cost of a message is its recipients (at least 1): a fan-out is charged per recipient,
+# to its own sender's bucket (a batch may carry several senders).
 # Dedup keys belong to their sender (KEYS hold the sender); the records are described in
 # fragments.DEDUP_RECORDS_LUA.
 # Records of messages a client may send again (its own id or dedup key) are written as a
@@ -52,21 +54,23 @@ ADMIT = Script(
     + RATE_LUA
     + DEDUP_RECORDS_LUA
     + """
-local lease_ms = tonumber(ARGV[12])
+local lease_ms = tonumber(ARGV[11])
 local messages = {}
-local k, a = 4, 12
-for i = 1, tonumber(ARGV[11]) do
-  local m = {k = k, a = a, n = tonumber(ARGV[a + 12])}
+local k, a = 3, 11
+for i = 1, tonumber(ARGV[10]) do
+  local m = {k = k, a = a, n = tonumber(ARGV[a + 13]), bucket = tonumber(ARGV[a + 12])}
   m.id, m.sender, m.to, m.token = ARGV[a + 1], ARGV[a + 3], ARGV[a + 9], ARGV[a + 11]
   m.expires = ARGV[a + 6] ~= '' and tonumber(ARGV[a + 6]) or now_ms + tonumber(ARGV[1]) * 1000
   messages[i] = m
   k = k + 6 + 3 * m.n
-  a = a + 12 + m.n
+  a = a + 13 + m.n
 end
+local limits = cjson.decode(ARGV[5])
+local buckets = k  -- the buckets' keys follow the messages': bucket j is KEYS[buckets + j]
 -- 1. What each message is: a repeat of an earlier one (also of one earlier in this very
 -- call: the same sender's dedup key or id twice in a batch), one whose earlier send is in
 -- flight, or new (also: this caller's own takeover of a lease that ran out).
-local cost = 0
+local costs = {}
 local claimed = {}
 for i, m in ipairs(messages) do
   local owner, by_id = id_record(redis.call('GET', KEYS[m.k + 2]))
@@ -101,7 +105,7 @@ for i, m in ipairs(messages) do
     end
   else
     m.outcome = ''
-    cost = cost + math.max(1, m.n)
+    if m.bucket > 0 then costs[m.bucket] = (costs[m.bucket] or 0) + math.max(1, m.n) end
     claimed[KEYS[m.k + 1]] = m.id
     claimed[KEYS[m.k + 2]] = m.id
   end
@@ -115,7 +119,7 @@ for i, m in ipairs(messages) do
       local set = KEYS[m.k + 6]
       if redis.call('SISMEMBER', set, m.to) == 0 and not unseen_new[set .. ' ' .. m.to] then
         local held = redis.call('SCARD', set) + (unseen_new[set] or 0)
-        if held >= tonumber(ARGV[10]) then return {'unknown_agent', i, m.to} end
+        if held >= tonumber(ARGV[9]) then return {'unknown_agent', i, m.to} end
         unseen_new[set .. ' ' .. m.to] = true
         unseen_new[set] = (unseen_new[set] or 0) + 1
       end
@@ -124,19 +128,19 @@ for i, m in ipairs(messages) do
       local body = KEYS[m.k + 6 + 3 * r - 2]
       local pending = KEYS[m.k + 6 + 3 * r - 1]
       local senders = KEYS[m.k + 6 + 3 * r]
-      local agent = ARGV[m.a + 12 + r]
+      local agent = ARGV[m.a + 13 + r]
       if inbox_new[body] == nil then
         redis.call('ZREMRANGEBYSCORE', pending, '-inf', now_ms)
         inbox_new[body] = redis.call('HLEN', body) + redis.call('ZCARD', pending)
       end
-      if inbox_new[body] >= tonumber(ARGV[9]) then
+      if inbox_new[body] >= tonumber(ARGV[8]) then
         return {'inbox_full', i, agent, inbox_new[body]}
       end
       local mine = senders .. ' ' .. m.sender
       if share_new[mine] == nil then
         share_new[mine] = tonumber(redis.call('HGET', senders, m.sender) or '0')
       end
-      if agent ~= m.sender and share_new[mine] >= tonumber(ARGV[7]) then
+      if agent ~= m.sender and share_new[mine] >= tonumber(ARGV[6]) then
         return {'share_full', i, agent, share_new[mine]}
       end
       inbox_new[body] = inbox_new[body] + 1
@@ -145,11 +149,19 @@ for i, m in ipairs(messages) do
   end
 end
 -- 3. The rate limit, charged for every recipient of the new messages.
-if ARGV[5] ~= '' and cost > 0 then
-  local rate, burst = tonumber(ARGV[5]), tonumber(ARGV[6])
-  if cost > burst then return {'too_costly', cost} end
-  local ok, wait = take_tokens(KEYS[4], rate, burst, cost)
-  if not ok then return {'rate_limited', tostring(wait)} end
+-- Every bucket is checked before any is charged: all of it or none of it.
+local left = {}
+for j, limit in ipairs(limits) do
+  local cost, rate, burst = costs[j], limit[1], limit[2]
+  if cost then
+    if cost > burst then return {'too_costly', cost, j} end
+    local tokens = tokens_in(KEYS[buckets + j], rate, burst)
+    if tokens < cost then return {'rate_limited', tostring(wait_for_tokens(tokens, rate, cost)), j} end
+    left[j] = tokens - cost
+  end
+end
+for j, limit in pairs(limits) do
+  if left[j] then keep_tokens(KEYS[buckets + j], left[j], limit[1], limit[2]) end
 end
 -- 4. Record the new ones.
 local out = {'ok'}
@@ -178,7 +190,7 @@ for _, m in ipairs(messages) do
     redis.call('EXPIRE', KEYS[k + 3], ARGV[2])
     redis.call('ZADD', KEYS[1], 'NX', now_ms, m.sender)
     add_history(KEYS[k + 4], KEYS[k + 5], false, m.sender, ARGV[a + 5], ARGV[a + 4],
-      tonumber(ARGV[3]), tonumber(ARGV[8]), 0)
+      tonumber(ARGV[3]), tonumber(ARGV[7]), 0)
     if m.unseen then
       redis.call('SADD', KEYS[k + 6], m.to)
       redis.call('EXPIRE', KEYS[k + 6], ARGV[2])

@@ -19,8 +19,8 @@ pytestmark = pytest.mark.timeout(60)
 @pytest.fixture
 def quiet_bus(fresh_env):
     """No worker: what is sent stays queued where a test can look at it. (A short broker
-    timeout: a dead sender's dedup lease runs out in 3 s.)"""
-    bus = fresh_env.bus(broker_timeout=1)
+    timeout: a dead sender's dedup lease runs out in 5 s.)"""
+    bus = fresh_env.bus(broker_timeout=3)
     yield bus
     bus.close()
 
@@ -139,7 +139,7 @@ def test_a_message_published_by_a_sender_that_died_before_committing_is_delivere
     fresh_env, agents
 ):
     fresh_env.start_worker()
-    bus = fresh_env.bus(broker_timeout=1)
+    bus = fresh_env.bus(broker_timeout=3)
     sender, reader = agents("s"), agents("r")
     message = {"from": sender, "to": reader, "payload": 1, "metadata": {"dedup_key": "job-8"}}
     published = admit_and_die(bus, message)
@@ -258,4 +258,21 @@ def test_a_batch_the_broker_takes_in_part_says_which_messages_are_queued(fresh_e
     # Its dedup key holds: a retry of the whole batch is safe (the queued one is a duplicate).
     retry = bus.send_message(dict(batch[0]))
     assert (retry.status.value, retry.duplicate_of) == ("duplicate", queued)
+    bus.close()
+
+
+def test_a_batch_from_several_senders_charges_each_senders_own_bucket(fresh_env, agents):
+    # One token a minute, a burst of 1: a trusted batch from alice and bob costs each of
+    # them one token (not two to alice); then alice has none left, carol (the control) has.
+    bus = fresh_env.bus(trusted_rate_limit="1/m", rate_burst=1)
+    alice, bob, carol, reader = agents("alice"), agents("bob"), agents("carol"), agents("r")
+    receipts = bus.send_batch(
+        [{"from": alice, "to": reader, "payload": 1}, {"from": bob, "to": reader, "payload": 2}]
+    )
+    assert [r.status.value for r in receipts] == ["queued", "queued"]
+    with pytest.raises(RateLimited, match=alice):
+        bus.send_message({"from": alice, "to": reader, "payload": 3})
+    with pytest.raises(RateLimited, match=bob):
+        bus.send_batch([{"from": carol, "to": reader}, {"from": bob, "to": reader}])
+    assert bus.send_message({"from": carol, "to": reader}).status.value == "queued"
     bus.close()

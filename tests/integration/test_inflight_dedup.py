@@ -119,7 +119,7 @@ def test_taking_over_a_dead_senders_key_is_charged_like_a_new_send(fresh_env, ag
     # The sender of `lost` died after admission (its lease runs out in broker_timeout + 2 s).
     # Its client's retry takes over under its id, and pays for it: with the one token of a
     # burst of 1 spent, it is refused; with 2 (the positive control) it goes out.
-    bus = fresh_env.bus(broker_timeout=1, trusted_rate_limit="1/m", rate_burst=burst)
+    bus = fresh_env.bus(broker_timeout=3, trusted_rate_limit="1/m", rate_burst=burst)
     sender, reader = agents("s"), agents("r")
     bus.send_message({"from": sender, "to": reader, "payload": "spends a token"})
     message = {"from": sender, "to": reader, "payload": "retried", "metadata": {"dedup_key": "j"}}
@@ -137,7 +137,7 @@ def test_taking_over_a_dead_senders_key_is_charged_like_a_new_send(fresh_env, ag
 
 
 def test_a_batch_refused_while_settling_leaves_the_message_it_duplicates_alone(fresh_env, agents):
-    bus = fresh_env.bus(broker_timeout=1, trusted_rate_limit="1/m", rate_burst=2)
+    bus = fresh_env.bus(broker_timeout=3, trusted_rate_limit="1/m", rate_burst=2)
     sender, reader = agents("s"), agents("r")
     first = bus.send_message({"id": f"{reader}-x1", "from": sender, "to": reader, "payload": 1})
     bus.send_message({"from": sender, "to": reader, "payload": "spends the second token"})
@@ -155,7 +155,7 @@ def test_a_batch_refused_while_settling_leaves_the_message_it_duplicates_alone(f
 
 
 def test_one_key_twice_in_a_batch_taking_over_a_dead_senders_lease(fresh_env, agents):
-    bus = fresh_env.bus(broker_timeout=1)
+    bus = fresh_env.bus(broker_timeout=3)
     sender, reader = agents("s"), agents("r")
     key = {"dedup_key": "K"}
     lost = admit_only(bus, {"from": sender, "to": reader, "payload": 0, "metadata": key})

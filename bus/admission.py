@@ -42,6 +42,7 @@ class AcceptRecord:
     # Whose lease a pending dedup record is (scripts.ADMIT): kept when the message is
     # prepared again under an earlier id, so that its second admission takes over.
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    takeover: bool = False  # it goes out under an earlier sender's id (scripts.ADMIT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +110,7 @@ class Admission(RedisBacked):
                     k.history_bytes(rec.sender, sent=True),
                     *(k.inbox(agent).pending for agent in rec.recipients),
                 ],
-                [rec.id, rec.wire, rec.sender, rec.token],
+                [rec.id, rec.wire, rec.sender, rec.token, "1" if rec.takeover else "0"],
             )
             for rec in records
         ]

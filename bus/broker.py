@@ -67,7 +67,8 @@ def broker_errors(action: str, *, bounded: bool = True) -> Iterator[None]:
             breaker.success()
             raise BusUnavailable(
                 f"bus unavailable: the broker refused the message while trying to {action} "
-                "(a nack: a quorum queue changing leader); nothing was sent, retry",
+                "(a nack: a quorum queue changing leader, or a length limit a broker policy "
+                "sets); nothing was sent, retry",
                 component="broker",
             ) from exc
         if _nacked(exc):  # a refusal is an answer, not an outage (Celery may wrap it)

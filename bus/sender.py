@@ -253,25 +253,26 @@ class Sender:
             raise self._refusal([p.message for p in prepared], admitted.refusal, limits)
         prepared, duplicates = list(prepared), list(admitted.duplicates)
         # What this send wrote (and must take back if a later step fails): never a
-        # duplicate, whose records are the earlier message's.
-        accepted = [
-            p.record
-            for i, p in enumerate(prepared)
-            if duplicates[i] is None and i not in admitted.unsettled
-        ]
-        deadline = time.monotonic() + self.runtime.retention.send_lease_ms / 1000 + 2.0
+        # duplicate, whose records are the earlier message's; and the leases it took over.
+        accepted = {
+            i for i in range(len(prepared)) if duplicates[i] is None and i not in admitted.unsettled
+        }
+        taken: set[int] = set()
+        # A bound on the wait: the lease seen, and one more if another retry took it over.
+        deadline = time.monotonic() + 2 * self.runtime.retention.send_lease_ms / 1000 + 2.0
         pause = 0.002
         try:
             while admitted.unsettled:
-                if time.monotonic() > deadline:  # a lease outlived itself: a clock jumped
+                for i, earlier in admitted.retry_as.items():
+                    prepared[i] = self._under(prepared[i], earlier)
+                    taken.add(i)
+                if admitted.in_flight and time.monotonic() > deadline:
                     i, flight = next(iter(admitted.in_flight.items()))
                     raise still_in_flight(prepared[i].message, flight)
                 if admitted.in_flight:
                     left = min(f.left for f in admitted.in_flight.values())
                     time.sleep(min(pause, left) + 0.001)
                     pause = min(pause * 2, 0.1)
-                for i, earlier in admitted.retry_as.items():
-                    prepared[i] = self._under(prepared[i], earlier)
                 unsettled = admitted.unsettled
                 again = [prepared[i] for i in unsettled]
                 admitted = self.runtime.admission.admit(
@@ -282,15 +283,19 @@ class Sender:
                 for n, i in enumerate(unsettled):
                     duplicates[i] = admitted.duplicates[n]
                     if n not in admitted.unsettled and duplicates[i] is None:
-                        accepted.append(prepared[i].record)
+                        accepted.add(i)
                 admitted = Admitted(
                     duplicates,
                     {unsettled[n]: earlier for n, earlier in admitted.retry_as.items()},
                     {unsettled[n]: flight for n, flight in admitted.in_flight.items()},
                 )
-        except BusError:
+        except BusError as exc:
+            undo = sorted(accepted | {i for i in taken if duplicates[i] is None})
+            if undo:
+                self.runtime.admission.revoke([prepared[i].record for i in undo])
             if accepted:
-                self.runtime.admission.revoke(accepted)
+                failed = [prepared[i] for i in sorted(accepted)]
+                self.guard.store_audits(self._audit(failed, "failed", error=exc.code))
             raise
         return prepared, admitted
 
@@ -299,7 +304,7 @@ class Sender:
         that its next admission is the takeover of that id's lease)."""
         redo = self.prepare(p.message.model_copy(update={"id": earlier}))
         record = dataclasses.replace(
-            redo.record, recipients=p.record.recipients, token=p.record.token
+            redo.record, recipients=p.record.recipients, token=p.record.token, takeover=True
         )
         return Prepared(redo.message, redo.wire, record)
 

@@ -59,7 +59,9 @@ if not current or (rank[current] or 0) < 3 then
     'updated_at', stamp, 'attempts', ARGV[6], 'recipients', redis.call('SCARD', KEYS[2]))
   redis.call('EXPIRE', KEYS[1], ARGV[5])
 end
--- who may answer it, also when it was sent while Redis was down (no admission wrote it)
+-- whose it is and who may answer it, also when it was sent while Redis was down (no
+-- admission wrote them)
+redis.call('HSETNX', KEYS[1], 'from', sender)
 if ARGV[12] ~= '' then redis.call('HSETNX', KEYS[1], 'to', ARGV[12]) end
 if ARGV[7] ~= '' and delivered > 0 and redis.call('EXISTS', KEYS[7]) == 1 then
   local asked = redis.call('HGET', KEYS[7], 'to')
@@ -136,6 +138,7 @@ for i = 1, n do
       redis.call('SCARD', KEYS[10 + 2 * i]))
     redis.call('EXPIRE', status, retention)
   end
+  redis.call('HSETNX', status, 'from', arg(i, 5))
   redis.call('HSETNX', status, 'to', agent)  -- each is a direct message to this inbox
 end
 return flags

@@ -71,11 +71,11 @@ local buckets = k  -- the buckets' keys follow the messages': bucket j is KEYS[b
 -- call: the same sender's dedup key or id twice in a batch), one whose earlier send is in
 -- flight, or new (also: this caller's own takeover of a lease that ran out).
 local costs = {}
-local claimed = {}
+local claimed, claimed_by = {}, {}
 for i, m in ipairs(messages) do
   local owner, by_id = id_record(redis.call('GET', KEYS[m.k + 2]))
   -- past the dedup window the status still says whose the id is (for its retention)
-  owner = owner or redis.call('HGET', KEYS[m.k + 3], 'from') or nil
+  owner = owner or redis.call('HGET', KEYS[m.k + 3], 'from') or claimed_by[KEYS[m.k + 2]]
   if owner and owner ~= m.sender then return {'conflict', i} end
   local record
   local earlier = claimed[KEYS[m.k + 1]] or claimed[KEYS[m.k + 2]]
@@ -88,6 +88,8 @@ for i, m in ipairs(messages) do
     elseif by_id then
       record = by_id
       record.id, record.key, record.owner = m.id, KEYS[m.k + 2], owner
+    elseif redis.call('EXISTS', KEYS[m.k + 3]) == 1 then
+      record = {id = m.id}  -- an id is taken while its status lives, past the dedup window
     end
   end
   if record and not record.lease then
@@ -102,12 +104,14 @@ for i, m in ipairs(messages) do
       -- the same key again later in this call is a duplicate of this takeover
       claimed[KEYS[m.k + 1]] = record.id
       claimed[KEYS[m.k + 2]] = record.id
+      claimed_by[KEYS[m.k + 2]] = m.sender
     end
   else
     m.outcome = ''
     if m.bucket > 0 then costs[m.bucket] = (costs[m.bucket] or 0) + math.max(1, m.n) end
     claimed[KEYS[m.k + 1]] = m.id
     claimed[KEYS[m.k + 2]] = m.id
+    claimed_by[KEYS[m.k + 2]] = m.sender
   end
 end
 -- 2. Bounds on what the new ones would store, counting this call's own messages too.
@@ -181,7 +185,9 @@ for _, m in ipairs(messages) do
     -- A worker can be first when this call is retried after a publish: never move a
     -- status back.
     if redis.call('EXISTS', KEYS[k + 3]) == 0 then
-      redis.call('HSET', KEYS[k + 3], 'status', 'queued', 'updated_at', stamp, 'attempts', 0)
+      -- 'admission': which call made it (REVOKE takes back only a status it made)
+      redis.call('HSET', KEYS[k + 3], 'status', 'queued', 'updated_at', stamp, 'attempts', 0,
+        'admission', m.token)
     end
     redis.call('HSET', KEYS[k + 3], 'queued_at', stamp, 'queue', ARGV[a + 2], 'from', m.sender)
     -- who may answer it (scripts.DELIVER sets a requester's reply pointer by it)
@@ -222,21 +228,41 @@ return out
 """
 )
 
-# Undo of ADMIT when the broker refused the publish: nothing half-written. A dedup record
-# goes only while it is still this call's (another send may have taken over its lease).
+# Undo of ADMIT when the broker refused the publish or a later step failed: nothing
+# half-written. It takes back only what that call wrote: the dedup records while they are
+# its lease (another send may have taken over since), the status only if that call made it.
+# A takeover's lease (ARGV[5] '1': the message went out under an earlier sender's id) is
+# released instead (run out at once), so the next retry takes over without waiting.
 # KEYS: dedup (by key), status, sender history, dedup by id, sender history bytes, then the
 #       admitted-not-yet-delivered zset of each recipient
-# ARGV: id, wire, sender, the admitting call's token
+# ARGV: id, wire, sender, the admitting call's token, '1' for a takeover
 REVOKE = Script(
     DEDUP_RECORDS_LUA
     + """
-local function ours(record) return not record.lease or record.token == ARGV[4] end
+local token, takeover = ARGV[4], ARGV[5] == '1'
+local function ours(record) return not record.lease or record.token == token end
 for i = 6, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
 local record = key_record(redis.call('GET', KEYS[1]))
-if record and record.id == ARGV[1] and ours(record) then redis.call('DEL', KEYS[1]) end
+if record and record.id == ARGV[1] then
+  if takeover then
+    if record.lease and record.token == token then
+      redis.call('SET', KEYS[1], lease_value(0, token) .. ':' .. ARGV[1], 'KEEPTTL')
+    end
+  elseif ours(record) then
+    redis.call('DEL', KEYS[1])
+  end
+end
 local owner, by_id = id_record(redis.call('GET', KEYS[4]))
-if owner == ARGV[3] and ours(by_id) then redis.call('DEL', KEYS[4]) end
-redis.call('DEL', KEYS[2])
+if owner == ARGV[3] then
+  if takeover then
+    if by_id.lease and by_id.token == token then
+      redis.call('SET', KEYS[4], lease_value(0, token) .. '|' .. owner, 'KEEPTTL')
+    end
+  elseif ours(by_id) then
+    redis.call('DEL', KEYS[4])
+  end
+end
+if redis.call('HGET', KEYS[2], 'admission') == token then redis.call('DEL', KEYS[2]) end
 if redis.call('ZREM', KEYS[3], ARGV[2]) == 1 then redis.call('DECRBY', KEYS[5], #ARGV[2]) end
 return 1
 """

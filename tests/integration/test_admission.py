@@ -11,6 +11,7 @@ from bus.envelope import Envelope
 from bus.errors import BusUnavailable, LimitExceeded, NotFound, RateLimited
 from bus.topology import DELIVER_TASK, bus_exchange
 from tests.support.env import audit_entries
+from tests.support.inbox import read_all
 from tests.support.waiting import holds_for, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -92,18 +93,19 @@ def test_a_send_a_full_queue_refuses_is_not_left_queued(fresh_env, agents):
 
 
 def test_admission_never_moves_a_delivered_status_back(quiet_bus, agents):
-    """A worker can deliver before an admission is (re)run (a retry under an earlier
-    sender's id after a crash); the later admission must not undo that."""
+    """A sender dies between admission and commit after its task reached a worker; the
+    client's retry takes the lease over (an admission run again under that id) and must not
+    move the delivered status back, nor deliver the message twice."""
     sender, reader = agents("s"), agents("r")
-    prepared = quiet_bus.sender.prepare({"from": sender, "to": reader, "payload": 1})
-    quiet_bus.runtime.deliverer.deliver(Envelope.parse(prepared.record.wire), attempts=1)
-    audit = [{"action": "send", "agent": sender, "target": reader, "outcome": "ok"}]
-    admitted = quiet_bus.runtime.admission.admit([prepared.record], audit)
-    assert admitted.duplicates == [None]
-    status = quiet_bus.status(prepared.message.id)
+    message = {"from": sender, "to": reader, "payload": 1, "metadata": {"dedup_key": "d1"}}
+    lost = admit_and_die(quiet_bus, message)
+    quiet_bus.runtime.deliverer.deliver(Envelope.parse(lost.record.wire), attempts=1)
+    retry = quiet_bus.send_message(dict(message))
+    assert (retry.status.value, retry.id) == ("queued", lost.message.id)
+    status = quiet_bus.status(lost.message.id)
     assert status.status.value == "delivered"
     assert set(status.timestamps) >= {"queued", "delivered"}
-    assert [m.id for m in quiet_bus.read(reader)] == [prepared.message.id]
+    assert [m.id for m in quiet_bus.read(reader)] == [lost.message.id]
 
 
 def test_status_timestamps_follow_one_clock_through_the_whole_life(bus, agents):
@@ -174,36 +176,34 @@ def test_a_channel_the_broker_closes_is_a_bus_error_naming_why(fresh_env, agents
     bus.close()
 
 
-def read_everything(bus, agent, count):
-    got = []
-
-    def everything():
-        messages = bus.read(agent, limit=50, wait=0.5)
-        bus.ack(agent, [m.id for m in messages])
-        got.extend(messages)
-        return len(got) >= count
-
-    wait_for(everything, 60, f"{count} messages for {agent}", interval=0)
-    return got
-
-
 def queued_tasks(bus, queue="bus.normal"):
     with bus.runtime.broker.connection() as conn:
         return conn.default_channel.queue_declare(queue, passive=True).message_count
 
 
-def test_a_batch_larger_than_one_task_may_be_is_split_and_delivered_whole(fresh_env, agents):
-    # MESSAGE_BUS_MAX_TASK_BYTES bounds one batch task: 12 messages of ~20 KiB under a
-    # 64 KiB bound go as 4 tasks (3 each), and every message arrives intact.
-    fresh_env.overrides["MESSAGE_BUS_MAX_TASK_BYTES"] = str(64 * 1024)
+# MESSAGE_BUS_MAX_TASK_BYTES bounds one batch task, counted as the task's JSON has it:
+# 12 messages of ~20 KiB under a 64 KiB bound go as 4 tasks (3 each); an emoji is 4 bytes of
+# UTF-8 and 12 in JSON (\ud83d\ude00), so 6 messages of ~1 MB of emoji under a 4 MiB bound
+# go as 6 tasks (two together would be ~6.3 MB). Every message arrives intact.
+@pytest.mark.parametrize(
+    ("payloads", "bound", "tasks"),
+    [
+        ([f"{i:02d}" + "x" * 20_000 for i in range(12)], 64 * 1024, 4),
+        ([f"{i}" + "\U0001f600" * 262_000 for i in range(6)], 4 * 1024 * 1024, 6),
+    ],
+    ids=["ascii", "emoji"],
+)
+def test_a_batch_goes_as_tasks_within_the_bound_and_arrives_whole(
+    fresh_env, agents, payloads, bound, tasks
+):
+    fresh_env.overrides["MESSAGE_BUS_MAX_TASK_BYTES"] = str(bound)
     bus = fresh_env.bus()
     sender, reader = agents("s"), agents("r")
-    payloads = [f"{i:02d}" + "x" * 20_000 for i in range(12)]
     receipts = bus.send_batch([{"from": sender, "to": reader, "payload": p} for p in payloads])
     assert {r.status.value for r in receipts} == {"queued"}
-    assert queued_tasks(bus) == 4
+    assert queued_tasks(bus) == tasks
     fresh_env.start_worker()
-    got = read_everything(bus, reader, len(payloads))
+    got = read_all(bus, reader, len(payloads), timeout=60)
     assert sorted(m.payload for m in got) == payloads
     bus.close()
 
@@ -218,24 +218,9 @@ def test_a_batch_past_the_brokers_max_message_size_arrives_whole(fresh_env, agen
     assert {r.status.value for r in receipts} == {"queued"}
     assert queued_tasks(bus) > 8
     fresh_env.start_worker()
-    got = read_everything(bus, reader, len(payloads))
+    got = read_all(bus, reader, len(payloads), timeout=60)
     assert sorted(m.payload[:3] for m in got) == [p[:3] for p in payloads]
     assert {len(m.payload) for m in got} == {1_000_003}
-    bus.close()
-
-
-def test_the_task_bound_counts_what_json_makes_of_non_ascii_text(fresh_env, agents):
-    # An emoji is 4 bytes of UTF-8 and 12 in a task's JSON (\ud83d\ude00): 6 messages of
-    # ~1 MB of emoji under a 4 MiB bound go as 6 tasks (two together would be ~6.3 MB).
-    fresh_env.overrides["MESSAGE_BUS_MAX_TASK_BYTES"] = str(4 * 1024 * 1024)
-    bus = fresh_env.bus()
-    sender, reader = agents("s"), agents("r")
-    payloads = [f"{i}" + "\U0001f600" * 262_000 for i in range(6)]
-    bus.send_batch([{"from": sender, "to": reader, "payload": p} for p in payloads])
-    assert queued_tasks(bus) == 6
-    fresh_env.start_worker()
-    got = read_everything(bus, reader, len(payloads))
-    assert sorted(m.payload for m in got) == payloads
     bus.close()
 
 

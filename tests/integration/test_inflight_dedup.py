@@ -10,25 +10,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from bus.errors import RateLimited, ValidationError
+from bus.breaker import BREAKERS
+from bus.errors import BusUnavailable, NotFound, RateLimited, ValidationError
+from tests.support.env import audit_entries
+from tests.support.inbox import read_all
 from tests.support.waiting import holds_for, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
 THREADS = 8
-
-
-def read_all(bus, agent, count, timeout=20):
-    got = []
-
-    def enough():
-        messages = bus.read(agent, limit=50, wait=0.5)
-        bus.ack(agent, [m.id for m in messages])
-        got.extend(messages)
-        return len(got) >= count
-
-    wait_for(enough, timeout, f"{count} message(s) for {agent}", interval=0)
-    return got
 
 
 def in_parallel(send, count):
@@ -136,21 +126,66 @@ def test_taking_over_a_dead_senders_key_is_charged_like_a_new_send(fresh_env, ag
     bus.close()
 
 
-def test_a_batch_refused_while_settling_leaves_the_message_it_duplicates_alone(fresh_env, agents):
-    bus = fresh_env.bus(broker_timeout=3, trusted_rate_limit="1/m", rate_burst=2)
+def test_a_batch_refused_while_settling_undoes_only_its_own(fresh_env, agents):
+    # Three tokens: the first message, one spent, one for the batch's fresh message; the
+    # batch's takeover then finds none. What the batch wrote is undone (and audited as
+    # failed); the message it duplicates is left as it was.
+    bus = fresh_env.bus(broker_timeout=3, trusted_rate_limit="1/m", rate_burst=3)
     sender, reader = agents("s"), agents("r")
     first = bus.send_message({"id": f"{reader}-x1", "from": sender, "to": reader, "payload": 1})
     bus.send_message({"from": sender, "to": reader, "payload": "spends the second token"})
     admit_only(bus, {"from": sender, "to": reader, "payload": 2, "metadata": {"dedup_key": "K"}})
+    fresh = f"{reader}-fresh"
     batch = [
         {"id": first.id, "from": sender, "to": reader, "payload": 1},  # a duplicate
+        {"id": fresh, "from": sender, "to": reader, "payload": 3},  # new
         {"from": sender, "to": reader, "payload": 2, "metadata": {"dedup_key": "K"}},  # a takeover
     ]
     with pytest.raises(RateLimited):
         bus.send_batch(batch)
     assert bus.status(first.id).status.value == "queued"
+    with pytest.raises(NotFound):
+        bus.status(fresh)
+    assert [e["outcome"] for e in audit_entries(bus) if e.get("message_id") == fresh] == [
+        "ok",
+        "failed",
+    ]
     again = bus.send_message({"id": first.id, "from": sender, "to": reader, "payload": 1})
     assert (again.status.value, again.duplicate_of) == ("duplicate", first.id)
+    bus.close()
+
+
+def test_an_undone_takeover_keeps_the_dead_senders_status(fresh_env, agents):
+    # The retry that takes over a dead sender's key cannot reach the broker: the dead
+    # sender's status stays, and the next retry takes over and goes out under its id.
+    bus = fresh_env.bus(broker_timeout=3)
+    cut_off = fresh_env.bus(broker_timeout=3, broker_url="amqp://guest:guest@127.0.0.1:1//")
+    sender, reader = agents("s"), agents("r")
+    message = {"from": sender, "to": reader, "payload": 1, "metadata": {"dedup_key": "K"}}
+    lost = admit_only(bus, message)
+    with pytest.raises(BusUnavailable, match="broker"):
+        cut_off.send_message(dict(message))
+    BREAKERS["broker"].success()  # this process's breaker counted the refusal
+    assert bus.status(lost.message.id).status.value == "queued"
+    retry = bus.send_message(dict(message))
+    assert (retry.status.value, retry.id) == ("queued", lost.message.id)
+    cut_off.close()
+    bus.close()
+
+
+def test_two_senders_with_one_id_in_a_trusted_batch_is_a_conflict(fresh_env, agents):
+    bus = fresh_env.bus()
+    alice, bob, reader = agents("alice"), agents("bob"), agents("r")
+    shared = f"{reader}-shared"
+    with pytest.raises(ValidationError, match="belongs to another sender"):
+        bus.send_batch(
+            [
+                {"id": shared, "from": alice, "to": reader, "payload": "alice's"},
+                {"id": shared, "from": bob, "to": reader, "payload": "bob's"},
+            ]
+        )
+    with pytest.raises(NotFound):
+        bus.status(shared)  # refused whole: nothing written
     bus.close()
 
 
@@ -195,6 +230,9 @@ def test_an_id_stays_its_senders_past_the_dedup_window_while_its_status_lives(fr
     with pytest.raises(ValidationError, match="belongs to another sender"):
         bus.send_message({"id": request.id, "from": eve, "to": alice, "payload": "spoof"})
     assert bus.status(request.id).sender == alice
-    # Positive control: its own sender may send under it again.
-    assert bus.send_message({"id": request.id, "from": alice, "to": bob}).status.value == "queued"
+    # Its own sender sending under it again is told it is that message (whose delivery is
+    # idempotent per id: a second one would never arrive); a fresh id goes out (the control).
+    again = bus.send_message({"id": request.id, "from": alice, "to": bob})
+    assert (again.status.value, again.duplicate_of) == ("duplicate", request.id)
+    assert bus.send_message({"from": alice, "to": bob}).status.value == "queued"
     bus.close()

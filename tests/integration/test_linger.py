@@ -15,7 +15,7 @@ from kombu import Connection
 
 from bus.errors import AuthError, LimitExceeded, NotFound, RateLimited
 from tests.support.env import audit_entries
-from tests.support.waiting import wait_for
+from tests.support.inbox import read_all
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -81,17 +81,6 @@ def _failed_id(bus: Any, sender: str) -> str:
     return entry["message_id"]
 
 
-def read_all(bus: Any, agent: str, count: int) -> list[Any]:
-    got: list[Any] = []
-
-    def more() -> bool:
-        got.extend(bus.read(agent, limit=100, wait=0.5))
-        return len(got) >= count
-
-    wait_for(more, 60, f"{count} messages for {agent}")
-    return got
-
-
 def test_concurrent_senders_get_their_own_receipts_and_each_message_arrives_once_in_order(
     fresh_env, agents
 ):
@@ -114,7 +103,7 @@ def test_concurrent_senders_get_their_own_receipts_and_each_message_arrives_once
     assert tasks_waiting(fresh_env) < total, "no two sends shared a task"
 
     fresh_env.start_worker(concurrency=1)  # tasks in queue order: the inbox keeps it
-    messages = read_all(bus, reader, total)
+    messages = read_all(bus, reader, total, timeout=60, ack=False)
     assert sorted(m.id for m in messages) == sorted(r.id for r in receipts)
     for m in messages:
         k = m.payload["k"]
@@ -197,7 +186,7 @@ def test_a_refused_sender_gets_its_own_error_and_the_others_in_its_window_are_de
     assert tasks_waiting(fresh_env) < len(expected), "no two sends shared a task"
 
     fresh_env.start_worker()
-    messages = read_all(bus, reader, len(expected))
+    messages = read_all(bus, reader, len(expected), timeout=60, ack=False)
     assert {m.id for m in messages} == expected
     assert {m.sender for m in messages} == {greedy, repeat, *good}
     assert bus.read(reader, limit=100, wait=0.5) == []
@@ -235,7 +224,7 @@ def test_priorities_are_never_mixed_in_one_task(fresh_env, agents):
     assert tasks < len(receipts), "no two sends shared a task"
 
     fresh_env.start_worker()
-    messages = read_all(bus, reader, len(receipts))
+    messages = read_all(bus, reader, len(receipts), timeout=60, ack=False)
     assert sorted(m.id for m in messages) == sorted(seen)
     assert all(m.metadata.priority.value == m.payload["priority"] for m in messages)
     bus.close()
@@ -290,7 +279,7 @@ def test_sends_from_an_event_loop_through_worker_threads_share_tasks(fresh_env, 
     assert len({r.id for r in receipts}) == PRODUCERS * per
     assert tasks_waiting(fresh_env) < len(receipts), "no two sends shared a task"
     fresh_env.start_worker()
-    messages = read_all(bus, reader, len(receipts))
+    messages = read_all(bus, reader, len(receipts), timeout=60, ack=False)
     assert sorted(m.id for m in messages) == sorted(r.id for r in receipts)
     assert {m.sender for m in messages} == {h.agent for h in handles}
     bus.close()

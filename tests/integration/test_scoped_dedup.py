@@ -15,26 +15,13 @@ from mcp.client import Client
 from bus.errors import ValidationError
 from mcp_server.identity import Identity
 from mcp_server.server import build_server
+from tests.support.inbox import read_all
 from tests.support.processes import msgbus
-from tests.support.waiting import holds_for, wait_for
+from tests.support.waiting import holds_for
 
 pytestmark = pytest.mark.timeout(120)
 
 QUIET = 1.5  # seconds a second copy is given to show up (it would come in milliseconds)
-
-
-def read_all(bus, agent, count, timeout=20):
-    """Reads and acks until `count` messages came; returns them."""
-    got = []
-
-    def enough():
-        messages = bus.read(agent, limit=50, wait=0.5)
-        bus.ack(agent, [m.id for m in messages])
-        got.extend(messages)
-        return len(got) >= count
-
-    wait_for(enough, timeout, f"{count} message(s) for {agent}", interval=0)
-    return got
 
 
 def nothing_more(bus, agent, seconds=QUIET):

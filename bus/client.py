@@ -137,20 +137,36 @@ class MessageBus:
         asked = message.to if message.to and not message.is_broadcast else None
         deadline = time.monotonic() + timeout
         with self.reader.reply_waiter(message.id, requester) as waiter:
-            self.sender.send([prepared], front_door=front_door)
-            while (left := deadline - time.monotonic()) > 0:
-                response_id = waiter.wait(left)
-                if response_id is None:
-                    break
-                wire = self.runtime.store.take(requester, response_id, asked)
-                if wire is not None:
-                    return self.reader.decode(wire, entry_id=response_id)
-                waiter.pass_over(response_id)
+            [receipt] = self.sender.send([prepared], front_door=front_door)
+            # A retry with a dedup key is the earlier request (its duplicate, or sent again
+            # under its id): its answer is the one to wait for.
+            request_id = receipt.duplicate_of or receipt.id
+            if request_id == message.id:
+                answer = self._answer(waiter, requester, asked, deadline)
+        if request_id != message.id:
+            with self.reader.reply_waiter(request_id, requester) as waiter:
+                answer = self._answer(waiter, requester, asked, deadline)
+        if answer is not None:
+            return answer
         raise RequestTimeout(
-            f"no response to request {message.id} within {timeout:g}s; "
+            f"no response to request {request_id} within {timeout:g}s; "
             "check later with status/read",
-            id=message.id,
+            id=request_id,
         )
+
+    def _answer(
+        self, waiter: Any, requester: str, asked: str | None, deadline: float
+    ) -> ReceivedMessage | None:
+        """The answer `waiter` is woken for, taken out of the requester's inbox."""
+        while (left := deadline - time.monotonic()) > 0:
+            response_id = waiter.wait(left)
+            if response_id is None:
+                return None
+            wire = self.runtime.store.take(requester, response_id, asked)
+            if wire is not None:
+                return self.reader.decode(wire, entry_id=response_id)
+            waiter.pass_over(response_id)
+        return None
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -93,7 +93,7 @@ class AgentHandle:
         """Sends a request whose response this agent collects later (`response_to`)."""
         data = {"type": "request", **self._own(message), "reply_to": self.agent}
         receipt = self.bus._send([data], front_door=self.front_door)[0]
-        return receipt.id
+        return receipt.duplicate_of or receipt.id  # a retry with a dedup key: the earlier one
 
     def response_to(self, request_id: str, asked: str | None = None) -> ReceivedMessage | None:
         """The response to this agent's request, taken from its inbox; None while none.

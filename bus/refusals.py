@@ -85,19 +85,22 @@ def admission_refusal(
     return BusError(f"send refused: {' '.join(refusal)}")
 
 
-def partly_sent(error: BusError, sent: Sequence[Message], unsent: int) -> BusError:
-    """The refusal of a batch's later task, saying which messages its earlier tasks queued
-    (they are delivered; their ids and dedup keys hold, so a retry of the whole batch with
-    them is safe)."""
-    ids = [m.id for m in sent]
-    shown = ", ".join(ids[:10]) + (", ..." if len(ids) > 10 else "")
+def partly_sent(error: BusError, queued: Sequence[tuple[int, Message]], unsent: int) -> BusError:
+    """The refusal of a batch's later task, saying which messages (by position in the batch
+    and id) its earlier tasks queued: those are delivered. A retry of the whole batch is
+    safe for the items that carry an id or a dedup key (those come back as duplicates);
+    items without one would be sent again."""
+    ids = [m.id for _, m in queued]
+    items = [i for i, _ in queued]
+    shown = ", ".join(f"#{i} {m.id}" for i, m in queued[:10]) + (", ..." if len(ids) > 10 else "")
     partial = copy.copy(error)
     partial.message = (
-        f"partly sent: {len(ids)} of the messages are queued ({shown}); for the other "
-        f"{unsent}: {error.message}"
+        f"partly sent: {len(ids)} of the messages are queued (items {shown}; counted from "
+        f"0); for the other {unsent}: {error.message}. Retry only the others, or the whole "
+        "batch where every item carries a dedup key"
     )
     partial.args = (partial.message,)
-    partial.fields = {**error.fields, "queued": ids}
+    partial.fields = {**error.fields, "queued": ids, "queued_items": items}
     return partial
 
 

@@ -223,9 +223,9 @@ class Sender:
                 raise unsent.error from unsent.error.__cause__
             if admitted is not None:
                 self._commit(unsent.sent)
-            error = unsent.error
-            sent = [p.message for p in unsent.sent]
-            raise partly_sent(error, sent, len(unsent.prepared)) from error.__cause__
+            error, sent = unsent.error, {id(p) for p in unsent.sent}
+            queued = [(i, p.message) for i, p in enumerate(prepared) if id(p) in sent]
+            raise partly_sent(error, queued, len(unsent.prepared)) from error.__cause__
         if admitted is not None:
             self._commit(fresh)
         return _receipts(prepared, duplicates)

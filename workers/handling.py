@@ -1,8 +1,9 @@
 """Running a worker agent's handler on one message: the crash guard, the quarantine, the
 handler's own retries, the reply and the ack.
 
-Redis or the broker failing anywhere here raises BusUnavailable to the task, which retries
-it apart from the handler's failures. The handler may therefore run again for a message it
+Redis or the broker failing anywhere here, or the reply refused for now (the requester's
+inbox full, this agent over its rate limit), raises BusUnavailable to the task, which
+retries it apart from the handler's failures. The handler may therefore run again for a message it
 already handled (at-least-once: handlers are idempotent); its reply has an id made from the
 message's, so the requester still gets exactly one response.
 """
@@ -14,7 +15,7 @@ from typing import Any
 
 from bus.delivery import Verdict
 from bus.envelope import Envelope
-from bus.errors import BusError, BusUnavailable
+from bus.errors import BusError, BusUnavailable, InboxFull, RateLimited
 from bus.runtime import Runtime
 from workers.agent import WorkerAgent
 from workers.quarantine import Quarantine
@@ -71,6 +72,13 @@ def run_handler(
             agent.reply(message, result)
         except BusUnavailable:
             raise
+        except (RateLimited, InboxFull) as exc:
+            # Refused for now (the requester's inbox is full, this agent is over its rate):
+            # retried like an outage, with backoff, until the message's retries run out.
+            raise BusUnavailable(
+                f"the answer to {message.id} is refused for now: {exc.message}",
+                component="reply",
+            ) from exc
         except BusError as exc:  # the bus will never take this reply as it is (too big, denied)
             agent.reply_error(message, exc)
             return deliverer.dead(envelope, "reply_refused", exc.message, attempts, force=True)

@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from tests.support.env import audit_entries
 from tests.support.mcp import call, stdio
 from tests.support.processes import start_echo_agent
 from tests.support.waiting import wait_for
@@ -79,3 +80,35 @@ def test_failing_handler_retries_then_is_dead_lettered_with_its_error(
     status = bus.status(receipt.id)
     assert status.status.value == "dead" and status.reason == "handler_failed"
     assert echo_agent.read_text().count("Retry in") >= 2
+
+
+def test_an_answer_refused_for_now_is_retried_until_the_requester_has_room(fresh_env, agents):
+    # Two agents fill the asker's inbox of 4 (2 each, their shares): the echo agent's answer
+    # is refused for now (inbox full). It is retried, and arrives once the asker has read.
+    fresh_env.overrides["MESSAGE_BUS_INBOX_MAX"] = "4"
+    fresh_env.start_worker()
+    proc, _ = start_echo_agent(fresh_env, "agent-echo")
+    bus = fresh_env.bus()
+    try:
+        asker = bus.as_agent(agents("asker"))
+        asker.read()  # connected
+        for other in (agents("carol"), agents("dave")):
+            for i in range(2):
+                bus.as_agent(other).send({"to": asker.agent, "payload": i})
+        wait_for(lambda: asker.unread() == 4, 30, "a full inbox")
+        asked = asker.start_request({"to": "echo", "payload": "q", "metadata": {"max_retries": 20}})
+        wait_for(
+            lambda: any(
+                (e["agent"], e["outcome"], e.get("rule")) == ("echo", "denied", "inbox_full")
+                for e in audit_entries(bus)
+            ),
+            30,
+            "the answer refused for now",
+        )
+        asker.ack([m.id for m in asker.read(limit=10)])  # room
+        answer = wait_for(lambda: asker.response_to(asked), 30, "the answer")
+        assert answer.payload == {"echo": "q", "from": "echo"}
+    finally:
+        bus.close()
+        proc.terminate()
+        proc.wait(20)

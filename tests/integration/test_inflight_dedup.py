@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from bus.breaker import BREAKERS
-from bus.errors import BusUnavailable, NotFound, RateLimited, ValidationError
+from bus.errors import BusUnavailable, NotFound, RateLimited, RequestTimeout, ValidationError
 from tests.support.env import audit_entries
 from tests.support.inbox import read_all
 from tests.support.waiting import holds_for, wait_for
@@ -236,3 +236,20 @@ def test_an_id_stays_its_senders_past_the_dedup_window_while_its_status_lives(fr
     assert (again.status.value, again.duplicate_of) == ("duplicate", request.id)
     assert bus.send_message({"from": alice, "to": bob}).status.value == "queued"
     bus.close()
+
+
+def test_a_request_retried_with_its_dedup_key_gets_the_first_ones_answer(bus, agents):
+    alice, bob = agents("alice"), agents("bob")
+    asker = bus.as_agent(alice)
+    ask = {"to": bob, "payload": "q", "metadata": {"dedup_key": "question-1"}}
+    first = asker.start_request(dict(ask))
+    assert asker.start_request(dict(ask)) == first  # the retry names the request that went out
+    with pytest.raises(RequestTimeout, match=first):
+        asker.request(dict(ask), timeout=0.5)
+    [question] = read_all(bus, bob, 1)
+    assert question.id == first
+    bus.as_agent(bob).send(
+        {"to": alice, "type": "response", "correlation_id": first, "payload": "a"}
+    )
+    answer = asker.request(dict(ask), timeout=15)  # the retry gets that request's answer
+    assert (answer.correlation_id, answer.payload) == (first, "a")

@@ -51,6 +51,9 @@ class Verdict:
     countdown: float = 0.0  # retry: seconds to wait
     expiration: float | None = None  # retry: seconds of ttl left (broker expiry)
     wire: str = ""  # retry: the message to send again (its retry_count updated)
+    # retry of a worker agent's answer: [the handler's result], so the retry sends it again
+    # without running the handler again (None: nothing kept)
+    kept_answer: list[Any] | None = None
 
 
 class Deliverer:

@@ -1,9 +1,10 @@
 """Running a worker agent's handler on one message: the crash guard, the quarantine, the
 handler's own retries, the reply and the ack.
 
-Redis or the broker failing anywhere here, or the reply refused for now (the requester's
-inbox full, this agent over its rate limit), raises BusUnavailable to the task, which
-retries it apart from the handler's failures. The handler may therefore run again for a message it
+Redis or the broker failing anywhere here raises BusUnavailable to the task, which retries
+it apart from the handler's failures. An answer refused for now (the requester's inbox
+full, this agent over its rate limit) is kept and sent again by the task's retries, without
+running the handler again. The handler may therefore run again for a message it
 already handled (at-least-once: handlers are idempotent); its reply has an id made from the
 message's, so the requester still gets exactly one response.
 """
@@ -13,10 +14,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from bus.delivery import Verdict
+from bus.delivery import Deliverer, Verdict
 from bus.envelope import Envelope
 from bus.errors import BusError, BusUnavailable, InboxFull, RateLimited
 from bus.runtime import Runtime
+from bus.schema import ReceivedMessage
 from workers.agent import WorkerAgent
 from workers.quarantine import Quarantine
 
@@ -26,10 +28,16 @@ QUARANTINE = Quarantine()  # worker-agent handlers in this process (see workers.
 
 
 def run_handler(
-    runtime: Runtime, request: Any, agent: WorkerAgent, envelope: Envelope, handler_failures: int
+    runtime: Runtime,
+    request: Any,
+    agent: WorkerAgent,
+    envelope: Envelope,
+    handler_failures: int,
+    kept_answer: list[Any] | None = None,
 ) -> Verdict:
-    """`runtime` is the task's bus, `request` the Celery task request; `handler_failures` how often the handler
-    itself failed on this message before."""
+    """`runtime` is the task's bus, `request` the Celery task request; `handler_failures` how
+    often the handler itself failed on this message before; `kept_answer` the handler's
+    result from an earlier try whose answer was refused for now."""
     store, deliverer = runtime.store, runtime.deliverer
     attempts = request.retries + 1
     # A redelivered message may be the one whose handler killed the last process: it runs
@@ -48,7 +56,7 @@ def run_handler(
             error = f"handler crashed its worker {runs - 1} times"
             return deliverer.dead(envelope, "handler_crashed", error, runs, force=True)
         try:
-            result = agent.run(message)
+            result = kept_answer[0] if kept_answer is not None else agent.run(message)
         except BusUnavailable:
             raise  # the handler's own bus calls failed: transient, like ours
         except Exception as exc:  # noqa: BLE001 - the handler boundary: any error is retried
@@ -73,14 +81,39 @@ def run_handler(
         except BusUnavailable:
             raise
         except (RateLimited, InboxFull) as exc:
-            # Refused for now (the requester's inbox is full, this agent is over its rate):
-            # retried like an outage, with backoff, until the message's retries run out.
-            raise BusUnavailable(
-                f"the answer to {message.id} is refused for now: {exc.message}",
-                component="reply",
-            ) from exc
+            # Refused for now: the answer is kept and sent again after a pause, until the
+            # message's retries run out (the handler does not run again).
+            return _answer_later(deliverer, request, agent, message, envelope, result, exc)
         except BusError as exc:  # the bus will never take this reply as it is (too big, denied)
             agent.reply_error(message, exc)
             return deliverer.dead(envelope, "reply_refused", exc.message, attempts, force=True)
         store.ack_handled(agent.name, message.id)
     return Verdict("delivered")
+
+
+def _answer_later(
+    deliverer: Deliverer,
+    request: Any,
+    agent: WorkerAgent,
+    message: ReceivedMessage,
+    envelope: Envelope,
+    result: Any,
+    refused: RateLimited | InboxFull,
+) -> Verdict:
+    attempts = request.retries + 1
+    error = f"the answer is refused for now: {refused.message}"
+    if request.retries >= message.metadata.max_retries:
+        agent.reply_error(message, refused)  # best effort: refused too while the inbox is full
+        return deliverer.dead(envelope, "reply_refused", error, attempts, force=True)
+    deliverer.record(envelope.id, "retrying", "reply_refused", error, attempts, force=True)
+    pause = deliverer.backoff(request.retries)
+    if isinstance(refused, RateLimited):
+        pause = max(pause, refused.retry_after)
+    return Verdict(
+        "retry",
+        reason="reply_refused",
+        error=error[:500],
+        countdown=pause,
+        wire=envelope.text,
+        kept_answer=[result],
+    )

@@ -94,7 +94,12 @@ def deliver_batch(self: Task, wires: Any, last_error: str | None = None) -> int:
 
 
 def handle(
-    self: Task, agent_name: str, wire: Any, last_error: str | None = None, outages: int = 0
+    self: Task,
+    agent_name: str,
+    wire: Any,
+    last_error: str | None = None,
+    outages: int = 0,
+    kept_answer: list[Any] | None = None,
 ) -> int:
     """Runs a worker agent's handler (only in `msgbus agent run` processes). Redis or the
     broker being unavailable anywhere on the way is transient: retried with backoff, and
@@ -110,7 +115,7 @@ def handle(
         raise Reject(f"{exc.reason}: {exc.message}", requeue=False) from exc
     try:
         verdict = run_handler(
-            runtime, self.request, agent, envelope, self.request.retries - outages
+            runtime, self.request, agent, envelope, self.request.retries - outages, kept_answer
         )
     except BusUnavailable as exc:
         verdict = runtime.deliverer.retry_or_dead(envelope, exc, outages)
@@ -121,6 +126,7 @@ def handle(
         lambda again: [agent_name, again],
         f"<message {envelope.id} for {agent_name}>",
         outages=outages,
+        kept_answer=verdict.kept_answer,
     )
 
 

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from tests.support.env import audit_entries
+from tests.support.counting_agent import runs_key
 from tests.support.mcp import call, stdio
 from tests.support.processes import start_echo_agent
 from tests.support.waiting import wait_for
@@ -82,33 +82,46 @@ def test_failing_handler_retries_then_is_dead_lettered_with_its_error(
     assert echo_agent.read_text().count("Retry in") >= 2
 
 
-def test_an_answer_refused_for_now_is_retried_until_the_requester_has_room(fresh_env, agents):
-    # Two agents fill the asker's inbox of 4 (2 each, their shares): the echo agent's answer
-    # is refused for now (inbox full). It is retried, and arrives once the asker has read.
+@pytest.fixture
+def full_inbox(fresh_env, agents):
+    """A counting worker agent, and an asker whose inbox of 4 two other agents filled (2
+    each, their shares): the agent's answers to it are refused for now."""
     fresh_env.overrides["MESSAGE_BUS_INBOX_MAX"] = "4"
     fresh_env.start_worker()
-    proc, _ = start_echo_agent(fresh_env, "agent-echo")
+    proc, _ = start_echo_agent(fresh_env, "agent-counter", "tests.support.counting_agent:agent")
     bus = fresh_env.bus()
-    try:
-        asker = bus.as_agent(agents("asker"))
-        asker.read()  # connected
-        for other in (agents("carol"), agents("dave")):
-            for i in range(2):
-                bus.as_agent(other).send({"to": asker.agent, "payload": i})
-        wait_for(lambda: asker.unread() == 4, 30, "a full inbox")
-        asked = asker.start_request({"to": "echo", "payload": "q", "metadata": {"max_retries": 20}})
-        wait_for(
-            lambda: any(
-                (e["agent"], e["outcome"], e.get("rule")) == ("echo", "denied", "inbox_full")
-                for e in audit_entries(bus)
-            ),
-            30,
-            "the answer refused for now",
-        )
-        asker.ack([m.id for m in asker.read(limit=10)])  # room
-        answer = wait_for(lambda: asker.response_to(asked), 30, "the answer")
-        assert answer.payload == {"echo": "q", "from": "echo"}
-    finally:
-        bus.close()
-        proc.terminate()
-        proc.wait(20)
+    asker = bus.as_agent(agents("asker"))
+    asker.read()  # connected
+    for other in (agents("carol"), agents("dave")):
+        for i in range(2):
+            bus.as_agent(other).send({"to": asker.agent, "payload": i})
+    wait_for(lambda: asker.unread() == 4, 30, "a full inbox")
+    yield bus, asker
+    bus.close()
+    proc.terminate()
+    proc.wait(20)
+
+
+def handler_runs(bus, message_id):
+    return int(bus.runtime.redis.get(runs_key(bus.settings.key_prefix, message_id)) or 0)
+
+
+def test_an_answer_refused_for_now_is_sent_again_once_there_is_room(full_inbox):
+    bus, asker = full_inbox
+    asked = asker.start_request({"to": "counter", "metadata": {"max_retries": 20}})
+    status = wait_for(
+        lambda: (s := asker.status(asked)).status.value == "retrying" and s, 30, "a retry"
+    )
+    assert status.reason == "reply_refused" and "inbox" in status.error
+    asker.ack([m.id for m in asker.read(limit=10)])  # room
+    answer = wait_for(lambda: asker.response_to(asked), 30, "the answer")
+    assert answer.payload == {"runs": 1}
+    assert handler_runs(bus, asked) == 1  # its answer was kept: the handler ran once
+
+
+def test_an_answer_refused_to_the_end_leaves_the_request_dead_with_why(full_inbox):
+    bus, asker = full_inbox
+    asked = asker.start_request({"to": "counter", "metadata": {"max_retries": 2}})
+    status = wait_for(lambda: (s := asker.status(asked)).status.value == "dead" and s, 60, "dead")
+    assert status.reason == "reply_refused" and "inbox" in status.error
+    assert handler_runs(bus, asked) == 1

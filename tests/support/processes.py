@@ -37,11 +37,13 @@ def spawn(
     return proc, log
 
 
-def start_echo_agent(env: Any, name: str) -> tuple[subprocess.Popen[bytes], Path]:
-    """examples/echo_agent.py run by `msgbus agent run` for the env's bus (its stderr in
-    test-artifacts/NAME-VHOST.log), returned once it logs that it is ready."""
-    proc, log = spawn(env, name, ["-m", "msgbus", "agent", "run", "examples.echo_agent:agent"])
-    wait_for(lambda: b"ready." in log.read_bytes() or proc.poll() is not None, 60, "the echo agent")
+def start_echo_agent(
+    env: Any, name: str, target: str = "examples.echo_agent:agent"
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """examples/echo_agent.py (or `target`) run by `msgbus agent run` for the env's bus (its
+    stderr in test-artifacts/NAME-VHOST.log), returned once it logs that it is ready."""
+    proc, log = spawn(env, name, ["-m", "msgbus", "agent", "run", target])
+    wait_for(lambda: b"ready." in log.read_bytes() or proc.poll() is not None, 60, "the agent")
     assert proc.poll() is None, log.read_text()[-2000:]
     return proc, log
 

@@ -1,0 +1,21 @@
+"""A worker agent for tests that counts its handler's runs per message in Redis (the
+side effect a handler must not repeat): `msgbus agent run tests.support.counting_agent:agent`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers.agent import WorkerAgent
+
+agent = WorkerAgent("counter")
+
+
+def runs_key(prefix: str, message_id: str) -> str:
+    return f"{prefix}test-runs:{message_id}"
+
+
+@agent.on("request")
+def count(message: Any) -> dict[str, Any]:
+    bus = agent.bus
+    runs = bus.runtime.redis.incr(runs_key(bus.settings.key_prefix, message.id))
+    return {"runs": runs}

@@ -144,6 +144,13 @@ class MessageBus:
             if request_id == message.id:
                 answer = self._answer(waiter, requester, asked, deadline)
         if request_id != message.id:
+            answered = self.runtime.store.reply_for(requester, request_id)
+            if answered is not None and not self.runtime.store.has_message(requester, answered):
+                raise NotFound(
+                    f"request {request_id}, which this dedup key stands for, was answered "
+                    f"already ({answered}) and that answer has been taken",
+                    id=request_id,
+                )
             with self.reader.reply_waiter(request_id, requester) as waiter:
                 answer = self._answer(waiter, requester, asked, deadline)
         if answer is not None:

@@ -255,6 +255,11 @@ class RedisStore(RedisBacked):
         keys = [*inbox.all(), inbox.senders]
         return self.scripts.call(scripts.ACK, keys, ids, action="ack messages", confirm="note")
 
+    def has_message(self, agent: str, message_id: str) -> bool:
+        """Whether `message_id` is in `agent`'s inbox (ready or leased)."""
+        with redis_errors("look in an inbox"):
+            return bool(self.redis.hexists(self.keys.inbox(agent).body, message_id))
+
     def take(self, agent: str, message_id: str, sender: str | None = None) -> str | None:
         """One message's wire out of an inbox, acked and its status `acked`, in one script
         (a requester collecting its response). None when it is not there, or (given

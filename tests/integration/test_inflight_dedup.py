@@ -253,3 +253,16 @@ def test_a_request_retried_with_its_dedup_key_gets_the_first_ones_answer(bus, ag
     )
     answer = asker.request(dict(ask), timeout=15)  # the retry gets that request's answer
     assert (answer.correlation_id, answer.payload) == (first, "a")
+
+
+def test_a_request_retried_after_its_answer_was_taken_says_so_at_once(bus, agents):
+    alice, bob = agents("alice"), agents("bob")
+    asker = bus.as_agent(alice)
+    ask = {"to": bob, "payload": "q", "metadata": {"dedup_key": "question-2"}}
+    first = asker.start_request(dict(ask))
+    bus.as_agent(bob).send(
+        {"to": alice, "type": "response", "correlation_id": first, "payload": "a"}
+    )
+    assert wait_for(lambda: asker.response_to(first), 15, "the answer").payload == "a"
+    with pytest.raises(NotFound, match=f"request {first}.*answered already"):
+        asker.request(dict(ask), timeout=30)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bus.client import MessageBus
+from bus.codec import canonical_json
 from bus.errors import BusError
 from bus.reader import Reader
 from bus.schema import MessageType, ReceivedMessage, check_agent_id
@@ -133,6 +134,24 @@ class WorkerAgent:
             secret, f"response id:{self.name}:{request_id}:{kind}".encode(), hashlib.sha256
         ).digest()
         return str(uuid.UUID(bytes=digest[:16], version=4))
+
+    def seal(self, request_id: str, result: Any) -> list[Any]:
+        """The handler's result for `request_id` as a retry task keeps it: with a MAC by the
+        bus's secret, so that a task someone else published cannot put words in this
+        agent's mouth (the task's arguments are not signed)."""
+        return [result, self._mac(request_id, result)]
+
+    def unseal(self, request_id: str, kept: list[Any]) -> tuple[bool, Any]:
+        """(True, result) when `kept` is what `seal` made for `request_id`."""
+        if not isinstance(kept, list) or len(kept) != 2 or not isinstance(kept[1], str):
+            return False, None
+        result, mac = kept
+        return hmac.compare_digest(mac, self._mac(request_id, result)), result
+
+    def _mac(self, request_id: str, result: Any) -> str:
+        _, secret = self.bus.settings.signing_keys[-1]
+        body = f"kept answer:{self.name}:{request_id}:".encode() + canonical_json(result)
+        return hmac.new(secret, body, hashlib.sha256).hexdigest()
 
     def reply_error(self, message: ReceivedMessage, error: BusError) -> None:
         """Tells the requester, with an `error` response, why its answer cannot come (the

@@ -55,8 +55,14 @@ def run_handler(
             # message came back through reject-on-worker-lost). Stop the loop here.
             error = f"handler crashed its worker {runs - 1} times"
             return deliverer.dead(envelope, "handler_crashed", error, runs, force=True)
+        kept, result = agent.unseal(message.id, kept_answer) if kept_answer else (False, None)
+        if kept_answer and not kept:
+            logger.warning(
+                "%s: a retry of %s kept an answer it did not seal", agent.name, message.id
+            )
         try:
-            result = kept_answer[0] if kept_answer is not None else agent.run(message)
+            if not kept:
+                result = agent.run(message)
         except BusUnavailable:
             raise  # the handler's own bus calls failed: transient, like ours
         except Exception as exc:  # noqa: BLE001 - the handler boundary: any error is retried
@@ -102,7 +108,8 @@ def _answer_later(
 ) -> Verdict:
     attempts = request.retries + 1
     error = f"the answer is refused for now: {refused.message}"
-    if request.retries >= message.metadata.max_retries:
+    ttl_left = deliverer.ttl_left(envelope)
+    if request.retries >= message.metadata.max_retries or (ttl_left is not None and ttl_left <= 0):
         agent.reply_error(message, refused)  # best effort: refused too while the inbox is full
         return deliverer.dead(envelope, "reply_refused", error, attempts, force=True)
     deliverer.record(envelope.id, "retrying", "reply_refused", error, attempts, force=True)
@@ -114,6 +121,7 @@ def _answer_later(
         reason="reply_refused",
         error=error[:500],
         countdown=pause,
-        wire=envelope.text,
-        kept_answer=[result],
+        expiration=ttl_left,
+        wire=deliverer.with_retry_count(envelope, attempts),
+        kept_answer=agent.seal(message.id, result),
     )

@@ -10,6 +10,7 @@ its object hook never see the payload as structure.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -103,7 +104,9 @@ def handle(
 ) -> int:
     """Runs a worker agent's handler (only in `msgbus agent run` processes). Redis or the
     broker being unavailable anywhere on the way is transient: retried with backoff, and
-    counted apart from the handler's own failures (`outages`)."""
+    counted apart from the handler's own failures (`outages`), as are the retries of an
+    answer refused for now (`kept_answer`: the handler's result, sealed, sent again without
+    running the handler; kept across outages too)."""
     runtime = runtime_of(self)
     agent = current_agent()
     if agent is None or agent.name != agent_name:
@@ -119,7 +122,11 @@ def handle(
         )
     except BusUnavailable as exc:
         verdict = runtime.deliverer.retry_or_dead(envelope, exc, outages)
+        verdict = dataclasses.replace(verdict, kept_answer=kept_answer)
         outages += 1
+    else:
+        if verdict.kept_answer is not None:  # the answer's retry, not the handler's
+            outages += 1
     return carry_out(
         self,
         verdict,

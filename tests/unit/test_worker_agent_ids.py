@@ -31,3 +31,25 @@ def test_an_answer_id_is_stable_for_one_answer_and_differs_per_request_and_kind(
 
 def test_an_answer_id_depends_on_the_secret():
     assert answer_id("s" * 32) != answer_id("t" * 32)
+
+
+def sealer(secret: str = "s" * 32) -> tuple[WorkerAgent, MessageBus]:
+    agent = WorkerAgent("echo")
+    bus = MessageBus(Settings(secret=secret))
+    agent.use_bus(bus)
+    return agent, bus
+
+
+def test_a_kept_answer_opens_only_for_its_request_unaltered_and_under_the_secret():
+    agent, bus = sealer()
+    other, other_bus = sealer("t" * 32)
+    try:
+        kept = agent.seal("req-1", {"answer": 42})
+        assert agent.unseal("req-1", kept) == (True, {"answer": 42})
+        assert agent.unseal("req-2", kept)[0] is False  # another request's
+        assert agent.unseal("req-1", [{"answer": 43}, kept[1]])[0] is False  # altered
+        assert other.unseal("req-1", kept)[0] is False  # sealed under another secret
+        assert agent.unseal("req-1", [{"answer": 42}])[0] is False  # no seal at all
+    finally:
+        bus.close()
+        other_bus.close()

@@ -144,15 +144,15 @@ class MessageBus:
             if request_id == message.id:
                 answer = self._answer(waiter, requester, asked, deadline)
         if request_id != message.id:
-            answered = self.runtime.store.reply_for(requester, request_id)
-            if answered is not None and not self.runtime.store.has_message(requester, answered):
-                raise NotFound(
-                    f"request {request_id}, which this dedup key stands for, was answered "
-                    f"already ({answered}) and that answer has been taken",
-                    id=request_id,
-                )
+            # The earlier request's answer may be taken already (by its first caller, then or
+            # while this one waits): that is said at once, not after the timeout.
+            answered = self.runtime.store.taken_answer(requester, request_id)
+            if answered is not None:
+                raise _answer_taken(request_id, answered)
+            # (The pointer names only an answer from the agent that request went to, which
+            # this retry's own `to` may not be.)
             with self.reader.reply_waiter(request_id, requester) as waiter:
-                answer = self._answer(waiter, requester, asked, deadline)
+                answer = self._answer(waiter, requester, None, deadline, earlier=request_id)
         if answer is not None:
             return answer
         raise RequestTimeout(
@@ -162,9 +162,15 @@ class MessageBus:
         )
 
     def _answer(
-        self, waiter: Any, requester: str, asked: str | None, deadline: float
+        self,
+        waiter: Any,
+        requester: str,
+        asked: str | None,
+        deadline: float,
+        earlier: str | None = None,
     ) -> ReceivedMessage | None:
-        """The answer `waiter` is woken for, taken out of the requester's inbox."""
+        """The answer `waiter` is woken for, taken out of the requester's inbox. For a retry
+        of an `earlier` request, an answer someone else took first ends the wait."""
         while (left := deadline - time.monotonic()) > 0:
             response_id = waiter.wait(left)
             if response_id is None:
@@ -172,6 +178,8 @@ class MessageBus:
             wire = self.runtime.store.take(requester, response_id, asked)
             if wire is not None:
                 return self.reader.decode(wire, entry_id=response_id)
+            if earlier is not None:
+                raise _answer_taken(earlier, response_id)
             waiter.pass_over(response_id)
         return None
 
@@ -383,3 +391,11 @@ def _since_ms(since: datetime | float | None) -> int | None:
 
 
 __all__ = ["MessageBus", "RequestTimeout", "Priority"]
+
+
+def _answer_taken(request_id: str, answer_id: str) -> NotFound:
+    return NotFound(
+        f"request {request_id}, which this dedup key stands for, was answered already "
+        f"({answer_id}) and that answer has been taken",
+        id=request_id,
+    )

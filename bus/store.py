@@ -255,10 +255,18 @@ class RedisStore(RedisBacked):
         keys = [*inbox.all(), inbox.senders]
         return self.scripts.call(scripts.ACK, keys, ids, action="ack messages", confirm="note")
 
-    def has_message(self, agent: str, message_id: str) -> bool:
-        """Whether `message_id` is in `agent`'s inbox (ready or leased)."""
-        with redis_errors("look in an inbox"):
-            return bool(self.redis.hexists(self.keys.inbox(agent).body, message_id))
+    def taken_answer(self, agent: str, correlation_id: str) -> str | None:
+        """The answer to `agent`'s request `correlation_id` when it came and is no longer in
+        the inbox (taken), in one atomic look; None otherwise."""
+        with redis_errors("look up a response"):
+            answered = self.redis.get(self.keys.reply(agent, correlation_id))
+            if answered is None:
+                return None
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.get(self.keys.reply(agent, correlation_id))
+            pipe.hexists(self.keys.inbox(agent).body, answered)
+            pointer, present = pipe.execute()
+        return pointer if pointer == answered and not present else None
 
     def take(self, agent: str, message_id: str, sender: str | None = None) -> str | None:
         """One message's wire out of an inbox, acked and its status `acked`, in one script

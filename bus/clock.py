@@ -5,8 +5,9 @@ lease deadlines, retention) is Redis time, whichever host the sender, the worker
 reader runs on, so a host whose clock runs ahead can neither take over others' leases nor
 have its messages refused as from the future. Scripts read Redis's TIME themselves; Python
 code uses this clock: the local clock corrected by the offset to Redis measured with TIME
-(midpoint of the round trip), refreshed every `refresh` seconds. While Redis cannot be
-reached the last offset stands (zero if it was never measured).
+(midpoint of the round trip; a trip slower than MAX_TRUSTED_ROUND_TRIP is measured again),
+refreshed every `refresh` seconds. While Redis cannot be reached the last offset stands
+(zero if it was never measured).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from typing import Any
 from bus.errors import BusUnavailable
 
 logger = logging.getLogger(__name__)
+
+# A measurement whose round trip took longer than this is not believed (see Clock._sync).
+MAX_TRUSTED_ROUND_TRIP = 0.2
 
 
 class Clock:
@@ -67,6 +71,11 @@ class Clock:
                 logger.debug("clock not synced with Redis: %s", exc)
                 return
             after = time.time()
+            if after - before > MAX_TRUSTED_ROUND_TRIP:
+                # A slow round trip (Redis busy, this host starved) says little about the
+                # offset (it is off by up to half the trip): keep the last, measure again soon.
+                self._next_sync = time.monotonic() + 1.0
+                return
             offset = int(seconds) + int(micros) / 1e6 - (before + after) / 2
             if abs(offset) > self.warn_skew and abs(offset - self.offset) > self.warn_skew:
                 logger.warning(

@@ -66,11 +66,19 @@ def connect(url: str, *, socket_timeout: float = 5.0) -> redis.Redis:
     return client
 
 
-def connect_async(url: str, *, socket_timeout: float | None = None) -> AsyncRedis:
-    """`connect` for asyncio code (the MCP server's push listener), same URL forms."""
+def connect_async(
+    url: str, *, socket_timeout: float | None = None, client_name: str | None = None
+) -> AsyncRedis:
+    """`connect` for asyncio code (the MCP server's push listener), same URL forms;
+    `client_name`: what its connections are called in Redis's CLIENT LIST."""
     # Its reads may wait without end (a listener); asking a Sentinel never does.
     client: AsyncRedis = _client(
-        url, AsyncRedis, AsyncSentinel, socket_timeout=socket_timeout, sentinel_timeout=2.0
+        url,
+        AsyncRedis,
+        AsyncSentinel,
+        socket_timeout=socket_timeout,
+        sentinel_timeout=2.0,
+        client_name=client_name,
     )
     return client
 
@@ -82,10 +90,13 @@ def _client(
     *,
     socket_timeout: float | None,
     sentinel_timeout: float,
+    client_name: str | None = None,
 ) -> Any:
     """A client of `client_class` for `url`, or through `sentinel_class` for a Sentinel
     URL (each family of redis-py, sync or asyncio, brings its own pair)."""
     options = _options(socket_timeout)
+    if client_name:
+        options["client_name"] = client_name
     if url.startswith(SENTINEL_SCHEME):
         target = SentinelTarget.parse(url)
         sentinel = sentinel_class(

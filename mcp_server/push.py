@@ -15,8 +15,9 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -37,6 +38,10 @@ Waiting = Callable[[float], Awaitable[bool]]
 logger = logging.getLogger(__name__)
 
 INBOX_URI = "message-bus://inbox/{agent}"
+# How long a call that needs events (a subscribe, a listen, a long-poll) waits for the
+# listener to be subscribed before it goes on without it (it then warns: pushes from the
+# meantime come as one catch-up notice when the listener is up).
+START_TIMEOUT = 15.0
 _EVENT_TYPES = {
     "resource_updated": ResourceUpdated,
     "resources_list_changed": ResourcesListChanged,
@@ -58,6 +63,8 @@ class InboxEvents:
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._listeners: dict[object, Callable[[ServerEvent], None]] = {}
         self._on_inbox: list[Callable[[str], Any]] = []
+        self._on_connect: list[Callable[[], Any]] = []
+        self._listened: Counter[str] = Counter()  # resource URIs open listen streams watch
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._client: aioredis.Redis | None = None
@@ -67,19 +74,32 @@ class InboxEvents:
         return f"{self.keys.prefix}events:mcp"
 
     @property
+    def client_name(self) -> str:
+        """The listener's name in Redis's CLIENT LIST (one per listener and process)."""
+        return f"msgbus-mcp-events-{os.getpid()}-{id(self):x}"
+
+    @property
     def client(self) -> aioredis.Redis:
         if self._client is None:
             # The bus's URL forms, Sentinel's included (a failover is a lost connection to
             # the listener, which reconnects to the new primary).
-            self._client = connect_async(self.redis_url)
+            self._client = connect_async(self.redis_url, client_name=self.client_name)
         return self._client
 
     async def start(self) -> None:
+        """Returns once the listener is subscribed (or has found Redis down): what is
+        delivered from then on wakes and pushes."""
         if self._task is None or self._task.done():
             self._ready = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._run())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), 3)
+        try:
+            await asyncio.wait_for(self._ready.wait(), START_TIMEOUT)
+        except TimeoutError:
+            logger.warning(
+                "inbox event listener not subscribed after %.0fs; going on without it "
+                "(a catch-up notice follows once it is)",
+                START_TIMEOUT,
+            )
 
     async def close(self) -> None:
         if self._task is not None:
@@ -100,8 +120,10 @@ class InboxEvents:
                 await pubsub.subscribe(self.mcp_channel)
                 self._ready.set()
                 delay = 0.2
-                # Wake everyone once after a (re)connect: what arrived meanwhile is in Redis.
+                # Wake and tell everyone once after a (re)connect: what arrived meanwhile
+                # is in Redis, and its push went to no one.
                 self._wake_all()
+                self._caught_up()
                 async for item in pubsub.listen():
                     channel = item.get("channel", "")
                     if channel.startswith(inbox_prefix):
@@ -128,6 +150,15 @@ class InboxEvents:
         for events in self._waiters.values():
             for event in events:
                 event.set()
+
+    def _caught_up(self) -> None:
+        for uri in list(self._listened):
+            self._dispatch(ResourceUpdated(uri=uri))
+        for callback in self._on_connect:
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - one bad callback must not stop the listener
+                logger.exception("inbox event catch-up raised")
 
     def _inbox(self, agent: str) -> None:
         self._wake(f"inbox:{agent}")
@@ -198,6 +229,23 @@ class InboxEvents:
     def on_inbox(self, callback: Callable[[str], Any]) -> None:
         self._on_inbox.append(callback)
 
+    def on_connect(self, callback: Callable[[], Any]) -> None:
+        """`callback()` each time the listener has (re)subscribed."""
+        self._on_connect.append(callback)
+
+    @contextlib.contextmanager
+    def listening(self, uris: list[str]) -> Iterator[None]:
+        """Marks `uris` as watched by a listen stream for the block: after a reconnect of
+        the listener each hears one catch-up `resource_updated`."""
+        self._listened.update(uris)
+        try:
+            yield
+        finally:
+            self._listened.subtract(uris)
+            for uri in uris:
+                if self._listened[uri] <= 0:
+                    del self._listened[uri]
+
     # -- SubscriptionBus seam ------------------------------------------------------------
 
     def add_listener(self, listener: Callable[[ServerEvent], None]) -> Callable[[], None]:
@@ -238,6 +286,9 @@ class LegacySubscriptions:
         # uri -> session -> whether the subscriber's credentials still hold
         self._sessions: dict[str, dict[Any, Callable[[], bool]]] = defaultdict(dict)
         events.on_inbox(self._inbox)
+        # A delivery while the listener was down or not yet subscribed was pushed to no
+        # one: every subscriber hears once that its inbox may have changed.
+        events.on_connect(self._everyone)
 
     def add(self, uri: str, session: Any, allowed: Callable[[], bool]) -> None:
         self._sessions[uri][session] = allowed
@@ -245,8 +296,14 @@ class LegacySubscriptions:
     def remove(self, uri: str, session: Any) -> None:
         self._sessions[uri].pop(session, None)
 
+    def _everyone(self) -> None:
+        for uri in list(self._sessions):
+            self._notify_all(uri)
+
     def _inbox(self, agent: str) -> None:
-        uri = inbox_uri(agent)
+        self._notify_all(inbox_uri(agent))
+
+    def _notify_all(self, uri: str) -> None:
         for session, allowed in list(self._sessions.get(uri, {}).items()):
             if not allowed():  # its token was revoked: no more news of that inbox
                 self.remove(uri, session)

@@ -270,9 +270,12 @@ def _register_legacy_subscribe(
                 "one agent may; close one first",
             )
         streams[handle.agent] += 1
+        uris = [str(uri) for uri in params.notifications.resource_subscriptions or ()]
         try:
             await events.start()  # (again if Redis dropped it): events flow before the ack
-            return await _while_allowed(listen(ctx, params), _still_caller(ctx, me), handle.agent)
+            with events.listening(uris):
+                listening = listen(ctx, params)
+                return await _while_allowed(listening, _still_caller(ctx, me), handle.agent)
         finally:
             streams[handle.agent] -= 1
             if streams[handle.agent] <= 0:

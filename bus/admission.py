@@ -10,6 +10,7 @@ refusal leaves nothing anywhere.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,6 +20,7 @@ from typing import Any
 import orjson
 
 from bus import scripts
+from bus.scripts.runner import Call
 from bus.store import AUDIT_MAXLEN, RedisBacked
 
 logger = logging.getLogger(__name__)
@@ -74,6 +76,7 @@ class Admitted:
     retry_as: dict[int, str] = field(default_factory=dict)
     in_flight: dict[int, InFlight] = field(default_factory=dict)
     refusal: tuple[str, ...] | None = None
+    followed: Any = None  # the reply to the call that rode behind the admission (`then`)
 
     @property
     def unsettled(self) -> list[int]:
@@ -87,14 +90,24 @@ class Admission(RedisBacked):
         records: Sequence[AcceptRecord],
         audit: Sequence[dict[str, str]],
         limits: Mapping[str, RateLimit | None] | None = None,
+        then: Call | None = None,
     ) -> Admitted:
-        """`limits`: each sender's rate limit (a sender missing or None: no limit)."""
+        """`limits`: each sender's rate limit (a sender missing or None: no limit).
+        `then`: a call to run right behind the admission, in its round trip (one that
+        checks for itself that the admission went through); its reply, or the error Redis
+        gave it, is the result's `followed`."""
         buckets = _buckets(records, limits or {})
         keys, args = self._command(records, audit, buckets)
-        reply = self.scripts.call(
-            scripts.ADMIT, keys, args, action="record the send", confirm="note"
+        admit = (scripts.ADMIT, keys, args)
+        if then is None:
+            reply = self.scripts.call(*admit, action="record the send", confirm="note")
+            return _parse(reply, len(records), list(buckets))
+        reply, followed = self.scripts.many(
+            [admit, then], action="record the send", confirm="note", partial=True
         )
-        return _parse(reply, len(records), list(buckets))
+        if isinstance(reply, Exception):
+            raise reply
+        return dataclasses.replace(_parse(reply, len(records), list(buckets)), followed=followed)
 
     def revoke(self, records: Iterable[AcceptRecord]) -> None:
         """Undoes `admit` for messages the broker did not take."""

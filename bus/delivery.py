@@ -264,6 +264,32 @@ class Deliverer:
         self.observe(envelope, outcome)
         return True
 
+    def delivery_ahead(self, text: str) -> tuple[Envelope, Delivery] | None:
+        """What a sender delivering `text` itself passes to the DELIVER it runs right
+        behind its admission (`store.delivery_call`); None when the message would not pass
+        the task's checks (the task is then published and judges it, as always)."""
+        try:
+            envelope = Envelope.parse(text)
+            return envelope, self._delivery(envelope, 1)
+        except BusError:
+            return None
+
+    def delivered_ahead(self, envelope: Envelope, delivery: Delivery, newly: int) -> bool:
+        """After a DELIVER that rode behind the admission: what `deliver_here` does once
+        the message is in its inboxes. False when that did not go through (the caller
+        publishes the message's task, which delivers idempotently and dispatches)."""
+        outcome = Outcome(envelope.id, delivery.recipients, newly, delivery.ts_ms)
+        try:
+            with self.hooks.delivering(envelope, 1) as current:
+                if current is not None:
+                    current.set_attribute("bus.recipients", len(delivery.recipients))
+                self.dispatch(envelope, outcome)
+        except BusError as exc:
+            logger.info("dispatching here did not go through (%s); publishing it", exc.message)
+            return False
+        self.observe(envelope, outcome)
+        return True
+
     def deliver_many(
         self, raws: Sequence[Any]
     ) -> tuple[int, list[tuple[Envelope | Any, BusError]]]:

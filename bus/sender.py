@@ -10,15 +10,14 @@ to RabbitMQ (degraded: no dedup, bounds or status until the worker records them)
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 import uuid
-from collections import defaultdict
 from typing import Any
 
 from bus import jsonvalue
 from bus.admission import AcceptRecord, Admitted, RateLimit
+from bus.envelope import Envelope
 from bus.errors import (
     BusError,
     BusUnavailable,
@@ -28,10 +27,12 @@ from bus.errors import (
 from bus.guard import Guard
 from bus.hooks import Hooks
 from bus.linger import Linger
+from bus.prepared import MAX_TASK_MESSAGE_BYTES, Prepared, task_groups
 from bus.refusals import admission_refusal, as_bus_error, partly_sent, still_in_flight
 from bus.routing import broadcast_recipients, topic_recipients
 from bus.runtime import Runtime
 from bus.schema import RESERVED_FIELD_NAMES, Message, Receipt, Status
+from bus.store import Delivery
 from bus.topology import DELIVER_BATCH_TASK, DELIVER_TASK
 from bus.validation import parse
 
@@ -43,33 +44,6 @@ Limits = dict[str, RateLimit | None]  # each sender's rate limit (None: no limit
 # fields): a bound apart from MESSAGE_BUS_MAX_PAYLOAD_BYTES, so that a stored message is
 # never larger than the two together.
 MAX_ENVELOPE_BYTES = 64 * 1024
-
-
-# RabbitMQ's default max_message_size (128 MiB), less room for a task's headers: a message
-# whose task would pass it is refused at the door instead of by the broker.
-MAX_TASK_MESSAGE_BYTES = 127 * 1024 * 1024
-
-
-class Prepared:
-    """A validated, signed message ready to admit and publish; `task_bytes`: what it takes
-    in a task's JSON."""
-
-    __slots__ = ("message", "wire", "record", "task_bytes")
-
-    def __init__(self, message: Message, wire: dict[str, Any], record: AcceptRecord) -> None:
-        self.message = message
-        self.wire = wire
-        self.record = record
-        self.task_bytes = task_bytes(record.wire)
-
-
-def task_bytes(wire: str) -> int:
-    """The bytes `wire` takes as a string inside a task's JSON: Celery's JSON escapes quotes
-    and backslashes, and writes every non-ASCII character as \\uXXXX (12 bytes for one
-    outside the BMP, 4 bytes of UTF-8)."""
-    if wire.isascii():
-        return len(wire) + 2 + wire.count('"') + wire.count("\\")
-    return len(json.dumps(wire))
 
 
 class _Unsent(Exception):
@@ -203,16 +177,25 @@ class Sender:
         self, prepared: list[Prepared], batch: bool, limits: Limits
     ) -> list[Receipt]:
         admitted: Admitted | None
+        ahead = self._delivery_ahead(prepared, batch)
         try:
             prepared = self._with_recipients(prepared)
+            then = None
+            if ahead is not None:
+                then = self.runtime.store.delivery_call(ahead[1], prepared[0].record.token)
             admitted = self.runtime.admission.admit(
-                [p.record for p in prepared], self._audit(prepared), limits
+                [p.record for p in prepared], self._audit(prepared), limits, then=then
             )
         except BusUnavailable as exc:
             _warn_degraded(exc)
             admitted = None
         if admitted is not None:
+            first, newly = prepared[0], admitted.followed
             prepared, admitted = self._settle(prepared, admitted, limits)
+            # (-1: the admission did not make the status, so nothing was delivered; an
+            # error: delivered the usual way below)
+            if ahead is not None and isinstance(newly, int) and newly >= 0:
+                first.ahead = (*ahead, newly)
         duplicates = _duplicates(admitted, len(prepared))
         fresh = [p for p, dup in zip(prepared, duplicates, strict=True) if dup is None]
         try:
@@ -387,7 +370,7 @@ class Sender:
             except Exception as exc:  # noqa: BLE001 - whatever it was, undo it
                 raise _Unsent(prepared, as_bus_error(exc)) from exc
             return
-        pending = _task_groups(prepared, batch, self.settings.max_task_bytes)
+        pending = task_groups(prepared, batch, self.settings.max_task_bytes)
         sent: list[Prepared] = []
         while pending:
             try:
@@ -396,6 +379,19 @@ class Sender:
                 error = as_bus_error(exc)
                 raise _Unsent([p for group in pending for p in group], error, sent) from exc
             sent += pending.pop(0)
+
+    def _delivery_ahead(
+        self, prepared: list[Prepared], batch: bool
+    ) -> tuple[Envelope, Delivery] | None:
+        """For a single send this process delivers itself: its delivery, to run right
+        behind the admission in the same round trip (one round trip less per request to a
+        worker agent and per answer). Not with replicas required: each script's writes
+        then have their own WAIT."""
+        if batch or len(prepared) != 1 or self.runtime.replication.on:
+            return None
+        if not self._here(prepared[0]):
+            return None
+        return self.runtime.deliverer.delivery_ahead(prepared[0].record.wire)
 
     def _here(self, p: Prepared) -> bool:
         """Whether this process delivers `p` itself: in a worker agent's handler, or when its
@@ -430,7 +426,11 @@ class Sender:
                 summary=f"<batch of {len(group)}>",
             )
             return
-        if self._here(group[0]) and self.runtime.deliverer.deliver_here(group[0].record.wire):
+        deliverer = self.runtime.deliverer
+        if group[0].ahead is not None:
+            if deliverer.delivered_ahead(*group[0].ahead):
+                return
+        elif self._here(group[0]) and deliverer.deliver_here(group[0].record.wire):
             return
         self.runtime.broker.publish(
             DELIVER_TASK,
@@ -441,24 +441,6 @@ class Sender:
             headers={"trace_id": first.trace_id},
             summary=f"<message {first.id} {first.type.value} from {first.sender}>",
         )
-
-
-def _task_groups(prepared: list[Prepared], batch: bool, max_bytes: int) -> list[list[Prepared]]:
-    """One task per message; for a batch one per priority, split where its messages would
-    pass `max_bytes` together (RabbitMQ refuses a message over its max_message_size)."""
-    if not batch:
-        return [[p] for p in prepared]
-    by_queue: dict[str, list[list[Prepared]]] = defaultdict(lambda: [[]])
-    size: dict[str, int] = defaultdict(int)
-    for p in prepared:
-        queue, length = p.message.priority.queue, p.task_bytes
-        groups = by_queue[queue]
-        if groups[-1] and size[queue] + length > max_bytes:
-            groups.append([])
-            size[queue] = 0
-        groups[-1].append(p)
-        size[queue] += length
-    return [group for groups in by_queue.values() for group in groups]
 
 
 def _duplicates(admitted: Admitted | None, count: int) -> list[str | None]:

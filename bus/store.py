@@ -19,6 +19,7 @@ from bus.errors import LimitExceeded
 from bus.keys import Keys
 from bus.redis_conn import redis_errors
 from bus.scripts import ScriptRunner
+from bus.scripts.runner import Call
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +150,13 @@ class RedisStore(RedisBacked):
             args += [d.message_id, d.wire, d.rank, d.ts_ms, d.sender, d.attempts]
         return keys, args
 
-    def _delivery(self, d: Delivery) -> tuple[list[str], list[Any]]:
+    def delivery_call(self, delivery: Delivery, admitted_by: str) -> Call:
+        """DELIVER of `delivery` as a call to run right behind its ADMIT (one round trip):
+        it delivers only if the status is that admission's (`admitted_by`, its token) and
+        otherwise answers -1, writing nothing."""
+        return (scripts.DELIVER, *self._delivery(delivery, admitted_by))
+
+    def _delivery(self, d: Delivery, admitted_by: str = "") -> tuple[list[str], list[Any]]:
         k, message_id, correlation_id = self.keys, d.message_id, d.correlation_id
         # A message answers a request only for its one recipient (the requester waits on
         # its own pointer); fan-out carries its correlation id as data alone.
@@ -178,6 +185,7 @@ class RedisStore(RedisBacked):
             d.sender,
             self.retention.history_share,
             d.to,
+            admitted_by,
         ]
         for agent in d.recipients:
             inbox = k.inbox(agent)

@@ -15,7 +15,12 @@ from bus.scripts.script import Script
 #       per-sender counts
 # ARGV: id, wire, rank, history_limit, retention_s, attempts, reply_channel, ts_ms,
 #       history_max_bytes, sender, a sender's share of a history (entries), the direct
-#       recipient ('' for topic and broadcast), then per recipient: agent, inbox channel
+#       recipient ('' for topic and broadcast), the admitting call's token ('' for any),
+#       then per recipient: agent, inbox channel
+# Returns how many recipients it was newly delivered to; -1, writing nothing, when a token
+# is given and the message's status was not made by that admission (ADMIT found it a
+# duplicate, in flight or refused it: a sender runs this right behind its ADMIT, in one
+# round trip, and then delivers it as the worker would, or not at all).
 # Idempotent per (message, recipient): a redelivered task does not fill an inbox twice.
 # Delivering registers no agent: an agent exists once it connects (bus.keyring / READ).
 # An inbox entry's meta is "score|delivery count|sender" (ACK counts the sender down).
@@ -27,12 +32,13 @@ DELIVER = Script(
     + NOW_LUA
     + TRIM_HISTORY_LUA
     + """
+if ARGV[13] ~= '' and redis.call('HGET', KEYS[1], 'admission') ~= ARGV[13] then return -1 end
 local delivered = 0
 local per = 8
 local n = (#KEYS - 7) / per
 local sender = ARGV[10]
 for i = 1, n do
-  local agent = ARGV[12 + 2 * i - 1]
+  local agent = ARGV[13 + 2 * i - 1]
   local base = 7 + (i - 1) * per
   if redis.call('SADD', KEYS[2], agent) == 1 then
     local seq = redis.call('INCR', KEYS[4])
@@ -43,7 +49,7 @@ for i = 1, n do
     redis.call('HINCRBY', KEYS[base + 8], sender, 1)
     add_history(KEYS[base + 4], KEYS[base + 5], KEYS[base + 6], sender, ARGV[8], ARGV[2],
       tonumber(ARGV[4]), tonumber(ARGV[9]), tonumber(ARGV[11]))
-    redis.call('PUBLISH', ARGV[12 + 2 * i], ARGV[1])
+    redis.call('PUBLISH', ARGV[13 + 2 * i], ARGV[1])
     delivered = delivered + 1
   end
   redis.call('ZREM', KEYS[base + 7], ARGV[1])

@@ -75,12 +75,20 @@ class ScriptRunner:
         """Runs `script` once and returns its reply; `action` names it in errors."""
         return self.many([(script, keys, args)], action=action, confirm=confirm)[0]
 
-    def many(self, calls: Sequence[Call], *, action: str, confirm: Confirm = None) -> list[Any]:
+    def many(
+        self,
+        calls: Sequence[Call],
+        *,
+        action: str,
+        confirm: Confirm = None,
+        partial: bool = False,
+    ) -> list[Any]:
         """Runs the calls in one round trip (each atomic on its own) and returns their
         replies in order. A call Redis refused does not stop the others: they ran, and
-        the first refusal is raised once all have. A call whose script Redis had not
-        cached runs again after the others, so give it only calls whose order does not
-        matter (one script does what must happen in order)."""
+        the first refusal is raised once all have (`partial`: each refusal is returned in
+        its call's place instead). A call whose script Redis had not cached runs again
+        after the others, so give it only calls whose order does not matter, or that
+        tell when they ran too early (one script does what must happen in order)."""
         if not calls:
             return []
         with redis_errors(action):
@@ -91,7 +99,7 @@ class ScriptRunner:
             elif confirm == "note" and wait:
                 self.replication.note(acknowledged, action)
             for reply in replies:
-                if isinstance(reply, Exception):
+                if isinstance(reply, Exception) and not partial:
                     raise reply
             return replies
 

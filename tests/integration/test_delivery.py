@@ -8,6 +8,7 @@ import time
 import pytest
 
 from bus.client import MessageBus, RequestTimeout
+from bus.errors import InboxFull, NotFound
 from tests.support.waiting import holds_for, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -308,5 +309,33 @@ def test_a_bus_that_delivers_here_has_a_direct_message_in_the_inbox_when_send_re
         assert here.status(receipt.id).status.value == "delivered"
         [message] = here.read(reader)
         assert message.payload == {"n": 1} and message.verified
+    finally:
+        here.close()
+
+
+def test_a_send_delivered_here_is_delivered_only_when_its_admission_went_through(
+    module_env, agents, redis_client
+):
+    """The delivery rides behind the admission in one round trip: what the admission
+    refuses or finds a duplicate never reaches the inbox (no worker runs here, so the
+    inbox shows exactly what the sends themselves delivered)."""
+    sender, reader = agents("sender"), agents("reader")
+    with module_env.bus() as plain:
+        plain.read(reader)  # the reader connects: mail for it is expected
+    here = MessageBus(module_env.settings(inbox_max=2, sender_share=1.0), deliver_here=True)
+    try:
+        key = {"dedup_key": "job-1"}
+        first = here.send_message({"from": sender, "to": reader, "payload": 1, "metadata": key})
+        again = here.send_message({"from": sender, "to": reader, "payload": 2, "metadata": key})
+        assert (first.status.value, again.status.value) == ("queued", "duplicate")
+        assert again.duplicate_of == first.id
+        assert here.status(first.id).status.value == "delivered"  # the control
+        with pytest.raises(NotFound):  # the duplicate's own id was never admitted
+            here.status(again.id)
+        here.send_message({"from": sender, "to": reader, "payload": 3})
+        with pytest.raises(InboxFull):
+            here.send_message({"from": sender, "to": reader, "payload": 4})
+        payloads = [m.payload for m in here.read(reader, limit=10)]
+        assert payloads == [1, 3]
     finally:
         here.close()

@@ -171,8 +171,10 @@ class MessageBus:
     ) -> ReceivedMessage | None:
         """The answer `waiter` is woken for, taken out of the requester's inbox. For a retry
         of an `earlier` request, an answer someone else took first ends the wait."""
+        fresh = earlier is None  # sent after the waiter subscribed
         while (left := deadline - time.monotonic()) > 0:
-            response_id = waiter.wait(left)
+            response_id = waiter.wait(left, look_first=not fresh)
+            fresh = False
             if response_id is None:
                 return None
             wire = self.runtime.store.take(requester, response_id, asked)

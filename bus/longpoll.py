@@ -19,10 +19,18 @@ STEP = 5.0  # longest wait between two looks, wake-up or not
 
 
 def poll(
-    look: Callable[[], T], wait: Callable[[float], Any], timeout: float, step: float = STEP
+    look: Callable[[], T],
+    wait: Callable[[float], Any],
+    timeout: float,
+    step: float = STEP,
+    *,
+    look_first: bool = True,
 ) -> T:
-    """`look()` until it is truthy or `timeout` seconds have passed; returns its last value."""
+    """`look()` until it is truthy or `timeout` seconds have passed; returns its last value.
+    `look_first=False`: as for `apoll`."""
     deadline = time.monotonic() + timeout
+    if not look_first:
+        wait(min(timeout, step))
     while True:
         found = look()
         remaining = deadline - time.monotonic()

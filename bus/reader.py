@@ -246,9 +246,12 @@ class _ReplyWaiter:
                 self._woken_with = str(item["data"])
                 return
 
-    def wait(self, timeout: float) -> str | None:
+    def wait(self, timeout: float, *, look_first: bool = True) -> str | None:
+        """The id of the answer's entry once one is there, None after `timeout`.
+        `look_first=False` for a request sent after the waiter subscribed: its answer
+        cannot be there before it, so the wait starts with the wake-up, not a look."""
         with redis_errors("wait for a response"):
-            return poll(self._look, self._wait, timeout)
+            return poll(self._look, self._wait, timeout, look_first=look_first)
 
 
 def _unreadable(

@@ -68,3 +68,20 @@ def test_poll_returns_the_last_look_after_the_timeout():
 
     assert poll(look, lambda seconds: None, 0) == []
     assert looks == [1]
+
+
+def test_poll_with_look_first_off_waits_before_its_first_look():
+    calls: list[str] = []
+
+    def look() -> str | None:
+        calls.append("look")
+        return "found" if calls.count("look") >= 2 else None
+
+    def wait(seconds: float) -> None:
+        calls.append("wait")
+
+    assert poll(look, wait, 5, look_first=False) == "found"
+    assert calls == ["wait", "look", "wait", "look"]
+    calls.clear()
+    assert poll(look, wait, 5) == "found"  # the default looks first
+    assert calls == ["look", "wait", "look"]

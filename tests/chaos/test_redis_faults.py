@@ -20,6 +20,7 @@ import pytest
 from bus.errors import BusError, BusUnavailable, is_transient_reason
 from tests.chaos.harness import CLIENT_RETRY_PAUSE, Checker
 from tests.chaos.test_chaos import check, messages
+from tests.support.counting_agent import runs_key
 from tests.support.processes import PrivateRedis, free_port, spawn, stop
 from tests.support.waiting import wait_for
 
@@ -163,4 +164,60 @@ def test_redis_turning_readonly_mid_burst_loses_nothing(
         assert permanent == [], permanent[:10]
         assert letters == [], [(d.id, d.reason, d.error) for d in letters[:10]]
     finally:
+        redis_.stop()
+
+
+def test_a_kept_answer_survives_a_redis_outage_between_its_retries(fresh_env, agents, tmp_path):
+    """A worker agent's answer refused for now (the requester's inbox is full) is kept by
+    the handle task's retries; Redis going away between two of them must not drop it (it
+    once did: the handler then ran again, a side effect repeated). The requester gets the
+    one answer once there is room, and the handler ran once."""
+    redis_ = PrivateRedis(free_port(), tmp_path)
+    redis_.start()
+    fresh_env.overrides.update(
+        {
+            "MESSAGE_BUS_REDIS_URL": redis_.url,
+            "MESSAGE_BUS_INBOX_MAX": "4",
+            "MESSAGE_BUS_RETRY_BACKOFF": "0.3",
+            "MESSAGE_BUS_RETRY_BACKOFF_MAX": "1.0",
+        }
+    )
+    fresh_env.start_worker()
+    argv = ["-m", "msgbus", "agent", "run", "tests.support.counting_agent:agent"]
+    agent, log = spawn(fresh_env, "counter-outage", argv)
+    bus = None
+    try:
+        wait_for(lambda: b"ready." in log.read_bytes(), 60, "the counting agent")
+        bus = fresh_env.bus()
+        asker = bus.as_agent(agents("asker"))
+        asker.read()  # connected
+        for other in (agents("carol"), agents("dave")):
+            for i in range(2):
+                bus.as_agent(other).send({"to": asker.agent, "payload": i})
+        wait_for(lambda: asker.unread() == 4, 30, "a full inbox")
+        asked = asker.start_request({"to": "counter", "metadata": {"max_retries": 40}})
+        wait_for(lambda: asker.status(asked).reason == "reply_refused", 30, "the answer refused")
+
+        redis_.stop()
+        outage_retry = f"could not record status retrying for {asked}".encode()
+        wait_for(lambda: outage_retry in log.read_bytes(), 30, "a retry during the outage")
+        redis_.start()
+
+        def room() -> bool:
+            try:
+                asker.ack([m.id for m in asker.read(limit=10)])
+                return True
+            except BusUnavailable:  # the bus's clients are reconnecting
+                return False
+
+        wait_for(room, 30, "room in the inbox")
+        answer = wait_for(lambda: asker.response_to(asked), 60, "the answer")
+        assert answer.payload == {"runs": 1}
+        runs = bus.runtime.redis.get(runs_key(bus.settings.key_prefix, asked))
+        assert int(runs) == 1  # the kept answer came through the outage
+        assert agent.poll() is None, log.read_text()[-2000:]
+    finally:
+        if bus is not None:
+            bus.close()
+        stop(agent)
         redis_.stop()

@@ -331,6 +331,12 @@ class DeadLetterQueue:
                 for item in chosen:
                     if action is not None and isinstance(item, Envelope):
                         action(entry, item)
+                    elif action is None and entry.agent is not None:
+                        # A worker agent's message stays in its inbox while it is a dead
+                        # letter (a replay handles it from there); purged, it is gone for
+                        # good and must not hold a place in that inbox (nor in its
+                        # sender's share of it) forever.
+                        self.runtime.store.ack(entry.agent, [item.id])
                     done.append(item.id)
                 if kept:
                     self._redeadletter(entry, [k for k in kept if isinstance(k, Envelope)])

@@ -82,6 +82,30 @@ def test_failing_handler_retries_then_is_dead_lettered_with_its_error(
     assert echo_agent.read_text().count("Retry in") >= 2
 
 
+def test_a_purged_dead_letter_of_a_worker_agent_leaves_its_inbox(module_env, echo_agent, agents):
+    """A worker agent's message that died stays in its inbox so that a replay can handle
+    it; purged, it is gone for good and gives back its place in the inbox (it once stayed
+    there for ever, counting against its sender's share until the inbox refused mail)."""
+    bus = module_env.bus()
+    depth = lambda: bus.runtime.store.inbox_depth("echo")  # noqa: E731 - (ready, leased)
+    before = sum(depth())
+    receipt = bus.send_message(
+        {
+            "from": agents("asker"),
+            "to": "echo",
+            "type": "request",
+            "payload": {"fail": True, "why": "bad input"},
+            "metadata": {"max_retries": 0},
+        }
+    )
+    wait_for(lambda: any(d.id == receipt.id for d in bus.dead_letters()), 60, "the dead letter")
+    assert sum(depth()) == before + 1  # the control: while a dead letter, it stays
+    assert bus.purge_dead_letters([receipt.id]) == [receipt.id]
+    assert sum(depth()) == before
+    assert bus.status(receipt.id).status.value == "dead"
+    assert not any(d.id == receipt.id for d in bus.dead_letters())
+
+
 @pytest.fixture
 def full_inbox(fresh_env, agents):
     """A counting worker agent, and an asker whose inbox of 4 two other agents filled (2

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from bus import scripts
+from bus.redis_conn import redis_errors
 from bus.scripts.runner import Call
 from bus.store import AUDIT_MAXLEN, RedisBacked
 
@@ -106,7 +107,8 @@ class Admission(RedisBacked):
             [admit, then], action="record the send", confirm="note", partial=True
         )
         if isinstance(reply, Exception):
-            raise reply
+            with redis_errors("record the send"):  # judged as the runner judges its own
+                raise reply
         return dataclasses.replace(_parse(reply, len(records), list(buckets)), followed=followed)
 
     def revoke(self, records: Iterable[AcceptRecord]) -> None:

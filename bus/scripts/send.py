@@ -37,6 +37,9 @@ from bus.scripts.script import Script
 # entries expire with the message, or after the dedup window), and this call's own messages.
 # The cost of a message is its recipients (at least 1): a fan-out is charged per recipient,
 # to its own sender's bucket (a batch may carry several senders).
+# Run again with the same arguments (a reply lost with its connection: the runner sends the
+# call once more), it answers as the first run did for what that run admitted, writing
+# nothing twice: a message whose status this call's token made is accepted as it was.
 # Dedup keys belong to their sender (KEYS hold the sender); the records are described in
 # fragments.DEDUP_RECORDS_LUA.
 # Records of messages a client may send again (its own id or dedup key) are written as a
@@ -73,6 +76,11 @@ local buckets = k  -- the buckets' keys follow the messages': bucket j is KEYS[b
 local costs = {}
 local claimed, claimed_by = {}, {}
 for i, m in ipairs(messages) do
+  if redis.call('HGET', KEYS[m.k + 3], 'admission') == m.token then
+    -- This very call run again (its reply was lost with its connection and the runner
+    -- sent it once more): admitted already, so accepted, and nothing is written twice.
+    m.outcome, m.again = '', true
+  else
   local owner, by_id = id_record(redis.call('GET', KEYS[m.k + 2]))
   -- past the dedup window the status still says whose the id is (for its retention)
   owner = owner or redis.call('HGET', KEYS[m.k + 3], 'from') or claimed_by[KEYS[m.k + 2]]
@@ -113,11 +121,12 @@ for i, m in ipairs(messages) do
     claimed[KEYS[m.k + 2]] = m.id
     claimed_by[KEYS[m.k + 2]] = m.sender
   end
+  end
 end
 -- 2. Bounds on what the new ones would store, counting this call's own messages too.
 local unseen_new, inbox_new, share_new = {}, {}, {}
 for i, m in ipairs(messages) do
-  if m.outcome == '' then
+  if m.outcome == '' and not m.again then
     if m.to ~= '' and ARGV[m.a + 10] ~= '1' and not redis.call('ZSCORE', KEYS[1], m.to) then
       m.unseen = true
       local set = KEYS[m.k + 6]
@@ -172,7 +181,7 @@ local out = {'ok'}
 local accepted = 0
 for _, m in ipairs(messages) do
   local k, a = m.k, m.a
-  if m.outcome == '' then
+  if m.outcome == '' and not m.again then
     accepted = accepted + 1
     if ARGV[a + 8] == '1' then
       local lease = lease_value(now_ms + lease_ms, m.token)
@@ -217,7 +226,7 @@ for _, m in ipairs(messages) do
   end
   out[#out + 1] = m.outcome
   local entry = cjson.decode(ARGV[a + 7])
-  if #entry > 0 and not m.later then
+  if #entry > 0 and not m.later and not m.again then
     redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(entry))
   end
 end

@@ -261,3 +261,38 @@ def test_a_batch_from_several_senders_charges_each_senders_own_bucket(fresh_env,
         bus.send_batch([{"from": carol, "to": reader}, {"from": bob, "to": reader}])
     assert bus.send_message({"from": carol, "to": reader}).status.value == "queued"
     bus.close()
+
+
+@pytest.mark.parametrize("kind", ["bus-id", "own-id", "dedup-key"])
+def test_an_admission_run_again_after_its_reply_was_lost_is_the_same_admission(
+    fresh_env, agents, kind
+):
+    """The runner sends a call once more when its connection broke, which may be after
+    Redis ran it: ADMIT run again answers as the first run did (accepted), writing nothing
+    twice. It once answered "duplicate" of the message itself, and the send was never
+    published (a `duplicate` receipt, the message lost). Controls: a send of its own after
+    it is still admitted (the rate bucket was charged once); a real retry of the message (a
+    new call) is not admitted as new."""
+    bus = fresh_env.bus(trusted_rate_limit="1/m", rate_burst=2)
+    sender, reader = agents("s"), agents("r")
+    message = {"from": sender, "to": reader, "payload": 1}
+    if kind == "own-id":
+        message["id"] = f"job-{reader}"
+    if kind == "dedup-key":
+        message["metadata"] = {"dedup_key": "job-7"}
+    prepared = bus.sender.prepare(message)
+    audit = [{"action": "send", "agent": sender, "target": reader, "outcome": "ok"}]
+    limits = {sender: bus.sender.guard.rate_limit_for(sender)}
+    admit = bus.runtime.admission.admit
+    assert admit([prepared.record], audit, limits).duplicates == [None]
+    again = admit([prepared.record], audit, limits)
+    assert (again.duplicates, again.unsettled, again.refusal) == ([None], [], None)
+    assert len(bus.history(sender)) == 1
+    sends = [e for e in audit_entries(bus) if e.get("agent") == sender]
+    assert len(sends) == 1
+    other = bus.send_message({"from": sender, "to": reader, "payload": 2})
+    assert other.status.value == "queued"  # burst 2: one token left after a single charge
+    if kind != "bus-id":
+        retry = admit([bus.sender.prepare(message).record], audit, {})
+        assert retry.unsettled == [0]  # waits for the first (its lease), not admitted anew
+    bus.close()

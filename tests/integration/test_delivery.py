@@ -6,9 +6,11 @@ import threading
 import time
 
 import pytest
+import redis
 
 from bus.client import MessageBus, RequestTimeout
 from bus.errors import InboxFull, NotFound
+from tests.support.processes import PrivateRedis, free_port
 from tests.support.waiting import holds_for, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -339,3 +341,42 @@ def test_a_send_delivered_here_is_delivered_only_when_its_admission_went_through
         assert payloads == [1, 3]
     finally:
         here.close()
+
+
+def test_a_busy_redis_sends_a_delivered_here_message_degraded_not_with_a_raw_error(
+    module_env, agents, tmp_path
+):
+    """Redis busy with a long script answers BUSY: a transient refusal. A send that
+    delivers itself (its delivery riding behind its admission) goes degraded to the
+    broker like any other send, instead of raising Redis's raw error (control: a plain
+    bus's send on the same Redis)."""
+    redis_ = PrivateRedis(free_port(), tmp_path)
+    redis_.start()
+    client = redis.Redis.from_url(redis_.url)
+    try:
+        client.config_set("busy-reply-threshold", 50)
+        sender, reader = agents("sender"), agents("reader")
+        here = MessageBus(module_env.settings(redis_url=redis_.url), deliver_here=True)
+        plain = MessageBus(module_env.settings(redis_url=redis_.url))
+        here.read(reader)  # connected: loads the scripts, opens the connections
+        busy = threading.Thread(
+            target=lambda: redis.Redis.from_url(redis_.url).eval(
+                "local t = redis.call('TIME')[1] while redis.call('TIME')[1] - t < 3 do end",
+                0,
+            )
+        )
+        busy.start()
+        time.sleep(0.3)  # the script is running, past the threshold
+        try:
+            receipts = [
+                bus.send_message({"from": sender, "to": reader, "payload": n})
+                for n, bus in enumerate((here, plain))
+            ]
+        finally:
+            busy.join(10)
+        assert [r.status.value for r in receipts] == ["queued", "queued"]
+        here.close()
+        plain.close()
+    finally:
+        client.close()
+        redis_.stop()

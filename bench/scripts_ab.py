@@ -22,9 +22,10 @@ from typing import Any
 
 from bench.harness import Bench
 from bus.admission import AcceptRecord, Admission
+from bus.delivery_calls import Delivery
 from bus.scripts import runner as script_runner
 from bus.scripts.runner import BACKENDS, ScriptRunner
-from bus.store import Delivery, RedisStore
+from bus.store import RedisStore
 
 # (rounds, calls per script and round)
 COUNTS = {"full": (8, 2000), "quick": (4, 800), "smoke": (1, 10)}

@@ -21,12 +21,13 @@ import orjson
 from bus.broker import Broker
 from bus.clock import Clock
 from bus.codec import Codec
+from bus.delivery_calls import Delivery
 from bus.envelope import Envelope
 from bus.errors import BusError, BusUnavailable, PermanentFailure, SecurityError
 from bus.hooks import Hooks
 from bus.routing import broadcast_recipients, topic_recipients
 from bus.settings import Settings
-from bus.store import Delivery, RedisStore
+from bus.store import RedisStore
 from bus.topology import DELIVER_TASK, HANDLE_TASK, agent_queue
 
 logger = logging.getLogger(__name__)

@@ -7,9 +7,9 @@ from collections import defaultdict
 from typing import Any
 
 from bus.admission import AcceptRecord
+from bus.delivery_calls import Delivery
 from bus.envelope import Envelope
 from bus.schema import Message
-from bus.store import Delivery
 
 # RabbitMQ's default max_message_size (128 MiB), less room for a task's headers: a message
 # whose task would pass it is refused at the door instead of by the broker.
@@ -20,7 +20,7 @@ class Prepared:
     """A validated, signed message ready to admit and publish; `task_bytes`: what it takes
     in a task's JSON."""
 
-    __slots__ = ("message", "wire", "record", "task_bytes", "ahead")
+    __slots__ = ("message", "wire", "record", "task_bytes", "ahead", "delivered_here")
 
     def __init__(self, message: Message, wire: dict[str, Any], record: AcceptRecord) -> None:
         self.message = message
@@ -30,6 +30,8 @@ class Prepared:
         # Delivered by the DELIVER that rode behind its admission: what dispatching it
         # needs (Deliverer.delivered_ahead), or None.
         self.ahead: tuple[Envelope, Delivery, int] | None = None
+        # This process may have put it in its recipient's inbox (an undo takes it out).
+        self.delivered_here = False
 
 
 def task_bytes(wire: str) -> int:

@@ -17,6 +17,7 @@ from typing import Any
 
 from bus import jsonvalue
 from bus.admission import AcceptRecord, Admitted, RateLimit
+from bus.delivery_calls import Delivery
 from bus.envelope import Envelope
 from bus.errors import (
     BusError,
@@ -32,7 +33,6 @@ from bus.refusals import admission_refusal, as_bus_error, partly_sent, still_in_
 from bus.routing import broadcast_recipients, topic_recipients
 from bus.runtime import Runtime
 from bus.schema import RESERVED_FIELD_NAMES, Message, Receipt, Status
-from bus.store import Delivery
 from bus.topology import DELIVER_BATCH_TASK, DELIVER_TASK
 from bus.validation import parse
 
@@ -349,7 +349,11 @@ class Sender:
         ]
 
     def _undo(self, unsent: _Unsent, *, revoke: bool) -> None:
-        """Nothing half-done: what the broker did not take is no longer `queued`."""
+        """Nothing half-done: what the broker did not take is no longer `queued`, nor in
+        an inbox this process put it in."""
+        for p in unsent.prepared:
+            if p.delivered_here:
+                self.runtime.store.undeliver(p.record.id, p.record.wire, p.record.recipients)
         if revoke:
             self.runtime.admission.revoke([p.record for p in unsent.prepared])
         self.guard.store_audits(self._audit(unsent.prepared, "failed", error=unsent.error.code))
@@ -426,12 +430,15 @@ class Sender:
                 summary=f"<batch of {len(group)}>",
             )
             return
-        deliverer = self.runtime.deliverer
-        if group[0].ahead is not None:
-            if deliverer.delivered_ahead(*group[0].ahead):
+        deliverer, p = self.runtime.deliverer, group[0]
+        if p.ahead is not None:
+            p.delivered_here = True
+            if deliverer.delivered_ahead(*p.ahead):
                 return
-        elif self._here(group[0]) and deliverer.deliver_here(group[0].record.wire):
-            return
+        elif self._here(p):
+            p.delivered_here = True
+            if deliverer.deliver_here(p.record.wire):
+                return
         self.runtime.broker.publish(
             DELIVER_TASK,
             [group[0].record.wire],

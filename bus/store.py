@@ -13,8 +13,9 @@ from typing import Any
 
 import orjson
 
-from bus import scripts
+from bus import delivery_calls, scripts
 from bus.clock import Clock
+from bus.delivery_calls import Delivery
 from bus.errors import LimitExceeded
 from bus.keys import Keys
 from bus.redis_conn import redis_errors
@@ -49,21 +50,6 @@ class Retention:
     @property
     def history_share(self) -> int:
         return max(1, int(self.history_limit * self.sender_share))
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One message for the DELIVER script: into each recipient's inbox and history."""
-
-    message_id: str
-    wire: str
-    rank: int
-    ts_ms: int
-    recipients: list[str]
-    attempts: int
-    correlation_id: str | None
-    sender: str = ""
-    to: str = ""  # the direct recipient ('' for topic and broadcast)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,11 +96,18 @@ class RedisStore(RedisBacked):
         """Many deliveries in one round trip, each atomic on its own; returns how many
         recipients each was newly delivered to. A batch of direct messages takes one script
         per inbox; one with any other (fan-out, answers) one script per message, in order."""
-        groups = _by_inbox(deliveries)
+        groups = delivery_calls.by_inbox(deliveries)
+        now = self.clock.now()
         if groups is None:
             calls = [(scripts.DELIVER, *self._delivery(delivery)) for delivery in deliveries]
             return self.scripts.many(calls, action="deliver a batch", confirm="require")
-        inbox_calls = [(scripts.DELIVER_INBOX, *self._inbox_delivery(a, g)) for a, g in groups]
+        inbox_calls = [
+            (
+                scripts.DELIVER_INBOX,
+                *delivery_calls.inbox_delivery(self.keys, self.retention, now, a, g),
+            )
+            for a, g in groups
+        ]
         replies = self.scripts.many(inbox_calls, action="deliver a batch", confirm="require")
         newly = {
             d.message_id: int(flag)
@@ -123,32 +116,11 @@ class RedisStore(RedisBacked):
         }
         return [newly[d.message_id] for d in deliveries]
 
-    def _inbox_delivery(self, agent: str, group: Sequence[Delivery]) -> tuple[list[str], list[Any]]:
-        k, r, inbox = self.keys, self.retention, self.keys.inbox(agent)
-        keys = [
-            k.rate_bucket("delivered", int(self.clock.now())),
-            k.inbox_seq,
-            inbox.ready,
-            inbox.body,
-            inbox.meta,
-            k.history(agent),
-            k.history_bytes(agent),
-            k.history_senders(agent),
-            inbox.pending,
-            inbox.senders,
-        ]
-        args: list[Any] = [
-            r.history_limit,
-            r.status_retention,
-            r.history_max_bytes,
-            r.history_share,
-            agent,
-            k.inbox_channel(agent),
-        ]
-        for d in group:
-            keys += [k.status(d.message_id), k.delivered(d.message_id)]
-            args += [d.message_id, d.wire, d.rank, d.ts_ms, d.sender, d.attempts]
-        return keys, args
+    def undeliver(self, message_id: str, wire: str, recipients: Sequence[str]) -> int:
+        """Takes back a delivery this process made (scripts.UNDELIVER); how many inboxes
+        it was taken out of."""
+        keys, args = delivery_calls.undelivery(self.keys, message_id, wire, recipients)
+        return int(self.scripts.call(scripts.UNDELIVER, keys, args, action="undo a delivery"))
 
     def delivery_call(self, delivery: Delivery, admitted_by: str) -> Call:
         """DELIVER of `delivery` as a call to run right behind its ADMIT (one round trip):
@@ -157,43 +129,7 @@ class RedisStore(RedisBacked):
         return (scripts.DELIVER, *self._delivery(delivery, admitted_by))
 
     def _delivery(self, d: Delivery, admitted_by: str = "") -> tuple[list[str], list[Any]]:
-        k, message_id, correlation_id = self.keys, d.message_id, d.correlation_id
-        # A message answers a request only for its one recipient (the requester waits on
-        # its own pointer); fan-out carries its correlation id as data alone.
-        answered = d.recipients[0] if correlation_id and len(d.recipients) == 1 else None
-        keys = [
-            k.status(message_id),
-            k.delivered(message_id),
-            k.agents,
-            k.inbox_seq,
-            k.reply(answered, correlation_id)
-            if answered and correlation_id
-            else k.status(message_id),
-            k.rate_bucket("delivered", int(self.clock.now())),
-            k.status(correlation_id) if answered and correlation_id else k.status(message_id),
-        ]
-        args: list[Any] = [
-            message_id,
-            d.wire,
-            d.rank,
-            self.retention.history_limit,
-            self.retention.status_retention,
-            d.attempts,
-            k.reply_channel(answered, correlation_id) if answered and correlation_id else "",
-            d.ts_ms,
-            self.retention.history_max_bytes,
-            d.sender,
-            self.retention.history_share,
-            d.to,
-            admitted_by,
-        ]
-        for agent in d.recipients:
-            inbox = k.inbox(agent)
-            keys += [inbox.ready, inbox.body, inbox.meta]
-            keys += [k.history(agent), k.history_bytes(agent), k.history_senders(agent)]
-            keys += [inbox.pending, inbox.senders]
-            args += [agent, k.inbox_channel(agent)]
-        return keys, args
+        return delivery_calls.delivery(self.keys, self.retention, self.clock.now(), d, admitted_by)
 
     def fanout_index(
         self, topics: Sequence[str], broadcast: bool
@@ -479,18 +415,3 @@ class RedisStore(RedisBacked):
     def ping(self) -> bool:
         with redis_errors("ping Redis"):
             return bool(self.redis.ping())
-
-
-def _by_inbox(deliveries: Sequence[Delivery]) -> list[tuple[str, list[Delivery]]] | None:
-    """The direct deliveries grouped by their recipient, in order within each group; None
-    when any is not direct (topic, broadcast), is an answer (its reply key), or has an id
-    seen twice (a group's script would not keep their order against the others')."""
-    groups: dict[str, list[Delivery]] = {}
-    seen: set[str] = set()
-    for d in deliveries:
-        direct = d.recipients == [d.to]
-        if not direct or d.correlation_id or d.message_id in seen:
-            return None
-        seen.add(d.message_id)
-        groups.setdefault(d.recipients[0], []).append(d)
-    return list(groups.items())

@@ -9,7 +9,8 @@ import pytest
 import redis
 
 from bus.client import MessageBus, RequestTimeout
-from bus.errors import InboxFull, NotFound
+from bus.errors import BusUnavailable, InboxFull, NotFound
+from bus.topology import agent_queue
 from tests.support.processes import PrivateRedis, free_port
 from tests.support.waiting import holds_for, wait_for
 
@@ -380,3 +381,36 @@ def test_a_busy_redis_sends_a_delivered_here_message_degraded_not_with_a_raw_err
     finally:
         client.close()
         redis_.stop()
+
+
+def test_a_send_refused_after_its_sender_delivered_it_leaves_no_copy_in_the_inbox(
+    module_env, agents
+):
+    """A message to a worker agent is delivered by its sender, which then publishes the
+    agent's `bus.handle`; when the broker cannot take that (nor the `bus.deliver` task
+    tried instead), the send is refused, and a refused send leaves nothing anywhere: not
+    in the agent's inbox nor its history (a retry would have made a second copy, or under
+    the same id never been delivered). Control: the same retried where the broker is up
+    is delivered."""
+    sender, agent = agents("sender"), agents("worker")
+    with module_env.bus() as plain:
+        plain.runtime.store.register_worker_agent(agent)
+        plain.runtime.broker.declare_queue(agent_queue(plain.settings, agent))
+    cut_off = MessageBus(
+        module_env.settings(broker_url=f"amqp://guest:guest@127.0.0.1:{free_port()}//")
+    )
+    message = {"id": f"job-{agent}", "from": sender, "to": agent, "payload": 1}
+    try:
+        with pytest.raises(BusUnavailable):
+            cut_off.send_message(message)
+    finally:
+        cut_off.close()
+    with module_env.bus() as bus:
+        assert bus.runtime.store.inbox_depth(agent) == (0, 0)
+        assert bus.history(agent) == []
+        with pytest.raises(NotFound):
+            bus.status(message["id"])
+        receipt = bus.send_message(message)
+        assert receipt.status.value == "queued"
+        assert bus.status(message["id"]).status.value == "delivered"
+        assert bus.runtime.store.inbox_depth(agent) == (1, 0)

@@ -29,6 +29,7 @@ from mcp.shared.subscriptions import (
     ToolsListChanged,
 )
 
+from bus.errors import LimitExceeded
 from bus.keys import Keys
 from bus.redis_conn import connect_async
 
@@ -42,6 +43,9 @@ INBOX_URI = "message-bus://inbox/{agent}"
 # listener to be subscribed before it goes on without it (it then warns: pushes from the
 # meantime come as one catch-up notice when the listener is up).
 START_TIMEOUT = 15.0
+# resources/subscribe: resources one session may watch at once (an admin may watch any
+# inbox; every subscription is kept in memory and told at each reconnect).
+SUBSCRIPTIONS_PER_SESSION = 256
 _EVENT_TYPES = {
     "resource_updated": ResourceUpdated,
     "resources_list_changed": ResourcesListChanged,
@@ -291,13 +295,29 @@ class LegacySubscriptions:
         events.on_connect(self._everyone)
 
     def add(self, uri: str, session: Any, allowed: Callable[[], bool]) -> None:
+        """Raises LimitExceeded past SUBSCRIPTIONS_PER_SESSION resources for one session."""
+        held = sum(1 for sessions in self._sessions.values() if session in sessions)
+        if session not in self._sessions.get(uri, {}) and held >= SUBSCRIPTIONS_PER_SESSION:
+            raise LimitExceeded(
+                f"this session is subscribed to {held} resources, the most one session may "
+                f"({SUBSCRIPTIONS_PER_SESSION}); unsubscribe from one first",
+                limit="subscriptions_per_session",
+            )
         self._sessions[uri][session] = allowed
 
     def remove(self, uri: str, session: Any) -> None:
-        self._sessions[uri].pop(session, None)
+        sessions = self._sessions.get(uri)
+        if sessions is not None:
+            sessions.pop(session, None)
+            if not sessions:  # a resource nobody watches is forgotten
+                del self._sessions[uri]
+
+    def uris(self) -> list[str]:
+        """The resources some session is subscribed to."""
+        return list(self._sessions)
 
     def _everyone(self) -> None:
-        for uri in list(self._sessions):
+        for uri in self.uris():
             self._notify_all(uri)
 
     def _inbox(self, agent: str) -> None:

@@ -236,9 +236,9 @@ def _register_legacy_subscribe(
         uri = str(params.uri)
         try:
             bus.as_agent(_caller(ctx, me), front_door=True).authorize_listen(uri)
+            legacy.add(uri, ctx.session, _still_caller(ctx, me))
         except BusError as exc:
             raise MCPError(INVALID_PARAMS, exc.message) from None
-        legacy.add(uri, ctx.session, _still_caller(ctx, me))
         await events.start()
         return EmptyResult()
 

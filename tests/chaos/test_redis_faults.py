@@ -21,6 +21,7 @@ from bus.errors import BusError, BusUnavailable, is_transient_reason
 from tests.chaos.harness import CLIENT_RETRY_PAUSE, Checker
 from tests.chaos.test_chaos import check, messages
 from tests.support.counting_agent import runs_key
+from tests.support.inbox import full_inbox_of
 from tests.support.processes import PrivateRedis, free_port, spawn, stop
 from tests.support.waiting import wait_for
 
@@ -189,12 +190,7 @@ def test_a_kept_answer_survives_a_redis_outage_between_its_retries(fresh_env, ag
     try:
         wait_for(lambda: b"ready." in log.read_bytes(), 60, "the counting agent")
         bus = fresh_env.bus()
-        asker = bus.as_agent(agents("asker"))
-        asker.read()  # connected
-        for other in (agents("carol"), agents("dave")):
-            for i in range(2):
-                bus.as_agent(other).send({"to": asker.agent, "payload": i})
-        wait_for(lambda: asker.unread() == 4, 30, "a full inbox")
+        asker = full_inbox_of(bus, agents)
         asked = asker.start_request({"to": "counter", "metadata": {"max_retries": 40}})
         wait_for(lambda: asker.status(asked).reason == "reply_refused", 30, "the answer refused")
 

@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from tests.support.counting_agent import runs_key
+from tests.support.inbox import full_inbox_of
 from tests.support.mcp import call, stdio
 from tests.support.processes import start_echo_agent
 from tests.support.waiting import wait_for
@@ -54,19 +55,24 @@ def test_worker_agent_answers_an_mcp_request(module_env, echo_agent, agents):
     asyncio.run(scenario())
 
 
+def send_failing_request(bus, asker, why, *, max_retries):
+    """A request the echo agent's handler fails on (raises), `max_retries` times retried."""
+    return bus.send_message(
+        {
+            "from": asker,
+            "to": "echo",
+            "type": "request",
+            "payload": {"fail": True, "why": why},
+            "metadata": {"max_retries": max_retries},
+        }
+    )
+
+
 def test_failing_handler_retries_then_is_dead_lettered_with_its_error(
     module_env, echo_agent, agents
 ):
     bus = module_env.bus()
-    receipt = bus.send_message(
-        {
-            "from": agents("asker"),
-            "to": "echo",
-            "type": "request",
-            "payload": {"fail": True, "why": "disk on fire"},
-            "metadata": {"max_retries": 2},
-        }
-    )
+    receipt = send_failing_request(bus, agents("asker"), "disk on fire", max_retries=2)
     letters = wait_for(
         lambda: [d for d in bus.dead_letters() if d.id == receipt.id],
         60,
@@ -89,15 +95,7 @@ def test_a_purged_dead_letter_of_a_worker_agent_leaves_its_inbox(module_env, ech
     bus = module_env.bus()
     depth = lambda: bus.runtime.store.inbox_depth("echo")  # noqa: E731 - (ready, leased)
     before = sum(depth())
-    receipt = bus.send_message(
-        {
-            "from": agents("asker"),
-            "to": "echo",
-            "type": "request",
-            "payload": {"fail": True, "why": "bad input"},
-            "metadata": {"max_retries": 0},
-        }
-    )
+    receipt = send_failing_request(bus, agents("asker"), "bad input", max_retries=0)
     wait_for(lambda: any(d.id == receipt.id for d in bus.dead_letters()), 60, "the dead letter")
     assert sum(depth()) == before + 1  # the control: while a dead letter, it stays
     assert bus.purge_dead_letters([receipt.id]) == [receipt.id]
@@ -114,12 +112,7 @@ def full_inbox(fresh_env, agents):
     fresh_env.start_worker()
     proc, _ = start_echo_agent(fresh_env, "agent-counter", "tests.support.counting_agent:agent")
     bus = fresh_env.bus()
-    asker = bus.as_agent(agents("asker"))
-    asker.read()  # connected
-    for other in (agents("carol"), agents("dave")):
-        for i in range(2):
-            bus.as_agent(other).send({"to": asker.agent, "payload": i})
-    wait_for(lambda: asker.unread() == 4, 30, "a full inbox")
+    asker = full_inbox_of(bus, agents)
     yield bus, asker
     bus.close()
     proc.terminate()

@@ -20,3 +20,15 @@ def read_all(bus: Any, agent: str, count: int, timeout: float = 20, ack: bool = 
 
     wait_for(enough, timeout, f"{count} message(s) for {agent}", interval=0)
     return got
+
+
+def full_inbox_of(bus: Any, agents: Any, size: int = 4) -> Any:
+    """An asker (an AgentHandle, connected) whose inbox of `size` (the bus's INBOX_MAX)
+    two other agents filled, half each (their shares): answers to it are refused for now."""
+    asker = bus.as_agent(agents("asker"))
+    asker.read()  # connected
+    for other in (agents("carol"), agents("dave")):
+        for i in range(size // 2):
+            bus.as_agent(other).send({"to": asker.agent, "payload": i})
+    wait_for(lambda: asker.unread() == size, 30, "a full inbox")
+    return asker

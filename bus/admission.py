@@ -13,13 +13,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from bus import scripts
+from bus import delivery_calls, scripts
 from bus.redis_conn import redis_errors
 from bus.scripts.runner import Call
 from bus.store import AUDIT_MAXLEN, RedisBacked
@@ -111,24 +111,27 @@ class Admission(RedisBacked):
                 raise reply
         return dataclasses.replace(_parse(reply, len(records), list(buckets)), followed=followed)
 
-    def revoke(self, records: Iterable[AcceptRecord]) -> None:
-        """Undoes `admit` for messages the broker did not take."""
+    def revoke(self, records: Iterable[AcceptRecord], undeliver: Collection[str] = ()) -> None:
+        """Undoes `admit` for messages the broker did not take; for the ids in `undeliver`
+        (messages this call delivered itself) their delivery too, while they are still this
+        call's (scripts.REVOKE)."""
         k = self.keys
-        calls = [
-            (
-                scripts.REVOKE,
-                [
-                    k.dedup(rec.sender, rec.dedup_key),
-                    k.status(rec.id),
-                    k.history(rec.sender, sent=True),
-                    k.dedup_id(rec.id),
-                    k.history_bytes(rec.sender, sent=True),
-                    *(k.inbox(agent).pending for agent in rec.recipients),
-                ],
-                [rec.id, rec.wire, rec.sender, rec.token, "1" if rec.takeover else "0"],
-            )
-            for rec in records
-        ]
+        calls = []
+        for rec in records:
+            keys = [
+                k.dedup(rec.sender, rec.dedup_key),
+                k.status(rec.id),
+                k.history(rec.sender, sent=True),
+                k.dedup_id(rec.id),
+                k.history_bytes(rec.sender, sent=True),
+                *(k.inbox(agent).pending for agent in rec.recipients),
+            ]
+            taken_back = rec.id in undeliver
+            if taken_back:
+                keys += delivery_calls.undelivery_keys(k, rec.id, rec.recipients)
+            args = [rec.id, rec.wire, rec.sender, rec.token, "1" if rec.takeover else "0"]
+            args += ["1" if taken_back else "0", *rec.recipients]
+            calls.append((scripts.REVOKE, keys, args))
         self.scripts.many(calls, action="undo a refused send")
 
     def commit(self, records: Sequence[AcceptRecord]) -> None:

@@ -331,12 +331,13 @@ class DeadLetterQueue:
                 for item in chosen:
                     if action is not None and isinstance(item, Envelope):
                         action(entry, item)
-                    elif action is None and entry.agent is not None:
+                    elif action is None and entry.agent and isinstance(item, Envelope):
                         # A worker agent's message stays in its inbox while it is a dead
                         # letter (a replay handles it from there); purged, it is gone for
                         # good and must not hold a place in that inbox (nor in its
-                        # sender's share of it) forever.
-                        self.runtime.store.ack(entry.agent, [item.id])
+                        # sender's share of it) forever. Only that very message: a forged
+                        # dead letter naming another's id takes nothing.
+                        self.runtime.store.drop_if_same(entry.agent, item.id, item.text)
                     done.append(item.id)
                 if kept:
                     self._redeadletter(entry, [k for k in kept if isinstance(k, Envelope)])

@@ -249,21 +249,24 @@ class Deliverer:
                 current.set_attribute("bus.recipients", len(delivery.recipients))
             return Outcome(envelope.id, delivery.recipients, int(delivered), delivery.ts_ms)
 
-    def deliver_here(self, text: str) -> bool:
+    def deliver_here(self, text: str) -> tuple[bool, int]:
         """Delivers a message in this process instead of through its `bus.deliver` task
         (a worker agent's answer, from inside the handle task that owns its retries): the
-        same checks and script as the task's first try. False, with nothing recorded, when
-        it did not go through: the caller publishes the task, which retries or
+        same checks and script as the task's first try. Returns whether it went through,
+        and how many inboxes this call newly put it in (which an undo may take back).
+        When it did not go through, the caller publishes the task, which retries or
         dead-letters it as always (delivery is idempotent per message and recipient)."""
+        newly = 0
         try:
             envelope = Envelope.parse(text)
             outcome = self.deliver(envelope, 1)
+            newly = outcome.newly_delivered
             self.dispatch(envelope, outcome)
         except BusError as exc:  # PermanentFailure, BusUnavailable: the task's to judge
             logger.info("delivering here did not go through (%s); publishing it", exc.message)
-            return False
+            return False, newly
         self.observe(envelope, outcome)
-        return True
+        return True, newly
 
     def delivery_ahead(self, text: str) -> tuple[Envelope, Delivery] | None:
         """What a sender delivering `text` itself passes to the DELIVER it runs right

@@ -1,4 +1,4 @@
-"""The KEYS and ARGV of the delivery scripts (DELIVER, DELIVER_INBOX, UNDELIVER), built
+"""The KEYS and ARGV of the delivery scripts (DELIVER, DELIVER_INBOX, and what REVOKE takes back), built
 from the keyspace: what one delivery touches, in the order each script's contract says."""
 
 from __future__ import annotations
@@ -100,16 +100,16 @@ def inbox_delivery(
     return keys, args
 
 
-def undelivery(
-    k: Keys, message_id: str, wire: str, recipients: Sequence[str]
-) -> tuple[list[str], list[Any]]:
-    """UNDELIVER's KEYS and ARGV."""
+def undelivery_keys(k: Keys, message_id: str, recipients: Sequence[str]) -> list[str]:
+    """The keys REVOKE takes a delivery back from: the delivered-set, then per recipient its
+    inbox (ready, leased, body, meta, per-sender counts) and history (entries, bytes,
+    per-sender counts)."""
     keys = [k.delivered(message_id)]
     for agent in recipients:
         inbox = k.inbox(agent)
         keys += [*inbox.all(), inbox.senders]
         keys += [k.history(agent), k.history_bytes(agent), k.history_senders(agent)]
-    return keys, [message_id, wire, *recipients]
+    return keys
 
 
 def by_inbox(deliveries: Sequence[Delivery]) -> list[tuple[str, list[Delivery]]] | None:

@@ -351,11 +351,11 @@ class Sender:
     def _undo(self, unsent: _Unsent, *, revoke: bool) -> None:
         """Nothing half-done: what the broker did not take is no longer `queued`, nor in
         an inbox this process put it in."""
-        for p in unsent.prepared:
-            if p.delivered_here:
-                self.runtime.store.undeliver(p.record.id, p.record.wire, p.record.recipients)
         if revoke:
-            self.runtime.admission.revoke([p.record for p in unsent.prepared])
+            # (a delivery this call made is taken back with the rest, while the message is
+            # still this call's: not once another send took its lease over)
+            undeliver = {p.record.id for p in unsent.prepared if p.delivered_here}
+            self.runtime.admission.revoke([p.record for p in unsent.prepared], undeliver)
         self.guard.store_audits(self._audit(unsent.prepared, "failed", error=unsent.error.code))
 
     def _publish_all(self, prepared: list[Prepared], batch: bool) -> None:
@@ -432,12 +432,13 @@ class Sender:
             return
         deliverer, p = self.runtime.deliverer, group[0]
         if p.ahead is not None:
-            p.delivered_here = True
+            p.delivered_here = p.ahead[2] > 0
             if deliverer.delivered_ahead(*p.ahead):
                 return
         elif self._here(p):
-            p.delivered_here = True
-            if deliverer.deliver_here(p.record.wire):
+            done, newly = deliverer.deliver_here(p.record.wire)
+            p.delivered_here = newly > 0
+            if done:
                 return
         self.runtime.broker.publish(
             DELIVER_TASK,

@@ -116,12 +116,6 @@ class RedisStore(RedisBacked):
         }
         return [newly[d.message_id] for d in deliveries]
 
-    def undeliver(self, message_id: str, wire: str, recipients: Sequence[str]) -> int:
-        """Takes back a delivery this process made (scripts.UNDELIVER); how many inboxes
-        it was taken out of."""
-        keys, args = delivery_calls.undelivery(self.keys, message_id, wire, recipients)
-        return int(self.scripts.call(scripts.UNDELIVER, keys, args, action="undo a delivery"))
-
     def delivery_call(self, delivery: Delivery, admitted_by: str) -> Call:
         """DELIVER of `delivery` as a call to run right behind its ADMIT (one round trip):
         it delivers only if the status is that admission's (`admitted_by`, its token) and
@@ -269,6 +263,14 @@ class RedisStore(RedisBacked):
             if not ids:
                 return []
             return [w for w in self.redis.hmget(inbox.body, ids) if w]
+
+    def drop_if_same(self, agent: str, message_id: str, wire: str) -> bool:
+        """Takes `message_id` out of `agent`'s inbox only if what is stored under it is
+        `wire` (one message's stored text never changes): a forged copy naming the id of
+        another's message removes nothing."""
+        with redis_errors("look at the inbox"):
+            stored = self.redis.hget(self.keys.inbox(agent).body, message_id)
+        return stored == wire and bool(self.ack(agent, [message_id]))
 
     def peek_inbox_items(self, agent: str, limit: int) -> list[tuple[str, str]]:
         """(id, wire) of up to `limit` inbox messages, leased or not."""

@@ -6,7 +6,7 @@ Keys are always passed in KEYS (built by bus.keys); scripts never assemble key n
 - fragments.py      Lua shared by several scripts (Redis's clock, status ranks, history, tokens)
 - send.py           ADMIT, REVOKE, COMMIT: the send side
 - inbox.py          DELIVER, DELIVER_INBOX (a batch's messages to one inbox), READ, ACK,
-                    TRIM_HISTORY_BEFORE, START_HANDLING, TAKE, UNDELIVER
+                    TRIM_HISTORY_BEFORE, START_HANDLING, TAKE
 - status.py         ADVANCE_STATUS
 - subscriptions.py  SUBSCRIBE, UNSUBSCRIBE
 - guard.py          CHARGE, AUDIT
@@ -26,7 +26,6 @@ from bus.scripts.inbox import (
     START_HANDLING,
     TAKE,
     TRIM_HISTORY_BEFORE,
-    UNDELIVER,
 )
 from bus.scripts.runner import ScriptRunner
 from bus.scripts.script import Script
@@ -49,7 +48,6 @@ __all__ = [
     "TAKE",
     "SUBSCRIBE",
     "TRIM_HISTORY_BEFORE",
-    "UNDELIVER",
     "UNSUBSCRIBE",
     "Script",
     "ScriptRunner",

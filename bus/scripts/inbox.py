@@ -187,43 +187,6 @@ return out
 """
 )
 
-# DELIVER taken back: a sender that delivered a message itself and then could not publish
-# what had to follow (a worker agent's `bus.handle`) refuses the send, and a refused send
-# leaves nothing anywhere (a retry under another id would otherwise be a second copy, and
-# one under the same id would find it delivered and never deliver it). Only recipients this
-# message was delivered to are touched (its delivered-set), so it is a no-op otherwise.
-# KEYS: delivered-set, then per recipient: ready, leased, body, meta, per-sender counts,
-#       history, history bytes, history senders
-# ARGV: id, wire, then per recipient: agent
-# Returns how many recipients it was taken back from.
-UNDELIVER = Script(
-    TRIM_HISTORY_LUA
-    + """
-local per, id, wire, undone = 8, ARGV[1], ARGV[2], 0
-for i = 1, (#KEYS - 1) / per do
-  local base = 1 + (i - 1) * per
-  if redis.call('SREM', KEYS[1], ARGV[2 + i]) == 1 then
-    local meta = redis.call('HGET', KEYS[base + 4], id)
-    if redis.call('HDEL', KEYS[base + 3], id) == 1 then
-      local from = meta and string.match(meta, '^%d+|%d+|(.+)$')
-      if from and redis.call('HINCRBY', KEYS[base + 5], from, -1) <= 0 then
-        redis.call('HDEL', KEYS[base + 5], from)
-      end
-      redis.call('HDEL', KEYS[base + 4], id)
-      redis.call('ZREM', KEYS[base + 1], id)
-      redis.call('ZREM', KEYS[base + 2], id)
-    end
-    if redis.call('ZREM', KEYS[base + 6], wire) == 1 then
-      redis.call('DECRBY', KEYS[base + 7], #wire)
-      forget(KEYS[base + 8], wire)
-    end
-    undone = undone + 1
-  end
-end
-return undone
-"""
-)
-
 # KEYS: ready, leased, body, meta, per-sender counts   ARGV: ids...
 # Returns the ids that were in the inbox.
 ACK = Script(

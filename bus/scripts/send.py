@@ -76,10 +76,16 @@ local buckets = k  -- the buckets' keys follow the messages': bucket j is KEYS[b
 local costs = {}
 local claimed, claimed_by = {}, {}
 for i, m in ipairs(messages) do
-  if redis.call('HGET', KEYS[m.k + 3], 'admission') == m.token then
+  local made = redis.call('HMGET', KEYS[m.k + 3], 'admission', 'admitted_again')
+  local repeat_in_call = claimed[KEYS[m.k + 1]] or claimed[KEYS[m.k + 2]]
+  if not repeat_in_call and (made[1] == m.token or made[2] == m.token) then
     -- This very call run again (its reply was lost with its connection and the runner
-    -- sent it once more): admitted already, so accepted, and nothing is written twice.
+    -- sent it once more): admitted already, so accepted, and nothing is written twice; a
+    -- repeat of it later in the call is its duplicate, as in the first run.
     m.outcome, m.again = '', true
+    claimed[KEYS[m.k + 1]] = m.id
+    claimed[KEYS[m.k + 2]] = m.id
+    claimed_by[KEYS[m.k + 2]] = m.sender
   else
   local owner, by_id = id_record(redis.call('GET', KEYS[m.k + 2]))
   -- past the dedup window the status still says whose the id is (for its retention)
@@ -197,6 +203,10 @@ for _, m in ipairs(messages) do
       -- 'admission': which call made it (REVOKE takes back only a status it made)
       redis.call('HSET', KEYS[k + 3], 'status', 'queued', 'updated_at', stamp, 'attempts', 0,
         'admission', m.token)
+    else
+      -- admitted under an id whose status an earlier call made (a takeover): which call
+      -- this was, so that this very call run again is known (step 1)
+      redis.call('HSET', KEYS[k + 3], 'admitted_again', m.token)
     end
     redis.call('HSET', KEYS[k + 3], 'queued_at', stamp, 'queue', ARGV[a + 2], 'from', m.sender)
     -- who may answer it (scripts.DELIVER sets a requester's reply pointer by it)
@@ -239,29 +249,43 @@ return out
 
 # Undo of ADMIT when the broker refused the publish or a later step failed: nothing
 # half-written. It takes back only what that call wrote: the dedup records while they are
-# its lease (another send may have taken over since), the status only if that call made it.
-# A takeover's lease (ARGV[5] '1': the message went out under an earlier sender's id) is
+# its lease (another send may have taken over since), the status only if that call made it
+# and no other send has taken the message over since. A takeover's lease (ARGV[5] '1': the message went out under an earlier sender's id) is
 # released instead (run out at once), so the next retry takes over without waiting.
+# With ARGV[6] '1' it also takes back the message's delivery into its recipients' inboxes
+# and histories (the sender delivered it itself, then could not publish what had to follow)
+# while the message is still this call's: once another send took its lease over, that send
+# owns the delivery (and may have published the task that handles it).
 # KEYS: dedup (by key), status, sender history, dedup by id, sender history bytes, then the
-#       admitted-not-yet-delivered zset of each recipient
-# ARGV: id, wire, sender, the admitting call's token, '1' for a takeover
+#       admitted-not-yet-delivered zset of each recipient; with ARGV[6] '1' then the
+#       delivered-set and per recipient: ready, leased, body, meta, per-sender counts,
+#       history, history bytes, history senders
+# ARGV: id, wire, sender, the admitting call's token, '1' for a takeover, '1' to take the
+#       delivery back, then the recipients' agent ids
 REVOKE = Script(
     DEDUP_RECORDS_LUA
+    + TRIM_HISTORY_LUA
     + """
-local token, takeover = ARGV[4], ARGV[5] == '1'
+local id, wire, token, takeover = ARGV[1], ARGV[2], ARGV[4], ARGV[5] == '1'
+local n = #ARGV - 6
 local function ours(record) return not record.lease or record.token == token end
-for i = 6, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
+for i = 6, 5 + n do redis.call('ZREM', KEYS[i], id) end
+local owner, by_id = id_record(redis.call('GET', KEYS[4]))
+-- Still this call's: no other sender's id, no other call's lease on it, and no other call
+-- admitted it again since (a takeover marks the status it found).
+local again = redis.call('HGET', KEYS[2], 'admitted_again')
+local still_ours = (not owner or owner == ARGV[3]) and not (by_id and by_id.lease and
+  by_id.token ~= token) and (not again or again == token)
 local record = key_record(redis.call('GET', KEYS[1]))
-if record and record.id == ARGV[1] then
+if record and record.id == id then
   if takeover then
     if record.lease and record.token == token then
-      redis.call('SET', KEYS[1], lease_value(0, token) .. ':' .. ARGV[1], 'KEEPTTL')
+      redis.call('SET', KEYS[1], lease_value(0, token) .. ':' .. id, 'KEEPTTL')
     end
   elseif ours(record) then
     redis.call('DEL', KEYS[1])
   end
 end
-local owner, by_id = id_record(redis.call('GET', KEYS[4]))
 if owner == ARGV[3] then
   if takeover then
     if by_id.lease and by_id.token == token then
@@ -271,8 +295,32 @@ if owner == ARGV[3] then
     redis.call('DEL', KEYS[4])
   end
 end
-if redis.call('HGET', KEYS[2], 'admission') == token then redis.call('DEL', KEYS[2]) end
-if redis.call('ZREM', KEYS[3], ARGV[2]) == 1 then redis.call('DECRBY', KEYS[5], #ARGV[2]) end
+if ARGV[6] == '1' and still_ours then
+  local delivered = 6 + n
+  for i = 1, n do
+    local base = delivered + (i - 1) * 8
+    if redis.call('SREM', KEYS[delivered], ARGV[6 + i]) == 1 then
+      local meta = redis.call('HGET', KEYS[base + 4], id)
+      if redis.call('HDEL', KEYS[base + 3], id) == 1 then
+        local from = meta and string.match(meta, '^%d+|%d+|(.+)$')
+        if from and redis.call('HINCRBY', KEYS[base + 5], from, -1) <= 0 then
+          redis.call('HDEL', KEYS[base + 5], from)
+        end
+        redis.call('HDEL', KEYS[base + 4], id)
+        redis.call('ZREM', KEYS[base + 1], id)
+        redis.call('ZREM', KEYS[base + 2], id)
+      end
+      if redis.call('ZREM', KEYS[base + 6], wire) == 1 then
+        redis.call('DECRBY', KEYS[base + 7], #wire)
+        forget(KEYS[base + 8], wire)
+      end
+    end
+  end
+end
+if still_ours and redis.call('HGET', KEYS[2], 'admission') == token then
+  redis.call('DEL', KEYS[2])
+end
+if redis.call('ZREM', KEYS[3], wire) == 1 then redis.call('DECRBY', KEYS[5], #wire) end
 return 1
 """
 )

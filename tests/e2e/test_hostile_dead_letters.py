@@ -18,7 +18,7 @@ import pytest
 from kombu import Connection, Exchange, Producer
 from mcp.client import Client
 
-from bus.topology import dead_letter_exchange
+from bus.topology import agent_queue, dead_letter_exchange
 from mcp_server.identity import Identity
 from mcp_server.server import build_server
 from tests.support.hostile import DELIVERABLE_BY_NAME, TAGS, describe, exactly_equal
@@ -312,3 +312,26 @@ def test_a_replayed_message_read_and_acked_at_once_stays_acked(fresh_env, agents
         thread.join(30)
     statuses = {i: bus.status(i).status.value for i in ids}
     assert {i: s for i, s in statuses.items() if s != "acked"} == {}
+
+
+def test_purging_a_forged_dead_letter_takes_nothing_from_a_worker_agents_inbox(fresh_env, agents):
+    """A purged worker-agent dead letter leaves that agent's inbox; one forged on the broker
+    (anyone there can publish to the dead letters) naming the id of another's message in
+    it must take nothing out: only the very message the dead letter holds goes."""
+    bus, sender, worker_agent = fresh_env.bus(), agents("s"), agents("agent")
+    bus.runtime.store.register_worker_agent(worker_agent)
+    bus.runtime.broker.declare_queue(agent_queue(bus.settings, worker_agent))
+    genuine = bus.send_message({"from": sender, "to": worker_agent, "payload": "mine"})
+    assert bus.runtime.store.inbox_depth(worker_agent) == (1, 0)
+    [stored] = bus.runtime.store.peek_inbox(worker_agent, 1)
+    forged = json.dumps(json.loads(stored) | {"from": agents("mallory"), "payload": "x"})
+    body = json.dumps([[worker_agent, forged], {}, {"callbacks": None}]).encode()
+    publish_dead(
+        fresh_env, f"{genuine.id}:{worker_agent}", body, "application/json", {"task": "bus.handle"}
+    )
+    wait_for(lambda: any(d.id == genuine.id for d in bus.dead_letters()), 30, "the forgery")
+    assert bus.purge_dead_letters([genuine.id]) == [genuine.id]
+    assert bus.runtime.store.inbox_depth(worker_agent) == (1, 0)
+    [kept] = bus.read(worker_agent)
+    assert (kept.id, kept.payload, kept.sender) == (genuine.id, "mine", sender)
+    bus.close()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
+
 import pytest
 from kombu import Queue
 
@@ -9,7 +12,7 @@ from bus import topology
 from bus.breaker import BREAKERS
 from bus.envelope import Envelope
 from bus.errors import BusUnavailable, LimitExceeded, NotFound, RateLimited
-from bus.topology import DELIVER_TASK, bus_exchange
+from bus.topology import DELIVER_TASK, agent_queue, bus_exchange
 from tests.support.env import audit_entries
 from tests.support.inbox import read_all
 from tests.support.waiting import holds_for, wait_for
@@ -295,4 +298,54 @@ def test_an_admission_run_again_after_its_reply_was_lost_is_the_same_admission(
     if kind != "bus-id":
         retry = admit([bus.sender.prepare(message).record], audit, {})
         assert retry.unsettled == [0]  # waits for the first (its lease), not admitted anew
+    bus.close()
+
+
+def test_a_late_undo_takes_nothing_from_the_send_that_took_the_message_over(fresh_env, agents):
+    """A sender delivers its message to a worker agent itself (the delivery riding behind
+    its admission), then stalls past its lease; a retry takes the message over, finds it
+    delivered and publishes the agent's task. When the first sender then gives up, its undo
+    must leave the delivery and the status alone: they are the retry's now (taking them
+    back lost the message: the agent's task found nothing in the inbox)."""
+    sender, worker_agent = agents("sender"), agents("agent")
+    first = fresh_env.bus(broker_timeout=1)  # a lease of 3 s
+    retry = fresh_env.bus(broker_timeout=1)
+    first.runtime.store.register_worker_agent(worker_agent)
+    first.runtime.broker.declare_queue(agent_queue(first.settings, worker_agent))
+    message = {"id": f"job-{worker_agent}", "from": sender, "to": worker_agent, "payload": 1}
+    stalled = first.sender.prepare(message)
+    _, delivery = first.runtime.deliverer.delivery_ahead(stalled.record.wire)
+    audit = [{"action": "send", "agent": sender, "target": worker_agent, "outcome": "ok"}]
+    ahead = first.runtime.store.delivery_call(delivery, stalled.record.token)
+    assert first.runtime.admission.admit([stalled.record], audit, then=ahead).followed == 1
+    time.sleep(first.runtime.retention.send_lease_ms / 1000 + 0.3)  # its lease runs out
+
+    receipt = retry.send_message(message)
+    assert (receipt.id, receipt.status.value) == (message["id"], "queued")
+    assert retry.runtime.store.inbox_depth(worker_agent) == (1, 0)
+    first.runtime.admission.revoke([stalled.record], {stalled.record.id})  # the late undo
+    assert retry.runtime.store.inbox_depth(worker_agent) == (1, 0)
+    assert retry.status(message["id"]).status.value == "delivered"
+    assert len(retry.history(worker_agent)) == 1
+    first.close()
+    retry.close()
+
+
+def test_a_batch_run_again_after_its_reply_was_lost_answers_as_its_first_run(fresh_env, agents):
+    """A batch carrying one id twice: its first run admits one and names the other its
+    duplicate; run again (a lost reply), it answers the same, without waiting on its own
+    lease or admitting the repeat a second time."""
+    bus = fresh_env.bus()
+    sender, reader = agents("s"), agents("r")
+    message = {"id": f"twice-{reader}", "from": sender, "to": reader, "payload": 1}
+    records = [bus.sender.prepare(dict(message)).record for _ in range(2)]
+    token = records[0].token
+    records = [dataclasses.replace(r, token=token) for r in records]  # one call's token
+    audit = [{"action": "send", "agent": sender, "target": reader, "outcome": "ok"}] * 2
+    admit = bus.runtime.admission.admit
+    first = admit(records, audit)
+    again = admit(records, audit)
+    assert first.duplicates == [None, message["id"]] and first.unsettled == []
+    assert (again.duplicates, again.unsettled) == (first.duplicates, [])
+    assert len(bus.history(sender)) == 1
     bus.close()

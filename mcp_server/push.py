@@ -16,7 +16,7 @@ import contextlib
 import json
 import logging
 import os
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -46,6 +46,7 @@ START_TIMEOUT = 15.0
 # resources/subscribe: resources one session may watch at once (an admin may watch any
 # inbox; every subscription is kept in memory and told at each reconnect).
 SUBSCRIPTIONS_PER_SESSION = 256
+SUBSCRIPTIONS_PER_AGENT = 1024  # over all of one agent's sessions
 _EVENT_TYPES = {
     "resource_updated": ResourceUpdated,
     "resources_list_changed": ResourcesListChanged,
@@ -289,13 +290,20 @@ class LegacySubscriptions:
     def __init__(self, events: InboxEvents) -> None:
         # uri -> session -> whether the subscriber's credentials still hold
         self._sessions: dict[str, dict[Any, Callable[[], bool]]] = defaultdict(dict)
+        # agent -> its (uri, session) subscriptions, oldest first: the SDK tells no one when
+        # a session ends, so a session gone without unsubscribing is found only when a push
+        # to it fails; the bound per agent keeps that from growing without end.
+        self._by_agent: dict[str, OrderedDict[tuple[str, Any], None]] = defaultdict(OrderedDict)
+        self._agent_of: dict[tuple[str, Any], str] = {}
         events.on_inbox(self._inbox)
         # A delivery while the listener was down or not yet subscribed was pushed to no
         # one: every subscriber hears once that its inbox may have changed.
         events.on_connect(self._everyone)
 
-    def add(self, uri: str, session: Any, allowed: Callable[[], bool]) -> None:
-        """Raises LimitExceeded past SUBSCRIPTIONS_PER_SESSION resources for one session."""
+    def add(self, uri: str, session: Any, allowed: Callable[[], bool], agent: str) -> None:
+        """Raises LimitExceeded past SUBSCRIPTIONS_PER_SESSION resources for one session;
+        past SUBSCRIPTIONS_PER_AGENT for one agent (over all its sessions) its oldest
+        subscription goes (most likely one of a session that ended)."""
         held = sum(1 for sessions in self._sessions.values() if session in sessions)
         if session not in self._sessions.get(uri, {}) and held >= SUBSCRIPTIONS_PER_SESSION:
             raise LimitExceeded(
@@ -303,6 +311,13 @@ class LegacySubscriptions:
                 f"({SUBSCRIPTIONS_PER_SESSION}); unsubscribe from one first",
                 limit="subscriptions_per_session",
             )
+        mine = self._by_agent[agent]
+        mine[(uri, session)] = None
+        mine.move_to_end((uri, session))
+        self._agent_of[(uri, session)] = agent
+        while len(mine) > SUBSCRIPTIONS_PER_AGENT:
+            oldest_uri, oldest_session = next(iter(mine))
+            self.remove(oldest_uri, oldest_session)
         self._sessions[uri][session] = allowed
 
     def remove(self, uri: str, session: Any) -> None:
@@ -311,6 +326,11 @@ class LegacySubscriptions:
             sessions.pop(session, None)
             if not sessions:  # a resource nobody watches is forgotten
                 del self._sessions[uri]
+        agent = self._agent_of.pop((uri, session), None)
+        if agent is not None:
+            self._by_agent[agent].pop((uri, session), None)
+            if not self._by_agent[agent]:
+                del self._by_agent[agent]
 
     def uris(self) -> list[str]:
         """The resources some session is subscribed to."""

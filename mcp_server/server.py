@@ -235,8 +235,9 @@ def _register_legacy_subscribe(
     async def on_subscribe(ctx: Any, params: SubscribeRequestParams) -> EmptyResult:
         uri = str(params.uri)
         try:
-            bus.as_agent(_caller(ctx, me), front_door=True).authorize_listen(uri)
-            legacy.add(uri, ctx.session, _still_caller(ctx, me))
+            caller = _caller(ctx, me)
+            bus.as_agent(caller, front_door=True).authorize_listen(uri)
+            legacy.add(uri, ctx.session, _still_caller(ctx, me), caller)
         except BusError as exc:
             raise MCPError(INVALID_PARAMS, exc.message) from None
         await events.start()

@@ -100,8 +100,8 @@ def test_mail_that_came_before_the_listener_was_subscribed_is_told_once_it_is(
         events = InboxEvents(module_env.settings().redis_url, bus.runtime.keys)
         legacy = LegacySubscriptions(events)
         subscriber, revoked = RecordingSession(), RecordingSession()
-        legacy.add(uri, subscriber, lambda: True)
-        legacy.add(uri, revoked, lambda: False)
+        legacy.add(uri, subscriber, lambda: True, reader)
+        legacy.add(uri, revoked, lambda: False, reader)
         try:
             message = {"from": sender, "to": reader, "payload": 1}
             await asyncio.to_thread(bus.send_message, message)
@@ -139,7 +139,7 @@ def test_after_the_listener_reconnects_every_subscriber_and_stream_is_told_once(
         events.add_listener(lambda event: streamed.append(getattr(event, "uri", "")))
         try:
             await events.start()
-            legacy.add(uri, subscriber, lambda: True)
+            legacy.add(uri, subscriber, lambda: True, reader)
             with events.listening([uri]):
                 killed = await asyncio.to_thread(kill_listener, redis_client, events)
                 await until(lambda: subscriber.updated and streamed)

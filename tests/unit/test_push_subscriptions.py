@@ -7,7 +7,12 @@ import pytest
 
 from bus.errors import LimitExceeded
 from bus.keys import Keys
-from mcp_server.push import SUBSCRIPTIONS_PER_SESSION, InboxEvents, LegacySubscriptions
+from mcp_server.push import (
+    SUBSCRIPTIONS_PER_AGENT,
+    SUBSCRIPTIONS_PER_SESSION,
+    InboxEvents,
+    LegacySubscriptions,
+)
 
 
 def subscriptions() -> LegacySubscriptions:
@@ -18,22 +23,37 @@ def test_one_session_may_watch_at_most_its_limit_of_resources():
     legacy, session, other = subscriptions(), object(), object()
     uris = [f"message-bus://inbox/a{i}" for i in range(SUBSCRIPTIONS_PER_SESSION)]
     for uri in uris:
-        legacy.add(uri, session, lambda: True)
-    legacy.add(uris[0], session, lambda: True)  # the same one again is no new resource
+        legacy.add(uri, session, lambda: True, "admin")
+    legacy.add(uris[0], session, lambda: True, "admin")  # the same one again is no new resource
     with pytest.raises(LimitExceeded, match=f"the most one session may \\({len(uris)}\\)"):
-        legacy.add("message-bus://inbox/one-more", session, lambda: True)
-    legacy.add("message-bus://inbox/one-more", other, lambda: True)  # another session may
+        legacy.add("message-bus://inbox/one-more", session, lambda: True, "admin")
+    legacy.add("message-bus://inbox/one-more", other, lambda: True, "admin")  # another session may
     legacy.remove(uris[0], session)
-    legacy.add("message-bus://inbox/one-more", session, lambda: True)  # room again
+    legacy.add("message-bus://inbox/one-more", session, lambda: True, "admin")  # room again
 
 
 def test_a_resource_nobody_watches_any_more_is_forgotten():
     legacy, first, second = subscriptions(), object(), object()
     uri = "message-bus://inbox/bob"
-    legacy.add(uri, first, lambda: True)
-    legacy.add(uri, second, lambda: True)
+    legacy.add(uri, first, lambda: True, "admin")
+    legacy.add(uri, second, lambda: True, "admin")
     legacy.remove(uri, first)
     assert legacy.uris() == [uri]  # the control: one still watches it
     legacy.remove(uri, second)
     legacy.remove(uri, second)  # twice is harmless
     assert legacy.uris() == []
+
+
+def test_an_agents_sessions_that_ended_without_unsubscribing_are_bounded():
+    """The SDK tells no one when a session ends: an agent whose sessions keep coming and
+    going holds at most SUBSCRIPTIONS_PER_AGENT subscriptions, its oldest going first;
+    another agent's are untouched (the control)."""
+    legacy = subscriptions()
+    legacy.add("message-bus://inbox/bob", object(), lambda: True, "bob")
+    for i in range(SUBSCRIPTIONS_PER_AGENT + 50):
+        legacy.add(f"message-bus://inbox/a{i}", object(), lambda: True, "admin")  # gone
+    kept = [u for u in legacy.uris() if u.startswith("message-bus://inbox/a")]
+    assert len(kept) == SUBSCRIPTIONS_PER_AGENT
+    assert kept[-1] == f"message-bus://inbox/a{SUBSCRIPTIONS_PER_AGENT + 49}"
+    assert "message-bus://inbox/a0" not in kept
+    assert "message-bus://inbox/bob" in legacy.uris()

@@ -20,7 +20,7 @@ class Prepared:
     """A validated, signed message ready to admit and publish; `task_bytes`: what it takes
     in a task's JSON."""
 
-    __slots__ = ("message", "wire", "record", "task_bytes", "ahead", "delivered_here")
+    __slots__ = ("message", "wire", "record", "task_bytes", "ahead", "delivered_here", "degraded")
 
     def __init__(self, message: Message, wire: dict[str, Any], record: AcceptRecord) -> None:
         self.message = message
@@ -32,6 +32,8 @@ class Prepared:
         self.ahead: tuple[Envelope, Delivery, int] | None = None
         # This process may have put it in its recipient's inbox (an undo takes it out).
         self.delivered_here = False
+        # Sent without an admission (Redis failed it): only the worker delivers it.
+        self.degraded = False
 
 
 def task_bytes(wire: str) -> int:

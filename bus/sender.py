@@ -189,6 +189,8 @@ class Sender:
         except BusUnavailable as exc:
             _warn_degraded(exc)
             admitted = None
+            for p in prepared:
+                p.degraded = True
         if admitted is not None:
             first, newly = prepared[0], admitted.followed
             prepared, admitted = self._settle(prepared, admitted, limits)
@@ -431,14 +433,18 @@ class Sender:
             )
             return
         deliverer, p = self.runtime.deliverer, group[0]
+        # A delivery this call made is taken back by its undo (REVOKE, while the message is
+        # still this call's), also one made by a first run whose reply was lost (then this
+        # run says "0 newly"); never by a takeover, whose message the earlier sender may
+        # have delivered and published. Without an admission (Redis failed it) the worker
+        # delivers: nothing here could be undone.
         if p.ahead is not None:
-            p.delivered_here = p.ahead[2] > 0
+            p.delivered_here = not p.record.takeover
             if deliverer.delivered_ahead(*p.ahead):
                 return
-        elif self._here(p):
-            done, newly = deliverer.deliver_here(p.record.wire)
-            p.delivered_here = newly > 0
-            if done:
+        elif self._here(p) and not p.degraded:
+            p.delivered_here = not p.record.takeover
+            if deliverer.deliver_here(p.record.wire)[0]:
                 return
         self.runtime.broker.publish(
             DELIVER_TASK,

@@ -311,14 +311,17 @@ class LegacySubscriptions:
                 f"({SUBSCRIPTIONS_PER_SESSION}); unsubscribe from one first",
                 limit="subscriptions_per_session",
             )
+        key = (uri, session)
+        earlier = self._agent_of.get(key)
+        if earlier is not None and earlier != agent:  # the session's caller changed
+            self._forget_owner(key)
         mine = self._by_agent[agent]
-        mine[(uri, session)] = None
-        mine.move_to_end((uri, session))
-        self._agent_of[(uri, session)] = agent
-        while len(mine) > SUBSCRIPTIONS_PER_AGENT:
-            oldest_uri, oldest_session = next(iter(mine))
-            self.remove(oldest_uri, oldest_session)
+        mine[key] = None
+        mine.move_to_end(key)
+        self._agent_of[key] = agent
         self._sessions[uri][session] = allowed
+        while len(mine) > SUBSCRIPTIONS_PER_AGENT:
+            self.remove(*next(iter(mine)))  # its oldest (each pass takes one out of `mine`)
 
     def remove(self, uri: str, session: Any) -> None:
         sessions = self._sessions.get(uri)
@@ -326,9 +329,12 @@ class LegacySubscriptions:
             sessions.pop(session, None)
             if not sessions:  # a resource nobody watches is forgotten
                 del self._sessions[uri]
-        agent = self._agent_of.pop((uri, session), None)
+        self._forget_owner((uri, session))
+
+    def _forget_owner(self, key: tuple[str, Any]) -> None:
+        agent = self._agent_of.pop(key, None)
         if agent is not None:
-            self._by_agent[agent].pop((uri, session), None)
+            self._by_agent[agent].pop(key, None)
             if not self._by_agent[agent]:
                 del self._by_agent[agent]
 

@@ -8,8 +8,12 @@ import time
 import pytest
 import redis
 
+from bus import scripts
+from bus.breaker import BREAKERS
 from bus.client import MessageBus, RequestTimeout
 from bus.errors import BusUnavailable, InboxFull, NotFound
+from bus.scripts import ScriptRunner
+from bus.scripts.runner import BACKEND
 from bus.topology import agent_queue
 from tests.support.processes import PrivateRedis, free_port
 from tests.support.waiting import holds_for, wait_for
@@ -383,8 +387,21 @@ def test_a_busy_redis_sends_a_delivered_here_message_degraded_not_with_a_raw_err
         redis_.stop()
 
 
+@pytest.fixture
+def cut_off(module_env):
+    """A bus whose broker cannot be reached (every send is refused); this process's
+    circuit breakers are closed again after it (they counted its failures)."""
+    bus = MessageBus(
+        module_env.settings(broker_url=f"amqp://guest:guest@127.0.0.1:{free_port()}//")
+    )
+    yield bus
+    bus.close()
+    BREAKERS["broker"].success()
+    BREAKERS["redis"].success()
+
+
 def test_a_send_refused_after_its_sender_delivered_it_leaves_no_copy_in_the_inbox(
-    module_env, agents
+    module_env, agents, cut_off
 ):
     """A message to a worker agent is delivered by its sender, which then publishes the
     agent's `bus.handle`; when the broker cannot take that (nor the `bus.deliver` task
@@ -396,15 +413,9 @@ def test_a_send_refused_after_its_sender_delivered_it_leaves_no_copy_in_the_inbo
     with module_env.bus() as plain:
         plain.runtime.store.register_worker_agent(agent)
         plain.runtime.broker.declare_queue(agent_queue(plain.settings, agent))
-    cut_off = MessageBus(
-        module_env.settings(broker_url=f"amqp://guest:guest@127.0.0.1:{free_port()}//")
-    )
     message = {"id": f"job-{agent}", "from": sender, "to": agent, "payload": 1}
-    try:
-        with pytest.raises(BusUnavailable):
-            cut_off.send_message(message)
-    finally:
-        cut_off.close()
+    with pytest.raises(BusUnavailable):
+        cut_off.send_message(message)
     with module_env.bus() as bus:
         assert bus.runtime.store.inbox_depth(agent) == (0, 0)
         assert bus.history(agent) == []
@@ -414,3 +425,55 @@ def test_a_send_refused_after_its_sender_delivered_it_leaves_no_copy_in_the_inbo
         assert receipt.status.value == "queued"
         assert bus.status(message["id"]).status.value == "delivered"
         assert bus.runtime.store.inbox_depth(agent) == (1, 0)
+
+
+class LosingReplies:
+    """A script backend (bus.scripts) whose connection breaks as chosen: `after` a round
+    trip carrying one of the `scripts` ran (its reply lost), or `before` it is sent (a Redis
+    blip), `times` times; the runner then does what it does on a broken connection."""
+
+    def __init__(self, inner, scripts, *, after: bool, times: int = 1) -> None:
+        self.inner, self.shas = inner, [s.sha.encode() for s in scripts]
+        self.after, self.left = after, times
+
+    def send(self, packed: bytes, count: int):
+        hit = self.left > 0 and any(sha in packed for sha in self.shas)
+        if hit and not self.after:
+            self.left -= 1
+            raise redis.ConnectionError("connection broke (injected)")
+        replies = self.inner.send(packed, count)
+        if hit:
+            self.left -= 1
+            raise redis.ConnectionError("reply lost (injected)")
+        return replies
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    ["reply of admission and delivery lost", "admission failed"],
+)
+def test_a_send_refused_after_a_redis_fault_leaves_nothing_in_the_inbox(
+    module_env, agents, cut_off, fault
+):
+    """The delivery a sender makes itself is taken back when the send is refused, also when
+    its first round trip ran but its reply was lost (the re-run then says "0 newly"); a send
+    whose admission Redis failed leaves the delivery to the worker (nothing to take back).
+    The broker here cannot be reached, so every send is refused."""
+    sender, agent = agents("sender"), agents("worker")
+    with module_env.bus() as plain:
+        plain.runtime.store.register_worker_agent(agent)
+    runtime = cut_off.runtime
+    if fault == "admission failed":
+        faulty = LosingReplies(BACKEND(runtime.redis), [scripts.ADMIT], after=False, times=2)
+    else:
+        faulty = LosingReplies(BACKEND(runtime.redis), [scripts.DELIVER], after=True)
+    runtime.scripts = ScriptRunner(runtime.redis, runtime.replication, backend=faulty)
+    with pytest.raises(BusUnavailable):
+        cut_off.send_message({"from": sender, "to": agent, "payload": 1})
+    assert faulty.left == 0  # the fault happened
+    with module_env.bus() as bus:
+        assert bus.runtime.store.inbox_depth(agent) == (0, 0)
+        assert bus.history(agent) == []

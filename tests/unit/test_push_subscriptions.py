@@ -57,3 +57,17 @@ def test_an_agents_sessions_that_ended_without_unsubscribing_are_bounded():
     assert kept[-1] == f"message-bus://inbox/a{SUBSCRIPTIONS_PER_AGENT + 49}"
     assert "message-bus://inbox/a0" not in kept
     assert "message-bus://inbox/bob" in legacy.uris()
+
+
+def test_a_session_whose_caller_changes_keeps_each_agents_bound_its_own():
+    """One session may carry requests of two callers (each request names its own): the
+    later caller's subscription is its own, and the first agent going past its bound
+    evicts only its own oldest, without looping (it once hung the server)."""
+    legacy, shared = subscriptions(), object()
+    legacy.add("message-bus://agents", shared, lambda: True, "alice")
+    legacy.add("message-bus://agents", shared, lambda: True, "bob")
+    for i in range(SUBSCRIPTIONS_PER_AGENT + 5):
+        legacy.add(f"message-bus://inbox/a{i}", object(), lambda: True, "alice")
+    assert "message-bus://agents" in legacy.uris()  # bob's, not alice's to evict
+    kept = [u for u in legacy.uris() if u.startswith("message-bus://inbox/a")]
+    assert len(kept) == SUBSCRIPTIONS_PER_AGENT

@@ -110,7 +110,9 @@ for i, m in ipairs(messages) do
     m.outcome = record.id
   elseif record and not (record.id == m.id and record.token == m.token) then
     m.later = true  -- its outcome is known later: no audit entry yet
-    if record.until_ms > now_ms then
+    -- (a live lease of this very call's token is its own takeover, seen again when the
+    -- call is run again: taken over again, not waited for)
+    if record.until_ms > now_ms and record.token ~= m.token then
       m.outcome = 'in-flight:' .. string.format('%d', record.until_ms - now_ms) .. ':' .. record.id
     else
       m.outcome = 'retry-as:' .. record.id

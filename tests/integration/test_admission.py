@@ -349,3 +349,19 @@ def test_a_batch_run_again_after_its_reply_was_lost_answers_as_its_first_run(fre
     assert (again.duplicates, again.unsettled) == (first.duplicates, [])
     assert len(bus.history(sender)) == 1
     bus.close()
+
+
+def test_a_takeover_run_again_after_its_reply_was_lost_takes_over_again(quiet_bus, agents):
+    """A send that met a lease run out took it over ('retry-as'); run again (a lost reply),
+    it sees its own lease and answers the same, instead of waiting for itself as for a
+    send in flight."""
+    sender, reader = agents("s"), agents("r")
+    message = {"from": sender, "to": reader, "payload": 1, "metadata": {"dedup_key": "k"}}
+    died = admit_and_die(quiet_bus, message)
+    time.sleep(quiet_bus.runtime.retention.send_lease_ms / 1000 + 0.3)  # its lease runs out
+    record = quiet_bus.sender.prepare(dict(message)).record  # the client's retry: a new id
+    audit = [{"action": "send", "agent": sender, "target": reader, "outcome": "ok"}]
+    first = quiet_bus.runtime.admission.admit([record], audit)
+    again = quiet_bus.runtime.admission.admit([record], audit)
+    assert first.retry_as == {0: died.record.id} and first.in_flight == {}
+    assert (again.retry_as, again.in_flight) == (first.retry_as, {})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import pytest
 from kombu import Queue
@@ -318,8 +317,9 @@ def test_a_late_undo_takes_nothing_from_the_send_that_took_the_message_over(fres
     audit = [{"action": "send", "agent": sender, "target": worker_agent, "outcome": "ok"}]
     ahead = first.runtime.store.delivery_call(delivery, stalled.record.token)
     assert first.runtime.admission.admit([stalled.record], audit, then=ahead).followed == 1
-    time.sleep(first.runtime.retention.send_lease_ms / 1000 + 0.3)  # its lease runs out
 
+    # The retry meets the stalled sender's lease, waits for it to run out (the sender's own
+    # bounded wait for a send in flight), and takes the message over.
     receipt = retry.send_message(message)
     assert (receipt.id, receipt.status.value) == (message["id"], "queued")
     assert retry.runtime.store.inbox_depth(worker_agent) == (1, 0)
@@ -358,10 +358,15 @@ def test_a_takeover_run_again_after_its_reply_was_lost_takes_over_again(quiet_bu
     sender, reader = agents("s"), agents("r")
     message = {"from": sender, "to": reader, "payload": 1, "metadata": {"dedup_key": "k"}}
     died = admit_and_die(quiet_bus, message)
-    time.sleep(quiet_bus.runtime.retention.send_lease_ms / 1000 + 0.3)  # its lease runs out
     record = quiet_bus.sender.prepare(dict(message)).record  # the client's retry: a new id
     audit = [{"action": "send", "agent": sender, "target": reader, "outcome": "ok"}]
-    first = quiet_bus.runtime.admission.admit([record], audit)
-    again = quiet_bus.runtime.admission.admit([record], audit)
+    admit = quiet_bus.runtime.admission.admit
+    # While the dead sender's lease lives the retry is told "in flight" (nothing written):
+    # ask until it has run out and the retry takes it over.
+    lease = quiet_bus.runtime.retention.send_lease_ms / 1000
+    first = wait_for(
+        lambda: (a := admit([record], audit)).retry_as and a, lease + 10, "the lease to run out"
+    )
+    again = admit([record], audit)
     assert first.retry_as == {0: died.record.id} and first.in_flight == {}
     assert (again.retry_as, again.in_flight) == (first.retry_as, {})

@@ -371,7 +371,15 @@ def test_a_busy_redis_sends_a_delivered_here_message_degraded_not_with_a_raw_err
             )
         )
         busy.start()
-        time.sleep(0.3)  # the script is running, past the threshold
+
+        def refusing_busy() -> bool:  # the script runs past the threshold: others get BUSY
+            try:
+                client.ping()
+            except redis.ResponseError as exc:
+                return str(exc).startswith("BUSY")
+            return False
+
+        wait_for(refusing_busy, 5, "Redis to answer BUSY", interval=0.01)
         try:
             receipts = [
                 bus.send_message({"from": sender, "to": reader, "payload": n})

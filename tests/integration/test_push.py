@@ -5,6 +5,7 @@ that lands between a look and the wait wakes it at once instead of after the nex
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -70,11 +71,13 @@ class RecordingSession:
         self.updated.append(uri)
 
 
-async def until(check, seconds: float = 10.0) -> None:
-    for _ in range(int(seconds / 0.05)):
-        if check():
-            return
-        await asyncio.sleep(0.05)
+async def until(check, seconds: float = 10.0, what: str = "the condition") -> None:
+    """Polls `check()` until it is truthy; fails after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {seconds}s waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 def kill_listener(client, events: InboxEvents) -> int:
@@ -157,15 +160,25 @@ def test_after_the_listener_reconnects_every_subscriber_and_stream_is_told_once(
     assert later == [uri, uri] and streamed_later == [uri, uri]
 
 
-def test_a_reconnect_tells_nothing_to_a_listener_watching_no_inbox(module_env, bus, redis_client):
+def test_a_reconnect_tells_nothing_to_a_listener_watching_no_inbox(
+    module_env, bus, redis_client, agents
+):
+    """A stream watching no inbox hears no catch-up. The control: a resources/subscribe
+    session on the same listener hears that reconnect's catch-up (told after the streams
+    are), so by then the quiet stream would have heard it too."""
+    uri = inbox_uri(agents("r"))
+
     async def scenario() -> list[object]:
         events = InboxEvents(module_env.settings().redis_url, bus.runtime.keys)
+        legacy = LegacySubscriptions(events)
+        control = RecordingSession()
         heard: list[object] = []
         events.add_listener(heard.append)
         try:
             await events.start()
+            legacy.add(uri, control, lambda: True, "r")
             assert await asyncio.to_thread(kill_listener, redis_client, events) == 1
-            await asyncio.sleep(1.5)  # reconnected after 0.2 s
+            await until(lambda: control.updated, 10, "the control's catch-up notice")
             return heard
         finally:
             await events.close()

@@ -2,7 +2,10 @@
 
 closed -> (N consecutive connection failures) -> open: calls fail at once for
 `reset_timeout` seconds -> half_open: one trial call; success closes, failure reopens.
-States are per process, visible in health and in `message_bus_circuit_state{target}`.
+A trial that ends with neither (an error its caller judges as something else) gives its
+place to the next call: otherwise the circuit would stay half-open, refusing every call,
+for good. States are per process, visible in health and in
+`message_bus_circuit_state{target}`.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from bus.errors import BusUnavailable
 
@@ -49,29 +53,44 @@ class CircuitBreaker:
 
     def allow(self) -> bool:
         """May a call go through now? In half-open, only one trial call at a time."""
+        return self._admit() is not None
+
+    def _admit(self) -> str | None:
+        """CLOSED for a call in a closed circuit, HALF_OPEN for the one trial call, None for
+        a call refused."""
         if self._state == CLOSED:  # the common case, read without the lock (one attribute)
-            return True
+            return CLOSED
         with self._lock:
             if self._state == CLOSED:
-                return True
+                return CLOSED
             if self._state == OPEN:
                 if time.monotonic() - self._opened_at < self.reset_timeout:
-                    return False
+                    return None
                 self._set(HALF_OPEN)
             if self._trial_running:
-                return False
+                return None
             self._trial_running = True
-            return True
+            return HALF_OPEN
 
-    def let_through(self, action: str) -> None:
-        """Returns when a call may go through (see `allow`); while the circuit is open,
-        fails at once with BusUnavailable naming `action` and when the next try is."""
-        if not self.allow():
+    @contextmanager
+    def passage(self, action: str) -> Iterator[None]:
+        """One call through the breaker: refused at once while the circuit is open (a
+        BusUnavailable naming `action` and when the next try is). The caller gives its
+        verdict with `success` or `failure`; a trial call that ends without one lets the
+        next call be the trial."""
+        admitted = self._admit()
+        if admitted is None:
             raise BusUnavailable(
                 f"bus unavailable: {self.shown} cannot be reached (circuit open after repeated "
                 f"failures; next try in {self.retry_in():.1f}s) while trying to {action}",
                 component=self.target,
             )
+        try:
+            yield
+        finally:
+            if admitted == HALF_OPEN:
+                with self._lock:
+                    self._trial_running = False
 
     def success(self) -> None:
         if self._state == CLOSED and not self._failures:  # nothing to reset: skip the lock

@@ -59,48 +59,48 @@ def broker_errors(action: str, *, bounded: bool = True) -> Iterator[None]:
     length bound (`bounded`); without one it can only be the broker failing to take the
     message (a quorum queue losing its leader), which is transient."""
     breaker = BREAKERS["broker"]
-    breaker.let_through(action)
-    try:
-        yield
-    except _BROKER_ERRORS + (MessageNacked,) as exc:
-        if _nacked(exc) and not bounded:
-            breaker.success()
+    with breaker.passage(action):
+        try:
+            yield
+        except _BROKER_ERRORS + (MessageNacked,) as exc:
+            if _nacked(exc) and not bounded:
+                breaker.success()
+                raise BusUnavailable(
+                    f"bus unavailable: the broker refused the message while trying to {action} "
+                    "(a nack: a quorum queue changing leader, or a length limit a broker policy "
+                    "sets); nothing was sent, retry",
+                    component="broker",
+                ) from exc
+            if _nacked(exc):  # a refusal is an answer, not an outage (Celery may wrap it)
+                breaker.success()
+                raise LimitExceeded(
+                    f"the broker refused the message while trying to {action}: the queue is full "
+                    "(x-max-length with reject-publish); nothing was sent, retry later",
+                    limit="queue_max_length",
+                ) from exc
+            if isinstance(exc, PoolExhausted):  # our own pool, not the broker: no breaker trip
+                raise BusUnavailable(
+                    f"bus busy: every broker connection of this process stayed in use for "
+                    f"10s while trying to {action}; retry shortly",
+                    component="broker",
+                ) from exc
+            breaker.failure()
             raise BusUnavailable(
-                f"bus unavailable: the broker refused the message while trying to {action} "
-                "(a nack: a quorum queue changing leader, or a length limit a broker policy "
-                "sets); nothing was sent, retry",
+                f"bus unavailable: the broker cannot be reached while trying to {action} ({exc})",
                 component="broker",
             ) from exc
-        if _nacked(exc):  # a refusal is an answer, not an outage (Celery may wrap it)
+        except ChannelError as exc:
+            # The broker closed the channel on this operation: an answer about this message
+            # (too large, a queue or exchange gone), not an outage of the node.
             breaker.success()
-            raise LimitExceeded(
-                f"the broker refused the message while trying to {action}: the queue is full "
-                "(x-max-length with reject-publish); nothing was sent, retry later",
-                limit="queue_max_length",
-            ) from exc
-        if isinstance(exc, PoolExhausted):  # our own pool, not the broker: no breaker trip
-            raise BusUnavailable(
-                f"bus busy: every broker connection of this process stayed in use for "
-                f"10s while trying to {action}; retry shortly",
-                component="broker",
-            ) from exc
-        breaker.failure()
-        raise BusUnavailable(
-            f"bus unavailable: the broker cannot be reached while trying to {action} ({exc})",
-            component="broker",
-        ) from exc
-    except ChannelError as exc:
-        # The broker closed the channel on this operation: an answer about this message
-        # (too large, a queue or exchange gone), not an outage of the node.
-        breaker.success()
-        raise _refused(action, exc) from exc
-    except BusError:
-        raise  # a nested call already judged it
-    except Exception:
-        breaker.success()
-        raise
-    else:
-        breaker.success()
+            raise _refused(action, exc) from exc
+        except BusError:
+            raise  # a nested call already judged it
+        except Exception:
+            breaker.success()
+            raise
+        else:
+            breaker.success()
 
 
 def _refused(action: str, exc: ChannelError) -> BusError:

@@ -18,7 +18,7 @@ from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.sentinel import Sentinel
 
 from bus.breaker import BREAKERS
-from bus.errors import BusError, BusUnavailable, ConfigError
+from bus.errors import BusError, BusUnavailable, ConfigError, NotReplicated
 
 logger = logging.getLogger(__name__)
 
@@ -162,26 +162,29 @@ def redis_errors(action: str) -> Iterator[None]:
     """Turns connection-level Redis failures into BusUnavailable naming the action, and
     fails at once while the Redis circuit breaker is open."""
     breaker = BREAKERS["redis"]
-    breaker.let_through(action)
-    try:
-        yield
-    except BusError:
-        raise  # a nested call already judged it
-    except redis.RedisError as exc:
-        if not is_transient(exc):
-            breaker.success()  # Redis answered; the error is something else
+    with breaker.passage(action):
+        try:
+            yield
+        except NotReplicated:
+            breaker.success()  # Redis answered: only its replicas lag behind
             raise
-        breaker.failure()
-        if isinstance(exc, CONNECTION_ERRORS):
-            problem = f"Redis cannot be reached while trying to {action} ({exc})"
+        except BusError:
+            raise  # a nested call already judged it
+        except redis.RedisError as exc:
+            if not is_transient(exc):
+                breaker.success()  # Redis answered; the error is something else
+                raise
+            breaker.failure()
+            if isinstance(exc, CONNECTION_ERRORS):
+                problem = f"Redis cannot be reached while trying to {action} ({exc})"
+            else:
+                problem = f"Redis refused to {action} for now ({_describe(exc)})"
+            raise BusUnavailable(f"bus unavailable: {problem}", component="redis") from exc
+        except Exception:
+            breaker.success()
+            raise
         else:
-            problem = f"Redis refused to {action} for now ({_describe(exc)})"
-        raise BusUnavailable(f"bus unavailable: {problem}", component="redis") from exc
-    except Exception:
-        breaker.success()
-        raise
-    else:
-        breaker.success()
+            breaker.success()
 
 
 def _describe(exc: BaseException) -> str:

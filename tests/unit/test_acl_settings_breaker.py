@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
 from bus import breaker as breaker_module
 from bus.acl import Policy
-from bus.breaker import CircuitBreaker
-from bus.errors import ConfigError
+from bus.breaker import BREAKERS, CircuitBreaker
+from bus.errors import BusUnavailable, ConfigError, NotReplicated, PermanentFailure
 from bus.keys import Keys
+from bus.redis_conn import redis_errors
 from bus.settings import Settings, parse_rate
 
 
@@ -124,6 +126,72 @@ def test_breaker_opens_after_failures_then_half_opens_and_closes():
         assert breaker.state == "closed"
     finally:
         breaker_module.time.monotonic = real
+
+
+def _half_open(breaker: CircuitBreaker, monkeypatch) -> None:
+    """Opens `breaker` and lets its reset timeout run out (on a stopped clock)."""
+    now = time.monotonic()
+    monkeypatch.setattr(breaker_module.time, "monotonic", lambda: now)
+    for _ in range(breaker.failure_threshold):
+        breaker.failure()
+    monkeypatch.setattr(breaker_module.time, "monotonic", lambda: now + breaker.reset_timeout)
+    assert breaker.state == "half_open"
+
+
+@pytest.fixture
+def redis_breaker():
+    yield BREAKERS["redis"]
+    BREAKERS["redis"].success()  # closed again for the tests after this one
+
+
+def test_a_trial_that_redis_answers_with_too_few_replicas_closes_the_circuit(
+    redis_breaker, monkeypatch
+):
+    # After a failover the trial reaches the new primary before its replica is back, and
+    # WAIT says 0: Redis answered. Left undecided, the circuit stayed half-open with its
+    # trial "running" and refused every call of the process for good.
+    _half_open(redis_breaker, monkeypatch)
+    with pytest.raises(NotReplicated), redis_errors("deliver a message"):
+        raise NotReplicated("0 of 1 replicas", acknowledged=0, required=1)
+    assert redis_breaker.state == "closed"
+    with redis_errors("deliver a message"):
+        pass  # the next call goes through
+
+
+def test_a_trial_cut_short_by_a_nested_refusal_does_not_shut_redis_out_for_good(
+    redis_breaker, monkeypatch
+):
+    _half_open(redis_breaker, monkeypatch)
+    with pytest.raises(BusUnavailable, match="circuit open"), redis_errors("deliver"):
+        with redis_errors("record a status"):  # refused: the outer call holds the trial
+            pass
+    with redis_errors("deliver"):  # the next call is let through as the trial
+        pass
+    assert redis_breaker.state == "closed"
+
+
+@pytest.mark.parametrize(
+    "ending",
+    [
+        BusUnavailable("a nested call was refused", component="redis"),
+        PermanentFailure("the caller's own verdict", reason="malformed"),
+    ],
+    ids=["nested-refusal", "caller-verdict"],
+)
+def test_a_trial_that_ends_without_a_verdict_lets_the_next_call_be_the_trial(ending, monkeypatch):
+    breaker = CircuitBreaker("x", failure_threshold=2, reset_timeout=1.0)
+    _half_open(breaker, monkeypatch)
+    with breaker.passage("try"):
+        # Positive control: while the trial runs, no other call goes through.
+        with pytest.raises(BusUnavailable, match="circuit open.*while trying to send"):
+            with breaker.passage("send"):
+                pass
+    with pytest.raises(type(ending)), breaker.passage("try"):
+        raise ending  # neither success nor failure recorded
+    assert breaker.state == "half_open"
+    with breaker.passage("send"):  # the next call is the trial, not refused for good
+        breaker.success()
+    assert breaker.state == "closed"
 
 
 def test_the_solo_pool_is_refused_with_the_reason(tmp_path):

@@ -373,6 +373,8 @@ class DeadLetterQueue:
         replays = entry.header_int(REPLAYS_HEADER) + 1
         before = self._record_replay(envelope.id, replays)
         try:
+            if entry.agent is not None:
+                self.runtime.store.restart_handling(entry.agent, envelope.id, envelope.text)
             self._publish_replay(entry, envelope, replays)
         except BusError:
             self._restore(envelope.id, before)

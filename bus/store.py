@@ -272,6 +272,17 @@ class RedisStore(RedisBacked):
             stored = self.redis.hget(self.keys.inbox(agent).body, message_id)
         return stored == wire and bool(self.ack(agent, [message_id]))
 
+    def restart_handling(self, agent: str, message_id: str, wire: str) -> bool:
+        """A replay starts a new cycle of handler runs for `agent`'s message: the count of
+        runs that guards against a handler killing its process starts again (left as it
+        was, the replay's first run counted as one crash too many and never ran). Only for
+        that very message: a forged copy naming another's id resets nothing."""
+        with redis_errors("restart the count of handler runs"):
+            if self.redis.hget(self.keys.inbox(agent).body, message_id) != wire:
+                return False
+            self.redis.delete(self.keys.handling(message_id, agent))
+        return True
+
     def peek_inbox_items(self, agent: str, limit: int) -> list[tuple[str, str]]:
         """(id, wire) of up to `limit` inbox messages, leased or not."""
         with redis_errors("scan the inbox"):

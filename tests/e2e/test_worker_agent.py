@@ -119,6 +119,37 @@ def full_inbox(fresh_env, agents):
     proc.wait(20)
 
 
+@pytest.fixture
+def counter_agent(fresh_env, agents):
+    """The counting worker agent on a bus of its own; yields the bus."""
+    fresh_env.start_worker()
+    proc, _ = start_echo_agent(fresh_env, "agent-counter", "tests.support.counting_agent:agent")
+    bus = fresh_env.bus()
+    yield bus
+    bus.close()
+    proc.terminate()
+    proc.wait(20)
+
+
+def test_a_replayed_dead_letter_of_a_worker_agent_runs_its_handler_again(counter_agent, agents):
+    """A handler failed to the end (its downstream was down), then the downstream is back:
+    the replay runs the handler and the asker gets its answer. The count of handler runs
+    (the guard against a handler that kills its process) once outlived the dead letter, so
+    the replay's first run counted as one crash too many and the handler never ran."""
+    bus = counter_agent
+    asker = bus.as_agent(agents("asker"))
+    asked = asker.start_request(
+        {"to": "counter", "payload": {"fail_runs": 1}, "metadata": {"max_retries": 0}}
+    )
+    status = wait_for(lambda: (s := asker.status(asked)).status.value == "dead" and s, 60, "dead")
+    assert status.reason == "handler_failed"  # the control: the first cycle's one run failed
+    assert handler_runs(bus, asked) == 1
+    assert bus.replay_dead_letters([asked]) == [asked]
+    answer = wait_for(lambda: asker.response_to(asked), 30, "the replay's answer")
+    assert answer.payload == {"runs": 2}
+    assert handler_runs(bus, asked) == 2
+
+
 def handler_runs(bus, message_id):
     return int(bus.runtime.redis.get(runs_key(bus.settings.key_prefix, message_id)) or 0)
 

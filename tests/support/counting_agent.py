@@ -1,5 +1,7 @@
 """A worker agent for tests that counts its handler's runs per message in Redis (the
-side effect a handler must not repeat): `msgbus agent run tests.support.counting_agent:agent`."""
+side effect a handler must not repeat): `msgbus agent run tests.support.counting_agent:agent`.
+A request whose payload has `fail_runs: n` fails its first n runs (a downstream that is back
+after a while)."""
 
 from __future__ import annotations
 
@@ -18,4 +20,7 @@ def runs_key(prefix: str, message_id: str) -> str:
 def count(message: Any) -> dict[str, Any]:
     bus = agent.bus
     runs = bus.runtime.redis.incr(runs_key(bus.settings.key_prefix, message.id))
+    payload = message.payload if isinstance(message.payload, dict) else {}
+    if runs <= int(payload.get("fail_runs", 0)):
+        raise RuntimeError(f"downstream unavailable (run {runs})")
     return {"runs": runs}

@@ -24,6 +24,7 @@ from bus.schema import (
     AckResult,
     AgentInfo,
     DeadLetter,
+    DeadLetterChoice,
     Message,
     MessageStatus,
     MessageType,
@@ -343,10 +344,12 @@ class MessageBus:
         limit: int | None,
         agent: str,
     ) -> list[str]:
-        if not ids and not everything:
+        given = list(ids) if ids is not None and not isinstance(ids, str | bytes) else ids
+        choice = parse(DeadLetterChoice, {"ids": given, "all": everything}, what="choice")
+        if not choice.ids and not choice.all:
             raise ValidationError(f"name the dead letters to {action}, or ask for all")
         queue = self.dead_letter_queue
-        chosen = None if everything else list(ids or [])
+        chosen = None if choice.all else choice.ids
         if action == "replay":
             done = queue.replay(chosen, limit=limit)
         else:

@@ -344,6 +344,21 @@ class DeadLetter(_Model):
     message: dict[str, Any] | None = None
 
 
+MAX_CHOSEN_DEAD_LETTERS = 1000
+
+
+class DeadLetterChoice(BaseModel):
+    """Which dead letters to replay or purge, as every entrance takes it: a list of ids, or
+    all of them (`true` only: a string such as "false" is refused, not taken as true)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    ids: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        default=None, max_length=MAX_CHOSEN_DEAD_LETTERS
+    )
+    all: bool = False
+
+
 class AckResult(_Model):
     acked: list[str] = Field(default_factory=list)
     not_found: list[str] = Field(default_factory=list)

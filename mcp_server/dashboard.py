@@ -24,8 +24,10 @@ from starlette.routing import Route
 from bus.client import MessageBus
 from bus.errors import BusError
 from bus.handle import AgentHandle
+from bus.schema import DeadLetterChoice
 from bus.settings import Settings
 from bus.tokens import TokenFile
+from bus.validation import parse
 from mcp_server.serving import uvicorn_settings
 from mcp_server.websecurity import HostOriginGuard, WebOrigins, web_origins
 
@@ -115,10 +117,12 @@ def dashboard_routes(bus: MessageBus, tokens: TokenFile, origins: WebOrigins) ->
             body = await request.json()
         except ValueError:
             return JSONResponse({"error": "the body must be JSON"}, status_code=400)
+        # Read by the bus's own schema (a BusError, 400, names the field): ids a list of
+        # strings, all a boolean; nothing coerced ("false" was once taken as true).
         if not isinstance(body, dict):
             return JSONResponse({"error": "the body must be a JSON object"}, status_code=400)
-        ids = body.get("ids") or None
-        everything = bool(body.get("all"))
+        choice = parse(DeadLetterChoice, body, what="request body")
+        ids, everything = choice.ids, choice.all
         chunk = REPLAY_CHUNK if everything else None
         action = request.path_params["action"]
         if action == "replay":

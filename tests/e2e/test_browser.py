@@ -126,6 +126,52 @@ def test_dashboard_refuses_a_non_admin_token(fresh_env, tmp_path):
         stop(server)
 
 
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"all": "false"}, "all"),
+        ({"ids": 5}, "ids"),
+        ({"ids": "abc"}, "ids"),
+        ({"ids": [1]}, "ids.0"),
+    ],
+)
+def test_dashboard_refuses_a_choice_of_dead_letters_it_would_have_to_guess(
+    fresh_env, tmp_path, agents, body, field
+):
+    """Dead letters are chosen by a list of ids or `all: true`, nothing coerced: `"false"`
+    once purged every dead letter, and a number of ids answered 500."""
+    bus = fresh_env.bus()
+    broken = fresh_env.start_worker(MESSAGE_BUS_REDIS_URL="redis://127.0.0.1:1/0")
+    receipt = bus.send_message(
+        {
+            "from": agents("s"),
+            "to": agents("r"),
+            "payload": "keep me",
+            "metadata": {"max_retries": 0},
+        }
+    )
+    wait_for(lambda: [d for d in bus.dead_letters() if d.id == receipt.id], 30, "dead letter")
+    broken.stop()
+    tokens = tmp_path / "tokens.json"
+    token = TokenFile(tokens).create("ops")
+    server, base = start_http_server(
+        fresh_env, "mcp-ui-choice", tokens, MESSAGE_BUS_ADMINS='["ops"]'
+    )
+    try:
+        purge = f"{base}/ui/api/dead-letters/purge"
+        headers = {"Authorization": f"Bearer {token}"}
+        refused = httpx.post(purge, headers=headers, json=body)
+        assert refused.status_code == 400
+        assert refused.json()["error"] == "invalid"
+        assert f"invalid request body: {field}:" in refused.json()["message"]
+        assert [d.id for d in bus.dead_letters()] == [receipt.id]  # nothing purged
+        # The control: the same door takes a proper choice.
+        done = httpx.post(purge, headers=headers, json={"ids": [receipt.id]})
+        assert done.status_code == 200 and done.json()["done"] == [receipt.id]
+    finally:
+        stop(server)
+
+
 def test_flower_shows_bus_deliver_tasks(fresh_env, browser, agents):
     fresh_env.start_worker()
     port = free_port()

@@ -20,6 +20,7 @@ from bus.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
+_KEY_PREFIX_RE = re.compile(r"[A-Za-z0-9._:-]{1,100}")
 _PER = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
 
 
@@ -207,6 +208,14 @@ class Settings(BaseSettings):
     @field_validator("key_prefix")
     @classmethod
     def _prefix_ends_with_colon(cls, value: str) -> str:
+        # The prefix starts every key and every pub/sub pattern: a glob character in it
+        # ("*?[]\\") would make the push listener's pattern match nothing (no push, ever),
+        # and a brace would break the per-agent hash tags.
+        if not _KEY_PREFIX_RE.fullmatch(value):
+            raise ValueError(
+                f"key prefix {value!r}: letters, digits, '.', '_', '-' and ':' only, "
+                "at most 100 characters"
+            )
         return value if value.endswith(":") else value + ":"
 
     @field_validator("rate_limit", "trusted_rate_limit")

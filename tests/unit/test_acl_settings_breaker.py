@@ -198,3 +198,11 @@ def test_the_solo_pool_is_refused_with_the_reason(tmp_path):
     with pytest.raises(ValueError, match="solo pool is not supported.*threads pool"):
         Settings(worker_pool="solo", state_dir=tmp_path)
     assert Settings(worker_pool="prefork", state_dir=tmp_path).worker_pool == "prefork"
+
+
+@pytest.mark.parametrize("prefix", ["rv[x]:", "a*:", "a?", "a\\:", "{a}:", "a b:", ""])
+def test_a_key_prefix_that_would_break_the_push_patterns_or_hash_tags_is_refused(prefix, tmp_path):
+    # A glob character in it once made the push listener's pattern match nothing: no push.
+    with pytest.raises(ValueError, match="key prefix .*letters, digits, '.', '_', '-' and ':'"):
+        Settings(key_prefix=prefix, state_dir=tmp_path)
+    assert Settings(key_prefix="team-1.bus_a:x", state_dir=tmp_path).key_prefix == "team-1.bus_a:x:"

@@ -38,7 +38,7 @@ from bus.schema import (
 )
 from bus.sender import Sender
 from bus.settings import Settings
-from bus.validation import check, parse
+from bus.validation import check, finite, parse
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +130,7 @@ class MessageBus:
     def _request(
         self, data: dict[str, Any], timeout: float, *, front_door: bool = False
     ) -> ReceivedMessage:
+        timeout = finite(timeout, "timeout", positive=True)
         prepared = self.sender.prepare(data)
         message = prepared.message
         requester = message.reply_to or message.sender
@@ -392,7 +393,7 @@ def _since_ms(since: datetime | float | None) -> int | None:
         return None
     if isinstance(since, datetime):
         return int(since.timestamp() * 1000)
-    return int(float(since) * 1000)
+    return int(finite(since, "since") * 1000)
 
 
 __all__ = ["MessageBus", "RequestTimeout", "Priority"]

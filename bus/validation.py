@@ -1,7 +1,9 @@
-"""Turning pydantic validation errors into one clear bus error naming field and rule."""
+"""Turning pydantic validation errors into one clear bus error naming field and rule, and
+the numbers of the API that no schema reads (a time, a timeout) checked the same way."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, TypeVar
 
 import pydantic
@@ -41,3 +43,17 @@ def check(value: Any, checker: Any, what: str) -> Any:
         return checker(value)
     except ValueError as exc:
         raise ValidationError(f"invalid {what}: {exc}") from exc
+
+
+def finite(value: Any, what: str, *, positive: bool = False) -> float:
+    """`value` as a float when it is a finite number (above 0 if `positive`), else a
+    ValidationError naming `what`: infinity or NaN would make a wait endless or a time
+    unconvertible."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValidationError(f"{what}: expected a number, got {value!r}") from None
+    if not math.isfinite(number) or (positive and number <= 0):
+        rule = "a finite number above 0" if positive else "a finite number"
+        raise ValidationError(f"{what}: must be {rule}, got {value!r}")
+    return number

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from bus.errors import RequestTimeout, ValidationError
 from tests.support.processes import msgbus
 from tests.support.waiting import wait_for
 
@@ -161,3 +162,21 @@ def test_a_bad_setting_is_named_in_one_line(module_env):
         "error: invalid setting MESSAGE_BUS_WORKER_CONCURRENCY: "
         "Input should be greater than or equal to 1\n"
     )
+
+
+@pytest.mark.parametrize("since", ["inf", "nan", "-inf"])
+def test_a_time_that_is_no_number_is_refused_in_one_line(module_env, worker, agents, since):
+    """`--since inf` once ended in an OverflowError's traceback."""
+    a = agents("a")
+    refused = msgbus(module_env, "history", a, "--since", since)
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == f"error: since: must be a finite number, got {float(since)}"
+    assert msgbus(module_env, "history", a, "--since", "0").returncode == 0  # the control
+
+
+def test_a_request_timeout_that_would_wait_for_ever_is_refused(bus, agents):
+    for timeout in (float("inf"), float("nan"), 0):
+        with pytest.raises(ValidationError, match="timeout: must be a finite number above 0"):
+            bus.request({"from": agents("a"), "to": agents("b")}, timeout=timeout)
+    with pytest.raises(RequestTimeout):  # the control: a finite timeout is taken and runs out
+        bus.request({"from": agents("a"), "to": agents("b")}, timeout=0.2)

@@ -29,11 +29,25 @@ from pydantic.alias_generators import to_camel
 
 AGENT_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 TOPIC_PATTERN = r"^[a-z0-9][a-z0-9._/-]{0,127}$"
+# The ids a sender may give: its message's own, the request it answers, its trace.
+MESSAGE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}"
 _AGENT_RE = re.compile(AGENT_ID_PATTERN)
+_MESSAGE_ID_RE = re.compile(MESSAGE_ID_PATTERN)
 _TOPIC_RE = re.compile(TOPIC_PATTERN)
 BROADCAST = "*"
 SCHEMA_VERSION = "1.0"
 MAX_TTL_SECONDS = 4_294_967
+
+
+def given_id_problem(value: str) -> str | None:
+    """Why `value` cannot be an id a sender gives, or None. No whitespace, control, glob
+    or brace characters: an id ends up in keys, logs and operators' shells."""
+    if _MESSAGE_ID_RE.fullmatch(value):
+        return None
+    return (
+        f"{value[:40]!r} is not an id: 1-128 letters, digits and '._:@/+=-', starting "
+        "with a letter or digit"
+    )
 
 
 class Priority(StrEnum):

@@ -32,7 +32,7 @@ from bus.prepared import MAX_TASK_MESSAGE_BYTES, Prepared, task_groups
 from bus.refusals import admission_refusal, as_bus_error, partly_sent, still_in_flight
 from bus.routing import broadcast_recipients, topic_recipients
 from bus.runtime import Runtime
-from bus.schema import RESERVED_FIELD_NAMES, Message, Receipt, Status
+from bus.schema import RESERVED_FIELD_NAMES, Message, Receipt, Status, given_id_problem
 from bus.topology import DELIVER_BATCH_TASK, DELIVER_TASK
 from bus.validation import parse
 
@@ -89,8 +89,6 @@ class Sender:
         given_id = bool(message.id)
         if not given_id:
             message.id = str(uuid.uuid4())
-        elif len(message.id) > 128:
-            raise ValidationError(f"{where}id: at most 128 characters")
         message.timestamp = self.runtime.clock.utcnow()
         if message.trace_id is None:
             message.trace_id = uuid.uuid4().hex
@@ -114,6 +112,11 @@ class Sender:
             )
         envelope = message.model_dump(by_alias=True, exclude={"payload", "timestamp"})
         rest = jsonvalue.encode(envelope, max_depth=16, where=where.rstrip(".") or "message")
+        # After the JSON check, which names a lone surrogate as what it is.
+        for name in ("id", "correlation_id", "trace_id"):
+            value = getattr(message, name) if name != "id" or given_id else None
+            if value is not None and (problem := given_id_problem(value)):
+                raise ValidationError(f"{where}{name}: {problem}")
         if len(rest) > MAX_ENVELOPE_BYTES:
             raise LimitExceeded(
                 f"{where or 'message '}{message.id}: everything but the payload takes "

@@ -21,7 +21,6 @@ from celery.signals import (
     worker_ready,
     worker_shutdown,
 )
-from prometheus_client import start_http_server
 
 from bus import heap, topology
 from bus.errors import ConfigError
@@ -30,6 +29,7 @@ from bus.runtime import Runtime, runtime_from_env
 from bus.settings import SOLO_POOL_REFUSED
 from workers import fastjson, jobs, tasks, wakeup
 from workers.agent_runtime import current_agent
+from workers.metrics_exporter import start_exporter
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def _start_metrics_exporter(sender: Any = None, **_: Any) -> None:
         port += 1  # beside the main worker on the same host
     if port and not _embedded(sender):
         try:
-            start_http_server(port, addr=s.metrics_host)
+            start_exporter(s.metrics_host, port, s)
             logger.info("worker metrics on http://%s:%d/metrics", s.metrics_host, port)
         except OSError as exc:  # another worker on this host already exports there
             logger.warning("worker metrics exporter not started on port %d: %s", port, exc)

@@ -195,3 +195,24 @@ def test_redis_outage_mid_burst_loses_nothing_and_the_breaker_opens_then_closes(
         assert bus.dead_letters() == []
     finally:
         redis_.stop()
+
+
+def test_worker_metrics_answer_only_their_own_names_and_the_metrics_token(fresh_env):
+    """The exporter names every agent and its inbox depth: a page in a browser on this
+    machine once read it by DNS rebinding (any Host), and METRICS_TOKEN did not guard it."""
+    port = free_port()
+    fresh_env.start_worker(
+        MESSAGE_BUS_METRICS_PORT=str(port), MESSAGE_BUS_METRICS_TOKEN="scrape-me"
+    )
+    url = f"http://127.0.0.1:{port}/metrics"
+    bearer = {"Authorization": "Bearer scrape-me"}
+    wait_for(lambda: http_status(url) == 401, 30, "the exporter, asking for the token")
+    scraped = httpx.get(url, headers=bearer)
+    assert scraped.status_code == 200 and "message_bus_messages_total" in scraped.text  # control
+    assert httpx.get(url).status_code == 401
+    assert httpx.get(url, headers={"Authorization": "Bearer guess"}).status_code == 401
+    rebound = httpx.get(url, headers={**bearer, "Host": f"evil.example:{port}"})
+    assert rebound.status_code == 421 and "message_bus" not in rebound.text
+    foreign = httpx.get(url, headers={**bearer, "Origin": "http://evil.example"})
+    assert foreign.status_code == 403
+    assert httpx.get(f"http://localhost:{port}/metrics", headers=bearer).status_code == 200

@@ -40,7 +40,7 @@ class CircuitBreaker:
         self._state = CLOSED
         self._failures = 0
         self._opened_at = 0.0
-        self._trial_running = False
+        self._trial: object | None = None  # the half-open trial call under way, if any
         self._lock = threading.Lock()
         self.listeners: list[Callable[[str, str], None]] = []
 
@@ -52,12 +52,13 @@ class CircuitBreaker:
             return self._state
 
     def allow(self) -> bool:
-        """May a call go through now? In half-open, only one trial call at a time."""
+        """May a call go through now? In half-open, only one trial call at a time (a call
+        let through must end with `success` or `failure`; `passage` sees to it)."""
         return self._admit() is not None
 
-    def _admit(self) -> str | None:
-        """CLOSED for a call in a closed circuit, HALF_OPEN for the one trial call, None for
-        a call refused."""
+    def _admit(self) -> object | None:
+        """CLOSED for a call in a closed circuit, a token of its own for the one trial
+        call, None for a call refused."""
         if self._state == CLOSED:  # the common case, read without the lock (one attribute)
             return CLOSED
         with self._lock:
@@ -67,10 +68,10 @@ class CircuitBreaker:
                 if time.monotonic() - self._opened_at < self.reset_timeout:
                     return None
                 self._set(HALF_OPEN)
-            if self._trial_running:
+            if self._trial is not None:
                 return None
-            self._trial_running = True
-            return HALF_OPEN
+            self._trial = object()
+            return self._trial
 
     @contextmanager
     def passage(self, action: str) -> Iterator[None]:
@@ -88,23 +89,24 @@ class CircuitBreaker:
         try:
             yield
         finally:
-            if admitted == HALF_OPEN:
+            if admitted is not CLOSED:
                 with self._lock:
-                    self._trial_running = False
+                    if self._trial is admitted:  # not a later trial's place
+                        self._trial = None
 
     def success(self) -> None:
         if self._state == CLOSED and not self._failures:  # nothing to reset: skip the lock
             return
         with self._lock:
             self._failures = 0
-            self._trial_running = False
+            self._trial = None
             if self._state != CLOSED:
                 self._set(CLOSED)
 
     def failure(self) -> None:
         with self._lock:
             self._failures += 1
-            self._trial_running = False
+            self._trial = None
             if self._state == HALF_OPEN or self._failures >= self.failure_threshold:
                 self._opened_at = time.monotonic()
                 if self._state != OPEN:

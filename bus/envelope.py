@@ -143,3 +143,21 @@ def _timestamp_ms(data: dict[str, Any], message_id: str) -> int:
 
 def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def same_message(stored: str, other: str) -> bool:
+    """Whether two wires are one message at different tries: equal but for the bus's own
+    count of tries and the signature over it (a retry re-signs the wire with its count, so
+    the dead letter of a retried message is not the text its inbox holds)."""
+    if stored == other:
+        return True
+    try:
+        first, second = orjson.loads(stored), orjson.loads(other)
+    except orjson.JSONDecodeError:
+        return False
+    for data in (first, second):
+        if not isinstance(data, dict) or not isinstance(data.get("metadata"), dict):
+            return False
+        data.pop("signature", None)
+        data["metadata"].pop("retry_count", None)
+    return bool(first == second)

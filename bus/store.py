@@ -16,6 +16,7 @@ import orjson
 from bus import delivery_calls, scripts
 from bus.clock import Clock
 from bus.delivery_calls import Delivery
+from bus.envelope import same_message
 from bus.errors import LimitExceeded
 from bus.keys import Keys
 from bus.redis_conn import redis_errors
@@ -266,11 +267,15 @@ class RedisStore(RedisBacked):
 
     def drop_if_same(self, agent: str, message_id: str, wire: str) -> bool:
         """Takes `message_id` out of `agent`'s inbox only if what is stored under it is
-        `wire` (one message's stored text never changes): a forged copy naming the id of
+        `wire` (the same message at any try, see `same_message`): a forged copy naming the id of
         another's message removes nothing."""
         with redis_errors("look at the inbox"):
             stored = self.redis.hget(self.keys.inbox(agent).body, message_id)
-        return stored == wire and bool(self.ack(agent, [message_id]))
+        return (
+            stored is not None
+            and same_message(stored, wire)
+            and bool(self.ack(agent, [message_id]))
+        )
 
     def restart_handling(self, agent: str, message_id: str, wire: str) -> bool:
         """A replay starts a new cycle of handler runs for `agent`'s message: the count of
@@ -278,7 +283,8 @@ class RedisStore(RedisBacked):
         was, the replay's first run counted as one crash too many and never ran). Only for
         that very message: a forged copy naming another's id resets nothing."""
         with redis_errors("restart the count of handler runs"):
-            if self.redis.hget(self.keys.inbox(agent).body, message_id) != wire:
+            stored = self.redis.hget(self.keys.inbox(agent).body, message_id)
+            if stored is None or not same_message(stored, wire):
                 return False
             self.redis.delete(self.keys.handling(message_id, agent))
         return True

@@ -173,3 +173,19 @@ def test_an_answer_refused_to_the_end_leaves_the_request_dead_with_why(full_inbo
     status = wait_for(lambda: (s := asker.status(asked)).status.value == "dead" and s, 60, "dead")
     assert status.reason == "reply_refused" and "inbox" in status.error
     assert handler_runs(bus, asked) == 1
+
+
+def test_a_request_dead_after_its_answer_was_refused_to_the_end_is_answered_on_replay(
+    full_inbox,
+):
+    """Its retries carried a wire of their own (each with its count of tries), so its dead
+    letter is not the text its inbox holds: the replay once restarted nothing, and the
+    handler's first run of the new cycle counted as a crash too many."""
+    bus, asker = full_inbox
+    asked = asker.start_request({"to": "counter", "metadata": {"max_retries": 2}})
+    status = wait_for(lambda: (s := asker.status(asked)).status.value == "dead" and s, 60, "dead")
+    assert status.reason == "reply_refused"
+    asker.ack([m.id for m in asker.read(limit=10)])  # room
+    assert bus.replay_dead_letters([asked]) == [asked]
+    answer = wait_for(lambda: asker.response_to(asked), 30, "the replay's answer")
+    assert answer.payload == {"runs": 2}  # a new cycle: the handler ran again

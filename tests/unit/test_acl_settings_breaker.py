@@ -206,3 +206,21 @@ def test_a_key_prefix_that_would_break_the_push_patterns_or_hash_tags_is_refused
     with pytest.raises(ValueError, match="key prefix .*letters, digits, '.', '_', '-' and ':'"):
         Settings(key_prefix=prefix, state_dir=tmp_path)
     assert Settings(key_prefix="team-1.bus_a:x", state_dir=tmp_path).key_prefix == "team-1.bus_a:x:"
+
+
+def test_a_stale_trial_ending_late_does_not_free_the_place_of_the_trial_after_it(monkeypatch):
+    breaker = CircuitBreaker("x", failure_threshold=2, reset_timeout=1.0)
+    _half_open(breaker, monkeypatch)
+    now = time.monotonic()
+    with breaker.passage("first trial"):
+        breaker.failure()  # a call let through before the circuit opened fails: open again
+        monkeypatch.setattr(breaker_module.time, "monotonic", lambda: now + 5)
+        second = breaker.passage("second trial")
+        second.__enter__()
+    # The first trial has ended without a verdict; the second still runs, alone.
+    with pytest.raises(BusUnavailable, match="circuit open"), breaker.passage("a third call"):
+        pass
+    second.__exit__(None, None, None)
+    with breaker.passage("the next trial"):
+        breaker.success()
+    assert breaker.state == "closed"

@@ -43,6 +43,12 @@ from bus.validation import check, finite, parse
 logger = logging.getLogger(__name__)
 
 
+# The last second a datetime holds (9999-12-31): a `since` past it is no time.
+MAX_UNIX_SECONDS = 253402300799
+# A request waits at most a day for its answer: a wait has a bound, as every state does.
+MAX_REQUEST_TIMEOUT = 86400.0
+
+
 class MessageBus:
     """Settings come from the environment unless given; nothing connects until first use."""
 
@@ -130,7 +136,7 @@ class MessageBus:
     def _request(
         self, data: dict[str, Any], timeout: float, *, front_door: bool = False
     ) -> ReceivedMessage:
-        timeout = finite(timeout, "timeout", positive=True)
+        timeout = finite(timeout, "timeout", positive=True, bound=MAX_REQUEST_TIMEOUT)
         prepared = self.sender.prepare(data)
         message = prepared.message
         requester = message.reply_to or message.sender
@@ -345,7 +351,9 @@ class MessageBus:
         limit: int | None,
         agent: str,
     ) -> list[str]:
-        given = list(ids) if ids is not None and not isinstance(ids, str | bytes) else ids
+        given: Any = ids
+        if ids is not None and not isinstance(ids, str | bytes) and isinstance(ids, Iterable):
+            given = list(ids)
         choice = parse(DeadLetterChoice, {"ids": given, "all": everything}, what="choice")
         if not choice.ids and not choice.all:
             raise ValidationError(f"name the dead letters to {action}, or ask for all")
@@ -393,7 +401,7 @@ def _since_ms(since: datetime | float | None) -> int | None:
         return None
     if isinstance(since, datetime):
         return int(since.timestamp() * 1000)
-    return int(finite(since, "since") * 1000)
+    return int(finite(since, "since", bound=MAX_UNIX_SECONDS) * 1000)
 
 
 __all__ = ["MessageBus", "RequestTimeout", "Priority"]

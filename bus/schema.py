@@ -29,7 +29,7 @@ from pydantic.alias_generators import to_camel
 
 AGENT_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 TOPIC_PATTERN = r"^[a-z0-9][a-z0-9._/-]{0,127}$"
-# The ids a sender may give: its message's own, the request it answers, its trace.
+# The ids a sender may give: its message's own and its trace's.
 MESSAGE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}"
 _AGENT_RE = re.compile(AGENT_ID_PATTERN)
 _MESSAGE_ID_RE = re.compile(MESSAGE_ID_PATTERN)
@@ -44,6 +44,8 @@ def given_id_problem(value: str) -> str | None:
     or brace characters: an id ends up in keys, logs and operators' shells."""
     if _MESSAGE_ID_RE.fullmatch(value):
         return None
+    if any("\ud800" <= c <= "\udfff" for c in value):
+        return "a lone surrogate: not unicode text"
     return (
         f"{value[:40]!r} is not an id: 1-128 letters, digits and '._:@/+=-', starting "
         "with a letter or digit"
@@ -367,7 +369,8 @@ class DeadLetterChoice(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    ids: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+    # 256: the id of a dead letter the bus could not read is its task's (`<id>:<agent>`).
+    ids: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(
         default=None, max_length=MAX_CHOSEN_DEAD_LETTERS
     )
     all: bool = False

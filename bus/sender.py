@@ -89,6 +89,12 @@ class Sender:
         given_id = bool(message.id)
         if not given_id:
             message.id = str(uuid.uuid4())
+        # Before the payload's encryption binds the id. correlation_id is not checked: it
+        # names a message that may predate this rule, and stays answerable.
+        for name in ("id", "trace_id"):
+            value = getattr(message, name) if name != "id" or given_id else None
+            if value is not None and (problem := given_id_problem(value)):
+                raise ValidationError(f"{where}{name}: {problem}")
         message.timestamp = self.runtime.clock.utcnow()
         if message.trace_id is None:
             message.trace_id = uuid.uuid4().hex
@@ -112,11 +118,6 @@ class Sender:
             )
         envelope = message.model_dump(by_alias=True, exclude={"payload", "timestamp"})
         rest = jsonvalue.encode(envelope, max_depth=16, where=where.rstrip(".") or "message")
-        # After the JSON check, which names a lone surrogate as what it is.
-        for name in ("id", "correlation_id", "trace_id"):
-            value = getattr(message, name) if name != "id" or given_id else None
-            if value is not None and (problem := given_id_problem(value)):
-                raise ValidationError(f"{where}{name}: {problem}")
         if len(rest) > MAX_ENVELOPE_BYTES:
             raise LimitExceeded(
                 f"{where or 'message '}{message.id}: everything but the payload takes "

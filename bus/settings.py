@@ -20,7 +20,7 @@ from bus.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
-_KEY_PREFIX_RE = re.compile(r"[A-Za-z0-9._:-]{1,100}")
+_KEY_PREFIX_RE = re.compile(r"[A-Za-z0-9._:/-]{0,100}")
 _PER = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
 
 
@@ -213,7 +213,7 @@ class Settings(BaseSettings):
         # and a brace would break the per-agent hash tags.
         if not _KEY_PREFIX_RE.fullmatch(value):
             raise ValueError(
-                f"key prefix {value!r}: letters, digits, '.', '_', '-' and ':' only, "
+                f"key prefix {value!r}: letters, digits, '.', '_', '-', '/' and ':' only, "
                 "at most 100 characters"
             )
         return value if value.endswith(":") else value + ":"

@@ -45,15 +45,17 @@ def check(value: Any, checker: Any, what: str) -> Any:
         raise ValidationError(f"invalid {what}: {exc}") from exc
 
 
-def finite(value: Any, what: str, *, positive: bool = False) -> float:
-    """`value` as a float when it is a finite number (above 0 if `positive`), else a
-    ValidationError naming `what`: infinity or NaN would make a wait endless or a time
-    unconvertible."""
+def finite(value: Any, what: str, *, positive: bool = False, bound: float = float("inf")) -> float:
+    """`value` as a float when it is a finite number within +-`bound` (above 0 if
+    `positive`), else a ValidationError naming `what`: infinity or NaN would make a wait
+    endless or a time unconvertible."""
     try:
         number = float(value)
     except (TypeError, ValueError):
         raise ValidationError(f"{what}: expected a number, got {value!r}") from None
-    if not math.isfinite(number) or (positive and number <= 0):
+    if not math.isfinite(number) or (positive and number <= 0) or abs(number) > bound:
         rule = "a finite number above 0" if positive else "a finite number"
+        if math.isfinite(bound):
+            rule += f" up to {bound:g}"
         raise ValidationError(f"{what}: must be {rule}, got {value!r}")
     return number

@@ -1,12 +1,14 @@
 """The worker's Prometheus exporter on METRICS_HOST:METRICS_PORT, under the HTTP server's
-rules: only for requests that name one of its own hosts and carry no foreign Origin (a page
-in a browser on this machine cannot read it by DNS rebinding), and with
-`Authorization: Bearer <METRICS_TOKEN>` when that token is set. Its series name every
+rules: only for requests that name one of its own hosts or an IP address (DNS rebinding
+always comes with a name; Prometheus scrapes by address) and carry no foreign Origin, and
+with `Authorization: Bearer <METRICS_TOKEN>` when that token is set. Its series name every
 agent and its inbox depth."""
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import socket
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -33,7 +35,8 @@ def guarded(app: WSGIApp, host: str, port: int, settings: Settings) -> WSGIApp:
     expected = f"Bearer {token.get_secret_value()}".encode() if token is not None else None
 
     def checked(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if not origins.host_ok(environ.get("HTTP_HOST")):
+        host_header = environ.get("HTTP_HOST")
+        if not (origins.host_ok(host_header) or _is_address(host_header)):
             status, text = (
                 "421 Misdirected Request",
                 "unknown Host: this exporter answers only for its own names",
@@ -55,13 +58,29 @@ def guarded(app: WSGIApp, host: str, port: int, settings: Settings) -> WSGIApp:
     return checked
 
 
+def _is_address(host_header: str | None) -> bool:
+    """Whether a Host header names an IP address (with or without the port)."""
+    if not host_header:
+        return False
+    name = host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
+    name = name.split("]")[0].lstrip("[") if name.startswith("[") else name
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def start_exporter(host: str, port: int, settings: Settings) -> None:
-    """Serves /metrics in a daemon thread; OSError when the port is taken."""
-    server = make_server(
+    """Serves /metrics in a daemon thread (IPv4 or IPv6, as `host` is); OSError when the
+    port is taken or the address is not this machine's."""
+    family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)[0][0]
+    server_class = type("MetricsServer", (ThreadingWSGIServer,), {"address_family": family})
+    server: ThreadingWSGIServer = make_server(
         host,
         port,
         guarded(make_wsgi_app(), host, port, settings),
-        ThreadingWSGIServer,
+        server_class,
         handler_class=_QuietHandler,
     )
     threading.Thread(target=server.serve_forever, name="metrics-exporter", daemon=True).start()

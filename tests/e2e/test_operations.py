@@ -216,3 +216,5 @@ def test_worker_metrics_answer_only_their_own_names_and_the_metrics_token(fresh_
     foreign = httpx.get(url, headers={**bearer, "Origin": "http://evil.example"})
     assert foreign.status_code == 403
     assert httpx.get(f"http://localhost:{port}/metrics", headers=bearer).status_code == 200
+    by_address = httpx.get(url, headers={**bearer, "Host": f"10.1.2.3:{port}"})
+    assert by_address.status_code == 200  # Prometheus scrapes by address: no rebinding there

@@ -164,19 +164,28 @@ def test_a_bad_setting_is_named_in_one_line(module_env):
     )
 
 
-@pytest.mark.parametrize("since", ["inf", "nan", "-inf"])
+@pytest.mark.parametrize("since", ["inf", "nan", "-inf", "1e306"])
 def test_a_time_that_is_no_number_is_refused_in_one_line(module_env, worker, agents, since):
     """`--since inf` once ended in an OverflowError's traceback."""
     a = agents("a")
     refused = msgbus(module_env, "history", a, "--since", since)
     assert refused.returncode == 2
-    assert refused.stderr.strip() == f"error: since: must be a finite number, got {float(since)}"
+    assert refused.stderr.strip() == (
+        f"error: since: must be a finite number up to 2.53402e+11, got {float(since)}"
+    )
     assert msgbus(module_env, "history", a, "--since", "0").returncode == 0  # the control
 
 
 def test_a_request_timeout_that_would_wait_for_ever_is_refused(bus, agents):
-    for timeout in (float("inf"), float("nan"), 0):
+    for timeout in (float("inf"), float("nan"), 0, 1e12):
         with pytest.raises(ValidationError, match="timeout: must be a finite number above 0"):
             bus.request({"from": agents("a"), "to": agents("b")}, timeout=timeout)
     with pytest.raises(RequestTimeout):  # the control: a finite timeout is taken and runs out
         bus.request({"from": agents("a"), "to": agents("b")}, timeout=0.2)
+
+
+@pytest.mark.parametrize("ids", [5, "abc", [1], ["x" * 257]])
+def test_dead_letters_are_chosen_by_a_list_of_ids(bus, ids):
+    with pytest.raises(ValidationError, match="invalid choice: ids"):
+        bus.replay_dead_letters(ids)
+    assert bus.replay_dead_letters(["no-such-letter"]) == []  # the control: a list is taken

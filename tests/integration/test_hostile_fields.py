@@ -80,7 +80,7 @@ def test_extension_fields_and_headers_shaped_like_tags_arrive_intact(bus):
     assert got.metadata.headers == {"__type__": "datetime", "$type": "x"}
 
 
-GIVEN_IDS = ["id", "correlation_id", "trace_id"]
+GIVEN_IDS = ["id", "trace_id"]
 
 
 @pytest.mark.parametrize("field", GIVEN_IDS)

@@ -200,12 +200,14 @@ def test_the_solo_pool_is_refused_with_the_reason(tmp_path):
     assert Settings(worker_pool="prefork", state_dir=tmp_path).worker_pool == "prefork"
 
 
-@pytest.mark.parametrize("prefix", ["rv[x]:", "a*:", "a?", "a\\:", "{a}:", "a b:", ""])
+@pytest.mark.parametrize("prefix", ["rv[x]:", "a*:", "a?", "a\\:", "{a}:", "a b:", "x" * 101])
 def test_a_key_prefix_that_would_break_the_push_patterns_or_hash_tags_is_refused(prefix, tmp_path):
     # A glob character in it once made the push listener's pattern match nothing: no push.
-    with pytest.raises(ValueError, match="key prefix .*letters, digits, '.', '_', '-' and ':'"):
+    with pytest.raises(
+        ValueError, match="key prefix .*letters, digits, '.', '_', '-', '/' and ':'"
+    ):
         Settings(key_prefix=prefix, state_dir=tmp_path)
-    assert Settings(key_prefix="team-1.bus_a:x", state_dir=tmp_path).key_prefix == "team-1.bus_a:x:"
+    assert Settings(key_prefix="team-1/bus_a:x", state_dir=tmp_path).key_prefix == "team-1/bus_a:x:"
 
 
 def test_a_stale_trial_ending_late_does_not_free_the_place_of_the_trial_after_it(monkeypatch):

@@ -10,6 +10,7 @@ for good. States are per process, visible in health and in
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -41,6 +42,11 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at = 0.0
         self._trial: object | None = None  # the half-open trial call under way, if any
+        # The trial this thread or task is inside: a call it makes itself (a send inside a
+        # request, a status read inside a delivery) is part of that trial, not a second one.
+        self._inside: contextvars.ContextVar[object | None] = contextvars.ContextVar(
+            f"inside_{target}_trial", default=None
+        )
         self._lock = threading.Lock()
         self.listeners: list[Callable[[str, str], None]] = []
 
@@ -69,7 +75,7 @@ class CircuitBreaker:
                     return None
                 self._set(HALF_OPEN)
             if self._trial is not None:
-                return None
+                return CLOSED if self._inside.get() is self._trial else None
             self._trial = object()
             return self._trial
 
@@ -86,10 +92,12 @@ class CircuitBreaker:
                 f"failures; next try in {self.retry_in():.1f}s) while trying to {action}",
                 component=self.target,
             )
+        inside = self._inside.set(admitted) if admitted is not CLOSED else None
         try:
             yield
         finally:
-            if admitted is not CLOSED:
+            if inside is not None:
+                self._inside.reset(inside)
                 with self._lock:
                     if self._trial is admitted:  # not a later trial's place
                         self._trial = None

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from bus.deadletters import DeadLetterQueue
+from bus.deadletters import MAX_LISTED, DeadLetterQueue
 from bus.errors import LimitExceeded, NotFound, RequestTimeout, ValidationError
 from bus.guard import Guard
 from bus.handle import OPERATOR, AgentHandle
@@ -38,7 +38,7 @@ from bus.schema import (
 )
 from bus.sender import Sender
 from bus.settings import Settings
-from bus.validation import check, finite, parse
+from bus.validation import check, finite, parse, whole_number, within
 
 logger = logging.getLogger(__name__)
 
@@ -199,19 +199,19 @@ class MessageBus:
         """Leases up to `limit` messages (highest priority first, FIFO within one); waits up
         to `wait` seconds for the first to arrive. Unacked leases expire and come back."""
         agent = check(agent, check_agent_id, "agent id")
-        if not 1 <= limit <= self.settings.max_batch:
-            raise ValidationError(f"limit must be 1..{self.settings.max_batch}, got {limit}")
-        if not 0 <= wait <= self.settings.max_wait_seconds:
-            raise ValidationError(
-                f"wait must be 0..{self.settings.max_wait_seconds:g} seconds, got {wait}"
-            )
+        limit = whole_number(limit, "limit", 1, self.settings.max_batch, "MESSAGE_BUS_MAX_BATCH")
+        wait = within(wait, "wait", 0, self.settings.max_wait_seconds, unit=" seconds")
         return self.reader.read(agent, limit, wait)
 
     def ack(self, agent: str, ids: Iterable[str]) -> AckResult:
         agent = check(agent, check_agent_id, "agent id")
         ids = list(dict.fromkeys(ids))
         if len(ids) > self.settings.max_batch:
-            raise LimitExceeded(f"at most {self.settings.max_batch} ids per ack", limit="max_batch")
+            raise LimitExceeded(
+                f"at most {self.settings.max_batch} ids per ack (MESSAGE_BUS_MAX_BATCH), "
+                f"got {len(ids)}",
+                limit="max_batch",
+            )
         acked = self.runtime.store.ack(agent, ids)
         self.runtime.store.advance_status(acked, Status.acked.value)
         done = set(acked)
@@ -226,8 +226,9 @@ class MessageBus:
         type: str | None = None,
     ) -> list[ReceivedMessage]:
         agent = check(agent, check_agent_id, "agent id")
-        if not 1 <= limit <= self.settings.history_limit:
-            raise ValidationError(f"limit must be 1..{self.settings.history_limit}, got {limit}")
+        limit = whole_number(
+            limit, "limit", 1, self.settings.history_limit, "MESSAGE_BUS_HISTORY_LIMIT"
+        )
         if type is not None:
             try:
                 MessageType(type)
@@ -322,7 +323,7 @@ class MessageBus:
     # -- dead letters ------------------------------------------------------------------------
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        return self.dead_letter_queue.peek(limit)
+        return self.dead_letter_queue.peek(whole_number(limit, "limit", 1, MAX_LISTED))
 
     def dead_letter(self, message_id: str) -> DeadLetter:
         return self.dead_letter_queue.show(message_id)

@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 audit_logger = logging.getLogger("bus.audit")
 
 
+# Each value of an audit entry is cut to this many characters: a caller decides a target's
+# length (a hundred topics in one subscribe), and the stream is bounded in entries only.
+AUDIT_FIELD_CHARS = 160
 REFUSALS = frozenset({"denied"})  # outcomes whose floods are sampled in the audit stream
 
 
@@ -147,6 +150,7 @@ class Guard:
         """Builds an entry and writes its log line (the stream write may ride a pipeline)."""
         entry = {"action": action, "agent": agent, "target": target, "outcome": outcome}
         entry |= {k: str(v) for k, v in fields.items() if v is not None}
+        entry = {k: _clipped(v) for k, v in entry.items()}
         audit_logger.info("audit %s", action, extra={"audit": entry})
         return entry
 
@@ -180,3 +184,10 @@ class Guard:
             logger.warning(
                 "%d audit entries not stored (Redis unavailable): %s", len(entries), entries
             )
+
+
+def _clipped(value: str) -> str:
+    if len(value) <= AUDIT_FIELD_CHARS:
+        return value
+    cut = AUDIT_FIELD_CHARS - 24
+    return f"{value[:cut]}... (+{len(value) - cut} chars)"

@@ -32,7 +32,8 @@ from bus.schema import (
     Subscription,
     check_agent_id,
 )
-from bus.validation import check
+from bus.store import AUDIT_MAXLEN
+from bus.validation import check, whole_number
 
 if TYPE_CHECKING:
     from bus.client import MessageBus
@@ -249,7 +250,8 @@ class AgentHandle:
         """The latest `count` audit entries (admins), oldest first; with `after`, the
         entries after that one, waiting up to `block_ms` for some."""
         self.require_admin("read the audit trail")
-        return self.bus.runtime.store.audit_entries(count, after, block_ms)
+        wanted = whole_number(count, "count", 1, AUDIT_MAXLEN)
+        return self.bus.runtime.store.audit_entries(wanted, after, block_ms)
 
     def stats(self) -> Stats:
         """Queue depths and counts; inbox depths of other agents only for admins."""

@@ -45,17 +45,38 @@ def check(value: Any, checker: Any, what: str) -> Any:
         raise ValidationError(f"invalid {what}: {exc}") from exc
 
 
+def _is_number(value: Any) -> bool:
+    # A bool is an int to Python but never a count or a time here, and a string is text
+    # to be refused, not parsed: every entrance takes the same numbers as JSON's.
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def finite(value: Any, what: str, *, positive: bool = False, bound: float = float("inf")) -> float:
     """`value` as a float when it is a finite number within +-`bound` (above 0 if
     `positive`), else a ValidationError naming `what`: infinity or NaN would make a wait
     endless or a time unconvertible."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValidationError(f"{what}: expected a number, got {value!r}") from None
+    if not _is_number(value):
+        raise ValidationError(f"{what}: expected a number, got {value!r}")
+    number = float(value)
     if not math.isfinite(number) or (positive and number <= 0) or abs(number) > bound:
         rule = "a finite number above 0" if positive else "a finite number"
         if math.isfinite(bound):
             rule += f" up to {bound:g}"
         raise ValidationError(f"{what}: must be {rule}, got {value!r}")
     return number
+
+
+def within(value: Any, what: str, low: float, high: float, *, unit: str = "") -> float:
+    """`value` when it is a number from `low` to `high` (a wait, in seconds)."""
+    if not _is_number(value) or not low <= value <= high:
+        raise ValidationError(f"{what} must be {low:g}..{high:g}{unit}, got {value!r}")
+    return float(value)
+
+
+def whole_number(value: Any, what: str, low: int, high: int, setting: str = "") -> int:
+    """`value` when it is a whole number from `low` to `high` (a limit, a page size); the
+    error names the setting that sets `high` when there is one."""
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        bound = f" ({setting})" if setting else ""
+        raise ValidationError(f"{what} must be a whole number {low}..{high}{bound}, got {value!r}")
+    return value

@@ -22,6 +22,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from bus.client import MessageBus
+from bus.deadletters import MAX_LISTED
 from bus.errors import BusError
 from bus.handle import AgentHandle
 from bus.schema import DeadLetterChoice
@@ -109,7 +110,7 @@ def dashboard_routes(bus: MessageBus, tokens: TokenFile, origins: WebOrigins) ->
             limit = int(request.query_params.get("limit", 200))
         except ValueError:
             return JSONResponse({"error": "limit must be a number"}, status_code=400)
-        letters = await run(admin.dead_letters, max(1, min(limit, 1000)))
+        letters = await run(admin.dead_letters, max(1, min(limit, MAX_LISTED)))
         return JSONResponse([d.model_dump(mode="json") for d in letters])
 
     async def act(request: Request, admin: AgentHandle) -> Response:

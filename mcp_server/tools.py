@@ -21,6 +21,7 @@ from pydantic import Field
 
 from bus import options
 from bus.client import MessageBus
+from bus.deadletters import MAX_LISTED
 from bus.errors import BusError
 from bus.handle import AgentHandle
 from bus.longpoll import apoll
@@ -233,11 +234,13 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
     @tool
     async def read_messages(
         ctx: Context,
-        limit: int = Field(default=10, ge=1, le=500, description="at most this many"),
+        limit: int = Field(default=10, ge=1, le=500, strict=True, description="at most this many"),
         wait_seconds: float = Field(
             default=DEFAULT_WAIT_SECONDS,
             ge=0,
             le=60,
+            strict=True,
+            allow_inf_nan=False,
             description="wait up to this long for the first message (0: do not wait)",
         ),
         full: bool = Field(default=False, description="whole envelopes"),
@@ -298,7 +301,7 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
     @tool
     async def get_history(
         ctx: Context,
-        limit: int = Field(default=20, ge=1, le=1000),
+        limit: int = Field(default=20, ge=1, le=1000, strict=True),
         since: datetime | None = Field(default=None, description="only after this time"),
         type: MessageType | None = Field(default=None, description="only this type"),
         agent_id: str | None = Field(
@@ -335,7 +338,7 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
     @takes(options.MCP_REQUEST, required=("to",), defaults={"type": MessageType.request})
     async def request(
         ctx: Context,
-        timeout_seconds: float = Field(default=30, gt=0, le=300),
+        timeout_seconds: float = Field(default=30, gt=0, le=300, strict=True, allow_inf_nan=False),
         **given: Any,
     ) -> RequestResult:
         """Send a request and wait for the response whose correlation_id is its id. On
@@ -405,7 +408,7 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
 
     @tool
     async def list_dead_letters(
-        ctx: Context, limit: int = Field(default=50, ge=1, le=1000)
+        ctx: Context, limit: int = Field(default=50, ge=1, le=MAX_LISTED, strict=True)
     ) -> DeadLettersResult:
         """Messages that could not be delivered, with the reason (admins only)."""
         handle = me(ctx)

@@ -6,6 +6,7 @@ import pytest
 import redis
 
 from bus.errors import LimitExceeded, ValidationError
+from bus.guard import AUDIT_FIELD_CHARS
 from bus.topology import PRIORITY_QUEUES
 from tests.support.env import audit_entries
 
@@ -133,3 +134,19 @@ def test_bad_arguments_are_refused_clearly(quiet_env, call, expected):
     env, bus = quiet_env
     with pytest.raises(ValidationError, match=expected):
         call(bus)
+
+
+def test_an_audit_entry_is_bounded_whatever_the_call_names(quiet_env):
+    """The stream is capped in entries; each entry's values are cut, so a call naming a
+    hundred long topics writes one short entry that says how much it left out."""
+    env, bus = quiet_env
+    topics = [f"t{i:03d}/" + "x" * 120 for i in range(100)]
+    bus.unsubscribe("frank", topics)
+    bus.subscribe("frank", ["short"])
+    entries = [e for e in audit_entries(bus) if e["agent"] == "frank"]
+    [gone] = [e for e in entries if e["action"] == "unsubscribe"]
+    assert len(gone["target"]) <= AUDIT_FIELD_CHARS
+    assert gone["target"].startswith(topics[0]) and gone["target"].endswith(" chars)")
+    assert all(len(v) <= AUDIT_FIELD_CHARS for e in entries for v in e.values())
+    # the positive control: a short target is kept whole
+    assert [e["target"] for e in entries if e["action"] == "subscribe"] == ["short"]

@@ -158,6 +158,12 @@ class Settings(BaseSettings):
         le=64,
         description="processes of the MCP HTTP server on its one address (0: one per core)",
     )
+    mcp_sessions_per_agent: int = Field(
+        default=16, ge=1, le=10_000, description="open HTTP MCP sessions an agent may hold"
+    )
+    mcp_session_idle_seconds: float = Field(
+        default=1800.0, gt=0, le=86_400, description="an idle HTTP MCP session ends after this"
+    )
     mcp_modern: bool = Field(
         default=False, description="stdio MCP: also serve the 2026-07-28 era (no channel)"
     )

@@ -30,6 +30,7 @@ from mcp_server.affinity import SessionAffinity
 from mcp_server.dashboard import dashboard_routes
 from mcp_server.push import InboxEvents
 from mcp_server.server import BusServer
+from mcp_server.sessions import SessionShare
 from mcp_server.websecurity import HostOriginGuard, transport_security, web_origins
 
 logger = logging.getLogger(__name__)
@@ -106,7 +107,12 @@ def build_app(
     server.custom_route("/readyz", methods=["GET"])(readyz)
     server.custom_route("/metrics", methods=["GET"])(metrics_endpoint)
     origins = web_origins(host, port, settings)
-    app = server.streamable_http_app(transport_security=transport_security(origins), host=host)
+    app = server.streamable_http_app(
+        transport_security=transport_security(origins),
+        host=host,
+        session_idle_timeout=settings.mcp_session_idle_seconds,
+    )
+    SessionShare(server.session_manager, settings).install()
     if tokens is not None:
         app.router.routes.extend(dashboard_routes(server.bus, tokens, origins))
     inner_lifespan = app.router.lifespan_context

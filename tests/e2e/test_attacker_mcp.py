@@ -9,6 +9,7 @@ import contextlib
 import json
 import time
 
+import httpx
 import pytest
 import redis
 from mcp.client.subscriptions import SubscriptionLost
@@ -629,3 +630,54 @@ def test_subscription_churn_cannot_flush_the_audit_trail(fresh_env, agents):
         f"({refused} refused) and flushed the entry written before them from the "
         f"{AUDIT_MAXLEN}-entry trail"
     )
+
+
+# -- sessions --------------------------------------------------------------------------------
+
+
+def _open_session(url, token):
+    """A handshake-era `initialize` (the protocol Claude Code speaks), never closed."""
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "hoarder", "version": "1"},
+        },
+    }
+    headers = {
+        "authorization": f"Bearer {token}",
+        "accept": "application/json, text/event-stream",
+        "content-type": "application/json",
+    }
+    return httpx.post(f"{url}/mcp", json=body, headers=headers, timeout=10)
+
+
+def _end_session(url, token, session_id):
+    headers = {"authorization": f"Bearer {token}", "mcp-session-id": session_id}
+    return httpx.delete(f"{url}/mcp", headers=headers, timeout=10)
+
+
+def test_one_agent_cannot_hold_every_session_of_the_server(bounded, tmp_path):
+    path = tmp_path / "tokens.json"
+    tokens = TokenFile(path)
+    mallory, bob = tokens.create("s-mallory"), tokens.create("s-bob")
+    proc, url = start_http_server(
+        bounded, "mcp-sessions", path, MESSAGE_BUS_MCP_SESSIONS_PER_AGENT="3"
+    )
+    try:
+        held = [_open_session(url, mallory) for _ in range(3)]
+        assert [r.status_code for r in held] == [200, 200, 200]
+        over = _open_session(url, mallory)
+        assert over.status_code == 429
+        assert "s-mallory holds 3 open MCP sessions" in over.text
+        assert "MESSAGE_BUS_MCP_SESSIONS_PER_AGENT" in over.text
+        # Positive controls: another agent opens sessions, and mallory again once she ends one.
+        assert _open_session(url, bob).status_code == 200
+        assert _end_session(url, mallory, held[0].headers["mcp-session-id"]).status_code == 200
+        assert _open_session(url, mallory).status_code == 200
+        assert _open_session(url, mallory).status_code == 429
+    finally:
+        stop(proc)

@@ -125,6 +125,10 @@ class Settings(BaseSettings):
     retry_backoff_max: float = Field(default=60.0, gt=0)
     default_max_retries: int = Field(default=3, ge=0, le=100)
     max_dead_letter_replays: int = Field(default=3, ge=0)
+    dead_letter_max_length: int = Field(default=100_000, ge=1, description="bus.dead_letter")
+    dead_letter_max_bytes: int = Field(
+        default=1 << 30, ge=1, description="bus.dead_letter, message bodies"
+    )
 
     allowed_hosts: str = Field(
         default="", description="extra Host names the HTTP server answers for (comma-separated)"

@@ -7,12 +7,16 @@ deliberately *not* among Celery's task queues, so no worker can ever consume it 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from amqp.exceptions import PreconditionFailed
 from kombu.entity import Exchange, Queue
 
 from bus.schema import Priority
 from bus.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 EXCHANGE = "bus"
 DLX = "bus.dlx"
@@ -81,7 +85,16 @@ def agent_queue(settings: Settings, agent: str) -> Queue:
 
 
 def dead_letter_queue(settings: Settings) -> Queue:
-    args = {"x-queue-type": "quorum"} if settings.queue_type == "quorum" else {}
+    """Bounded in count and bytes: nothing drains it on its own, and any sender can fill it
+    (its own messages with a tiny ttl expire into it). Past a bound the oldest letters go
+    (their status in Redis still says dead or expired, with the reason)."""
+    args: dict[str, Any] = {
+        "x-max-length": settings.dead_letter_max_length,
+        "x-max-length-bytes": settings.dead_letter_max_bytes,
+        "x-overflow": "drop-head",
+    }
+    if settings.queue_type == "quorum":
+        args["x-queue-type"] = "quorum"
     return Queue(
         DEAD_LETTER_QUEUE,
         dead_letter_exchange,
@@ -93,8 +106,35 @@ def dead_letter_queue(settings: Settings) -> Queue:
 
 def declare(channel: Any, settings: Settings) -> None:
     """Declares every exchange and queue (idempotent; same arguments every time)."""
-    for queue in [*priority_queues(settings), dead_letter_queue(settings)]:
+    for queue in priority_queues(settings):
         queue(channel).declare()
+    _declare_dead_letter_queue(channel, settings)
+
+
+def _declare_dead_letter_queue(channel: Any, settings: Settings) -> None:
+    """On a channel of its own: a queue declared before with other arguments (by a bus
+    from before its bounds) is refused with a channel error, and is kept as it is."""
+    own = channel.connection.channel()
+    try:
+        dead_letter_queue(settings)(own).declare()
+    except PreconditionFailed as exc:
+        logger.warning(
+            "%s exists with other arguments (%s); it is used as it is, unbounded. Bound it "
+            "with a policy: rabbitmqctl set_policy --apply-to queues dead-letters "
+            '\'^bus\\.dead_letter$\' \'{"max-length": %d, "max-length-bytes": %d, '
+            '"overflow": "drop-head"}\', or delete it while empty',
+            DEAD_LETTER_QUEUE,
+            exc,
+            settings.dead_letter_max_length,
+            settings.dead_letter_max_bytes,
+        )
+        own = channel.connection.channel()
+        queue = dead_letter_queue(settings)(own)
+        queue.exchange.declare()
+        queue.bind_to(exchange=DLX, routing_key="")
+    finally:
+        if own.is_open:
+            own.close()
 
 
 def celery_config(settings: Settings, express: bool = False) -> dict[str, Any]:

@@ -48,6 +48,7 @@ Results count your `unread` mail. When a <channel> block from this server arrive
 unread > 0: read_messages, act on them, then ack_messages."""
 
 
+AGENTS_URI = "message-bus://agents"
 DEAD_LETTERS_URI = "message-bus://dead-letters"
 LISTEN_STREAMS_PER_AGENT = 8
 T = TypeVar("T")
@@ -112,6 +113,15 @@ class BusServer(MCPServer[Any]):
 
     async def list_resources(self) -> list[Any]:
         resources = await super().list_resources()
+        resources.append(
+            MCPResource(
+                uri=AGENTS_URI,
+                name="agents",
+                mime_type="application/json",
+                description="registered agents with last seen (inbox depths: yours, or any "
+                "if admin)",
+            )
+        )
         resources.append(
             MCPResource(
                 uri=DEAD_LETTERS_URI,
@@ -188,18 +198,6 @@ def _register_resources(server: MCPServer, bus: MessageBus, me: Any) -> None:
             raise ResourceError(str(exc)) from None
 
     @server.resource(
-        "message-bus://agents",
-        name="agents",
-        mime_type="application/json",
-        description="registered agents with inbox depth and last seen",
-    )
-    async def agents() -> str:
-        try:
-            return _json(await _to_thread(bus.agents))
-        except BusError as exc:
-            raise ResourceError(exc.message) from None
-
-    @server.resource(
         "message-bus://history/{agent_id}",
         name="history",
         mime_type="application/json",
@@ -218,10 +216,15 @@ def _register_resources(server: MCPServer, bus: MessageBus, me: Any) -> None:
     async def inbox(agent_id: str, ctx: Context) -> str:
         return await guarded(ctx, AgentHandle.inbox, limit=100, of=agent_id)
 
+    async def agents(ctx: Context) -> str:
+        return await guarded(ctx, AgentHandle.agents)
+
     async def dead_letters(ctx: Context) -> str:
         return await guarded(ctx, AgentHandle.dead_letters, 100)
 
-    # A static resource gets no Context in the SDK; this one needs the caller's identity.
+    # Static resources get no Context in the SDK; these need the caller's identity (the
+    # agents list shows other agents' inbox depths to admins only).
+    server.context_resources[AGENTS_URI] = agents  # type: ignore[attr-defined]
     server.context_resources[DEAD_LETTERS_URI] = dead_letters  # type: ignore[attr-defined]
 
 

@@ -681,3 +681,48 @@ def test_one_agent_cannot_hold_every_session_of_the_server(bounded, tmp_path):
         assert _open_session(url, mallory).status_code == 429
     finally:
         stop(proc)
+
+
+# -- what a non-admin is shown ---------------------------------------------------------------
+
+
+def test_the_agents_resource_hides_other_agents_inbox_depths_from_non_admins(http_server, bus):
+    url, tokens = http_server
+    connect(bus, "h-alice", "h-bob", "h-mallory")
+
+    async def depths(token):
+        async with http(url, token) as client:
+            resource = await client.read_resource("message-bus://agents")
+        return {a["id"]: a.get("inbox_depth") for a in json.loads(resource.contents[0].text)}
+
+    async def scenario():
+        async with http(url, tokens["h-alice"]) as alice:
+            for i in range(3):
+                await call(alice, "send_message", {"to": "h-bob", "payload": i})
+        wait_for(lambda: inbox_depth(bus, "h-bob") >= 3, 10, "bob's mail")
+        seen = await depths(tokens["h-mallory"])
+        assert seen["h-bob"] is None and seen["h-alice"] is None
+        assert seen["h-mallory"] == 0  # its own depth it sees
+        # The positive control: an admin sees every depth.
+        assert (await depths(tokens["ops"]))["h-bob"] >= 3
+        async with http(url, tokens["h-bob"]) as bob:
+            read = await call(bob, "read_messages", {"limit": 10})
+            await call(bob, "ack_messages", {"ids": [m["id"] for m in read["messages"]]})
+
+    run(scenario())
+
+
+def test_health_shows_key_fingerprints_to_admins_only(http_server, bus):
+    url, tokens = http_server
+
+    async def scenario():
+        async with http(url, tokens["h-mallory"]) as mallory:
+            shown = await call(mallory, "health")
+        assert shown["processes"] == [] and "ready" in shown
+        assert all(":" not in w or "admins see them" in w for w in shown["warnings"])
+        # The positive control: an admin sees the processes and the keys they sign with.
+        async with http(url, tokens["ops"]) as ops:
+            full = await call(ops, "health")
+        assert full["processes"] and all(p["signs"] for p in full["processes"])
+
+    run(scenario())

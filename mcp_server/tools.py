@@ -95,6 +95,17 @@ class BusTools:
         """The caller's identity-bound handle: every tool acts through it."""
         return self.bus.as_agent(self.identify(ctx), front_door=True)
 
+    def still(self, ctx: Context, agent: str) -> None:
+        """Before each look of a call that waits (a read's long poll, a request's answer):
+        a token revoked meanwhile ends the call there, as it ends a listen stream, and
+        nothing is leased or taken for it."""
+        try:
+            now = self.identify(ctx)
+        except ToolError:
+            now = None
+        if now != agent:
+            raise ToolError(f"the token of {agent} was revoked while this call waited")
+
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Runs a bus call off the event loop; bus errors become tool errors."""
         try:
@@ -115,14 +126,14 @@ class BusTools:
         trip costs the event loop a hand-off each way: one per call, not two)."""
         return await self.call(lambda: (fn(), self.bus.as_agent(agent).unread()))
 
-    async def read(
-        self, me: AgentHandle, limit: int, wait_seconds: float, full: bool
-    ) -> ReadResult:
+    async def read(self, ctx: Context, limit: int, wait_seconds: float, full: bool) -> ReadResult:
+        me = self.handle(ctx)
         agent = me.agent
         unread = 0
 
         async def look() -> list[ReceivedMessage]:
             nonlocal unread
+            self.still(ctx, agent)
             found, unread = await self.counted(agent, lambda: me.read(limit=limit, wait=0))
             return found
 
@@ -247,7 +258,7 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
     ) -> ReadResult:
         """Read your inbox, highest priority first; returns as soon as mail is there.
         Messages are leased: ack_messages their ids when done, or they come back later."""
-        return await tools.read(me(ctx), limit, wait_seconds, full)
+        return await tools.read(ctx, limit, wait_seconds, full)
 
     @tool
     async def ack_messages(
@@ -350,6 +361,7 @@ def register_tools(server: MCPServer, tools: BusTools, profile: str) -> None:
         asked = prepared.get("to") if prepared.get("to") != "*" else None
 
         def answer() -> tuple[ReceivedMessage, int] | None:
+            tools.still(ctx, handle.agent)
             response = handle.response_to(request_id, asked)
             return None if response is None else (response, handle.unread())
 

@@ -726,3 +726,35 @@ def test_health_shows_key_fingerprints_to_admins_only(http_server, bus):
         assert full["processes"] and all(p["signs"] for p in full["processes"])
 
     run(scenario())
+
+
+def test_a_token_revoked_during_a_long_poll_or_a_request_gets_nothing(bounded, bus, tmp_path):
+    path = tmp_path / "tokens.json"
+    tokens = TokenFile(path)
+    eve, bob = tokens.create("r-eve"), tokens.create("r-bob")
+    connect(bus, "r-eve", "r-bob", "r-alice")
+    proc, url = start_http_server(bounded, "mcp-revoke", path, MESSAGE_BUS_MCP_PROFILE="full")
+
+    async def scenario():
+        async with http(url, eve) as eve_client, http(url, bob) as bob_client:
+            waiting = asyncio.create_task(call(eve_client, "read_messages", {"wait_seconds": 20}))
+            bob_waiting = asyncio.create_task(
+                call(bob_client, "read_messages", {"wait_seconds": 20})
+            )
+            await asyncio.sleep(0.5)  # both are in their wait (nothing to read yet)
+            TokenFile(path).revoke(agent="r-eve")
+            bus.send_message({"from": "r-alice", "to": "r-eve", "payload": "after-revoke"})
+            bus.send_message({"from": "r-alice", "to": "r-bob", "payload": "for-bob"})
+            with pytest.raises(Exception, match="token of r-eve was revoked"):
+                await asyncio.wait_for(waiting, 15)
+            # The positive control: bob's wait, beside it, gets his mail.
+            got = await asyncio.wait_for(bob_waiting, 15)
+            assert [m["payload"] for m in got["messages"]] == ["for-bob"]
+        # Nothing was leased to eve's revoked token: the message waits for her next token.
+        [kept] = bus.read("r-eve", limit=10)
+        assert kept.payload == "after-revoke" and kept.delivery_count == 1
+
+    try:
+        run(scenario())
+    finally:
+        stop(proc)

@@ -151,7 +151,7 @@ class Admission(RedisBacked):
         buckets: dict[str, tuple[int, RateLimit]],
     ) -> tuple[list[str], list[Any]]:
         k, r = self.keys, self.retention
-        keys = [k.agents, k.rate_bucket("sent", int(self.clock.now())), k.audit]
+        keys = [k.agents, k.rate_bucket("sent", int(self.clock.now())), k.audit, k.ghosts]
         limits = [[limit.rate, limit.burst] for _, limit in buckets.values()]
         args: list[Any] = [
             r.dedup_window,

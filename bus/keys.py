@@ -5,6 +5,8 @@ Keyspace (``P`` = prefix; ``{a}`` = agent id in a hash tag so one agent's keys s
     P agents                       zset   agent -> first-seen ms: agents that connected (read,
                                           subscribed, sent) or were declared
     P worker_agents                set    agents served by a `msgbus agent run` process
+    P ghosts                       zset   agent that never connected -> ms of the latest mail
+                                          admitted for it (the purge drops its stale mail)
     P agent:{a}:seen               string last-seen ms
     P inbox:{a}:ready              zset   message id -> priority rank * 2^40 + sequence
     P inbox:{a}:leased             zset   message id -> lease deadline ms
@@ -75,6 +77,10 @@ class Keys:
     @property
     def agents(self) -> str:
         return f"{self.prefix}agents"
+
+    @property
+    def ghosts(self) -> str:
+        return f"{self.prefix}ghosts"
 
     @property
     def worker_agents(self) -> str:

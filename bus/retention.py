@@ -1,4 +1,6 @@
-"""Retention: history past `history_retention`, unread inbox messages past their ttl.
+"""Retention: history past `history_retention`, unread inbox messages past their ttl, and
+the mail of agents that never connected once none has come for them within the status
+retention (scripts.ghosts: their senders' allowance of such agents counts them no more).
 
 Times are Redis's (bus.clock). An inbox entry the bus cannot read is left for its reader,
 who is shown it flagged (bus.reader): the purge never guesses at what it holds.
@@ -15,12 +17,23 @@ from bus.errors import PermanentFailure
 logger = logging.getLogger(__name__)
 
 
-def purge_expired(runtime: Any, scan_limit: int = 10_000) -> dict[str, int]:
+def purge_expired(
+    runtime: Any, scan_limit: int = 10_000, now_ms: int | None = None
+) -> dict[str, int]:
+    """`now_ms`: purge as of that time (Redis's clock by default)."""
     store = runtime.store
-    now_ms = runtime.clock.now_ms()
+    now_ms = runtime.clock.now_ms() if now_ms is None else now_ms
     cutoff = now_ms - runtime.settings.history_retention * 1000
-    trimmed = expired = 0
-    for agent in store.agent_ids():
+    trimmed = expired = dropped = 0
+    ghosts = []
+    for ghost in store.ghost_ids():
+        gone = store.drop_ghost(ghost, now_ms - runtime.settings.status_retention * 1000)
+        if gone is None:
+            ghosts.append(ghost)
+            continue
+        store.advance_status(gone, "expired", force=True, reason="recipient_never_connected")
+        dropped += len(gone)
+    for agent in dict.fromkeys([*store.agent_ids(), *ghosts]):
         trimmed += store.trim_history_before(agent, cutoff)
         stale = []
         for message_id, wire in store.peek_inbox_items(agent, scan_limit):
@@ -34,4 +47,4 @@ def purge_expired(runtime: Any, scan_limit: int = 10_000) -> dict[str, int]:
             store.ack(agent, stale)
             store.advance_status(stale, "expired", force=True, reason="expired")
             expired += len(stale)
-    return {"history_trimmed": trimmed, "inbox_expired": expired}
+    return {"history_trimmed": trimmed, "inbox_expired": expired, "never_read_dropped": dropped}

@@ -171,6 +171,27 @@ class RedisStore(RedisBacked):
         with redis_errors("list agents"):
             return self.redis.zrange(self.keys.agents, 0, -1)
 
+    def ghost_ids(self) -> list[str]:
+        """Agents that never connected and have had mail (scripts.ghosts)."""
+        with redis_errors("list agents never seen"):
+            return self.redis.zrange(self.keys.ghosts, 0, -1)
+
+    def drop_ghost(self, ghost: str, cutoff_ms: int) -> list[str] | None:
+        """Drops the mail of `ghost` when none came for it since `cutoff_ms` (and it never
+        connected); the ids its inbox held, or None when it is kept."""
+        inbox = self.keys.inbox(ghost)
+        history = self.keys.history(ghost)
+        with redis_errors("read who wrote to an agent never seen"):
+            senders = set(self.redis.hkeys(inbox.senders))
+            senders |= set(self.redis.hkeys(self.keys.history_senders(ghost)))
+        keys = [self.keys.ghosts, self.keys.agents, *inbox.all(), inbox.pending, inbox.senders]
+        keys += [history, self.keys.history_bytes(ghost), self.keys.history_senders(ghost)]
+        keys += [self.keys.unseen(sender) for sender in sorted(senders)]
+        out = self.scripts.call(
+            scripts.DROP_GHOST, keys, [ghost, cutoff_ms], action="drop stale mail"
+        )
+        return list(out[1:]) if out[0] == "dropped" else None
+
     # -- inbox -----------------------------------------------------------------------------
 
     def lease(self, agent: str, limit: int, lease_seconds: float) -> list[Leased]:

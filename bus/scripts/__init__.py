@@ -8,6 +8,7 @@ Keys are always passed in KEYS (built by bus.keys); scripts never assemble key n
 - inbox.py          DELIVER, DELIVER_INBOX (a batch's messages to one inbox), READ, ACK,
                     TRIM_HISTORY_BEFORE, START_HANDLING, TAKE
 - status.py         ADVANCE_STATUS
+- ghosts.py         DROP_GHOST: mail for agents that never connected, once stale
 - subscriptions.py  SUBSCRIBE, UNSUBSCRIBE
 - guard.py          CHARGE, AUDIT
 - script.py         Script: a source and its SHA1
@@ -17,6 +18,7 @@ Keys are always passed in KEYS (built by bus.keys); scripts never assemble key n
 
 from __future__ import annotations
 
+from bus.scripts.ghosts import DROP_GHOST
 from bus.scripts.guard import AUDIT, CHARGE
 from bus.scripts.inbox import (
     ACK,
@@ -42,6 +44,7 @@ __all__ = [
     "COMMIT",
     "DELIVER",
     "DELIVER_INBOX",
+    "DROP_GHOST",
     "READ",
     "REVOKE",
     "START_HANDLING",

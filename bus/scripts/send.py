@@ -13,7 +13,7 @@ from bus.scripts.script import Script
 # that has never connected past the sender's allowance, a full inbox or the sender's share
 # of it, the rate limit), then dedup, status `queued`, the sender's history and audit: all
 # of it or none of it.
-# KEYS: agents, sent-rate bucket, audit stream, then per message:
+# KEYS: agents, sent-rate bucket, audit stream, ghosts (scripts.ghosts), then per message:
 #       dedup (by the sender's dedup key), dedup (by id), status, sender history, its byte
 #       count, the sender's set of not-yet-seen recipients, then for each recipient the
 #       sender resolved (one for a direct message): its inbox body, the inbox's admitted-
@@ -59,7 +59,7 @@ ADMIT = Script(
     + """
 local lease_ms = tonumber(ARGV[11])
 local messages = {}
-local k, a = 3, 11
+local k, a = 4, 11
 for i = 1, tonumber(ARGV[10]) do
   local m = {k = k, a = a, n = tonumber(ARGV[a + 13]), bucket = tonumber(ARGV[a + 12])}
   m.id, m.sender, m.to, m.token = ARGV[a + 1], ARGV[a + 3], ARGV[a + 9], ARGV[a + 11]
@@ -221,6 +221,7 @@ for _, m in ipairs(messages) do
     if m.unseen then
       redis.call('SADD', KEYS[k + 6], m.to)
       redis.call('EXPIRE', KEYS[k + 6], ARGV[2])
+      redis.call('ZADD', KEYS[4], now_ms, m.to)
     elseif m.to ~= '' then
       redis.call('SREM', KEYS[k + 6], m.to)  -- it has connected since: no longer unseen
     end

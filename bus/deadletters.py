@@ -34,7 +34,7 @@ from bus.topology import DEAD_LETTER_QUEUE, DELIVER_TASK
 logger = logging.getLogger(__name__)
 
 REPLAYS_HEADER = "x-bus-replays"
-MAX_LISTED = 1000  # dead letters one listing holds unacked while it looks (peek)
+MAX_LISTED = 1000  # dead letters an MCP or dashboard listing shows at most
 RAW_PREVIEW = 200  # characters of an unreadable argument shown in a listing
 
 

@@ -3,8 +3,9 @@ publish.
 
 Admission (bounds, rate limit per recipient, dedup, status `queued`, sender history,
 audit) is one Redis call before the publish, so a refusal leaves nothing anywhere. The
-publish returns once RabbitMQ has confirmed the task. While Redis is down a send still goes
-to RabbitMQ (degraded: no dedup, bounds or status until the worker records them).
+publish returns once RabbitMQ has confirmed the task. While Redis is down trusted code's
+send still goes to RabbitMQ (degraded: no dedup, bounds or status until the worker records
+them); an LLM agent's (the front door) is refused.
 """
 
 from __future__ import annotations
@@ -173,12 +174,12 @@ class Sender:
             # Each sender's own bucket pays for its messages (trusted code may batch several).
             senders = dict.fromkeys(p.message.sender for p in prepared)
             limits = {s: self.guard.rate_limit_for(s, front_door=front_door) for s in senders}
-            receipts = self._admit_and_publish(prepared, batch, limits)
+            receipts = self._admit_and_publish(prepared, batch, limits, front_door)
         self.hooks.sent([p.wire for p in prepared], receipts)
         return receipts
 
     def _admit_and_publish(
-        self, prepared: list[Prepared], batch: bool, limits: Limits
+        self, prepared: list[Prepared], batch: bool, limits: Limits, front_door: bool
     ) -> list[Receipt]:
         admitted: Admitted | None
         ahead = self._delivery_ahead(prepared, batch)
@@ -191,6 +192,10 @@ class Sender:
                 [p.record for p in prepared], self._audit(prepared), limits, then=then
             )
         except BusUnavailable as exc:
+            if front_door:
+                # An LLM agent's send is not taken unchecked: its rate limit, inbox caps and
+                # dedup live in Redis. Refused whole, so its retry cannot be a duplicate.
+                raise BusUnavailable(f"{exc.message}; nothing was sent, try again") from exc
             _warn_degraded(exc)
             admitted = None
             for p in prepared:

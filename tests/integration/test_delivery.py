@@ -396,6 +396,40 @@ def test_a_busy_redis_sends_a_delivered_here_message_degraded_not_with_a_raw_err
         BREAKERS["redis"].success()  # this process's breaker counted the BUSY replies
 
 
+def test_an_mcp_agent_s_send_is_refused_whole_while_redis_is_down(fresh_env, agents, tmp_path):
+    """Trusted code's send goes to the broker degraded while Redis is down; an LLM agent's
+    is refused (its rate limit, inbox caps and dedup live in Redis), and nothing of it is
+    queued: the MCP tool said "bus unavailable" for a message it had sent, and the agent's
+    retry was a duplicate."""
+    redis_ = PrivateRedis(free_port(), tmp_path)
+    redis_.start()
+    bus = MessageBus(fresh_env.settings(redis_url=redis_.url))
+    sender, reader = agents("sender"), agents("reader")
+    try:
+        bus.read(reader)  # known: mail for it is not refused as for an agent never seen
+        bus.runtime.broker.ensure_topology()
+        redis_.stop()
+        with pytest.raises(BusUnavailable, match="nothing was sent, try again"):
+            bus.as_agent(sender, front_door=True).send({"to": reader, "payload": "llm"})
+        assert _queued(bus, "bus.normal") == 0
+        # The positive control: trusted code's send is queued for the worker.
+        receipt = bus.send_message({"from": sender, "to": reader, "payload": "trusted"})
+        assert receipt.status.value == "queued" and _queued(bus, "bus.normal") == 1
+    finally:
+        bus.close()
+        redis_.stop()
+        BREAKERS["redis"].success()
+
+
+def _queued(bus, queue):
+    with bus.runtime.broker.connection() as conn:
+        channel = conn.channel()
+        try:
+            return channel.queue_declare(queue, passive=True).message_count
+        finally:
+            channel.close()
+
+
 @pytest.fixture
 def cut_off(module_env):
     """A bus whose broker cannot be reached (every send is refused); this process's

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from bus.deadletters import DeadLetterQueue
+from bus.deadletters import MAX_LISTED, DeadLetterQueue
 from bus.errors import LimitExceeded, NotFound, RequestTimeout, ValidationError
 from bus.guard import Guard
 from bus.handle import OPERATOR, AgentHandle
@@ -323,9 +323,9 @@ class MessageBus:
     # -- dead letters ------------------------------------------------------------------------
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        """Up to `limit` dead letters, at most what the queue may hold (a listing holds them
-        unacked while it looks)."""
-        bound = self.settings.dead_letter_max_length
+        """Up to `limit` dead letters: 1000, or what the queue may hold if more (a listing
+        holds them unacked while it looks)."""
+        bound = max(MAX_LISTED, self.settings.dead_letter_max_length)
         limit = whole_number(limit, "limit", 1, bound, "MESSAGE_BUS_DEAD_LETTER_MAX_LENGTH")
         return self.dead_letter_queue.peek(limit)
 

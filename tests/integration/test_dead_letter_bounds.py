@@ -12,20 +12,12 @@ import pytest
 from bus import topology
 from bus.settings import Settings
 from bus.topology import DEAD_LETTER_QUEUE, dead_letter_queue
+from tests.support.env import queue_depth
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
 BOUND = 5
-
-
-def _depth(bus, queue):
-    with bus.runtime.broker.connection() as conn:
-        channel = conn.channel()
-        try:
-            return channel.queue_declare(queue, passive=True).message_count
-        finally:
-            channel.close()
 
 
 def _expire(bus, sender, count):
@@ -36,7 +28,7 @@ def _expire(bus, sender, count):
             {"from": sender, "to": "dl-nobody", "payload": i, "metadata": {"ttl": 0.001}}
         )
         ids.append(receipt.id)
-    wait_for(lambda: _depth(bus, "bus.normal") == 0, 20, "the messages to expire")
+    wait_for(lambda: queue_depth(bus, "bus.normal") == 0, 20, "the messages to expire")
     return ids
 
 
@@ -47,7 +39,7 @@ def test_the_dead_letter_queue_keeps_its_bound_and_the_newest_letters(fresh_env)
     try:
         # Below the bound every letter is kept (the positive control).
         first = _expire(bus, "dl-sender", BOUND - 1)
-        wait_for(lambda: _depth(bus, DEAD_LETTER_QUEUE) == BOUND - 1, 20, "the first letters")
+        wait_for(lambda: queue_depth(bus, DEAD_LETTER_QUEUE) == BOUND - 1, 20, "the first letters")
         assert sorted(d.id for d in bus.dead_letters(limit=100)) == sorted(first)
         # Past it the oldest go: the newest BOUND stay, and nothing more.
         later = _expire(bus, "dl-sender", 8)
@@ -57,7 +49,7 @@ def test_the_dead_letter_queue_keeps_its_bound_and_the_newest_letters(fresh_env)
             20,
             "the newest letters, and only those",
         )
-        assert _depth(bus, DEAD_LETTER_QUEUE) == BOUND
+        assert queue_depth(bus, DEAD_LETTER_QUEUE) == BOUND
         assert all(d.reason == "expired" for d in bus.dead_letters(limit=100))
         # A dropped letter's status still tells what became of it.
         assert bus.status(first[0]).status.value in ("queued", "expired")

@@ -15,6 +15,7 @@ from bus.errors import BusUnavailable, InboxFull, NotFound
 from bus.scripts import ScriptRunner
 from bus.scripts.runner import BACKEND
 from bus.topology import agent_queue
+from tests.support.env import queue_depth
 from tests.support.processes import PrivateRedis, free_port
 from tests.support.waiting import holds_for, wait_for
 
@@ -411,23 +412,14 @@ def test_an_mcp_agent_s_send_is_refused_whole_while_redis_is_down(fresh_env, age
         redis_.stop()
         with pytest.raises(BusUnavailable, match="nothing was sent, try again"):
             bus.as_agent(sender, front_door=True).send({"to": reader, "payload": "llm"})
-        assert _queued(bus, "bus.normal") == 0
+        assert queue_depth(bus, "bus.normal") == 0
         # The positive control: trusted code's send is queued for the worker.
         receipt = bus.send_message({"from": sender, "to": reader, "payload": "trusted"})
-        assert receipt.status.value == "queued" and _queued(bus, "bus.normal") == 1
+        assert receipt.status.value == "queued" and queue_depth(bus, "bus.normal") == 1
     finally:
         bus.close()
         redis_.stop()
         BREAKERS["redis"].success()
-
-
-def _queued(bus, queue):
-    with bus.runtime.broker.connection() as conn:
-        channel = conn.channel()
-        try:
-            return channel.queue_declare(queue, passive=True).message_count
-        finally:
-            channel.close()
 
 
 @pytest.fixture

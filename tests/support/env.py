@@ -174,3 +174,13 @@ def audit_entries(bus: Any) -> list[dict[str, str]]:
         return [entry for _, entry in client.xrange(bus.runtime.keys.audit)]
     finally:
         client.close()
+
+
+def queue_depth(bus: Any, queue: str) -> int:
+    """Messages waiting in `queue` of the bus's vhost, as the broker counts them."""
+    with bus.runtime.broker.connection() as conn:
+        channel = conn.channel()
+        try:
+            return int(channel.queue_declare(queue, passive=True).message_count)
+        finally:
+            channel.close()

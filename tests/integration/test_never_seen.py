@@ -20,17 +20,11 @@ CAP = 3
 
 
 @pytest.fixture(scope="module")
-def capped(module_env):
+def module_env(module_env):
+    """The suite's bus for this module (its `worker` and `bus` fixtures serve it), with a
+    small allowance of agents never seen."""
     module_env.overrides["MESSAGE_BUS_MAX_UNSEEN_RECIPIENTS"] = str(CAP)
-    module_env.start_worker()
     return module_env
-
-
-@pytest.fixture
-def bus(capped):
-    client = capped.bus()
-    yield client
-    client.close()
 
 
 def _keys_of(env, agent):
@@ -47,7 +41,7 @@ def _later(bus):
 
 
 def test_mail_no_one_came_for_is_dropped_after_the_retention_and_frees_the_allowance(
-    capped, bus, agents
+    module_env, bus, agents
 ):
     sender = agents("sender")
     ghosts = [agents(f"ghost{i}") for i in range(CAP)]
@@ -64,7 +58,7 @@ def test_mail_no_one_came_for_is_dropped_after_the_retention_and_frees_the_allow
     result = purge_expired(bus.runtime, now_ms=_later(bus))
     assert result["never_read_dropped"] == CAP
     for ghost in ghosts:
-        assert _keys_of(capped, ghost) == [], ghost
+        assert _keys_of(module_env, ghost) == [], ghost
     for message_id in sent:
         status = bus.status(message_id)
         assert (status.status.value, status.reason) == ("expired", "recipient_never_connected")
@@ -73,7 +67,7 @@ def test_mail_no_one_came_for_is_dropped_after_the_retention_and_frees_the_allow
     bus.send_message({"from": sender, "to": agents("one-more"), "payload": 0})
 
 
-def test_an_agent_that_connected_keeps_its_mail_and_leaves_the_register(capped, bus, agents):
+def test_an_agent_that_connected_keeps_its_mail_and_leaves_the_register(module_env, bus, agents):
     sender, late = agents("sender"), agents("late")
     bus.send_message({"from": sender, "to": late, "payload": "for later"})
     wait_for(lambda: bus.runtime.store.inbox_depths([late])[late] == 1, 20, "the mail")
@@ -84,7 +78,7 @@ def test_an_agent_that_connected_keeps_its_mail_and_leaves_the_register(capped, 
     assert bus.runtime.store.inbox_depths([late])[late] == 1
 
 
-def test_mail_admitted_but_not_yet_delivered_is_not_dropped(capped, bus, agents):
+def test_mail_admitted_but_not_yet_delivered_is_not_dropped(module_env, bus, agents):
     """A purge between admission and delivery would let the delivery recreate an inbox that
     no register names: it waits for the next purge instead."""
     ghost = agents("pending")

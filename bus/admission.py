@@ -124,6 +124,8 @@ class Admission(RedisBacked):
                 k.history(rec.sender, sent=True),
                 k.dedup_id(rec.id),
                 k.history_bytes(rec.sender, sent=True),
+                k.unconfirmed,
+                k.unconfirmed_wires,
                 *(k.inbox(agent).pending for agent in rec.recipients),
             ]
             taken_back = rec.id in undeliver
@@ -135,13 +137,19 @@ class Admission(RedisBacked):
         self.scripts.many(calls, action="undo a refused send")
 
     def commit(self, records: Sequence[AcceptRecord]) -> None:
-        """Makes the dedup records of published messages final (see `AcceptRecord`)."""
-        keys: list[str] = []
+        """After the broker's confirm: the messages are no longer unconfirmed (bus.outbox),
+        and their dedup records are final (see `AcceptRecord`)."""
+        self.confirm([(rec.id, rec.sender, rec.dedup_key, None) for rec in records])
+
+    def confirm(self, messages: Sequence[tuple[str, str, str, int | None]]) -> None:
+        """`commit` of (id, sender, dedup key, the lease end seen or None for any): a message
+        admitted again since that lease end is left as it is (scripts.COMMIT)."""
+        keys: list[str] = [self.keys.unconfirmed, self.keys.unconfirmed_wires]
         args: list[Any] = [self.retention.dedup_window]
-        for rec in records:
-            keys += [self.keys.dedup(rec.sender, rec.dedup_key), self.keys.dedup_id(rec.id)]
-            args += [rec.id, rec.sender]
-        if keys:
+        for message_id, sender, dedup_key, seen in messages:
+            keys += [self.keys.dedup(sender, dedup_key), self.keys.dedup_id(message_id)]
+            args += [message_id, sender, "" if seen is None else seen]
+        if messages:
             self.scripts.call(scripts.COMMIT, keys, args, action="record the send")
 
     def _command(
@@ -152,6 +160,7 @@ class Admission(RedisBacked):
     ) -> tuple[list[str], list[Any]]:
         k, r = self.keys, self.retention
         keys = [k.agents, k.rate_bucket("sent", int(self.clock.now())), k.audit, k.ghosts]
+        keys += [k.unconfirmed, k.unconfirmed_wires]
         limits = [[limit.rate, limit.burst] for _, limit in buckets.values()]
         args: list[Any] = [
             r.dedup_window,

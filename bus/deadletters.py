@@ -33,6 +33,9 @@ from bus.topology import DEAD_LETTER_QUEUE, DELIVER_TASK
 
 logger = logging.getLogger(__name__)
 
+# What a dead letter's status may still say when no worker could record its death.
+_BEFORE_DEATH = ("queued", "retrying")
+
 REPLAYS_HEADER = "x-bus-replays"
 MAX_LISTED = 1000  # dead letters an MCP or dashboard listing shows at most
 RAW_PREVIEW = 200  # characters of an unreadable argument shown in a listing
@@ -270,18 +273,27 @@ class DeadLetterQueue:
     def peek(self, limit: int = 100) -> list[DeadLetter]:
         """Up to `limit` dead letters, oldest first, without consuming them."""
         out: list[DeadLetter] = []
+        unrecorded: list[DeadLetter] = []
         with self.holding() as get:
             while len(out) < limit and (entry := get()) is not None:
                 statuses = self._statuses([entry])
-                out += [self._describe(entry, item, statuses) for item in entry.items]
-        self._record_broker_deaths(out)
+                for item in entry.items:
+                    out.append(self._describe(entry, item, statuses))
+                    unrecorded += _unrecorded(out[-1], statuses)
+        self._record_deaths(unrecorded)
         return out[:limit]
 
-    def _record_broker_deaths(self, letters: list[DeadLetter]) -> None:
-        """Messages the broker dead-lettered (ttl) never reached a worker to record it."""
-        expired = [d.id for d in letters if d.reason == "expired"]
+    def _record_deaths(self, letters: list[DeadLetter]) -> None:
+        """The deaths no worker could record: a message the broker dead-lettered (ttl), or
+        one a worker dead-lettered while Redis was down (its retries ran out through the
+        outage). Without this its status would stay `queued`, `retrying` or none at all."""
+        by_outcome: dict[tuple[str, str], list[str]] = {}
+        for letter in letters:
+            status = "expired" if letter.reason == "expired" else "dead"
+            by_outcome.setdefault((status, letter.reason), []).append(letter.id)
         try:
-            self.runtime.store.advance_status(expired, "expired", reason="expired")
+            for (status, reason), ids in by_outcome.items():
+                self.runtime.store.advance_status(ids, status, reason=reason)
         except BusUnavailable:
             pass
 
@@ -323,7 +335,10 @@ class DeadLetterQueue:
                     if ok and action is not None and isinstance(item, _Unreadable):
                         ok = False
                     if ok and select is not None:
-                        ok = select(self._describe(entry, item, statuses))
+                        letter = self._describe(entry, item, statuses)
+                        ok = select(letter)
+                        if not ok:
+                            self._record_deaths(_unrecorded(letter, statuses))
                     (chosen if ok else kept).append(item)
                 if not chosen:
                     continue  # stays, returned when the channel closes
@@ -432,3 +447,11 @@ class DeadLetterQueue:
 
     def purge(self, ids: list[str] | None, limit: int | None = None) -> list[str]:
         return self._settle(ids, None, limit=limit)
+
+
+def _unrecorded(letter: DeadLetter, statuses: dict[str, dict[str, str]]) -> list[DeadLetter]:
+    """[letter] when Redis answered and its status does not say it died (none, or one from
+    before its death); [] otherwise."""
+    if letter.id not in statuses or letter.reason == "malformed":
+        return []
+    return [letter] if statuses[letter.id].get("status") in (None, *_BEFORE_DEATH) else []

@@ -5,6 +5,10 @@ Keyspace (``P`` = prefix; ``{a}`` = agent id in a hash tag so one agent's keys s
     P agents                       zset   agent -> first-seen ms: agents that connected (read,
                                           subscribed, sent) or were declared
     P worker_agents                set    agents served by a `msgbus agent run` process
+    P unconfirmed                  zset   message id -> ms its admission's lease ends:
+                                          admitted, not yet known to be in the broker
+                                          (bus.outbox publishes it again once that passes)
+    P unconfirmed:wires            hash   message id -> its wire, until then
     P ghosts                       zset   agent that never connected -> ms of the latest mail
                                           admitted for it (the purge drops its stale mail)
     P agent:{a}:seen               string last-seen ms
@@ -81,6 +85,14 @@ class Keys:
     @property
     def ghosts(self) -> str:
         return f"{self.prefix}ghosts"
+
+    @property
+    def unconfirmed(self) -> str:
+        return f"{self.prefix}unconfirmed"
+
+    @property
+    def unconfirmed_wires(self) -> str:
+        return f"{self.prefix}unconfirmed:wires"
 
     @property
     def worker_agents(self) -> str:

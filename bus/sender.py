@@ -29,6 +29,7 @@ from bus.errors import (
 from bus.guard import Guard
 from bus.hooks import Hooks
 from bus.linger import Linger
+from bus.outbox import dedup_name
 from bus.prepared import MAX_TASK_MESSAGE_BYTES, Prepared, task_groups
 from bus.refusals import admission_refusal, as_bus_error, partly_sent, still_in_flight
 from bus.routing import broadcast_recipients, topic_recipients
@@ -135,8 +136,7 @@ class Sender:
         direct = message.to if message.to and not message.is_broadcast else ""
         record = AcceptRecord(
             id=message.id,
-            # A dedup key and an id are apart even when their text is the same.
-            dedup_key=f"key:{meta.dedup_key}" if meta.dedup_key else f"id:{message.id}",
+            dedup_key=dedup_name(message.id, meta.dedup_key),
             sender=message.sender,
             queue=message.priority.queue,
             wire=text.decode(),
@@ -225,14 +225,15 @@ class Sender:
         return _receipts(prepared, duplicates)
 
     def _commit(self, published: list[Prepared]) -> None:
-        repeatable = [p.record for p in published if p.record.may_repeat]
-        if not repeatable:
+        """The broker has them: no longer unconfirmed, their dedup records final."""
+        if not published:
             return
         try:
-            self.runtime.admission.commit(repeatable)
+            self.runtime.admission.commit([p.record for p in published])
         except BusUnavailable as exc:
-            # Published all the same; a retry of these may be delivered twice.
-            logger.warning("dedup records left pending: %s", exc)
+            # Published all the same: bus.outbox sends them once more (delivered once), and
+            # a retry of these may be published twice too.
+            logger.warning("the broker's confirm left unrecorded: %s", exc)
 
     def _settle(
         self, prepared: list[Prepared], admitted: Admitted, limits: Limits

@@ -144,6 +144,9 @@ class Settings(BaseSettings):
     replay_interval: float = Field(default=300.0, gt=0, description="beat: replay dead letters")
     purge_interval: float = Field(default=3600.0, gt=0, description="beat: purge expired data")
     stats_interval: float = Field(default=15.0, gt=0, description="beat: queue stats")
+    resend_interval: float = Field(
+        default=10.0, gt=0, description="beat: publish sends their sender never confirmed"
+    )
     history_retention: int = Field(default=30 * 86_400, ge=60, description="seconds")
     task_events: bool = Field(
         default=False,

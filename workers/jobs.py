@@ -10,6 +10,7 @@ from celery import Celery, Task
 from bus.deadletters import DeadLetterQueue
 from bus.errors import is_transient_reason
 from bus.health import refresh_gauges
+from bus.outbox import resend_unconfirmed as resend
 from bus.retention import purge_expired as purge
 from bus.schema import DeadLetter
 from bus.settings import Settings
@@ -40,6 +41,12 @@ def purge_expired(self: Task) -> dict[str, int]:
     return purge(runtime_of(self))
 
 
+def resend_unconfirmed(self: Task) -> dict[str, int]:
+    """Publishes again the messages whose sender died between admission and the broker's
+    confirm (bus.outbox)."""
+    return resend(runtime_of(self))
+
+
 def queue_stats(self: Task) -> dict[str, Any]:
     """Queue, dead-letter, inbox and subscription depths into the worker's metrics."""
     refresh_gauges(runtime_of(self))
@@ -51,6 +58,7 @@ def register(app: Celery) -> None:
     for name, body in (
         ("bus.replay_dead_letters", replay_dead_letters),
         ("bus.purge_expired", purge_expired),
+        ("bus.resend_unconfirmed", resend_unconfirmed),
         ("bus.queue_stats", queue_stats),
     ):
         app.task(name=name, bind=True, shared=False)(body)
@@ -67,6 +75,11 @@ def beat_schedule(s: Settings) -> dict[str, Any]:
             "task": "bus.purge_expired",
             "schedule": s.purge_interval,
             "options": {"queue": "bus.low"},
+        },
+        "resend-unconfirmed": {
+            "task": "bus.resend_unconfirmed",
+            "schedule": s.resend_interval,
+            "options": {"queue": "bus.low", "expires": s.resend_interval},
         },
         "queue-stats": {
             "task": "bus.queue_stats",

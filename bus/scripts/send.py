@@ -13,7 +13,8 @@ from bus.scripts.script import Script
 # that has never connected past the sender's allowance, a full inbox or the sender's share
 # of it, the rate limit), then dedup, status `queued`, the sender's history and audit: all
 # of it or none of it.
-# KEYS: agents, sent-rate bucket, audit stream, ghosts (scripts.ghosts), then per message:
+# KEYS: agents, sent-rate bucket, audit stream, ghosts (scripts.ghosts), unconfirmed, their
+#       wires (bus.outbox), then per message:
 #       dedup (by the sender's dedup key), dedup (by id), status, sender history, its byte
 #       count, the sender's set of not-yet-seen recipients, then for each recipient the
 #       sender resolved (one for a direct message): its inbox body, the inbox's admitted-
@@ -51,6 +52,9 @@ from bus.scripts.script import Script
 # its own, so every other send keeps waiting) and is admitted again under that id with its
 # token, charged and bounded like any new message; if both copies reach a worker, delivery
 # is idempotent per id, so the message is neither lost nor delivered twice.
+# Every message accepted is listed as unconfirmed, with its wire, until its sender's COMMIT
+# (after the broker's confirm): one whose sender died in between is published by
+# bus.outbox once its lease has passed.
 ADMIT = Script(
     NOW_LUA
     + TRIM_HISTORY_LUA
@@ -59,7 +63,7 @@ ADMIT = Script(
     + """
 local lease_ms = tonumber(ARGV[11])
 local messages = {}
-local k, a = 4, 11
+local k, a = 6, 11
 for i = 1, tonumber(ARGV[10]) do
   local m = {k = k, a = a, n = tonumber(ARGV[a + 13]), bucket = tonumber(ARGV[a + 12])}
   m.id, m.sender, m.to, m.token = ARGV[a + 1], ARGV[a + 3], ARGV[a + 9], ARGV[a + 11]
@@ -216,6 +220,10 @@ for _, m in ipairs(messages) do
     if ARGV[a + 6] ~= '' then redis.call('HSET', KEYS[k + 3], 'expires_at', ARGV[a + 6]) end
     redis.call('EXPIRE', KEYS[k + 3], ARGV[2])
     redis.call('ZADD', KEYS[1], 'NX', now_ms, m.sender)
+    -- unconfirmed until its sender says the broker has it (COMMIT): if that sender dies
+    -- first, bus.outbox publishes it once the lease has passed
+    redis.call('ZADD', KEYS[5], now_ms + lease_ms, m.id)
+    redis.call('HSET', KEYS[6], m.id, ARGV[a + 4])
     add_history(KEYS[k + 4], KEYS[k + 5], false, m.sender, ARGV[a + 5], ARGV[a + 4],
       tonumber(ARGV[3]), tonumber(ARGV[7]), 0)
     if m.unseen then
@@ -259,8 +267,9 @@ return out
 # and histories (the sender delivered it itself, then could not publish what had to follow)
 # while the message is still this call's: once another send took its lease over, that send
 # owns the delivery (and may have published the task that handles it).
-# KEYS: dedup (by key), status, sender history, dedup by id, sender history bytes, then the
-#       admitted-not-yet-delivered zset of each recipient; with ARGV[6] '1' then the
+# KEYS: dedup (by key), status, sender history, dedup by id, sender history bytes,
+#       unconfirmed, their wires, then the admitted-not-yet-delivered zset of each
+#       recipient; with ARGV[6] '1' then the
 #       delivered-set and per recipient: ready, leased, body, meta, per-sender counts,
 #       history, history bytes, history senders
 # ARGV: id, wire, sender, the admitting call's token, '1' for a takeover, '1' to take the
@@ -272,7 +281,7 @@ REVOKE = Script(
 local id, wire, token, takeover = ARGV[1], ARGV[2], ARGV[4], ARGV[5] == '1'
 local n = #ARGV - 6
 local function ours(record) return not record.lease or record.token == token end
-for i = 6, 5 + n do redis.call('ZREM', KEYS[i], id) end
+for i = 8, 7 + n do redis.call('ZREM', KEYS[i], id) end
 local owner, by_id = id_record(redis.call('GET', KEYS[4]))
 -- Still this call's: no other sender's id, no other call's lease on it, and no other call
 -- admitted it again since (a takeover marks the status it found).
@@ -299,7 +308,7 @@ if owner == ARGV[3] then
   end
 end
 if ARGV[6] == '1' and still_ours then
-  local delivered = 6 + n
+  local delivered = 8 + n
   for i = 1, n do
     local base = delivered + (i - 1) * 8
     if redis.call('SREM', KEYS[delivered], ARGV[6 + i]) == 1 then
@@ -322,28 +331,40 @@ if ARGV[6] == '1' and still_ours then
 end
 if still_ours and redis.call('HGET', KEYS[2], 'admission') == token then
   redis.call('DEL', KEYS[2])
+  -- refused whole, its sender told so: nothing left for bus.outbox to publish (a
+  -- takeover's is the earlier admission's, whose status stays: bus.outbox judges it)
+  redis.call('ZREM', KEYS[6], id)
+  redis.call('HDEL', KEYS[7], id)
 end
 if redis.call('ZREM', KEYS[3], wire) == 1 then redis.call('DECRBY', KEYS[5], #wire) end
 return 1
 """
 )
 
-# The broker confirmed these messages: their leased dedup records become final (whoever
-# holds the lease now: the message is in the broker under that id either way).
-# KEYS: per message: dedup (by key), dedup (by id)
-# ARGV: dedup_window_s, then per message: id, sender
+# The broker confirmed these messages: they are no longer unconfirmed, and their leased
+# dedup records become final (whoever holds the lease now: the message is in the broker
+# under that id either way). bus.outbox passes the lease end it saw: a message admitted
+# again since (a takeover: a lease of its own) is left to that admission's COMMIT.
+# KEYS: unconfirmed, their wires, then per message: dedup (by key), dedup (by id)
+# ARGV: dedup_window_s, then per message: id, sender, the lease end seen ('' for any)
 COMMIT = Script(
     DEDUP_RECORDS_LUA
     + """
-for i = 1, #KEYS / 2 do
-  local id, sender = ARGV[2 * i], ARGV[2 * i + 1]
-  local record = key_record(redis.call('GET', KEYS[2 * i - 1]))
-  if record and record.lease and record.id == id then
-    redis.call('SET', KEYS[2 * i - 1], 'final:' .. id, 'EX', ARGV[1])
-  end
-  local owner, by_id = id_record(redis.call('GET', KEYS[2 * i]))
-  if owner == sender and by_id.lease then
-    redis.call('SET', KEYS[2 * i], 'final|' .. sender, 'EX', ARGV[1])
+for i = 1, (#KEYS - 2) / 2 do
+  local id, sender, seen = ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1]
+  local by_key, by_id = KEYS[2 * i + 1], KEYS[2 * i + 2]
+  local lease_end = redis.call('ZSCORE', KEYS[1], id)
+  if seen == '' or not lease_end or tonumber(lease_end) == tonumber(seen) then
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('HDEL', KEYS[2], id)
+    local record = key_record(redis.call('GET', by_key))
+    if record and record.lease and record.id == id then
+      redis.call('SET', by_key, 'final:' .. id, 'EX', ARGV[1])
+    end
+    local owner, held = id_record(redis.call('GET', by_id))
+    if owner == sender and held.lease then
+      redis.call('SET', by_id, 'final|' .. sender, 'EX', ARGV[1])
+    end
   end
 end
 return 1

@@ -40,6 +40,9 @@ def test_transient_failure_retries_with_backoff_then_dead_letters_and_replays_on
     assert "Redis cannot be reached" in (letter.error or "")
     assert letter.attempts == 3  # first try + 2 retries
     assert letter.queue == "bus.normal"
+    # The worker could not record the death (Redis was away for it): the listing does.
+    status = bus.status(receipt.id)
+    assert (status.status.value, status.reason) == ("dead", "retries_exhausted")
     log = broken.log.read_text()
     assert log.count("Retry in") >= 2
     broken.stop()

@@ -226,8 +226,6 @@ class Sender:
 
     def _commit(self, published: list[Prepared]) -> None:
         """The broker has them: no longer unconfirmed, their dedup records final."""
-        if not published:
-            return
         try:
             self.runtime.admission.commit([p.record for p in published])
         except BusUnavailable as exc:

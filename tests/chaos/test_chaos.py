@@ -6,11 +6,13 @@ every dead letter has its reason. Counts go to test-artifacts/chaos-results.json
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -398,3 +400,96 @@ def test_sigkill_the_mcp_http_server_during_concurrent_sends(fresh_env, agents, 
         assert result["duplicated"] == 0, result  # the dedup key made retries safe
     finally:
         stop(state["server"])
+
+
+# A sender of its own: sends `count` messages to `to` one after another and says on stdout
+# which it is about to send ("A token") and which the bus confirmed ("C token").
+SENDER = """
+import json, sys, uuid
+from bus import MessageBus
+sender, to, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+bus = MessageBus()
+for i in range(count):
+    token = str(uuid.uuid4())
+    message = {"from": sender, "to": to, "payload": {"token": token, "pad": "x" * 1024}}
+    if i % 2:
+        message["id"] = token
+    print("A", token, flush=True)
+    bus.send_message(message)
+    print("C", token, flush=True)
+"""
+
+
+def statuses(bus) -> collections.Counter[str]:
+    """How many of this bus's messages are in each status."""
+    redis, keys = bus.runtime.store.redis, bus.runtime.store.keys
+    names = list(redis.scan_iter(match=keys.status("*"), count=1000))
+    return collections.Counter(redis.hget(name, "status") for name in names)
+
+
+def test_senders_sigkilled_mid_burst_lose_nothing_they_admitted(fresh_env, agents, burst):
+    """Four sender processes SIGKILLed mid-burst. One killed between its admission and the
+    broker's publish leaves a message `queued` in no queue (`queued_before_sweep`: the hole
+    without the sweep); beat's `bus.resend_unconfirmed`, called here as beat would once
+    the lease has passed, publishes it. Then nothing stays `queued` and every message the
+    bus admitted arrives once, the confirmed ones among them."""
+    from bus.outbox import resend_unconfirmed
+
+    fresh_env.start_worker()
+    bus, reader = fresh_env.bus(), agents("r")
+    assert bus.read(reader, limit=1, wait=0) == []
+    checker = Checker("SIGKILL 4 sender processes mid-burst, then the sweep")
+    senders = [
+        subprocess.Popen(
+            [sys.executable, "-c", SENDER, agents(f"s{i}"), reader, str(burst // 4)],
+            env=fresh_env.env(),
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        for i in range(4)
+    ]
+    lines: list[list[str]] = [[] for _ in senders]
+    readers = [
+        in_background(lambda out=p.stdout, into=lines[i]: into.extend(out))
+        for i, p in enumerate(senders)
+    ]
+    # Each is killed once it has confirmed a quarter of its share (bounded in time too).
+    deadline = time.monotonic() + 120
+    for i, proc in enumerate(senders):
+        while time.monotonic() < deadline and sum(x[0] == "C" for x in lines[i]) < burst // 16:
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    checker.fault_at = time.monotonic()
+    for thread in readers:
+        thread.join(30)
+    for line in (x.split() for share in lines for x in share):
+        (checker.attempted.append if line[0] == "A" else checker.confirmed.add)(line[1])
+
+    def inbox() -> int:
+        return bus.runtime.store.inbox_depths([reader])[reader]
+
+    wait_for(lambda: inbox() >= len(checker.confirmed), 60, "the confirmed sends delivered")
+    before = statuses(bus)
+    later = bus.runtime.clock.now_ms() + bus.runtime.retention.send_lease_ms + 1000
+    swept = resend_unconfirmed(bus.runtime, now_ms=later)
+    checker.healed_at = time.monotonic()
+    admitted = sum(before.values())  # every message the bus admitted has a status
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(set(checker.delivered)) < admitted:
+        messages = bus.read(reader, limit=500, wait=0.5)
+        checker.delivered.extend(m.payload["token"] for m in messages)
+        bus.ack(reader, [m.id for m in messages])
+    checker.recovered_at = time.monotonic()
+    after = statuses(bus)
+    checker.notes |= {
+        "admitted": admitted,
+        "queued_before_sweep": before["queued"],
+        "swept": swept["resent"],
+        "queued_after_sweep": after["queued"],
+    }
+    result = checker.record()
+    check(result, in_flight=0)
+    assert result["delivered"] == admitted, result
+    assert after["queued"] == 0, result

@@ -20,11 +20,16 @@ from typing import Any
 import orjson
 
 from bus import delivery_calls, scripts
+from bus.errors import BusUnavailable
 from bus.redis_conn import redis_errors
 from bus.scripts.runner import Call
 from bus.store import AUDIT_MAXLEN, RedisBacked
 
 logger = logging.getLogger(__name__)
+
+# The wires one ADMIT carries at most: Redis runs a script alone, every other client waits
+# (a 140 MB batch in one call held Redis for 2.3 s, past clients' socket timeouts).
+MAX_ADMIT_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +83,8 @@ class Admitted:
     in_flight: dict[int, InFlight] = field(default_factory=dict)
     refusal: tuple[str, ...] | None = None
     followed: Any = None  # the reply to the call that rode behind the admission (`then`)
+    # with a refusal: the messages of the batch's earlier parts, admitted and taken back
+    taken_back: list[int] = field(default_factory=list)
 
     @property
     def unsettled(self) -> list[int]:
@@ -96,7 +103,51 @@ class Admission(RedisBacked):
         """`limits`: each sender's rate limit (a sender missing or None: no limit).
         `then`: a call to run right behind the admission, in its round trip (one that
         checks for itself that the admission went through); its reply, or the error Redis
-        gave it, is the result's `followed`."""
+        gave it, is the result's `followed`.
+
+        A batch whose messages take more than MAX_ADMIT_BYTES goes in parts (Redis runs a
+        script alone: one of 140 MB held every other client for 2.3 s). Each part is all or
+        nothing, and a refusal (or Redis failing) in a later part takes back the earlier
+        parts, so the batch still is: their rate-limit tokens stay spent."""
+        parts = _parts(records) if then is None else [list(range(len(records)))]
+        if len(parts) == 1:
+            return self._admit(records, audit, limits, then)
+        duplicates: list[str | None] = [None] * len(records)
+        retry_as: dict[int, str] = {}
+        in_flight: dict[int, InFlight] = {}
+        accepted: list[int] = []
+        for part in parts:
+            try:
+                got = self._admit([records[i] for i in part], [audit[i] for i in part], limits)
+            except Exception:
+                self._take_back(records, accepted)
+                raise
+            if got.refusal is not None:
+                self._take_back(records, accepted)
+                refusal = _in_batch(got.refusal, part)
+                return Admitted([None] * len(records), refusal=refusal, taken_back=accepted)
+            for n, i in enumerate(part):
+                duplicates[i] = got.duplicates[n]
+                if got.duplicates[n] is None and n not in got.unsettled:
+                    accepted.append(i)
+            retry_as |= {part[n]: earlier for n, earlier in got.retry_as.items()}
+            in_flight |= {part[n]: flight for n, flight in got.in_flight.items()}
+        return Admitted(duplicates, retry_as, in_flight)
+
+    def _take_back(self, records: Sequence[AcceptRecord], accepted: list[int]) -> None:
+        """Best effort: with Redis gone too, bus.outbox publishes these later."""
+        try:
+            self.revoke([records[i] for i in accepted])
+        except BusUnavailable as exc:
+            logger.warning("%d admitted messages not taken back: %s", len(accepted), exc)
+
+    def _admit(
+        self,
+        records: Sequence[AcceptRecord],
+        audit: Sequence[dict[str, str]],
+        limits: Mapping[str, RateLimit | None] | None,
+        then: Call | None = None,
+    ) -> Admitted:
         buckets = _buckets(records, limits or {})
         keys, args = self._command(records, audit, buckets)
         admit = (scripts.ADMIT, keys, args)
@@ -195,6 +246,47 @@ class Admission(RedisBacked):
             args += [len(rec.recipients), *rec.recipients]
         keys += [limit.key for _, limit in buckets.values()]
         return keys, args
+
+
+def _parts(records: Sequence[AcceptRecord]) -> list[list[int]]:
+    """The batch's indexes in parts of at most MAX_ADMIT_BYTES of wires (a message larger
+    than that goes alone). Messages sharing a dedup key or an id stay in one part: ADMIT
+    tells a repeat within its call from an earlier send still in flight."""
+    group_of: dict[str, int] = {}
+    groups: list[list[int]] = []
+    for i, rec in enumerate(records):
+        names = (f"{rec.sender} {rec.dedup_key}", f"id {rec.id}")
+        known = [group_of[name] for name in names if name in group_of]
+        if known:
+            g = known[0]
+            if len(known) == 2 and known[1] != g:  # one message joins two groups: merge
+                groups[g] += groups[known[1]]
+                groups[known[1]] = []
+                group_of |= {n: g for n, v in group_of.items() if v == known[1]}
+        else:
+            g = len(groups)
+            groups.append([])
+        groups[g].append(i)
+        group_of |= dict.fromkeys(names, g)
+    parts: list[list[int]] = []
+    size = 0
+    for group in groups:
+        if not group:
+            continue
+        bytes_ = sum(len(records[i].wire) for i in group)
+        if not parts or size + bytes_ > MAX_ADMIT_BYTES:
+            parts.append([])
+            size = 0
+        parts[-1] += group
+        size += bytes_
+    return [sorted(part) for part in parts]
+
+
+def _in_batch(refusal: tuple[str, ...], part: list[int]) -> tuple[str, ...]:
+    """A part's refusal, naming its message by its place in the whole batch (1-based)."""
+    if refusal[0] in ("conflict", "unknown_agent", "inbox_full", "share_full"):
+        return (refusal[0], str(part[int(refusal[1]) - 1] + 1), *refusal[2:])
+    return refusal
 
 
 def _buckets(

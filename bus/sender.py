@@ -243,7 +243,10 @@ class Sender:
         id, rate-limited and bounded like any new message. A refusal or failure at a later
         step undoes what this send admitted before it."""
         if admitted.refusal is not None:
-            raise self._refusal([p.message for p in prepared], admitted.refusal, limits)
+            refused = self._refusal([p.message for p in prepared], admitted.refusal, limits)
+            undone = [prepared[i] for i in admitted.taken_back]
+            self.guard.store_audits(self._audit(undone, "failed", error=refused.code))
+            raise refused
         prepared, duplicates = list(prepared), list(admitted.duplicates)
         # What this send wrote (and must take back if a later step fails): never a
         # duplicate, whose records are the earlier message's; and the leases it took over.

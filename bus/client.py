@@ -196,8 +196,9 @@ class MessageBus:
     # -- reading ---------------------------------------------------------------------------
 
     def read(self, agent: str, limit: int = 10, wait: float = 0.0) -> list[ReceivedMessage]:
-        """Leases up to `limit` messages (highest priority first, FIFO within one); waits up
-        to `wait` seconds for the first to arrive. Unacked leases expire and come back."""
+        """Leases up to `limit` messages (highest priority first, FIFO within one), fewer
+        once their bodies reach 16 MiB (store.MAX_REPLY_BYTES; always one); waits up to
+        `wait` seconds for the first to arrive. Unacked leases expire and come back."""
         agent = check(agent, check_agent_id, "agent id")
         limit = whole_number(limit, "limit", 1, self.settings.max_batch, "MESSAGE_BUS_MAX_BATCH")
         wait = within(wait, "wait", 0, self.settings.max_wait_seconds, unit=" seconds")

@@ -25,6 +25,12 @@ from bus.scripts.runner import Call
 
 logger = logging.getLogger(__name__)
 
+# What one Redis call may return of message bodies, about: Redis builds a reply alone, and
+# every other client waits (a read of 500 messages of 1 MiB would hold it for seconds). A
+# read leases fewer messages than asked for once it has this much (always one).
+MAX_REPLY_BYTES = 16 * 1024 * 1024
+REPLY_GROUP = 16  # bodies fetched per call where a listing walks many
+
 
 AUDIT_MAXLEN = 100_000
 
@@ -200,9 +206,8 @@ class RedisStore(RedisBacked):
         lease_ms = int(lease_seconds * 1000)
         k = self.keys
         keys = [*k.inbox(agent).all(), k.agents, k.agent_seen(agent)]
-        deadline, *flat = self.scripts.call(
-            scripts.READ, keys, [lease_ms, limit, agent], action="read the inbox"
-        )
+        args = [lease_ms, limit, agent, MAX_REPLY_BYTES]
+        deadline, *flat = self.scripts.call(scripts.READ, keys, args, action="read the inbox")
         return [
             Leased(flat[i], flat[i + 1], int(flat[i + 2]), int(deadline))
             for i in range(0, len(flat), 3)
@@ -282,9 +287,17 @@ class RedisStore(RedisBacked):
         inbox = self.keys.inbox(agent)
         with redis_errors("look at the inbox"):
             ids = self.redis.zrange(inbox.ready, 0, limit - 1)
-            if not ids:
-                return []
-            return [w for w in self.redis.hmget(inbox.body, ids) if w]
+            wires: list[str] = []
+            used = 0
+            for start in range(0, len(ids), REPLY_GROUP):  # a bounded reply at a time
+                if used >= MAX_REPLY_BYTES:
+                    break
+                found = [
+                    w for w in self.redis.hmget(inbox.body, ids[start : start + REPLY_GROUP]) if w
+                ]
+                wires += found
+                used += sum(len(w) for w in found)
+            return wires
 
     def drop_if_same(self, agent: str, message_id: str, wire: str) -> bool:
         """Takes `message_id` out of `agent`'s inbox only if what is stored under it is
@@ -314,7 +327,8 @@ class RedisStore(RedisBacked):
         """(id, wire) of up to `limit` inbox messages, leased or not."""
         with redis_errors("scan the inbox"):
             items = []
-            for message_id, wire in self.redis.hscan_iter(self.keys.inbox(agent).body, count=500):
+            body = self.keys.inbox(agent).body
+            for message_id, wire in self.redis.hscan_iter(body, count=REPLY_GROUP):
                 items.append((message_id, wire))
                 if len(items) >= limit:
                     break

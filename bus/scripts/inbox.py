@@ -152,7 +152,7 @@ return flags
 )
 
 # KEYS: ready, leased, body, meta, agents, agent's last-seen
-# ARGV: lease_ms, limit, agent
+# ARGV: lease_ms, limit, agent, bytes (leases no more once the bodies reach it; always one)
 # Registers the reader (first use) and notes when it was last seen, brings expired leases
 # back, then leases up to `limit`, all by Redis's clock (a reader on a host whose clock runs
 # ahead must not take over others' leases). Returns a flat list: lease deadline ms, then
@@ -170,10 +170,13 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
 end
 local deadline = now + tonumber(ARGV[1])
 local out = {deadline}
+local budget, used = tonumber(ARGV[4]), 0
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)) do
+  if used >= budget then break end
   redis.call('ZREM', KEYS[1], id)
   local body = redis.call('HGET', KEYS[3], id)
   if body then
+    used = used + #body
     local score, count, rest = string.match(redis.call('HGET', KEYS[4], id), '^(%d+)|(%d+)(.*)$')
     count = tonumber(count) + 1
     redis.call('HSET', KEYS[4], id, score .. '|' .. count .. rest)

@@ -1,15 +1,21 @@
-"""A large batch is admitted in parts of at most MAX_ADMIT_BYTES (Redis runs a script alone:
-one ADMIT of a 140 MB batch held every other client for 2.3 s, past their socket
-timeouts), and is still all or nothing: a refusal in a later part takes the earlier ones
-back. The bound is lowered here so that small batches have parts."""
+"""No one Redis call carries or returns an unbounded amount of message bytes: Redis runs a
+script or builds a reply alone, and every other client waits (one ADMIT of a 140 MB batch
+held Redis for 2.3 s, past the other clients' socket timeouts).
+
+- A large batch is admitted in parts of at most MAX_ADMIT_BYTES, still all or nothing: a
+  refusal in a later part takes the earlier ones back.
+- A read leases fewer messages than asked for once their bodies reach MAX_REPLY_BYTES.
+
+The bounds are lowered here so that small messages reach them."""
 
 from __future__ import annotations
 
 import pytest
 
-from bus import admission, scripts
+from bus import admission, scripts, store
 from bus.errors import ValidationError
 from tests.support.env import audit_entries
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -43,11 +49,10 @@ def test_a_large_batch_is_admitted_in_bounded_parts_and_arrives_whole(bus, agent
     receipts = bus.send_batch(batch(sender, reader, 30))
     assert {r.status.value for r in receipts} == {"queued"}
     assert len(parts) >= 4 and max(parts) <= PART_BYTES, parts
-    got = []
-    for _ in range(100):
-        got += bus.read(reader, limit=100, wait=0.5)
-        if len(got) >= 30:
-            break
+    got: list = []
+    wait_for(
+        lambda: got.extend(bus.read(reader, limit=100, wait=0.5)) or len(got) >= 30, 30, "all 30"
+    )
     assert sorted(m.payload[:2] for m in got) == [f"{i:02d}" for i in range(30)]
 
 
@@ -80,3 +85,21 @@ def test_a_dedup_key_repeated_far_apart_in_a_batch_stays_in_one_part(bus, agents
     assert (receipts[29].status.value, receipts[29].duplicate_of) == ("duplicate", receipts[0].id)
     assert [r.status.value for r in receipts[:29]] == ["queued"] * 29
     assert len(parts) >= 4
+
+
+def test_a_read_stops_leasing_once_the_bodies_reach_the_reply_bound(monkeypatch, bus, agents):
+    monkeypatch.setattr(store, "MAX_REPLY_BYTES", PART_BYTES)
+    sender, reader = agents("s"), agents("r")
+    depth = bus.runtime.store.inbox_depths
+    bus.send_batch(batch(sender, reader, 20))
+    wait_for(lambda: depth([reader])[reader] == 20, 30, "the batch delivered")
+    first = bus.read(reader, limit=20)
+    assert 1 <= len(first) < 20 and sum(len(m.payload) for m in first) <= PART_BYTES + 10_100
+    rest = bus.read(reader, limit=20) + bus.read(reader, limit=20) + bus.read(reader, limit=20)
+    assert sorted(m.payload[:2] for m in first + rest) == [f"{i:02d}" for i in range(20)]
+    bus.ack(reader, [m.id for m in first + rest])
+    # One message larger than the bound still comes, alone.
+    monkeypatch.setattr(store, "MAX_REPLY_BYTES", 100)
+    bus.send_batch(batch(sender, reader, 2))
+    wait_for(lambda: depth([reader])[reader] == 2, 30, "the two delivered")
+    assert len(bus.read(reader, limit=20)) == 1

@@ -162,12 +162,16 @@ class Admission(RedisBacked):
                 raise reply
         return dataclasses.replace(_parse(reply, len(records), list(buckets)), followed=followed)
 
-    def revoke(self, records: Iterable[AcceptRecord], undeliver: Collection[str] = ()) -> None:
+    def revoke(self, records: Iterable[AcceptRecord], undeliver: Collection[str] = ()) -> set[str]:
         """Undoes `admit` for messages the broker did not take; for the ids in `undeliver`
         (messages this call delivered itself) their delivery too, while they are still this
-        call's (scripts.REVOKE)."""
+        call's (scripts.REVOKE). Returns the ids it left because another call took them
+        over since (they go out all the same)."""
         k = self.keys
         calls = []
+        records = list(records)
+        if not records:
+            return set()
         for rec in records:
             keys = [
                 k.dedup(rec.sender, rec.dedup_key),
@@ -185,7 +189,8 @@ class Admission(RedisBacked):
             args = [rec.id, rec.wire, rec.sender, rec.token, "1" if rec.takeover else "0"]
             args += ["1" if taken_back else "0", *rec.recipients]
             calls.append((scripts.REVOKE, keys, args))
-        self.scripts.many(calls, action="undo a refused send")
+        undone = self.scripts.many(calls, action="undo a refused send")
+        return {rec.id for rec, done in zip(records, undone, strict=True) if not int(done)}
 
     def commit(self, records: Sequence[AcceptRecord]) -> None:
         """After the broker's confirm: the messages are no longer unconfirmed (bus.outbox),

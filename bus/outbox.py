@@ -8,16 +8,21 @@ carries the delivery) leaves it `delivered` with no `bus.handle` task to run its
 Once the admission's lease has passed, `resend_unconfirmed` (a beat job) publishes such a
 message as its `bus.deliver` task, under its own id: delivery is idempotent per message and
 recipient, and dispatches the handler again, so a copy the broker had after all changes
-nothing. Messages whose status says they went on (retrying, read, acked, dead, expired) or
-whose wire the bus cannot read are only taken off the list.
+nothing. Before it publishes, the sweep takes the message over as a retry's takeover would
+(scripts.CLAIM): a sender that was slow rather than dead, and whose publish then fails,
+finds it taken and answers `queued` instead of undoing it (scripts.REVOKE). Messages whose
+status says they went on (retrying, read, acked, dead, expired), or whose handler has
+started, are only taken off the list; one whose text is lost is marked dead (`malformed`).
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from bus import scripts
 from bus.envelope import Envelope
 from bus.errors import BusError, PermanentFailure
 from bus.redis_conn import redis_errors
@@ -74,19 +79,21 @@ def resend_unconfirmed(
     counts = {"resent": 0, "settled": 0, "expired": 0}
     done: list[tuple[str, str, str, int | None]] = []
     expired: list[str] = []
+    lost: list[str] = []
     workers: set[str] | None = None
     for entry in lapsed(runtime, now_ms, limit):
         envelope = _readable(entry)
         if envelope is None:
             done.append((entry.id, "", dedup_name(entry.id, None), entry.lease_end))
+            lost += [entry.id] if entry.status in _RESENDABLE else []
             counts["settled"] += 1
             continue
         confirm = (entry.id, envelope.sender, _dedup_name(envelope), entry.lease_end)
         if entry.status == "delivered":
             if workers is None:
                 workers = set(runtime.store.worker_agents())
-            if envelope.to not in workers:  # in its inbox: nothing left to run
-                done.append(confirm)
+            if envelope.to not in workers or _handled(runtime, entry.id, envelope.to):
+                done.append(confirm)  # in its inbox, or its handler task ran: all there
                 counts["settled"] += 1
                 continue
         if entry.status not in _RESENDABLE:
@@ -98,9 +105,12 @@ def resend_unconfirmed(
             done.append(confirm)
             expired.append(entry.id)
             continue
+        claim = _claim(runtime, entry, envelope, confirm[2], now_ms)
+        if claim is None:
+            continue  # confirmed, undone or taken over since it was read
         try:
             _publish(runtime, envelope, expires_ms, now_ms)
-        except BusError as exc:  # the broker is down: the next pass tries again
+        except BusError as exc:  # the broker is down: a pass after the claim's lease retries
             logger.warning("could not publish unconfirmed message %s: %s", entry.id, exc)
             break
         logger.warning(
@@ -108,13 +118,37 @@ def resend_unconfirmed(
             entry.id,
             extra={"message_id": entry.id},
         )
-        done.append(confirm)
+        done.append((*confirm[:3], claim))
         counts["resent"] += 1
     if expired:
         runtime.store.advance_status(expired, "expired", reason="expired")
         counts["expired"] = len(expired)
+    if lost:
+        error = "its text was lost before it was published"
+        runtime.store.advance_status(lost, "dead", reason="malformed", error=error)
     runtime.admission.confirm(done)
     return counts
+
+
+def _claim(runtime: Any, entry: Lapsed, envelope: Envelope, dedup: str, now_ms: int) -> int | None:
+    """Takes the message over (scripts.CLAIM) with a lease of its own; its end, or None
+    when the message is no longer as it was read."""
+    k, until = runtime.store.keys, now_ms + runtime.retention.send_lease_ms
+    keys = [
+        k.unconfirmed,
+        k.status(entry.id),
+        k.dedup(envelope.sender, dedup),
+        k.dedup_id(entry.id),
+    ]
+    args = [entry.id, entry.lease_end, until, uuid.uuid4().hex, envelope.sender]
+    claimed = runtime.store.scripts.call(scripts.CLAIM, keys, args, action="claim a send")
+    return until if int(claimed) else None
+
+
+def _handled(runtime: Any, message_id: str, agent: str) -> bool:
+    """Whether a handler run started for it: its `bus.handle` task was published."""
+    with redis_errors("look at a handler's runs"):
+        return bool(runtime.store.redis.exists(runtime.store.keys.handling(message_id, agent)))
 
 
 def _readable(entry: Lapsed) -> Envelope | None:

@@ -157,6 +157,21 @@ class SentinelTarget:
         return {"socket_timeout": socket_timeout, "socket_connect_timeout": 1.0}
 
 
+def may_have_run(exc: BaseException) -> bool:
+    """Whether Redis may have run what failed with `exc`: yes unless it failed to connect
+    (then nothing reached Redis), or Redis itself answered with the error. Known for a
+    BusUnavailable through its cause (the script runner marks what it tried twice)."""
+    cause = exc.__cause__ if isinstance(exc, BusError) else exc
+    if cause is None:
+        return False  # the breaker was open: nothing was tried
+    marked = getattr(cause, "may_have_run", None)
+    if marked is not None:
+        return bool(marked)
+    if isinstance(cause, redis.BusyLoadingError) or not isinstance(cause, CONNECTION_ERRORS):
+        return False
+    return "connecting to" not in str(cause)
+
+
 @contextmanager
 def redis_errors(action: str) -> Iterator[None]:
     """Turns connection-level Redis failures into BusUnavailable naming the action, and

@@ -3,7 +3,6 @@ audits), a batch the broker took in part, a send whose dedup key stayed in fligh
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 
 from bus.admission import InFlight, RateLimit
@@ -93,7 +92,9 @@ def partly_sent(error: BusError, queued: Sequence[tuple[int, Message]], unsent: 
     ids = [m.id for _, m in queued]
     items = [i for i, _ in queued]
     shown = ", ".join(f"#{i} {m.id}" for i, m in queued[:10]) + (", ..." if len(ids) > 10 else "")
-    partial = copy.copy(error)
+    # (not copy.copy: it calls __init__ again, which errors with keyword-only fields refuse)
+    partial = type(error).__new__(type(error))
+    partial.__dict__.update(error.__dict__)
     partial.message = (
         f"partly sent: {len(ids)} of the messages are queued (items {shown}; counted from "
         f"0); for the other {unsent}: {error.message}. Retry only the others, or the whole "

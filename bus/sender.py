@@ -31,6 +31,7 @@ from bus.hooks import Hooks
 from bus.linger import Linger
 from bus.outbox import dedup_name
 from bus.prepared import MAX_TASK_MESSAGE_BYTES, Prepared, task_groups
+from bus.redis_conn import may_have_run
 from bus.refusals import admission_refusal, as_bus_error, partly_sent, still_in_flight
 from bus.routing import broadcast_recipients, topic_recipients
 from bus.runtime import Runtime
@@ -194,8 +195,9 @@ class Sender:
         except BusUnavailable as exc:
             if front_door:
                 # An LLM agent's send is not taken unchecked: its rate limit, inbox caps and
-                # dedup live in Redis. Refused whole, so its retry cannot be a duplicate.
-                raise BusUnavailable(f"{exc.message}; nothing was sent, try again") from exc
+                # dedup live in Redis. Refused whole, so its retry cannot be a duplicate;
+                # unless Redis went away after it may have taken the admission: then says so.
+                raise _unavailable_at_admission(exc, prepared) from exc
             _warn_degraded(exc)
             admitted = None
             for p in prepared:
@@ -212,14 +214,16 @@ class Sender:
         try:
             self._publish_all(fresh, batch)
         except _Unsent as unsent:
-            self._undo(unsent, revoke=admitted is not None)
-            if not unsent.sent:
+            # (what another call took over meanwhile goes out all the same: queued)
+            out = unsent.sent + self._undo(unsent, revoke=admitted is not None)
+            if not out:
                 raise unsent.error from unsent.error.__cause__
             if admitted is not None:
                 self._commit(unsent.sent)
-            error, sent = unsent.error, {id(p) for p in unsent.sent}
-            queued = [(i, p.message) for i, p in enumerate(prepared) if id(p) in sent]
-            raise partly_sent(error, queued, len(unsent.prepared)) from error.__cause__
+            if len(out) < len(fresh):
+                error, sent = unsent.error, {id(p) for p in out}
+                queued = [(i, p.message) for i, p in enumerate(prepared) if id(p) in sent]
+                raise partly_sent(error, queued, len(fresh) - len(out)) from error.__cause__
         if admitted is not None:
             self._commit(fresh)
         return _receipts(prepared, duplicates)
@@ -287,11 +291,12 @@ class Sender:
                 )
         except BusError as exc:
             undo = sorted(accepted | {i for i in taken if duplicates[i] is None})
-            if undo:
-                self.runtime.admission.revoke([prepared[i].record for i in undo])
-            if accepted:
-                failed = [prepared[i] for i in sorted(accepted)]
-                self.guard.store_audits(self._audit(failed, "failed", error=exc.code))
+            kept = self.runtime.admission.revoke([prepared[i].record for i in undo])
+            failed = [prepared[i] for i in sorted(accepted) if prepared[i].record.id not in kept]
+            self.guard.store_audits(self._audit(failed, "failed", error=exc.code))
+            if kept:  # taken over meanwhile (bus.outbox): those go out
+                out = [(i, prepared[i].message) for i in undo if prepared[i].record.id in kept]
+                raise partly_sent(exc, out, len(prepared) - len(out)) from exc
             raise
         return prepared, admitted
 
@@ -361,15 +366,19 @@ class Sender:
             for p in prepared
         ]
 
-    def _undo(self, unsent: _Unsent, *, revoke: bool) -> None:
+    def _undo(self, unsent: _Unsent, *, revoke: bool) -> list[Prepared]:
         """Nothing half-done: what the broker did not take is no longer `queued`, nor in
-        an inbox this process put it in."""
+        an inbox this process put it in. Returns what another call took over meanwhile
+        (a retry, or bus.outbox once this call's lease had passed): left as it is."""
+        left: set[str] = set()
         if revoke:
             # (a delivery this call made is taken back with the rest, while the message is
             # still this call's: not once another send took its lease over)
             undeliver = {p.record.id for p in unsent.prepared if p.delivered_here}
-            self.runtime.admission.revoke([p.record for p in unsent.prepared], undeliver)
-        self.guard.store_audits(self._audit(unsent.prepared, "failed", error=unsent.error.code))
+            left = self.runtime.admission.revoke([p.record for p in unsent.prepared], undeliver)
+        undone = [p for p in unsent.prepared if p.record.id not in left]
+        self.guard.store_audits(self._audit(undone, "failed", error=unsent.error.code))
+        return [p for p in unsent.prepared if p.record.id in left]
 
     def _publish_all(self, prepared: list[Prepared], batch: bool) -> None:
         """One task per message, or per priority for a batch; raises _Unsent with what is
@@ -471,6 +480,19 @@ class Sender:
 def _duplicates(admitted: Admitted | None, count: int) -> list[str | None]:
     """What each message duplicates; nothing is known without Redis (degraded send)."""
     return admitted.duplicates if admitted is not None else [None] * count
+
+
+def _unavailable_at_admission(exc: BusUnavailable, prepared: list[Prepared]) -> BusUnavailable:
+    if not may_have_run(exc):
+        return BusUnavailable(f"{exc.message}; nothing was sent, try again")
+    ids = [p.message.id for p in prepared]
+    return BusUnavailable(
+        f"{exc.message}; Redis went away during the send, which it may have recorded as "
+        f"{', '.join(ids[:10])}{', ...' if len(ids) > 10 else ''} (then it is delivered): "
+        "look at message_status once the bus is back before sending it again (a send again "
+        "with the same dedup_key is always safe)",
+        ids=ids,
+    )
 
 
 def _warn_degraded(exc: BusUnavailable) -> None:

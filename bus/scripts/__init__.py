@@ -9,6 +9,7 @@ Keys are always passed in KEYS (built by bus.keys); scripts never assemble key n
                     TRIM_HISTORY_BEFORE, START_HANDLING, TAKE
 - status.py         ADVANCE_STATUS
 - ghosts.py         DROP_GHOST: mail for agents that never connected, once stale
+- outbox.py         CLAIM: the sweep's takeover of a message its sender never confirmed
 - subscriptions.py  SUBSCRIBE, UNSUBSCRIBE
 - guard.py          CHARGE, AUDIT
 - script.py         Script: a source and its SHA1
@@ -29,6 +30,7 @@ from bus.scripts.inbox import (
     TAKE,
     TRIM_HISTORY_BEFORE,
 )
+from bus.scripts.outbox import CLAIM
 from bus.scripts.runner import ScriptRunner
 from bus.scripts.script import Script
 from bus.scripts.send import ADMIT, COMMIT, REVOKE
@@ -41,6 +43,7 @@ __all__ = [
     "ADVANCE_STATUS",
     "AUDIT",
     "CHARGE",
+    "CLAIM",
     "COMMIT",
     "DELIVER",
     "DELIVER_INBOX",

@@ -30,7 +30,7 @@ import hiredis
 import redis
 from redis.exceptions import NoScriptError
 
-from bus.redis_conn import CONNECTION_ERRORS, redis_errors
+from bus.redis_conn import CONNECTION_ERRORS, may_have_run, redis_errors
 from bus.replication import Replication
 from bus.scripts.backends import Backend, PoolBackend
 from bus.scripts.script import Script
@@ -129,8 +129,13 @@ class ScriptRunner:
         count = len(loads) + len(calls) + wait
         try:
             replies = self.backend.send(packed, count)
-        except CONNECTION_ERRORS:
-            replies = self.backend.send(packed, count)  # on a fresh connection
+        except CONNECTION_ERRORS as first:
+            try:
+                replies = self.backend.send(packed, count)  # on a fresh connection
+            except CONNECTION_ERRORS as exc:
+                # Failing after the write, Redis may have run the calls all the same.
+                setattr(exc, "may_have_run", may_have_run(first) or may_have_run(exc))  # noqa: B010
+                raise
         for loaded in replies[: len(loads)]:
             if isinstance(loaded, Exception):
                 raise loaded

@@ -274,6 +274,9 @@ return out
 #       history, history bytes, history senders
 # ARGV: id, wire, sender, the admitting call's token, '1' for a takeover, '1' to take the
 #       delivery back, then the recipients' agent ids
+# Returns 1 when it took the message back; 0 when it left it because another call has
+# taken it over since (a retry's takeover, or bus.outbox publishing it once this call's
+# lease had passed): that message goes out, and its sender should say so.
 REVOKE = Script(
     DEDUP_RECORDS_LUA
     + TRIM_HISTORY_LUA
@@ -281,13 +284,17 @@ REVOKE = Script(
 local id, wire, token, takeover = ARGV[1], ARGV[2], ARGV[4], ARGV[5] == '1'
 local n = #ARGV - 6
 local function ours(record) return not record.lease or record.token == token end
-for i = 8, 7 + n do redis.call('ZREM', KEYS[i], id) end
 local owner, by_id = id_record(redis.call('GET', KEYS[4]))
 -- Still this call's: no other sender's id, no other call's lease on it, and no other call
--- admitted it again since (a takeover marks the status it found).
+-- admitted it again since (a takeover, also bus.outbox's, marks the status it found).
 local again = redis.call('HGET', KEYS[2], 'admitted_again')
 local still_ours = (not owner or owner == ARGV[3]) and not (by_id and by_id.lease and
   by_id.token ~= token) and (not again or again == token)
+-- admitted again by another call (a retry's takeover, bus.outbox's claim): it goes out
+local taken = again and again ~= token
+if not taken then
+  for i = 8, 7 + n do redis.call('ZREM', KEYS[i], id) end
+end
 local record = key_record(redis.call('GET', KEYS[1]))
 if record and record.id == id then
   if takeover then
@@ -336,7 +343,10 @@ if still_ours and redis.call('HGET', KEYS[2], 'admission') == token then
   redis.call('ZREM', KEYS[6], id)
   redis.call('HDEL', KEYS[7], id)
 end
-if redis.call('ZREM', KEYS[3], wire) == 1 then redis.call('DECRBY', KEYS[5], #wire) end
+if not taken and redis.call('ZREM', KEYS[3], wire) == 1 then
+  redis.call('DECRBY', KEYS[5], #wire)
+end
+if taken then return 0 end
 return 1
 """
 )

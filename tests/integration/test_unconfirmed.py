@@ -16,7 +16,9 @@ import sys
 
 import orjson
 import pytest
+import redis
 
+from bus.breaker import BREAKERS
 from bus.errors import BusUnavailable, NotFound
 from bus.outbox import resend_unconfirmed
 from tests.support.processes import start_echo_agent, stop
@@ -25,7 +27,8 @@ from tests.support.waiting import wait_for
 pytestmark = pytest.mark.timeout(180)
 
 # Runs one send and SIGKILLs itself at the step named: "publish" (the broker never got the
-# task) or "dispatch" (delivered by the sender itself, its handler's task never published).
+# task), "dispatch" (delivered by the sender itself, its handler's task never published) or
+# "commit" (all of it done but the confirm's record).
 KILLED_SENDER = """
 import json, os, signal, sys
 from bus import MessageBus
@@ -35,6 +38,8 @@ def die(*args, **kwargs):
 step, message = sys.argv[1], json.loads(sys.argv[2])
 if step == "publish":
     bus.runtime.broker.publish = die
+elif step == "commit":
+    bus.runtime.admission.commit = die
 else:
     bus.runtime.deliverer.dispatch = die
 bus.send_message(message)
@@ -160,3 +165,105 @@ def test_an_unconfirmed_message_past_its_ttl_is_marked_expired_not_sent(module_e
     status = bus.status(message["id"])
     assert (status.status.value, status.reason) == ("expired", "expired")
     assert unconfirmed(bus) == []
+
+
+def test_a_sender_that_outlived_its_lease_cannot_undo_what_the_sweep_published(
+    module_env, bus, agents
+):
+    """Its publish stalled past the lease (a hung broker node: 19.7 s against a 12 s lease),
+    the sweep published the message meanwhile, then the publish failed. The sender's undo
+    used to delete the status and dedup records of a delivered message, and say it failed:
+    its retry was delivered a second time. Now the sweep's claim fences the undo off and
+    the sender says `queued`."""
+    sender, receiver = agents("sender"), agents("receiver")
+    assert bus.read(receiver, limit=1, wait=0) == []
+    slow, sweeper = module_env.bus(), module_env.bus()
+
+    def stalls_past_the_lease_then_fails(*args, **kwargs):
+        assert resend_unconfirmed(sweeper.runtime, now_ms=past_the_lease(sweeper))["resent"] == 1
+        raise BusUnavailable("the broker stopped answering (test)")
+
+    slow.runtime.broker.publish = stalls_past_the_lease_then_fails
+    message = {"id": f"slow-{sender}", "from": sender, "to": receiver, "payload": {"n": 1}}
+    assert slow.send_message(message).status.value == "queued"
+    got = wait_for(lambda: bus.read(receiver, limit=10, wait=0.5), 30, "the message")
+    assert [(m.id, m.payload) for m in got] == [(message["id"], {"n": 1})]
+    assert bus.status(message["id"]).status.value in ("delivered", "read")
+    assert [m.id for m in bus.history(sender)] == [message["id"]]
+    assert bus.send_message(message).status.value == "duplicate"
+    slow.close()
+    sweeper.close()
+
+
+def test_the_sweep_leaves_a_worker_agents_message_whose_handler_has_started(
+    module_env, bus, agents
+):
+    """Its sender died after publishing the handler's task, before its confirm was
+    recorded: the handler may be running. Sent again, it ran a second time beside it."""
+    asker, agent = agents("asker"), agents("worker-agent")
+    bus.runtime.store.register_worker_agent(agent)  # served by nobody here: its tasks wait
+    assert bus.read(asker, limit=1, wait=0) == []
+    started, waiting = (
+        {"id": f"{name}-{asker}", "from": asker, "to": agent, "type": "request", "payload": 0}
+        for name in ("started", "waiting")
+    )
+    killed_send(module_env, "commit", started)
+    killed_send(module_env, "commit", waiting)
+    assert bus.runtime.store.count_handling(agent, started["id"]) == 1  # its handler began
+    assert resend_unconfirmed(bus.runtime, now_ms=past_the_lease(bus)) == {
+        "resent": 1,  # the other one (the control): its task may never have been published
+        "settled": 1,
+        "expired": 0,
+    }
+    assert unconfirmed(bus) == []
+
+
+def test_an_unconfirmed_message_whose_text_was_lost_ends_dead_with_why(module_env, bus, agents):
+    sender, receiver = agents("sender"), agents("receiver")
+    message = {"id": f"lost-{sender}", "from": sender, "to": receiver, "payload": 0}
+    killed_send(module_env, "publish", message)
+    bus.runtime.store.redis.hdel(bus.runtime.store.keys.unconfirmed_wires, message["id"])
+    assert resend_unconfirmed(bus.runtime, now_ms=past_the_lease(bus))["settled"] == 1
+    status = bus.status(message["id"])
+    assert (status.status.value, status.reason) == ("dead", "malformed")
+
+
+@pytest.mark.parametrize("ran", [True, False], ids=["reply-lost", "never-reached"])
+def test_an_llm_agent_is_told_nothing_was_sent_only_when_so(module_env, agents, ran):
+    """Redis ran the admission, then the connection dropped before its reply, and the
+    runner's retry could not connect: the send may be recorded (bus.outbox then delivers
+    it), so "nothing was sent, try again" would make the retry a duplicate. The control:
+    Redis never reached, nothing was sent."""
+    bus = module_env.bus()
+    sender, receiver = agents("llm"), agents("receiver")
+    assert bus.read(receiver, limit=1, wait=0) == []
+    backend = bus.runtime.scripts.backend
+    send = backend.send
+    calls = {"n": 0}
+
+    def flaky(packed, count):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            if ran:
+                send(packed, count)
+                raise redis.ConnectionError("Connection reset by peer (test)")
+            raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379 (test)")
+        if calls["n"] == 2:
+            raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379 (test)")
+        return send(packed, count)
+
+    backend.send = flaky
+    try:
+        with pytest.raises(BusUnavailable) as told:
+            bus.as_agent(sender, front_door=True).send({"to": receiver, "payload": 1})
+    finally:
+        backend.send = send
+        BREAKERS["redis"].success()
+    if ran:
+        [message_id] = told.value.fields["ids"]
+        assert f"may have recorded as {message_id}" in told.value.message
+        assert bus.status(message_id).status.value == "queued"  # and bus.outbox sends it
+    else:
+        assert told.value.message.endswith("nothing was sent, try again")
+        assert bus.history(sender) == []
+    bus.close()

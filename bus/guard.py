@@ -1,6 +1,7 @@
 """Who may do what, how fast, and the audit trail of it.
 
-- ACL (bus.acl.Policy, optional file): send/publish/subscribe permissions and admins.
+- ACL (bus.acl.Policy, optional file, read again when it changes): send/publish/subscribe
+  permissions and admins.
 - Rate limit: a token bucket per agent in Redis (one Lua call, atomic).
 - Audit: a capped Redis stream plus one structured log line per event.
 """
@@ -9,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import time
 from collections.abc import Iterable
-from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -18,13 +21,28 @@ import orjson
 from bus import scripts
 from bus.acl import Policy
 from bus.admission import RateLimit
-from bus.errors import AuthError, BusUnavailable, LimitExceeded, RateLimited
+from bus.errors import AuthError, BusUnavailable, ConfigError, LimitExceeded, RateLimited
 from bus.runtime import Runtime
 from bus.schema import Message
 from bus.store import AUDIT_MAXLEN
 
 logger = logging.getLogger(__name__)
 audit_logger = logging.getLogger("bus.audit")
+
+
+ACL_RECHECK_SECONDS = 1.0  # how often the ACL file's identity is looked at
+
+
+def _file_identity(path: Path | None) -> tuple[int, int, int] | None:
+    """(inode, mtime_ns, size): any rewrite of the file changes one (an atomic replace
+    changes the inode)."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 # Each value of an audit entry is cut to this many characters: a caller decides a target's
@@ -36,10 +54,31 @@ REFUSALS = frozenset({"denied"})  # outcomes whose floods are sampled in the aud
 class Guard:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        self._policy: Policy | None = None
+        self._policy_file: tuple[int, int, int] | None = None
+        self._policy_checked = float("-inf")
 
-    @cached_property
+    @property
     def policy(self) -> Policy:
-        return Policy.load(self.runtime.settings.acl_file, self.runtime.settings.admins)
+        """The ACL as its file says now: read again when the file changes (looked at once a
+        second at most), so that taking an agent's rights away, an admin's included, needs
+        no restart. A file that no longer parses keeps the last good policy, loudly."""
+        path = self.runtime.settings.acl_file
+        if self._policy is not None and (
+            path is None or time.monotonic() - self._policy_checked < ACL_RECHECK_SECONDS
+        ):
+            return self._policy
+        self._policy_checked = time.monotonic()
+        seen = _file_identity(path)
+        if self._policy is None or seen != self._policy_file:
+            try:
+                self._policy = Policy.load(path, self.runtime.settings.admins)
+            except ConfigError as exc:
+                if self._policy is None:
+                    raise
+                logger.error("ACL file changed but cannot be used; keeping the last: %s", exc)
+            self._policy_file = seen
+        return self._policy
 
     # -- authorization -------------------------------------------------------------------
 

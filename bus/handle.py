@@ -224,9 +224,10 @@ class AgentHandle:
         if self.is_admin:
             return health
         # The processes' key ids and fingerprints are the operators' (each fingerprint tests
-        # guesses of the secret offline), and so are the warnings naming them: as /readyz.
+        # guesses of the secret offline), and so are the warnings naming them and the
+        # workers' node names (hosts, worker agents): as /readyz, a count is shown.
         warned = [f"{len(health.warnings)} warnings (admins see them)"] if health.warnings else []
-        return health.model_copy(update={"processes": [], "warnings": warned})
+        return health.model_copy(update={"processes": [], "warnings": warned, "workers": []})
 
     def keys_in_use(self) -> tuple[list[ProcessKeys], list[str]]:
         """Which key each running process signs and verifies with (this one first), and

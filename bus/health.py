@@ -20,7 +20,10 @@ class Health(BaseModel):
     ready: bool = Field(description="Redis and broker answer and at least one worker is live")
     redis: str
     broker: str
-    workers: list[str] = Field(default_factory=list)
+    workers: list[str] = Field(
+        default_factory=list, description="live workers' node names (admins; others: [])"
+    )
+    worker_count: int = Field(default=0, description="live workers")
     dead_letters: int | None = None
     breakers: dict[str, str] = Field(default_factory=dict)
     processes: list[ProcessKeys] = Field(
@@ -79,6 +82,7 @@ def check_health(runtime: Runtime, kind: str = "client") -> Health:
         redis=redis_state,
         broker=broker_state,
         workers=workers,
+        worker_count=len(workers),
         dead_letters=dead,
         breakers=breaker_states(),
         processes=processes,

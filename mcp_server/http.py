@@ -87,8 +87,9 @@ def build_app(
         if health is None:
             return JSONResponse({"ready": False, "status": "starting"}, status_code=503)
         # Unauthenticated: no key fingerprints (each is a way to test guesses of the
-        # secret offline) and no process list; `msgbus health` and the dashboard have them.
-        body = health.model_dump(mode="json", exclude={"processes", "warnings"})
+        # secret offline), no process list and no worker names (hosts, worker agents):
+        # `msgbus health` and the dashboard have them.
+        body = health.model_dump(mode="json", exclude={"processes", "warnings", "workers"})
         body["warnings"] = len(health.warnings)
         return JSONResponse(body, status_code=200 if health.ready else 503)
 

@@ -712,7 +712,7 @@ def test_the_agents_resource_hides_other_agents_inbox_depths_from_non_admins(htt
     run(scenario())
 
 
-def test_health_shows_key_fingerprints_to_admins_only(http_server, bus):
+def test_health_shows_key_fingerprints_and_worker_names_to_admins_only(http_server, bus):
     url, tokens = http_server
 
     async def scenario():
@@ -720,10 +720,13 @@ def test_health_shows_key_fingerprints_to_admins_only(http_server, bus):
             shown = await call(mallory, "health")
         assert shown["processes"] == [] and "ready" in shown
         assert all(":" not in w or "admins see them" in w for w in shown["warnings"])
+        # Worker node names say which hosts and worker agents run: a count only.
+        assert shown["workers"] == [] and shown["worker_count"] >= 1
         # The positive control: an admin sees the processes and the keys they sign with.
         async with http(url, tokens["ops"]) as ops:
             full = await call(ops, "health")
         assert full["processes"] and all(p["signs"] for p in full["processes"])
+        assert len(full["workers"]) == full["worker_count"] >= 1
 
     run(scenario())
 

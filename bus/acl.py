@@ -9,6 +9,8 @@ agents:
     publish: ["tasks/*"]         # topics it may publish to
     subscribe: ["tasks/*"]       # topics it may subscribe to
     broadcast: false
+    reply_to: [coordinator]      # as an LLM agent (MCP), whom else it may have answers
+                                 # sent to (default: only itself)
     rate_limit: "10/s"           # overrides MESSAGE_BUS_RATE_LIMIT
     burst: 20
 ```
@@ -36,6 +38,7 @@ class AgentRules:
     publish: tuple[str, ...] | None = None
     subscribe: tuple[str, ...] | None = None
     broadcast: bool | None = None
+    reply_to: tuple[str, ...] | None = None
     rate: float | None = None
     burst: int | None = None
 
@@ -84,6 +87,7 @@ class Policy:
                 publish=_patterns(rules, "publish", source),
                 subscribe=_patterns(rules, "subscribe", source),
                 broadcast=broadcast,
+                reply_to=_patterns(rules, "reply_to", source),
                 rate=parse_rate(str(rules["rate_limit"])) if "rate_limit" in rules else None,
                 burst=int(rules["burst"]) if "burst" in rules else None,
             )
@@ -113,6 +117,21 @@ class Policy:
 
     def may_subscribe(self, agent: str, topic: str) -> tuple[bool, str]:
         return self._check(agent, "subscribe", topic)
+
+    def may_reply_to(self, agent: str, target: str) -> tuple[bool, str]:
+        """Whether an LLM agent may have answers sent to `target` (another agent): only
+        where its rules say so. An answer is sent by the agent that answers (a worker
+        agent), to the inbox the request named, and counts against the answering agent's
+        share of that inbox: left open, any agent could fill another's inbox in a worker
+        agent's name and lock that agent's own requests out."""
+        rules = self.agents.get(agent)
+        for pattern in (rules.reply_to if rules else None) or ():
+            if fnmatch.fnmatchcase(target, pattern):
+                return True, f"{self.source}: agents.{agent}.reply_to matches {pattern!r}"
+        return False, (
+            f"{self.source}: an LLM agent names only itself as reply_to, unless "
+            f"agents.{agent}.reply_to allows another"
+        )
 
     def may_broadcast(self, agent: str) -> tuple[bool, str]:
         rules = self.agents.get(agent)

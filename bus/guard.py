@@ -114,6 +114,15 @@ class Guard:
             if not ok:
                 raise self._deny(sender, "have replies sent to", reply_to, rule)
 
+    def authorize_front_door(self, message: Message) -> None:
+        """What an LLM agent (MCP) may not do that trusted code may: have answers sent to
+        another agent without the ACL's leave (Policy.may_reply_to)."""
+        reply_to, sender = message.reply_to, message.sender
+        if reply_to is not None and reply_to != sender:
+            ok, rule = self.policy.may_reply_to(sender, reply_to)
+            if not ok:
+                raise self._deny(sender, "have replies sent to", reply_to, rule)
+
     def authorize_subscribe(self, agent: str, topic: str) -> None:
         ok, rule = self.policy.may_subscribe(agent, topic)
         if not ok:

@@ -172,6 +172,8 @@ class Sender:
             count=len(prepared),
         ):
             self.runtime.keyring.check_verifiable()
+            for p in prepared if front_door else ():
+                self.guard.authorize_front_door(p.message)
             # Each sender's own bucket pays for its messages (trusted code may batch several).
             senders = dict.fromkeys(p.message.sender for p in prepared)
             limits = {s: self.guard.rate_limit_for(s, front_door=front_door) for s in senders}

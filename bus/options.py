@@ -44,7 +44,10 @@ class SendOptions(BaseModel):
     correlation_id: str | None = Field(
         default=None, max_length=128, description="when answering: the request's id"
     )
-    reply_to: str | None = Field(default=None, description="where responses should go")
+    reply_to: str | None = Field(
+        default=None,
+        description="where responses should go (an LLM agent: itself, or whom its ACL lists)",
+    )
     dedup_key: str | None = Field(
         default=None,
         min_length=1,

@@ -103,14 +103,23 @@ class AgentHandle:
         if response_id is None:
             return None
         try:
-            return self.bus.reader.take(self.agent, response_id, asked)
+            taken = self.bus.reader.take(self.agent, response_id, asked)
         except NotFound:
             return None  # taken already, or someone else's mail naming the request
+        return self._shown([taken])[0]
 
     # -- reading ---------------------------------------------------------------------------
 
     def read(self, limit: int = 10, wait: float = 0.0) -> list[ReceivedMessage]:
-        return self.bus.read(self.agent, limit=limit, wait=wait)
+        return self._shown(self.bus.read(self.agent, limit=limit, wait=wait))
+
+    def _shown(self, messages: list[ReceivedMessage]) -> list[ReceivedMessage]:
+        """Messages as an LLM agent sees them: without their signatures. An HMAC of a known
+        body under the bus's secret tests guesses of that secret offline (as the key
+        fingerprints withheld from non-admins would), and such an agent cannot check one."""
+        if not self.front_door:
+            return messages
+        return [m.model_copy(update={"signature": None}) for m in messages]
 
     def ack(self, ids: Iterable[str]) -> AckResult:
         return self.bus.ack(self.agent, ids)
@@ -128,13 +137,13 @@ class AgentHandle:
     ) -> list[ReceivedMessage]:
         """This agent's history, or another's (`of`, admins only)."""
         owner = self._readable(of)
-        return self.bus.history(owner, limit=limit, since=since, type=type)
+        return self._shown(self.bus.history(owner, limit=limit, since=since, type=type))
 
     def inbox(self, limit: int = 100, of: str | None = None) -> list[ReceivedMessage]:
         """What waits in the inbox, in read order, without leasing (admins: any inbox)."""
         owner = self._readable(of)
         store, reader = self.bus.runtime.store, self.bus.reader
-        return [reader.decode(wire) for wire in store.peek_inbox(owner, limit)]
+        return self._shown([reader.decode(wire) for wire in store.peek_inbox(owner, limit)])
 
     def _readable(self, of: str | None) -> str:
         owner: str = check(of or self.agent, check_agent_id, "agent id")

@@ -184,14 +184,17 @@ class AgentHandle:
                     info.inbox_depth = None
         return agents
 
+    def may_listen(self, uri: str) -> bool:
+        """authorize_listen's verdict, unaudited (asked again while a stream is open)."""
+        own = (f"{INBOX_URI}{self.agent}", f"{HISTORY_URI}{self.agent}")
+        return self.is_admin or uri == AGENTS_URI or uri in own
+
     def authorize_listen(self, uri: str) -> None:
         """May this agent be told of changes to `uri` (push: subscriptions/listen and
         resources/subscribe)? Its own inbox and history, the agents list; admins: any."""
-        if self.is_admin or uri == AGENTS_URI:
+        if self.may_listen(uri):
             return
         own = (f"{INBOX_URI}{self.agent}", f"{HISTORY_URI}{self.agent}")
-        if uri in own:
-            return
         self.bus.guard.audit("listen", self.agent, uri, "denied", rule="own inbox only")
         raise AuthError(
             f"{self.agent} may subscribe only to its own inbox and history ({own[0]}, "

@@ -240,7 +240,7 @@ def _register_legacy_subscribe(
         try:
             caller = _caller(ctx, me)
             bus.as_agent(caller, front_door=True).authorize_listen(uri)
-            legacy.add(uri, ctx.session, _still_caller(ctx, me), caller)
+            legacy.add(uri, ctx.session, _still_allowed(ctx, me, bus, [uri]), caller)
         except BusError as exc:
             raise MCPError(INVALID_PARAMS, exc.message) from None
         await events.start()
@@ -279,7 +279,8 @@ def _register_legacy_subscribe(
             await events.start()  # (again if Redis dropped it): events flow before the ack
             with events.listening(uris):
                 listening = listen(ctx, params)
-                return await _while_allowed(listening, _still_caller(ctx, me), handle.agent)
+                allowed = _still_allowed(ctx, me, bus, uris)
+                return await _while_allowed(listening, allowed, handle.agent)
         finally:
             streams[handle.agent] -= 1
             if streams[handle.agent] <= 0:
@@ -290,23 +291,24 @@ def _register_legacy_subscribe(
     )
 
 
-def _still_caller(ctx: Any, me: Any) -> Callable[[], bool]:
+def _still_allowed(ctx: Any, me: Any, bus: MessageBus, uris: list[str]) -> Callable[[], bool]:
     """Whether the request's credentials still name an agent (a bearer token may be revoked
-    while its stream is open; a stdio agent always is)."""
+    while its stream is open; a stdio agent always is) that may still hear of `uris` (an
+    admin taken out of the ACL no longer hears of others' inboxes)."""
 
     def check() -> bool:
         try:
-            _caller(ctx, me)
+            handle = bus.as_agent(_caller(ctx, me), front_door=True)
         except ToolError:
             return False
-        return True
+        return all(handle.may_listen(uri) for uri in uris)
 
     return check
 
 
 async def _while_allowed(listening: Awaitable[T], allowed: Callable[[], bool], agent: str) -> T:
-    """Runs a listen stream until it ends, or until its caller's token is revoked: then it
-    ends with an error saying so."""
+    """Runs a listen stream until it ends, or until its caller's token is revoked or its
+    rights no longer cover it: then it ends with an error saying so."""
     revoked = False
 
     async def watch(scope: anyio.CancelScope) -> None:
@@ -324,7 +326,10 @@ async def _while_allowed(listening: Awaitable[T], allowed: Callable[[], bool], a
         results.append(await listening)
         tg.cancel_scope.cancel()
     if revoked or not results:
-        raise MCPError(INVALID_REQUEST, f"the token of {agent} was revoked: stream closed")
+        raise MCPError(
+            INVALID_REQUEST,
+            f"the token of {agent} was revoked, or its rights changed: stream closed",
+        )
     return results[0]
 
 

@@ -136,6 +136,48 @@ def test_listen_on_another_agents_inbox_is_refused_and_the_owner_is_told_of_its_
     assert refusals and refusals[0]["target"] == bob_inbox and refusals[0]["outcome"] == "denied"
 
 
+def test_an_admin_taken_out_of_the_acl_stops_hearing_of_others_inboxes(bounded, bus, tmp_path):
+    """An open listen stream over another agent's inbox is an admin's right, asked again
+    while the stream is open: the ACL file changed, the stream ends; the same agent's
+    stream over its own inbox goes on (the control)."""
+    path, acl = tmp_path / "tokens.json", tmp_path / "acl.yaml"
+    acl.write_text("admins: [ad-ops]\n")
+    tokens = TokenFile(path)
+    issued = {name: tokens.create(name) for name in ("ad-ops", "ad-other", "ad-sender")}
+    connect(bus, "ad-ops", "ad-other")
+    proc, url = start_http_server(bounded, "mcp-demote", path, MESSAGE_BUS_ACL_FILE=str(acl))
+    other_inbox, own_inbox = "message-bus://inbox/ad-other", "message-bus://inbox/ad-ops"
+
+    async def scenario():
+        async with (
+            http(url, issued["ad-sender"]) as sender,
+            http(url, issued["ad-ops"]) as ops,
+            http(url, issued["ad-ops"]) as ops_again,
+        ):
+            async with (
+                ops.listen(resource_subscriptions=[other_inbox]) as stream,
+                ops_again.listen(resource_subscriptions=[own_inbox]) as kept,
+            ):
+                events = stream.__aiter__()
+                await call(sender, "send_message", {"to": "ad-other", "payload": "before"})
+                assert getattr(await asyncio.wait_for(events.__anext__(), 10), "uri", None)
+
+                partial = acl.with_suffix(".new")
+                partial.write_text("admins: []\n")
+                partial.replace(acl)
+                with pytest.raises(SubscriptionLost) as ended:
+                    await asyncio.wait_for(events.__anext__(), 10)
+                assert "its rights changed" in str(ended.value.__cause__)
+                await call(sender, "send_message", {"to": "ad-ops", "payload": "after"})
+                event = await asyncio.wait_for(kept.__aiter__().__anext__(), 10)
+                assert getattr(event, "uri", None) == own_inbox
+
+    try:
+        run(scenario())
+    finally:
+        stop(proc)
+
+
 @pytest.mark.filterwarnings("ignore:resources/subscribe is removed")
 def test_a_revoked_token_s_open_push_streams_stop_telling_of_its_mail(bounded, bus, tmp_path):
     """Revoking a token ends its listen stream and its resources/subscribe notifications,

@@ -15,6 +15,7 @@ from bus.breaker import BREAKERS
 from bus.errors import BusUnavailable
 from bus.tokens import TokenFile
 from tests.support.contract import METRICS
+from tests.support.killed import killed_send
 from tests.support.paths import ROOT
 from tests.support.processes import PrivateRedis, free_port, spawn, stop
 from tests.support.waiting import holds_for, wait_for
@@ -70,6 +71,27 @@ def test_beat_replays_a_transient_dead_letter_and_leaves_a_bad_signature_alone(f
         assert "bus.replay_dead_letters" in log.read_text()
     finally:
         stop(beat)
+
+
+def test_beat_publishes_a_message_whose_sender_died_before_the_publish(fresh_env, agents):
+    """The outbox end to end: a sender SIGKILLed between admission and publish, and beat's
+    `bus.resend_unconfirmed` (every RESEND_INTERVAL) publishes what it admitted once its
+    lease has passed (BROKER_TIMEOUT 1 s: a 3 s lease). Nobody retries."""
+    fresh_env.overrides |= {"MESSAGE_BUS_BROKER_TIMEOUT": "1", "MESSAGE_BUS_RESEND_INTERVAL": "1"}
+    fresh_env.start_worker()
+    bus, sender, reader = fresh_env.bus(), agents("s"), agents("r")
+    assert bus.read(reader, limit=1, wait=0) == []
+    message = {"id": f"orphan-{sender}", "from": sender, "to": reader, "payload": "still here"}
+    killed_send(fresh_env, "publish", message)
+    assert bus.status(message["id"]).status.value == "queued"
+    beat, log = spawn(fresh_env, "beat-resend", ["-m", "msgbus", "beat"])
+    try:
+        got = wait_for(lambda: bus.read(reader, limit=10, wait=0.5), 40, "beat to publish it")
+        assert [(m.id, m.payload) for m in got] == [(message["id"], "still here")]
+        assert "bus.resend_unconfirmed" in log.read_text()
+    finally:
+        stop(beat)
+        bus.close()
 
 
 def test_worker_metrics_move_when_messages_flow_and_http_metrics_name_everything(

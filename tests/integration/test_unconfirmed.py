@@ -10,41 +10,17 @@ The senders here are real processes killed with SIGKILL at the named step.
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-
-import orjson
 import pytest
 import redis
 
 from bus.breaker import BREAKERS
 from bus.errors import BusUnavailable, NotFound
 from bus.outbox import resend_unconfirmed
+from tests.support.killed import killed_send
 from tests.support.processes import start_echo_agent, stop
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
-
-# Runs one send and SIGKILLs itself at the step named: "publish" (the broker never got the
-# task), "dispatch" (delivered by the sender itself, its handler's task never published) or
-# "commit" (all of it done but the confirm's record).
-KILLED_SENDER = """
-import json, os, signal, sys
-from bus import MessageBus
-bus = MessageBus()
-def die(*args, **kwargs):
-    os.kill(os.getpid(), signal.SIGKILL)
-step, message = sys.argv[1], json.loads(sys.argv[2])
-if step == "publish":
-    bus.runtime.broker.publish = die
-elif step == "commit":
-    bus.runtime.admission.commit = die
-else:
-    bus.runtime.deliverer.dispatch = die
-bus.send_message(message)
-print("sent", flush=True)
-"""
 
 
 @pytest.fixture(scope="module")
@@ -52,16 +28,6 @@ def echo_agent(module_env, worker):
     proc, log = start_echo_agent(module_env, "agent-echo-unconfirmed")
     yield log
     stop(proc)
-
-
-def killed_send(env, step, message):
-    done = subprocess.run(
-        [sys.executable, "-c", KILLED_SENDER, step, orjson.dumps(message).decode()],
-        env=env.env(),
-        capture_output=True,
-        timeout=60,
-    )
-    assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
 
 
 def unconfirmed(bus):

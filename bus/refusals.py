@@ -1,5 +1,6 @@
 """The errors of a send that did not go through: what an admission's refusal says (and
-audits), a batch the broker took in part, a send whose dedup key stayed in flight."""
+audits), a batch the broker took in part, a send whose dedup key stayed in flight, an
+admission Redis failed."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from bus.errors import (
 )
 from bus.guard import Guard
 from bus.hooks import Hooks
+from bus.redis_conn import may_have_run
 from bus.schema import Message
 from bus.settings import Settings
 
@@ -120,4 +122,20 @@ def still_in_flight(message: Message, flight: InFlight) -> BusUnavailable:
         f"({flight.id}) is still between admission and the broker's confirm; nothing was "
         "sent, retry",
         component="redis",
+    )
+
+
+def unavailable_at_admission(exc: BusUnavailable, messages: Sequence[Message]) -> BusUnavailable:
+    """Redis failed the admission of an LLM agent's send: "nothing was sent, try again"
+    only when Redis never got it; when it may have run it (its reply was lost), the ids it
+    may have recorded, which bus.outbox then delivers."""
+    if not may_have_run(exc):
+        return BusUnavailable(f"{exc.message}; nothing was sent, try again")
+    ids = [m.id for m in messages]
+    return BusUnavailable(
+        f"{exc.message}; Redis went away during the send, which it may have recorded as "
+        f"{', '.join(ids[:10])}{', ...' if len(ids) > 10 else ''} (then it is delivered): "
+        "look at message_status once the bus is back before sending it again (a send again "
+        "with the same dedup_key is always safe)",
+        ids=ids,
     )

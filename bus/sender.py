@@ -31,8 +31,13 @@ from bus.hooks import Hooks
 from bus.linger import Linger
 from bus.outbox import dedup_name
 from bus.prepared import MAX_TASK_MESSAGE_BYTES, Prepared, task_groups
-from bus.redis_conn import may_have_run
-from bus.refusals import admission_refusal, as_bus_error, partly_sent, still_in_flight
+from bus.refusals import (
+    admission_refusal,
+    as_bus_error,
+    partly_sent,
+    still_in_flight,
+    unavailable_at_admission,
+)
 from bus.routing import broadcast_recipients, topic_recipients
 from bus.runtime import Runtime
 from bus.schema import RESERVED_FIELD_NAMES, Message, Receipt, Status, given_id_problem
@@ -199,7 +204,7 @@ class Sender:
                 # An LLM agent's send is not taken unchecked: its rate limit, inbox caps and
                 # dedup live in Redis. Refused whole, so its retry cannot be a duplicate;
                 # unless Redis went away after it may have taken the admission: then says so.
-                raise _unavailable_at_admission(exc, prepared) from exc
+                raise unavailable_at_admission(exc, [p.message for p in prepared]) from exc
             _warn_degraded(exc)
             admitted = None
             for p in prepared:
@@ -482,19 +487,6 @@ class Sender:
 def _duplicates(admitted: Admitted | None, count: int) -> list[str | None]:
     """What each message duplicates; nothing is known without Redis (degraded send)."""
     return admitted.duplicates if admitted is not None else [None] * count
-
-
-def _unavailable_at_admission(exc: BusUnavailable, prepared: list[Prepared]) -> BusUnavailable:
-    if not may_have_run(exc):
-        return BusUnavailable(f"{exc.message}; nothing was sent, try again")
-    ids = [p.message.id for p in prepared]
-    return BusUnavailable(
-        f"{exc.message}; Redis went away during the send, which it may have recorded as "
-        f"{', '.join(ids[:10])}{', ...' if len(ids) > 10 else ''} (then it is delivered): "
-        "look at message_status once the bus is back before sending it again (a send again "
-        "with the same dedup_key is always safe)",
-        ids=ids,
-    )
 
 
 def _warn_degraded(exc: BusUnavailable) -> None:

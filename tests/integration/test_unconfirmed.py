@@ -88,18 +88,16 @@ def test_a_request_its_sender_delivered_before_dying_is_handled_and_answered(
 
 def test_sends_that_went_through_leave_nothing_unconfirmed(module_env, bus, agents, echo_agent):
     """The control of the two above: what the broker confirmed is off the list at once,
-    single, batched and to a worker agent alike, and the sweep has nothing to send."""
+    single, batched, to a worker agent and its answer alike."""
     sender, receiver = agents("sender"), agents("receiver")
-    bus.send_message({"from": sender, "to": receiver, "payload": 1})
-    bus.send_message({"from": sender, "to": receiver, "payload": 2, "id": f"given-{sender}"})
-    bus.send_batch([{"from": sender, "to": receiver, "payload": n} for n in range(3)])
-    bus.request({"from": sender, "to": "echo", "payload": {"q": 1}}, timeout=30)
-    assert unconfirmed(bus) == []
-    assert resend_unconfirmed(bus.runtime, now_ms=past_the_lease(bus)) == {
-        "resent": 0,
-        "settled": 0,
-        "expired": 0,
-    }
+    sent = [bus.send_message({"from": sender, "to": receiver, "payload": 1}).id]
+    given = {"from": sender, "to": receiver, "payload": 2, "id": f"given-{sender}"}
+    sent.append(bus.send_message(given).id)
+    batch = bus.send_batch([{"from": sender, "to": receiver, "payload": n} for n in range(3)])
+    sent += [r.id for r in batch]
+    answer = bus.request({"from": sender, "to": "echo", "payload": {"q": 1}}, timeout=30)
+    sent += [answer.correlation_id, answer.id]  # the request, and the worker agent's answer
+    assert set(sent) & set(unconfirmed(bus)) == set()
 
 
 def test_a_send_the_broker_refused_leaves_nothing_to_publish_later(module_env, agents):
@@ -195,7 +193,7 @@ def test_an_unconfirmed_message_whose_text_was_lost_ends_dead_with_why(module_en
 
 
 @pytest.mark.parametrize("ran", [True, False], ids=["reply-lost", "never-reached"])
-def test_an_llm_agent_is_told_nothing_was_sent_only_when_so(module_env, agents, ran):
+def test_an_llm_agent_is_told_nothing_was_sent_only_when_so(module_env, worker, agents, ran):
     """Redis ran the admission, then the connection dropped before its reply, and the
     runner's retry could not connect: the send may be recorded (bus.outbox then delivers
     it), so "nothing was sent, try again" would make the retry a duplicate. The control:
@@ -228,7 +226,11 @@ def test_an_llm_agent_is_told_nothing_was_sent_only_when_so(module_env, agents, 
     if ran:
         [message_id] = told.value.fields["ids"]
         assert f"may have recorded as {message_id}" in told.value.message
-        assert bus.status(message_id).status.value == "queued"  # and bus.outbox sends it
+        assert bus.status(message_id).status.value == "queued"
+        # as it said: the sweep delivers it
+        assert resend_unconfirmed(bus.runtime, now_ms=past_the_lease(bus))["resent"] == 1
+        got = wait_for(lambda: bus.read(receiver, limit=10, wait=0.5), 30, "the message")
+        assert [m.id for m in got] == [message_id]
     else:
         assert told.value.message.endswith("nothing was sent, try again")
         assert bus.history(sender) == []

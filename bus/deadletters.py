@@ -389,27 +389,22 @@ class DeadLetterQueue:
         replays = entry.header_int(REPLAYS_HEADER) + 1
         before = self._record_replay(envelope.id, replays)
         try:
-            agent = entry.agent
-            if agent is not None:
-                kept = self.runtime.store.restart_handling(agent, envelope.id, envelope.text)
-                if kept is None:  # no longer kept in its inbox: delivered to it again
-                    agent = None
-            self._publish_replay(entry, envelope, replays, agent)
+            if entry.agent is not None:
+                self.runtime.store.restart_handling(entry.agent, envelope.id, envelope.text)
+            self._publish_replay(entry, envelope, replays)
         except BusError:
             self._restore(envelope.id, before)
             raise
 
-    def _publish_replay(
-        self, entry: _Entry, envelope: Envelope, replays: int, agent: str | None
-    ) -> None:
-        if agent is not None:
+    def _publish_replay(self, entry: _Entry, envelope: Envelope, replays: int) -> None:
+        if entry.agent is not None:
             self.runtime.broker.publish(
                 topology.HANDLE_TASK,
-                [agent, envelope.text],
-                queue=topology.agent_queue(self.runtime.settings, agent),
-                task_id=f"{envelope.id}:{agent}",
+                [entry.agent, envelope.text],
+                queue=topology.agent_queue(self.runtime.settings, entry.agent),
+                task_id=f"{envelope.id}:{entry.agent}",
                 headers={REPLAYS_HEADER: replays},
-                summary=f"<message {envelope.id} for {agent} replay {replays}>",
+                summary=f"<message {envelope.id} for {entry.agent} replay {replays}>",
             )
         else:
             queue = str(entry.death.get("queue") or "")

@@ -19,11 +19,6 @@ Keyspace (``P`` = prefix; ``{a}`` = agent id in a hash tag so one agent's keys s
     P inbox:{a}:pending            zset   message id -> expiry ms: admitted for a, not yet
                                           delivered (counts toward the inbox cap)
     P inbox:{a}:senders            hash   sender -> messages from it in a's inbox
-    P inbox:{a}:aside              zset   message id -> its ready score: a worker agent's
-                                          messages that died (dead letters), set aside so
-                                          they count toward no cap or share (at most
-                                          INBOX_MAX; a replay puts one back)
-    P inbox:{a}:aside:body         hash   message id -> "sender|wire" of those
     P inbox:seq                    string global FIFO sequence for ready scores
     P history:{a}                  zset   wire JSON -> timestamp ms of what a received (capped
                                           per agent, in entries and in bytes)
@@ -73,8 +68,6 @@ class InboxKeys:
     meta: str
     pending: str  # admitted for this inbox, not delivered yet (counts toward its cap)
     senders: str  # messages it holds per sender (a sender's share of it)
-    aside: str = ""  # a worker agent's dead messages, set aside for replay (scripts.SET_ASIDE)
-    aside_body: str = ""
 
     def all(self) -> list[str]:
         """The four keys of the messages themselves (READ's and ACK's)."""
@@ -129,8 +122,6 @@ class Keys:
             f"{base}:meta",
             f"{base}:pending",
             f"{base}:senders",
-            f"{base}:aside",
-            f"{base}:aside:body",
         )
 
     @property

@@ -166,10 +166,8 @@ class RedisStore(RedisBacked):
 
     def count_handling(self, agent: str, message_id: str) -> int:
         """Counts a handler run started for a message still in `agent`'s inbox (before the
-        handler runs): the runs so far, 0 when it is no longer there, -1 when it was set
-        aside as dead (one round trip)."""
-        inbox = self.keys.inbox(agent)
-        keys = [inbox.body, self.keys.handling(message_id, agent), inbox.aside_body]
+        handler runs): the runs so far, or 0 when it is no longer there (one round trip)."""
+        keys = [self.keys.inbox(agent).body, self.keys.handling(message_id, agent)]
         args = [message_id, self.retention.status_retention]
         return int(
             self.scripts.call(scripts.START_HANDLING, keys, args, action="count handler runs")
@@ -301,60 +299,26 @@ class RedisStore(RedisBacked):
                 used += sum(len(w) for w in found)
             return wires
 
-    def set_aside(self, agent: str, message_id: str) -> bool:
-        """A worker agent's message that died leaves the inbox's cap and its sender's share,
-        kept apart for a replay (scripts.SET_ASIDE)."""
-        inbox = self.keys.inbox(agent)
-        keys = [*inbox.all(), inbox.senders, inbox.aside, inbox.aside_body]
-        args = [message_id, self.retention.inbox_max]
-        done = self.scripts.call(scripts.SET_ASIDE, keys, args, action="set a dead message aside")
-        return bool(int(done))
-
-    def _set_aside_wire(self, agent: str, message_id: str) -> str | None:
-        kept = self.redis.hget(self.keys.inbox(agent).aside_body, message_id)
-        return None if kept is None else kept.partition("|")[2]
-
     def drop_if_same(self, agent: str, message_id: str, wire: str) -> bool:
-        """Takes `message_id` out of `agent`'s inbox (or its set-aside dead messages) only if
-        what is stored under it is `wire` (the same message at any try, see
-        `same_message`): a forged copy naming the id of another's message removes nothing."""
-        inbox = self.keys.inbox(agent)
+        """Takes `message_id` out of `agent`'s inbox only if what is stored under it is
+        `wire` (the same message at any try, see `same_message`): a forged copy naming the id of
+        another's message removes nothing."""
         with redis_errors("look at the inbox"):
-            stored = self.redis.hget(inbox.body, message_id)
-            if stored is None:
-                kept = self._set_aside_wire(agent, message_id)
-                if kept is None or not same_message(kept, wire):
-                    return False
-                pipe = self.redis.pipeline(transaction=True)
-                pipe.zrem(inbox.aside, message_id)
-                pipe.hdel(inbox.aside_body, message_id)
-                return bool(pipe.execute()[1])
-        return same_message(stored, wire) and bool(self.ack(agent, [message_id]))
+            stored = self.redis.hget(self.keys.inbox(agent).body, message_id)
+        return (
+            stored is not None
+            and same_message(stored, wire)
+            and bool(self.ack(agent, [message_id]))
+        )
 
-    def restart_handling(self, agent: str, message_id: str, wire: str) -> bool | None:
-        """A replay starts a new cycle of handler runs for `agent`'s message, put back in the
-        inbox first when it was set aside: the count of runs that guards against a handler
-        killing its process starts again (left as it was, the replay's first run counted as
-        one crash too many and never ran). Only for that very message: a forged copy naming
-        another's id resets nothing (False). None: it is neither in the inbox nor set aside
-        (dropped past the set-aside bound): the caller delivers it again."""
-        inbox = self.keys.inbox(agent)
+    def restart_handling(self, agent: str, message_id: str, wire: str) -> bool:
+        """A replay starts a new cycle of handler runs for `agent`'s message: the count of
+        runs that guards against a handler killing its process starts again (left as it
+        was, the replay's first run counted as one crash too many and never ran). Only for
+        that very message: a forged copy naming another's id resets nothing."""
         with redis_errors("restart the count of handler runs"):
-            stored = self.redis.hget(inbox.body, message_id)
-            if stored is None:
-                kept = self._set_aside_wire(agent, message_id)
-                if kept is None:
-                    # delivered again from the dead letter: its inbox takes it once more
-                    self.redis.srem(self.keys.delivered(message_id), agent)
-                    self.redis.delete(self.keys.handling(message_id, agent))
-                    return None
-                if not same_message(kept, wire):
-                    return False
-                keys = [inbox.ready, inbox.body, inbox.meta, inbox.senders, inbox.aside]
-                keys += [inbox.aside_body, self.keys.handling(message_id, agent)]
-                self.scripts.call(scripts.RESTORE, keys, [message_id], action="replay")
-                return True
-            if not same_message(stored, wire):
+            stored = self.redis.hget(self.keys.inbox(agent).body, message_id)
+            if stored is None or not same_message(stored, wire):
                 return False
             self.redis.delete(self.keys.handling(message_id, agent))
         return True

@@ -44,19 +44,17 @@ def run_handler(
     # alone, so that if it does it again no innocent neighbour dies (and is counted) too.
     with QUARANTINE.enter(bool(request.delivery_info.get("redelivered"))):
         runs = store.count_handling(agent.name, envelope.id)
-        if runs < 0:  # died before, and its rejection never reached the dead letters
-            return Verdict("dead", reason="dead", error="set aside as a dead letter")
         if not runs:
             return Verdict("delivered")  # already handled and acked (a repeated dispatch)
         message = agent.reader.decode(envelope.text)
         if message.decode_error is not None:
             reason = "bad_signature" if not message.verified else "undecodable"
-            return _dead(runtime, agent, envelope, reason, message.decode_error, attempts)
+            return deliverer.dead(envelope, reason, message.decode_error, attempts, force=True)
         if runs > message.metadata.max_retries + 1 + request.retries:
             # Started more often than Celery retried it: the handler kills its process (the
             # message came back through reject-on-worker-lost). Stop the loop here.
             error = f"handler crashed its worker {runs - 1} times"
-            return _dead(runtime, agent, envelope, "handler_crashed", error, runs)
+            return deliverer.dead(envelope, "handler_crashed", error, runs, force=True)
         kept, result = agent.unseal(message.id, kept_answer) if kept_answer else (False, None)
         if kept_answer and not kept:
             logger.warning(
@@ -73,7 +71,7 @@ def run_handler(
                 logger.warning(
                     "handler of %s failed %d times: %s", agent.name, handler_failures + 1, error
                 )
-                return _dead(runtime, agent, envelope, "handler_failed", error, attempts)
+                return deliverer.dead(envelope, "handler_failed", error, attempts, force=True)
             deliverer.record(envelope.id, "retrying", "handler_failed", error, attempts, force=True)
             return Verdict(
                 "retry",
@@ -94,7 +92,7 @@ def run_handler(
             return _answer_later(deliverer, request, agent, message, envelope, result, exc)
         except BusError as exc:  # the bus will never take this reply as it is (too big, denied)
             agent.reply_error(message, exc)
-            return _dead(runtime, agent, envelope, "reply_refused", exc.message, attempts)
+            return deliverer.dead(envelope, "reply_refused", exc.message, attempts, force=True)
         store.ack_handled(agent.name, message.id)
     return Verdict("delivered")
 
@@ -113,9 +111,7 @@ def _answer_later(
     ttl_left = deliverer.ttl_left(envelope)
     if request.retries >= message.metadata.max_retries or (ttl_left is not None and ttl_left <= 0):
         agent.reply_error(message, refused)  # best effort: refused too while the inbox is full
-        verdict = deliverer.dead(envelope, "reply_refused", error, attempts, force=True)
-        _set_aside(deliverer.store, agent, envelope)
-        return verdict
+        return deliverer.dead(envelope, "reply_refused", error, attempts, force=True)
     deliverer.record(envelope.id, "retrying", "reply_refused", error, attempts, force=True)
     pause = deliverer.backoff(request.retries)
     if isinstance(refused, RateLimited):
@@ -129,21 +125,3 @@ def _answer_later(
         wire=deliverer.with_retry_count(envelope, attempts),
         kept_answer=agent.seal(message.id, result),
     )
-
-
-def _dead(
-    runtime: Runtime, agent: WorkerAgent, envelope: Envelope, reason: str, error: str, attempts: int
-) -> Verdict:
-    """Its death recorded (over the `delivered` its delivery left), and the message set
-    aside: a dead letter of a worker agent counts toward neither its inbox cap nor its
-    sender's share (a replay puts it back)."""
-    verdict = runtime.deliverer.dead(envelope, reason, error, attempts, force=True)
-    _set_aside(runtime.store, agent, envelope)
-    return verdict
-
-
-def _set_aside(store: Any, agent: WorkerAgent, envelope: Envelope) -> None:
-    try:
-        store.set_aside(agent.name, envelope.id)
-    except BusUnavailable as exc:  # it stays where it is (counted) until replayed or purged
-        logger.warning("dead message %s left in %s's inbox: %s", envelope.id, agent.name, exc)

@@ -6,7 +6,7 @@ Keys are always passed in KEYS (built by bus.keys); scripts never assemble key n
 - fragments.py      Lua shared by several scripts (Redis's clock, status ranks, history, tokens)
 - send.py           ADMIT, REVOKE, COMMIT: the send side
 - inbox.py          DELIVER, DELIVER_INBOX (a batch's messages to one inbox), READ, ACK,
-                    TRIM_HISTORY_BEFORE, START_HANDLING, TAKE, SET_ASIDE, RESTORE
+                    TRIM_HISTORY_BEFORE, START_HANDLING, TAKE
 - status.py         ADVANCE_STATUS
 - ghosts.py         DROP_GHOST: mail for agents that never connected, once stale
 - outbox.py         CLAIM: the sweep's takeover of a message its sender never confirmed
@@ -26,8 +26,6 @@ from bus.scripts.inbox import (
     DELIVER,
     DELIVER_INBOX,
     READ,
-    RESTORE,
-    SET_ASIDE,
     START_HANDLING,
     TAKE,
     TRIM_HISTORY_BEFORE,
@@ -51,9 +49,7 @@ __all__ = [
     "DELIVER_INBOX",
     "DROP_GHOST",
     "READ",
-    "RESTORE",
     "REVOKE",
-    "SET_ASIDE",
     "START_HANDLING",
     "TAKE",
     "SUBSCRIBE",

@@ -1,5 +1,5 @@
-"""The inbox's scripts: delivery into inboxes and histories, leased reads, acks, history
-trimmed by age, and a worker agent's dead messages set aside and restored.
+"""The inbox's scripts: delivery into inboxes and histories, leased reads, acks, and
+history trimmed by age.
 
 Each script states its KEYS/ARGV contract; keys come from bus.keys, never built here.
 """
@@ -233,73 +233,15 @@ return #old
 )
 
 # A worker agent starting its handler on a message: counts the run, unless the message is
-# no longer in the inbox (handled and acked already: a repeated dispatch; or set aside as
-# dead, SET_ASIDE: its task was redelivered before its rejection reached the dead letters).
-# KEYS: inbox body, handling count, set-aside bodies   ARGV: id, retention_s
-# Returns the runs started so far including this one, 0 when not in the inbox, -1 when set
-# aside.
+# no longer in the inbox (handled and acked already: a repeated dispatch).
+# KEYS: inbox body, handling count   ARGV: id, retention_s
+# Returns the runs started so far including this one, or 0 when not in the inbox.
 START_HANDLING = Script(
     """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
-  if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return -1 end
-  return 0
-end
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
 local runs = redis.call('INCR', KEYS[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return runs
-"""
-)
-
-# A worker agent's message that died (a dead letter now) leaves the inbox's counts: out of
-# the inbox and its sender's share, into the set-aside entries, where a replay finds it
-# (RESTORE). Left in the inbox, failing requests from two agents filled a worker agent's
-# inbox for good. At most `cap` are kept, the oldest dropped first (its dead letter stays).
-# KEYS: ready, leased, body, meta, per-sender counts, set-aside zset, set-aside bodies
-# ARGV: id, cap. Returns 1 when set aside, 0 when not in the inbox.
-SET_ASIDE = Script(
-    """
-local id = ARGV[1]
-local wire = redis.call('HGET', KEYS[3], id)
-if not wire then return 0 end
-local meta = redis.call('HGET', KEYS[4], id) or ''
-local score = string.match(meta, '^(%d+)|') or '0'
-local from = string.match(meta, '^%d+|%d+|(.+)$') or ''
-if from ~= '' and redis.call('HINCRBY', KEYS[5], from, -1) <= 0 then
-  redis.call('HDEL', KEYS[5], from)
-end
-redis.call('HDEL', KEYS[3], id)
-redis.call('HDEL', KEYS[4], id)
-redis.call('ZREM', KEYS[1], id)
-redis.call('ZREM', KEYS[2], id)
-redis.call('ZADD', KEYS[6], score, id)
-redis.call('HSET', KEYS[7], id, from .. '|' .. wire)
-while redis.call('ZCARD', KEYS[6]) > tonumber(ARGV[2]) do
-  local oldest = redis.call('ZPOPMIN', KEYS[6])
-  redis.call('HDEL', KEYS[7], oldest[1])
-end
-return 1
-"""
-)
-
-# A replay puts a set-aside message back in its worker agent's inbox, where it was, and
-# starts its count of handler runs again (SET_ASIDE's undo).
-# KEYS: ready, body, meta, per-sender counts, set-aside zset, set-aside bodies, handling
-# ARGV: id. Returns 1 when put back, 0 when not set aside.
-RESTORE = Script(
-    """
-local id = ARGV[1]
-local kept = redis.call('HGET', KEYS[6], id)
-if not kept then return 0 end
-local from, wire = string.match(kept, '^([^|]*)|(.*)$')
-local score = string.format('%d', tonumber(redis.call('ZSCORE', KEYS[5], id) or '0'))
-redis.call('HSET', KEYS[2], id, wire)
-redis.call('HSET', KEYS[3], id, score .. '|0|' .. from)
-redis.call('ZADD', KEYS[1], score, id)
-if from ~= '' then redis.call('HINCRBY', KEYS[4], from, 1) end
-redis.call('ZREM', KEYS[5], id)
-redis.call('HDEL', KEYS[6], id)
-redis.call('DEL', KEYS[7])
-return 1
 """
 )
 

@@ -454,11 +454,13 @@ def test_senders_sigkilled_mid_burst_lose_nothing_they_admitted(fresh_env, agent
         in_background(lambda out=p.stdout, into=lines[i]: into.extend(out))
         for i, p in enumerate(senders)
     ]
-    # Each is killed once it has confirmed a quarter of its share (bounded in time too).
-    deadline = time.monotonic() + 120
+    # Each is killed once it has confirmed a quarter of its share.
     for i, proc in enumerate(senders):
-        while time.monotonic() < deadline and sum(x[0] == "C" for x in lines[i]) < burst // 16:
-            time.sleep(0.01)
+        wait_for(
+            lambda sent=lines[i]: sum(x[0] == "C" for x in sent) >= burst // 16,
+            120,
+            f"sender {i} to confirm a quarter of its share",
+        )
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
     checker.fault_at = time.monotonic()

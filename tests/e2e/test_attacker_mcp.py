@@ -90,6 +90,14 @@ def http_server(bounded, tmp_path_factory):
     stop(proc)
 
 
+async def heard_of_mail(stream, sender, to):
+    """`stream`'s events, once it told of mail `sender` sent to `to` (the push works)."""
+    events = stream.__aiter__()
+    await call(sender, "send_message", {"to": to, "payload": "before"})
+    assert getattr(await asyncio.wait_for(events.__anext__(), 10), "uri", None)
+    return events
+
+
 def connect(bus, *agents):
     """The agents read once: the bus knows them from then on (they may get mail)."""
     for agent in agents:
@@ -158,9 +166,7 @@ def test_an_admin_taken_out_of_the_acl_stops_hearing_of_others_inboxes(bounded, 
                 ops.listen(resource_subscriptions=[other_inbox]) as stream,
                 ops_again.listen(resource_subscriptions=[own_inbox]) as kept,
             ):
-                events = stream.__aiter__()
-                await call(sender, "send_message", {"to": "ad-other", "payload": "before"})
-                assert getattr(await asyncio.wait_for(events.__anext__(), 10), "uri", None)
+                events = await heard_of_mail(stream, sender, "ad-other")
 
                 partial = acl.with_suffix(".new")
                 partial.write_text("admins: []\n")
@@ -202,9 +208,7 @@ def test_a_revoked_token_s_open_push_streams_stop_telling_of_its_mail(bounded, b
                 victim.listen(resource_subscriptions=[victim_inbox]) as stream,
                 keeper.listen(resource_subscriptions=[keeper_inbox]) as kept,
             ):
-                events = stream.__aiter__()
-                await call(sender, "send_message", {"to": "rv-victim", "payload": "before"})
-                assert getattr(await asyncio.wait_for(events.__anext__(), 10), "uri", None)
+                events = await heard_of_mail(stream, sender, "rv-victim")
                 await asyncio.wait_for(updates.arrived.wait(), 10)  # both push paths work
                 updates.arrived.clear()
 

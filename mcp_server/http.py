@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -23,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from bus.health import Health, check_health, refresh_gauges
+from bus.metrics_access import metrics_refusal
 from bus.settings import Settings
 from bus.tokens import TokenFile
 from mcp_server import procmetrics
@@ -94,14 +94,10 @@ def build_app(
         return JSONResponse(body, status_code=200 if health.ready else 503)
 
     async def metrics_endpoint(request: Request) -> Response:
-        if metrics_token is not None:
-            auth = request.headers.get("authorization", "")
-            expected = f"Bearer {metrics_token.get_secret_value()}"
-            if not hmac.compare_digest(auth.encode(), expected.encode()):
-                return Response(
-                    "metrics need 'Authorization: Bearer <MESSAGE_BUS_METRICS_TOKEN>'",
-                    status_code=401,
-                )
+        peer = request.client.host if request.client else None
+        refused = metrics_refusal(metrics_token, request.headers.get("authorization"), peer)
+        if refused is not None:
+            return Response(refused[1], status_code=refused[0])
         return Response(generate_latest(procmetrics.registry()), media_type=CONTENT_TYPE_LATEST)
 
     server.custom_route("/healthz", methods=["GET"])(healthz)

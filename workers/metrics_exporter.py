@@ -1,22 +1,23 @@
 """The worker's Prometheus exporter on METRICS_HOST:METRICS_PORT, under the HTTP server's
 rules: only for requests that name one of its own hosts or an IP address (DNS rebinding
 always comes with a name; Prometheus scrapes by address) and carry no foreign Origin, and
-with `Authorization: Bearer <METRICS_TOKEN>` when that token is set. Its series name every
-agent and its inbox depth."""
+with `Authorization: Bearer <METRICS_TOKEN>` when that token is set, from this machine only
+when it is not (bus.metrics_access). Its series name agents and their inbox depths."""
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import socket
 import threading
 from collections.abc import Callable, Iterable
+from http import HTTPStatus
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
+from bus.metrics_access import metrics_refusal
 from bus.settings import Settings
 from bus.web_origins import web_origins
 
@@ -29,10 +30,9 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def guarded(app: WSGIApp, host: str, port: int, settings: Settings) -> WSGIApp:
-    """`app` behind the Host, Origin and token checks."""
+    """`app` behind the Host, Origin and scrape-access checks."""
     origins = web_origins(host, port, settings)
     token = settings.metrics_token
-    expected = f"Bearer {token.get_secret_value()}".encode() if token is not None else None
 
     def checked(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         host_header = environ.get("HTTP_HOST")
@@ -43,13 +43,12 @@ def guarded(app: WSGIApp, host: str, port: int, settings: Settings) -> WSGIApp:
             )
         elif not origins.origin_ok(environ.get("HTTP_ORIGIN")):
             status, text = "403 Forbidden", "Origin not allowed (MESSAGE_BUS_ALLOWED_ORIGINS)"
-        elif expected is not None and not hmac.compare_digest(
-            environ.get("HTTP_AUTHORIZATION", "").encode(), expected
-        ):
-            status, text = (
-                "401 Unauthorized",
-                "metrics need 'Authorization: Bearer <MESSAGE_BUS_METRICS_TOKEN>'",
+        elif (
+            refused := metrics_refusal(
+                token, environ.get("HTTP_AUTHORIZATION"), environ.get("REMOTE_ADDR")
             )
+        ) is not None:
+            status, text = f"{refused[0]} {HTTPStatus(refused[0]).phrase}", refused[1]
         else:
             return app(environ, start_response)
         start_response(status, [("Content-Type", "text/plain")])

@@ -16,7 +16,7 @@ from bus.tokens import TokenFile
 from tests.support.mcp import call, http
 from tests.support.processes import free_port, spawn, stop
 from tests.support.waiting import wait_for
-from tests.support.web import http_status
+from tests.support.web import http_status, outside_address
 from tests.support.wire import publish_raw, wire_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -290,4 +290,24 @@ def test_metrics_need_their_token_and_name_at_most_twenty_agents(
     finally:
         with contextlib.suppress(Exception):
             bus.close()
+        stop(proc)
+
+
+def test_metrics_without_a_token_are_for_this_machine_only(module_env, worker, tmp_path):
+    path = tmp_path / "tokens.json"
+    TokenFile(path).create(ADMIN)
+    proc, base, port = serve(module_env, "mcp-metrics-local", path, host="0.0.0.0")
+    try:
+        local = httpx.get(f"{base}/metrics", timeout=10)
+        assert local.status_code == 200 and "message_bus_" in local.text  # the control
+        # From this machine's other address: the peer is not loopback. The Host is one of
+        # ours, so it is the scrape rule that refuses, not the Host check.
+        outside = httpx.get(
+            f"http://{outside_address()}:{port}/metrics",
+            headers={"Host": f"localhost:{port}"},
+            timeout=10,
+        )
+        assert outside.status_code == 403, outside.text
+        assert "MESSAGE_BUS_METRICS_TOKEN" in outside.text and "message_bus_" not in outside.text
+    finally:
         stop(proc)

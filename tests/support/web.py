@@ -1,6 +1,9 @@
-"""HTTP helpers: a status code without raising, Prometheus text, an MCP HTTP server."""
+"""HTTP helpers: a status code without raising, Prometheus text, an MCP HTTP server, an
+address of this machine to be 'another host' from."""
 
 from __future__ import annotations
+
+import socket
 
 import httpx
 import pytest
@@ -46,3 +49,20 @@ def wait_http_up(proc, log, url, timeout):
         return http_status(f"{url}/healthz") == 200
 
     wait_for(up, timeout, "the MCP HTTP server")
+
+
+def outside_address() -> str:
+    """An address of this machine that is not loopback: a peer from it is 'another host'."""
+    for family, _, _, _, sockaddr in socket.getaddrinfo(socket.gethostname(), None):
+        address = sockaddr[0]
+        if family == socket.AF_INET and not address.startswith("127."):
+            return address
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("192.0.2.1", 9))  # no packet is sent: it only picks a route
+        address = probe.getsockname()[0]
+    finally:
+        probe.close()
+    if address.startswith("127.") or address == "0.0.0.0":
+        pytest.fail("this machine has no non-loopback IPv4 address to scrape from")
+    return address

@@ -26,7 +26,7 @@ from kombu.message import Message as AmqpMessage
 from bus import topology
 from bus.broker import broker_errors
 from bus.envelope import Envelope
-from bus.errors import BusError, BusUnavailable, NotFound, PermanentFailure
+from bus.errors import BusError, BusUnavailable, InboxFull, NotFound, PermanentFailure
 from bus.runtime import Runtime
 from bus.schema import DeadLetter, check_agent_id
 from bus.topology import DEAD_LETTER_QUEUE, DELIVER_TASK
@@ -39,6 +39,18 @@ _BEFORE_DEATH = ("queued", "retrying")
 REPLAYS_HEADER = "x-bus-replays"
 MAX_LISTED = 1000  # dead letters an MCP or dashboard listing shows at most
 RAW_PREVIEW = 200  # characters of an unreadable argument shown in a listing
+
+
+class NothingToReplay(NotFound):
+    """A worker agent's dead letter whose message is no longer held for it: handled since,
+    purged, past STATUS_RETENTION, or a forged letter naming its id. Nothing runs."""
+
+    def __init__(self, message_id: str) -> None:
+        super().__init__(
+            f"nothing to replay for {message_id}: its message was handled or purged since, "
+            "or is older than STATUS_RETENTION",
+            id=message_id,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +332,7 @@ class DeadLetterQueue:
         Unreadable parts can be purged (no action), never replayed."""
         wanted = None if ids is None else set(ids)
         done: list[str] = []
+        refused: dict[str, BusError] = {}
         with self.holding() as get:
             for _ in range(self.depth()):
                 if limit is not None and len(done) >= limit:
@@ -344,20 +357,35 @@ class DeadLetterQueue:
                     continue  # stays, returned when the channel closes
                 if kept and any(isinstance(item, _Unreadable) for item in kept):
                     continue  # its unreadable part cannot be split off: leave it whole
+                settled = 0
                 for item in chosen:
                     if action is not None and isinstance(item, Envelope):
-                        action(entry, item)
+                        try:
+                            action(entry, item)
+                        except (InboxFull, NothingToReplay) as exc:
+                            refused[item.id] = exc  # stays a dead letter
+                            kept.append(item)
+                            continue
                     elif action is None and entry.agent and isinstance(item, Envelope):
-                        # A worker agent's message stays in its inbox while it is a dead
-                        # letter (a replay handles it from there); purged, it is gone for
-                        # good and must not hold a place in that inbox (nor in its
-                        # sender's share of it) forever. Only that very message: a forged
-                        # dead letter naming another's id takes nothing.
-                        self.runtime.store.drop_if_same(entry.agent, item.id, item.text)
+                        self._forget(entry.agent, item)
                     done.append(item.id)
+                    settled += 1
+                if not settled:
+                    continue  # stays as it was, returned when the channel closes
                 if kept:
                     self._redeadletter(entry, [k for k in kept if isinstance(k, Envelope)])
                 entry.amqp.ack()
+        if refused:
+            logger.warning(
+                "dead letters not replayed: %s", {k: v.message for k, v in refused.items()}
+            )
+            if wanted is not None:  # a person named them: say why, and what was done
+                retryable = all(isinstance(e, InboxFull) for e in refused.values())
+                raise (InboxFull if retryable else NotFound)(
+                    "; ".join(e.message for e in refused.values()),
+                    replayed=done,
+                    refused=sorted(refused),
+                )
         return done
 
     def _redeadletter(self, entry: _Entry, envelopes: list[Envelope]) -> None:
@@ -382,17 +410,28 @@ class DeadLetterQueue:
         """Replays the chosen dead letters (all when ids is None), at most `limit` of them."""
         return self._settle(ids, self._replay_one, select, limit)
 
+    def _forget(self, agent: str, envelope: Envelope) -> None:
+        """A purged worker agent's message is gone for good: out of its inbox if it is
+        still there (it died while Redis was away), and its burial marker gone. Only that
+        very message: a forged dead letter naming another's id takes nothing."""
+        self.runtime.store.drop_if_same(agent, envelope.id, envelope.text)
+        self.runtime.handler_runs.forget_buried(agent, envelope.id, envelope.text)
+
     def _replay_one(self, entry: _Entry, envelope: Envelope) -> None:
         """Marks it `queued` again, then publishes it: in that order, since a worker may
         deliver it (and its reader ack it) before a later write could land; if the broker
-        refuses it, its dead status is put back."""
+        refuses it, its dead status is put back. A worker agent's message goes back into
+        its inbox first (bus.handler_runs); when there is nothing to put back, nothing is
+        published and the dead letter stays (NothingToReplay)."""
         replays = entry.header_int(REPLAYS_HEADER) + 1
         before = self._record_replay(envelope.id, replays)
         try:
             if entry.agent is not None:
-                self.runtime.store.restart_handling(entry.agent, envelope.id, envelope.text)
+                reopened = self.runtime.handler_runs.reopen_for_replay(entry.agent, envelope)
+                if reopened == "gone":
+                    raise NothingToReplay(envelope.id)
             self._publish_replay(entry, envelope, replays)
-        except BusError:
+        except (BusError, NothingToReplay):
             self._restore(envelope.id, before)
             raise
 

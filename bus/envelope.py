@@ -13,6 +13,7 @@ that reads tasks, dead letters, inboxes or history lets anything else escape.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -145,19 +146,33 @@ def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _without_tries(wire: str) -> dict[str, Any] | None:
+    """A wire's message without the bus's count of tries and the signature over it; None
+    when it is no message."""
+    try:
+        data = orjson.loads(wire)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("metadata"), dict):
+        return None
+    data.pop("signature", None)
+    data["metadata"].pop("retry_count", None)
+    return data
+
+
 def same_message(stored: str, other: str) -> bool:
     """Whether two wires are one message at different tries: equal but for the bus's own
     count of tries and the signature over it (a retry re-signs the wire with its count, so
     the dead letter of a retried message is not the text its inbox holds)."""
     if stored == other:
         return True
-    try:
-        first, second = orjson.loads(stored), orjson.loads(other)
-    except orjson.JSONDecodeError:
-        return False
-    for data in (first, second):
-        if not isinstance(data, dict) or not isinstance(data.get("metadata"), dict):
-            return False
-        data.pop("signature", None)
-        data["metadata"].pop("retry_count", None)
-    return bool(first == second)
+    first, second = _without_tries(stored), _without_tries(other)
+    return first is not None and first == second
+
+
+def message_digest(wire: str) -> str:
+    """A digest equal for the wires `same_message` finds equal (SHA-256 of the message
+    without its tries, keys sorted); of the text itself when it is no message."""
+    data = _without_tries(wire)
+    text = wire.encode() if data is None else orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(text).hexdigest()

@@ -43,6 +43,9 @@ Keyspace (``P`` = prefix; ``{a}`` = agent id in a hash tag so one agent's keys s
                                           (per recipient: mail to others naming it is not)
     P handling:{id}:{agent}        string handler runs started (catches handlers that crash
                                           the process, which Celery would redeliver forever)
+    P buried:{a}:{id}              string digest of a worker agent's message that died, out of
+                                          its inbox until a replay puts it back (expires
+                                          with its status)
     P audit                        stream capped audit trail
     P processes                    zset   "<kind>:<host>:<pid>" -> last announced ms
     P process_keys                 hash   "<kind>:<host>:<pid>" -> JSON of its key ids and
@@ -176,6 +179,9 @@ class Keys:
 
     def handling(self, message_id: str, agent: str) -> str:
         return f"{self.prefix}handling:{message_id}:{agent}"
+
+    def buried(self, agent: str, message_id: str) -> str:
+        return f"{self.prefix}buried:{{{agent}}}:{message_id}"
 
     def reply(self, agent: str, correlation_id: str) -> str:
         """The latest message for `agent` answering `correlation_id` (a request's id): kept

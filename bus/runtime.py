@@ -14,6 +14,7 @@ from bus.broker import Broker
 from bus.clock import Clock
 from bus.codec import Codec
 from bus.delivery import Deliverer
+from bus.handler_runs import HandlerRuns
 from bus.keyring import Keyring
 from bus.keys import Keys
 from bus.redis_conn import connect, redis_errors
@@ -76,6 +77,10 @@ class Runtime:
     @cached_property
     def store(self) -> RedisStore:
         return RedisStore(self.redis, self.keys, self.retention, self.clock, scripts=self.scripts)
+
+    @cached_property
+    def handler_runs(self) -> HandlerRuns:
+        return HandlerRuns(self.redis, self.keys, self.retention, self.clock, scripts=self.scripts)
 
     @cached_property
     def admission(self) -> Admission:

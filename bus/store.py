@@ -164,15 +164,6 @@ class RedisStore(RedisBacked):
             pipe.zadd(self.keys.agents, {agent: self.clock.now_ms()}, nx=True)
             pipe.execute()
 
-    def count_handling(self, agent: str, message_id: str) -> int:
-        """Counts a handler run started for a message still in `agent`'s inbox (before the
-        handler runs): the runs so far, or 0 when it is no longer there (one round trip)."""
-        keys = [self.keys.inbox(agent).body, self.keys.handling(message_id, agent)]
-        args = [message_id, self.retention.status_retention]
-        return int(
-            self.scripts.call(scripts.START_HANDLING, keys, args, action="count handler runs")
-        )
-
     def agent_ids(self) -> list[str]:
         with redis_errors("list agents"):
             return self.redis.zrange(self.keys.agents, 0, -1)
@@ -310,18 +301,6 @@ class RedisStore(RedisBacked):
             and same_message(stored, wire)
             and bool(self.ack(agent, [message_id]))
         )
-
-    def restart_handling(self, agent: str, message_id: str, wire: str) -> bool:
-        """A replay starts a new cycle of handler runs for `agent`'s message: the count of
-        runs that guards against a handler killing its process starts again (left as it
-        was, the replay's first run counted as one crash too many and never ran). Only for
-        that very message: a forged copy naming another's id resets nothing."""
-        with redis_errors("restart the count of handler runs"):
-            stored = self.redis.hget(self.keys.inbox(agent).body, message_id)
-            if stored is None or not same_message(stored, wire):
-                return False
-            self.redis.delete(self.keys.handling(message_id, agent))
-        return True
 
     def peek_inbox_items(self, agent: str, limit: int) -> list[tuple[str, str]]:
         """(id, wire) of up to `limit` inbox messages, leased or not."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from bus.delivery import Deliverer, Verdict
+from bus.delivery import Verdict
 from bus.envelope import Envelope
 from bus.errors import BusError, BusUnavailable, InboxFull, RateLimited
 from bus.runtime import Runtime
@@ -43,9 +43,11 @@ def run_handler(
     # A redelivered message may be the one whose handler killed the last process: it runs
     # alone, so that if it does it again no innocent neighbour dies (and is counted) too.
     with QUARANTINE.enter(bool(request.delivery_info.get("redelivered"))):
-        runs = store.count_handling(agent.name, envelope.id)
-        if not runs:
+        runs = runtime.handler_runs.start(agent.name, envelope.id)
+        if runs == 0:
             return Verdict("delivered")  # already handled and acked (a repeated dispatch)
+        if runs < 0:  # buried: it died, and its process was killed before the reject
+            return Verdict("dead", reason="dead_already", error="its message is a dead letter")
         message = agent.reader.decode(envelope.text)
         if message.decode_error is not None:
             reason = "bad_signature" if not message.verified else "undecodable"
@@ -54,7 +56,7 @@ def run_handler(
             # Started more often than Celery retried it: the handler kills its process (the
             # message came back through reject-on-worker-lost). Stop the loop here.
             error = f"handler crashed its worker {runs - 1} times"
-            return deliverer.dead(envelope, "handler_crashed", error, runs, force=True)
+            return _died(runtime, agent, envelope, "handler_crashed", error, runs)
         kept, result = agent.unseal(message.id, kept_answer) if kept_answer else (False, None)
         if kept_answer and not kept:
             logger.warning(
@@ -71,7 +73,7 @@ def run_handler(
                 logger.warning(
                     "handler of %s failed %d times: %s", agent.name, handler_failures + 1, error
                 )
-                return deliverer.dead(envelope, "handler_failed", error, attempts, force=True)
+                return _died(runtime, agent, envelope, "handler_failed", error, attempts)
             deliverer.record(envelope.id, "retrying", "handler_failed", error, attempts, force=True)
             return Verdict(
                 "retry",
@@ -89,16 +91,32 @@ def run_handler(
         except (RateLimited, InboxFull) as exc:
             # Refused for now: the answer is kept and sent again after a pause, until the
             # message's retries run out (the handler does not run again).
-            return _answer_later(deliverer, request, agent, message, envelope, result, exc)
+            return _answer_later(runtime, request, agent, message, envelope, result, exc)
         except BusError as exc:  # the bus will never take this reply as it is (too big, denied)
             agent.reply_error(message, exc)
-            return deliverer.dead(envelope, "reply_refused", exc.message, attempts, force=True)
+            return _died(runtime, agent, envelope, "reply_refused", exc.message, attempts)
         store.ack_handled(agent.name, message.id)
     return Verdict("delivered")
 
 
+def _died(
+    runtime: Runtime, agent: WorkerAgent, envelope: Envelope, reason: str, error: str, tries: int
+) -> Verdict:
+    """Records the death, then buries the message (bus.handler_runs): out of the inbox,
+    its place and its sender's share given back, a marker kept for its replay. Best effort:
+    with Redis away it stays in the inbox, where a replay finds it all the same."""
+    verdict = runtime.deliverer.dead(envelope, reason, error, tries, force=True)
+    try:
+        runtime.handler_runs.bury(agent.name, envelope.id, envelope.text)
+    except BusUnavailable:
+        logger.warning(
+            "%s: dead message %s left in the inbox (Redis unavailable)", agent.name, envelope.id
+        )
+    return verdict
+
+
 def _answer_later(
-    deliverer: Deliverer,
+    runtime: Runtime,
     request: Any,
     agent: WorkerAgent,
     message: ReceivedMessage,
@@ -106,12 +124,13 @@ def _answer_later(
     result: Any,
     refused: RateLimited | InboxFull,
 ) -> Verdict:
+    deliverer = runtime.deliverer
     attempts = request.retries + 1
     error = f"the answer is refused for now: {refused.message}"
     ttl_left = deliverer.ttl_left(envelope)
     if request.retries >= message.metadata.max_retries or (ttl_left is not None and ttl_left <= 0):
         agent.reply_error(message, refused)  # best effort: refused too while the inbox is full
-        return deliverer.dead(envelope, "reply_refused", error, attempts, force=True)
+        return _died(runtime, agent, envelope, "reply_refused", error, attempts)
     deliverer.record(envelope.id, "retrying", "reply_refused", error, attempts, force=True)
     pause = deliverer.backoff(request.retries)
     if isinstance(refused, RateLimited):

@@ -6,7 +6,9 @@ Keys are always passed in KEYS (built by bus.keys); scripts never assemble key n
 - fragments.py      Lua shared by several scripts (Redis's clock, status ranks, history, tokens)
 - send.py           ADMIT, REVOKE, COMMIT: the send side
 - inbox.py          DELIVER, DELIVER_INBOX (a batch's messages to one inbox), READ, ACK,
-                    TRIM_HISTORY_BEFORE, START_HANDLING, TAKE
+                    TRIM_HISTORY_BEFORE, TAKE
+- handling.py       START_HANDLING, BURY, REVIVE, FORGET_BURIED: a worker agent's handler
+                    runs, and its dead messages out of the inbox until replayed
 - status.py         ADVANCE_STATUS
 - ghosts.py         DROP_GHOST: mail for agents that never connected, once stale
 - outbox.py         CLAIM: the sweep's takeover of a message its sender never confirmed
@@ -21,12 +23,12 @@ from __future__ import annotations
 
 from bus.scripts.ghosts import DROP_GHOST
 from bus.scripts.guard import AUDIT, CHARGE
+from bus.scripts.handling import BURY, FORGET_BURIED, REVIVE, START_HANDLING
 from bus.scripts.inbox import (
     ACK,
     DELIVER,
     DELIVER_INBOX,
     READ,
-    START_HANDLING,
     TAKE,
     TRIM_HISTORY_BEFORE,
 )
@@ -42,13 +44,16 @@ __all__ = [
     "ADMIT",
     "ADVANCE_STATUS",
     "AUDIT",
+    "BURY",
     "CHARGE",
     "CLAIM",
     "COMMIT",
     "DELIVER",
     "DELIVER_INBOX",
     "DROP_GHOST",
+    "FORGET_BURIED",
     "READ",
+    "REVIVE",
     "REVOKE",
     "START_HANDLING",
     "TAKE",

@@ -1,5 +1,5 @@
 """The inbox's scripts: delivery into inboxes and histories, leased reads, acks, and
-history trimmed by age.
+history trimmed by age (a worker agent's handler runs: bus.scripts.handling).
 
 Each script states its KEYS/ARGV contract; keys come from bus.keys, never built here.
 """
@@ -229,19 +229,6 @@ if #old > 0 then
   if redis.call('DECRBY', KEYS[2], size) < 0 then redis.call('SET', KEYS[2], 0) end
 end
 return #old
-"""
-)
-
-# A worker agent starting its handler on a message: counts the run, unless the message is
-# no longer in the inbox (handled and acked already: a repeated dispatch).
-# KEYS: inbox body, handling count   ARGV: id, retention_s
-# Returns the runs started so far including this one, or 0 when not in the inbox.
-START_HANDLING = Script(
-    """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
-local runs = redis.call('INCR', KEYS[2])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-return runs
 """
 )
 

@@ -18,13 +18,14 @@ import pytest
 from kombu import Connection, Exchange, Producer
 from mcp.client import Client
 
-from bus.topology import agent_queue, dead_letter_exchange
+from bus.topology import agent_queue
 from mcp_server.identity import Identity
 from mcp_server.server import build_server
 from tests.support.hostile import DELIVERABLE_BY_NAME, TAGS, describe, exactly_equal
 from tests.support.paths import ARTIFACTS
 from tests.support.processes import msgbus, spawn, stop
 from tests.support.waiting import wait_for
+from tests.support.wire import publish_dead
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -187,22 +188,6 @@ def poison_entries() -> list[tuple[str, bytes, str | None, dict[str, Any]]]:
             {"x-death": "not a list", "retries": "NaN", "x-bus-replays": {"a": 1}},
         ),
     ]
-
-
-def publish_dead(
-    env: Any, task_id: str, body: bytes, content_type: str | None, headers: dict
-) -> None:
-    """Puts a broker message straight into the dead letters, as anyone on the broker can."""
-    with Connection(env.settings().broker_url) as conn:
-        Producer(conn).publish(
-            body,
-            exchange=dead_letter_exchange,
-            routing_key="",
-            content_type=content_type or "",
-            content_encoding="binary",
-            headers={"task": "bus.deliver", "id": task_id, **headers},
-            delivery_mode=2,
-        )
 
 
 def send_beat_job(env: Any, task: str) -> None:

@@ -4,14 +4,17 @@ client; a failing handler retries and then lands in the dead letters with its er
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
+from bus.errors import NotFound
 from tests.support.counting_agent import runs_key
 from tests.support.inbox import full_inbox_of
 from tests.support.mcp import call, stdio
 from tests.support.processes import start_echo_agent
 from tests.support.waiting import wait_for
+from tests.support.wire import publish_dead
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -88,18 +91,20 @@ def test_failing_handler_retries_then_is_dead_lettered_with_its_error(
     assert echo_agent.read_text().count("Retry in") >= 2
 
 
-def test_a_purged_dead_letter_of_a_worker_agent_leaves_its_inbox(module_env, echo_agent, agents):
-    """A worker agent's message that died stays in its inbox so that a replay can handle
-    it; purged, it is gone for good and gives back its place in the inbox (it once stayed
-    there for ever, counting against its sender's share until the inbox refused mail)."""
+def test_a_dead_message_gives_back_its_place_and_a_purge_forgets_it(module_env, echo_agent, agents):
+    """A worker agent's message that died leaves its inbox at once (it once stayed there,
+    counting against its sender's share, until an admin replayed or purged it): a marker
+    keeps it for a replay, and a purge takes the marker too."""
     bus = module_env.bus()
-    depth = lambda: bus.runtime.store.inbox_depth("echo")  # noqa: E731 - (ready, leased)
-    before = sum(depth())
+    depth = lambda: sum(bus.runtime.store.inbox_depth("echo"))  # noqa: E731
+    before = depth()
     receipt = send_failing_request(bus, agents("asker"), "bad input", max_retries=0)
     wait_for(lambda: any(d.id == receipt.id for d in bus.dead_letters()), 60, "the dead letter")
-    assert sum(depth()) == before + 1  # the control: while a dead letter, it stays
+    assert depth() == before
+    buried = bus.runtime.keys.buried("echo", receipt.id)
+    assert bus.runtime.redis.exists(buried)  # the control: kept for a replay
     assert bus.purge_dead_letters([receipt.id]) == [receipt.id]
-    assert sum(depth()) == before
+    assert not bus.runtime.redis.exists(buried)
     assert bus.status(receipt.id).status.value == "dead"
     assert not any(d.id == receipt.id for d in bus.dead_letters())
 
@@ -189,3 +194,62 @@ def test_a_request_dead_after_its_answer_was_refused_to_the_end_is_answered_on_r
     assert bus.replay_dead_letters([asked]) == [asked]
     answer = wait_for(lambda: asker.response_to(asked), 30, "the replay's answer")
     assert answer.payload == {"runs": 2}  # a new cycle: the handler ran again
+
+
+@pytest.fixture
+def small_counter(fresh_env):
+    """The counting worker agent with an inbox of 4 (2 per sender); yields the bus."""
+    fresh_env.overrides["MESSAGE_BUS_INBOX_MAX"] = "4"
+    fresh_env.start_worker()
+    proc, _ = start_echo_agent(fresh_env, "agent-counter", "tests.support.counting_agent:agent")
+    bus = fresh_env.bus()
+    yield bus
+    bus.close()
+    proc.terminate()
+    proc.wait(20)
+
+
+def test_failing_requests_from_two_agents_leave_the_worker_agent_open_to_a_third(
+    small_counter, agents
+):
+    """Two agents fill their shares of a worker agent's inbox with requests its handler
+    fails on. They used to stay there as dead letters, the inbox full, until an admin came:
+    every other agent's request was refused."""
+    bus = small_counter
+    failing = {"fail_runs": 99}
+    doomed = [
+        bus.as_agent(agents(who)).start_request(
+            {"to": "counter", "payload": failing, "metadata": {"max_retries": 0}}
+        )
+        for who in ("alice", "alice", "bob", "bob")
+    ]
+    for asked in doomed:
+        wait_for(lambda a=asked: bus.status(a).status.value == "dead", 60, "the failed request")
+    carol = bus.as_agent(agents("carol"))
+    answer = carol.request({"to": "counter", "payload": {}}, timeout=30)
+    assert answer.payload == {"runs": 1}
+    listed = {d.id for d in bus.dead_letters()}
+    assert set(doomed) <= listed  # each still there for a replay
+
+
+def test_a_leftover_copy_of_a_replayed_dead_letter_runs_nothing(counter_agent, fresh_env, agents):
+    """A dead letter whose message was replayed and handled, or one copied onto the dead
+    letters by anyone on the broker: a replay of it must not run the handler again."""
+    bus = counter_agent
+    asker = bus.as_agent(agents("asker"))
+    asked = asker.start_request(
+        {"to": "counter", "payload": {"fail_runs": 1}, "metadata": {"max_retries": 0}}
+    )
+    wait_for(lambda: any(d.id == asked for d in bus.dead_letters()), 60, "the dead letter")
+    [wire] = [w for w in bus.runtime.store.history("counter", 100, None) if asked in w]
+    assert bus.replay_dead_letters([asked]) == [asked]  # the control: it runs again
+    assert wait_for(lambda: asker.response_to(asked), 30, "the answer").payload == {"runs": 2}
+    wait_for(lambda: bus.status(asked).status.value == "acked", 30, "the ack")
+    copy = json.dumps([["counter", wire], {}, {"callbacks": None}]).encode()
+    publish_dead(fresh_env, f"{asked}:counter", copy, "application/json", {"task": "bus.handle"})
+    wait_for(lambda: any(d.id == asked for d in bus.dead_letters()), 30, "the copy")
+    with pytest.raises(NotFound, match="nothing to replay"):
+        bus.replay_dead_letters([asked])
+    assert any(d.id == asked for d in bus.dead_letters())  # left for a person to purge
+    assert handler_runs(bus, asked) == 2
+    assert bus.status(asked).status.value == "acked"

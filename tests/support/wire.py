@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 
 from kombu import Connection, Exchange, Producer
 
+from bus.topology import dead_letter_exchange
+
 
 def rfc3339(dt: datetime) -> str:
     return dt.isoformat().replace("+00:00", "Z")
@@ -42,4 +44,18 @@ def publish_raw(env, wire, queue="bus.normal"):
             routing_key=queue,
             serializer="json",
             headers={"task": "bus.deliver", "id": str(wire.get("id"))},
+        )
+
+
+def publish_dead(env, task_id: str, body: bytes, content_type: str | None, headers: dict):
+    """Puts a broker message straight into the dead letters, as anyone on the broker can."""
+    with Connection(env.settings().broker_url) as conn:
+        Producer(conn).publish(
+            body,
+            exchange=dead_letter_exchange,
+            routing_key="",
+            content_type=content_type or "",
+            content_encoding="binary",
+            headers={"task": "bus.deliver", "id": task_id, **headers},
+            delivery_mode=2,
         )

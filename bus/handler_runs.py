@@ -1,0 +1,129 @@
+"""A worker agent's handler runs on the messages of its inbox, in Redis
+(bus.scripts.handling).
+
+A worker agent's message stays in its inbox until its handler is done with it: there it
+counts toward the inbox's cap and its sender's share. One that dies (its handler failed to
+the end, crashed its process, or its answer was refused) is buried: taken out of the
+inbox, so that failing requests cannot fill the inbox for good, with a marker holding its
+digest. A replay of its dead letter consumes the marker and puts the message back, under
+the cap and the share like new mail, and only then publishes its handler's task: without
+the marker (handled since, purged, past STATUS_RETENTION, or a forged dead letter naming
+its id) nothing runs again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Literal
+
+from bus import scripts
+from bus.envelope import Envelope, message_digest, same_message
+from bus.errors import InboxFull
+from bus.redis_conn import redis_errors
+from bus.store import RedisBacked
+
+logger = logging.getLogger(__name__)
+
+Reopened = Literal["in_inbox", "revived", "gone"]
+
+
+class HandlerRuns(RedisBacked):
+    def start(self, agent: str, message_id: str) -> int:
+        """Counts a handler run started for a message still in `agent`'s inbox (before the
+        handler runs): the runs so far; 0 when it is no longer there (handled and acked),
+        -1 when it was buried (one round trip)."""
+        keys = [
+            self.keys.inbox(agent).body,
+            self.keys.handling(message_id, agent),
+            self.keys.buried(agent, message_id),
+        ]
+        args = [message_id, self.retention.status_retention]
+        return int(
+            self.scripts.call(scripts.START_HANDLING, keys, args, action="count handler runs")
+        )
+
+    def bury(self, agent: str, message_id: str, wire: str) -> bool:
+        """Takes a message that died out of `agent`'s inbox, keeping a marker for its
+        replay; only when the inbox holds that very message (`wire` at any try)."""
+        inbox = self.keys.inbox(agent)
+        with redis_errors("look at the inbox"):
+            stored = self.redis.hget(inbox.body, message_id)
+        if stored is None or not same_message(stored, wire):
+            return False
+        keys = [
+            inbox.ready,
+            inbox.leased,
+            inbox.body,
+            inbox.meta,
+            inbox.senders,
+            self.keys.buried(agent, message_id),
+        ]
+        args = [
+            message_id,
+            hashlib.sha1(stored.encode()).hexdigest(),  # noqa: S324 - Redis's sha1hex
+            message_digest(stored),
+            self.retention.status_retention,
+        ]
+        return bool(self.scripts.call(scripts.BURY, keys, args, action="set a dead message aside"))
+
+    def reopen_for_replay(self, agent: str, envelope: Envelope) -> Reopened:
+        """Readies `agent`'s message for a replay of its dead letter: a new cycle of
+        handler runs, in its inbox again. 'in_inbox': it never left (died while Redis was
+        away, or before burial existed); 'revived': put back; 'gone': nothing to run.
+        InboxFull (retryable) when the inbox or its sender's share has no room."""
+        inbox = self.keys.inbox(agent)
+        runs = self.keys.handling(envelope.id, agent)
+        with redis_errors("restart the count of handler runs"):
+            stored = self.redis.hget(inbox.body, envelope.id)
+            if stored is not None:
+                if not same_message(stored, envelope.text):
+                    return "gone"  # another message holds that id there: a forgery
+                # The count that guards against a handler killing its process starts
+                # again: left as it was, the replay's first run counted as a crash.
+                self.redis.delete(runs)
+                return "in_inbox"
+        keys = [
+            inbox.ready,
+            inbox.body,
+            inbox.meta,
+            inbox.pending,
+            inbox.senders,
+            self.keys.buried(agent, envelope.id),
+            runs,
+            self.keys.inbox_seq,
+        ]
+        args = [
+            envelope.id,
+            envelope.text,
+            message_digest(envelope.text),
+            envelope.priority.rank,
+            envelope.sender,
+            self.retention.inbox_max,
+            self.retention.inbox_share,
+        ]
+        answer = self.scripts.call(
+            scripts.REVIVE, keys, args, action="put a dead message back", confirm="require"
+        )
+        if isinstance(answer, list):
+            what, count = str(answer[0]), int(answer[1])
+            room = (
+                f"{agent}'s inbox holds {count} messages, its cap"
+                if what == "inbox_full"
+                else f"{envelope.sender} holds {count} messages of {agent}'s inbox, its share"
+            )
+            raise InboxFull(
+                f"cannot replay {envelope.id} yet: {room}; replay it again once there is room",
+                id=envelope.id,
+                agent=agent,
+            )
+        return "revived" if answer == "revived" else "gone"
+
+    def forget_buried(self, agent: str, message_id: str, wire: str) -> bool:
+        """A purged dead letter's marker goes with it (only that message's)."""
+        keys = [self.keys.buried(agent, message_id)]
+        return bool(
+            self.scripts.call(
+                scripts.FORGET_BURIED, keys, [message_digest(wire)], action="forget a dead message"
+            )
+        )

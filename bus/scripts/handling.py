@@ -1,0 +1,89 @@
+"""A worker agent's handler runs on the messages of its inbox: a run started, a message
+that died buried (out of the inbox, a marker kept), and a replay putting it back.
+
+Each script states its KEYS/ARGV contract; keys come from bus.keys, never built here.
+"""
+
+from __future__ import annotations
+
+from bus.scripts.script import Script
+
+# A worker agent starting its handler on a message: counts the run, unless the message is
+# no longer in the inbox (handled and acked already: a repeated dispatch) or was buried as
+# a dead letter (its task came back after BURY, its process killed before the reject).
+# KEYS: inbox body, handling count, buried marker   ARGV: id, retention_s
+# Returns the runs started so far including this one, 0 when not in the inbox, -1 when
+# buried.
+START_HANDLING = Script(
+    """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
+  if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+  return 0
+end
+local runs = redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return runs
+"""
+)
+
+# A worker agent's message that died, out of its inbox (its place, and its sender's share
+# of that inbox, given back: failing requests must not fill the inbox for good), with a
+# marker a replay consumes to put it back (REVIVE). Only the very text the caller read:
+# KEYS: ready, leased, body, meta, per-sender counts, buried marker
+# ARGV: id, sha1 of the stored wire, the message's digest (bus.envelope.message_digest),
+#       retention_s
+# Returns 1 when buried, 0 when the inbox no longer holds that text.
+BURY = Script(
+    """
+local id = ARGV[1]
+local stored = redis.call('HGET', KEYS[3], id)
+if not stored or redis.sha1hex(stored) ~= ARGV[2] then return 0 end
+local meta = redis.call('HGET', KEYS[4], id)
+local from = meta and string.match(meta, '^%d+|%d+|(.+)$')
+if from and redis.call('HINCRBY', KEYS[5], from, -1) <= 0 then redis.call('HDEL', KEYS[5], from) end
+redis.call('HDEL', KEYS[3], id)
+redis.call('HDEL', KEYS[4], id)
+redis.call('ZREM', KEYS[1], id)
+redis.call('ZREM', KEYS[2], id)
+redis.call('SET', KEYS[6], ARGV[3], 'EX', ARGV[4])
+return 1
+"""
+)
+
+# A replay putting a buried message back into its worker agent's inbox, under the inbox's
+# cap and its sender's share like any new mail, and starting a new cycle of handler runs.
+# The marker is consumed here, atomically: with none (never buried, replayed already,
+# purged, past retention) or one for other content (a forged dead letter naming the id),
+# nothing is put back and nothing will run.
+# KEYS: ready, body, meta, pending, per-sender counts, buried marker, handling count, seq
+# ARGV: id, wire, the wire's digest, rank, sender, inbox_cap, sender share
+# Returns 'revived', 'gone', or {'inbox_full', depth} / {'share_full', held} (the marker
+# kept: a later replay may put it back once there is room).
+REVIVE = Script(
+    """
+local id = ARGV[1]
+if redis.call('GET', KEYS[6]) ~= ARGV[3] or redis.call('HEXISTS', KEYS[2], id) == 1 then
+  return 'gone'
+end
+local depth = redis.call('HLEN', KEYS[2]) + redis.call('ZCARD', KEYS[4])
+if depth >= tonumber(ARGV[6]) then return {'inbox_full', depth} end
+local held = tonumber(redis.call('HGET', KEYS[5], ARGV[5]) or '0')
+if held >= tonumber(ARGV[7]) then return {'share_full', held} end
+local seq = redis.call('INCR', KEYS[8])
+local score = string.format('%d', tonumber(ARGV[4]) * 1099511627776 + seq)
+redis.call('HSET', KEYS[2], id, ARGV[2])
+redis.call('HSET', KEYS[3], id, score .. '|0|' .. ARGV[5])
+redis.call('ZADD', KEYS[1], score, id)
+redis.call('HINCRBY', KEYS[5], ARGV[5], 1)
+redis.call('DEL', KEYS[6], KEYS[7])
+return 'revived'
+"""
+)
+
+# A purged dead letter's marker, when it is that message's. KEYS: marker  ARGV: digest
+FORGET_BURIED = Script(
+    """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+)

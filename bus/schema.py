@@ -313,6 +313,8 @@ class MessageStatus(_Model):
     queue: str | None = None
     sender: str | None = Field(default=None, serialization_alias="from")
     recipients: int | None = None
+    # Recipients that acked: a message to several is `acked` once all of them have.
+    acks: int = 0
     reason: str | None = None
     error: str | None = None
     timestamps: dict[str, datetime] = Field(default_factory=dict)
@@ -337,6 +339,7 @@ class MessageStatus(_Model):
             queue=raw.get("queue"),
             sender=raw.get("from"),
             recipients=int(raw["recipients"]) if raw.get("recipients") else None,
+            acks=int(raw.get("acks") or 0),
             reason=raw.get("reason") or None,
             error=raw.get("error") or None,
             timestamps=stamps,

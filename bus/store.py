@@ -225,8 +225,8 @@ class RedisStore(RedisBacked):
         return pointer if pointer == answered and not present else None
 
     def take(self, agent: str, message_id: str, sender: str | None = None) -> str | None:
-        """One message's wire out of an inbox, acked and its status `acked`, in one script
-        (a requester collecting its response). None when it is not there, or (given
+        """One message's wire out of an inbox, acked and its ack counted on its status, in
+        one script (a requester collecting its response). None when it is not there, or (given
         `sender`) is from someone else: then nothing is written."""
         inbox = self.keys.inbox(agent)
         keys = [*inbox.all(), inbox.senders, self.keys.status(message_id)]
@@ -235,15 +235,12 @@ class RedisStore(RedisBacked):
         return wire or None
 
     def ack_handled(self, agent: str, message_id: str) -> None:
-        """A worker agent's message acked and `acked` (even over a later status), in one
-        round trip."""
+        """A worker agent done with its message: out of its inbox and its ack counted, in
+        one script (TAKE); a second run's ack of the same message counts nothing."""
         inbox = self.keys.inbox(agent)
-        status_args = ["acked", self.retention.status_retention, "1"]
-        calls: list[Any] = [
-            (scripts.ACK, [*inbox.all(), inbox.senders], [message_id]),
-            (scripts.ADVANCE_STATUS, [self.keys.status(message_id)], status_args),
-        ]
-        self.scripts.many(calls, action="ack messages", confirm="note")
+        keys = [*inbox.all(), inbox.senders, self.keys.status(message_id)]
+        args = [message_id, self.retention.status_retention, ""]
+        self.scripts.call(scripts.TAKE, keys, args, action="ack messages", confirm="note")
 
     def inbox_depth(self, agent: str) -> tuple[int, int]:
         """(ready, leased) counts."""

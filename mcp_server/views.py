@@ -76,6 +76,7 @@ class StatusView(Lean):
     status: str
     time: str | None = Field(default=None, description="when it reached this status")
     recipients: int | None = None
+    acks: int | None = Field(default=None, description="recipients that acked, when several")
     attempts: int | None = Field(default=None, description="when more than one")
     reason: str | None = None
     error: str | None = None
@@ -132,6 +133,7 @@ def status_view(status: MessageStatus) -> StatusView:
         status=status.status.value,
         time=stamp(when),
         recipients=status.recipients,
+        acks=status.acks if (status.recipients or 0) > 1 else None,
         attempts=status.attempts if status.attempts > 1 else None,
         reason=status.reason,
         error=status.error,

@@ -9,6 +9,18 @@ STATUS_RANK_LUA = """
 local rank = {queued=1, retrying=2, delivered=3, dead=3, expired=3, read=4, acked=5}
 """
 
+# One recipient's ack, counted on the message's status (KEYS of ACK_COUNT's caller): true
+# once every agent it was delivered to has acked. A fan-out message is `acked` only then;
+# until then it keeps its status (`delivered`, `read`) with the count (`acks`/`recipients`):
+# one recipient's ack is not the others'.
+ACK_COUNT_LUA = """
+local function all_acked(key)
+  local acks = redis.call('HINCRBY', key, 'acks', 1)
+  local recipients = tonumber(redis.call('HGET', key, 'recipients') or '1') or 1
+  return acks >= recipients
+end
+"""
+
 # Status timestamps come from Redis's own clock: one clock for every transition, whichever
 # host the sender, the worker or the reader runs on. `now_ms` is a number, `stamp` the same
 # instant as ms with µs decimals ("1764000000123.456").

@@ -6,7 +6,7 @@ Each script states its KEYS/ARGV contract; keys come from bus.keys, never built 
 
 from __future__ import annotations
 
-from bus.scripts.fragments import NOW_LUA, STATUS_RANK_LUA, TRIM_HISTORY_LUA
+from bus.scripts.fragments import ACK_COUNT_LUA, NOW_LUA, STATUS_RANK_LUA, TRIM_HISTORY_LUA
 from bus.scripts.script import Script
 
 # KEYS: status, delivered-set, agents, seq, reply-key, delivered-rate bucket, the status of
@@ -232,14 +232,16 @@ return #old
 """
 )
 
-# One message's wire out of an inbox, acked and its status `acked` in the same script (a
-# requester taking its response). KEYS: ACK's, then the message's status   ARGV: id,
+# One message's wire out of an inbox, acked and its ack counted on its status in the same
+# script (a requester taking its response; a worker agent done with a message: an ack that
+# took nothing out counts nothing). KEYS: ACK's, then the message's status   ARGV: id,
 # retention_s, the sender it must be from ('' for any). Returns the wire, or false when it
 # was not there or is from another sender: then nothing is written (the status of a message
 # not in this inbox is not this reader's to move).
 TAKE = Script(
     STATUS_RANK_LUA
     + NOW_LUA
+    + ACK_COUNT_LUA
     + """
 local id = ARGV[1]
 local wire = redis.call('HGET', KEYS[3], id)
@@ -254,8 +256,9 @@ redis.call('ZREM', KEYS[1], id)
 redis.call('ZREM', KEYS[2], id)
 local current = redis.call('HGET', KEYS[6], 'status')
 if current and (rank[current] or 0) < rank['acked'] then
-  redis.call('HSET', KEYS[6], 'status', 'acked', 'acked_at', stamp, 'updated_at', stamp)
-  redis.call('HINCRBY', KEYS[6], 'acks', 1)
+  if all_acked(KEYS[6]) then
+    redis.call('HSET', KEYS[6], 'status', 'acked', 'acked_at', stamp, 'updated_at', stamp)
+  end
   redis.call('EXPIRE', KEYS[6], ARGV[2])
 end
 return wire

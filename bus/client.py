@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bus.deadletters import MAX_LISTED, DeadLetterQueue
-from bus.errors import LimitExceeded, NotFound, RequestTimeout, ValidationError
+from bus.errors import BusError, LimitExceeded, NotFound, RequestTimeout, ValidationError
 from bus.guard import Guard
 from bus.handle import OPERATOR, AgentHandle
 from bus.health import Health, Stats, check_health, collect_stats
@@ -365,10 +365,15 @@ class MessageBus:
             raise ValidationError(f"name the dead letters to {action}, or ask for all")
         queue = self.dead_letter_queue
         chosen = None if choice.all else choice.ids
-        if action == "replay":
-            done = queue.replay(chosen, limit=limit)
-        else:
-            done = queue.purge(chosen, limit=limit)
+        try:
+            if action == "replay":
+                done = queue.replay(chosen, limit=limit)
+            else:
+                done = queue.purge(chosen, limit=limit)
+        except BusError as exc:  # some refused: what was done is audited all the same
+            if exc.fields.get("replayed"):
+                self.hooks.did(action, agent, list(exc.fields["replayed"]))
+            raise
         self.hooks.did(action, agent, done)
         return done
 

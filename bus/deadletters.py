@@ -26,7 +26,15 @@ from kombu.message import Message as AmqpMessage
 from bus import topology
 from bus.broker import broker_errors
 from bus.envelope import Envelope
-from bus.errors import BusError, BusUnavailable, InboxFull, NotFound, PermanentFailure
+from bus.errors import (
+    BusError,
+    BusUnavailable,
+    InboxFull,
+    NotFound,
+    NothingToReplay,
+    PermanentFailure,
+    SecurityError,
+)
 from bus.runtime import Runtime
 from bus.schema import DeadLetter, check_agent_id
 from bus.topology import DEAD_LETTER_QUEUE, DELIVER_TASK
@@ -39,18 +47,6 @@ _BEFORE_DEATH = ("queued", "retrying")
 REPLAYS_HEADER = "x-bus-replays"
 MAX_LISTED = 1000  # dead letters an MCP or dashboard listing shows at most
 RAW_PREVIEW = 200  # characters of an unreadable argument shown in a listing
-
-
-class NothingToReplay(NotFound):
-    """A worker agent's dead letter whose message is no longer held for it: handled since,
-    purged, past STATUS_RETENTION, or a forged letter naming its id. Nothing runs."""
-
-    def __init__(self, message_id: str) -> None:
-        super().__init__(
-            f"nothing to replay for {message_id}: its message was handled or purged since, "
-            "or is older than STATUS_RETENTION",
-            id=message_id,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,7 +287,7 @@ class DeadLetterQueue:
                 statuses = self._statuses([entry])
                 for item in entry.items:
                     out.append(self._describe(entry, item, statuses))
-                    unrecorded += _unrecorded(out[-1], statuses)
+                    unrecorded += _unrecorded(out[-1], statuses, entry)
         self._record_deaths(unrecorded)
         return out[:limit]
 
@@ -351,7 +347,7 @@ class DeadLetterQueue:
                         letter = self._describe(entry, item, statuses)
                         ok = select(letter)
                         if not ok:
-                            self._record_deaths(_unrecorded(letter, statuses))
+                            self._record_deaths(_unrecorded(letter, statuses, entry))
                     (chosen if ok else kept).append(item)
                 if not chosen:
                     continue  # stays, returned when the channel closes
@@ -380,12 +376,7 @@ class DeadLetterQueue:
                 "dead letters not replayed: %s", {k: v.message for k, v in refused.items()}
             )
             if wanted is not None:  # a person named them: say why, and what was done
-                retryable = all(isinstance(e, InboxFull) for e in refused.values())
-                raise (InboxFull if retryable else NotFound)(
-                    "; ".join(e.message for e in refused.values()),
-                    replayed=done,
-                    refused=sorted(refused),
-                )
+                raise _refusal(refused, done)
         return done
 
     def _redeadletter(self, entry: _Entry, envelopes: list[Envelope]) -> None:
@@ -412,26 +403,36 @@ class DeadLetterQueue:
 
     def _forget(self, agent: str, envelope: Envelope) -> None:
         """A purged worker agent's message is gone for good: out of its inbox if it is
-        still there (it died while Redis was away), and its burial marker gone. Only that
-        very message: a forged dead letter naming another's id takes nothing."""
-        self.runtime.store.drop_if_same(agent, envelope.id, envelope.text)
+        still there dead (it died while Redis was away), and its burial marker gone. Only
+        that very message, and never one that lives: a forged letter naming another's id,
+        or a leftover copy of one replayed since, takes nothing."""
+        status = self.runtime.store.status(envelope.id).get("status")
+        if status in (None, "dead", "expired"):
+            self.runtime.store.drop_if_same(agent, envelope.id, envelope.text)
         self.runtime.handler_runs.forget_buried(agent, envelope.id, envelope.text)
 
     def _replay_one(self, entry: _Entry, envelope: Envelope) -> None:
         """Marks it `queued` again, then publishes it: in that order, since a worker may
         deliver it (and its reader ack it) before a later write could land; if the broker
-        refuses it, its dead status is put back. A worker agent's message goes back into
-        its inbox first (bus.handler_runs); when there is nothing to put back, nothing is
-        published and the dead letter stays (NothingToReplay)."""
+        refuses it, its dead status is put back. A worker agent's message is readied in its
+        inbox first, its status with it (bus.handler_runs): refused there, nothing is
+        written and nothing published, and the dead letter stays."""
         replays = entry.header_int(REPLAYS_HEADER) + 1
-        before = self._record_replay(envelope.id, replays)
+        if entry.agent is None:
+            before = self._record_replay(envelope.id, replays)
+        else:
+            try:
+                self.runtime.codec.verify(envelope.data)
+            except SecurityError as exc:  # a copy the bus did not sign: never put back
+                raise NothingToReplay.of(envelope.id, exc.message) from None
+            expires_ms = envelope.expires_ms
+            if expires_ms is not None and expires_ms <= self.runtime.clock.now_ms():
+                raise NothingToReplay.of(envelope.id, "its ttl has passed")
+            before = self.runtime.store.status(envelope.id)
+            self.runtime.handler_runs.reopen_for_replay(entry.agent, envelope, replays)
         try:
-            if entry.agent is not None:
-                reopened = self.runtime.handler_runs.reopen_for_replay(entry.agent, envelope)
-                if reopened == "gone":
-                    raise NothingToReplay(envelope.id)
             self._publish_replay(entry, envelope, replays)
-        except (BusError, NothingToReplay):
+        except BusError:
             self._restore(envelope.id, before)
             raise
 
@@ -488,9 +489,34 @@ class DeadLetterQueue:
         return self._settle(ids, None, limit=limit)
 
 
-def _unrecorded(letter: DeadLetter, statuses: dict[str, dict[str, str]]) -> list[DeadLetter]:
+def _unrecorded(
+    letter: DeadLetter, statuses: dict[str, dict[str, str]], entry: _Entry
+) -> list[DeadLetter]:
     """[letter] when Redis answered and its status does not say it died (none, or one from
-    before its death); [] otherwise."""
+    before its death); [] otherwise. A letter from before the message's latest replay (a
+    leftover copy) says nothing of the replayed message, which may well be on its way."""
     if letter.id not in statuses or letter.reason == "malformed":
         return []
-    return [letter] if statuses[letter.id].get("status") in (None, *_BEFORE_DEATH) else []
+    status = statuses[letter.id]
+    if _replays(status) > entry.header_int(REPLAYS_HEADER):
+        return []
+    return [letter] if status.get("status") in (None, *_BEFORE_DEATH) else []
+
+
+def _replays(status: dict[str, str]) -> int:
+    try:
+        return int(status.get("replays") or 0)
+    except ValueError:
+        return 0
+
+
+def _refusal(refused: dict[str, BusError], done: list[str]) -> BusError:
+    """One error for the named dead letters a replay refused, saying which it did replay."""
+    errors = list(refused.values())
+    fields = {"replayed": done, "refused": sorted(refused)}
+    text = "; ".join(e.message for e in errors)
+    if done:
+        text += f" (replayed: {', '.join(done)})"
+    if all(isinstance(e, InboxFull) for e in errors):
+        return InboxFull(text, **fields)
+    return NothingToReplay(text, **fields)

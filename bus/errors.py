@@ -77,6 +77,18 @@ class UnknownAgent(NotFound):
     code = "unknown_agent"
 
 
+class NothingToReplay(BusError):
+    """A worker agent's dead letter whose message is not there to run again: handled or
+    purged since, past STATUS_RETENTION, being handled already, or a copy that is not it."""
+
+    code = "nothing_to_replay"
+    exit_code = 5
+
+    @classmethod
+    def of(cls, message_id: str, why: str) -> NothingToReplay:
+        return cls(f"nothing to replay for {message_id}: {why}", id=message_id)
+
+
 class BusUnavailable(BusError):
     """Redis or the broker cannot be reached; transient, retry later."""
 

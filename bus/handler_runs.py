@@ -19,13 +19,13 @@ from typing import Literal
 
 from bus import scripts
 from bus.envelope import Envelope, message_digest, same_message
-from bus.errors import InboxFull
+from bus.errors import InboxFull, NothingToReplay
 from bus.redis_conn import redis_errors
 from bus.store import RedisBacked
 
 logger = logging.getLogger(__name__)
 
-Reopened = Literal["in_inbox", "revived", "gone"]
+Reopened = Literal["in_inbox", "revived"]
 
 
 class HandlerRuns(RedisBacked):
@@ -67,22 +67,21 @@ class HandlerRuns(RedisBacked):
         ]
         return bool(self.scripts.call(scripts.BURY, keys, args, action="set a dead message aside"))
 
-    def reopen_for_replay(self, agent: str, envelope: Envelope) -> Reopened:
-        """Readies `agent`'s message for a replay of its dead letter: a new cycle of
-        handler runs, in its inbox again. 'in_inbox': it never left (died while Redis was
-        away, or before burial existed); 'revived': put back; 'gone': nothing to run.
-        InboxFull (retryable) when the inbox or its sender's share has no room."""
+    def reopen_for_replay(self, agent: str, envelope: Envelope, replays: int) -> Reopened:
+        """Readies `agent`'s message for a replay of its dead letter (scripts.REOPEN): a
+        new cycle of handler runs, in its inbox again, its status `queued` with `replays`.
+        'in_inbox': it never left (died while Redis was away); 'revived': put back.
+        NothingToReplay when there is nothing to run, or it runs already; InboxFull
+        (retryable) when the inbox or its sender's share has no room. On a refusal nothing
+        was written but the marker's new lease."""
         inbox = self.keys.inbox(agent)
-        runs = self.keys.handling(envelope.id, agent)
-        with redis_errors("restart the count of handler runs"):
+        with redis_errors("look at the inbox"):
             stored = self.redis.hget(inbox.body, envelope.id)
-            if stored is not None:
-                if not same_message(stored, envelope.text):
-                    return "gone"  # another message holds that id there: a forgery
-                # The count that guards against a handler killing its process starts
-                # again: left as it was, the replay's first run counted as a crash.
-                self.redis.delete(runs)
-                return "in_inbox"
+        seen = ""
+        if stored is not None:
+            if not same_message(stored, envelope.text):
+                raise NothingToReplay.of(envelope.id, "another message holds its id there")
+            seen = hashlib.sha1(stored.encode()).hexdigest()  # noqa: S324 - Redis's sha1hex
         keys = [
             inbox.ready,
             inbox.body,
@@ -90,8 +89,9 @@ class HandlerRuns(RedisBacked):
             inbox.pending,
             inbox.senders,
             self.keys.buried(agent, envelope.id),
-            runs,
+            self.keys.handling(envelope.id, agent),
             self.keys.inbox_seq,
+            self.keys.status(envelope.id),
         ]
         args = [
             envelope.id,
@@ -101,9 +101,12 @@ class HandlerRuns(RedisBacked):
             envelope.sender,
             self.retention.inbox_max,
             self.retention.inbox_share,
+            self.retention.status_retention,
+            replays,
+            seen,
         ]
         answer = self.scripts.call(
-            scripts.REVIVE, keys, args, action="put a dead message back", confirm="require"
+            scripts.REOPEN, keys, args, action="ready a dead message", confirm="require"
         )
         if isinstance(answer, list):
             what, count = str(answer[0]), int(answer[1])
@@ -117,7 +120,14 @@ class HandlerRuns(RedisBacked):
                 id=envelope.id,
                 agent=agent,
             )
-        return "revived" if answer == "revived" else "gone"
+        if answer == "in_flight":
+            raise NothingToReplay.of(envelope.id, "it is being handled (replayed or retrying)")
+        if answer == "gone":
+            raise NothingToReplay.of(
+                envelope.id,
+                "its message was handled or purged since, or is older than STATUS_RETENTION",
+            )
+        return "revived" if answer == "revived" else "in_inbox"
 
     def forget_buried(self, agent: str, message_id: str, wire: str) -> bool:
         """A purged dead letter's marker goes with it (only that message's)."""

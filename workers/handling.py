@@ -51,7 +51,7 @@ def run_handler(
         message = agent.reader.decode(envelope.text)
         if message.decode_error is not None:
             reason = "bad_signature" if not message.verified else "undecodable"
-            return deliverer.dead(envelope, reason, message.decode_error, attempts, force=True)
+            return _died(runtime, agent, envelope, reason, message.decode_error, attempts)
         if runs > message.metadata.max_retries + 1 + request.retries:
             # Started more often than Celery retried it: the handler kills its process (the
             # message came back through reject-on-worker-lost). Stop the loop here.

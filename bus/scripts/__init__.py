@@ -7,7 +7,7 @@ Keys are always passed in KEYS (built by bus.keys); scripts never assemble key n
 - send.py           ADMIT, REVOKE, COMMIT: the send side
 - inbox.py          DELIVER, DELIVER_INBOX (a batch's messages to one inbox), READ, ACK,
                     TRIM_HISTORY_BEFORE, TAKE
-- handling.py       START_HANDLING, BURY, REVIVE, FORGET_BURIED: a worker agent's handler
+- handling.py       START_HANDLING, BURY, REOPEN, FORGET_BURIED: a worker agent's handler
                     runs, and its dead messages out of the inbox until replayed
 - status.py         ADVANCE_STATUS
 - ghosts.py         DROP_GHOST: mail for agents that never connected, once stale
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from bus.scripts.ghosts import DROP_GHOST
 from bus.scripts.guard import AUDIT, CHARGE
-from bus.scripts.handling import BURY, FORGET_BURIED, REVIVE, START_HANDLING
+from bus.scripts.handling import BURY, FORGET_BURIED, REOPEN, START_HANDLING
 from bus.scripts.inbox import (
     ACK,
     DELIVER,
@@ -53,7 +53,7 @@ __all__ = [
     "DROP_GHOST",
     "FORGET_BURIED",
     "READ",
-    "REVIVE",
+    "REOPEN",
     "REVOKE",
     "START_HANDLING",
     "TAKE",

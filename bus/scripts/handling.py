@@ -6,6 +6,7 @@ Each script states its KEYS/ARGV contract; keys come from bus.keys, never built 
 
 from __future__ import annotations
 
+from bus.scripts.fragments import NOW_LUA
 from bus.scripts.script import Script
 
 # A worker agent starting its handler on a message: counts the run, unless the message is
@@ -50,21 +51,43 @@ return 1
 """
 )
 
-# A replay putting a buried message back into its worker agent's inbox, under the inbox's
-# cap and its sender's share like any new mail, and starting a new cycle of handler runs.
-# The marker is consumed here, atomically: with none (never buried, replayed already,
-# purged, past retention) or one for other content (a forged dead letter naming the id),
-# nothing is put back and nothing will run.
-# KEYS: ready, body, meta, pending, per-sender counts, buried marker, handling count, seq
-# ARGV: id, wire, the wire's digest, rank, sender, inbox_cap, sender share
-# Returns 'revived', 'gone', or {'inbox_full', depth} / {'share_full', held} (the marker
-# kept: a later replay may put it back once there is room).
-REVIVE = Script(
-    """
+# A replay of a worker agent's dead letter readying its message: a new cycle of handler
+# runs, and the status `queued` (with the replay's count) in the same step, so that a second
+# copy of the letter (a leftover, a redelivered task's, a forgery) finds it in flight:
+# - in the inbox still (it died while Redis was away, or before burial existed): only when
+#   its status says it is dead (or has lapsed), and only that very text;
+# - buried: the marker is consumed here, and the message put back into the inbox under the
+#   inbox's cap and its sender's share like any new mail (a refusal keeps the marker and
+#   gives it another retention period);
+# - anything else (never buried, replayed already, purged, past retention, another content
+#   naming the id): nothing is put back and nothing will run.
+# KEYS: ready, body, meta, pending, per-sender counts, buried marker, handling count, seq,
+#       status
+# ARGV: id, the dead letter's wire, its digest, rank, sender, inbox_cap, sender share,
+#       retention_s, replays, sha1 of the inbox's text for it ('' when none was seen)
+# Returns 'in_inbox', 'revived', 'in_flight', 'gone', or {'inbox_full', depth} /
+# {'share_full', held}.
+REOPEN = Script(
+    NOW_LUA
+    + """
 local id = ARGV[1]
-if redis.call('GET', KEYS[6]) ~= ARGV[3] or redis.call('HEXISTS', KEYS[2], id) == 1 then
-  return 'gone'
+local function reopened()
+  redis.call('DEL', KEYS[7])
+  redis.call('HSET', KEYS[9], 'status', 'queued', 'queued_at', stamp, 'updated_at', stamp,
+    'replays', ARGV[9], 'reason', '', 'error', '')
+  redis.call('EXPIRE', KEYS[9], ARGV[8])
 end
+local stored = redis.call('HGET', KEYS[2], id)
+if stored then
+  if ARGV[10] == '' or redis.sha1hex(stored) ~= ARGV[10] then return 'gone' end
+  local status = redis.call('HGET', KEYS[9], 'status')
+  if status and status ~= 'dead' and status ~= 'expired' then return 'in_flight' end
+  reopened()
+  return 'in_inbox'
+end
+if redis.call('GET', KEYS[6]) ~= ARGV[3] then return 'gone' end
+redis.call('EXPIRE', KEYS[6], ARGV[8])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now_ms)  -- admitted mail whose time ran out
 local depth = redis.call('HLEN', KEYS[2]) + redis.call('ZCARD', KEYS[4])
 if depth >= tonumber(ARGV[6]) then return {'inbox_full', depth} end
 local held = tonumber(redis.call('HGET', KEYS[5], ARGV[5]) or '0')
@@ -75,7 +98,8 @@ redis.call('HSET', KEYS[2], id, ARGV[2])
 redis.call('HSET', KEYS[3], id, score .. '|0|' .. ARGV[5])
 redis.call('ZADD', KEYS[1], score, id)
 redis.call('HINCRBY', KEYS[5], ARGV[5], 1)
-redis.call('DEL', KEYS[6], KEYS[7])
+redis.call('DEL', KEYS[6])
+reopened()
 return 'revived'
 """
 )

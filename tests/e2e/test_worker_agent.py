@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from bus.errors import NotFound
+from bus.errors import NothingToReplay
 from tests.support.counting_agent import runs_key
 from tests.support.inbox import full_inbox_of
 from tests.support.mcp import call, stdio
@@ -248,7 +248,7 @@ def test_a_leftover_copy_of_a_replayed_dead_letter_runs_nothing(counter_agent, f
     copy = json.dumps([["counter", wire], {}, {"callbacks": None}]).encode()
     publish_dead(fresh_env, f"{asked}:counter", copy, "application/json", {"task": "bus.handle"})
     wait_for(lambda: any(d.id == asked for d in bus.dead_letters()), 30, "the copy")
-    with pytest.raises(NotFound, match="nothing to replay"):
+    with pytest.raises(NothingToReplay, match="nothing to replay"):
         bus.replay_dead_letters([asked])
     assert any(d.id == asked for d in bus.dead_letters())  # left for a person to purge
     assert handler_runs(bus, asked) == 2

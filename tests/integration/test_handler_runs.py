@@ -1,17 +1,22 @@
 """A worker agent's message that died is buried: out of its inbox (its place and its
-sender's share given back), a marker kept, and put back by a replay under the inbox's cap
-and share; a forged or leftover copy puts nothing back. Real Redis and RabbitMQ; the
-messages reach the worker agent's inbox in their sender's admission (no agent process)."""
+sender's share given back), a marker kept, and readied again by a replay under the inbox's
+cap and share, its status `queued` in the same step. A copy of its dead letter (left over,
+forged, unsigned, or one whose message runs already) readies nothing, and a purge of such
+a copy takes nothing that lives. Real Redis and RabbitMQ; the messages reach the worker
+agent's inbox in their sender's admission, and no agent process takes them from its queue."""
 
 from __future__ import annotations
 
 import json
 
+import orjson
 import pytest
 
 from bus.envelope import Envelope
-from bus.errors import InboxFull
+from bus.errors import InboxFull, NothingToReplay
 from bus.topology import agent_queue
+from tests.support.waiting import wait_for
+from tests.support.wire import publish_dead
 
 
 @pytest.fixture
@@ -41,76 +46,150 @@ def at_try(bus, wire, tries):
 
 
 def held_by(bus, agent, sender):
-    return int(
-        bus.runtime.store.redis.hget(bus.runtime.store.keys.inbox(agent).senders, sender) or 0
+    senders = bus.runtime.store.keys.inbox(agent).senders
+    return int(bus.runtime.store.redis.hget(senders, sender) or 0)
+
+
+def depth(bus, agent):
+    return sum(bus.runtime.store.inbox_depth(agent))
+
+
+def died(env, bus, agent, message_id, wire, copies=1):
+    """What the worker does when the handler fails to the end: the status `dead`, the
+    message buried, its task rejected into the dead letters (`copies` of it)."""
+    bus.runtime.store.advance_status([message_id], "dead", force=True, reason="handler_failed")
+    assert bus.runtime.handler_runs.bury(agent, message_id, wire)
+    for _ in range(copies):
+        letter(env, agent, message_id, at_try(bus, wire, 1))
+    wait_for(
+        lambda: sum(d.id == message_id for d in bus.dead_letters()) == copies, 30, "the letters"
     )
 
 
-def test_a_dead_message_leaves_the_inbox_and_its_replay_puts_it_back(inbox, agents):
+def letter(env, agent, message_id, wire):
+    body = json.dumps([[agent, wire], {}, {"callbacks": None}]).encode()
+    publish_dead(env, f"{message_id}:{agent}", body, "application/json", {"task": "bus.handle"})
+
+
+def test_a_dead_message_leaves_the_inbox_and_its_replay_readies_it_again(inbox, agents):
     bus, agent = inbox
     runs, alice = bus.runtime.handler_runs, agents("alice")
     message_id, wire = sent(bus, alice, agent, "job")
     assert runs.start(agent, message_id) == 1  # the control: in the inbox, a run counts
     assert held_by(bus, agent, alice) == 1
     assert runs.bury(agent, message_id, at_try(bus, wire, 3))
-    assert bus.runtime.store.inbox_depth(agent) == (0, 0)
+    assert depth(bus, agent) == 0
     assert held_by(bus, agent, alice) == 0  # its share given back
     assert runs.start(agent, message_id) == -1  # a task that comes back dies again
-    assert runs.reopen_for_replay(agent, Envelope.parse(at_try(bus, wire, 3))) == "revived"
-    assert bus.runtime.store.inbox_depth(agent) == (1, 0) and held_by(bus, agent, alice) == 1
+    assert runs.reopen_for_replay(agent, Envelope.parse(at_try(bus, wire, 3)), 1) == "revived"
+    assert depth(bus, agent) == 1 and held_by(bus, agent, alice) == 1
+    status = bus.status(message_id)
+    assert status.status.value == "queued"
     assert runs.start(agent, message_id) == 1  # a new cycle of runs
-    assert runs.reopen_for_replay(agent, Envelope.parse(wire)) == "in_inbox"
     [back] = bus.read(agent)
     assert (back.id, back.payload, back.sender) == (message_id, "job", alice)
 
 
-def test_a_forged_or_leftover_dead_letter_puts_nothing_back(inbox, agents):
+def test_a_dead_message_left_in_the_inbox_is_readied_only_while_dead(inbox, agents):
+    """Died while Redis was away (not buried): the replay finds it in the inbox. A copy of
+    its dead letter while the replay runs, or while it is handled for the first time (a
+    forgery of a live message), readies nothing: the handler would run twice at once."""
+    bus, agent = inbox
+    runs = bus.runtime.handler_runs
+    message_id, wire = sent(bus, agents("alice"), agent, "job")
+    envelope = Envelope.parse(at_try(bus, wire, 2))
+    with pytest.raises(NothingToReplay, match="being handled"):  # alive: never
+        runs.reopen_for_replay(agent, envelope, 1)
+    bus.runtime.store.advance_status([message_id], "dead", force=True, reason="handler_failed")
+    assert runs.reopen_for_replay(agent, envelope, 1) == "in_inbox"  # the control
+    with pytest.raises(NothingToReplay, match="being handled"):  # the second copy
+        runs.reopen_for_replay(agent, envelope, 1)
+
+
+def test_a_second_copy_of_a_dead_letter_while_its_replay_runs_readies_nothing(
+    inbox, fresh_env, agents
+):
+    bus, agent = inbox
+    message_id, wire = sent(bus, agents("alice"), agent, "job")
+    died(fresh_env, bus, agent, message_id, wire, copies=2)
+    with pytest.raises(NothingToReplay, match="being handled") as refused:
+        bus.replay_dead_letters([message_id])
+    assert refused.value.fields["replayed"] == [message_id]  # one of the two went
+    assert [d.id for d in bus.dead_letters()] == [message_id]  # the other stays
+    assert bus.status(message_id).status.value == "queued"
+    assert bus.runtime.handler_runs.start(agent, message_id) == 1
+
+
+def test_a_copy_the_bus_did_not_sign_readies_nothing(inbox, fresh_env, agents):
+    bus, agent = inbox
+    message_id, wire = sent(bus, agents("alice"), agent, "job")
+    died(fresh_env, bus, agent, message_id, wire)
+    bus.purge_dead_letters([message_id])  # only the forgery will be there
+    bus.runtime.store.advance_status([message_id], "dead", force=True, reason="handler_failed")
+    assert bus.runtime.handler_runs.bury(agent, message_id, wire) is False  # buried already
+    unsigned = orjson.loads(wire) | {"signature": "0" * 64}
+    letter(fresh_env, agent, message_id, orjson.dumps(unsigned).decode())
+    wait_for(lambda: bus.dead_letters(), 30, "the forgery")
+    with pytest.raises(NothingToReplay):
+        bus.replay_dead_letters([message_id])
+    assert depth(bus, agent) == 0
+
+
+def test_a_forged_or_leftover_dead_letter_readies_nothing(inbox, agents):
     bus, agent = inbox
     runs, alice = bus.runtime.handler_runs, agents("alice")
     message_id, wire = sent(bus, alice, agent, "job")
     forged = json.dumps(json.loads(wire) | {"from": agents("mallory"), "payload": "x"})
     assert not runs.bury(agent, message_id, forged)  # a forgery buries nothing
-    assert bus.runtime.store.inbox_depth(agent) == (1, 0)
+    assert depth(bus, agent) == 1
+    bus.runtime.store.advance_status([message_id], "dead", force=True, reason="handler_failed")
     assert runs.bury(agent, message_id, wire)
-    assert runs.reopen_for_replay(agent, Envelope.parse(forged)) == "gone"
-    assert bus.runtime.store.inbox_depth(agent) == (0, 0)
-    assert runs.reopen_for_replay(agent, Envelope.parse(wire)) == "revived"  # the control
+    with pytest.raises(NothingToReplay):
+        runs.reopen_for_replay(agent, Envelope.parse(forged), 1)
+    assert depth(bus, agent) == 0
+    assert runs.reopen_for_replay(agent, Envelope.parse(wire), 1) == "revived"  # the control
     bus.runtime.store.ack_handled(agent, message_id)  # handled this time
-    # A second dead letter of the same message, left over (or copied): nothing to run.
-    assert runs.reopen_for_replay(agent, Envelope.parse(wire)) == "gone"
-    assert bus.runtime.store.inbox_depth(agent) == (0, 0)
-    assert runs.start(agent, message_id) == 0
+    with pytest.raises(NothingToReplay, match="handled or purged"):  # a leftover copy
+        runs.reopen_for_replay(agent, Envelope.parse(wire), 1)
+    assert depth(bus, agent) == 0 and runs.start(agent, message_id) == 0
 
 
-def test_a_replay_waits_for_room_in_the_inbox_and_in_its_senders_share(inbox, agents):
+def test_a_replay_waits_for_room_and_a_refusal_changes_nothing(inbox, fresh_env, agents):
     bus, agent = inbox
-    runs = bus.runtime.handler_runs
     alice, bob, carol = agents("alice"), agents("bob"), agents("carol")
     dead_id, dead_wire = sent(bus, alice, agent, "failed")
-    assert runs.bury(agent, dead_id, dead_wire)
+    died(fresh_env, bus, agent, dead_id, dead_wire)
     alices = [sent(bus, alice, agent, n)[0] for n in range(2)]  # alice's share, full again
     with pytest.raises(InboxFull, match="share") as refused:
-        runs.reopen_for_replay(agent, Envelope.parse(dead_wire))
+        bus.replay_dead_letters([dead_id])
     assert "once there is room" in refused.value.message
+    [listed] = bus.dead_letters()
+    assert listed.replays == 0 and bus.status(dead_id).status.value == "dead"
     bus.runtime.store.ack_handled(agent, alices[0])
-    bobs = [sent(bus, bob, agent, n)[0] for n in range(2)]
+    for n in range(2):
+        sent(bus, bob, agent, n)
     sent(bus, carol, agent, "first")  # 4 in the inbox: its cap
     with pytest.raises(InboxFull, match="cap"):
-        runs.reopen_for_replay(agent, Envelope.parse(dead_wire))
+        bus.replay_dead_letters([dead_id])
     with pytest.raises(InboxFull):  # the same cap holds for new mail: the control
         bus.send_message({"from": carol, "to": agent, "payload": "second"})
-    bus.runtime.store.ack_handled(agent, bobs[0])
-    assert runs.reopen_for_replay(agent, Envelope.parse(dead_wire)) == "revived"
+    bus.runtime.store.ack_handled(agent, alices[1])
+    assert bus.replay_dead_letters([dead_id]) == [dead_id]
     assert dead_id in {m.id for m in bus.read(agent, limit=10)}
 
 
-def test_a_purge_forgets_the_buried_message(inbox, agents):
+def test_a_purge_forgets_the_dead_message_and_never_takes_a_live_one(inbox, fresh_env, agents):
     bus, agent = inbox
-    runs = bus.runtime.handler_runs
     message_id, wire = sent(bus, agents("alice"), agent, "job")
-    assert runs.bury(agent, message_id, wire)
-    forged = json.dumps(json.loads(wire) | {"payload": "x"})
-    assert not runs.forget_buried(agent, message_id, forged)
-    assert runs.forget_buried(agent, message_id, at_try(bus, wire, 2))
-    assert runs.reopen_for_replay(agent, Envelope.parse(wire)) == "gone"
-    assert runs.start(agent, message_id) == 0
+    died(fresh_env, bus, agent, message_id, wire, copies=2)
+    with pytest.raises(NothingToReplay):
+        bus.replay_dead_letters([message_id])  # one replayed, one left over
+    assert bus.purge_dead_letters([message_id]) == [message_id]
+    assert depth(bus, agent) == 1  # the replayed message lives on
+    assert bus.runtime.handler_runs.start(agent, message_id) == 1
+    # The control: a purge of a message that is dead takes its marker.
+    other_id, other_wire = sent(bus, agents("bob"), agent, "job")
+    died(fresh_env, bus, agent, other_id, other_wire)
+    assert bus.runtime.redis.exists(bus.runtime.keys.buried(agent, other_id))
+    assert bus.purge_dead_letters([other_id]) == [other_id]
+    assert not bus.runtime.redis.exists(bus.runtime.keys.buried(agent, other_id))

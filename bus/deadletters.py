@@ -281,29 +281,47 @@ class DeadLetterQueue:
     def peek(self, limit: int = 100) -> list[DeadLetter]:
         """Up to `limit` dead letters, oldest first, without consuming them."""
         out: list[DeadLetter] = []
-        unrecorded: list[DeadLetter] = []
+        unrecorded: list[tuple[DeadLetter, bool]] = []
+        left: list[tuple[_Entry, Envelope | _Unreadable]] = []
         with self.holding() as get:
             while len(out) < limit and (entry := get()) is not None:
                 statuses = self._statuses([entry])
                 for item in entry.items:
                     out.append(self._describe(entry, item, statuses))
                     unrecorded += _unrecorded(out[-1], statuses, entry)
+                    left.append((entry, item))
         self._record_deaths(unrecorded)
+        self._bury_left_dead(left)
         return out[:limit]
 
-    def _record_deaths(self, letters: list[DeadLetter]) -> None:
+    def _record_deaths(self, letters: list[tuple[DeadLetter, bool]]) -> None:
         """The deaths no worker could record: a message the broker dead-lettered (ttl), or
         one a worker dead-lettered while Redis was down (its retries ran out through the
-        outage). Without this its status would stay `queued`, `retrying` or none at all."""
-        by_outcome: dict[tuple[str, str], list[str]] = {}
-        for letter in letters:
+        outage). Without this its status would stay `queued`, `retrying` or none at all
+        (a worker agent's: `delivered`, which a death only replaces when forced)."""
+        by_outcome: dict[tuple[str, str, bool], list[str]] = {}
+        for letter, force in letters:
             status = "expired" if letter.reason == "expired" else "dead"
-            by_outcome.setdefault((status, letter.reason), []).append(letter.id)
+            by_outcome.setdefault((status, letter.reason, force), []).append(letter.id)
         try:
-            for (status, reason), ids in by_outcome.items():
-                self.runtime.store.advance_status(ids, status, reason=reason)
+            for (status, reason, force), ids in by_outcome.items():
+                self.runtime.store.advance_status(ids, status, force=force, reason=reason)
         except BusUnavailable:
             pass
+
+    def _bury_left_dead(self, seen: list[tuple[_Entry, Envelope | _Unreadable]]) -> None:
+        """A worker agent's message that died while Redis was away for its worker is still
+        in the agent's inbox, holding a place there: once its status says it is dead, it is
+        buried as the worker would have (bus.handler_runs), when the inbox holds that very
+        message. A replay readies it the same either way."""
+        for entry, item in seen:
+            if entry.agent is None or not isinstance(item, Envelope):
+                continue
+            try:
+                if self.runtime.store.status(item.id).get("status") in ("dead", "expired"):
+                    self.runtime.handler_runs.bury(entry.agent, item.id, item.text)
+            except BusUnavailable:
+                return
 
     def show(self, message_id: str) -> DeadLetter:
         with self.holding() as get:
@@ -348,6 +366,7 @@ class DeadLetterQueue:
                         ok = select(letter)
                         if not ok:
                             self._record_deaths(_unrecorded(letter, statuses, entry))
+                            self._bury_left_dead([(entry, item)])
                     (chosen if ok else kept).append(item)
                 if not chosen:
                     continue  # stays, returned when the channel closes
@@ -491,16 +510,20 @@ class DeadLetterQueue:
 
 def _unrecorded(
     letter: DeadLetter, statuses: dict[str, dict[str, str]], entry: _Entry
-) -> list[DeadLetter]:
-    """[letter] when Redis answered and its status does not say it died (none, or one from
-    before its death); [] otherwise. A letter from before the message's latest replay (a
-    leftover copy) says nothing of the replayed message, which may well be on its way."""
+) -> list[tuple[DeadLetter, bool]]:
+    """[(letter, force)] when Redis answered and its status does not say it died (none, or
+    one from before its death); [] otherwise. A letter from before the message's latest
+    replay (a leftover copy) says nothing of the replayed message, which may be on its way."""
     if letter.id not in statuses or letter.reason == "malformed":
         return []
     status = statuses[letter.id]
     if _replays(status) > entry.header_int(REPLAYS_HEADER):
         return []
-    return [letter] if status.get("status") in (None, *_BEFORE_DEATH) else []
+    current = status.get("status")
+    if current in (None, *_BEFORE_DEATH):
+        return [(letter, False)]
+    # A worker agent's message is `delivered` into its inbox before its handler runs.
+    return [(letter, True)] if entry.agent and current == "delivered" else []
 
 
 def _replays(status: dict[str, str]) -> int:

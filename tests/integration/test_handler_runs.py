@@ -193,3 +193,21 @@ def test_a_purge_forgets_the_dead_message_and_never_takes_a_live_one(inbox, fres
     assert bus.runtime.redis.exists(bus.runtime.keys.buried(agent, other_id))
     assert bus.purge_dead_letters([other_id]) == [other_id]
     assert not bus.runtime.redis.exists(bus.runtime.keys.buried(agent, other_id))
+
+
+def test_a_listing_buries_a_message_that_died_while_redis_was_away(inbox, fresh_env, agents):
+    """Its worker could record neither the death nor the burial; the dead letter is
+    there. Listing the dead letters records the death and buries it: it gives back its
+    place in the inbox, and a replay readies it all the same."""
+    bus, agent = inbox
+    message_id, wire = sent(bus, agents("alice"), agent, "job")
+    live_id, _ = sent(bus, agents("bob"), agent, "live")
+    assert bus.status(message_id).status.value == "delivered"  # as the worker left it
+    letter(fresh_env, agent, message_id, at_try(bus, wire, 1))
+    wait_for(lambda: bus.dead_letters(), 30, "the letter")
+    assert bus.status(message_id).status.value == "dead"
+    assert depth(bus, agent) == 1  # bob's, still waiting for its handler: the control
+    assert bus.runtime.handler_runs.start(agent, live_id) == 1
+    assert bus.runtime.handler_runs.start(agent, message_id) == -1
+    assert bus.replay_dead_letters([message_id]) == [message_id]
+    assert depth(bus, agent) == 2 and bus.status(message_id).status.value == "queued"

@@ -31,7 +31,6 @@ from bus.schema import (
     Priority,
     Receipt,
     ReceivedMessage,
-    Status,
     Subscription,
     check_agent_id,
     check_topic,
@@ -213,8 +212,7 @@ class MessageBus:
                 f"got {len(ids)}",
                 limit="max_batch",
             )
-        acked = self.runtime.store.ack(agent, ids)
-        self.runtime.store.advance_status(acked, Status.acked.value)
+        acked = self.runtime.store.ack(agent, ids)  # each counted on its status
         done = set(acked)
         self.hooks.did("ack", agent, acked)
         return AckResult(acked=acked, not_found=[i for i in ids if i not in done])

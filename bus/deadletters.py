@@ -479,9 +479,13 @@ class DeadLetterQueue:
             )
 
     def _record_replay(self, message_id: str, replays: int) -> dict[str, str]:
-        """Its status becomes `queued` (forced: it was dead); returns what it was."""
+        """Its status becomes `queued` (forced: it was dead); returns what it was. One
+        that was delivered meanwhile (another copy of the letter, the outbox) keeps its
+        status: the replay's delivery repeats nothing, and `acked` must not go back."""
         try:
             before: dict[str, str] = self.runtime.store.status(message_id)
+            if before.get("status") in ("delivered", "read", "acked"):
+                return before
             self.runtime.store.advance_status(
                 [message_id], "queued", force=True, replays=replays, reason="", error=""
             )

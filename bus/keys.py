@@ -30,6 +30,7 @@ Keyspace (``P`` = prefix; ``{a}`` = agent id in a hash tag so one agent's keys s
     P audit:burst:{a}:{action}     string refusals of a's action this minute (sampling)
     P status:{id}                  hash   status, attempts, timestamps, reason, error...
     P delivered:{id}               set    agents a message was delivered to (idempotency)
+    P acked:{id}                   set    agents that acked it (`acked` once all of them)
     P dedup:key:{a}:{key}          string id the sender's dedup key stands for, a lease
                                           until the broker confirmed (scripts.fragments:
                                           DEDUP_RECORDS_LUA); expires after the dedup window
@@ -160,6 +161,9 @@ class Keys:
 
     def delivered(self, message_id: str) -> str:
         return f"{self.prefix}delivered:{message_id}"
+
+    def acked(self, message_id: str) -> str:
+        return f"{self.prefix}acked:{message_id}"
 
     def dedup(self, sender: str, key: str) -> str:
         return f"{self.prefix}dedup:key:{{{sender}}}:{key}"

@@ -44,7 +44,8 @@ def purge_expired(
             if expires_ms is not None and now_ms > expires_ms:
                 stale.append(message_id)
         if stale:
-            store.ack(agent, stale)
-            store.advance_status(stale, "expired", force=True, reason="expired")
-            expired += len(stale)
+            # Only what the purge took out: one acked meanwhile stays acked.
+            gone = store.remove(agent, stale)
+            store.advance_status(gone, "expired", force=True, reason="expired")
+            expired += len(gone)
     return {"history_trimmed": trimmed, "inbox_expired": expired, "never_read_dropped": dropped}

@@ -205,11 +205,35 @@ class RedisStore(RedisBacked):
         ]
 
     def ack(self, agent: str, ids: Sequence[str]) -> list[str]:
+        """`agent`'s acks: out of its inbox, each counted on its message's status (in one
+        script); returns the ids that were there."""
         if not ids:
             return []
         inbox = self.keys.inbox(agent)
         keys = [*inbox.all(), inbox.senders]
-        return self.scripts.call(scripts.ACK, keys, ids, action="ack messages", confirm="note")
+        for message_id in ids:
+            keys += self._ack_keys(message_id)
+        args = [agent, self.retention.status_retention, *ids]
+        acked: list[str] = self.scripts.call(
+            scripts.ACK_READ, keys, args, action="ack messages", confirm="note"
+        )
+        return acked
+
+    def remove(self, agent: str, ids: Sequence[str]) -> list[str]:
+        """Messages out of `agent`'s inbox, no ack counted (expired, purged); returns the
+        ids that were there."""
+        if not ids:
+            return []
+        inbox = self.keys.inbox(agent)
+        keys = [*inbox.all(), inbox.senders]
+        removed: list[str] = self.scripts.call(
+            scripts.ACK, keys, ids, action="remove messages", confirm="note"
+        )
+        return removed
+
+    def _ack_keys(self, message_id: str) -> list[str]:
+        k = self.keys
+        return [k.status(message_id), k.delivered(message_id), k.acked(message_id)]
 
     def taken_answer(self, agent: str, correlation_id: str) -> str | None:
         """The answer to `agent`'s request `correlation_id` when it came and is no longer in
@@ -229,8 +253,8 @@ class RedisStore(RedisBacked):
         one script (a requester collecting its response). None when it is not there, or (given
         `sender`) is from someone else: then nothing is written."""
         inbox = self.keys.inbox(agent)
-        keys = [*inbox.all(), inbox.senders, self.keys.status(message_id)]
-        args = [message_id, self.retention.status_retention, sender or ""]
+        keys = [*inbox.all(), inbox.senders, *self._ack_keys(message_id)]
+        args = [message_id, self.retention.status_retention, sender or "", agent]
         wire: str | None = self.scripts.call(scripts.TAKE, keys, args, action="take a message")
         return wire or None
 
@@ -238,8 +262,8 @@ class RedisStore(RedisBacked):
         """A worker agent done with its message: out of its inbox and its ack counted, in
         one script (TAKE); a second run's ack of the same message counts nothing."""
         inbox = self.keys.inbox(agent)
-        keys = [*inbox.all(), inbox.senders, self.keys.status(message_id)]
-        args = [message_id, self.retention.status_retention, ""]
+        keys = [*inbox.all(), inbox.senders, *self._ack_keys(message_id)]
+        args = [message_id, self.retention.status_retention, "", agent]
         self.scripts.call(scripts.TAKE, keys, args, action="ack messages", confirm="note")
 
     def inbox_depth(self, agent: str) -> tuple[int, int]:
@@ -296,7 +320,7 @@ class RedisStore(RedisBacked):
         return (
             stored is not None
             and same_message(stored, wire)
-            and bool(self.ack(agent, [message_id]))
+            and bool(self.remove(agent, [message_id]))
         )
 
     def peek_inbox_items(self, agent: str, limit: int) -> list[tuple[str, str]]:

@@ -5,7 +5,7 @@ Keys are always passed in KEYS (built by bus.keys); scripts never assemble key n
 
 - fragments.py      Lua shared by several scripts (Redis's clock, status ranks, history, tokens)
 - send.py           ADMIT, REVOKE, COMMIT: the send side
-- inbox.py          DELIVER, DELIVER_INBOX (a batch's messages to one inbox), READ, ACK,
+- inbox.py          DELIVER, DELIVER_INBOX (a batch's messages to one inbox), READ, ACK_READ, ACK,
                     TRIM_HISTORY_BEFORE, TAKE
 - handling.py       START_HANDLING, BURY, REOPEN, FORGET_BURIED: a worker agent's handler
                     runs, and its dead messages out of the inbox until replayed
@@ -26,6 +26,7 @@ from bus.scripts.guard import AUDIT, CHARGE
 from bus.scripts.handling import BURY, FORGET_BURIED, REOPEN, START_HANDLING
 from bus.scripts.inbox import (
     ACK,
+    ACK_READ,
     DELIVER,
     DELIVER_INBOX,
     READ,
@@ -41,6 +42,7 @@ from bus.scripts.subscriptions import SUBSCRIBE, UNSUBSCRIBE
 
 __all__ = [
     "ACK",
+    "ACK_READ",
     "ADMIT",
     "ADVANCE_STATUS",
     "AUDIT",

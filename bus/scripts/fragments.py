@@ -9,15 +9,24 @@ STATUS_RANK_LUA = """
 local rank = {queued=1, retrying=2, delivered=3, dead=3, expired=3, read=4, acked=5}
 """
 
-# One recipient's ack, counted on the message's status (KEYS of ACK_COUNT's caller): true
-# once every agent it was delivered to has acked. A fan-out message is `acked` only then;
-# until then it keeps its status (`delivered`, `read`) with the count (`acks`/`recipients`):
-# one recipient's ack is not the others'.
+# One recipient's ack, counted on the message's status by who acked (a set per message,
+# so an ack run twice, its reply lost, counts once): the status becomes `acked` once every
+# agent it was delivered to has acked. Until then it keeps its status (`delivered`, `read`)
+# with the count in `acks` (of `recipients`): one recipient's ack is not the others'.
+# Needs STATUS_RANK_LUA and NOW_LUA.
 ACK_COUNT_LUA = """
-local function all_acked(key)
-  local acks = redis.call('HINCRBY', key, 'acks', 1)
-  local recipients = tonumber(redis.call('HGET', key, 'recipients') or '1') or 1
-  return acks >= recipients
+local function count_ack(status_key, delivered_key, acked_key, agent, retention)
+  local current = redis.call('HGET', status_key, 'status')
+  if not current then return end  -- past retention, or never sent through the bus
+  redis.call('SADD', acked_key, agent)
+  redis.call('EXPIRE', acked_key, retention)
+  local acks = redis.call('SCARD', acked_key)
+  local recipients = math.max(redis.call('SCARD', delivered_key), 1)
+  redis.call('HSET', status_key, 'acks', acks, 'updated_at', stamp)
+  if acks >= recipients and (rank[current] or 0) < rank['acked'] then
+    redis.call('HSET', status_key, 'status', 'acked', 'acked_at', stamp)
+  end
+  redis.call('EXPIRE', status_key, retention)
 end
 """
 

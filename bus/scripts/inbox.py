@@ -65,6 +65,8 @@ if not current or (rank[current] or 0) < 3 then
     'updated_at', stamp, 'attempts', ARGV[6], 'recipients', redis.call('SCARD', KEYS[2]))
   redis.call('EXPIRE', KEYS[1], ARGV[5])
 end
+-- a delivery run again (a redelivered task, the outbox, a replay) may reach new recipients
+if delivered > 0 then redis.call('HSET', KEYS[1], 'recipients', redis.call('SCARD', KEYS[2])) end
 -- whose it is and who may answer it, also when it was sent while Redis was down (no
 -- admission wrote them)
 redis.call('HSETNX', KEYS[1], 'from', sender)
@@ -190,7 +192,40 @@ return out
 """
 )
 
-# KEYS: ready, leased, body, meta, per-sender counts   ARGV: ids...
+# A reader's ack: each message out of its inbox and, in the same script, its ack counted
+# on its status (ACK_COUNT_LUA). An id no longer there counts nothing.
+# KEYS: ready, leased, body, meta, per-sender counts, then per id: status, delivered-set,
+#       acked-set
+# ARGV: agent, retention_s, ids...
+# Returns the ids that were in the inbox.
+ACK_READ = Script(
+    STATUS_RANK_LUA
+    + NOW_LUA
+    + ACK_COUNT_LUA
+    + """
+local acked = {}
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local meta = redis.call('HGET', KEYS[4], id)
+  if redis.call('HDEL', KEYS[3], id) == 1 then
+    local from = meta and string.match(meta, '^%d+|%d+|(.+)$')
+    if from and redis.call('HINCRBY', KEYS[5], from, -1) <= 0 then
+      redis.call('HDEL', KEYS[5], from)
+    end
+    redis.call('HDEL', KEYS[4], id)
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('ZREM', KEYS[2], id)
+    local k = 5 + (i - 3) * 3
+    count_ack(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], ARGV[1], ARGV[2])
+    acked[#acked + 1] = id
+  end
+end
+return acked
+"""
+)
+
+# Messages out of an inbox without counting an ack (the purge of expired mail, a purged
+# dead letter). KEYS: ready, leased, body, meta, per-sender counts   ARGV: ids...
 # Returns the ids that were in the inbox.
 ACK = Script(
     """
@@ -234,8 +269,8 @@ return #old
 
 # One message's wire out of an inbox, acked and its ack counted on its status in the same
 # script (a requester taking its response; a worker agent done with a message: an ack that
-# took nothing out counts nothing). KEYS: ACK's, then the message's status   ARGV: id,
-# retention_s, the sender it must be from ('' for any). Returns the wire, or false when it
+# took nothing out counts nothing). KEYS: ACK's, then the message's status, delivered-set,
+# acked-set   ARGV: id, retention_s, the sender it must be from ('' for any), agent. Returns the wire, or false when it
 # was not there or is from another sender: then nothing is written (the status of a message
 # not in this inbox is not this reader's to move).
 TAKE = Script(
@@ -254,13 +289,7 @@ redis.call('HDEL', KEYS[3], id)
 redis.call('HDEL', KEYS[4], id)
 redis.call('ZREM', KEYS[1], id)
 redis.call('ZREM', KEYS[2], id)
-local current = redis.call('HGET', KEYS[6], 'status')
-if current and (rank[current] or 0) < rank['acked'] then
-  if all_acked(KEYS[6]) then
-    redis.call('HSET', KEYS[6], 'status', 'acked', 'acked_at', stamp, 'updated_at', stamp)
-  end
-  redis.call('EXPIRE', KEYS[6], ARGV[2])
-end
+count_ack(KEYS[6], KEYS[7], KEYS[8], ARGV[4], ARGV[2])
 return wire
 """
 )

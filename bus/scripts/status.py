@@ -5,16 +5,15 @@ Each script states its KEYS/ARGV contract; keys come from bus.keys, never built 
 
 from __future__ import annotations
 
-from bus.scripts.fragments import ACK_COUNT_LUA, NOW_LUA, STATUS_RANK_LUA
+from bus.scripts.fragments import NOW_LUA, STATUS_RANK_LUA
 from bus.scripts.script import Script
 
 # KEYS: status keys   ARGV: new status, retention_s, force ('1'/'0'), then field/value
-# pairs to set alongside. Returns how many statuses moved. `acked` is one recipient's ack:
-# the status moves once every recipient has acked (ACK_COUNT_LUA).
+# pairs to set alongside. Returns how many statuses moved. (Acks are counted where they
+# happen, by ACK_READ and TAKE: a message to several is `acked` once all of them acked.)
 ADVANCE_STATUS = Script(
     STATUS_RANK_LUA
     + NOW_LUA
-    + ACK_COUNT_LUA
     + """
 local new = ARGV[1]
 local moved = 0
@@ -27,10 +26,7 @@ for _, key in ipairs(KEYS) do
     -- no status (never sent through the API, or past retention): record only deaths
     ok = new == 'dead' or new == 'expired'
   end
-  if ok and new == 'acked' and not all_acked(key) then
-    redis.call('HSET', key, 'updated_at', stamp)
-    redis.call('EXPIRE', key, ARGV[2])
-  elseif ok then
+  if ok then
     redis.call('HSET', key, 'status', new, new .. '_at', stamp, 'updated_at', stamp)
     for i = 4, #ARGV, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
     redis.call('EXPIRE', key, ARGV[2])

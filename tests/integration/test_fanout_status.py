@@ -4,7 +4,11 @@ and RabbitMQ, a real worker."""
 
 from __future__ import annotations
 
+import json
+
+from bus.retention import purge_expired
 from tests.support.waiting import wait_for
+from tests.support.wire import publish_dead, publish_raw
 
 
 def read_one(bus, agent, message_id):
@@ -57,3 +61,73 @@ def test_a_direct_message_is_acked_by_its_one_recipient(bus, agents):
     bus.ack(reader, [receipt.id])
     status = bus.status(receipt.id)
     assert status.status.value == "acked" and status.acks == 1
+
+
+def test_a_delivery_run_again_that_reaches_a_new_recipient_waits_for_its_ack_too(fresh_env, agents):
+    """A broadcast's task delivered again (redelivered, sent again by the outbox, replayed)
+    once another agent has connected reaches that agent too: the message is not `acked`
+    until it acks as well (its count of recipients once stayed as the first run left it)."""
+    fresh_env.start_worker()
+    bus = fresh_env.bus()
+    a, b, c = agents("a"), agents("b"), agents("c")
+    for agent in (a, b):
+        bus.read(agent, limit=1)
+    receipt = bus.broadcast(a, {"hello": "all"})
+    [first] = read_one(bus, b, receipt.id)
+    wire = bus.runtime.store.redis.hget(bus.runtime.keys.inbox(b).body, receipt.id)
+    bus.read(c, limit=1)  # c connects
+    publish_raw(fresh_env, json.loads(wire))  # the same task once more
+    wait_for(lambda: bus.status(receipt.id).recipients == 2, 30, "the second run")
+    bus.ack(b, [receipt.id])
+    assert bus.status(receipt.id).status.value == "read"
+    read_one(bus, c, receipt.id)
+    bus.ack(c, [receipt.id])
+    status = bus.status(receipt.id)
+    assert status.status.value == "acked" and status.acks == 2
+    bus.close()
+
+
+def test_a_replayed_copy_of_an_acked_message_leaves_it_acked(fresh_env, agents):
+    fresh_env.start_worker()
+    bus = fresh_env.bus()
+    sender, reader = agents("s"), agents("r")
+    receipt = bus.send_message({"from": sender, "to": reader, "payload": 1})
+    read_one(bus, reader, receipt.id)
+    bus.ack(reader, [receipt.id])
+    wire = bus.runtime.store.history(reader, 10, None)[0]
+    body = json.dumps([[wire], {}, {"callbacks": None}]).encode()
+    publish_dead(fresh_env, receipt.id, body, "application/json", {})
+    wait_for(lambda: bus.dead_letters(), 30, "the copy")
+    assert bus.replay_dead_letters([receipt.id]) == [receipt.id]
+    assert bus.status(receipt.id).status.value == "acked"  # not put back to `queued`
+    wait_for(lambda: not bus.stats().queue_depths.get("bus.normal"), 30, "the replay's run")
+    assert bus.status(receipt.id).status.value == "acked"
+    assert bus.read(reader, limit=10) == []  # delivered once
+    bus.close()
+
+
+def test_the_purge_of_expired_mail_leaves_what_was_acked_meanwhile_acked(fresh_env, agents):
+    """The purge finds a message past its ttl, its reader acks it, then the purge takes out
+    what it found: only what it took out becomes `expired`."""
+    bus = fresh_env.bus()
+    fresh_env.start_worker()
+    sender, reader = agents("s"), agents("r")
+    bus.read(reader, limit=1)
+    receipt = bus.send_message(
+        {"from": sender, "to": reader, "payload": 1, "metadata": {"ttl": 60}}
+    )
+    read_one(bus, reader, receipt.id)
+    store = bus.runtime.store
+    found = store.peek_inbox_items
+
+    def found_then_acked(agent, limit):
+        items = found(agent, limit)
+        if agent == reader:
+            bus.ack(reader, [receipt.id])  # the reader, between the purge's two steps
+        return items
+
+    store.peek_inbox_items = found_then_acked
+    far = bus.runtime.clock.now_ms() + 3_600_000
+    assert purge_expired(bus.runtime, now_ms=far)["inbox_expired"] == 0
+    assert bus.status(receipt.id).status.value == "acked"
+    bus.close()

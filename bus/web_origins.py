@@ -39,9 +39,18 @@ class WebOrigins:
         return origin is None or origin.lower() in self.origins
 
 
+def url_host(host: str) -> str:
+    """A bind host as a URL and a Host header name it: an IPv6 literal in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def http_base(host: str, port: int) -> str:
+    return f"http://{url_host(host)}:{port}"
+
+
 def web_origins(host: str, port: int, settings: Settings) -> WebOrigins:
-    names = {host.lower()}
-    if host in LOOPBACK or host in ANY:
+    names = {url_host(host).lower()}
+    if url_host(host) in LOOPBACK or host in ANY:
         names |= set(LOOPBACK)
     if host in ANY:
         names.discard(host)

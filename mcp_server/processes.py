@@ -48,6 +48,7 @@ from bus.logs import configure
 from bus.ports import bind_refusal, family
 from bus.settings import Settings
 from bus.tokens import TokenFile
+from bus.web_origins import http_base
 from mcp_server import procmetrics
 from mcp_server.affinity import SessionAffinity, socket_path
 from mcp_server.http import build_app
@@ -91,7 +92,7 @@ def build_http(settings: Settings, options: HttpOptions) -> Any:
     """One process's ASGI app: the bus server behind the web checks (and, one of several,
     the session routing)."""
     tokens = TokenFile(options.tokens_path)
-    base_url = f"http://{options.host}:{options.port}"
+    base_url = http_base(options.host, options.port)
     server, events = build_server(settings, Identity.http(tokens, base_url), options.profile)
     server.bus.runtime.keyring.announce_forever("mcp")
     directory = options.directory
@@ -115,7 +116,7 @@ def build_http(settings: Settings, options: HttpOptions) -> Any:
 
 
 def say_where(options: HttpOptions) -> None:
-    base = f"http://{options.host}:{options.port}"
+    base = http_base(options.host, options.port)
     many = f" ({options.processes} processes)" if options.processes > 1 else ""
     print(
         f"MCP streamable HTTP on {base}/mcp{many}  dashboard {base}/ui  "

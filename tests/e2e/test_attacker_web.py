@@ -311,3 +311,46 @@ def test_metrics_without_a_token_are_for_this_machine_only(module_env, worker, t
         assert "MESSAGE_BUS_METRICS_TOKEN" in outside.text and "message_bus_" not in outside.text
     finally:
         stop(proc)
+
+
+def test_a_server_bound_to_ipv6_loopback_serves_and_scrapes_there(module_env, worker, tmp_path):
+    """`--host ::1` once crashed at start (its URL had no brackets); a scrape over IPv6
+    loopback is this machine's."""
+    path = tmp_path / "tokens.json"
+    alice = TokenFile(path).create("alice")
+    port = free_port()
+    proc, log = spawn(
+        module_env,
+        "mcp-ipv6",
+        [
+            "-m",
+            "msgbus",
+            "mcp",
+            "--http",
+            "--host",
+            "::1",
+            "--port",
+            str(port),
+            "--tokens-file",
+            str(path),
+        ],
+    )
+    base = f"http://[::1]:{port}"
+    try:
+
+        def up():
+            if proc.poll() is not None:
+                pytest.fail(f"the HTTP server exited:\n{log.read_text()[-2000:]}")
+            return http_status(f"{base}/healthz") == 200
+
+        wait_for(up, 30, "the HTTP server on [::1]")
+        scrape = httpx.get(f"{base}/metrics", timeout=10)
+        assert scrape.status_code == 200 and "message_bus_" in scrape.text
+
+        async def scenario():
+            async with http(base, alice) as client:
+                return await call(client, "get_history", {})
+
+        assert asyncio.run(scenario())["count"] == 0
+    finally:
+        stop(proc)

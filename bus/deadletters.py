@@ -309,19 +309,41 @@ class DeadLetterQueue:
         except BusUnavailable:
             pass
 
+    def _settle_death(self, entry: _Entry, chosen: list[Envelope | _Unreadable]) -> None:
+        """Before a worker agent's letter is replayed or purged: the death its worker could
+        not record (Redis away) is recorded and the message buried, so that both find it
+        dead (a replay readies it, a purge forgets it) and not `retrying` for ever."""
+        statuses = self._statuses([entry])
+        for item in chosen:
+            if isinstance(item, Envelope):
+                self._record_deaths(
+                    _unrecorded(self._describe(entry, item, statuses), statuses, entry)
+                )
+        self._bury_left_dead([(entry, item) for item in chosen])
+
     def _bury_left_dead(self, seen: list[tuple[_Entry, Envelope | _Unreadable]]) -> None:
         """A worker agent's message that died while Redis was away for its worker is still
         in the agent's inbox, holding a place there: once its status says it is dead, it is
         buried as the worker would have (bus.handler_runs), when the inbox holds that very
-        message. A replay readies it the same either way."""
+        message. A replay readies it the same either way. Not on the word of a letter older
+        than that agent's latest replay of it (a fan-out's status is shared: another
+        recipient's death says nothing of this one's run)."""
         for entry, item in seen:
             if entry.agent is None or not isinstance(item, Envelope):
                 continue
             try:
-                if self.runtime.store.status(item.id).get("status") in ("dead", "expired"):
+                if self._is_dead_for(entry, item):
                     self.runtime.handler_runs.bury(entry.agent, item.id, item.text)
             except BusUnavailable:
                 return
+
+    def _is_dead_for(self, entry: _Entry, item: Envelope) -> bool:
+        """Whether this letter speaks for its message's death in `entry.agent`'s hands."""
+        assert entry.agent is not None
+        runs = self.runtime.handler_runs
+        if runs.replays_readied(entry.agent, item.id) > entry.header_int(REPLAYS_HEADER):
+            return False  # a copy from before its latest replay
+        return self.runtime.store.status(item.id).get("status") in (None, "dead", "expired")
 
     def show(self, message_id: str) -> DeadLetter:
         with self.holding() as get:
@@ -372,17 +394,22 @@ class DeadLetterQueue:
                     continue  # stays, returned when the channel closes
                 if kept and any(isinstance(item, _Unreadable) for item in kept):
                     continue  # its unreadable part cannot be split off: leave it whole
+                if entry.agent is not None:
+                    self._settle_death(entry, chosen)
                 settled = 0
                 for item in chosen:
-                    if action is not None and isinstance(item, Envelope):
-                        try:
+                    try:
+                        if action is not None and isinstance(item, Envelope):
                             action(entry, item)
-                        except (InboxFull, NothingToReplay) as exc:
-                            refused[item.id] = exc  # stays a dead letter
-                            kept.append(item)
-                            continue
-                    elif action is None and entry.agent and isinstance(item, Envelope):
-                        self._forget(entry.agent, item)
+                        elif action is None and entry.agent and isinstance(item, Envelope):
+                            self._forget(entry, item)
+                    except (InboxFull, NothingToReplay) as exc:
+                        refused[item.id] = exc  # stays a dead letter
+                        kept.append(item)
+                        continue
+                    except BusError as exc:  # cut short: say what was done before
+                        exc.fields.setdefault("replayed" if action else "purged", list(done))
+                        raise
                     done.append(item.id)
                     settled += 1
                 if not settled:
@@ -420,15 +447,15 @@ class DeadLetterQueue:
         """Replays the chosen dead letters (all when ids is None), at most `limit` of them."""
         return self._settle(ids, self._replay_one, select, limit)
 
-    def _forget(self, agent: str, envelope: Envelope) -> None:
+    def _forget(self, entry: _Entry, envelope: Envelope) -> None:
         """A purged worker agent's message is gone for good: out of its inbox if it is
         still there dead (it died while Redis was away), and its burial marker gone. Only
         that very message, and never one that lives: a forged letter naming another's id,
         or a leftover copy of one replayed since, takes nothing."""
-        status = self.runtime.store.status(envelope.id).get("status")
-        if status in (None, "dead", "expired"):
-            self.runtime.store.drop_if_same(agent, envelope.id, envelope.text)
-        self.runtime.handler_runs.forget_buried(agent, envelope.id, envelope.text)
+        assert entry.agent is not None
+        if self._is_dead_for(entry, envelope):
+            self.runtime.store.drop_if_same(entry.agent, envelope.id, envelope.text)
+        self.runtime.handler_runs.forget_buried(entry.agent, envelope.id, envelope.text)
 
     def _replay_one(self, entry: _Entry, envelope: Envelope) -> None:
         """Marks it `queued` again, then publishes it: in that order, since a worker may
@@ -448,7 +475,18 @@ class DeadLetterQueue:
             if expires_ms is not None and expires_ms <= self.runtime.clock.now_ms():
                 raise NothingToReplay.of(envelope.id, "its ttl has passed")
             before = self.runtime.store.status(envelope.id)
-            self.runtime.handler_runs.reopen_for_replay(entry.agent, envelope, replays)
+            try:
+                self.runtime.handler_runs.reopen_for_replay(entry.agent, envelope, replays)
+                self._publish_replay(entry, envelope, replays)
+            except (InboxFull, NothingToReplay):
+                raise  # refused: nothing was written
+            except BusError:
+                # Readied (or maybe: the write may have landed) and not published: dead
+                # again, so that the next replay readies it from the inbox.
+                self._restore(envelope.id, {"reason": "handler_failed", **before, "status": "dead"})
+                self.runtime.handler_runs.unready(entry.agent, envelope.id, replays)
+                raise
+            return
         try:
             self._publish_replay(entry, envelope, replays)
         except BusError:

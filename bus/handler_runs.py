@@ -19,7 +19,7 @@ from typing import Literal
 
 from bus import scripts
 from bus.envelope import Envelope, message_digest, same_message
-from bus.errors import InboxFull, NothingToReplay
+from bus.errors import BusUnavailable, InboxFull, NothingToReplay
 from bus.redis_conn import redis_errors
 from bus.store import RedisBacked
 
@@ -58,6 +58,8 @@ class HandlerRuns(RedisBacked):
             inbox.meta,
             inbox.senders,
             self.keys.buried(agent, message_id),
+            self.keys.unconfirmed,
+            self.keys.unconfirmed_wires,
         ]
         args = [
             message_id,
@@ -92,6 +94,9 @@ class HandlerRuns(RedisBacked):
             self.keys.handling(envelope.id, agent),
             self.keys.inbox_seq,
             self.keys.status(envelope.id),
+            self.keys.readied(agent, envelope.id),
+            self.keys.unconfirmed,
+            self.keys.unconfirmed_wires,
         ]
         args = [
             envelope.id,
@@ -120,6 +125,11 @@ class HandlerRuns(RedisBacked):
                 id=envelope.id,
                 agent=agent,
             )
+        if answer == "stale":
+            raise NothingToReplay.of(
+                envelope.id,
+                f"this letter is older than its replay {self.replays_readied(agent, envelope.id)}",
+            )
         if answer == "in_flight":
             raise NothingToReplay.of(envelope.id, "it is being handled (replayed or retrying)")
         if answer == "gone":
@@ -128,6 +138,23 @@ class HandlerRuns(RedisBacked):
                 "its message was handled or purged since, or is older than STATUS_RETENTION",
             )
         return "revived" if answer == "revived" else "in_inbox"
+
+    def replays_readied(self, agent: str, message_id: str) -> int:
+        """The replay count last readied for `agent`'s message (0: never replayed): a dead
+        letter whose own count is below it is a copy from before that replay."""
+        with redis_errors("look at a message's replays"):
+            return int(self.redis.get(self.keys.readied(agent, message_id)) or 0)
+
+    def unready(self, agent: str, message_id: str, replays: int) -> None:
+        """A readied replay that was not published after all: its letter may ready it
+        again (best effort; the replay that failed is raising already)."""
+        key = self.keys.readied(agent, message_id)
+        try:
+            with redis_errors("take back a replay"):
+                if self.redis.get(key) == str(replays):
+                    self.redis.set(key, replays - 1, ex=self.retention.status_retention)
+        except BusUnavailable:
+            logger.warning("replay %d of %s stays counted for %s", replays, message_id, agent)
 
     def forget_buried(self, agent: str, message_id: str, wire: str) -> bool:
         """A purged dead letter's marker goes with it (only that message's)."""

@@ -47,6 +47,8 @@ Keyspace (``P`` = prefix; ``{a}`` = agent id in a hash tag so one agent's keys s
     P buried:{a}:{id}              string digest of a worker agent's message that died, out of
                                           its inbox until a replay puts it back (expires
                                           with its status)
+    P readied:{a}:{id}             string the replay count last readied for a (an older
+                                          copy of its dead letter is stale)
     P audit                        stream capped audit trail
     P processes                    zset   "<kind>:<host>:<pid>" -> last announced ms
     P process_keys                 hash   "<kind>:<host>:<pid>" -> JSON of its key ids and
@@ -186,6 +188,9 @@ class Keys:
 
     def buried(self, agent: str, message_id: str) -> str:
         return f"{self.prefix}buried:{{{agent}}}:{message_id}"
+
+    def readied(self, agent: str, message_id: str) -> str:
+        return f"{self.prefix}readied:{{{agent}}}:{message_id}"
 
     def reply(self, agent: str, correlation_id: str) -> str:
         """The latest message for `agent` answering `correlation_id` (a request's id): kept

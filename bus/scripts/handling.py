@@ -30,7 +30,10 @@ return runs
 # A worker agent's message that died, out of its inbox (its place, and its sender's share
 # of that inbox, given back: failing requests must not fill the inbox for good), with a
 # marker a replay consumes to put it back (REVIVE). Only the very text the caller read:
-# KEYS: ready, leased, body, meta, per-sender counts, buried marker
+# It is off the outbox's list too (bus.outbox): it reached its inbox, and a resend must not
+# dispatch its handler again.
+# KEYS: ready, leased, body, meta, per-sender counts, buried marker, unconfirmed,
+#       unconfirmed wires
 # ARGV: id, sha1 of the stored wire, the message's digest (bus.envelope.message_digest),
 #       retention_s
 # Returns 1 when buried, 0 when the inbox no longer holds that text.
@@ -47,6 +50,8 @@ redis.call('HDEL', KEYS[4], id)
 redis.call('ZREM', KEYS[1], id)
 redis.call('ZREM', KEYS[2], id)
 redis.call('SET', KEYS[6], ARGV[3], 'EX', ARGV[4])
+redis.call('ZREM', KEYS[7], id)
+redis.call('HDEL', KEYS[8], id)
 return 1
 """
 )
@@ -61,17 +66,24 @@ return 1
 #   gives it another retention period);
 # - anything else (never buried, replayed already, purged, past retention, another content
 #   naming the id): nothing is put back and nothing will run.
+# A copy older than this agent's latest replay of the message (its letter's replay count
+# not above the one readied last, kept per agent: a fan-out's status is shared) is stale.
+# Readied, it is off the outbox's list (a resend would dispatch a second run).
 # KEYS: ready, body, meta, pending, per-sender counts, buried marker, handling count, seq,
-#       status
+#       status, replays readied (per agent), unconfirmed, unconfirmed wires
 # ARGV: id, the dead letter's wire, its digest, rank, sender, inbox_cap, sender share,
 #       retention_s, replays, sha1 of the inbox's text for it ('' when none was seen)
-# Returns 'in_inbox', 'revived', 'in_flight', 'gone', or {'inbox_full', depth} /
+# Returns 'in_inbox', 'revived', 'in_flight', 'stale', 'gone', or {'inbox_full', depth} /
 # {'share_full', held}.
 REOPEN = Script(
     NOW_LUA
     + """
 local id = ARGV[1]
+if tonumber(redis.call('GET', KEYS[10]) or '0') >= tonumber(ARGV[9]) then return 'stale' end
 local function reopened()
+  redis.call('SET', KEYS[10], ARGV[9], 'EX', ARGV[8])
+  redis.call('ZREM', KEYS[11], id)
+  redis.call('HDEL', KEYS[12], id)
   redis.call('DEL', KEYS[7])
   redis.call('HSET', KEYS[9], 'status', 'queued', 'queued_at', stamp, 'updated_at', stamp,
     'replays', ARGV[9], 'reason', '', 'error', '')

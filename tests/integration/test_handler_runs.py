@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from bus.envelope import Envelope
-from bus.errors import InboxFull, NothingToReplay
+from bus.errors import BusUnavailable, InboxFull, NothingToReplay
 from bus.topology import agent_queue
 from tests.support.waiting import wait_for
 from tests.support.wire import publish_dead
@@ -102,8 +102,10 @@ def test_a_dead_message_left_in_the_inbox_is_readied_only_while_dead(inbox, agen
         runs.reopen_for_replay(agent, envelope, 1)
     bus.runtime.store.advance_status([message_id], "dead", force=True, reason="handler_failed")
     assert runs.reopen_for_replay(agent, envelope, 1) == "in_inbox"  # the control
-    with pytest.raises(NothingToReplay, match="being handled"):  # the second copy
+    with pytest.raises(NothingToReplay, match="older than its replay 1"):  # a second copy
         runs.reopen_for_replay(agent, envelope, 1)
+    with pytest.raises(NothingToReplay, match="being handled"):  # even one counted later
+        runs.reopen_for_replay(agent, envelope, 2)
 
 
 def test_a_second_copy_of_a_dead_letter_while_its_replay_runs_readies_nothing(
@@ -112,7 +114,7 @@ def test_a_second_copy_of_a_dead_letter_while_its_replay_runs_readies_nothing(
     bus, agent = inbox
     message_id, wire = sent(bus, agents("alice"), agent, "job")
     died(fresh_env, bus, agent, message_id, wire, copies=2)
-    with pytest.raises(NothingToReplay, match="being handled") as refused:
+    with pytest.raises(NothingToReplay, match="older than its replay") as refused:
         bus.replay_dead_letters([message_id])
     assert refused.value.fields["replayed"] == [message_id]  # one of the two went
     assert [d.id for d in bus.dead_letters()] == [message_id]  # the other stays
@@ -149,8 +151,10 @@ def test_a_forged_or_leftover_dead_letter_readies_nothing(inbox, agents):
     assert depth(bus, agent) == 0
     assert runs.reopen_for_replay(agent, Envelope.parse(wire), 1) == "revived"  # the control
     bus.runtime.store.ack_handled(agent, message_id)  # handled this time
-    with pytest.raises(NothingToReplay, match="handled or purged"):  # a leftover copy
+    with pytest.raises(NothingToReplay, match="older than its replay"):  # a leftover copy
         runs.reopen_for_replay(agent, Envelope.parse(wire), 1)
+    with pytest.raises(NothingToReplay, match="handled or purged"):  # one counted later
+        runs.reopen_for_replay(agent, Envelope.parse(wire), 2)
     assert depth(bus, agent) == 0 and runs.start(agent, message_id) == 0
 
 
@@ -211,3 +215,88 @@ def test_a_listing_buries_a_message_that_died_while_redis_was_away(inbox, fresh_
     assert bus.runtime.handler_runs.start(agent, message_id) == -1
     assert bus.replay_dead_letters([message_id]) == [message_id]
     assert depth(bus, agent) == 2 and bus.status(message_id).status.value == "queued"
+
+
+def test_burial_and_replay_take_the_message_off_the_outbox_list(inbox, fresh_env, agents):
+    """Its sender was killed before its confirm, so the outbox's sweep would publish its
+    delivery again once the lease passed: after a replay readied it, that dispatched a
+    second handler run beside the replay's."""
+    bus, agent = inbox
+    keys, redis = bus.runtime.keys, bus.runtime.redis
+    message_id, wire = sent(bus, agents("alice"), agent, "job")
+    redis.zadd(keys.unconfirmed, {message_id: 0})  # as a killed sender leaves it
+    redis.hset(keys.unconfirmed_wires, message_id, wire)
+    died(fresh_env, bus, agent, message_id, wire)
+    assert redis.zscore(keys.unconfirmed, message_id) is None
+    redis.zadd(keys.unconfirmed, {message_id: 0})  # again, for the replay
+    redis.hset(keys.unconfirmed_wires, message_id, wire)
+    assert bus.replay_dead_letters([message_id]) == [message_id]
+    assert redis.zscore(keys.unconfirmed, message_id) is None
+    assert not redis.hexists(keys.unconfirmed_wires, message_id)
+
+
+def test_a_publish_that_fails_after_the_replay_readied_it_leaves_it_replayable(
+    inbox, fresh_env, agents
+):
+    bus, agent = inbox
+    first_id, first_wire = sent(bus, agents("alice"), agent, "one")
+    second_id, second_wire = sent(bus, agents("bob"), agent, "two")
+    died(fresh_env, bus, agent, first_id, first_wire)
+    died(fresh_env, bus, agent, second_id, second_wire)
+    publish, calls = bus.runtime.broker.publish, []
+
+    def second_fails(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise BusUnavailable("the broker is away (test)")
+        return publish(*args, **kwargs)
+
+    bus.runtime.broker.publish = second_fails
+    with pytest.raises(BusUnavailable) as cut:
+        bus.replay_dead_letters([first_id, second_id])
+    assert cut.value.fields["replayed"] == [first_id]  # what went before it, said
+    bus.runtime.broker.publish = publish
+    assert bus.status(second_id).status.value == "dead"  # not `queued` with no task
+    assert [d.id for d in bus.dead_letters()] == [second_id]
+    assert bus.replay_dead_letters([second_id]) == [second_id]  # its letter readies it
+    assert bus.status(second_id).status.value == "queued"
+
+
+def test_a_message_that_died_while_redis_was_away_is_replayed_by_name(inbox, fresh_env, agents):
+    """Its status still `retrying` (the worker could not record the death), the message in
+    the inbox: a replay named by its id records the death first, then readies it."""
+    bus, agent = inbox
+    message_id, wire = sent(bus, agents("alice"), agent, "job")
+    bus.runtime.store.advance_status([message_id], "retrying", force=True, reason="unavailable")
+    letter(fresh_env, agent, message_id, at_try(bus, wire, 1))
+    wait_for(lambda: bus.stats().dead_letters == 1, 30, "the letter")  # not listed first
+    assert bus.replay_dead_letters([message_id]) == [message_id]
+    assert bus.status(message_id).status.value == "queued"
+    assert depth(bus, agent) == 1 and bus.runtime.handler_runs.start(agent, message_id) == 1
+
+
+def test_fan_out_to_two_worker_agents_one_death_says_nothing_of_the_other(fresh_env, agents):
+    """A topic message to worker agents A and B; A's died, was replayed and runs again;
+    then B's dies, and the status they share says `dead`. A's leftover letter must neither
+    start a second run of A nor, purged, take A's live message."""
+    fresh_env.start_worker()
+    bus = fresh_env.bus()
+    a, b, topic = agents("a"), agents("b"), agents("jobs")
+    for agent in (a, b):
+        bus.runtime.store.register_worker_agent(agent)
+        bus.runtime.broker.declare_queue(agent_queue(bus.settings, agent))
+        bus.subscribe(agent, [topic])
+    receipt = bus.publish(agents("pub"), topic, {"n": 1})
+    wait_for(lambda: bus.status(receipt.id).recipients == 2, 30, "delivery to both")
+    wire = bus.runtime.store.redis.hget(bus.runtime.keys.inbox(a).body, receipt.id)
+    died(fresh_env, bus, a, receipt.id, wire, copies=2)
+    with pytest.raises(NothingToReplay):
+        bus.replay_dead_letters([receipt.id])  # one readies A, the other is its leftover
+    bus.runtime.store.advance_status([receipt.id], "dead", force=True, reason="handler_failed")
+    assert bus.runtime.handler_runs.bury(b, receipt.id, wire)  # B's death
+    with pytest.raises(NothingToReplay, match="older than its replay"):
+        bus.replay_dead_letters([receipt.id])
+    assert bus.purge_dead_letters([receipt.id]) == [receipt.id]
+    assert sum(bus.runtime.store.inbox_depth(a)) == 1  # A's live message stays
+    assert bus.runtime.handler_runs.start(a, receipt.id) == 1
+    bus.close()

@@ -30,6 +30,21 @@ local function count_ack(status_key, delivered_key, acked_key, agent, retention)
 end
 """
 
+# One message out of an inbox (KEYS[1..5]: ready, leased, body, meta, per-sender counts),
+# its sender's share of the inbox given back; true when it was there.
+TAKE_OUT_LUA = """
+local function take_out(id)
+  local meta = redis.call('HGET', KEYS[4], id)
+  if redis.call('HDEL', KEYS[3], id) == 0 then return false end
+  local from = meta and string.match(meta, '^%d+|%d+|(.+)$')
+  if from and redis.call('HINCRBY', KEYS[5], from, -1) <= 0 then redis.call('HDEL', KEYS[5], from) end
+  redis.call('HDEL', KEYS[4], id)
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZREM', KEYS[2], id)
+  return true
+end
+"""
+
 # Status timestamps come from Redis's own clock: one clock for every transition, whichever
 # host the sender, the worker or the reader runs on. `now_ms` is a number, `stamp` the same
 # instant as ms with µs decimals ("1764000000123.456").

@@ -6,7 +6,7 @@ Each script states its KEYS/ARGV contract; keys come from bus.keys, never built 
 
 from __future__ import annotations
 
-from bus.scripts.fragments import NOW_LUA
+from bus.scripts.fragments import NOW_LUA, TAKE_OUT_LUA
 from bus.scripts.script import Script
 
 # A worker agent starting its handler on a message: counts the run, unless the message is
@@ -38,17 +38,12 @@ return runs
 #       retention_s
 # Returns 1 when buried, 0 when the inbox no longer holds that text.
 BURY = Script(
-    """
+    TAKE_OUT_LUA
+    + """
 local id = ARGV[1]
 local stored = redis.call('HGET', KEYS[3], id)
 if not stored or redis.sha1hex(stored) ~= ARGV[2] then return 0 end
-local meta = redis.call('HGET', KEYS[4], id)
-local from = meta and string.match(meta, '^%d+|%d+|(.+)$')
-if from and redis.call('HINCRBY', KEYS[5], from, -1) <= 0 then redis.call('HDEL', KEYS[5], from) end
-redis.call('HDEL', KEYS[3], id)
-redis.call('HDEL', KEYS[4], id)
-redis.call('ZREM', KEYS[1], id)
-redis.call('ZREM', KEYS[2], id)
+take_out(id)
 redis.call('SET', KEYS[6], ARGV[3], 'EX', ARGV[4])
 redis.call('ZREM', KEYS[7], id)
 redis.call('HDEL', KEYS[8], id)

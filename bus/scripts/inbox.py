@@ -6,7 +6,13 @@ Each script states its KEYS/ARGV contract; keys come from bus.keys, never built 
 
 from __future__ import annotations
 
-from bus.scripts.fragments import ACK_COUNT_LUA, NOW_LUA, STATUS_RANK_LUA, TRIM_HISTORY_LUA
+from bus.scripts.fragments import (
+    ACK_COUNT_LUA,
+    NOW_LUA,
+    STATUS_RANK_LUA,
+    TAKE_OUT_LUA,
+    TRIM_HISTORY_LUA,
+)
 from bus.scripts.script import Script
 
 # KEYS: status, delivered-set, agents, seq, reply-key, delivered-rate bucket, the status of
@@ -202,19 +208,12 @@ ACK_READ = Script(
     STATUS_RANK_LUA
     + NOW_LUA
     + ACK_COUNT_LUA
+    + TAKE_OUT_LUA
     + """
 local acked = {}
 for i = 3, #ARGV do
   local id = ARGV[i]
-  local meta = redis.call('HGET', KEYS[4], id)
-  if redis.call('HDEL', KEYS[3], id) == 1 then
-    local from = meta and string.match(meta, '^%d+|%d+|(.+)$')
-    if from and redis.call('HINCRBY', KEYS[5], from, -1) <= 0 then
-      redis.call('HDEL', KEYS[5], from)
-    end
-    redis.call('HDEL', KEYS[4], id)
-    redis.call('ZREM', KEYS[1], id)
-    redis.call('ZREM', KEYS[2], id)
+  if take_out(id) then
     local k = 5 + (i - 3) * 3
     count_ack(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], ARGV[1], ARGV[2])
     acked[#acked + 1] = id
@@ -228,20 +227,11 @@ return acked
 # dead letter). KEYS: ready, leased, body, meta, per-sender counts   ARGV: ids...
 # Returns the ids that were in the inbox.
 ACK = Script(
-    """
+    TAKE_OUT_LUA
+    + """
 local acked = {}
 for _, id in ipairs(ARGV) do
-  local meta = redis.call('HGET', KEYS[4], id)
-  if redis.call('HDEL', KEYS[3], id) == 1 then
-    local from = meta and string.match(meta, '^%d+|%d+|(.+)$')
-    if from and redis.call('HINCRBY', KEYS[5], from, -1) <= 0 then
-      redis.call('HDEL', KEYS[5], from)
-    end
-    redis.call('HDEL', KEYS[4], id)
-    redis.call('ZREM', KEYS[1], id)
-    redis.call('ZREM', KEYS[2], id)
-    acked[#acked + 1] = id
-  end
+  if take_out(id) then acked[#acked + 1] = id end
 end
 return acked
 """
@@ -277,6 +267,7 @@ TAKE = Script(
     STATUS_RANK_LUA
     + NOW_LUA
     + ACK_COUNT_LUA
+    + TAKE_OUT_LUA
     + """
 local id = ARGV[1]
 local wire = redis.call('HGET', KEYS[3], id)
@@ -284,11 +275,7 @@ if not wire then return false end
 local meta = redis.call('HGET', KEYS[4], id)
 local from = meta and string.match(meta, '^%d+|%d+|(.+)$')
 if ARGV[3] ~= '' and from ~= ARGV[3] then return false end
-if from and redis.call('HINCRBY', KEYS[5], from, -1) <= 0 then redis.call('HDEL', KEYS[5], from) end
-redis.call('HDEL', KEYS[3], id)
-redis.call('HDEL', KEYS[4], id)
-redis.call('ZREM', KEYS[1], id)
-redis.call('ZREM', KEYS[2], id)
+take_out(id)
 count_ack(KEYS[6], KEYS[7], KEYS[8], ARGV[4], ARGV[2])
 return wire
 """

@@ -26,7 +26,8 @@ METRICS_TOKEN = "metrics-" + "m" * 40
 
 
 def serve(env, name, tokens_path, host="127.0.0.1", **extra):
-    """`msgbus mcp --http --host HOST` on a free port, reached through 127.0.0.1."""
+    """`msgbus mcp --http --host HOST` on a free port, reached through 127.0.0.1 (through
+    [::1] when HOST is that)."""
     port = free_port()
     proc, log = spawn(
         env,
@@ -46,7 +47,7 @@ def serve(env, name, tokens_path, host="127.0.0.1", **extra):
         MESSAGE_BUS_ADMINS=f'["{ADMIN}"]',
         **extra,
     )
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://{'[::1]' if host == '::1' else '127.0.0.1'}:{port}"
 
     def up():
         if proc.poll() is not None:
@@ -318,32 +319,8 @@ def test_a_server_bound_to_ipv6_loopback_serves_and_scrapes_there(module_env, wo
     loopback is this machine's."""
     path = tmp_path / "tokens.json"
     alice = TokenFile(path).create("alice")
-    port = free_port()
-    proc, log = spawn(
-        module_env,
-        "mcp-ipv6",
-        [
-            "-m",
-            "msgbus",
-            "mcp",
-            "--http",
-            "--host",
-            "::1",
-            "--port",
-            str(port),
-            "--tokens-file",
-            str(path),
-        ],
-    )
-    base = f"http://[::1]:{port}"
+    proc, base, _ = serve(module_env, "mcp-ipv6", path, host="::1")
     try:
-
-        def up():
-            if proc.poll() is not None:
-                pytest.fail(f"the HTTP server exited:\n{log.read_text()[-2000:]}")
-            return http_status(f"{base}/healthz") == 200
-
-        wait_for(up, 30, "the HTTP server on [::1]")
         scrape = httpx.get(f"{base}/metrics", timeout=10)
         assert scrape.status_code == 200 and "message_bus_" in scrape.text
 

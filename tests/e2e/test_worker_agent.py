@@ -124,16 +124,21 @@ def full_inbox(fresh_env, agents):
     proc.wait(20)
 
 
-@pytest.fixture
-def counter_agent(fresh_env, agents):
-    """The counting worker agent on a bus of its own; yields the bus."""
-    fresh_env.start_worker()
-    proc, _ = start_echo_agent(fresh_env, "agent-counter", "tests.support.counting_agent:agent")
-    bus = fresh_env.bus()
+def counting_agent_on(env):
+    """The counting worker agent and a worker on `env`'s bus: yields the bus."""
+    env.start_worker()
+    proc, _ = start_echo_agent(env, "agent-counter", "tests.support.counting_agent:agent")
+    bus = env.bus()
     yield bus
     bus.close()
     proc.terminate()
     proc.wait(20)
+
+
+@pytest.fixture
+def counter_agent(fresh_env):
+    """The counting worker agent on a bus of its own; yields the bus."""
+    yield from counting_agent_on(fresh_env)
 
 
 def test_a_replayed_dead_letter_of_a_worker_agent_runs_its_handler_again(counter_agent, agents):
@@ -200,13 +205,7 @@ def test_a_request_dead_after_its_answer_was_refused_to_the_end_is_answered_on_r
 def small_counter(fresh_env):
     """The counting worker agent with an inbox of 4 (2 per sender); yields the bus."""
     fresh_env.overrides["MESSAGE_BUS_INBOX_MAX"] = "4"
-    fresh_env.start_worker()
-    proc, _ = start_echo_agent(fresh_env, "agent-counter", "tests.support.counting_agent:agent")
-    bus = fresh_env.bus()
-    yield bus
-    bus.close()
-    proc.terminate()
-    proc.wait(20)
+    yield from counting_agent_on(fresh_env)
 
 
 def test_failing_requests_from_two_agents_leave_the_worker_agent_open_to_a_third(

@@ -58,6 +58,16 @@ def serve(env, name, tokens_path, host="127.0.0.1", **extra):
     return proc, base, port
 
 
+def history_count(base, token):
+    """An MCP agent's get_history over HTTP: the server serves it."""
+
+    async def scenario():
+        async with http(base, token) as client:
+            return await call(client, "get_history", {})
+
+    return asyncio.run(scenario())["count"]
+
+
 @pytest.fixture(scope="module")
 def site(module_env, worker, tmp_path_factory):
     """The HTTP server with an admin and a non-admin token."""
@@ -221,11 +231,7 @@ def test_a_server_bound_to_all_addresses_refuses_a_foreign_host_or_origin(
         overview = httpx.get(f"{base}/ui/api/overview", headers=auth, timeout=10)
         assert overview.status_code == 200 and "agents" in overview.json()
 
-        async def scenario():
-            async with http(base, alice) as client:
-                return await call(client, "get_history", {})
-
-        assert asyncio.run(scenario())["count"] == 0
+        assert history_count(base, alice) == 0
     finally:
         stop(proc)
 
@@ -324,10 +330,6 @@ def test_a_server_bound_to_ipv6_loopback_serves_and_scrapes_there(module_env, wo
         scrape = httpx.get(f"{base}/metrics", timeout=10)
         assert scrape.status_code == 200 and "message_bus_" in scrape.text
 
-        async def scenario():
-            async with http(base, alice) as client:
-                return await call(client, "get_history", {})
-
-        assert asyncio.run(scenario())["count"] == 0
+        assert history_count(base, alice) == 0
     finally:
         stop(proc)

@@ -34,6 +34,7 @@ from bus.schema import (
     Subscription,
     check_agent_id,
     check_topic,
+    given_id_problem,
 )
 from bus.sender import Sender
 from bus.settings import Settings
@@ -212,7 +213,8 @@ class MessageBus:
                 f"got {len(ids)}",
                 limit="max_batch",
             )
-        acked = self.runtime.store.ack(agent, ids)  # each counted on its status
+        # An id that no message can have is in no inbox: not sent to Redis at all.
+        acked = self.runtime.store.ack(agent, [i for i in ids if given_id_problem(i) is None])
         done = set(acked)
         self.hooks.did("ack", agent, acked)
         return AckResult(acked=acked, not_found=[i for i in ids if i not in done])

@@ -44,6 +44,10 @@ logger = logging.getLogger(__name__)
 # What a dead letter's status may still say when no worker could record its death.
 _BEFORE_DEATH = ("queued", "retrying")
 
+# A replayed letter whose message has these keeps them: its delivery repeats nothing for
+# the recipients it reached, and `acked` must not go back.
+_DELIVERED_ALREADY = ("delivered", "read", "acked")
+
 REPLAYS_HEADER = "x-bus-replays"
 MAX_LISTED = 1000  # dead letters an MCP or dashboard listing shows at most
 RAW_PREVIEW = 200  # characters of an unreadable argument shown in a listing
@@ -466,6 +470,9 @@ class DeadLetterQueue:
         replays = entry.header_int(REPLAYS_HEADER) + 1
         if entry.agent is None:
             before = self._record_replay(envelope.id, replays)
+            if before.get("status") in _DELIVERED_ALREADY:
+                self._publish_replay(entry, envelope, replays)  # its status was left alone
+                return
         else:
             try:
                 self.runtime.codec.verify(envelope.data)
@@ -522,7 +529,7 @@ class DeadLetterQueue:
         status: the replay's delivery repeats nothing, and `acked` must not go back."""
         try:
             before: dict[str, str] = self.runtime.store.status(message_id)
-            if before.get("status") in ("delivered", "read", "acked"):
+            if before.get("status") in _DELIVERED_ALREADY:
                 return before
             self.runtime.store.advance_status(
                 [message_id], "queued", force=True, replays=replays, reason="", error=""

@@ -18,10 +18,18 @@ ACK_COUNT_LUA = """
 local function count_ack(status_key, delivered_key, acked_key, agent, retention)
   local current = redis.call('HGET', status_key, 'status')
   if not current then return end  -- past retention, or never sent through the bus
+  if redis.call('EXISTS', acked_key) == 0 then
+    -- acks counted before acks were kept by agent: one stand-in each
+    for n = 1, tonumber(redis.call('HGET', status_key, 'acks') or '0') or 0 do
+      redis.call('SADD', acked_key, '#' .. n)
+    end
+  end
   redis.call('SADD', acked_key, agent)
   redis.call('EXPIRE', acked_key, retention)
+  redis.call('EXPIRE', delivered_key, retention)  -- lives as long as the count it is read by
   local acks = redis.call('SCARD', acked_key)
-  local recipients = math.max(redis.call('SCARD', delivered_key), 1)
+  local recipients = math.max(redis.call('SCARD', delivered_key),
+    tonumber(redis.call('HGET', status_key, 'recipients') or '1') or 1, 1)
   redis.call('HSET', status_key, 'acks', acks, 'updated_at', stamp)
   if acks >= recipients and (rank[current] or 0) < rank['acked'] then
     redis.call('HSET', status_key, 'status', 'acked', 'acked_at', stamp)

@@ -71,8 +71,14 @@ if not current or (rank[current] or 0) < 3 then
     'updated_at', stamp, 'attempts', ARGV[6], 'recipients', redis.call('SCARD', KEYS[2]))
   redis.call('EXPIRE', KEYS[1], ARGV[5])
 end
--- a delivery run again (a redelivered task, the outbox, a replay) may reach new recipients
-if delivered > 0 then redis.call('HSET', KEYS[1], 'recipients', redis.call('SCARD', KEYS[2])) end
+-- a delivery run again (a redelivered task, the outbox, a replay) may reach new recipients:
+-- then it is not acked by all of them any more
+if delivered > 0 then
+  redis.call('HSET', KEYS[1], 'recipients', redis.call('SCARD', KEYS[2]))
+  if redis.call('HGET', KEYS[1], 'status') == 'acked' then
+    redis.call('HSET', KEYS[1], 'status', 'delivered', 'delivered_at', stamp, 'updated_at', stamp)
+  end
+end
 -- whose it is and who may answer it, also when it was sent while Redis was down (no
 -- admission wrote them)
 redis.call('HSETNX', KEYS[1], 'from', sender)

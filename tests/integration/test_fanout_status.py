@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from bus.errors import BusUnavailable
 from bus.retention import purge_expired
 from tests.support.waiting import wait_for
 from tests.support.wire import publish_dead, publish_raw
@@ -131,3 +134,93 @@ def test_the_purge_of_expired_mail_leaves_what_was_acked_meanwhile_acked(fresh_e
     assert purge_expired(bus.runtime, now_ms=far)["inbox_expired"] == 0
     assert bus.status(receipt.id).status.value == "acked"
     bus.close()
+
+
+def three_readers(bus, agents):
+    """A topic message delivered to alice, bob and carol: (id, [alice, bob, carol])."""
+    sender, topic = agents("pub"), agents("jobs")
+    readers = [agents(name) for name in ("alice", "bob", "carol")]
+    for reader in readers:
+        bus.subscribe(reader, [topic])
+    receipt = bus.publish(sender, topic, {"n": 1})
+    wait_for(lambda: bus.status(receipt.id).recipients == 3, 30, "delivery to all three")
+    for reader in readers:
+        read_one(bus, reader, receipt.id)
+    return receipt.id, readers
+
+
+def test_acks_counted_before_acks_were_kept_by_agent_still_count(bus, agents):
+    """A message alice acked under the older count (a number, no set of who acked)."""
+    message_id, (alice, bob, carol) = three_readers(bus, agents)
+    bus.runtime.store.remove(alice, [message_id])  # her ack, as the older code left it
+    bus.runtime.redis.hset(bus.runtime.keys.status(message_id), mapping={"acks": 1})
+    bus.ack(bob, [message_id])
+    assert bus.status(message_id).status.value == "read"  # the control: carol has it
+    bus.ack(carol, [message_id])
+    status = bus.status(message_id)
+    assert status.status.value == "acked" and status.acks == 3
+
+
+def test_a_lapsed_delivered_set_does_not_shrink_the_recipients(bus, agents):
+    message_id, (alice, bob, carol) = three_readers(bus, agents)
+    bus.runtime.redis.delete(bus.runtime.keys.delivered(message_id))  # its ttl ran out
+    bus.ack(alice, [message_id])
+    bus.ack(bob, [message_id])
+    assert bus.status(message_id).status.value == "read"  # carol still has it
+
+
+def test_a_delivery_run_again_after_all_acked_waits_for_the_new_recipient(fresh_env, agents):
+    fresh_env.start_worker()
+    bus = fresh_env.bus()
+    a, b, c = agents("a"), agents("b"), agents("c")
+    for agent in (a, b):
+        bus.read(agent, limit=1)
+    receipt = bus.broadcast(a, {"hello": "all"})
+    read_one(bus, b, receipt.id)
+    wire = bus.runtime.store.redis.hget(bus.runtime.keys.inbox(b).body, receipt.id)
+    bus.ack(b, [receipt.id])
+    assert bus.status(receipt.id).status.value == "acked"  # all (one) acked: the control
+    bus.read(c, limit=1)
+    publish_raw(fresh_env, json.loads(wire))
+    wait_for(lambda: bus.status(receipt.id).recipients == 2, 30, "the second run")
+    assert bus.status(receipt.id).status.value == "delivered"
+    read_one(bus, c, receipt.id)
+    bus.ack(c, [receipt.id])
+    assert bus.status(receipt.id).status.value == "acked"
+    bus.close()
+
+
+def test_a_replay_whose_publish_fails_leaves_an_acked_message_acked(fresh_env, agents):
+    """A copy of a delivered topic message's task is replayed; its publish fails, and
+    meanwhile the last recipient acks: the status the replay saw must not be put back."""
+    fresh_env.start_worker()
+    bus = fresh_env.bus()
+    sender, topic, alice, bob = agents("s"), agents("t"), agents("alice"), agents("bob")
+    for reader in (alice, bob):
+        bus.subscribe(reader, [topic])
+    receipt = bus.publish(sender, topic, {"n": 1})
+    wait_for(lambda: bus.status(receipt.id).recipients == 2, 30, "delivery to both")
+    for reader in (alice, bob):
+        read_one(bus, reader, receipt.id)
+    bus.ack(alice, [receipt.id])
+    wire = bus.runtime.store.history(alice, 10, None)[0]
+    body = json.dumps([[wire], {}, {"callbacks": None}]).encode()
+    publish_dead(fresh_env, receipt.id, body, "application/json", {})
+    wait_for(lambda: bus.dead_letters(), 30, "the copy")
+
+    def acked_meanwhile_then_refused(*args, **kwargs):
+        bus.ack(bob, [receipt.id])
+        raise BusUnavailable("the broker is away (test)")
+
+    bus.runtime.broker.publish = acked_meanwhile_then_refused
+    with pytest.raises(BusUnavailable):
+        bus.replay_dead_letters([receipt.id])
+    assert bus.status(receipt.id).status.value == "acked"
+    bus.close()
+
+
+def test_an_ack_of_ids_no_message_can_have_finds_nothing(bus, agents):
+    reader = agents("r")
+    odd = ["x" * 10_000, "has space", "{brace}"]
+    result = bus.ack(reader, odd)
+    assert result.acked == [] and result.not_found == odd

@@ -34,7 +34,7 @@ from bus.schema import (
     Subscription,
     check_agent_id,
     check_topic,
-    given_id_problem,
+    could_be_message_id,
 )
 from bus.sender import Sender
 from bus.settings import Settings
@@ -214,7 +214,7 @@ class MessageBus:
                 limit="max_batch",
             )
         # An id that no message can have is in no inbox: not sent to Redis at all.
-        acked = self.runtime.store.ack(agent, [i for i in ids if given_id_problem(i) is None])
+        acked = self.runtime.store.ack(agent, [i for i in ids if could_be_message_id(i)])
         done = set(acked)
         self.hooks.did("ack", agent, acked)
         return AckResult(acked=acked, not_found=[i for i in ids if i not in done])

@@ -457,9 +457,12 @@ class DeadLetterQueue:
         that very message, and never one that lives: a forged letter naming another's id,
         or a leftover copy of one replayed since, takes nothing."""
         assert entry.agent is not None
+        runs = self.runtime.handler_runs
+        if runs.replays_readied(entry.agent, envelope.id) > entry.header_int(REPLAYS_HEADER):
+            return  # a copy from before its latest replay: the message's later death is not its
         if self._is_dead_for(entry, envelope):
             self.runtime.store.drop_if_same(entry.agent, envelope.id, envelope.text)
-        self.runtime.handler_runs.forget_buried(entry.agent, envelope.id, envelope.text)
+        runs.forget_buried(entry.agent, envelope.id, envelope.text)
 
     def _replay_one(self, entry: _Entry, envelope: Envelope) -> None:
         """Marks it `queued` again, then publishes it: in that order, since a worker may

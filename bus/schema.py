@@ -39,6 +39,14 @@ SCHEMA_VERSION = "1.0"
 MAX_TTL_SECONDS = 4_294_967
 
 
+def could_be_message_id(value: object) -> bool:
+    """Whether a stored message may have this id: any text of 1-128 characters (messages
+    from before the rule for given ids, or from older clients, keep theirs)."""
+    if not isinstance(value, str) or not 0 < len(value) <= 128:
+        return False
+    return not any("\ud800" <= c <= "\udfff" for c in value)
+
+
 def given_id_problem(value: str) -> str | None:
     """Why `value` cannot be an id a sender gives, or None. No whitespace, control, glob
     or brace characters: an id ends up in keys, logs and operators' shells."""

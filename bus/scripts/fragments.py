@@ -19,7 +19,8 @@ local function count_ack(status_key, delivered_key, acked_key, agent, retention)
   local current = redis.call('HGET', status_key, 'status')
   if not current then return end  -- past retention, or never sent through the bus
   if redis.call('EXISTS', acked_key) == 0 then
-    -- acks counted before acks were kept by agent: one stand-in each
+    -- acks counted before acks were kept by agent (or a set that lapsed before its status):
+    -- one stand-in each, so the count goes on from where it was
     for n = 1, tonumber(redis.call('HGET', status_key, 'acks') or '0') or 0 do
       redis.call('SADD', acked_key, '#' .. n)
     end

@@ -11,7 +11,7 @@ import pytest
 from bus.errors import BusUnavailable
 from bus.retention import purge_expired
 from tests.support.waiting import wait_for
-from tests.support.wire import publish_dead, publish_raw
+from tests.support.wire import publish_dead, publish_raw, wire_for
 
 
 def read_one(bus, agent, message_id):
@@ -224,3 +224,17 @@ def test_an_ack_of_ids_no_message_can_have_finds_nothing(bus, agents):
     odd = ["x" * 10_000, "has space", "{brace}"]
     result = bus.ack(reader, odd)
     assert result.acked == [] and result.not_found == odd
+
+
+def test_a_message_with_an_id_from_before_the_rule_for_given_ids_can_be_acked(
+    bus, module_env, agents
+):
+    """Given ids have a rule now (no spaces or braces); stored mail from before it, or from
+    an older client, keeps its id and must still be acked."""
+    sender, reader = agents("old"), agents("rd")
+    bus.read(reader, limit=1)
+    wire = wire_for(sender, reader, {"n": 1}) | {"id": f"legacy id {{{reader}}}"}
+    publish_raw(module_env, bus.runtime.codec.sign(wire))
+    [got] = wait_for(lambda: bus.read(reader, limit=10), 30, "the delivery")
+    assert bus.ack(reader, [got.id]).acked == [got.id]
+    assert bus.status(got.id).status.value == "acked"

@@ -300,3 +300,23 @@ def test_fan_out_to_two_worker_agents_one_death_says_nothing_of_the_other(fresh_
     assert sum(bus.runtime.store.inbox_depth(a)) == 1  # A's live message stays
     assert bus.runtime.handler_runs.start(a, receipt.id) == 1
     bus.close()
+
+
+def test_a_purge_of_an_old_copy_leaves_the_later_death_replayable(inbox, fresh_env, agents):
+    """The message died, was replayed, and died again: purging a leftover copy of its first
+    letter must not take the marker its second letter replays from."""
+    bus, agent = inbox
+    message_id, wire = sent(bus, agents("alice"), agent, "job")
+    died(fresh_env, bus, agent, message_id, wire, copies=2)
+    with pytest.raises(NothingToReplay):
+        bus.replay_dead_letters([message_id])  # one readies it; the other, a leftover, stays
+    bus.runtime.store.advance_status([message_id], "dead", force=True, reason="handler_failed")
+    assert bus.runtime.handler_runs.bury(agent, message_id, wire)  # its second death
+    body = json.dumps([[agent, at_try(bus, wire, 2)], {}, {"callbacks": None}]).encode()
+    headers = {"task": "bus.handle", "x-bus-replays": 1}
+    publish_dead(fresh_env, f"{message_id}:{agent}", body, "application/json", headers)
+    wait_for(lambda: len(bus.dead_letters()) == 2, 30, "both letters")
+    assert bus.dead_letter_queue.purge([message_id], limit=1) == [message_id]  # the old one
+    assert [d.replays for d in bus.dead_letters()] == [1]
+    assert bus.replay_dead_letters([message_id]) == [message_id]  # the control: it readies
+    assert depth(bus, agent) == 1

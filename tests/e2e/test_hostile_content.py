@@ -497,5 +497,8 @@ def test_a_request_whose_reply_the_bus_refuses_ends_dead_with_the_limit_named(
     status = final_status(api, receipt.id, 20)
     assert status.status.value == "dead", status
     assert limit in (status.error or ""), status
-    [letter] = [d for d in api.dead_letters() if d.id == receipt.id]
+    # The worker records the death, then rejects the task into the dead letters.
+    [letter] = wait_for(
+        lambda: [d for d in api.dead_letters() if d.id == receipt.id], 20, "its dead letter"
+    )
     assert limit in (letter.error or ""), letter

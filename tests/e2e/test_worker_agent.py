@@ -154,6 +154,7 @@ def test_a_replayed_dead_letter_of_a_worker_agent_runs_its_handler_again(counter
     status = wait_for(lambda: (s := asker.status(asked)).status.value == "dead" and s, 60, "dead")
     assert status.reason == "handler_failed"  # the control: the first cycle's one run failed
     assert handler_runs(bus, asked) == 1
+    wait_for(lambda: any(d.id == asked for d in bus.dead_letters()), 20, "the dead letter")
     assert bus.replay_dead_letters([asked]) == [asked]
     answer = wait_for(lambda: asker.response_to(asked), 30, "the replay's answer")
     assert answer.payload == {"runs": 2}
@@ -196,6 +197,7 @@ def test_a_request_dead_after_its_answer_was_refused_to_the_end_is_answered_on_r
     status = wait_for(lambda: (s := asker.status(asked)).status.value == "dead" and s, 60, "dead")
     assert status.reason == "reply_refused"
     asker.ack([m.id for m in asker.read(limit=10)])  # room
+    wait_for(lambda: any(d.id == asked for d in bus.dead_letters()), 20, "the dead letter")
     assert bus.replay_dead_letters([asked]) == [asked]
     answer = wait_for(lambda: asker.response_to(asked), 30, "the replay's answer")
     assert answer.payload == {"runs": 2}  # a new cycle: the handler ran again

@@ -20,23 +20,44 @@ def read_one(bus, agent, message_id):
     )
 
 
-def test_a_topic_message_is_acked_once_all_its_subscribers_acked(bus, agents):
+def topic_message(bus, agents, names=("alice", "bob", "carol"), *, read=True):
+    """A topic message delivered to a subscriber per name (and read by each, `read`):
+    (its id, the subscribers)."""
     sender, topic = agents("pub"), agents("jobs")
-    readers = [agents(name) for name in ("alice", "bob", "carol")]
+    readers = [agents(name) for name in names]
     for reader in readers:
         bus.subscribe(reader, [topic])
     receipt = bus.publish(sender, topic, {"n": 1})
-    wait_for(lambda: bus.status(receipt.id).recipients == 3, 30, "delivery to all three")
-    for n, reader in enumerate(readers[:2], start=1):
+    wait_for(lambda: bus.status(receipt.id).recipients == len(readers), 30, "delivery to all")
+    for reader in readers if read else ():
         read_one(bus, reader, receipt.id)
-        assert bus.ack(reader, [receipt.id]).acked == [receipt.id]
-        status = bus.status(receipt.id)
+    return receipt.id, readers
+
+
+def broadcast_to_b(bus, agents):
+    """A broadcast from a, with a and b connected and c not yet: (its id, a, b, c, the
+    wire b's inbox holds once b has read it)."""
+    a, b, c = agents("a"), agents("b"), agents("c")
+    for agent in (a, b):
+        bus.read(agent, limit=1)  # registers on first use
+    receipt = bus.broadcast(a, {"hello": "all"})
+    read_one(bus, b, receipt.id)
+    wire = bus.runtime.store.redis.hget(bus.runtime.keys.inbox(b).body, receipt.id)
+    return receipt.id, a, b, c, wire
+
+
+def test_a_topic_message_is_acked_once_all_its_subscribers_acked(bus, agents):
+    message_id, readers = topic_message(bus, agents, read=False)
+    for n, reader in enumerate(readers[:2], start=1):
+        read_one(bus, reader, message_id)
+        assert bus.ack(reader, [message_id]).acked == [message_id]
+        status = bus.status(message_id)
         assert status.status.value == "read" and status.acks == n, status
-    assert bus.ack(readers[0], [receipt.id]).not_found == [receipt.id]  # counted once
-    assert bus.status(receipt.id).acks == 2
-    read_one(bus, readers[2], receipt.id)
-    bus.ack(readers[2], [receipt.id])
-    status = bus.status(receipt.id)
+    assert bus.ack(readers[0], [message_id]).not_found == [message_id]  # counted once
+    assert bus.status(message_id).acks == 2
+    read_one(bus, readers[2], message_id)
+    bus.ack(readers[2], [message_id])
+    status = bus.status(message_id)
     assert status.status.value == "acked" and status.acks == 3
 
 
@@ -72,12 +93,8 @@ def test_a_delivery_run_again_that_reaches_a_new_recipient_waits_for_its_ack_too
     until it acks as well (its count of recipients once stayed as the first run left it)."""
     fresh_env.start_worker()
     bus = fresh_env.bus()
-    a, b, c = agents("a"), agents("b"), agents("c")
-    for agent in (a, b):
-        bus.read(agent, limit=1)
-    receipt = bus.broadcast(a, {"hello": "all"})
-    [first] = read_one(bus, b, receipt.id)
-    wire = bus.runtime.store.redis.hget(bus.runtime.keys.inbox(b).body, receipt.id)
+    message_id, _, b, c, wire = broadcast_to_b(bus, agents)
+    receipt = bus.status(message_id)
     bus.read(c, limit=1)  # c connects
     publish_raw(fresh_env, json.loads(wire))  # the same task once more
     wait_for(lambda: bus.status(receipt.id).recipients == 2, 30, "the second run")
@@ -136,22 +153,9 @@ def test_the_purge_of_expired_mail_leaves_what_was_acked_meanwhile_acked(fresh_e
     bus.close()
 
 
-def three_readers(bus, agents):
-    """A topic message delivered to alice, bob and carol: (id, [alice, bob, carol])."""
-    sender, topic = agents("pub"), agents("jobs")
-    readers = [agents(name) for name in ("alice", "bob", "carol")]
-    for reader in readers:
-        bus.subscribe(reader, [topic])
-    receipt = bus.publish(sender, topic, {"n": 1})
-    wait_for(lambda: bus.status(receipt.id).recipients == 3, 30, "delivery to all three")
-    for reader in readers:
-        read_one(bus, reader, receipt.id)
-    return receipt.id, readers
-
-
 def test_acks_counted_before_acks_were_kept_by_agent_still_count(bus, agents):
     """A message alice acked under the older count (a number, no set of who acked)."""
-    message_id, (alice, bob, carol) = three_readers(bus, agents)
+    message_id, (alice, bob, carol) = topic_message(bus, agents)
     bus.runtime.store.remove(alice, [message_id])  # her ack, as the older code left it
     bus.runtime.redis.hset(bus.runtime.keys.status(message_id), mapping={"acks": 1})
     bus.ack(bob, [message_id])
@@ -162,7 +166,7 @@ def test_acks_counted_before_acks_were_kept_by_agent_still_count(bus, agents):
 
 
 def test_a_lapsed_delivered_set_does_not_shrink_the_recipients(bus, agents):
-    message_id, (alice, bob, carol) = three_readers(bus, agents)
+    message_id, (alice, bob, carol) = topic_message(bus, agents)
     bus.runtime.redis.delete(bus.runtime.keys.delivered(message_id))  # its ttl ran out
     bus.ack(alice, [message_id])
     bus.ack(bob, [message_id])
@@ -172,12 +176,8 @@ def test_a_lapsed_delivered_set_does_not_shrink_the_recipients(bus, agents):
 def test_a_delivery_run_again_after_all_acked_waits_for_the_new_recipient(fresh_env, agents):
     fresh_env.start_worker()
     bus = fresh_env.bus()
-    a, b, c = agents("a"), agents("b"), agents("c")
-    for agent in (a, b):
-        bus.read(agent, limit=1)
-    receipt = bus.broadcast(a, {"hello": "all"})
-    read_one(bus, b, receipt.id)
-    wire = bus.runtime.store.redis.hget(bus.runtime.keys.inbox(b).body, receipt.id)
+    message_id, _, b, c, wire = broadcast_to_b(bus, agents)
+    receipt = bus.status(message_id)
     bus.ack(b, [receipt.id])
     assert bus.status(receipt.id).status.value == "acked"  # all (one) acked: the control
     bus.read(c, limit=1)
@@ -195,13 +195,8 @@ def test_a_replay_whose_publish_fails_leaves_an_acked_message_acked(fresh_env, a
     meanwhile the last recipient acks: the status the replay saw must not be put back."""
     fresh_env.start_worker()
     bus = fresh_env.bus()
-    sender, topic, alice, bob = agents("s"), agents("t"), agents("alice"), agents("bob")
-    for reader in (alice, bob):
-        bus.subscribe(reader, [topic])
-    receipt = bus.publish(sender, topic, {"n": 1})
-    wait_for(lambda: bus.status(receipt.id).recipients == 2, 30, "delivery to both")
-    for reader in (alice, bob):
-        read_one(bus, reader, receipt.id)
+    message_id, (alice, bob) = topic_message(bus, agents, ("alice", "bob"))
+    receipt = bus.status(message_id)
     bus.ack(alice, [receipt.id])
     wire = bus.runtime.store.history(alice, 10, None)[0]
     body = json.dumps([[wire], {}, {"callbacks": None}]).encode()

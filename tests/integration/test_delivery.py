@@ -16,6 +16,7 @@ from bus.scripts import ScriptRunner
 from bus.scripts.runner import BACKEND
 from bus.topology import agent_queue
 from tests.support.env import queue_depth
+from tests.support.inbox import broadcast_among
 from tests.support.processes import PrivateRedis, free_port
 from tests.support.waiting import holds_for, wait_for
 
@@ -90,10 +91,7 @@ def test_topic_message_reaches_only_subscribers_whose_filters_match(bus, agents)
 def test_broadcast_reaches_every_registered_agent_but_the_sender(fresh_env, agents):
     fresh_env.start_worker()
     bus = fresh_env.bus()
-    a, b, c = agents("a"), agents("b"), agents("c")
-    for agent in (a, b, c):
-        bus.read(agent, limit=1)  # registers on first use
-    receipt = bus.broadcast(a, {"hello": "all"})
+    receipt, (a, b, c) = broadcast_among(bus, agents)
     assert [m.id for m in read_until(bus, b, 1)] == [receipt.id]
     assert [m.id for m in read_until(bus, c, 1)] == [receipt.id]
     assert receipt.id not in [m.id for m in bus.read(a, limit=10)]

@@ -10,6 +10,7 @@ import pytest
 
 from bus.errors import BusUnavailable
 from bus.retention import purge_expired
+from tests.support.inbox import broadcast_among
 from tests.support.waiting import wait_for
 from tests.support.wire import publish_dead, publish_raw, wire_for
 
@@ -37,10 +38,8 @@ def topic_message(bus, agents, names=("alice", "bob", "carol"), *, read=True):
 def broadcast_to_b(bus, agents):
     """A broadcast from a, with a and b connected and c not yet: (its id, a, b, c, the
     wire b's inbox holds once b has read it)."""
-    a, b, c = agents("a"), agents("b"), agents("c")
-    for agent in (a, b):
-        bus.read(agent, limit=1)  # registers on first use
-    receipt = bus.broadcast(a, {"hello": "all"})
+    receipt, (a, b) = broadcast_among(bus, agents, ("a", "b"))
+    c = agents("c")
     read_one(bus, b, receipt.id)
     wire = bus.runtime.store.redis.hget(bus.runtime.keys.inbox(b).body, receipt.id)
     return receipt.id, a, b, c, wire
@@ -64,10 +63,7 @@ def test_a_topic_message_is_acked_once_all_its_subscribers_acked(bus, agents):
 def test_a_broadcast_is_acked_once_every_recipient_acked(fresh_env, agents):
     fresh_env.start_worker()
     bus = fresh_env.bus()
-    a, b, c = agents("a"), agents("b"), agents("c")
-    for agent in (a, b, c):
-        bus.read(agent, limit=1)  # registers on first use
-    receipt = bus.broadcast(a, {"hello": "all"})
+    receipt, (_, b, c) = broadcast_among(bus, agents)
     read_one(bus, b, receipt.id)
     bus.ack(b, [receipt.id])
     assert bus.status(receipt.id).status.value != "acked"

@@ -32,3 +32,12 @@ def full_inbox_of(bus: Any, agents: Any, size: int = 4) -> Any:
             bus.as_agent(other).send({"to": asker.agent, "payload": i})
     wait_for(lambda: asker.unread() == size, 30, "a full inbox")
     return asker
+
+
+def broadcast_among(bus: Any, agents: Any, names: tuple[str, ...] = ("a", "b", "c")) -> Any:
+    """Agents of these names connected (registered by a first read), then a broadcast from
+    the first of them: (its receipt, the agents)."""
+    connected = [agents(name) for name in names]
+    for agent in connected:
+        bus.read(agent, limit=1)  # registers on first use
+    return bus.broadcast(connected[0], {"hello": "all"}), connected

@@ -35,6 +35,7 @@ from bus.errors import (
     PermanentFailure,
     SecurityError,
 )
+from bus.handler_runs import RUN_OF
 from bus.runtime import Runtime
 from bus.schema import DeadLetter, check_agent_id
 from bus.topology import DEAD_LETTER_QUEUE, DELIVER_TASK
@@ -347,7 +348,12 @@ class DeadLetterQueue:
         runs = self.runtime.handler_runs
         if runs.replays_readied(entry.agent, item.id) > entry.header_int(REPLAYS_HEADER):
             return False  # a copy from before its latest replay
-        return self.runtime.store.status(item.id).get("status") in (None, "dead", "expired")
+        status = self.runtime.store.status(item.id)
+        if status.get("status") in (None, "dead", "expired"):
+            return True
+        # A fan-out's status is shared: one written by another agent's run (its replay,
+        # its retries) says nothing of this agent's, whose death the letter tells.
+        return status.get(RUN_OF) not in (None, entry.agent)
 
     def show(self, message_id: str) -> DeadLetter:
         with self.holding() as get:

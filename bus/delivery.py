@@ -24,6 +24,7 @@ from bus.codec import Codec
 from bus.delivery_calls import Delivery
 from bus.envelope import Envelope
 from bus.errors import BusError, BusUnavailable, PermanentFailure, SecurityError
+from bus.handler_runs import RUN_OF
 from bus.hooks import Hooks
 from bus.routing import broadcast_recipients, topic_recipients
 from bus.settings import Settings
@@ -97,16 +98,18 @@ class Deliverer:
         self.observe(envelope, outcome)
         return Verdict("delivered", delivered=outcome.newly_delivered)
 
-    def retry_or_dead(self, envelope: Envelope, exc: BusError, retries: int) -> Verdict:
+    def retry_or_dead(
+        self, envelope: Envelope, exc: BusError, retries: int, *, run_of: str | None = None
+    ) -> Verdict:
         """A transient failure: another try after a backoff, unless the message's retries
-        or its ttl have run out."""
+        or its ttl have run out. `run_of`: the worker agent whose handler run this is."""
         attempts = retries + 1
         if retries >= envelope.max_retries:
-            return self.dead(envelope, "retries_exhausted", exc.message, attempts)
+            return self.dead(envelope, "retries_exhausted", exc.message, attempts, run_of=run_of)
         ttl_left = self.ttl_left(envelope)
         if ttl_left is not None and ttl_left <= 0:
-            return self.dead(envelope, "expired", "expired while retrying", attempts)
-        self.record(envelope.id, "retrying", "unavailable", exc.message, attempts)
+            return self.dead(envelope, "expired", "expired while retrying", attempts, run_of=run_of)
+        self.record(envelope.id, "retrying", "unavailable", exc.message, attempts, run_of=run_of)
         self.hooks.retrying(envelope)
         return Verdict(
             "retry",
@@ -125,13 +128,14 @@ class Deliverer:
         attempts: int,
         *,
         force: bool = False,
+        run_of: str | None = None,
     ) -> Verdict:
         """Records the death (`force`: even over a later status, as a worker agent's
         handler dies after its message was delivered) and says so."""
         status = "expired" if reason == "expired" else "dead"
         known = envelope if isinstance(envelope, Envelope) else None
         if known is not None:
-            self.record(known.id, status, reason, error, attempts, force=force)
+            self.record(known.id, status, reason, error, attempts, force=force, run_of=run_of)
         message_id = known.id if known is not None else "?"
         self.hooks.died(known, status, reason)
         logger.warning(
@@ -168,9 +172,13 @@ class Deliverer:
         attempts: int,
         *,
         force: bool = False,
+        run_of: str | None = None,
     ) -> None:
         """Best effort: Redis may be the thing that is down (the status then catches up
-        when the message is tried again or read from the dead letters)."""
+        when the message is tried again or read from the dead letters). `run_of` names the
+        worker agent whose handler run this is: a fan-out's status is shared, and a replay
+        tells by it whose run the status speaks for (bus.handler_runs)."""
+        fields = {} if run_of is None else {RUN_OF: run_of}
         try:
             self.store.advance_status(
                 [message_id],
@@ -179,6 +187,7 @@ class Deliverer:
                 reason=reason,
                 error=error[:500],
                 attempts=attempts,
+                **fields,
             )
         except BusUnavailable:
             logger.warning(

@@ -27,6 +27,10 @@ logger = logging.getLogger(__name__)
 
 Reopened = Literal["in_inbox", "revived"]
 
+# The status field naming the worker agent whose handler run wrote the status last: a
+# fan-out's status is shared, and another agent's run says nothing of this one's.
+RUN_OF = "run_of"
+
 
 class HandlerRuns(RedisBacked):
     def start(self, agent: str, message_id: str) -> int:
@@ -109,6 +113,7 @@ class HandlerRuns(RedisBacked):
             self.retention.status_retention,
             replays,
             seen,
+            agent,
         ]
         answer = self.scripts.call(
             scripts.REOPEN, keys, args, action="ready a dead message", confirm="require"

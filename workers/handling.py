@@ -74,7 +74,15 @@ def run_handler(
                     "handler of %s failed %d times: %s", agent.name, handler_failures + 1, error
                 )
                 return _died(runtime, agent, envelope, "handler_failed", error, attempts)
-            deliverer.record(envelope.id, "retrying", "handler_failed", error, attempts, force=True)
+            deliverer.record(
+                envelope.id,
+                "retrying",
+                "handler_failed",
+                error,
+                attempts,
+                force=True,
+                run_of=agent.name,
+            )
             return Verdict(
                 "retry",
                 reason="handler_failed",
@@ -105,7 +113,7 @@ def _died(
     """Records the death, then buries the message (bus.handler_runs): out of the inbox,
     its place and its sender's share given back, a marker kept for its replay. Best effort:
     with Redis away it stays in the inbox, where a replay finds it all the same."""
-    verdict = runtime.deliverer.dead(envelope, reason, error, tries, force=True)
+    verdict = runtime.deliverer.dead(envelope, reason, error, tries, force=True, run_of=agent.name)
     try:
         runtime.handler_runs.bury(agent.name, envelope.id, envelope.text)
     except BusUnavailable:
@@ -131,7 +139,9 @@ def _answer_later(
     if request.retries >= message.metadata.max_retries or (ttl_left is not None and ttl_left <= 0):
         agent.reply_error(message, refused)  # best effort: refused too while the inbox is full
         return _died(runtime, agent, envelope, "reply_refused", error, attempts)
-    deliverer.record(envelope.id, "retrying", "reply_refused", error, attempts, force=True)
+    deliverer.record(
+        envelope.id, "retrying", "reply_refused", error, attempts, force=True, run_of=agent.name
+    )
     pause = deliverer.backoff(request.retries)
     if isinstance(refused, RateLimited):
         pause = max(pause, refused.retry_after)

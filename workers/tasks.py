@@ -121,7 +121,7 @@ def handle(
             runtime, self.request, agent, envelope, self.request.retries - outages, kept_answer
         )
     except BusUnavailable as exc:
-        verdict = runtime.deliverer.retry_or_dead(envelope, exc, outages)
+        verdict = runtime.deliverer.retry_or_dead(envelope, exc, outages, run_of=agent_name)
         verdict = dataclasses.replace(verdict, kept_answer=kept_answer)
         outages += 1
     else:

@@ -55,7 +55,8 @@ return 1
 # runs, and the status `queued` (with the replay's count) in the same step, so that a second
 # copy of the letter (a leftover, a redelivered task's, a forgery) finds it in flight:
 # - in the inbox still (it died while Redis was away, or before burial existed): only when
-#   its status says it is dead (or has lapsed), and only that very text;
+#   its status says it is dead (or has lapsed), or was written by another agent's run (a
+#   fan-out's status is shared: `run_of` names whose run wrote it), and only that very text;
 # - buried: the marker is consumed here, and the message put back into the inbox under the
 #   inbox's cap and its sender's share like any new mail (a refusal keeps the marker and
 #   gives it another retention period);
@@ -67,7 +68,7 @@ return 1
 # KEYS: ready, body, meta, pending, per-sender counts, buried marker, handling count, seq,
 #       status, replays readied (per agent), unconfirmed, unconfirmed wires
 # ARGV: id, the dead letter's wire, its digest, rank, sender, inbox_cap, sender share,
-#       retention_s, replays, sha1 of the inbox's text for it ('' when none was seen)
+#       retention_s, replays, sha1 of the inbox's text for it ('' when none was seen), agent
 # Returns 'in_inbox', 'revived', 'in_flight', 'stale', 'gone', or {'inbox_full', depth} /
 # {'share_full', held}.
 REOPEN = Script(
@@ -81,14 +82,18 @@ local function reopened()
   redis.call('HDEL', KEYS[12], id)
   redis.call('DEL', KEYS[7])
   redis.call('HSET', KEYS[9], 'status', 'queued', 'queued_at', stamp, 'updated_at', stamp,
-    'replays', ARGV[9], 'reason', '', 'error', '')
+    'replays', ARGV[9], 'reason', '', 'error', '', 'run_of', ARGV[11])
   redis.call('EXPIRE', KEYS[9], ARGV[8])
 end
 local stored = redis.call('HGET', KEYS[2], id)
 if stored then
   if ARGV[10] == '' or redis.sha1hex(stored) ~= ARGV[10] then return 'gone' end
   local status = redis.call('HGET', KEYS[9], 'status')
-  if status and status ~= 'dead' and status ~= 'expired' then return 'in_flight' end
+  if status and status ~= 'dead' and status ~= 'expired' then
+    -- a live status speaks for this agent's run unless another agent's run wrote it
+    local run_of = redis.call('HGET', KEYS[9], 'run_of')
+    if not run_of or run_of == ARGV[11] then return 'in_flight' end
+  end
   reopened()
   return 'in_inbox'
 end

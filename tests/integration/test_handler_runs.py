@@ -302,6 +302,40 @@ def test_fan_out_to_two_worker_agents_one_death_says_nothing_of_the_other(fresh_
     bus.close()
 
 
+def test_fan_out_a_replay_for_one_worker_agent_leaves_the_others_death_replayable(
+    fresh_env, agents
+):
+    """A topic message to worker agents A and B. A's handler died and its letter was
+    replayed: the status they share says `queued`, for A's new run. B's died while Redis
+    was away for its worker (still in B's inbox, nothing recorded): its letter must still
+    ready it, while a status B's own run wrote keeps refusing a copy."""
+    fresh_env.start_worker()
+    bus = fresh_env.bus()
+    a, b, topic = agents("a"), agents("b"), agents("jobs")
+    for agent in (a, b):
+        bus.runtime.store.register_worker_agent(agent)
+        bus.runtime.broker.declare_queue(agent_queue(bus.settings, agent))
+        bus.subscribe(agent, [topic])
+    receipt = bus.publish(agents("pub"), topic, {"n": 1})
+    wait_for(lambda: bus.status(receipt.id).recipients == 2, 30, "delivery to both")
+    wire = bus.runtime.store.redis.hget(bus.runtime.keys.inbox(a).body, receipt.id)
+    died(fresh_env, bus, a, receipt.id, wire)
+    assert bus.replay_dead_letters([receipt.id]) == [receipt.id]  # A's new run
+    letter(fresh_env, b, receipt.id, at_try(bus, wire, 1))  # B's death, unrecorded
+    wait_for(lambda: bus.stats().dead_letters == 1, 30, "B's letter")
+    record = bus.runtime.deliverer.record
+    record(receipt.id, "retrying", "handler_failed", "boom", 1, force=True, run_of=b)
+    with pytest.raises(NothingToReplay, match="being handled"):  # B's own run: the control
+        bus.replay_dead_letters([receipt.id])
+    record(receipt.id, "retrying", "handler_failed", "boom", 1, force=True, run_of=a)
+    assert bus.replay_dead_letters([receipt.id]) == [receipt.id]
+    assert sum(bus.runtime.store.inbox_depth(b)) == 1
+    assert bus.runtime.handler_runs.replays_readied(b, receipt.id) == 1
+    assert bus.runtime.handler_runs.start(b, receipt.id) == 1  # a new cycle of B's runs
+    assert bus.runtime.handler_runs.start(a, receipt.id) == 1  # A's own goes on
+    bus.close()
+
+
 def test_a_purge_of_an_old_copy_leaves_the_later_death_replayable(inbox, fresh_env, agents):
     """The message died, was replayed, and died again: purging a leftover copy of its first
     letter must not take the marker its second letter replays from."""

@@ -427,12 +427,11 @@ class DeadLetterQueue:
                 if kept:
                     self._redeadletter(entry, [k for k in kept if isinstance(k, Envelope)])
                 entry.amqp.ack()
-        if refused:
+        if refused:  # named or not (--all), say why, and what was done
             logger.warning(
                 "dead letters not replayed: %s", {k: v.message for k, v in refused.items()}
             )
-            if wanted is not None:  # a person named them: say why, and what was done
-                raise _refusal(refused, done)
+            raise _refusal(refused, done)
         return done
 
     def _redeadletter(self, entry: _Entry, envelopes: list[Envelope]) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 from celery import Celery, Task
 
 from bus.deadletters import DeadLetterQueue
-from bus.errors import is_transient_reason
+from bus.errors import InboxFull, NothingToReplay, is_transient_reason
 from bus.health import refresh_gauges
 from bus.outbox import resend_unconfirmed as resend
 from bus.retention import purge_expired as purge
@@ -29,7 +29,10 @@ def replay_dead_letters(self: Task) -> list[str]:
     def transient(letter: DeadLetter) -> bool:
         return is_transient_reason(letter.reason) and letter.replays < limit
 
-    replayed = DeadLetterQueue(runtime).replay(None, select=transient)
+    try:
+        replayed = DeadLetterQueue(runtime).replay(None, select=transient)
+    except (InboxFull, NothingToReplay) as exc:  # logged; those stay dead letters
+        replayed = list(exc.fields.get("replayed") or [])
     if replayed:
         logger.info("replayed %d dead letters", len(replayed))
     return replayed

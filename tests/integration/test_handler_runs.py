@@ -15,6 +15,7 @@ import pytest
 from bus.envelope import Envelope
 from bus.errors import BusUnavailable, InboxFull, NothingToReplay
 from bus.topology import agent_queue
+from tests.support.processes import msgbus
 from tests.support.waiting import wait_for
 from tests.support.wire import publish_dead
 
@@ -120,6 +121,24 @@ def test_a_second_copy_of_a_dead_letter_while_its_replay_runs_readies_nothing(
     assert [d.id for d in bus.dead_letters()] == [message_id]  # the other stays
     assert bus.status(message_id).status.value == "queued"
     assert bus.runtime.handler_runs.start(agent, message_id) == 1
+
+
+def test_replay_all_says_which_letters_it_refused_and_which_it_replayed(
+    inbox, fresh_env, agents
+):
+    """`dlq replay --all` once only logged its refusals and exited 0: the operator never
+    learned that a letter stayed, nor why."""
+    bus, agent = inbox
+    message_id, wire = sent(bus, agents("alice"), agent, "job")
+    died(fresh_env, bus, agent, message_id, wire, copies=2)
+    out = msgbus(fresh_env, "dlq", "replay", "--all", "--json")
+    assert out.returncode == 5, out
+    assert "older than its replay 1" in out.stderr and message_id in out.stderr
+    assert bus.status(message_id).status.value == "queued"  # the first copy went
+    assert [d.id for d in bus.dead_letters()] == [message_id]  # the second stays
+    control = msgbus(fresh_env, "dlq", "purge", "--all", "--json")  # nothing refused there
+    assert control.returncode == 0 and json.loads(control.stdout) == {"purged": [message_id]}
+    assert msgbus(fresh_env, "dlq", "replay", "--all", "--json").returncode == 0  # none left
 
 
 def test_a_copy_the_bus_did_not_sign_readies_nothing(inbox, fresh_env, agents):

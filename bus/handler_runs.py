@@ -33,16 +33,17 @@ RUN_OF = "run_of"
 
 
 class HandlerRuns(RedisBacked):
-    def start(self, agent: str, message_id: str) -> int:
-        """Counts a handler run started for a message still in `agent`'s inbox (before the
-        handler runs): the runs so far; 0 when it is no longer there (handled and acked),
-        -1 when it was buried (one round trip)."""
+    def start(self, agent: str, message_id: str, *, redelivered: bool = False) -> int:
+        """A handler run starting on a message still in `agent`'s inbox (before the handler
+        runs): 1 + the starts of redelivered tasks in this cycle (each one a process that
+        died running it); 0 when it is no longer there (handled and acked), -1 when it was
+        buried (one round trip)."""
         keys = [
             self.keys.inbox(agent).body,
             self.keys.handling(message_id, agent),
             self.keys.buried(agent, message_id),
         ]
-        args = [message_id, self.retention.status_retention]
+        args = [message_id, self.retention.status_retention, "1" if redelivered else "0"]
         return int(
             self.scripts.call(scripts.START_HANDLING, keys, args, action="count handler runs")
         )

@@ -42,8 +42,9 @@ def run_handler(
     attempts = request.retries + 1
     # A redelivered message may be the one whose handler killed the last process: it runs
     # alone, so that if it does it again no innocent neighbour dies (and is counted) too.
-    with QUARANTINE.enter(bool(request.delivery_info.get("redelivered"))):
-        runs = runtime.handler_runs.start(agent.name, envelope.id)
+    redelivered = bool(request.delivery_info.get("redelivered"))
+    with QUARANTINE.enter(redelivered):
+        runs = runtime.handler_runs.start(agent.name, envelope.id, redelivered=redelivered)
         if runs == 0:
             return Verdict("delivered")  # already handled and acked (a repeated dispatch)
         if runs < 0:  # buried: it died, and its process was killed before the reject
@@ -52,9 +53,9 @@ def run_handler(
         if message.decode_error is not None:
             reason = "bad_signature" if not message.verified else "undecodable"
             return _died(runtime, agent, envelope, reason, message.decode_error, attempts)
-        if runs > message.metadata.max_retries + 1 + request.retries:
-            # Started more often than Celery retried it: the handler kills its process (the
-            # message came back through reject-on-worker-lost). Stop the loop here.
+        if runs > message.metadata.max_retries + 1:
+            # Its task came back more often than the message may be retried, each time from
+            # a process that died running it: the handler kills its process. Stop here.
             error = f"handler crashed its worker {runs - 1} times"
             return _died(runtime, agent, envelope, "handler_crashed", error, runs)
         kept, result = agent.unseal(message.id, kept_answer) if kept_answer else (False, None)

@@ -9,19 +9,22 @@ from __future__ import annotations
 from bus.scripts.fragments import NOW_LUA, TAKE_OUT_LUA
 from bus.scripts.script import Script
 
-# A worker agent starting its handler on a message: counts the run, unless the message is
-# no longer in the inbox (handled and acked already: a repeated dispatch) or was buried as
-# a dead letter (its task came back after BURY, its process killed before the reject).
-# KEYS: inbox body, handling count, buried marker   ARGV: id, retention_s
-# Returns the runs started so far including this one, 0 when not in the inbox, -1 when
-# buried.
+# A worker agent starting its handler on a message, unless the message is no longer in
+# the inbox (handled and acked already: a repeated dispatch) or was buried as a dead letter
+# (its task came back after BURY, its process killed before the reject). Counts the cycle's
+# first start and every start of a redelivered task (its last run's process died before
+# the ack): a second dispatch of the message (a redelivered `bus.deliver`, the outbox's
+# resend) is a fresh task, runs beside the first, and is no crash.
+# KEYS: inbox body, handling count, buried marker   ARGV: id, retention_s, redelivered 1|0
+# Returns 1 + the redelivered starts so far, 0 when not in the inbox, -1 when buried.
 START_HANDLING = Script(
     """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
   if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
   return 0
 end
-local runs = redis.call('INCR', KEYS[2])
+local runs = tonumber(redis.call('GET', KEYS[2]) or '0')
+if runs == 0 or ARGV[3] == '1' then runs = redis.call('INCR', KEYS[2]) end
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return runs
 """

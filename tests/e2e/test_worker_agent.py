@@ -9,6 +9,7 @@ import json
 import pytest
 
 from bus.errors import NothingToReplay
+from bus.topology import HANDLE_TASK, agent_queue
 from tests.support.counting_agent import runs_key
 from tests.support.inbox import full_inbox_of
 from tests.support.mcp import call, stdio
@@ -159,6 +160,33 @@ def test_a_replayed_dead_letter_of_a_worker_agent_runs_its_handler_again(counter
     answer = wait_for(lambda: asker.response_to(asked), 30, "the replay's answer")
     assert answer.payload == {"runs": 2}
     assert handler_runs(bus, asked) == 2
+
+
+def test_a_second_dispatch_of_a_request_beside_its_run_is_no_crash(counter_agent, agents):
+    """A redelivered `bus.deliver` (its worker died after dispatching) or the outbox's
+    resend publishes the handler's task again while the first run goes on. Counted as a
+    crash, it killed a request allowed no retries: `dead`, and buried under the run that
+    answered it."""
+    bus = counter_agent
+    asker = bus.as_agent(agents("asker"))
+    asked = asker.start_request(
+        {"to": "counter", "payload": {"hold_s": 2}, "metadata": {"max_retries": 0}}
+    )
+    wait_for(lambda: handler_runs(bus, asked) == 1, 30, "the first run")
+    wire = bus.runtime.redis.hget(bus.runtime.keys.inbox("counter").body, asked)
+    bus.runtime.broker.publish(
+        HANDLE_TASK,
+        ["counter", wire],
+        queue=agent_queue(bus.settings, "counter"),
+        task_id=f"{asked}:counter",
+        summary="<a second dispatch>",
+    )
+    wait_for(lambda: handler_runs(bus, asked) == 2, 30, "the second run, beside the first")
+    answer = wait_for(lambda: asker.response_to(asked), 30, "the answer")
+    assert answer.payload == {"runs": 1}  # the first run's: one answer per request
+    status = wait_for(lambda: (s := asker.status(asked)).status.value == "acked" and s, 30, "acked")
+    assert status.reason in (None, "")
+    assert asked not in {d.id for d in bus.dead_letters()}
 
 
 def handler_runs(bus, message_id):

@@ -476,19 +476,13 @@ class DeadLetterQueue:
         inbox first, its status with it (bus.handler_runs): refused there, nothing is
         written and nothing published, and the dead letter stays."""
         replays = entry.header_int(REPLAYS_HEADER) + 1
+        self._check_replayable(envelope)
         if entry.agent is None:
             before = self._record_replay(envelope.id, replays)
             if before.get("status") in _DELIVERED_ALREADY:
                 self._publish_replay(entry, envelope, replays)  # its status was left alone
                 return
         else:
-            try:
-                self.runtime.codec.verify(envelope.data)
-            except SecurityError as exc:  # a copy the bus did not sign: never put back
-                raise NothingToReplay.of(envelope.id, exc.message) from None
-            expires_ms = envelope.expires_ms
-            if expires_ms is not None and expires_ms <= self.runtime.clock.now_ms():
-                raise NothingToReplay.of(envelope.id, "its ttl has passed")
             before = self.runtime.store.status(envelope.id)
             try:
                 self.runtime.handler_runs.reopen_for_replay(entry.agent, envelope, replays)
@@ -507,6 +501,18 @@ class DeadLetterQueue:
         except BusError:
             self._restore(envelope.id, before)
             raise
+
+    def _check_replayable(self, envelope: Envelope) -> None:
+        """A message a worker could only dead-letter again at once is never put back: one
+        the bus did not sign (a forged or altered copy), or one past its ttl (the ttl is
+        part of the signed message). A `replay --all` would go round with it for ever."""
+        try:
+            self.runtime.codec.verify(envelope.data)
+        except SecurityError as exc:
+            raise NothingToReplay.of(envelope.id, exc.message) from None
+        expires_ms = envelope.expires_ms
+        if expires_ms is not None and expires_ms <= self.runtime.clock.now_ms():
+            raise NothingToReplay.of(envelope.id, "its ttl has passed; send it again instead")
 
     def _publish_replay(self, entry: _Entry, envelope: Envelope, replays: int) -> None:
         if entry.agent is not None:

@@ -1,5 +1,5 @@
 """Host and Origin checks for every route of the HTTP server: /mcp, /ui, health, metrics
-(bus.web_origins says which names are ours and why)."""
+(bus.web_origins says which names are ours and why), and no framing of any of its pages."""
 
 from __future__ import annotations
 
@@ -32,8 +32,19 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+# On every response: no page of ours in another's frame. The Origin checks cannot tell a
+# framed dashboard's own requests from the admin's, and SameSite cookies do not separate
+# ports, so a page on another local port could overlay /ui and take the admin's clicks.
+NO_FRAMING = [
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"frame-ancestors 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+]
+
+
 class HostOriginGuard:
-    """ASGI middleware applying `WebOrigins` to every HTTP request."""
+    """ASGI middleware applying `WebOrigins` to every HTTP request, and NO_FRAMING to
+    every response."""
 
     def __init__(self, app: ASGIApp, origins: WebOrigins) -> None:
         self.app = app
@@ -52,6 +63,14 @@ class HostOriginGuard:
             if not self.origins.origin_ok(_header(scope, b"origin")):
                 await _refuse(send, 403, "Origin not allowed (MESSAGE_BUS_ALLOWED_ORIGINS)")
                 return
+
+            async def framed_never(message: Any) -> None:
+                if message["type"] == "http.response.start":
+                    message = {**message, "headers": [*message.get("headers", ()), *NO_FRAMING]}
+                await send(message)
+
+            await self.app(scope, receive, framed_never)
+            return
         await self.app(scope, receive, send)
 
 
@@ -61,7 +80,11 @@ async def _refuse(send: Callable[[Any], Awaitable[None]], status: int, text: str
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))],
+            "headers": [
+                (b"content-type", b"text/plain"),
+                (b"content-length", b"%d" % len(body)),
+                *NO_FRAMING,
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})

@@ -3,8 +3,11 @@ and chromedriver) driven by Selenium. Screenshots land in test-artifacts/."""
 
 from __future__ import annotations
 
+import functools
+import http.server
 import shutil
 import tempfile
+import threading
 import time
 
 import httpx
@@ -105,6 +108,60 @@ def test_dashboard_lists_a_dead_letter_and_its_replay_button_empties_the_list(
                 lambda: bus.read(reader, limit=5, wait=0.5), 15, "the replayed message"
             )
         ] == [receipt.id]
+    finally:
+        stop(server)
+
+
+@pytest.fixture
+def other_port_site(tmp_path):
+    """A page server on another local port (another process's, an agent's with a shell):
+    serves files from a directory of its own; yields (directory, base URL)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield site, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_no_other_page_can_frame_the_dashboard(fresh_env, browser, tmp_path, other_port_site):
+    """A page on another local port laid the logged-in dashboard in an invisible frame over
+    a decoy: the admin's clicks purged and replayed dead letters (the Origin checks pass,
+    as the framed page's own requests are the dashboard's; SameSite does not separate
+    ports)."""
+    tokens = tmp_path / "tokens.json"
+    token = TokenFile(tokens).create("ops")
+    server, base = start_http_server(
+        fresh_env, "mcp-ui-frame", tokens, MESSAGE_BUS_ADMINS='["ops"]'
+    )
+    site, site_base = other_port_site
+    (site / "own.html").write_text("<p id=own>the site's own page</p>")
+    (site / "attack.html").write_text(
+        f'<iframe id=own src="/own.html"></iframe><iframe id=ui src="{base}/ui"></iframe>'
+    )
+    try:
+        browser.get(f"{base}/ui")
+        browser.find_element(By.NAME, "token").send_keys(token)
+        browser.find_element(By.TAG_NAME, "button").click()
+        wait_for(lambda: text_of(browser, "dead-letters"), 15, "the dashboard, logged in")
+        for path in ("/ui", "/ui/api/overview", "/healthz"):
+            headers = httpx.get(f"{base}{path}").headers
+            assert headers["x-frame-options"] == "DENY", path
+            assert headers["content-security-policy"] == "frame-ancestors 'none'", path
+        browser.get(f"{site_base}/attack.html")
+        browser.switch_to.frame("own")  # the control: a frame that may be shown, is
+        assert wait_for(lambda: text_of(browser, "own"), 15, "the framed own page")
+        browser.switch_to.default_content()
+        browser.switch_to.frame("ui")
+        loaded = 'return document.readyState === "complete"'
+        wait_for(lambda: browser.execute_script(loaded), 15, "the frame, loaded or refused")
+        assert browser.find_elements(By.ID, "replay-all") == []
+        assert browser.find_elements(By.NAME, "token") == []
+        browser.switch_to.default_content()
+        browser.save_screenshot(str(ARTIFACTS / "dashboard-not-framed.png"))
     finally:
         stop(server)
 

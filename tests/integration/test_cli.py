@@ -136,8 +136,19 @@ def test_dlq_commands_list_show_replay_and_purge(fresh_env, agents):
     assert json.loads(msgbus(fresh_env, "dlq", "purge", ids[0], "--json").stdout) == {
         "purged": [ids[0]]
     }
-    replayed = json.loads(msgbus(fresh_env, "dlq", "replay", "--all", "--json").stdout)
-    assert replayed == {"replayed": [ids[1]]}
+    # Past its ttl, a replay could only see it dead-lettered again at once: refused, named.
+    broken = fresh_env.start_worker(MESSAGE_BUS_REDIS_URL="redis://127.0.0.1:1/0")
+    live = msgbus(fresh_env, "send", "--from", a, "--to", b, "--max-retries", "0", "--json")
+    live_id = json.loads(live.stdout)["id"]
+    wait_for(lambda: live_id in msgbus(fresh_env, "dlq", "list").stdout, 30, "a live letter")
+    broken.stop()
+    refused = msgbus(fresh_env, "dlq", "replay", "--all", "--json")
+    assert refused.returncode == 5, refused
+    assert f"nothing to replay for {ids[1]}: its ttl has passed" in refused.stderr
+    assert f"(replayed: {live_id})" in refused.stderr  # the control: a live one goes
+    assert [d["id"] for d in json.loads(msgbus(fresh_env, "dlq", "list", "--json").stdout)] == [
+        ids[1]
+    ]
     nothing = msgbus(fresh_env, "dlq", "replay")
     assert nothing.returncode == 2 and "name the dead letters" in nothing.stderr
 

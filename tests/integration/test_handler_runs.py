@@ -123,9 +123,7 @@ def test_a_second_copy_of_a_dead_letter_while_its_replay_runs_readies_nothing(
     assert bus.runtime.handler_runs.start(agent, message_id) == 1
 
 
-def test_replay_all_says_which_letters_it_refused_and_which_it_replayed(
-    inbox, fresh_env, agents
-):
+def test_replay_all_says_which_letters_it_refused_and_which_it_replayed(inbox, fresh_env, agents):
     """`dlq replay --all` once only logged its refusals and exited 0: the operator never
     learned that a letter stayed, nor why."""
     bus, agent = inbox

@@ -44,6 +44,7 @@ def delivery(
         k.reply(answered, correlation_id) if answered and correlation_id else k.status(message_id),
         k.rate_bucket("delivered", int(now)),
         k.status(correlation_id) if answered and correlation_id else k.status(message_id),
+        k.dedup_id(message_id),
     ]
     args: list[Any] = [
         message_id,
@@ -95,7 +96,7 @@ def inbox_delivery(
         k.inbox_channel(agent),
     ]
     for d in group:
-        keys += [k.status(d.message_id), k.delivered(d.message_id)]
+        keys += [k.status(d.message_id), k.delivered(d.message_id), k.dedup_id(d.message_id)]
         args += [d.message_id, d.wire, d.rank, d.ts_ms, d.sender, d.attempts]
     return keys, args
 

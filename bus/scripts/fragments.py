@@ -277,6 +277,8 @@ local function id_record(value)  -- its owner, and a record (without the id)
   if until_ms then return owner, {lease = true, until_ms = tonumber(until_ms), token = token} end
   local state, old_owner = string.match(value, '^(%a+)|(.+)$')
   if state == 'pending' then return old_owner, {lease = true, until_ms = 0, token = ''} end
+  -- a send refused whole (REVOKE): the id is still its sender's, and no record of a message
+  if state == 'revoked' then return old_owner, nil end
   if state then return old_owner, {} end
   return nil, nil
 end

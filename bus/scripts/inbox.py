@@ -16,13 +16,15 @@ from bus.scripts.fragments import (
 from bus.scripts.script import Script
 
 # KEYS: status, delivered-set, agents, seq, reply-key, delivered-rate bucket, the status of
-#       the request it answers, then per recipient: ready, body, meta, history, history
+#       the request it answers, dedup by id, then per recipient: ready, body, meta, history, history
 #       bytes, history senders, the inbox's admitted-not-yet-delivered zset, the inbox's
 #       per-sender counts
 # ARGV: id, wire, rank, history_limit, retention_s, attempts, reply_channel, ts_ms,
 #       history_max_bytes, sender, a sender's share of a history (entries), the direct
 #       recipient ('' for topic and broadcast), the admitting call's token ('' for any),
 #       then per recipient: agent, inbox channel
+# A message its sender took back (REVOKE's tombstone on its id: the sender was told it was
+# not sent) is delivered to nobody: 0, nothing written.
 # Returns how many recipients it was newly delivered to; -1, writing nothing, when a token
 # is given and the message's status was not made by that admission (ADMIT found it a
 # duplicate, in flight or refused it: a sender runs this right behind its ADMIT, in one
@@ -39,13 +41,14 @@ DELIVER = Script(
     + TRIM_HISTORY_LUA
     + """
 if ARGV[13] ~= '' and redis.call('HGET', KEYS[1], 'admission') ~= ARGV[13] then return -1 end
+if string.sub(redis.call('GET', KEYS[8]) or '', 1, 8) == 'revoked|' then return 0 end
 local delivered = 0
 local per = 8
-local n = (#KEYS - 7) / per
+local n = (#KEYS - 8) / per
 local sender = ARGV[10]
 for i = 1, n do
   local agent = ARGV[13 + 2 * i - 1]
-  local base = 7 + (i - 1) * per
+  local base = 8 + (i - 1) * per
   if redis.call('SADD', KEYS[2], agent) == 1 then
     local seq = redis.call('INCR', KEYS[4])
     local score = string.format('%d', tonumber(ARGV[3]) * 1099511627776 + seq)
@@ -98,27 +101,35 @@ return delivered
 # message, with the inbox, its history and its counts written once for all of them.
 # KEYS: delivered-rate bucket, seq, ready, body, meta, history, history bytes, history
 #       senders, the inbox's admitted-not-yet-delivered zset, its per-sender counts, then per
-#       message: status, delivered-set
+#       message: status, delivered-set, dedup by id
 # ARGV: history_limit, retention_s, history_max_bytes, a sender's share of a history, agent,
 #       inbox channel, then per message: id, wire, rank, ts_ms, sender, attempts
-# Returns, per message, 1 if it was newly delivered and 0 if it was in the inbox already.
+# Returns, per message, 1 if it was newly delivered and 0 if it was in the inbox already
+# (or taken back by its sender: REVOKE's tombstone, as DELIVER).
 DELIVER_INBOX = Script(
     STATUS_RANK_LUA
     + NOW_LUA
     + TRIM_HISTORY_LUA
     + """
-local n = (#KEYS - 10) / 2
+local n = (#KEYS - 10) / 3
 local agent, retention = ARGV[5], ARGV[2]
 local function arg(i, field) return ARGV[6 + (i - 1) * 6 + field] end
+local function key(i, field) return KEYS[10 + (i - 1) * 3 + field] end  -- 1 status, 2 delivered
 local function in_chunks(command, key, items)
   for start = 1, #items, 256 do
     redis.call(command, key, unpack(items, start, math.min(start + 255, #items)))
   end
 end
 local fresh, flags = 0, {}
+local revoked = {}
 for i = 1, n do
-  flags[i] = redis.call('SADD', KEYS[10 + 2 * i], agent)
-  redis.call('EXPIRE', KEYS[10 + 2 * i], retention)
+  revoked[i] = string.sub(redis.call('GET', key(i, 3)) or '', 1, 8) == 'revoked|'
+  if revoked[i] then
+    flags[i] = 0
+  else
+    flags[i] = redis.call('SADD', key(i, 2), agent)
+    redis.call('EXPIRE', key(i, 2), retention)
+  end
   fresh = fresh + flags[i]
 end
 local pending = {}
@@ -150,16 +161,17 @@ if fresh > 0 then
 end
 in_chunks('ZREM', KEYS[9], pending)
 for i = 1, n do
-  local status = KEYS[9 + 2 * i]
-  local current = redis.call('HGET', status, 'status')
-  if not current or (rank[current] or 0) < 3 then
-    redis.call('HSET', status, 'status', 'delivered', 'delivered_at', stamp,
-      'updated_at', stamp, 'attempts', arg(i, 6), 'recipients',
-      redis.call('SCARD', KEYS[10 + 2 * i]))
-    redis.call('EXPIRE', status, retention)
+  if not revoked[i] then
+    local status = key(i, 1)
+    local current = redis.call('HGET', status, 'status')
+    if not current or (rank[current] or 0) < 3 then
+      redis.call('HSET', status, 'status', 'delivered', 'delivered_at', stamp,
+        'updated_at', stamp, 'attempts', arg(i, 6), 'recipients', redis.call('SCARD', key(i, 2)))
+      redis.call('EXPIRE', status, retention)
+    end
+    redis.call('HSETNX', status, 'from', arg(i, 5))
+    redis.call('HSETNX', status, 'to', agent)  -- each is a direct message to this inbox
   end
-  redis.call('HSETNX', status, 'from', arg(i, 5))
-  redis.call('HSETNX', status, 'to', agent)  -- each is a direct message to this inbox
 end
 return flags
 """

@@ -30,7 +30,7 @@ if record and record.lease and record.id == id then
   redis.call('SET', KEYS[3], lease_value(until_ms, token) .. ':' .. id, 'KEEPTTL')
 end
 local owner, held = id_record(redis.call('GET', KEYS[4]))
-if owner == sender and held.lease then
+if owner == sender and held and held.lease then
   redis.call('SET', KEYS[4], lease_value(until_ms, token) .. '|' .. owner, 'KEEPTTL')
 end
 return 1

@@ -267,22 +267,29 @@ return out
 # and histories (the sender delivered it itself, then could not publish what had to follow)
 # while the message is still this call's: once another send took its lease over, that send
 # owns the delivery (and may have published the task that handles it).
+# A publish whose confirm never came may still have reached the broker: a message taken
+# back leaves a tombstone on its id (dedup by id, `revoked|sender`, for the dedup window)
+# under which no delivery puts it into an inbox (DELIVER, DELIVER_INBOX), so that "not
+# sent" stays true and a retry is the only copy. One a worker has delivered or tried
+# already (its status past `queued`) reached the broker after all: it is left, and goes out.
 # KEYS: dedup (by key), status, sender history, dedup by id, sender history bytes,
 #       unconfirmed, their wires, then the admitted-not-yet-delivered zset of each
 #       recipient; with ARGV[6] '1' then the
 #       delivered-set and per recipient: ready, leased, body, meta, per-sender counts,
 #       history, history bytes, history senders
 # ARGV: id, wire, sender, the admitting call's token, '1' for a takeover, '1' to take the
-#       delivery back, then the recipients' agent ids
+#       delivery back, dedup_window_s, then the recipients' agent ids
 # Returns 1 when it took the message back; 0 when it left it because another call has
 # taken it over since (a retry's takeover, or bus.outbox publishing it once this call's
-# lease had passed): that message goes out, and its sender should say so.
+# lease had passed) or a worker has it: that message goes out, and its sender should say so.
 REVOKE = Script(
     DEDUP_RECORDS_LUA
     + TRIM_HISTORY_LUA
     + """
 local id, wire, token, takeover = ARGV[1], ARGV[2], ARGV[4], ARGV[5] == '1'
-local n = #ARGV - 6
+local n = #ARGV - 7
+local current = redis.call('HGET', KEYS[2], 'status')
+if ARGV[6] ~= '1' and current and current ~= 'queued' then return 0 end
 local function ours(record) return not record.lease or record.token == token end
 local owner, by_id = id_record(redis.call('GET', KEYS[4]))
 -- Still this call's: no other sender's id, no other call's lease on it, and no other call
@@ -307,10 +314,10 @@ if record and record.id == id then
 end
 if owner == ARGV[3] then
   if takeover then
-    if by_id.lease and by_id.token == token then
+    if by_id and by_id.lease and by_id.token == token then
       redis.call('SET', KEYS[4], lease_value(0, token) .. '|' .. owner, 'KEEPTTL')
     end
-  elseif ours(by_id) then
+  elseif by_id and ours(by_id) then
     redis.call('DEL', KEYS[4])
   end
 end
@@ -318,7 +325,7 @@ if ARGV[6] == '1' and still_ours then
   local delivered = 8 + n
   for i = 1, n do
     local base = delivered + (i - 1) * 8
-    if redis.call('SREM', KEYS[delivered], ARGV[6 + i]) == 1 then
+    if redis.call('SREM', KEYS[delivered], ARGV[7 + i]) == 1 then
       local meta = redis.call('HGET', KEYS[base + 4], id)
       if redis.call('HDEL', KEYS[base + 3], id) == 1 then
         local from = meta and string.match(meta, '^%d+|%d+|(.+)$')
@@ -338,6 +345,7 @@ if ARGV[6] == '1' and still_ours then
 end
 if still_ours and redis.call('HGET', KEYS[2], 'admission') == token then
   redis.call('DEL', KEYS[2])
+  redis.call('SET', KEYS[4], 'revoked|' .. ARGV[3], 'EX', ARGV[7])
   -- refused whole, its sender told so: nothing left for bus.outbox to publish (a
   -- takeover's is the earlier admission's, whose status stays: bus.outbox judges it)
   redis.call('ZREM', KEYS[6], id)
@@ -372,7 +380,7 @@ for i = 1, (#KEYS - 2) / 2 do
       redis.call('SET', by_key, 'final:' .. id, 'EX', ARGV[1])
     end
     local owner, held = id_record(redis.call('GET', by_id))
-    if owner == sender and held.lease then
+    if owner == sender and held and held.lease then
       redis.call('SET', by_id, 'final|' .. sender, 'EX', ARGV[1])
     end
   end

@@ -238,3 +238,58 @@ def test_an_llm_agent_is_told_nothing_was_sent_only_when_so(module_env, worker, 
         assert told.value.message.endswith("nothing was sent, try again")
         assert bus.history(sender) == []
     bus.close()
+
+
+def test_a_send_whose_confirm_never_came_is_never_delivered_and_its_retry_is_the_one_copy(
+    fresh_env, agents
+):
+    """The broker took the task but its confirm never came (a timeout): the sender was told
+    "not sent" and its records taken back, yet a worker delivered it later, with no status,
+    and the retry with the same dedup key was delivered a second time."""
+    bus = fresh_env.bus()
+    sender, receiver = agents("sender"), agents("receiver")
+    message = {"from": sender, "to": receiver, "payload": "once", "metadata": {"dedup_key": "j"}}
+    publish = bus.runtime.broker.publish
+
+    def taken_unconfirmed(*args, **kwargs):
+        publish(*args, **kwargs)  # the broker has it ...
+        raise BusUnavailable("bus unavailable: the broker cannot be reached (timed out)")
+
+    bus.runtime.broker.publish = taken_unconfirmed
+    with pytest.raises(BusUnavailable):
+        bus.send_message(message)
+    bus.runtime.broker.publish = publish
+    retry = bus.send_message(message)
+    assert retry.status.value == "queued"  # the control: a retry is a new send, not a duplicate
+    fresh_env.start_worker(concurrency=1)  # in queue order: the first task goes first
+    got = wait_for(lambda: bus.read(receiver, limit=10, wait=0.5), 30, "the retry")
+    assert [(m.id, m.payload) for m in got] == [(retry.id, "once")]
+    control = bus.send_message({"from": sender, "to": receiver, "payload": "after"})
+    got = wait_for(lambda: bus.read(receiver, limit=10, wait=0.5), 30, "the next message")
+    assert [m.id for m in got] == [control.id]  # nothing else came in between
+    assert sorted(m.id for m in bus.history(sender)) == sorted([retry.id, control.id])
+
+
+def test_a_send_a_worker_delivered_before_its_confirm_failed_is_sent(fresh_env, agents):
+    """The other order: the worker delivered it while the confirm was still awaited. Its
+    undo must not take the status, the dedup record and the history from a delivered
+    message: the send says `queued`, and a retry is its duplicate."""
+    fresh_env.start_worker()
+    bus = fresh_env.bus()
+    sender, receiver = agents("sender"), agents("receiver")
+    message = {"from": sender, "to": receiver, "payload": "once", "metadata": {"dedup_key": "j"}}
+    publish = bus.runtime.broker.publish
+    seen = []
+
+    def delivered_then_unconfirmed(*args, **kwargs):
+        publish(*args, **kwargs)
+        seen.append(wait_for(lambda: bus.read(receiver, limit=10, wait=0.5), 30, "delivery"))
+        raise BusUnavailable("bus unavailable: the broker cannot be reached (timed out)")
+
+    bus.runtime.broker.publish = delivered_then_unconfirmed
+    receipt = bus.send_message(message)
+    bus.runtime.broker.publish = publish
+    assert [m.id for m in seen[0]] == [receipt.id]
+    assert bus.status(receipt.id).status.value == "read"
+    assert bus.send_message(message).status.value == "duplicate"
+    assert [m.id for m in bus.history(sender)] == [receipt.id]

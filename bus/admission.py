@@ -187,7 +187,7 @@ class Admission(RedisBacked):
             if taken_back:
                 keys += delivery_calls.undelivery_keys(k, rec.id, rec.recipients)
             args = [rec.id, rec.wire, rec.sender, rec.token, "1" if rec.takeover else "0"]
-            args += ["1" if taken_back else "0", self.retention.dedup_window, *rec.recipients]
+            args += ["1" if taken_back else "0", str(self.retention.dedup_window), *rec.recipients]
             calls.append((scripts.REVOKE, keys, args))
         undone = self.scripts.many(calls, action="undo a refused send")
         return {rec.id for rec, done in zip(records, undone, strict=True) if not int(done)}

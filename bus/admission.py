@@ -200,10 +200,12 @@ class Admission(RedisBacked):
     def confirm(self, messages: Sequence[tuple[str, str, str, int | None]]) -> None:
         """`commit` of (id, sender, dedup key, the lease end seen or None for any): a message
         admitted again since that lease end is left as it is (scripts.COMMIT)."""
-        keys: list[str] = [self.keys.unconfirmed, self.keys.unconfirmed_wires]
-        args: list[Any] = [self.retention.dedup_window]
+        k, r = self.keys, self.retention
+        keys: list[str] = [k.unconfirmed, k.unconfirmed_wires]
+        args: list[Any] = [r.dedup_window, r.history_limit, r.history_max_bytes]
         for message_id, sender, dedup_key, seen in messages:
-            keys += [self.keys.dedup(sender, dedup_key), self.keys.dedup_id(message_id)]
+            keys += [k.dedup(sender, dedup_key), k.dedup_id(message_id)]
+            keys += [k.history(sender, sent=True), k.history_bytes(sender, sent=True)]
             args += [message_id, sender, "" if seen is None else seen]
         if messages:
             self.scripts.call(scripts.COMMIT, keys, args, action="record the send")

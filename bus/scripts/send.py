@@ -224,8 +224,11 @@ for _, m in ipairs(messages) do
     -- first, bus.outbox publishes it once the lease has passed
     redis.call('ZADD', KEYS[5], now_ms + lease_ms, m.id)
     redis.call('HSET', KEYS[6], m.id, ARGV[a + 4])
-    add_history(KEYS[k + 4], KEYS[k + 5], false, m.sender, ARGV[a + 5], ARGV[a + 4],
-      tonumber(ARGV[3]), tonumber(ARGV[7]), 0)
+    -- into the sender's history untrimmed: a send refused after this (REVOKE) must not
+    -- have evicted older entries; COMMIT trims it once the broker has the message
+    if redis.call('ZADD', KEYS[k + 4], ARGV[a + 5], ARGV[a + 4]) == 1 then
+      redis.call('INCRBY', KEYS[k + 5], #ARGV[a + 4])
+    end
     if m.unseen then
       redis.call('SADD', KEYS[k + 6], m.to)
       redis.call('EXPIRE', KEYS[k + 6], ARGV[2])
@@ -363,14 +366,24 @@ return 1
 # dedup records become final (whoever holds the lease now: the message is in the broker
 # under that id either way). bus.outbox passes the lease end it saw: a message admitted
 # again since (a takeover: a lease of its own) is left to that admission's COMMIT.
-# KEYS: unconfirmed, their wires, then per message: dedup (by key), dedup (by id)
-# ARGV: dedup_window_s, then per message: id, sender, the lease end seen ('' for any)
+# Each sender's history is trimmed to its bounds here, not at ADMIT (see there).
+# KEYS: unconfirmed, their wires, then per message: dedup (by key), dedup (by id), the
+#       sender's history, its byte count
+# ARGV: dedup_window_s, history_limit, history_max_bytes, then per message: id, sender, the
+#       lease end seen ('' for any)
 COMMIT = Script(
     DEDUP_RECORDS_LUA
+    + TRIM_HISTORY_LUA
     + """
-for i = 1, (#KEYS - 2) / 2 do
-  local id, sender, seen = ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1]
-  local by_key, by_id = KEYS[2 * i + 1], KEYS[2 * i + 2]
+local trimmed = {}
+for i = 1, (#KEYS - 2) / 4 do
+  local id, sender, seen = ARGV[3 * i + 1], ARGV[3 * i + 2], ARGV[3 * i + 3]
+  local by_key, by_id = KEYS[4 * i - 1], KEYS[4 * i]
+  local history = KEYS[4 * i + 1]
+  if not trimmed[history] then
+    trimmed[history] = true
+    trim_history(history, KEYS[4 * i + 2], false, {}, tonumber(ARGV[2]), tonumber(ARGV[3]), 0)
+  end
   local lease_end = redis.call('ZSCORE', KEYS[1], id)
   if seen == '' or not lease_end or tonumber(lease_end) == tonumber(seen) then
     redis.call('ZREM', KEYS[1], id)

@@ -293,3 +293,27 @@ def test_a_send_a_worker_delivered_before_its_confirm_failed_is_sent(fresh_env, 
     assert bus.status(receipt.id).status.value == "read"
     assert bus.send_message(message).status.value == "duplicate"
     assert [m.id for m in bus.history(sender)] == [receipt.id]
+
+
+def test_a_refused_send_leaves_its_senders_history_as_it_was(fresh_env, agents):
+    """The admission made room in a full history before the publish: a send the broker
+    refused took the older entries with it, a refused batch of 10 the whole history."""
+    fresh_env.overrides["MESSAGE_BUS_HISTORY_LIMIT"] = "3"
+    bus = fresh_env.bus()
+    sender, receiver = agents("sender"), agents("receiver")
+    sent = [bus.send_message({"from": sender, "to": receiver, "payload": i}).id for i in range(3)]
+    publish = bus.runtime.broker.publish
+
+    def refused(*args, **kwargs):
+        raise BusUnavailable("the broker is away (test)")
+
+    bus.runtime.broker.publish = refused
+    with pytest.raises(BusUnavailable):
+        bus.send_message({"from": sender, "to": receiver, "payload": "refused"})
+    with pytest.raises(BusUnavailable):
+        bus.send_batch([{"from": sender, "to": receiver, "payload": n} for n in range(10)])
+    assert sorted(m.id for m in bus.history(sender, limit=3)) == sorted(sent)
+    bus.runtime.broker.publish = publish
+    last = bus.send_message({"from": sender, "to": receiver, "payload": "sent"}).id
+    assert sorted(m.id for m in bus.history(sender, limit=3)) == sorted([*sent[1:], last])
+    assert bus.runtime.redis.zcard(bus.runtime.keys.history(sender, sent=True)) == 3  # bounded

@@ -244,10 +244,17 @@ class DeadLetterQueue:
             recorded = int(status.get("attempts") or 0)
         except ValueError:
             recorded = 0
-        try:
-            replays = max(replays, int(status.get("replays") or 0))
-        except ValueError:
-            pass
+        if entry.agent is not None:
+            # A fan-out's status is shared: another recipient's read, death or replays are
+            # not this agent's. Its own death and replays are kept per agent.
+            own = self._own_death(entry.agent, item.id)
+            if own is not None:
+                reason, replays = own[0] or reason, max(replays, own[1])
+        else:
+            try:
+                replays = max(replays, int(status.get("replays") or 0))
+            except ValueError:
+                pass
         return DeadLetter(
             id=item.id,
             replays=replays,
@@ -258,6 +265,15 @@ class DeadLetterQueue:
             attempts=max(recorded, entry.header_int("retries") + 1),
             message=item.data,
         )
+
+    def _own_death(self, agent: str, message_id: str) -> tuple[str | None, int] | None:
+        """(why it died in `agent`'s hands, as its burial recorded; the replays readied for
+        it), or None without Redis."""
+        runs = self.runtime.handler_runs
+        try:
+            return runs.death(agent, message_id), runs.replays_readied(agent, message_id)
+        except BusUnavailable:
+            return None
 
     def _derive_reason(self, entry: _Entry, envelope: Envelope) -> str:
         """Why a message died, from what it carries, when Redis could not record it."""
@@ -338,7 +354,8 @@ class DeadLetterQueue:
                 continue
             try:
                 if self._is_dead_for(entry, item):
-                    self.runtime.handler_runs.bury(entry.agent, item.id, item.text)
+                    reason = self._describe(entry, item, self._statuses([entry])).reason
+                    self.runtime.handler_runs.bury(entry.agent, item.id, item.text, reason)
             except BusUnavailable:
                 return
 

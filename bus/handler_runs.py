@@ -48,9 +48,9 @@ class HandlerRuns(RedisBacked):
             self.scripts.call(scripts.START_HANDLING, keys, args, action="count handler runs")
         )
 
-    def bury(self, agent: str, message_id: str, wire: str) -> bool:
-        """Takes a message that died out of `agent`'s inbox, keeping a marker for its
-        replay; only when the inbox holds that very message (`wire` at any try)."""
+    def bury(self, agent: str, message_id: str, wire: str, reason: str) -> bool:
+        """Takes a message that died (`reason`) out of `agent`'s inbox, keeping a marker for
+        its replay; only when the inbox holds that very message (`wire` at any try)."""
         inbox = self.keys.inbox(agent)
         with redis_errors("look at the inbox"):
             stored = self.redis.hget(inbox.body, message_id)
@@ -71,8 +71,17 @@ class HandlerRuns(RedisBacked):
             hashlib.sha1(stored.encode()).hexdigest(),  # noqa: S324 - Redis's sha1hex
             message_digest(stored),
             self.retention.status_retention,
+            reason,
         ]
         return bool(self.scripts.call(scripts.BURY, keys, args, action="set a dead message aside"))
+
+    def death(self, agent: str, message_id: str) -> str | None:
+        """Why `agent`'s message died, as its burial recorded (None: not buried, or buried
+        before reasons were kept): its own, whatever a fan-out's shared status says."""
+        with redis_errors("look at a dead message"):
+            marker = self.redis.get(self.keys.buried(agent, message_id))
+        _, _, reason = (marker or "").partition("|")
+        return reason or None
 
     def reopen_for_replay(self, agent: str, envelope: Envelope, replays: int) -> Reopened:
         """Readies `agent`'s message for a replay of its dead letter (scripts.REOPEN): a

@@ -116,7 +116,7 @@ def _died(
     with Redis away it stays in the inbox, where a replay finds it all the same."""
     verdict = runtime.deliverer.dead(envelope, reason, error, tries, force=True, run_of=agent.name)
     try:
-        runtime.handler_runs.bury(agent.name, envelope.id, envelope.text)
+        runtime.handler_runs.bury(agent.name, envelope.id, envelope.text, reason)
     except BusUnavailable:
         logger.warning(
             "%s: dead message %s left in the inbox (Redis unavailable)", agent.name, envelope.id

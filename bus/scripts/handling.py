@@ -35,10 +35,12 @@ return runs
 # marker a replay consumes to put it back (REVIVE). Only the very text the caller read:
 # It is off the outbox's list too (bus.outbox): it reached its inbox, and a resend must not
 # dispatch its handler again.
+# The marker is "digest|reason": why it died in this agent's hands (a fan-out's status is
+# shared, and another recipient's read or death overwrites it).
 # KEYS: ready, leased, body, meta, per-sender counts, buried marker, unconfirmed,
 #       unconfirmed wires
 # ARGV: id, sha1 of the stored wire, the message's digest (bus.envelope.message_digest),
-#       retention_s
+#       retention_s, the reason it died
 # Returns 1 when buried, 0 when the inbox no longer holds that text.
 BURY = Script(
     TAKE_OUT_LUA
@@ -47,7 +49,7 @@ local id = ARGV[1]
 local stored = redis.call('HGET', KEYS[3], id)
 if not stored or redis.sha1hex(stored) ~= ARGV[2] then return 0 end
 take_out(id)
-redis.call('SET', KEYS[6], ARGV[3], 'EX', ARGV[4])
+redis.call('SET', KEYS[6], ARGV[3] .. '|' .. ARGV[5], 'EX', ARGV[4])
 redis.call('ZREM', KEYS[7], id)
 redis.call('HDEL', KEYS[8], id)
 return 1
@@ -100,7 +102,7 @@ if stored then
   reopened()
   return 'in_inbox'
 end
-if redis.call('GET', KEYS[6]) ~= ARGV[3] then return 'gone' end
+if string.sub(redis.call('GET', KEYS[6]) or '', 1, #ARGV[3]) ~= ARGV[3] then return 'gone' end
 redis.call('EXPIRE', KEYS[6], ARGV[8])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now_ms)  -- admitted mail whose time ran out
 local depth = redis.call('HLEN', KEYS[2]) + redis.call('ZCARD', KEYS[4])
@@ -122,7 +124,9 @@ return 'revived'
 # A purged dead letter's marker, when it is that message's. KEYS: marker  ARGV: digest
 FORGET_BURIED = Script(
     """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if string.sub(redis.call('GET', KEYS[1]) or '', 1, #ARGV[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
 return 0
 """
 )

@@ -59,7 +59,7 @@ def died(env, bus, agent, message_id, wire, copies=1):
     """What the worker does when the handler fails to the end: the status `dead`, the
     message buried, its task rejected into the dead letters (`copies` of it)."""
     bus.runtime.store.advance_status([message_id], "dead", force=True, reason="handler_failed")
-    assert bus.runtime.handler_runs.bury(agent, message_id, wire)
+    assert bus.runtime.handler_runs.bury(agent, message_id, wire, "handler_failed")
     for _ in range(copies):
         letter(env, agent, message_id, at_try(bus, wire, 1))
     wait_for(
@@ -78,7 +78,7 @@ def test_a_dead_message_leaves_the_inbox_and_its_replay_readies_it_again(inbox, 
     message_id, wire = sent(bus, alice, agent, "job")
     assert runs.start(agent, message_id) == 1  # the control: in the inbox, a run counts
     assert held_by(bus, agent, alice) == 1
-    assert runs.bury(agent, message_id, at_try(bus, wire, 3))
+    assert runs.bury(agent, message_id, at_try(bus, wire, 3), "handler_failed")
     assert depth(bus, agent) == 0
     assert held_by(bus, agent, alice) == 0  # its share given back
     assert runs.start(agent, message_id) == -1  # a task that comes back dies again
@@ -145,7 +145,9 @@ def test_a_copy_the_bus_did_not_sign_readies_nothing(inbox, fresh_env, agents):
     died(fresh_env, bus, agent, message_id, wire)
     bus.purge_dead_letters([message_id])  # only the forgery will be there
     bus.runtime.store.advance_status([message_id], "dead", force=True, reason="handler_failed")
-    assert bus.runtime.handler_runs.bury(agent, message_id, wire) is False  # buried already
+    assert (
+        bus.runtime.handler_runs.bury(agent, message_id, wire, "handler_failed") is False
+    )  # buried already
     unsigned = orjson.loads(wire) | {"signature": "0" * 64}
     letter(fresh_env, agent, message_id, orjson.dumps(unsigned).decode())
     wait_for(lambda: bus.dead_letters(), 30, "the forgery")
@@ -159,10 +161,10 @@ def test_a_forged_or_leftover_dead_letter_readies_nothing(inbox, agents):
     runs, alice = bus.runtime.handler_runs, agents("alice")
     message_id, wire = sent(bus, alice, agent, "job")
     forged = json.dumps(json.loads(wire) | {"from": agents("mallory"), "payload": "x"})
-    assert not runs.bury(agent, message_id, forged)  # a forgery buries nothing
+    assert not runs.bury(agent, message_id, forged, "handler_failed")  # a forgery buries nothing
     assert depth(bus, agent) == 1
     bus.runtime.store.advance_status([message_id], "dead", force=True, reason="handler_failed")
-    assert runs.bury(agent, message_id, wire)
+    assert runs.bury(agent, message_id, wire, "handler_failed")
     with pytest.raises(NothingToReplay):
         runs.reopen_for_replay(agent, Envelope.parse(forged), 1)
     assert depth(bus, agent) == 0
@@ -310,7 +312,7 @@ def test_fan_out_to_two_worker_agents_one_death_says_nothing_of_the_other(fresh_
     with pytest.raises(NothingToReplay):
         bus.replay_dead_letters([receipt.id])  # one readies A, the other is its leftover
     bus.runtime.store.advance_status([receipt.id], "dead", force=True, reason="handler_failed")
-    assert bus.runtime.handler_runs.bury(b, receipt.id, wire)  # B's death
+    assert bus.runtime.handler_runs.bury(b, receipt.id, wire, "handler_failed")  # B's death
     with pytest.raises(NothingToReplay, match="older than its replay"):
         bus.replay_dead_letters([receipt.id])
     assert bus.purge_dead_letters([receipt.id]) == [receipt.id]
@@ -353,6 +355,36 @@ def test_fan_out_a_replay_for_one_worker_agent_leaves_the_others_death_replayabl
     bus.close()
 
 
+def test_fan_out_a_worker_agents_letter_lists_its_own_death_and_replays(fresh_env, agents):
+    """A topic message to worker agents A and B and a plain reader R. A's handler crashed
+    its process; B's copy was replayed twice; then R read the message. The status they
+    share says `read`, replays 2: A's letter was listed `retries_exhausted` (transient: beat
+    replayed it, and the handler killed A's process again) with B's replays."""
+    fresh_env.start_worker()
+    bus = fresh_env.bus()
+    a, b, r, topic = agents("a"), agents("b"), agents("r"), agents("jobs")
+    for agent in (a, b):
+        bus.runtime.store.register_worker_agent(agent)
+        bus.runtime.broker.declare_queue(agent_queue(bus.settings, agent))
+    for agent in (a, b, r):
+        bus.subscribe(agent, [topic])
+    receipt = bus.publish(agents("pub"), topic, {"n": 1}, metadata={"max_retries": 0})
+    wait_for(lambda: bus.status(receipt.id).recipients == 3, 30, "delivery to all three")
+    wire = bus.runtime.store.redis.hget(bus.runtime.keys.inbox(a).body, receipt.id)
+    store = bus.runtime.store
+    store.advance_status([receipt.id], "dead", force=True, reason="handler_crashed")
+    assert bus.runtime.handler_runs.bury(a, receipt.id, wire, "handler_crashed")
+    letter(fresh_env, a, receipt.id, at_try(bus, wire, 1))
+    wait_for(lambda: bus.stats().dead_letters == 1, 30, "A's letter")
+    store.advance_status([receipt.id], "queued", force=True, replays=2, run_of=b)  # B's replays
+    assert [m.id for m in bus.read(r)] == [receipt.id]
+    assert bus.status(receipt.id).status.value == "read"
+    [listed] = bus.dead_letters()
+    assert (listed.reason, listed.replays) == ("handler_crashed", 0)
+    assert bus.runtime.handler_runs.death(b, receipt.id) is None  # the control: B's is not A's
+    bus.close()
+
+
 def test_a_purge_of_an_old_copy_leaves_the_later_death_replayable(inbox, fresh_env, agents):
     """The message died, was replayed, and died again: purging a leftover copy of its first
     letter must not take the marker its second letter replays from."""
@@ -362,7 +394,9 @@ def test_a_purge_of_an_old_copy_leaves_the_later_death_replayable(inbox, fresh_e
     with pytest.raises(NothingToReplay):
         bus.replay_dead_letters([message_id])  # one readies it; the other, a leftover, stays
     bus.runtime.store.advance_status([message_id], "dead", force=True, reason="handler_failed")
-    assert bus.runtime.handler_runs.bury(agent, message_id, wire)  # its second death
+    assert bus.runtime.handler_runs.bury(
+        agent, message_id, wire, "handler_failed"
+    )  # its second death
     body = json.dumps([[agent, at_try(bus, wire, 2)], {}, {"callbacks": None}]).encode()
     headers = {"task": "bus.handle", "x-bus-replays": 1}
     publish_dead(fresh_env, f"{message_id}:{agent}", body, "application/json", headers)

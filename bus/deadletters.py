@@ -51,6 +51,7 @@ _DELIVERED_ALREADY = ("delivered", "read", "acked")
 
 REPLAYS_HEADER = "x-bus-replays"
 MAX_LISTED = 1000  # dead letters an MCP or dashboard listing shows at most
+READERS_WAIT = 30.0  # seconds a reader waits for another to put the dead letters back
 RAW_PREVIEW = 200  # characters of an unreadable argument shown in a listing
 
 
@@ -192,13 +193,20 @@ class DeadLetterQueue:
         other holds: one reader at a time across processes, by a Redis lock. Without
         Redis the read goes ahead unlocked (listing must work while Redis is down)."""
         lock = self.runtime.redis.lock(
-            self.runtime.keys.dead_letters_lock, timeout=120, blocking_timeout=30
+            self.runtime.keys.dead_letters_lock, timeout=120, blocking_timeout=READERS_WAIT
         )
         try:
             held = bool(lock.acquire())
         except redis.RedisError as exc:
             logger.warning("dead letters read without the readers' lock: %s", exc)
             held = False
+        else:
+            if not held:  # read beside the other, it would see none of what that one holds
+                raise BusUnavailable(
+                    "the dead letters are held by another reader (a listing, a replay or "
+                    f"beat's replay job) for over {READERS_WAIT:g}s; try again shortly",
+                    component="dead_letters",
+                )
         try:
             yield
         finally:

@@ -56,8 +56,13 @@ def run_handler(
         if runs > message.metadata.max_retries + 1:
             # Its task came back more often than the message may be retried, each time from
             # a process that died running it: the handler kills its process. Stop here.
-            error = f"handler crashed its worker {runs - 1} times"
+            error = f"its process died running the handler {runs - 1} times (a crash, or killed)"
             return _died(runtime, agent, envelope, "handler_crashed", error, runs)
+        ttl_left = deliverer.ttl_left(envelope)
+        if ttl_left is not None and ttl_left <= 0 and not kept_answer:
+            # (an answer kept for a retry is the handler's already: _answer_later judges it)
+            error = "its ttl ran out before its handler could run (again)"
+            return _died(runtime, agent, envelope, "expired", error, attempts)
         kept, result = agent.unseal(message.id, kept_answer) if kept_answer else (False, None)
         if kept_answer and not kept:
             logger.warning(

@@ -189,6 +189,26 @@ def test_a_second_dispatch_of_a_request_beside_its_run_is_no_crash(counter_agent
     assert asked not in {d.id for d in bus.dead_letters()}
 
 
+def test_a_failing_request_past_its_ttl_is_not_run_again(counter_agent, agents):
+    """The handler's own retries took no notice of the ttl: a request for 2 seconds ran
+    again long after, and was answered for nobody, until its retries ran out."""
+    bus = counter_agent
+    asker = bus.as_agent(agents("asker"))
+    asked = asker.start_request(
+        {"to": "counter", "payload": {"fail_runs": 99}, "metadata": {"ttl": 2, "max_retries": 10}}
+    )
+    # (read past its ttl, a status still `retrying` says `expired` already: wait for the
+    # worker's own word)
+    status = wait_for(lambda: (s := asker.status(asked)).error and "ttl" in s.error and s, 60, "x")
+    assert (status.status.value, status.reason) == ("expired", "expired")
+    runs = handler_runs(bus, asked)
+    assert 1 <= runs < 11  # the control: it did run, and was retried
+    wait_for(lambda: any(d.id == asked for d in bus.dead_letters()), 20, "the dead letter")
+    assert handler_runs(bus, asked) == runs
+    with pytest.raises(NothingToReplay, match="ttl has passed"):
+        bus.replay_dead_letters([asked])
+
+
 def handler_runs(bus, message_id):
     return int(bus.runtime.redis.get(runs_key(bus.settings.key_prefix, message_id)) or 0)
 

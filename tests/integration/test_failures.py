@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from kombu import Connection, Exchange, Producer
 
+from bus import deadletters
+from bus.errors import BusUnavailable
 from tests.support.waiting import holds_for, wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -198,3 +200,24 @@ def test_a_listing_beside_a_replay_in_progress_sees_every_dead_letter(fresh_env,
     lister.join(30)
     assert listed == [{r.id for r in receipts}]
     other.close()
+
+
+def test_a_listing_beside_another_reader_says_so_rather_than_show_none(
+    fresh_env, agents, monkeypatch
+):
+    """Another reader (a replay, beat's job) holds the dead letters off the queue: a listing
+    that went ahead without the readers' lock printed [] while there were letters."""
+    bus = fresh_env.bus()
+    receipt = bus.send_message(
+        {"from": agents("s"), "to": agents("r"), "payload": 1, "metadata": {"ttl": 0.05}}
+    )
+    wait_for(lambda: [d.id for d in bus.dead_letters()] == [receipt.id], 30, "the letter")
+    monkeypatch.setattr(deadletters, "READERS_WAIT", 0.5)
+    lock = bus.runtime.redis.lock(bus.runtime.keys.dead_letters_lock, timeout=60)
+    assert lock.acquire(blocking=False)  # as another reader holds it
+    try:
+        with pytest.raises(BusUnavailable, match="held by another reader"):
+            bus.dead_letters()
+    finally:
+        lock.release()
+    assert [d.id for d in bus.dead_letters()] == [receipt.id]  # the control

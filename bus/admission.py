@@ -181,7 +181,7 @@ class Admission(RedisBacked):
                 k.history_bytes(rec.sender, sent=True),
                 k.unconfirmed,
                 k.unconfirmed_wires,
-                *(k.inbox(agent).pending for agent in rec.recipients),
+                *(key for a in rec.recipients for key in (k.inbox(a).pending, k.inbox(a).senders)),
             ]
             taken_back = rec.id in undeliver
             if taken_back:

@@ -179,7 +179,8 @@ class RedisStore(RedisBacked):
         inbox = self.keys.inbox(ghost)
         history = self.keys.history(ghost)
         with redis_errors("read who wrote to an agent never seen"):
-            senders = set(self.redis.hkeys(inbox.senders))
+            # (its "p:<sender>" fields count mail on the way: scripts.fragments.PENDING_LUA)
+            senders = {s for s in self.redis.hkeys(inbox.senders) if not s.startswith("p:")}
             senders |= set(self.redis.hkeys(self.keys.history_senders(ghost)))
         keys = [self.keys.ghosts, self.keys.agents, *inbox.all(), inbox.pending, inbox.senders]
         keys += [history, self.keys.history_bytes(ghost), self.keys.history_senders(ghost)]

@@ -286,3 +286,42 @@ local function lease_value(until_ms, token)
   return 'lease:' .. string.format('%d', until_ms) .. ':' .. token
 end
 """
+
+# An inbox's admitted-not-yet-delivered messages (its `pending` zset, scored by when they
+# expire), kept by sender: members are "sender|id", and the inbox's per-sender counts hold
+# each sender's pending ones under "p:<sender>" beside its delivered ones, so that a
+# sender's share of an inbox counts what it has on the way too. The zset has no expiry of
+# its own (an expired member is pruned, and its count with it, when the inbox is next
+# judged): a count must never outlive its members.
+PENDING_LUA = """
+local function pending_count(senders_key, sender)
+  return tonumber(redis.call('HGET', senders_key, 'p:' .. sender) or '0')
+end
+local function pending_add(pending_key, senders_key, sender, id, expires_ms)
+  if redis.call('ZADD', pending_key, expires_ms, sender .. '|' .. id) == 1 then
+    redis.call('HINCRBY', senders_key, 'p:' .. sender, 1)
+  end
+  redis.call('PERSIST', pending_key)  -- (set by older code: it must not take counted members)
+end
+local function pending_less(senders_key, sender)
+  if redis.call('HINCRBY', senders_key, 'p:' .. sender, -1) <= 0 then
+    redis.call('HDEL', senders_key, 'p:' .. sender)
+  end
+end
+local function pending_drop(pending_key, senders_key, sender, id)
+  if redis.call('ZREM', pending_key, sender .. '|' .. id) == 1 then
+    pending_less(senders_key, sender)
+  else
+    redis.call('ZREM', pending_key, id)  -- one admitted before they were kept by sender
+  end
+end
+local function pending_prune(pending_key, senders_key, now_ms)
+  local expired = redis.call('ZRANGEBYSCORE', pending_key, '-inf', now_ms)
+  if #expired == 0 then return end
+  for _, member in ipairs(expired) do
+    local sender = string.match(member, '^([^|]+)|')
+    if sender then pending_less(senders_key, sender) end
+  end
+  redis.call('ZREMRANGEBYSCORE', pending_key, '-inf', now_ms)
+end
+"""

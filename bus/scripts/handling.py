@@ -6,7 +6,7 @@ Each script states its KEYS/ARGV contract; keys come from bus.keys, never built 
 
 from __future__ import annotations
 
-from bus.scripts.fragments import NOW_LUA, TAKE_OUT_LUA
+from bus.scripts.fragments import NOW_LUA, PENDING_LUA, TAKE_OUT_LUA
 from bus.scripts.script import Script
 
 # A worker agent starting its handler on a message, unless the message is no longer in
@@ -78,6 +78,7 @@ return 1
 # {'share_full', held}.
 REOPEN = Script(
     NOW_LUA
+    + PENDING_LUA
     + """
 local id = ARGV[1]
 if tonumber(redis.call('GET', KEYS[10]) or '0') >= tonumber(ARGV[9]) then return 'stale' end
@@ -104,10 +105,10 @@ if stored then
 end
 if string.sub(redis.call('GET', KEYS[6]) or '', 1, #ARGV[3]) ~= ARGV[3] then return 'gone' end
 redis.call('EXPIRE', KEYS[6], ARGV[8])
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now_ms)  -- admitted mail whose time ran out
+pending_prune(KEYS[4], KEYS[5], now_ms)  -- admitted mail whose time ran out
 local depth = redis.call('HLEN', KEYS[2]) + redis.call('ZCARD', KEYS[4])
 if depth >= tonumber(ARGV[6]) then return {'inbox_full', depth} end
-local held = tonumber(redis.call('HGET', KEYS[5], ARGV[5]) or '0')
+local held = tonumber(redis.call('HGET', KEYS[5], ARGV[5]) or '0') + pending_count(KEYS[5], ARGV[5])
 if held >= tonumber(ARGV[7]) then return {'share_full', held} end
 local seq = redis.call('INCR', KEYS[8])
 local score = string.format('%d', tonumber(ARGV[4]) * 1099511627776 + seq)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from bus.scripts.fragments import (
     ACK_COUNT_LUA,
     NOW_LUA,
+    PENDING_LUA,
     STATUS_RANK_LUA,
     TAKE_OUT_LUA,
     TRIM_HISTORY_LUA,
@@ -39,6 +40,7 @@ DELIVER = Script(
     STATUS_RANK_LUA
     + NOW_LUA
     + TRIM_HISTORY_LUA
+    + PENDING_LUA
     + """
 if ARGV[13] ~= '' and redis.call('HGET', KEYS[1], 'admission') ~= ARGV[13] then return -1 end
 if string.sub(redis.call('GET', KEYS[8]) or '', 1, 8) == 'revoked|' then return 0 end
@@ -61,7 +63,7 @@ for i = 1, n do
     redis.call('PUBLISH', ARGV[13 + 2 * i], ARGV[1])
     delivered = delivered + 1
   end
-  redis.call('ZREM', KEYS[base + 7], ARGV[1])
+  pending_drop(KEYS[base + 7], KEYS[base + 8], sender, ARGV[1])
 end
 redis.call('EXPIRE', KEYS[2], ARGV[5])
 if delivered > 0 then
@@ -110,6 +112,7 @@ DELIVER_INBOX = Script(
     STATUS_RANK_LUA
     + NOW_LUA
     + TRIM_HISTORY_LUA
+    + PENDING_LUA
     + """
 local n = (#KEYS - 10) / 3
 local agent, retention = ARGV[5], ARGV[2]
@@ -132,8 +135,6 @@ for i = 1, n do
   end
   fresh = fresh + flags[i]
 end
-local pending = {}
-for i = 1, n do pending[i] = arg(i, 1) end
 if fresh > 0 then
   local seq = redis.call('INCRBY', KEYS[2], fresh) - fresh
   local body, meta, ready, history, per_sender, senders = {}, {}, {}, {}, {}, {}
@@ -159,7 +160,7 @@ if fresh > 0 then
   redis.call('PUBLISH', ARGV[6], body[#body - 1])
   if redis.call('INCRBY', KEYS[1], fresh) == fresh then redis.call('EXPIRE', KEYS[1], 120) end
 end
-in_chunks('ZREM', KEYS[9], pending)
+for i = 1, n do pending_drop(KEYS[9], KEYS[10], arg(i, 5), arg(i, 1)) end
 for i = 1, n do
   if not revoked[i] then
     local status = key(i, 1)

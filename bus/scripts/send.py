@@ -6,7 +6,13 @@ Each script states its KEYS/ARGV contract; keys come from bus.keys, never built 
 
 from __future__ import annotations
 
-from bus.scripts.fragments import DEDUP_RECORDS_LUA, NOW_LUA, RATE_LUA, TRIM_HISTORY_LUA
+from bus.scripts.fragments import (
+    DEDUP_RECORDS_LUA,
+    NOW_LUA,
+    PENDING_LUA,
+    RATE_LUA,
+    TRIM_HISTORY_LUA,
+)
 from bus.scripts.script import Script
 
 # The send side's one call: refusals first (an id another sender owns, mail for an agent
@@ -60,6 +66,7 @@ ADMIT = Script(
     + TRIM_HISTORY_LUA
     + RATE_LUA
     + DEDUP_RECORDS_LUA
+    + PENDING_LUA
     + """
 local lease_ms = tonumber(ARGV[11])
 local messages = {}
@@ -155,15 +162,16 @@ for i, m in ipairs(messages) do
       local senders = KEYS[m.k + 6 + 3 * r]
       local agent = ARGV[m.a + 13 + r]
       if inbox_new[body] == nil then
-        redis.call('ZREMRANGEBYSCORE', pending, '-inf', now_ms)
+        pending_prune(pending, senders, now_ms)
         inbox_new[body] = redis.call('HLEN', body) + redis.call('ZCARD', pending)
       end
       if inbox_new[body] >= tonumber(ARGV[8]) then
         return {'inbox_full', i, agent, inbox_new[body]}
       end
       local mine = senders .. ' ' .. m.sender
-      if share_new[mine] == nil then
+      if share_new[mine] == nil then  -- what it has there, and what it has on the way
         share_new[mine] = tonumber(redis.call('HGET', senders, m.sender) or '0')
+          + pending_count(senders, m.sender)
       end
       if agent ~= m.sender and share_new[mine] >= tonumber(ARGV[6]) then
         return {'share_full', i, agent, share_new[mine]}
@@ -237,9 +245,7 @@ for _, m in ipairs(messages) do
       redis.call('SREM', KEYS[k + 6], m.to)  -- it has connected since: no longer unseen
     end
     for r = 1, m.n do
-      local pending = KEYS[k + 6 + 3 * r - 1]
-      redis.call('ZADD', pending, m.expires, m.id)
-      redis.call('PEXPIREAT', pending, math.max(m.expires, now_ms + tonumber(ARGV[1]) * 1000))
+      pending_add(KEYS[k + 6 + 3 * r - 1], KEYS[k + 6 + 3 * r], m.sender, m.id, m.expires)
     end
   end
   if m.takeover then  -- the lease is this caller's now: every other send keeps waiting
@@ -276,8 +282,8 @@ return out
 # sent" stays true and a retry is the only copy. One a worker has delivered or tried
 # already (its status past `queued`) reached the broker after all: it is left, and goes out.
 # KEYS: dedup (by key), status, sender history, dedup by id, sender history bytes,
-#       unconfirmed, their wires, then the admitted-not-yet-delivered zset of each
-#       recipient; with ARGV[6] '1' then the
+#       unconfirmed, their wires, then the admitted-not-yet-delivered zset and the per-sender
+#       counts of each recipient's inbox; with ARGV[6] '1' then the
 #       delivered-set and per recipient: ready, leased, body, meta, per-sender counts,
 #       history, history bytes, history senders
 # ARGV: id, wire, sender, the admitting call's token, '1' for a takeover, '1' to take the
@@ -288,6 +294,7 @@ return out
 REVOKE = Script(
     DEDUP_RECORDS_LUA
     + TRIM_HISTORY_LUA
+    + PENDING_LUA
     + """
 local id, wire, token, takeover = ARGV[1], ARGV[2], ARGV[4], ARGV[5] == '1'
 local n = #ARGV - 7
@@ -303,7 +310,7 @@ local still_ours = (not owner or owner == ARGV[3]) and not (by_id and by_id.leas
 -- admitted again by another call (a retry's takeover, bus.outbox's claim): it goes out
 local taken = again and again ~= token
 if not taken then
-  for i = 8, 7 + n do redis.call('ZREM', KEYS[i], id) end
+  for i = 1, n do pending_drop(KEYS[6 + 2 * i], KEYS[7 + 2 * i], ARGV[3], id) end
 end
 local record = key_record(redis.call('GET', KEYS[1]))
 if record and record.id == id then
@@ -325,7 +332,7 @@ if owner == ARGV[3] then
   end
 end
 if ARGV[6] == '1' and still_ours then
-  local delivered = 8 + n
+  local delivered = 8 + 2 * n
   for i = 1, n do
     local base = delivered + (i - 1) * 8
     if redis.call('SREM', KEYS[delivered], ARGV[7 + i]) == 1 then

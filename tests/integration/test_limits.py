@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import redis
 
-from bus.errors import LimitExceeded, ValidationError
+from bus.errors import BusUnavailable, InboxFull, LimitExceeded, ValidationError
 from bus.guard import AUDIT_FIELD_CHARS
 from bus.topology import PRIORITY_QUEUES
 from tests.support.env import audit_entries
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -150,3 +151,46 @@ def test_an_audit_entry_is_bounded_whatever_the_call_names(quiet_env):
     assert all(len(v) <= AUDIT_FIELD_CHARS for e in entries for v in e.values())
     # the positive control: a short target is kept whole
     assert [e["target"] for e in entries if e["action"] == "subscribe"] == ["short"]
+
+
+def test_a_senders_share_of_an_inbox_counts_its_mail_on_the_way(fresh_env, agents):
+    """Only what an inbox held counted toward a sender's share: sends admitted before the
+    worker delivered them (a burst, two batches, a batch in parts) let one sender fill all
+    of another agent's inbox, and everyone else was refused."""
+    fresh_env.overrides["MESSAGE_BUS_INBOX_MAX"] = "8"  # a share of 4
+    bus = fresh_env.bus()
+    flooder, other, inbox = agents("flooder"), agents("other"), agents("inbox")
+    bus.send_batch([{"from": flooder, "to": inbox, "payload": n} for n in range(3)])
+    with pytest.raises(InboxFull, match="its share"):  # no worker yet: all still on the way
+        bus.send_batch([{"from": flooder, "to": inbox, "payload": n} for n in range(2)])
+    bus.send_message({"from": flooder, "to": inbox, "payload": "fourth"})  # up to its share
+    with pytest.raises(InboxFull, match="its share"):
+        bus.send_message({"from": flooder, "to": inbox, "payload": "fifth"})
+    for n in range(4):  # the control: room for the others
+        bus.send_message({"from": other, "to": inbox, "payload": n})
+    fresh_env.start_worker()
+    wait_for(lambda: sum(bus.runtime.store.inbox_depth(inbox)) == 8, 30, "all 8 delivered")
+    got = bus.read(inbox, limit=10)
+    assert sorted(m.sender for m in got) == sorted([flooder] * 4 + [other] * 4)
+    bus.ack(inbox, [next(m.id for m in got if m.sender == flooder)])
+    bus.send_message({"from": flooder, "to": inbox, "payload": "again"})  # room again
+
+
+def test_a_send_refused_after_its_admission_gives_its_place_in_the_share_back(fresh_env, agents):
+    fresh_env.overrides["MESSAGE_BUS_INBOX_MAX"] = "4"  # a share of 2
+    bus = fresh_env.bus()
+    sender, inbox = agents("sender"), agents("inbox")
+    publish = bus.runtime.broker.publish
+
+    def refused(*args, **kwargs):
+        raise BusUnavailable("the broker is away (test)")
+
+    bus.runtime.broker.publish = refused
+    for n in range(3):
+        with pytest.raises(BusUnavailable):
+            bus.send_message({"from": sender, "to": inbox, "payload": n})
+    bus.runtime.broker.publish = publish
+    for n in range(2):  # its whole share: nothing of the refused ones is held
+        bus.send_message({"from": sender, "to": inbox, "payload": n})
+    with pytest.raises(InboxFull, match="its share"):  # the control: the share holds
+        bus.send_message({"from": sender, "to": inbox, "payload": "third"})

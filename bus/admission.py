@@ -218,7 +218,7 @@ class Admission(RedisBacked):
     ) -> tuple[list[str], list[Any]]:
         k, r = self.keys, self.retention
         keys = [k.agents, k.rate_bucket("sent", int(self.clock.now())), k.audit, k.ghosts]
-        keys += [k.unconfirmed, k.unconfirmed_wires]
+        keys += [k.unconfirmed, k.unconfirmed_wires, k.inbox_seq]
         limits = [[limit.rate, limit.burst] for _, limit in buckets.values()]
         args: list[Any] = [
             r.dedup_window,

@@ -10,8 +10,9 @@ is in flight go together in the next one (group commit). Every caller of a group
 only after the broker confirmed that group; when the publish fails, exactly those callers
 get its error.
 
-Order: a caller blocks until its group is confirmed, so one thread's next message is in
-a later group, published after; within a group, messages keep their arrival order.
+Order: groups are separate tasks, and a later one may be delivered first; an inbox orders
+a priority's messages by their admission all the same (scripts.ADMIT takes each one's
+place in line), so one thread's messages are read in the order it sent them.
 """
 
 from __future__ import annotations

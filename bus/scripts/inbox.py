@@ -48,11 +48,12 @@ local delivered = 0
 local per = 8
 local n = (#KEYS - 8) / per
 local sender = ARGV[10]
+local admitted_seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '')  -- see ADMIT
 for i = 1, n do
   local agent = ARGV[13 + 2 * i - 1]
   local base = 8 + (i - 1) * per
   if redis.call('SADD', KEYS[2], agent) == 1 then
-    local seq = redis.call('INCR', KEYS[4])
+    local seq = admitted_seq or redis.call('INCR', KEYS[4])
     local score = string.format('%d', tonumber(ARGV[3]) * 1099511627776 + seq)
     redis.call('HSET', KEYS[base + 2], ARGV[1], ARGV[2])
     redis.call('HSET', KEYS[base + 3], ARGV[1], score .. '|0|' .. sender)
@@ -136,11 +137,12 @@ for i = 1, n do
   fresh = fresh + flags[i]
 end
 if fresh > 0 then
-  local seq = redis.call('INCRBY', KEYS[2], fresh) - fresh
   local body, meta, ready, history, per_sender, senders = {}, {}, {}, {}, {}, {}
   for i = 1, n do
     if flags[i] == 1 then
-      seq = seq + 1
+      -- its place in line taken at admission (ADMIT), else now
+      local seq = tonumber(redis.call('HGET', key(i, 1), 'seq') or '')
+        or redis.call('INCR', KEYS[2])
       local id, wire, sender = arg(i, 1), arg(i, 2), arg(i, 5)
       local score = string.format('%d', tonumber(arg(i, 3)) * 1099511627776 + seq)
       body[#body + 1] = id; body[#body + 1] = wire

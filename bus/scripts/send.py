@@ -20,7 +20,7 @@ from bus.scripts.script import Script
 # of it, the rate limit), then dedup, status `queued`, the sender's history and audit: all
 # of it or none of it.
 # KEYS: agents, sent-rate bucket, audit stream, ghosts (scripts.ghosts), unconfirmed, their
-#       wires (bus.outbox), then per message:
+#       wires (bus.outbox), the inboxes' sequence, then per message:
 #       dedup (by the sender's dedup key), dedup (by id), status, sender history, its byte
 #       count, the sender's set of not-yet-seen recipients, then for each recipient the
 #       sender resolved (one for a direct message): its inbox body, the inbox's admitted-
@@ -70,7 +70,7 @@ ADMIT = Script(
     + """
 local lease_ms = tonumber(ARGV[11])
 local messages = {}
-local k, a = 6, 11
+local k, a = 7, 11
 for i = 1, tonumber(ARGV[10]) do
   local m = {k = k, a = a, n = tonumber(ARGV[a + 13]), bucket = tonumber(ARGV[a + 12])}
   m.id, m.sender, m.to, m.token = ARGV[a + 1], ARGV[a + 3], ARGV[a + 9], ARGV[a + 11]
@@ -223,6 +223,11 @@ for _, m in ipairs(messages) do
       redis.call('HSET', KEYS[k + 3], 'admitted_again', m.token)
     end
     redis.call('HSET', KEYS[k + 3], 'queued_at', stamp, 'queue', ARGV[a + 2], 'from', m.sender)
+    -- its place in line, taken now: inboxes order a priority's messages by admission (one
+    -- sender's in the order it sent them), whichever delivery task finishes first
+    if redis.call('HEXISTS', KEYS[k + 3], 'seq') == 0 then
+      redis.call('HSET', KEYS[k + 3], 'seq', redis.call('INCR', KEYS[7]))
+    end
     -- who may answer it (scripts.DELIVER sets a requester's reply pointer by it)
     if m.to ~= '' then redis.call('HSET', KEYS[k + 3], 'to', m.to) end
     if ARGV[a + 6] ~= '' then redis.call('HSET', KEYS[k + 3], 'expires_at', ARGV[a + 6]) end

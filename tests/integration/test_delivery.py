@@ -510,3 +510,26 @@ def test_a_send_refused_after_a_redis_fault_leaves_nothing_in_the_inbox(
     with module_env.bus() as bus:
         assert bus.runtime.store.inbox_depth(agent) == (0, 0)
         assert bus.history(agent) == []
+
+
+def test_an_inbox_keeps_one_senders_order_whichever_delivery_finishes_first(fresh_env, agents):
+    """Each send is its own delivery task (or a linger group's): with several worker
+    threads a later one could finish first, and one thread's consecutive sends were read
+    out of order. Their place in line is taken at admission."""
+    bus = fresh_env.bus()
+    sender, reader = agents("sender"), agents("reader")
+    publish, wires = bus.runtime.broker.publish, []
+
+    def captured(task, args, **kwargs):
+        wires.append(args[0])
+        publish(task, args, **kwargs)
+
+    bus.runtime.broker.publish = captured
+    ids = [bus.send_message({"from": sender, "to": reader, "payload": n}).id for n in range(3)]
+    bus.runtime.broker.publish = publish
+    for wire in reversed(wires):  # the last task's worker thread is the first done
+        assert bus.runtime.deliverer.attempt(wire, 0).kind == "delivered"
+    assert [m.id for m in bus.read(reader, limit=10)] == ids
+    fresh_env.start_worker()  # the tasks themselves, still queued, deliver nothing twice
+    wait_for(lambda: bus.stats().queue_depths.get("bus.normal", 0) == 0, 30, "the queue")
+    assert sum(bus.runtime.store.inbox_depth(reader)) == 3

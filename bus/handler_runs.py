@@ -75,6 +75,23 @@ class HandlerRuns(RedisBacked):
         ]
         return bool(self.scripts.call(scripts.BURY, keys, args, action="set a dead message aside"))
 
+    def handled_after_burial(self, agent: str, message_id: str, wire: str) -> bool:
+        """A run that answered a message another run of it buried meanwhile (a second
+        dispatch beside the first): handled after all, its marker gone, its death void,
+        this agent's ack counted (scripts.HANDLED_AFTER_BURIAL)."""
+        keys = [
+            self.keys.buried(agent, message_id),
+            self.keys.status(message_id),
+            self.keys.delivered(message_id),
+            self.keys.acked(message_id),
+        ]
+        args = [message_digest(wire), agent, self.retention.status_retention]
+        return bool(
+            self.scripts.call(
+                scripts.HANDLED_AFTER_BURIAL, keys, args, action="record a late answer"
+            )
+        )
+
     def death(self, agent: str, message_id: str) -> str | None:
         """Why `agent`'s message died, as its burial recorded (None: not buried, or buried
         before reasons were kept): its own, whatever a fan-out's shared status says."""

@@ -259,13 +259,15 @@ class RedisStore(RedisBacked):
         wire: str | None = self.scripts.call(scripts.TAKE, keys, args, action="take a message")
         return wire or None
 
-    def ack_handled(self, agent: str, message_id: str) -> None:
+    def ack_handled(self, agent: str, message_id: str) -> bool:
         """A worker agent done with its message: out of its inbox and its ack counted, in
-        one script (TAKE); a second run's ack of the same message counts nothing."""
+        one script (TAKE); a second run's ack of the same message counts nothing. Whether
+        the inbox still held it."""
         inbox = self.keys.inbox(agent)
         keys = [*inbox.all(), inbox.senders, *self._ack_keys(message_id)]
         args = [message_id, self.retention.status_retention, "", agent]
-        self.scripts.call(scripts.TAKE, keys, args, action="ack messages", confirm="note")
+        taken = self.scripts.call(scripts.TAKE, keys, args, action="ack messages", confirm="note")
+        return bool(taken)
 
     def inbox_depth(self, agent: str) -> tuple[int, int]:
         """(ready, leased) counts."""

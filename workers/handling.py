@@ -109,7 +109,9 @@ def run_handler(
         except BusError as exc:  # the bus will never take this reply as it is (too big, denied)
             agent.reply_error(message, exc)
             return _died(runtime, agent, envelope, "reply_refused", exc.message, attempts)
-        store.ack_handled(agent.name, message.id)
+        if not store.ack_handled(agent.name, message.id):
+            # not there: handled by a run beside this one, or buried by it (it failed)
+            runtime.handler_runs.handled_after_burial(agent.name, message.id, envelope.text)
     return Verdict("delivered")
 
 

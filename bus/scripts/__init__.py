@@ -7,8 +7,8 @@ Keys are always passed in KEYS (built by bus.keys); scripts never assemble key n
 - send.py           ADMIT, REVOKE, COMMIT: the send side
 - inbox.py          DELIVER, DELIVER_INBOX (a batch's messages to one inbox), READ, ACK_READ, ACK,
                     TRIM_HISTORY_BEFORE, TAKE
-- handling.py       START_HANDLING, BURY, REOPEN, FORGET_BURIED: a worker agent's handler
-                    runs, and its dead messages out of the inbox until replayed
+- handling.py       START_HANDLING, BURY, REOPEN, FORGET_BURIED, HANDLED_AFTER_BURIAL: a worker
+                    agent's handler runs, and its dead messages out of the inbox until replayed
 - status.py         ADVANCE_STATUS
 - ghosts.py         DROP_GHOST: mail for agents that never connected, once stale
 - outbox.py         CLAIM: the sweep's takeover of a message its sender never confirmed
@@ -23,7 +23,13 @@ from __future__ import annotations
 
 from bus.scripts.ghosts import DROP_GHOST
 from bus.scripts.guard import AUDIT, CHARGE
-from bus.scripts.handling import BURY, FORGET_BURIED, REOPEN, START_HANDLING
+from bus.scripts.handling import (
+    BURY,
+    FORGET_BURIED,
+    HANDLED_AFTER_BURIAL,
+    REOPEN,
+    START_HANDLING,
+)
 from bus.scripts.inbox import (
     ACK,
     ACK_READ,
@@ -54,6 +60,7 @@ __all__ = [
     "DELIVER_INBOX",
     "DROP_GHOST",
     "FORGET_BURIED",
+    "HANDLED_AFTER_BURIAL",
     "READ",
     "REOPEN",
     "REVOKE",

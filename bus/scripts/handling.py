@@ -6,7 +6,13 @@ Each script states its KEYS/ARGV contract; keys come from bus.keys, never built 
 
 from __future__ import annotations
 
-from bus.scripts.fragments import NOW_LUA, PENDING_LUA, TAKE_OUT_LUA
+from bus.scripts.fragments import (
+    ACK_COUNT_LUA,
+    NOW_LUA,
+    PENDING_LUA,
+    STATUS_RANK_LUA,
+    TAKE_OUT_LUA,
+)
 from bus.scripts.script import Script
 
 # A worker agent starting its handler on a message, unless the message is no longer in
@@ -129,5 +135,26 @@ if string.sub(redis.call('GET', KEYS[1]) or '', 1, #ARGV[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
+"""
+)
+
+# A handler run that answered a message another run of it buried meanwhile (a second
+# dispatch beside the first: one failed, the other went through): the message was handled
+# after all. Its marker goes (a replay of the dead letter then runs nothing: "handled
+# since"), the death is void, and this agent's ack counts.
+# KEYS: buried marker, status, delivered-set, acked-set   ARGV: digest, agent, retention_s
+# Returns 1 when it found that message buried, 0 otherwise.
+HANDLED_AFTER_BURIAL = Script(
+    STATUS_RANK_LUA
+    + NOW_LUA
+    + ACK_COUNT_LUA
+    + """
+if string.sub(redis.call('GET', KEYS[1]) or '', 1, #ARGV[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+if redis.call('HGET', KEYS[2], 'status') == 'dead' then
+  redis.call('HSET', KEYS[2], 'status', 'delivered', 'reason', '', 'error', '')
+end
+count_ack(KEYS[2], KEYS[3], KEYS[4], ARGV[2], ARGV[3])
+return 1
 """
 )

@@ -189,6 +189,34 @@ def test_a_second_dispatch_of_a_request_beside_its_run_is_no_crash(counter_agent
     assert asked not in {d.id for d in bus.dead_letters()}
 
 
+def test_a_request_answered_by_a_second_run_after_the_first_died_is_handled(counter_agent, agents):
+    """Two runs of one request side by side (a second dispatch): the first failed and
+    buried it, then the second answered. The request stayed `dead` with a replayable dead
+    letter, and its replay ran the handler a third time."""
+    bus = counter_agent
+    asker = bus.as_agent(agents("asker"))
+    asked = asker.start_request(
+        {"to": "counter", "payload": {"hold_s": 2, "fail_runs": 1}, "metadata": {"max_retries": 0}}
+    )
+    wait_for(lambda: handler_runs(bus, asked) == 1, 30, "the first run")
+    wire = bus.runtime.redis.hget(bus.runtime.keys.inbox("counter").body, asked)
+    bus.runtime.broker.publish(
+        HANDLE_TASK,
+        ["counter", wire],
+        queue=agent_queue(bus.settings, "counter"),
+        task_id=f"{asked}:counter",
+        summary="<a second dispatch>",
+    )
+    answer = wait_for(lambda: asker.response_to(asked), 30, "the second run's answer")
+    assert answer.payload == {"runs": 2}
+    status = wait_for(lambda: (s := asker.status(asked)).status.value == "acked" and s, 30, "acked")
+    assert (status.reason or "") == ""
+    wait_for(lambda: any(d.id == asked for d in bus.dead_letters()), 20, "the first's letter")
+    with pytest.raises(NothingToReplay, match="handled or purged since"):
+        bus.replay_dead_letters([asked])
+    assert handler_runs(bus, asked) == 2
+
+
 def test_a_failing_request_past_its_ttl_is_not_run_again(counter_agent, agents):
     """The handler's own retries took no notice of the ttl: a request for 2 seconds ran
     again long after, and was answered for nobody, until its retries ran out."""

@@ -43,8 +43,8 @@ def run_handler(
     # A redelivered message may be the one whose handler killed the last process: it runs
     # alone, so that if it does it again no innocent neighbour dies (and is counted) too.
     redelivered = bool(request.delivery_info.get("redelivered"))
-    with QUARANTINE.enter(redelivered):
-        runs = runtime.handler_runs.start(agent.name, envelope.id, redelivered=redelivered)
+    with QUARANTINE.enter(redelivered, envelope.id) as suspect:
+        runs = runtime.handler_runs.start(agent.name, envelope.id, redelivered=suspect)
         if runs == 0:
             return Verdict("delivered")  # already handled and acked (a repeated dispatch)
         if runs < 0:  # buried: it died, and its process was killed before the reject

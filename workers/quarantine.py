@@ -5,11 +5,15 @@ killed it (os._exit, a segfault in a C extension), maybe a neighbour's did. Runn
 redelivered message alone means a handler that kills its process takes only its own
 message down with it, so the bus's crash count (see `bus.handle`) falls on the guilty one
 and an innocent neighbour is handled normally on its next delivery.
+
+RabbitMQ also redelivers when only the connection was lost: the process lives, and the
+message's first run may still be going on in it. That redelivery is no suspect (nothing
+died): it waits for that one run, not for every handler of the process, and is not
+counted as a crash.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +29,7 @@ class Quarantine:
         self._running = 0
         self._alone = False
         self._suspects_waiting = 0
+        self._ids: dict[str, int] = {}  # messages whose handler runs here now (runs of each)
 
     @contextmanager
     def shared(self) -> Iterator[None]:
@@ -64,5 +69,24 @@ class Quarantine:
         """A suspect is running, alone."""
         return self._alone
 
-    def enter(self, redelivered: bool) -> contextlib.AbstractContextManager[None]:
-        return self.alone() if redelivered else self.shared()
+    @contextmanager
+    def enter(self, redelivered: bool, message_id: str = "") -> Iterator[bool]:
+        """Runs a handler on `message_id`; yields whether it is a suspect (redelivered, and
+        no run of it going on in this process), which runs alone."""
+        with self._cond:
+            here = redelivered and message_id in self._ids
+            while here and message_id in self._ids:  # its first run, here: wait for that one
+                self._cond.wait()
+        suspect = redelivered and not here
+        with self.alone() if suspect else self.shared():
+            with self._cond:
+                self._ids[message_id] = self._ids.get(message_id, 0) + 1
+            try:
+                yield suspect
+            finally:
+                with self._cond:
+                    if self._ids[message_id] <= 1:
+                        del self._ids[message_id]
+                    else:
+                        self._ids[message_id] -= 1
+                    self._cond.notify_all()

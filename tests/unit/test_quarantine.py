@@ -68,3 +68,34 @@ def test_enter_picks_the_mode_from_the_redelivered_flag():
         assert q.suspect_running
     with q.enter(redelivered=False):
         assert q.running == 1 and not q.suspect_running
+
+
+def test_a_redelivery_of_a_message_running_here_waits_for_that_run_only():
+    """The connection was lost, not the process: the message's first run goes on here. Its
+    redelivery used to wait, as a suspect, for every handler of the process (a long one
+    stalled the whole agent), and counted as a crash."""
+    q = Quarantine()
+    release_first, release_other = threading.Event(), threading.Event()
+    first_in, other_in, again_in = threading.Event(), threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    def run(message_id, entered, release, redelivered=False):
+        with q.enter(redelivered, message_id) as suspect:
+            seen.append(suspect)
+            entered.set()
+            if release is not None:
+                release.wait(5)
+
+    first = run_in_thread(lambda: run("m1", first_in, release_first))
+    other = run_in_thread(lambda: run("m2", other_in, release_other))  # a long neighbour
+    assert first_in.wait(5) and other_in.wait(5)
+    again = run_in_thread(lambda: run("m1", again_in, None, redelivered=True))
+    assert not again_in.wait(BLOCKED), "the redelivery ran beside its own first run"
+    release_first.set()
+    assert again_in.wait(5), "the redelivery waited for more than its own first run"
+    assert seen[-1] is False  # no suspect: nothing died
+    release_other.set()
+    for thread in (first, other, again):
+        thread.join(5)
+    with q.enter(True, "m3") as suspect:  # the control: a redelivery of none running here
+        assert suspect and q.suspect_running

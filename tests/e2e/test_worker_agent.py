@@ -173,14 +173,7 @@ def test_a_second_dispatch_of_a_request_beside_its_run_is_no_crash(counter_agent
         {"to": "counter", "payload": {"hold_s": 2}, "metadata": {"max_retries": 0}}
     )
     wait_for(lambda: handler_runs(bus, asked) == 1, 30, "the first run")
-    wire = bus.runtime.redis.hget(bus.runtime.keys.inbox("counter").body, asked)
-    bus.runtime.broker.publish(
-        HANDLE_TASK,
-        ["counter", wire],
-        queue=agent_queue(bus.settings, "counter"),
-        task_id=f"{asked}:counter",
-        summary="<a second dispatch>",
-    )
+    dispatch_again(bus, asked)
     wait_for(lambda: handler_runs(bus, asked) == 2, 30, "the second run, beside the first")
     answer = wait_for(lambda: asker.response_to(asked), 30, "the answer")
     assert answer.payload == {"runs": 1}  # the first run's: one answer per request
@@ -199,14 +192,7 @@ def test_a_request_answered_by_a_second_run_after_the_first_died_is_handled(coun
         {"to": "counter", "payload": {"hold_s": 2, "fail_runs": 1}, "metadata": {"max_retries": 0}}
     )
     wait_for(lambda: handler_runs(bus, asked) == 1, 30, "the first run")
-    wire = bus.runtime.redis.hget(bus.runtime.keys.inbox("counter").body, asked)
-    bus.runtime.broker.publish(
-        HANDLE_TASK,
-        ["counter", wire],
-        queue=agent_queue(bus.settings, "counter"),
-        task_id=f"{asked}:counter",
-        summary="<a second dispatch>",
-    )
+    dispatch_again(bus, asked)
     answer = wait_for(lambda: asker.response_to(asked), 30, "the second run's answer")
     assert answer.payload == {"runs": 2}
     status = wait_for(lambda: (s := asker.status(asked)).status.value == "acked" and s, 30, "acked")
@@ -235,6 +221,19 @@ def test_a_failing_request_past_its_ttl_is_not_run_again(counter_agent, agents):
     assert handler_runs(bus, asked) == runs
     with pytest.raises(NothingToReplay, match="ttl has passed"):
         bus.replay_dead_letters([asked])
+
+
+def dispatch_again(bus, message_id):
+    """Publishes the counting agent's task for `message_id` once more, as a redelivered
+    `bus.deliver` or the outbox's resend does."""
+    wire = bus.runtime.redis.hget(bus.runtime.keys.inbox("counter").body, message_id)
+    bus.runtime.broker.publish(
+        HANDLE_TASK,
+        ["counter", wire],
+        queue=agent_queue(bus.settings, "counter"),
+        task_id=f"{message_id}:counter",
+        summary="<a second dispatch>",
+    )
 
 
 def handler_runs(bus, message_id):

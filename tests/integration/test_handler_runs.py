@@ -72,6 +72,23 @@ def letter(env, agent, message_id, wire):
     publish_dead(env, f"{message_id}:{agent}", body, "application/json", {"task": "bus.handle"})
 
 
+def fanned_out(env, bus, agents, worker_agents, readers=()):
+    """A topic message delivered to `worker_agents` and plain `readers` (a worker running):
+    (its receipt, the wire the first worker agent's inbox holds)."""
+    env.start_worker()
+    topic = agents("jobs")
+    for agent in worker_agents:
+        bus.runtime.store.register_worker_agent(agent)
+        bus.runtime.broker.declare_queue(agent_queue(bus.settings, agent))
+    for agent in [*worker_agents, *readers]:
+        bus.subscribe(agent, [topic])
+    receipt = bus.publish(agents("pub"), topic, {"n": 1}, metadata={"max_retries": 0})
+    everyone = len(worker_agents) + len(readers)
+    wait_for(lambda: bus.status(receipt.id).recipients == everyone, 30, "delivery to all")
+    body = bus.runtime.keys.inbox(worker_agents[0]).body
+    return receipt, bus.runtime.store.redis.hget(body, receipt.id)
+
+
 def test_a_dead_message_leaves_the_inbox_and_its_replay_readies_it_again(inbox, agents):
     bus, agent = inbox
     runs, alice = bus.runtime.handler_runs, agents("alice")
@@ -298,16 +315,8 @@ def test_fan_out_to_two_worker_agents_one_death_says_nothing_of_the_other(fresh_
     """A topic message to worker agents A and B; A's died, was replayed and runs again;
     then B's dies, and the status they share says `dead`. A's leftover letter must neither
     start a second run of A nor, purged, take A's live message."""
-    fresh_env.start_worker()
-    bus = fresh_env.bus()
-    a, b, topic = agents("a"), agents("b"), agents("jobs")
-    for agent in (a, b):
-        bus.runtime.store.register_worker_agent(agent)
-        bus.runtime.broker.declare_queue(agent_queue(bus.settings, agent))
-        bus.subscribe(agent, [topic])
-    receipt = bus.publish(agents("pub"), topic, {"n": 1})
-    wait_for(lambda: bus.status(receipt.id).recipients == 2, 30, "delivery to both")
-    wire = bus.runtime.store.redis.hget(bus.runtime.keys.inbox(a).body, receipt.id)
+    bus, a, b = fresh_env.bus(), agents("a"), agents("b")
+    receipt, wire = fanned_out(fresh_env, bus, agents, [a, b])
     died(fresh_env, bus, a, receipt.id, wire, copies=2)
     with pytest.raises(NothingToReplay):
         bus.replay_dead_letters([receipt.id])  # one readies A, the other is its leftover
@@ -328,16 +337,8 @@ def test_fan_out_a_replay_for_one_worker_agent_leaves_the_others_death_replayabl
     replayed: the status they share says `queued`, for A's new run. B's died while Redis
     was away for its worker (still in B's inbox, nothing recorded): its letter must still
     ready it, while a status B's own run wrote keeps refusing a copy."""
-    fresh_env.start_worker()
-    bus = fresh_env.bus()
-    a, b, topic = agents("a"), agents("b"), agents("jobs")
-    for agent in (a, b):
-        bus.runtime.store.register_worker_agent(agent)
-        bus.runtime.broker.declare_queue(agent_queue(bus.settings, agent))
-        bus.subscribe(agent, [topic])
-    receipt = bus.publish(agents("pub"), topic, {"n": 1})
-    wait_for(lambda: bus.status(receipt.id).recipients == 2, 30, "delivery to both")
-    wire = bus.runtime.store.redis.hget(bus.runtime.keys.inbox(a).body, receipt.id)
+    bus, a, b = fresh_env.bus(), agents("a"), agents("b")
+    receipt, wire = fanned_out(fresh_env, bus, agents, [a, b])
     died(fresh_env, bus, a, receipt.id, wire)
     assert bus.replay_dead_letters([receipt.id]) == [receipt.id]  # A's new run
     letter(fresh_env, b, receipt.id, at_try(bus, wire, 1))  # B's death, unrecorded
@@ -360,17 +361,8 @@ def test_fan_out_a_worker_agents_letter_lists_its_own_death_and_replays(fresh_en
     its process; B's copy was replayed twice; then R read the message. The status they
     share says `read`, replays 2: A's letter was listed `retries_exhausted` (transient: beat
     replayed it, and the handler killed A's process again) with B's replays."""
-    fresh_env.start_worker()
-    bus = fresh_env.bus()
-    a, b, r, topic = agents("a"), agents("b"), agents("r"), agents("jobs")
-    for agent in (a, b):
-        bus.runtime.store.register_worker_agent(agent)
-        bus.runtime.broker.declare_queue(agent_queue(bus.settings, agent))
-    for agent in (a, b, r):
-        bus.subscribe(agent, [topic])
-    receipt = bus.publish(agents("pub"), topic, {"n": 1}, metadata={"max_retries": 0})
-    wait_for(lambda: bus.status(receipt.id).recipients == 3, 30, "delivery to all three")
-    wire = bus.runtime.store.redis.hget(bus.runtime.keys.inbox(a).body, receipt.id)
+    bus, a, b, r = fresh_env.bus(), agents("a"), agents("b"), agents("r")
+    receipt, wire = fanned_out(fresh_env, bus, agents, [a, b], readers=[r])
     store = bus.runtime.store
     store.advance_status([receipt.id], "dead", force=True, reason="handler_crashed")
     assert bus.runtime.handler_runs.bury(a, receipt.id, wire, "handler_crashed")

@@ -13,8 +13,8 @@ local rank = {queued=1, retrying=2, delivered=3, dead=3, expired=3, read=4, acke
 # so an ack run twice, its reply lost, counts once): the status becomes `acked` once every
 # agent it was delivered to has acked. Until then it keeps its status (`delivered`, `read`)
 # with the count in `acks` (of `recipients`): one recipient's ack is not the others'.
-# Needs STATUS_RANK_LUA and NOW_LUA.
-ACK_COUNT_LUA = """
+# Scripts take ACK_COUNT_LUA (below), which brings the status ranks and the clock with it.
+_COUNT_ACK = """
 local function count_ack(status_key, delivered_key, acked_key, agent, retention)
   local current = redis.call('HGET', status_key, 'status')
   if not current then return end  -- past retention, or never sent through the bus
@@ -63,6 +63,9 @@ local us = tonumber(t[2])
 local now_ms = tonumber(t[1]) * 1000 + math.floor(us / 1000)
 local stamp = t[1] .. string.format('%03d.%03d', math.floor(us / 1000), us % 1000)
 """
+
+# count_ack with what it needs: the status ranks and Redis's clock (`stamp`).
+ACK_COUNT_LUA = STATUS_RANK_LUA + NOW_LUA + _COUNT_ACK
 
 # Keeps a history zset within its entry and byte caps, oldest first out. `bytes_key` holds
 # the total length of its members (kept by every writer and trimmer of the zset). A received

@@ -10,7 +10,6 @@ from bus.scripts.fragments import (
     ACK_COUNT_LUA,
     NOW_LUA,
     PENDING_LUA,
-    STATUS_RANK_LUA,
     TAKE_OUT_LUA,
 )
 from bus.scripts.script import Script
@@ -145,9 +144,7 @@ return 0
 # KEYS: buried marker, status, delivered-set, acked-set   ARGV: digest, agent, retention_s
 # Returns 1 when it found that message buried, 0 otherwise.
 HANDLED_AFTER_BURIAL = Script(
-    STATUS_RANK_LUA
-    + NOW_LUA
-    + ACK_COUNT_LUA
+    ACK_COUNT_LUA
     + """
 if string.sub(redis.call('GET', KEYS[1]) or '', 1, #ARGV[1]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])

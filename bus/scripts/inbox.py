@@ -226,9 +226,7 @@ return out
 # ARGV: agent, retention_s, ids...
 # Returns the ids that were in the inbox.
 ACK_READ = Script(
-    STATUS_RANK_LUA
-    + NOW_LUA
-    + ACK_COUNT_LUA
+    ACK_COUNT_LUA
     + TAKE_OUT_LUA
     + """
 local acked = {}
@@ -285,9 +283,7 @@ return #old
 # was not there or is from another sender: then nothing is written (the status of a message
 # not in this inbox is not this reader's to move).
 TAKE = Script(
-    STATUS_RANK_LUA
-    + NOW_LUA
-    + ACK_COUNT_LUA
+    ACK_COUNT_LUA
     + TAKE_OUT_LUA
     + """
 local id = ARGV[1]
